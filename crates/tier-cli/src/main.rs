@@ -1,0 +1,2 @@
+//! The `tier` command (work in progress).
+fn main() {}

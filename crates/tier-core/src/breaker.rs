@@ -1,0 +1,428 @@
+//! Circuit breaker: stop calling a tier that keeps failing, probe it after a cool-down.
+//!
+//! Closed → Open when, over a rolling window, at least `min_requests` calls were made and the
+//! failure ratio reaches `failure_ratio`, or after `consecutive_failures` failures in a row.
+//! Open → Half-open after `cooldown`; up to `probes` calls go through; `probes` successes close it,
+//! one failure opens it again. An open breaker answers without touching the tier (one atomic load
+//! and one clock read).
+//!
+//! Only failures that say the tier is sick count ([`TierError::is_tier_failure`]); a value that
+//! fails to decode is the value's fault, not the tier's.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::entry::{Entry, Lookup, Storage};
+use crate::error::{TierError, TierErrorKind};
+use crate::tier::{Tier, TierContext, TierStats};
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// Open at this failure ratio over the window. Default: 0.5.
+    pub failure_ratio: f64,
+    /// ... once the window holds at least this many calls. Default: 20.
+    pub min_requests: u32,
+    /// Length of the rolling window. Default: 10 s.
+    pub window: Duration,
+    /// Or open after this many failures in a row. Default: 5.
+    pub consecutive_failures: u32,
+    /// How long it stays open before probing. Default: 5 s.
+    pub cooldown: Duration,
+    /// Probes allowed at once in half-open, and successes needed to close. Default: 3.
+    pub probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_ratio: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            consecutive_failures: 5,
+            cooldown: Duration::from_secs(5),
+            probes: 3,
+        }
+    }
+}
+
+/// The breaker's state; the value of the `tier_breaker_state` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed = 0,
+    /// A few probes go through.
+    HalfOpen = 1,
+    /// No call goes through.
+    Open = 2,
+}
+
+impl BreakerState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Closed,
+            1 => Self::HalfOpen,
+            _ => Self::Open,
+        }
+    }
+
+    /// `closed`, `half_open`, `open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::HalfOpen => "half_open",
+            Self::Open => "open",
+        }
+    }
+}
+
+const BUCKETS: usize = 10;
+
+#[derive(Default)]
+struct Bucket {
+    slot: AtomicU64,
+    ok: AtomicU32,
+    failed: AtomicU32,
+}
+
+/// A circuit breaker (lock-free; counts are approximate under races, which a breaker tolerates).
+pub struct CircuitBreaker {
+    cfg: BreakerConfig,
+    base: Instant,
+    state: AtomicU8,
+    opened_at_ms: AtomicU64,
+    consecutive: AtomicU32,
+    probes_in_flight: AtomicU32,
+    probe_successes: AtomicU32,
+    buckets: [Bucket; BUCKETS],
+    on_change: std::sync::OnceLock<metrics::Gauge>,
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("state", &self.state())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+/// What happened to a call let through by [`CircuitBreaker::try_acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The tier answered.
+    Success,
+    /// The tier is sick (unavailable, timeout, I/O).
+    Failure,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(cfg: BreakerConfig) -> Self {
+        Self {
+            cfg,
+            base: Instant::now(),
+            state: AtomicU8::new(BreakerState::Closed as u8),
+            opened_at_ms: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            probes_in_flight: AtomicU32::new(0),
+            probe_successes: AtomicU32::new(0),
+            buckets: Default::default(),
+            on_change: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Report the state through this gauge from now on.
+    pub fn set_gauge(&self, gauge: metrics::Gauge) {
+        gauge.set(self.state.load(Ordering::Relaxed) as f64);
+        let _ = self.on_change.set(gauge);
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn set_state(&self, s: BreakerState) {
+        self.state.store(s as u8, Ordering::Release);
+        if let Some(g) = self.on_change.get() {
+            g.set(s as u8 as f64);
+        }
+        tracing::debug!(state = s.as_str(), "circuit breaker state changed");
+    }
+
+    /// May a call go through now? `Some(probe)` when yes (`probe` = this call is a half-open probe).
+    pub fn try_acquire(&self) -> Option<bool> {
+        match self.state() {
+            BreakerState::Closed => Some(false),
+            BreakerState::Open => {
+                let since = self.now_ms().saturating_sub(self.opened_at_ms.load(Ordering::Acquire));
+                if since < self.cfg.cooldown.as_millis() as u64 {
+                    return None;
+                }
+                if self
+                    .state
+                    .compare_exchange(
+                        BreakerState::Open as u8,
+                        BreakerState::HalfOpen as u8,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+                {
+                    self.probes_in_flight.store(0, Ordering::Release);
+                    self.probe_successes.store(0, Ordering::Release);
+                    if let Some(g) = self.on_change.get() {
+                        g.set(BreakerState::HalfOpen as u8 as f64);
+                    }
+                }
+                self.try_probe()
+            }
+            BreakerState::HalfOpen => self.try_probe(),
+        }
+    }
+
+    fn try_probe(&self) -> Option<bool> {
+        let n = self.probes_in_flight.fetch_add(1, Ordering::AcqRel);
+        if n < self.cfg.probes.max(1) {
+            Some(true)
+        } else {
+            self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
+
+    /// Record the outcome of a call let through (`probe` as returned by `try_acquire`).
+    pub fn record(&self, probe: bool, outcome: Outcome) {
+        if probe {
+            self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
+            if self.state() != BreakerState::HalfOpen {
+                return;
+            }
+            match outcome {
+                Outcome::Success => {
+                    let s = self.probe_successes.fetch_add(1, Ordering::AcqRel) + 1;
+                    if s >= self.cfg.probes.max(1) {
+                        self.reset_window();
+                        self.set_state(BreakerState::Closed);
+                    }
+                }
+                Outcome::Failure => self.open(),
+            }
+            return;
+        }
+        let bucket = self.bucket();
+        match outcome {
+            Outcome::Success => {
+                bucket.ok.fetch_add(1, Ordering::Relaxed);
+                if self.consecutive.load(Ordering::Relaxed) != 0 {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                }
+            }
+            Outcome::Failure => {
+                bucket.failed.fetch_add(1, Ordering::Relaxed);
+                let c = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+                if self.state() == BreakerState::Closed
+                    && (c >= self.cfg.consecutive_failures.max(1) || self.ratio_tripped())
+                {
+                    self.open();
+                }
+            }
+        }
+    }
+
+    fn open(&self) {
+        self.opened_at_ms.store(self.now_ms(), Ordering::Release);
+        self.consecutive.store(0, Ordering::Release);
+        self.set_state(BreakerState::Open);
+    }
+
+    fn bucket_ms(&self) -> u64 {
+        (self.cfg.window.as_millis() as u64 / BUCKETS as u64).max(1)
+    }
+
+    fn bucket(&self) -> &Bucket {
+        let slot = self.now_ms() / self.bucket_ms();
+        let b = &self.buckets[(slot % BUCKETS as u64) as usize];
+        let old = b.slot.load(Ordering::Acquire);
+        if old != slot
+            && b.slot.compare_exchange(old, slot, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            b.ok.store(0, Ordering::Release);
+            b.failed.store(0, Ordering::Release);
+        }
+        b
+    }
+
+    fn ratio_tripped(&self) -> bool {
+        let slot = self.now_ms() / self.bucket_ms();
+        let (mut ok, mut failed) = (0u64, 0u64);
+        for b in &self.buckets {
+            let s = b.slot.load(Ordering::Acquire);
+            if s + (BUCKETS as u64) > slot {
+                ok += u64::from(b.ok.load(Ordering::Relaxed));
+                failed += u64::from(b.failed.load(Ordering::Relaxed));
+            }
+        }
+        let total = ok + failed;
+        total >= u64::from(self.cfg.min_requests)
+            && failed as f64 >= self.cfg.failure_ratio * total as f64
+    }
+
+    fn reset_window(&self) {
+        for b in &self.buckets {
+            b.ok.store(0, Ordering::Release);
+            b.failed.store(0, Ordering::Release);
+        }
+        self.consecutive.store(0, Ordering::Release);
+    }
+}
+
+/// A tier behind a circuit breaker: the same [`Tier`], that fails fast with
+/// [`TierErrorKind::CircuitOpen`] while the breaker is open.
+pub struct BreakerTier {
+    inner: Arc<dyn Tier>,
+    breaker: Arc<CircuitBreaker>,
+}
+
+impl BreakerTier {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn Tier>, cfg: BreakerConfig) -> Self {
+        Self { inner, breaker: Arc::new(CircuitBreaker::new(cfg)) }
+    }
+
+    /// The breaker, to read its state.
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
+    async fn guarded<T, F>(&self, call: F) -> Result<T, TierError>
+    where
+        F: std::future::Future<Output = Result<T, TierError>>,
+    {
+        let Some(probe) = self.breaker.try_acquire() else {
+            return Err(TierError::new(
+                TierErrorKind::CircuitOpen,
+                format!("circuit breaker of tier {} is open", self.inner.name()),
+            ));
+        };
+        let result = call.await;
+        let outcome = match &result {
+            Err(e) if e.is_tier_failure() => Outcome::Failure,
+            _ => Outcome::Success,
+        };
+        self.breaker.record(probe, outcome);
+        result
+    }
+}
+
+#[async_trait]
+impl Tier for BreakerTier {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn storage(&self) -> Storage {
+        self.inner.storage()
+    }
+    async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
+        self.guarded(self.inner.get(key)).await
+    }
+    async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
+        self.guarded(self.inner.get_many(keys)).await
+    }
+    async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
+        self.guarded(self.inner.insert(key, entry)).await
+    }
+    async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
+        self.guarded(self.inner.insert_many(entries)).await
+    }
+    async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
+        // Removal must not be skipped silently: an invalidation that did not reach a tier is an
+        // error the caller sees, so it goes through even when the breaker is open.
+        self.inner.remove(key).await
+    }
+    async fn clear(&self) -> Result<(), TierError> {
+        self.inner.clear().await
+    }
+    fn stats(&self) -> TierStats {
+        self.inner.stats()
+    }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+    fn attach(&self, ctx: &TierContext) {
+        self.inner.attach(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BreakerConfig {
+        BreakerConfig {
+            failure_ratio: 0.5,
+            min_requests: 10,
+            window: Duration::from_secs(60),
+            consecutive_failures: 3,
+            cooldown: Duration::from_millis(0),
+            probes: 2,
+        }
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_closes_after_probes() {
+        let b = CircuitBreaker::new(BreakerConfig { cooldown: Duration::from_secs(3600), ..cfg() });
+        for _ in 0..2 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, Outcome::Failure);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        let p = b.try_acquire().expect("closed");
+        b.record(p, Outcome::Failure);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.try_acquire().is_none(), "open breaker lets nothing through during cool-down");
+    }
+
+    #[test]
+    fn half_open_limits_probes_and_a_failure_reopens() {
+        let b = CircuitBreaker::new(cfg());
+        for _ in 0..3 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, Outcome::Failure);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        // cool-down is 0: next acquire moves to half-open.
+        let p1 = b.try_acquire().expect("probe 1");
+        let p2 = b.try_acquire().expect("probe 2");
+        assert!(p1 && p2);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.try_acquire().is_none(), "only two probes at once");
+        b.record(true, Outcome::Success);
+        b.record(true, Outcome::Failure);
+        assert_eq!(b.state(), BreakerState::Open);
+        let p = b.try_acquire().expect("probe");
+        b.record(p, Outcome::Success);
+        let p = b.try_acquire().expect("probe");
+        b.record(p, Outcome::Success);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn ratio_over_window_opens() {
+        let b = CircuitBreaker::new(BreakerConfig { consecutive_failures: 1000, ..cfg() });
+        for i in 0..10 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, if i % 2 == 0 { Outcome::Success } else { Outcome::Failure });
+        }
+        assert_eq!(b.state(), BreakerState::Open, "5 of 10 failed = 0.5");
+    }
+}

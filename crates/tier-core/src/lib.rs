@@ -1,0 +1,31 @@
+//! # tier-core
+//!
+//! The hierarchy of `tier`: the [`Tier`] trait, the entry [`envelope`], per-tier policies, the
+//! circuit breaker and timeout wrappers, tag generations, the backplane and lock interfaces.
+//! No Redis, no mmap, no moka in here: tiers plug in through the trait.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backplane;
+mod breaker;
+mod entry;
+pub mod envelope;
+mod error;
+mod generations;
+mod lock;
+mod policy;
+mod tier;
+mod time;
+mod timeout;
+
+pub use backplane::{Backplane, BackplaneEvent, Invalidation, ReconnectPolicy};
+pub use breaker::{BreakerConfig, BreakerState, BreakerTier, CircuitBreaker, Outcome};
+pub use entry::{Entry, Lookup, Storage, Value};
+pub use envelope::{Codec, Meta, TagStamp};
+pub use error::{BoxError, CacheError, TierError, TierErrorKind};
+pub use generations::{GenerationStore, LocalGenerations};
+pub use lock::{DistributedLock, LockOptions, LockToken};
+pub use policy::{BackfillPolicy, TierPolicy, TtlPolicy};
+pub use tier::{Tier, TierContext, TierStats};
+pub use time::{after_ms, now_ms};
+pub use timeout::TimeoutTier;

@@ -1,0 +1,94 @@
+//! The [`Tier`] trait: the one thing the hierarchy knows about a cache level.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::entry::{Entry, Lookup, Storage};
+use crate::error::TierError;
+
+/// Figures a tier reports about itself (for the `tier_entries`, `tier_bytes` and
+/// `tier_capacity_bytes` gauges and the CLI).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TierStats {
+    /// Entries held (may be approximate).
+    pub entries: u64,
+    /// Bytes used.
+    pub bytes: u64,
+    /// Bytes it may use; 0 when unbounded or unknown.
+    pub capacity_bytes: u64,
+}
+
+/// Where a tier is mounted: the labels its own metrics carry.
+#[derive(Debug, Clone)]
+pub struct TierContext {
+    /// The hierarchy's name (`cache` label).
+    pub cache: String,
+    /// The tier's name in the hierarchy (`tier` label).
+    pub tier: String,
+}
+
+/// One level of the hierarchy: memory, disk, Redis, or a wrapper around one of them.
+///
+/// Object-safe: the hierarchy holds `Arc<dyn Tier>`. Keys are bytes. A tier stores either decoded
+/// objects or envelopes ([`Tier::storage`]); the hierarchy hands it the right form.
+///
+/// Contract:
+/// - `get` never returns an entry past its `stale_until`: classify with [`Entry::lookup_at`].
+/// - Bytes that are not a valid envelope are `Err` of kind
+///   [`Decode`](crate::TierErrorKind::Decode), never a panic; the hierarchy counts them and
+///   treats them as a miss.
+/// - An entry is stored no longer than its `meta.stale_until` (the tier's physical TTL).
+/// - Errors say what failed: [`TierError::is_tier_failure`] drives the circuit breaker.
+#[async_trait]
+pub trait Tier: Send + Sync + 'static {
+    /// A short name, used as the `tier` metric label by default (`memory`, `disk`, `redis`).
+    fn name(&self) -> &str;
+
+    /// Which value form this tier stores.
+    fn storage(&self) -> Storage;
+
+    /// Look one key up.
+    async fn get(&self, key: &[u8]) -> Result<Lookup, TierError>;
+
+    /// Look several keys up; the answer has one [`Lookup`] per key, in order.
+    /// Default: one `get` after the other.
+    async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// Store one entry, replacing what was there.
+    async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError>;
+
+    /// Store several entries. Default: one `insert` after the other.
+    async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
+        for (key, entry) in entries {
+            self.insert(key, entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove one key (no error when absent).
+    async fn remove(&self, key: &[u8]) -> Result<(), TierError>;
+
+    /// Remove everything this tier holds for this hierarchy.
+    async fn clear(&self) -> Result<(), TierError>;
+
+    /// Entries, bytes and capacity, cheaply (called for gauges).
+    fn stats(&self) -> TierStats {
+        TierStats::default()
+    }
+
+    /// True for a tier every instance shares (Redis): backplane invalidations from other instances
+    /// are not applied to it (the sender already did), and reconnects do not clear it.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Called once when the tier is mounted in a hierarchy, so that its own metrics
+    /// (evictions, decode errors found while scanning, ...) carry the right labels.
+    fn attach(&self, _ctx: &TierContext) {}
+}

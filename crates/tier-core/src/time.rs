@@ -1,0 +1,75 @@
+//! Wall-clock time as Unix milliseconds (the unit of every instant in an envelope), and jitter.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Now, as Unix milliseconds. A clock before 1970 reads as 0.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `now + d` in Unix milliseconds, saturating.
+pub fn after_ms(now: u64, d: Duration) -> u64 {
+    now.saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
+/// A cheap thread-local pseudo-random number generator (xorshift64*), for jitter, sampling and
+/// XFetch. Not for anything secret.
+pub(crate) fn rand_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x9E37);
+            let addr = &t as *const u64 as u64;
+            (t ^ addr.rotate_left(32)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// A uniform float in `(0, 1]`.
+pub(crate) fn rand_unit() -> f64 {
+    ((rand_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+}
+
+/// `d` scaled by a random factor in `[1 - jitter, 1 + jitter]`; `jitter` is clamped to `[0, 1]`.
+pub(crate) fn jittered(d: Duration, jitter: f64) -> Duration {
+    let j = jitter.clamp(0.0, 1.0);
+    if j == 0.0 || d.is_zero() {
+        return d;
+    }
+    let factor = 1.0 - j + 2.0 * j * rand_unit();
+    d.mul_f64(factor.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_bounds_and_varies() {
+        let d = Duration::from_secs(100);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let j = jittered(d, 0.1);
+            assert!(j >= Duration::from_secs(90) && j <= Duration::from_secs(110), "{j:?}");
+            seen.insert(j.as_millis());
+        }
+        assert!(seen.len() > 100, "jitter should spread values, got {}", seen.len());
+        assert_eq!(jittered(d, 0.0), d);
+    }
+
+    #[test]
+    fn unit_is_in_range() {
+        for _ in 0..10_000 {
+            let u = rand_unit();
+            assert!(u > 0.0 && u <= 1.0);
+        }
+    }
+}

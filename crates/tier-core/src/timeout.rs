@@ -1,0 +1,77 @@
+//! Per-tier timeout as a wrapper that implements [`Tier`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::entry::{Entry, Lookup, Storage};
+use crate::error::{TierError, TierErrorKind};
+use crate::tier::{Tier, TierContext, TierStats};
+
+/// A tier whose every call is bounded by a timeout; a late answer is
+/// [`TierErrorKind::Timeout`] (a tier failure, counted by the breaker).
+pub struct TimeoutTier {
+    inner: Arc<dyn Tier>,
+    timeout: Duration,
+}
+
+impl TimeoutTier {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn Tier>, timeout: Duration) -> Self {
+        Self { inner, timeout }
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &str,
+        call: impl Future<Output = Result<T, TierError>>,
+    ) -> Result<T, TierError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(TierError::new(
+                TierErrorKind::Timeout,
+                format!("{op} on tier {} took longer than {:?}", self.inner.name(), self.timeout),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Tier for TimeoutTier {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn storage(&self) -> Storage {
+        self.inner.storage()
+    }
+    async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
+        self.bounded("get", self.inner.get(key)).await
+    }
+    async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
+        self.bounded("get_many", self.inner.get_many(keys)).await
+    }
+    async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
+        self.bounded("insert", self.inner.insert(key, entry)).await
+    }
+    async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
+        self.bounded("insert_many", self.inner.insert_many(entries)).await
+    }
+    async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
+        self.bounded("remove", self.inner.remove(key)).await
+    }
+    async fn clear(&self) -> Result<(), TierError> {
+        self.bounded("clear", self.inner.clear()).await
+    }
+    fn stats(&self) -> TierStats {
+        self.inner.stats()
+    }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+    fn attach(&self, ctx: &TierContext) {
+        self.inner.attach(ctx);
+    }
+}

@@ -1,0 +1,1 @@
+//! The memory tier of `tier` (work in progress).

@@ -1,0 +1,1 @@
+//! The redis tier of `tier` (work in progress).
