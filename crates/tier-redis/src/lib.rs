@@ -1,1 +1,55 @@
-//! The redis tier of `tier` (work in progress).
+//! # tier-redis
+//!
+//! The shared tier of `tier`: Redis, standalone or Redis Cluster, and what the fleet shares
+//! through it.
+//!
+//! - [`RedisTier`] — the L3 tier: envelopes under a key prefix, `SET … PX` until the entry is
+//!   gone, `MGET`/pipelines for batches (split by hash slot in a Cluster), background retry of
+//!   failed writes.
+//! - [`RedisGenerations`] — tag generations (`INCR` per tag): `invalidate_tag` is O(1) and reaches
+//!   the whole fleet.
+//! - [`RedisBackplane`] — invalidations published to every other instance over pub/sub, with a
+//!   reconnect loop that tells the hierarchy when messages may have been missed.
+//! - [`RedisLock`] — the fleet-wide stampede lock (`SET NX PX` + compare-and-delete).
+//!
+//! All four share one [`RedisConnection`] (standalone `ConnectionManager` or cluster-async
+//! client: multiplexed, reconnected automatically, every call bounded by connect + response
+//! timeout).
+//!
+//! ## Keys
+//! Data keys are `tier prefix + key` (default prefix `"tier:"`), generations
+//! `"tier-gen:" + tag`, locks `"tier-lock:" + key`. Keep the three prefixes apart (none a prefix
+//! of another): the tier's `clear` removes everything under its own prefix, with `SCAN`+`UNLINK`.
+//!
+//! ## Errors
+//! Set-up (builders, connect) returns [`SetupError`]. Running operations return
+//! [`tier_core::TierError`]: connection problems are `Unavailable`, timeouts `Timeout`, foreign
+//! bytes under the prefix `Decode` — the hierarchy's breaker and metrics know what to do with each.
+//!
+//! ## Metrics
+//! See [`metrics`] for the names and labels this crate emits.
+//!
+//! ## Features
+//! - `tls` — `rediss://` URLs through rustls (redis-rs's `tokio-rustls-comp`). The application
+//!   installs a rustls `CryptoProvider` (e.g. ring or aws-lc-rs) at start.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backplane;
+mod connection;
+mod error;
+mod generations;
+mod lock;
+pub mod metrics;
+mod retry;
+mod tier;
+mod wire;
+
+pub use backplane::{RedisBackplane, RedisBackplaneBuilder, DEFAULT_CHANNEL};
+pub use connection::{
+    RedisConnection, RedisConnectionBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
+};
+pub use error::SetupError;
+pub use generations::{RedisGenerations, DEFAULT_CACHE_MAX_AGE, DEFAULT_GENERATION_PREFIX};
+pub use lock::{RedisLock, DEFAULT_LOCK_PREFIX};
+pub use tier::{RedisTier, RedisTierBuilder, DEFAULT_PREFIX, DEFAULT_RETRY_CAPACITY};

@@ -1,0 +1,368 @@
+//! [`RedisBackplane`]: invalidations between instances over Redis pub/sub.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tier_core::{Backplane, BackplaneEvent, Invalidation, TierError};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::connection::RedisConnection;
+use crate::error::SetupError;
+use crate::metrics::{
+    BACKPLANE_CONNECTED, BACKPLANE_ERRORS, BACKPLANE_MESSAGES, BACKPLANE_RECONNECTS,
+};
+use crate::wire::{WireMessage, WireWhat};
+
+/// Default channel name.
+pub const DEFAULT_CHANNEL: &str = "tier:invalidations";
+
+/// Something in this crate that must see backplane events before the hierarchy does
+/// (the generation cache).
+pub(crate) trait EventHook: Send + Sync {
+    fn on_event(&self, event: &BackplaneEvent);
+}
+
+/// Builds a [`RedisBackplane`]; see [`RedisBackplane::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisBackplaneBuilder {
+    conn: RedisConnection,
+    channel: String,
+    node_id: Option<String>,
+    capacity: usize,
+    ping_interval: Duration,
+}
+
+impl RedisBackplaneBuilder {
+    /// The pub/sub channel; every instance of a service uses the same. Default:
+    /// `"tier:invalidations"`.
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// This instance's id, carried by its messages (so that it ignores its own). Default: 64
+    /// random bits in hex.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// Events buffered per subscriber before a slow one lags (and misses events). Default: 4096.
+    pub fn capacity(mut self, events: usize) -> Self {
+        self.capacity = events;
+        self
+    }
+
+    /// How often the subscription connection is checked with a `PING` (a dead peer that sends no
+    /// RST is found this way). Default: 1 s.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Subscribe (waiting for the first subscription to be confirmed) and start the receive loop.
+    pub async fn build(self) -> Result<RedisBackplane, SetupError> {
+        if self.channel.is_empty() {
+            return Err(SetupError::Config("the backplane channel name is empty".into()));
+        }
+        if self.capacity == 0 || self.ping_interval.is_zero() {
+            return Err(SetupError::Config("capacity and ping interval must be positive".into()));
+        }
+        let clients = self.conn.node_clients().to_vec();
+        let first = subscribe(&clients[0], &self.channel, self.conn.op_timeout())
+            .await
+            .map_err(|source| SetupError::Subscribe { channel: self.channel.clone(), source })?;
+        let (tx, _) = broadcast::channel(self.capacity);
+        let shared = Arc::new(Shared {
+            channel: self.channel,
+            node_id: self.node_id.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
+            tx,
+            hooks: Mutex::new(Vec::new()),
+            last_seq: Mutex::new(HashMap::new()),
+            reconnects: AtomicU64::new(0),
+        });
+        metrics::gauge!(BACKPLANE_CONNECTED, "channel" => shared.channel.clone()).set(1.0);
+        let task = tokio::spawn(receive_loop(
+            shared.clone(),
+            clients,
+            first,
+            self.conn.op_timeout(),
+            self.ping_interval,
+        ));
+        Ok(RedisBackplane {
+            shared,
+            conn: self.conn,
+            seq: Arc::new(AtomicU64::new(0)),
+            _task: Arc::new(AbortOnDrop(task)),
+        })
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Shared {
+    channel: String,
+    node_id: String,
+    tx: broadcast::Sender<BackplaneEvent>,
+    hooks: Mutex<Vec<Weak<dyn EventHook>>>,
+    /// Last sequence number seen per sender, to detect lost messages.
+    last_seq: Mutex<HashMap<String, u64>>,
+    reconnects: AtomicU64,
+}
+
+impl Shared {
+    fn emit(&self, event: BackplaneEvent) {
+        {
+            let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+            hooks.retain(|h| match h.upgrade() {
+                Some(h) => {
+                    h.on_event(&event);
+                    true
+                }
+                None => false,
+            });
+        }
+        // No subscriber is not an error.
+        let _ = self.tx.send(event);
+    }
+
+    fn error(&self, kind: &'static str) {
+        metrics::counter!(BACKPLANE_ERRORS, "channel" => self.channel.clone(), "kind" => kind)
+            .increment(1);
+    }
+
+    fn handle(&self, payload: &[u8]) {
+        let msg: WireMessage = match rmp_serde::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error("decode");
+                tracing::warn!(channel = %self.channel, error = %e, "undecodable backplane message ignored");
+                return;
+            }
+        };
+        if msg.node == self.node_id {
+            return;
+        }
+        let gap = {
+            let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
+            if last.len() > 10_000 && !last.contains_key(&msg.node) {
+                last.clear();
+            }
+            let prev = last.insert(msg.node.clone(), msg.seq);
+            prev.is_some_and(|p| msg.seq > p + 1)
+        };
+        if gap {
+            self.error("gap");
+            tracing::warn!(channel = %self.channel, node = %msg.node, "backplane messages from a node were lost; dropping cached generations");
+            let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+            for h in hooks.iter().filter_map(Weak::upgrade) {
+                h.on_event(&BackplaneEvent::Reconnected);
+            }
+        }
+        metrics::counter!(BACKPLANE_MESSAGES, "channel" => self.channel.clone(), "direction" => "received")
+            .increment(1);
+        let what = match msg.what {
+            WireWhat::Key(k) => Invalidation::Key(Bytes::from(k.0)),
+            WireWhat::Tag(t) => Invalidation::Tag(Arc::from(t)),
+            WireWhat::Namespace(v) => Invalidation::Namespace(v),
+            WireWhat::Clear => Invalidation::Clear,
+        };
+        self.emit(BackplaneEvent::Invalidate { cache: msg.cache, what });
+    }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    timeout: Duration,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let connecting = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
+    };
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "subscribing took too long",
+        ))),
+    }
+}
+
+/// Pump messages until the subscription is lost (stream ends or a `PING` fails).
+async fn pump(shared: &Shared, pubsub: redis::aio::PubSub, timeout: Duration, ping: Duration) {
+    let (mut sink, mut stream) = pubsub.split();
+    let mut ticker = tokio::time::interval(ping);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => shared.handle(msg.get_payload_bytes()),
+                None => return,
+            },
+            _ = ticker.tick() => {
+                let alive = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+                if !matches!(alive, Ok(Ok(_))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn receive_loop(
+    shared: Arc<Shared>,
+    clients: Vec<redis::Client>,
+    first: redis::aio::PubSub,
+    timeout: Duration,
+    ping: Duration,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(20);
+    const MAX_BACKOFF: Duration = Duration::from_secs(2);
+    let channel = shared.channel.clone();
+    pump(&shared, first, timeout, ping).await;
+    let mut node = 0usize;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        metrics::gauge!(BACKPLANE_CONNECTED, "channel" => channel.clone()).set(0.0);
+        tracing::warn!(channel = %channel, "backplane subscription lost; reconnecting");
+        loop {
+            // Cluster: any node relays every PUBLISH of the cluster; try them in turn.
+            node = (node + 1) % clients.len();
+            match subscribe(&clients[node], &channel, timeout).await {
+                Ok(pubsub) => {
+                    backoff = MIN_BACKOFF;
+                    let n = shared.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+                    metrics::counter!(BACKPLANE_RECONNECTS, "channel" => channel.clone())
+                        .increment(1);
+                    metrics::gauge!(BACKPLANE_CONNECTED, "channel" => channel.clone()).set(1.0);
+                    tracing::warn!(
+                        channel = %channel, reconnects = n,
+                        "backplane reconnected; invalidations may have been missed, local tiers are treated as suspect"
+                    );
+                    shared.emit(BackplaneEvent::Reconnected);
+                    pump(&shared, pubsub, timeout, ping).await;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(channel = %channel, error = %e, "backplane reconnect failed; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Invalidations between the instances of a service, over a Redis pub/sub channel.
+///
+/// Invariants:
+/// - Messages are MessagePack: format version, sender node id, sender sequence number (1, 2, …),
+///   cache name and the [`Invalidation`]. An instance ignores its own messages.
+/// - Subscription uses a dedicated connection (not the shared multiplexed one), watched by a
+///   `PING` every `ping_interval`. When it is lost, a loop reconnects with backoff (20 ms up to
+///   2 s); once subscribed again it emits [`BackplaneEvent::Reconnected`], increments
+///   `tier_backplane_reconnects_total` and logs a warning. A gap in a sender's sequence numbers is
+///   counted (`tier_backplane_errors_total{kind="gap"}`) and logged.
+/// - Redis Cluster: `PUBLISH` goes through the cluster connection to any node, and the cluster
+///   bus relays it to every node, so the subscription is a plain `SUBSCRIBE` on one node (the
+///   configured node URLs in turn on reconnect). Sharded pub/sub is not used.
+/// - Delivery is at most once (Redis pub/sub): the reconnect event is how an instance learns that
+///   it may have missed something.
+#[derive(Clone)]
+pub struct RedisBackplane {
+    shared: Arc<Shared>,
+    conn: RedisConnection,
+    seq: Arc<AtomicU64>,
+    _task: Arc<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for RedisBackplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackplane")
+            .field("channel", &self.shared.channel)
+            .field("node_id", &self.shared.node_id)
+            .finish()
+    }
+}
+
+impl RedisBackplane {
+    /// A builder publishing through `conn` and subscribing on a dedicated connection to the
+    /// same server (or to one node of the same cluster).
+    pub fn builder(conn: RedisConnection) -> RedisBackplaneBuilder {
+        RedisBackplaneBuilder {
+            conn,
+            channel: DEFAULT_CHANNEL.into(),
+            node_id: None,
+            capacity: 4096,
+            ping_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// This instance's node id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.shared.channel
+    }
+
+    /// How many times the subscription was re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_hook(&self, hook: Weak<dyn EventHook>) {
+        self.shared.hooks.lock().unwrap_or_else(|p| p.into_inner()).push(hook);
+    }
+}
+
+#[async_trait]
+impl Backplane for RedisBackplane {
+    async fn publish(&self, cache: &str, what: &Invalidation) -> Result<(), TierError> {
+        let msg = WireMessage {
+            v: 1,
+            node: self.shared.node_id.clone(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            cache: cache.to_string(),
+            what: WireWhat::from(what),
+        };
+        let payload = rmp_serde::to_vec_named(&msg).map_err(|e| {
+            TierError::new(tier_core::TierErrorKind::Rejected, format!("backplane message: {e}"))
+        })?;
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&self.shared.channel).arg(payload);
+        match self.conn.query::<i64>("publish", &cmd).await {
+            Ok(_) => {
+                metrics::counter!(BACKPLANE_MESSAGES, "channel" => self.shared.channel.clone(), "direction" => "sent")
+                    .increment(1);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.error("publish");
+                Err(e)
+            }
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<BackplaneEvent> {
+        self.shared.tx.subscribe()
+    }
+}

@@ -1,0 +1,192 @@
+//! [`RedisGenerations`]: tag generations shared by the fleet.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tier_core::{BackplaneEvent, GenerationStore, Invalidation, TierError};
+
+use crate::backplane::{EventHook, RedisBackplane};
+use crate::connection::RedisConnection;
+use crate::tier::full_key;
+
+/// Default prefix of generation keys.
+pub const DEFAULT_GENERATION_PREFIX: &str = "tier-gen:";
+/// Default longest time a cached generation is trusted.
+pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
+const MAX_CACHED_TAGS: usize = 100_000;
+
+/// Tag generations in Redis: one integer key per tag (`prefix + tag`), bumped with `INCR`, read
+/// with `MGET` (one per hash slot in a Cluster). One `invalidate_tag` is one `INCR`, whatever the
+/// number of tagged entries, and reaches every instance.
+///
+/// Caching: without a backplane every [`current`](GenerationStore::current) reads Redis. With
+/// [`cached_with`](Self::cached_with) generations read from Redis are kept in process and
+/// dropped — *before* the hierarchy sees the event — when the backplane delivers a tag
+/// invalidation, a clear, a reconnect or a sequence gap, and after at most `max_age` in any case.
+/// A read that raced with such a drop does not refill the cache (epoch check), so a cached value
+/// is never older than the last invalidation the backplane delivered.
+///
+/// ```no_run
+/// # async fn demo(conn: tier_redis::RedisConnection, bp: tier_redis::RedisBackplane) {
+/// let generations = tier_redis::RedisGenerations::new(conn).cached_with(&bp);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisGenerations {
+    conn: RedisConnection,
+    prefix: Bytes,
+    cache: Option<Arc<GenerationCache>>,
+}
+
+impl std::fmt::Debug for RedisGenerations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisGenerations")
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .field("cached", &self.cache.is_some())
+            .finish()
+    }
+}
+
+struct GenerationCache {
+    map: Mutex<HashMap<Arc<str>, (u64, Instant)>>,
+    /// Bumped on every drop; a read that saw another epoch does not fill the cache.
+    epoch: AtomicU64,
+    max_age: Duration,
+}
+
+impl GenerationCache {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (u64, Instant)>> {
+        // Every critical section is a single map operation: a poisoned map is consistent.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget(&self, tag: Option<&str>) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut map = self.map();
+        match tag {
+            Some(t) => {
+                map.remove(t);
+            }
+            None => map.clear(),
+        }
+    }
+}
+
+impl EventHook for GenerationCache {
+    fn on_event(&self, event: &BackplaneEvent) {
+        match event {
+            BackplaneEvent::Invalidate { what: Invalidation::Tag(tag), .. } => {
+                self.forget(Some(tag))
+            }
+            BackplaneEvent::Invalidate { what: Invalidation::Key(_), .. } => {}
+            _ => self.forget(None),
+        }
+    }
+}
+
+impl RedisGenerations {
+    /// Generations on `conn`, under the prefix `"tier-gen:"`, not cached.
+    pub fn new(conn: RedisConnection) -> Self {
+        Self { conn, prefix: Bytes::from_static(DEFAULT_GENERATION_PREFIX.as_bytes()), cache: None }
+    }
+
+    /// Prefix of generation keys; keep it apart from the tier's prefix (the tier's `clear` would
+    /// otherwise reset generations). Default: `"tier-gen:"`.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl AsRef<[u8]>) -> Self {
+        self.prefix = Bytes::copy_from_slice(prefix.as_ref());
+        self
+    }
+
+    /// Cache generations in process, kept right by `backplane`'s events (see the type's docs),
+    /// each trusted at most [`DEFAULT_CACHE_MAX_AGE`].
+    #[must_use]
+    pub fn cached_with(self, backplane: &RedisBackplane) -> Self {
+        self.cached_with_max_age(backplane, DEFAULT_CACHE_MAX_AGE)
+    }
+
+    /// Like [`cached_with`](Self::cached_with), with the longest time a cached generation is
+    /// trusted.
+    #[must_use]
+    pub fn cached_with_max_age(mut self, backplane: &RedisBackplane, max_age: Duration) -> Self {
+        let cache = Arc::new(GenerationCache {
+            map: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            max_age,
+        });
+        let hook: Arc<dyn EventHook> = cache.clone();
+        backplane.add_hook(Arc::downgrade(&hook));
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The Redis key of `tag`'s generation.
+    pub fn redis_key(&self, tag: &str) -> Vec<u8> {
+        full_key(&self.prefix, tag.as_bytes())
+    }
+
+    async fn read(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
+        let keys: Vec<Vec<u8>> = tags.iter().map(|t| self.redis_key(t)).collect();
+        let got: Vec<Option<u64>> = self.conn.mget("generations", &keys).await?;
+        Ok(got.into_iter().map(|g| g.unwrap_or(0)).collect())
+    }
+}
+
+#[async_trait]
+impl GenerationStore for RedisGenerations {
+    async fn current(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(cache) = &self.cache else { return self.read(tags).await };
+        let epoch = cache.epoch.load(Ordering::SeqCst);
+        {
+            let map = cache.map();
+            let now = Instant::now();
+            let cached: Option<Vec<u64>> = tags
+                .iter()
+                .map(|t| {
+                    map.get(t)
+                        .filter(|(_, at)| now.duration_since(*at) < cache.max_age)
+                        .map(|(g, _)| *g)
+                })
+                .collect();
+            if let Some(gens) = cached {
+                return Ok(gens);
+            }
+        }
+        let gens = self.read(tags).await?;
+        let mut map = cache.map();
+        if cache.epoch.load(Ordering::SeqCst) == epoch {
+            if map.len() + tags.len() > MAX_CACHED_TAGS {
+                map.clear();
+            }
+            let now = Instant::now();
+            for (t, g) in tags.iter().zip(&gens) {
+                map.insert(t.clone(), (*g, now));
+            }
+        }
+        Ok(gens)
+    }
+
+    async fn bump(&self, tag: &str) -> Result<u64, TierError> {
+        let mut cmd = redis::cmd("INCR");
+        cmd.arg(self.redis_key(tag));
+        let g: u64 = self.conn.query("generation bump", &cmd).await?;
+        if let Some(cache) = &self.cache {
+            // Our own bump is not delivered back by the backplane: drop the old value here.
+            cache.forget(Some(tag));
+        }
+        Ok(g)
+    }
+
+    fn forget_cached(&self) {
+        if let Some(cache) = &self.cache {
+            cache.forget(None);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! [`RedisLock`]: the fleet-wide stampede lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tier_core::{DistributedLock, LockToken, TierError};
+
+use crate::connection::RedisConnection;
+use crate::tier::full_key;
+
+/// Default prefix of lock keys.
+pub const DEFAULT_LOCK_PREFIX: &str = "tier-lock:";
+
+/// Deletes the lock only when it still holds our token.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+else
+    return 0
+end
+"#;
+
+/// A distributed lock per cache key: `SET prefix+key token NX PX ttl`, released by a
+/// compare-and-delete Lua script.
+///
+/// Invariants: a token is 128 random bits, so a lock is only ever released by its holder; a lock
+/// whose holder died disappears after its TTL; a release after the TTL expired (and another
+/// instance took the lock) leaves the other instance's lock alone. In a Cluster the lock key lives
+/// on the master of its slot (no Redlock: a failover can lose a lock, which costs at most one
+/// extra load).
+///
+/// ```no_run
+/// # async fn demo(conn: tier_redis::RedisConnection) -> Result<(), tier_core::TierError> {
+/// use std::time::Duration;
+/// use tier_core::DistributedLock;
+/// let lock = tier_redis::RedisLock::new(conn);
+/// if let Some(token) = lock.try_acquire(b"user:1", Duration::from_secs(10)).await? {
+///     // ... load ...
+///     lock.release(b"user:1", &token).await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisLock {
+    conn: RedisConnection,
+    prefix: Bytes,
+    release: Arc<redis::Script>,
+}
+
+impl std::fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLock").field("prefix", &String::from_utf8_lossy(&self.prefix)).finish()
+    }
+}
+
+impl RedisLock {
+    /// Locks on `conn`, under the prefix `"tier-lock:"`.
+    pub fn new(conn: RedisConnection) -> Self {
+        Self {
+            conn,
+            prefix: Bytes::from_static(DEFAULT_LOCK_PREFIX.as_bytes()),
+            release: Arc::new(redis::Script::new(RELEASE)),
+        }
+    }
+
+    /// Prefix of lock keys; keep it apart from the tier's prefix (the tier's `clear` would
+    /// otherwise remove held locks). Default: `"tier-lock:"`.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl AsRef<[u8]>) -> Self {
+        self.prefix = Bytes::copy_from_slice(prefix.as_ref());
+        self
+    }
+
+    /// The Redis key of the lock for `key`.
+    pub fn redis_key(&self, key: &[u8]) -> Vec<u8> {
+        full_key(&self.prefix, key)
+    }
+}
+
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[async_trait]
+impl DistributedLock for RedisLock {
+    async fn try_acquire(&self, key: &[u8], ttl: Duration) -> Result<Option<LockToken>, TierError> {
+        let token = new_token();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.redis_key(key)).arg(&token).arg("NX").arg("PX").arg(ttl_ms);
+        let reply: Option<String> = self.conn.query("lock acquire", &cmd).await?;
+        Ok(reply.map(|_| LockToken(token)))
+    }
+
+    async fn release(&self, key: &[u8], token: &LockToken) -> Result<(), TierError> {
+        let mut conn = self.conn.conn();
+        let mut invocation = self.release.key(self.redis_key(key));
+        invocation.arg(&token.0);
+        let _deleted: i64 =
+            self.conn.bounded("lock release", invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+}

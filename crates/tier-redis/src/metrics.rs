@@ -1,0 +1,48 @@
+//! Names of the metrics this crate emits (an interface: dashboards and the CLI depend on them).
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `tier_redis_write_retries_total` | counter | cache, tier, outcome = queued / replaced / written / failed / dropped_full / expired |
+//! | `tier_redis_retry_queue` | gauge | cache, tier |
+//! | `tier_backplane_messages_total` | counter | channel, direction = sent / received |
+//! | `tier_backplane_errors_total` | counter | channel, kind = publish / decode / gap |
+//! | `tier_backplane_reconnects_total` | counter | channel |
+//! | `tier_backplane_connected` | gauge 0 / 1 | channel |
+//!
+//! Requests, latencies, breaker state and decode errors of the tier itself are counted by the
+//! hierarchy (`tier_requests_total`, `tier_decode_errors_total`, ... with `tier="redis"`).
+
+use std::sync::RwLock;
+
+/// Counter: background retries of failed writes, by `outcome`.
+pub const WRITE_RETRIES: &str = "tier_redis_write_retries_total";
+/// Gauge: keys waiting in the retry queue.
+pub const RETRY_QUEUE: &str = "tier_redis_retry_queue";
+/// Counter: backplane messages, by `direction` (`sent`, `received`; own messages are not counted
+/// as received).
+pub const BACKPLANE_MESSAGES: &str = "tier_backplane_messages_total";
+/// Counter: backplane problems, by `kind` (`publish` failed, message failed to `decode`,
+/// sequence `gap` from a sender: messages were lost).
+pub const BACKPLANE_ERRORS: &str = "tier_backplane_errors_total";
+/// Counter: times the backplane's subscription was lost and re-established.
+pub const BACKPLANE_RECONNECTS: &str = "tier_backplane_reconnects_total";
+/// Gauge: 1 while the backplane's subscription is up, 0 while it is being re-established.
+pub const BACKPLANE_CONNECTED: &str = "tier_backplane_connected";
+
+/// The `cache` and `tier` labels of a mounted tier.
+#[derive(Debug, Clone)]
+pub(crate) struct Labels {
+    pub(crate) cache: String,
+    pub(crate) tier: String,
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Self { cache: String::new(), tier: "redis".into() }
+    }
+}
+
+pub(crate) fn read(labels: &RwLock<Labels>) -> Labels {
+    // Labels are replaced whole; a poisoned lock still holds a consistent value.
+    labels.read().unwrap_or_else(|p| p.into_inner()).clone()
+}

@@ -1,0 +1,243 @@
+//! Background retry of failed writes, so that a Redis blip does not leave L3 permanently behind.
+//!
+//! Invariants:
+//! - Bounded: at most `capacity` keys wait; a new key beyond that is dropped and counted
+//!   (`outcome="dropped_full"`).
+//! - Deduplicated per key: the latest failed operation on a key replaces an older one
+//!   (`outcome="replaced"`); a successful direct write or remove of the key cancels what waits, so
+//!   an older value is not written over a newer one and an invalidated value is not resurrected.
+//!   (A retry already *in flight* when the direct write lands can still finish after it: the
+//!   window is one round trip.)
+//! - A pending write whose entry has passed `stale_until` is dropped (`outcome="expired"`), never
+//!   written.
+//! - The worker backs off exponentially (50 ms up to 5 s) while writes keep failing, and stops when
+//!   the tier is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::connection::RedisConnection;
+use crate::metrics::{Labels, RETRY_QUEUE, WRITE_RETRIES};
+
+/// A write that failed and waits for another try.
+#[derive(Debug, Clone)]
+pub(crate) enum PendingOp {
+    /// `SET key envelope PX (stale_until - now)`.
+    Set { envelope: Bytes, stale_until: u64 },
+    /// `DEL key`.
+    Remove,
+}
+
+/// The command that performs `op` on `full_key` now (a write already past `stale_until` becomes
+/// a `DEL`).
+pub(crate) fn write_cmd(full_key: &[u8], op: &PendingOp, now: u64) -> redis::Cmd {
+    match op {
+        PendingOp::Set { envelope, stale_until } if *stale_until > now => {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(full_key).arg(envelope.as_ref()).arg("PX").arg(*stale_until - now);
+            cmd
+        }
+        // Expired already: storing it would be wrong, leaving an older value would be too.
+        PendingOp::Set { .. } | PendingOp::Remove => {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(full_key);
+            cmd
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    ops: HashMap<Bytes, PendingOp>,
+    order: VecDeque<Bytes>,
+}
+
+pub(crate) struct RetryQueue {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+    labels: Arc<RwLock<Labels>>,
+}
+
+impl RetryQueue {
+    pub(crate) fn new(capacity: usize, labels: Arc<RwLock<Labels>>) -> Self {
+        Self { state: Mutex::new(State::default()), notify: Notify::new(), capacity, labels }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section leaves the map and the queue consistent (no panics inside).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, outcome: &'static str, n: u64) {
+        let labels = crate::metrics::read(&self.labels);
+        metrics::counter!(WRITE_RETRIES, "cache" => labels.cache, "tier" => labels.tier, "outcome" => outcome)
+            .increment(n);
+    }
+
+    fn gauge(&self, len: usize) {
+        let labels = crate::metrics::read(&self.labels);
+        metrics::gauge!(RETRY_QUEUE, "cache" => labels.cache, "tier" => labels.tier)
+            .set(len as f64);
+    }
+
+    /// Queue `op` on `key` (the key without prefix).
+    pub(crate) fn push(&self, key: Bytes, op: PendingOp) {
+        let (outcome, len) = {
+            let mut st = self.state();
+            if let Some(slot) = st.ops.get_mut(&key) {
+                *slot = op;
+                ("replaced", st.ops.len())
+            } else if st.ops.len() >= self.capacity {
+                ("dropped_full", st.ops.len())
+            } else {
+                st.ops.insert(key.clone(), op);
+                st.order.push_back(key);
+                ("queued", st.ops.len())
+            }
+        };
+        self.count(outcome, 1);
+        self.gauge(len);
+        if outcome == "queued" || outcome == "replaced" {
+            self.notify.notify_one();
+        }
+    }
+
+    /// A direct write or remove of `key` succeeded: what waited for it is obsolete.
+    pub(crate) fn cancel(&self, key: &[u8]) {
+        let len = {
+            let mut st = self.state();
+            if st.ops.is_empty() || st.ops.remove(key).is_none() {
+                return;
+            }
+            st.ops.len()
+        };
+        self.gauge(len);
+    }
+
+    /// The tier was cleared: nothing that waited is wanted any more.
+    pub(crate) fn cancel_all(&self) {
+        let mut st = self.state();
+        st.ops.clear();
+        st.order.clear();
+        drop(st);
+        self.gauge(0);
+    }
+
+    /// Keys waiting (for tests and stats).
+    pub(crate) fn len(&self) -> usize {
+        self.state().ops.len()
+    }
+
+    fn pop(&self) -> Option<(Bytes, PendingOp)> {
+        let mut st = self.state();
+        while let Some(key) = st.order.pop_front() {
+            if let Some(op) = st.ops.remove(&key) {
+                return Some((key, op));
+            }
+        }
+        None
+    }
+
+    /// Put back an op whose retry failed, unless a newer one arrived meanwhile.
+    fn requeue(&self, key: Bytes, op: PendingOp) {
+        let mut st = self.state();
+        if !st.ops.contains_key(&key) && st.ops.len() < self.capacity {
+            st.ops.insert(key.clone(), op);
+            st.order.push_back(key);
+        }
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The worker: drains the queue, one key at a time, backing off while Redis keeps failing.
+pub(crate) async fn run(queue: Arc<RetryQueue>, conn: RedisConnection, prefix: Bytes) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let Some((key, op)) = queue.pop() else {
+            queue.notify.notified().await;
+            continue;
+        };
+        let now = tier_core::now_ms();
+        if let PendingOp::Set { stale_until, .. } = &op {
+            if *stale_until <= now {
+                queue.count("expired", 1);
+                queue.gauge(queue.len());
+                continue;
+            }
+        }
+        let full = crate::tier::full_key(&prefix, &key);
+        let cmd = write_cmd(&full, &op, now);
+        match conn.query::<redis::Value>("retry write", &cmd).await {
+            Ok(_) => {
+                queue.count("written", 1);
+                queue.gauge(queue.len());
+                backoff = MIN_BACKOFF;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "retry of a Redis write failed; backing off {backoff:?}");
+                queue.count("failed", 1);
+                queue.requeue(key, op);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(capacity: usize) -> RetryQueue {
+        RetryQueue::new(capacity, Arc::new(RwLock::new(Labels::default())))
+    }
+
+    fn set(stale_until: u64) -> PendingOp {
+        PendingOp::Set { envelope: Bytes::from_static(b"x"), stale_until }
+    }
+
+    #[test]
+    fn dedups_bounds_and_cancels() {
+        let q = queue(2);
+        q.push(Bytes::from_static(b"a"), set(1));
+        q.push(Bytes::from_static(b"a"), set(2)); // replaces
+        q.push(Bytes::from_static(b"b"), PendingOp::Remove);
+        q.push(Bytes::from_static(b"c"), set(3)); // full: dropped
+        assert_eq!(q.len(), 2);
+        let (k, op) = q.pop().expect("a");
+        assert_eq!(&k[..], b"a");
+        assert!(matches!(op, PendingOp::Set { stale_until: 2, .. }));
+        q.cancel(b"b");
+        assert!(q.pop().is_none());
+        q.push(Bytes::from_static(b"d"), set(4));
+        q.cancel_all();
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn requeue_yields_to_newer_ops() {
+        let q = queue(4);
+        q.push(Bytes::from_static(b"a"), set(1));
+        let (k, op) = q.pop().expect("a");
+        q.push(Bytes::from_static(b"a"), set(9));
+        q.requeue(k, op);
+        let (_, op) = q.pop().expect("a again");
+        assert!(matches!(op, PendingOp::Set { stale_until: 9, .. }));
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn expired_writes_become_deletes() {
+        let cmd = write_cmd(b"k", &set(10), 20);
+        assert_eq!(cmd.args_iter().count(), 2);
+        let cmd = write_cmd(b"k", &set(30), 20);
+        assert_eq!(cmd.args_iter().count(), 5);
+    }
+}
