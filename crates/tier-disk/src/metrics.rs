@@ -1,0 +1,104 @@
+//! Metric names and handles (see the crate docs for the table).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+
+use metrics::{counter, gauge, Counter, Unit};
+use tier_core::TierContext;
+
+use crate::report::RecoveryReport;
+
+/// `tier_evictions_total{cache,tier,cause}`: cause `capacity` (reclaimed with its segment) or
+/// `expired` (past `stale_until`, found on read or on reclaim).
+pub const EVICTIONS: &str = "tier_evictions_total";
+/// `tier_decode_errors_total{cache,tier}`: torn or corrupt records found by the tier itself
+/// (recovery, or a CRC mismatch on read).
+pub const DECODE_ERRORS: &str = "tier_decode_errors_total";
+/// `tier_disk_recovery_records_total{cache,tier}`: valid records scanned when the directory was
+/// opened.
+pub const RECOVERY_RECORDS: &str = "tier_disk_recovery_records_total";
+/// `tier_disk_recovery_corrupt_total{cache,tier}`: torn or corrupt records (and unreadable
+/// segments) found when the directory was opened.
+pub const RECOVERY_CORRUPT: &str = "tier_disk_recovery_corrupt_total";
+/// `tier_disk_recovery_bytes_total{cache,tier}`: bytes scanned when the directory was opened.
+pub const RECOVERY_BYTES: &str = "tier_disk_recovery_bytes_total";
+/// `tier_disk_recovery_seconds{cache,tier}` (gauge): how long the last open took.
+pub const RECOVERY_SECONDS: &str = "tier_disk_recovery_seconds";
+
+/// Counter handles with the tier's labels.
+pub(crate) struct Handles {
+    pub evicted_capacity: Counter,
+    pub evicted_expired: Counter,
+    pub decode_errors: Counter,
+}
+
+impl Handles {
+    fn new(cache: &str, tier: &str) -> Self {
+        let evicted = |cause: &'static str| counter!(EVICTIONS, "cache" => cache.to_string(), "tier" => tier.to_string(), "cause" => cause);
+        Self {
+            evicted_capacity: evicted("capacity"),
+            evicted_expired: evicted("expired"),
+            decode_errors: counter!(DECODE_ERRORS, "cache" => cache.to_string(), "tier" => tier.to_string()),
+        }
+    }
+}
+
+/// The tier's metrics: labelled `cache=""` and `tier=<name>` until [`Metrics::attach`].
+pub(crate) struct Metrics {
+    handles: RwLock<Handles>,
+    recovery_emitted: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new(tier: &str) -> Self {
+        Self {
+            handles: RwLock::new(Handles::new("", tier)),
+            recovery_emitted: AtomicBool::new(false),
+        }
+    }
+
+    /// Run `f` with the current handles.
+    pub fn with<R>(&self, f: impl FnOnce(&Handles) -> R) -> R {
+        f(&self.handles.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Relabel, and the first time also emit the recovery figures (recovery ran before the tier
+    /// knew its labels).
+    pub fn attach(&self, ctx: &TierContext, report: &RecoveryReport) {
+        *self.handles.write().unwrap_or_else(|e| e.into_inner()) =
+            Handles::new(&ctx.cache, &ctx.tier);
+        if self.recovery_emitted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        describe();
+        let labels = [("cache", ctx.cache.clone()), ("tier", ctx.tier.clone())];
+        counter!(RECOVERY_RECORDS, &labels[..]).increment(report.records);
+        counter!(RECOVERY_CORRUPT, &labels[..]).increment(report.corrupt);
+        counter!(RECOVERY_BYTES, &labels[..]).increment(report.bytes_scanned);
+        counter!(DECODE_ERRORS, &labels[..]).increment(report.corrupt);
+        gauge!(RECOVERY_SECONDS, &labels[..]).set(report.duration.as_secs_f64());
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        RECOVERY_RECORDS,
+        Unit::Count,
+        "Valid records scanned when a disk tier was opened."
+    );
+    metrics::describe_counter!(
+        RECOVERY_CORRUPT,
+        Unit::Count,
+        "Torn or corrupt records found when a disk tier was opened."
+    );
+    metrics::describe_counter!(
+        RECOVERY_BYTES,
+        Unit::Bytes,
+        "Bytes scanned when a disk tier was opened."
+    );
+    metrics::describe_gauge!(
+        RECOVERY_SECONDS,
+        Unit::Seconds,
+        "How long the last open (recovery scan) of a disk tier took."
+    );
+}
