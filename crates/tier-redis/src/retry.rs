@@ -54,6 +54,14 @@ pub(crate) fn write_cmd(full_key: &[u8], op: &PendingOp, now: u64) -> redis::Cmd
 struct State {
     ops: HashMap<Bytes, PendingOp>,
     order: VecDeque<Bytes>,
+    /// The key the worker is writing now; it keeps its place in the capacity until done.
+    in_flight: Option<Bytes>,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        self.ops.len() + usize::from(self.in_flight.is_some())
+    }
 }
 
 pub(crate) struct RetryQueue {
@@ -91,13 +99,13 @@ impl RetryQueue {
             let mut st = self.state();
             if let Some(slot) = st.ops.get_mut(&key) {
                 *slot = op;
-                ("replaced", st.ops.len())
-            } else if st.ops.len() >= self.capacity {
-                ("dropped_full", st.ops.len())
+                ("replaced", st.len())
+            } else if st.len() >= self.capacity {
+                ("dropped_full", st.len())
             } else {
                 st.ops.insert(key.clone(), op);
                 st.order.push_back(key);
-                ("queued", st.ops.len())
+                ("queued", st.len())
             }
         };
         self.count(outcome, 1);
@@ -114,39 +122,51 @@ impl RetryQueue {
             if st.ops.is_empty() || st.ops.remove(key).is_none() {
                 return;
             }
-            st.ops.len()
+            st.len()
         };
         self.gauge(len);
     }
 
     /// The tier was cleared: nothing that waited is wanted any more.
     pub(crate) fn cancel_all(&self) {
-        let mut st = self.state();
-        st.ops.clear();
-        st.order.clear();
-        drop(st);
-        self.gauge(0);
+        let len = {
+            let mut st = self.state();
+            st.ops.clear();
+            st.order.clear();
+            st.len()
+        };
+        self.gauge(len);
     }
 
-    /// Keys waiting (for tests and stats).
+    /// Keys waiting, including the one being written (for tests and stats).
     pub(crate) fn len(&self) -> usize {
-        self.state().ops.len()
+        self.state().len()
     }
 
+    /// Take the oldest op; it stays counted (in flight) until [`Self::done`] or
+    /// [`Self::requeue`].
     fn pop(&self) -> Option<(Bytes, PendingOp)> {
         let mut st = self.state();
         while let Some(key) = st.order.pop_front() {
             if let Some(op) = st.ops.remove(&key) {
+                st.in_flight = Some(key.clone());
                 return Some((key, op));
             }
         }
         None
     }
 
-    /// Put back an op whose retry failed, unless a newer one arrived meanwhile.
+    /// The in-flight op was written (or dropped).
+    fn done(&self) {
+        self.state().in_flight = None;
+    }
+
+    /// Put back the in-flight op whose retry failed, unless a newer one arrived meanwhile (its
+    /// place in the capacity was kept, so it always fits).
     fn requeue(&self, key: Bytes, op: PendingOp) {
         let mut st = self.state();
-        if !st.ops.contains_key(&key) && st.ops.len() < self.capacity {
+        st.in_flight = None;
+        if !st.ops.contains_key(&key) {
             st.ops.insert(key.clone(), op);
             st.order.push_back(key);
         }
@@ -167,6 +187,7 @@ pub(crate) async fn run(queue: Arc<RetryQueue>, conn: RedisConnection, prefix: B
         let now = tier_core::now_ms();
         if let PendingOp::Set { stale_until, .. } = &op {
             if *stale_until <= now {
+                queue.done();
                 queue.count("expired", 1);
                 queue.gauge(queue.len());
                 continue;
@@ -176,6 +197,7 @@ pub(crate) async fn run(queue: Arc<RetryQueue>, conn: RedisConnection, prefix: B
         let cmd = write_cmd(&full, &op, now);
         match conn.query::<redis::Value>("retry write", &cmd).await {
             Ok(_) => {
+                queue.done();
                 queue.count("written", 1);
                 queue.gauge(queue.len());
                 backoff = MIN_BACKOFF;
@@ -226,6 +248,7 @@ mod tests {
         let q = queue(4);
         q.push(Bytes::from_static(b"a"), set(1));
         let (k, op) = q.pop().expect("a");
+        assert_eq!(q.len(), 1, "in flight still counts");
         q.push(Bytes::from_static(b"a"), set(9));
         q.requeue(k, op);
         let (_, op) = q.pop().expect("a again");

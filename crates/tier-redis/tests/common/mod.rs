@@ -1,0 +1,285 @@
+//! Shared helpers of the Redis integration tests: where the servers are, unique prefixes,
+//! envelopes, a redis-server of the test's own and a fault-injecting TCP proxy.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tier_core::{Codec, Entry, Meta};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The standalone server of the test run (scripts/redis-env). Panics when missing: Redis tests
+/// never skip silently.
+pub fn standalone_url() -> String {
+    std::env::var("TIER_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "TIER_TEST_REDIS_URL is not set: run the tests through scripts/test, or start servers \
+             with `scripts/redis-env start DIR` and `source DIR/env`"
+        )
+    })
+}
+
+/// The cluster nodes of the test run.
+pub fn cluster_urls() -> Vec<String> {
+    let urls = std::env::var("TIER_TEST_REDIS_CLUSTER_URLS").unwrap_or_else(|_| {
+        panic!(
+            "TIER_TEST_REDIS_CLUSTER_URLS is not set: run the tests through scripts/test, or \
+             start servers with `scripts/redis-env start DIR` and `source DIR/env`"
+        )
+    });
+    urls.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// A prefix no other test (or run) uses.
+pub fn unique_prefix(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}:{}:{}:{}:",
+        std::process::id(),
+        rand::random::<u32>(),
+        N.fetch_add(1, Ordering::Relaxed),
+        name
+    )
+}
+
+/// A plain redis-rs connection for looking behind the tier's back.
+pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}"))
+}
+
+pub async fn raw_cluster(urls: &[String]) -> redis::cluster_async::ClusterConnection {
+    redis::cluster::ClusterClient::new(urls.to_vec())
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the Redis Cluster at {urls:?}: {e}"))
+}
+
+/// An envelope entry fresh for `fresh_ms` then stale until `stale_ms` from now.
+pub fn entry(value: &str, fresh_ms: i64, stale_ms: i64) -> Entry {
+    let now = tier_core::now_ms() as i64;
+    let meta = Meta {
+        created_at: now as u64,
+        fresh_until: (now + fresh_ms).max(0) as u64,
+        stale_until: (now + stale_ms).max(0) as u64,
+        ..Meta::default()
+    };
+    Entry::from_envelope(Codec::default().encode(&meta, Some(&value.to_string())).unwrap()).unwrap()
+}
+
+/// The string value of an envelope entry.
+pub fn value_of(entry: &Entry) -> String {
+    let bytes = entry.envelope().expect("envelope");
+    let (meta, at) = tier_core::envelope::decode_meta(bytes).unwrap();
+    tier_core::envelope::decode_value::<String>(bytes, &meta, at).unwrap().unwrap()
+}
+
+pub fn key(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Poll `check` every millisecond until it holds or `within` passes; returns how long it took.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A redis-server of this test's own (for killing and restarting), on a free loopback port,
+/// killed by PID when dropped.
+pub struct OwnRedis {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tier-redis-test-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for _ in 0..20 {
+            let mut me = Self { port: free_port(), dir: dir.clone(), child: None };
+            if me.spawn() {
+                return me;
+            }
+        }
+        panic!("could not start an own redis-server (is redis-server on PATH?)");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server (is it on PATH?): {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false; // exited: port taken
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 7];
+                    if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                        return true;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        false
+    }
+
+    /// SIGKILL the server (by PID) and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("could not restart redis-server on port {}", self.port);
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy in front of a server: adds a delay to every chunk going to the client and can cut
+/// every connection (and refuse new ones until restored). Stops with its runtime.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    delay_ms: Arc<AtomicU64>,
+    cut: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let cut = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (d, c, g) = (delay_ms.clone(), cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream).await else { continue };
+                let gen = g.load(Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, Arc::new(AtomicU64::new(0)), g.clone(), gen));
+                tokio::spawn(pipe(sr, cw, d.clone(), g.clone(), gen));
+            }
+        });
+        Self { addr, delay_ms, cut, generation }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    /// Delay every server→client chunk by `d`.
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Close every connection and refuse new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Accept connections again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<AtomicU64>,
+    generation: Arc<AtomicU64>,
+    gen: u64,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+            _ = wait_cut(&generation, gen) => return,
+        };
+        let d = delay_ms.load(Ordering::SeqCst);
+        if d > 0 {
+            tokio::time::sleep(Duration::from_millis(d)).await;
+        }
+        if generation.load(Ordering::SeqCst) != gen || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn wait_cut(generation: &AtomicU64, gen: u64) {
+    while generation.load(Ordering::SeqCst) == gen {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,253 @@
+//! The fleet-shared parts against real servers: backplane, tag generations, lock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use tier_core::{Backplane, BackplaneEvent, DistributedLock, GenerationStore, Invalidation};
+use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisLock};
+use tokio::sync::broadcast;
+
+async fn standalone() -> RedisConnection {
+    RedisConnection::standalone(standalone_url())
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test Redis: {e}"))
+}
+
+async fn cluster() -> RedisConnection {
+    RedisConnection::cluster(cluster_urls())
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test Redis Cluster: {e}"))
+}
+
+async fn next_event(
+    rx: &mut broadcast::Receiver<BackplaneEvent>,
+    within: Duration,
+) -> BackplaneEvent {
+    tokio::time::timeout(within, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no backplane event within {within:?}"))
+        .expect("backplane channel open")
+}
+
+async fn backplane_delivers_to_others_only(a_conn: RedisConnection, b_conn: RedisConnection) {
+    let channel = unique_prefix("chan");
+    let a = RedisBackplane::builder(a_conn).channel(&channel).node_id("a").build().await.unwrap();
+    let b = RedisBackplane::builder(b_conn).channel(&channel).node_id("b").build().await.unwrap();
+    let mut a_rx = a.subscribe();
+    let mut b_rx = b.subscribe();
+
+    let sent = [
+        Invalidation::Key(Bytes::from_static(b"user:\x00\xff1")),
+        Invalidation::Tag(Arc::from("team:7")),
+        Invalidation::Namespace(3),
+        Invalidation::Clear,
+    ];
+    for what in &sent {
+        let start = Instant::now();
+        a.publish("users", what).await.unwrap();
+        let got = next_event(&mut b_rx, Duration::from_millis(100)).await;
+        assert_eq!(got, BackplaneEvent::Invalidate { cache: "users".into(), what: what.clone() });
+        assert!(start.elapsed() < Duration::from_millis(100));
+    }
+    // A ignores its own messages: B's message is the first thing A hears.
+    b.publish("orders", &Invalidation::Clear).await.unwrap();
+    let got = next_event(&mut a_rx, Duration::from_millis(500)).await;
+    assert_eq!(
+        got,
+        BackplaneEvent::Invalidate { cache: "orders".into(), what: Invalidation::Clear }
+    );
+    assert!(a_rx.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backplane_standalone() {
+    backplane_delivers_to_others_only(standalone().await, standalone().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backplane_cluster() {
+    backplane_delivers_to_others_only(cluster().await, cluster().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backplane_reconnects_after_client_kill() {
+    // A server of our own: CLIENT KILL TYPE pubsub must not disturb other tests' backplanes.
+    let server = OwnRedis::start();
+    let connect = || RedisConnection::standalone(server.url()).connect();
+    let channel = unique_prefix("kill");
+    let a = RedisBackplane::builder(connect().await.unwrap())
+        .channel(&channel)
+        .node_id("a")
+        .build()
+        .await
+        .unwrap();
+    let b = RedisBackplane::builder(connect().await.unwrap())
+        .channel(&channel)
+        .node_id("b")
+        .build()
+        .await
+        .unwrap();
+    let mut b_rx = b.subscribe();
+    assert_eq!(b.reconnects(), 0);
+
+    // Kill every pub/sub connection on the server (both backplanes' subscriptions).
+    let mut admin = raw(&server.url()).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 2, "killed {killed}");
+
+    assert_eq!(next_event(&mut b_rx, Duration::from_secs(5)).await, BackplaneEvent::Reconnected);
+    assert_eq!(b.reconnects(), 1);
+    // Messages flow again after the reconnect.
+    eventually(Duration::from_secs(5), "a reconnected too", || async { a.reconnects() == 1 }).await;
+    a.publish("users", &Invalidation::Tag(Arc::from("t"))).await.unwrap();
+    assert_eq!(
+        next_event(&mut b_rx, Duration::from_millis(500)).await,
+        BackplaneEvent::Invalidate {
+            cache: "users".into(),
+            what: Invalidation::Tag(Arc::from("t"))
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backplane_survives_a_proxy_cut_and_reconnects_when_restored() {
+    let upstream =
+        standalone_url().trim_start_matches("redis://").trim_end_matches('/').parse().unwrap();
+    let proxy = Proxy::start(upstream).await;
+    let channel = unique_prefix("proxy");
+    let via_proxy = RedisConnection::standalone(proxy.url())
+        .connect_timeout(Duration::from_millis(200))
+        .response_timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let b = RedisBackplane::builder(via_proxy)
+        .channel(&channel)
+        .ping_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let a = RedisBackplane::builder(standalone().await).channel(&channel).build().await.unwrap();
+    let mut b_rx = b.subscribe();
+
+    proxy.cut();
+    // While cut, nothing arrives and no reconnect is announced.
+    a.publish("users", &Invalidation::Clear).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(300), b_rx.recv()).await.is_err());
+    proxy.restore();
+    assert_eq!(next_event(&mut b_rx, Duration::from_secs(5)).await, BackplaneEvent::Reconnected);
+    a.publish("users", &Invalidation::Namespace(9)).await.unwrap();
+    assert_eq!(
+        next_event(&mut b_rx, Duration::from_millis(500)).await,
+        BackplaneEvent::Invalidate { cache: "users".into(), what: Invalidation::Namespace(9) }
+    );
+}
+
+async fn generations_are_shared(a_conn: RedisConnection, b_conn: RedisConnection) {
+    let prefix = unique_prefix("gen");
+    let channel = unique_prefix("genchan");
+    let a_bp = RedisBackplane::builder(a_conn.clone()).channel(&channel).build().await.unwrap();
+    let b_bp = RedisBackplane::builder(b_conn.clone()).channel(&channel).build().await.unwrap();
+    let a = RedisGenerations::new(a_conn).prefix(&prefix).cached_with(&a_bp);
+    let b = RedisGenerations::new(b_conn)
+        .prefix(&prefix)
+        .cached_with_max_age(&b_bp, Duration::from_secs(3600));
+    let tags: Vec<Arc<str>> = (0..20).map(|i| Arc::from(format!("tag{i}"))).collect();
+
+    assert_eq!(b.current(&tags).await.unwrap(), vec![0; 20]);
+    assert_eq!(a.bump("tag3").await.unwrap(), 1);
+    assert_eq!(a.bump("tag3").await.unwrap(), 2);
+    assert_eq!(a.current(&tags[3..4]).await.unwrap(), vec![2]);
+    // B cached 0 for tag3: the backplane message drops it (the hierarchy publishes after a bump).
+    let mut b_rx = b_bp.subscribe();
+    a_bp.publish("users", &Invalidation::Tag(Arc::from("tag3"))).await.unwrap();
+    next_event(&mut b_rx, Duration::from_millis(100)).await;
+    let got = b.current(&tags).await.unwrap();
+    assert_eq!(got[3], 2);
+    assert_eq!(got.iter().filter(|g| **g == 0).count(), 19);
+
+    // forget_cached drops everything (after a reconnect).
+    a.bump("tag4").await.unwrap();
+    assert_eq!(b.current(&tags[4..5]).await.unwrap(), vec![0], "cached, no message was sent");
+    b.forget_cached();
+    assert_eq!(b.current(&tags[4..5]).await.unwrap(), vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_standalone() {
+    generations_are_shared(standalone().await, standalone().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_cluster() {
+    generations_are_shared(cluster().await, cluster().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_uncached_read_redis_every_time() {
+    let prefix = unique_prefix("gen-plain");
+    let a = RedisGenerations::new(cluster().await).prefix(&prefix);
+    let b = RedisGenerations::new(cluster().await).prefix(&prefix);
+    let tags: Vec<Arc<str>> = vec![Arc::from("x"), Arc::from("y"), Arc::from("{z}")];
+    assert_eq!(b.current(&tags).await.unwrap(), vec![0, 0, 0]);
+    a.bump("y").await.unwrap();
+    assert_eq!(b.current(&tags).await.unwrap(), vec![0, 1, 0]);
+    assert!(b.current(&[]).await.unwrap().is_empty());
+}
+
+async fn lock_is_exclusive(conn: RedisConnection, other: RedisConnection) {
+    let prefix = unique_prefix("lock");
+    let a = RedisLock::new(conn).prefix(&prefix);
+    let b = RedisLock::new(other).prefix(&prefix);
+    let ttl = Duration::from_secs(10);
+    let token = a.try_acquire(b"k", ttl).await.unwrap().expect("free lock");
+    assert!(b.try_acquire(b"k", ttl).await.unwrap().is_none(), "held by a");
+    assert!(a.try_acquire(b"k", ttl).await.unwrap().is_none(), "not reentrant");
+    // A wrong token does not release it.
+    b.release(b"k", &tier_core::LockToken("not-the-token".into())).await.unwrap();
+    assert!(b.try_acquire(b"k", ttl).await.unwrap().is_none());
+    a.release(b"k", &token).await.unwrap();
+    let tb = b.try_acquire(b"k", ttl).await.unwrap().expect("released");
+    // A stale release (a's old token) leaves b's lock alone.
+    a.release(b"k", &token).await.unwrap();
+    assert!(a.try_acquire(b"k", ttl).await.unwrap().is_none());
+    b.release(b"k", &tb).await.unwrap();
+
+    // Locks expire with their TTL.
+    let _t = a.try_acquire(b"short", Duration::from_millis(50)).await.unwrap().expect("free");
+    eventually(Duration::from_secs(2), "lock expired", || async {
+        b.try_acquire(b"short", Duration::from_secs(1)).await.unwrap().is_some()
+    })
+    .await;
+
+    // Exactly one of many concurrent contenders wins.
+    let winners = futures::future::join_all((0..50).map(|_| {
+        let b = b.clone();
+        async move { b.try_acquire(b"race", ttl).await.unwrap().is_some() }
+    }))
+    .await;
+    assert_eq!(winners.iter().filter(|w| **w).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_standalone() {
+    lock_is_exclusive(standalone().await, standalone().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_cluster() {
+    lock_is_exclusive(cluster().await, cluster().await).await;
+}
