@@ -268,7 +268,7 @@ pub fn with_times(bytes: &Bytes, fresh_until: u64, stale_until: u64) -> Result<B
     peek_times(bytes)?;
     let mut out = BytesMut::from(&bytes[..]);
     out[16..24].copy_from_slice(&fresh_until.to_le_bytes());
-    out[24..32].copy_from_slice(&stale_until.min(u64::MAX).max(fresh_until).to_le_bytes());
+    out[24..32].copy_from_slice(&stale_until.max(fresh_until).to_le_bytes());
     Ok(out.freeze())
 }
 

@@ -24,6 +24,11 @@ pub trait GenerationStore: Send + Sync + 'static {
     /// Bump a tag's generation; returns the new generation.
     async fn bump(&self, tag: &str) -> Result<u64, TierError>;
 
+    /// Another instance bumped `tag` (heard on the backplane). A local store bumps its own copy;
+    /// a shared store, which saw the bump itself, only drops what it cached of the tag.
+    /// Default: nothing.
+    fn remote_bump(&self, _tag: &str) {}
+
     /// Forget cached generations, if this store caches them (called after a backplane
     /// reconnect, when bumps may have been missed). Default: nothing to forget.
     fn forget_cached(&self) {}
@@ -59,5 +64,10 @@ impl GenerationStore for LocalGenerations {
         let g = map.entry(Arc::from(tag)).or_insert(0);
         *g += 1;
         Ok(*g)
+    }
+
+    fn remote_bump(&self, tag: &str) {
+        let mut map = self.lock();
+        *map.entry(Arc::from(tag)).or_insert(0) += 1;
     }
 }

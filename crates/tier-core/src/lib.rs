@@ -8,24 +8,37 @@
 
 mod backplane;
 mod breaker;
+mod cache;
 mod entry;
 pub mod envelope;
 mod error;
 mod generations;
+mod key;
 mod lock;
+pub mod metrics;
 mod policy;
+mod sketch;
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 mod tier;
 mod time;
 mod timeout;
 
 pub use backplane::{Backplane, BackplaneEvent, Invalidation, ReconnectPolicy};
 pub use breaker::{BreakerConfig, BreakerState, BreakerTier, CircuitBreaker, Outcome};
+pub use cache::{
+    Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, TierInfo, WarmProgress,
+    WarmReport,
+};
 pub use entry::{Entry, Lookup, Storage, Value};
 pub use envelope::{Codec, Meta, TagStamp};
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};
 pub use generations::{GenerationStore, LocalGenerations};
+pub use key::KeyBuilder;
 pub use lock::{DistributedLock, LockOptions, LockToken};
 pub use policy::{BackfillPolicy, TierPolicy, TtlPolicy};
+pub use sketch::{FrequencySketch, HotKeys};
 pub use tier::{Tier, TierContext, TierStats};
 pub use time::{after_ms, now_ms};
 pub use timeout::TimeoutTier;

@@ -1,5 +1,7 @@
 //! The [`Tier`] trait: the one thing the hierarchy knows about a cache level.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -91,4 +93,42 @@ pub trait Tier: Send + Sync + 'static {
     /// Called once when the tier is mounted in a hierarchy, so that its own metrics
     /// (evictions, decode errors found while scanning, ...) carry the right labels.
     fn attach(&self, _ctx: &TierContext) {}
+}
+
+/// A shared tier is a tier.
+#[async_trait]
+impl<T: Tier + ?Sized> Tier for Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn storage(&self) -> Storage {
+        (**self).storage()
+    }
+    async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
+        (**self).get(key).await
+    }
+    async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
+        (**self).get_many(keys).await
+    }
+    async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
+        (**self).insert(key, entry).await
+    }
+    async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
+        (**self).insert_many(entries).await
+    }
+    async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
+        (**self).remove(key).await
+    }
+    async fn clear(&self) -> Result<(), TierError> {
+        (**self).clear().await
+    }
+    fn stats(&self) -> TierStats {
+        (**self).stats()
+    }
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
+    }
+    fn attach(&self, ctx: &TierContext) {
+        (**self).attach(ctx);
+    }
 }

@@ -1,1 +1,198 @@
-//! The memory tier of `tier` (work in progress).
+//! # tier-memory
+//!
+//! [`MemoryTier`]: the in-process L1 of a `tier` hierarchy, on [`moka::future::Cache`].
+//!
+//! - Holds decoded values ([`Value::Object`], an `Arc<V>` behind `Any`): a hit hands back the
+//!   stored `Arc` — no decode, no copy of the value.
+//! - Bounded by bytes: each entry weighs its key, its encoded size as the hierarchy measured it,
+//!   and a fixed overhead ([`ENTRY_OVERHEAD`]).
+//! - Per-entry expiry from the entry's own `stale_until` (moka's `Expiry`): an entry never
+//!   outlives its physical TTL, and a lookup still classifies it at read time so an entry past
+//!   `stale_until` is a miss even before moka evicts it.
+//! - Evictions are counted by cause in `tier_evictions_total{cache, tier, cause}`
+//!   (`capacity`, `expired`); explicit removals and replacements are not evictions.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use moka::notification::RemovalCause;
+use moka::Expiry;
+use tier_core::{Entry, Lookup, Storage, Tier, TierContext, TierError, TierStats, Value};
+
+/// Bytes added to each entry's weight for moka's and our bookkeeping.
+pub const ENTRY_OVERHEAD: u32 = 96;
+
+struct StaleUntil;
+
+impl Expiry<Bytes, Entry> for StaleUntil {
+    fn expire_after_create(&self, _key: &Bytes, entry: &Entry, _at: Instant) -> Option<Duration> {
+        Some(until(entry))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Bytes,
+        entry: &Entry,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(until(entry))
+    }
+}
+
+fn until(entry: &Entry) -> Duration {
+    Duration::from_millis(entry.meta.stale_until.saturating_sub(tier_core::now_ms()))
+}
+
+#[derive(Default)]
+struct Evictions {
+    capacity: OnceLock<metrics::Counter>,
+    expired: OnceLock<metrics::Counter>,
+}
+
+/// Builder of a [`MemoryTier`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryTierBuilder {
+    max_bytes: u64,
+    name: String,
+}
+
+impl MemoryTierBuilder {
+    /// Capacity in bytes (keys + encoded values + [`ENTRY_OVERHEAD`] each). Default: 64 MiB.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// The tier's name. Default: `memory`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Build the tier.
+    pub fn build(self) -> MemoryTier {
+        let evictions = Arc::new(Evictions::default());
+        let listener = evictions.clone();
+        let cache = moka::future::Cache::builder()
+            .max_capacity(self.max_bytes)
+            .weigher(|key: &Bytes, entry: &Entry| {
+                (key.len() as u32).saturating_add(entry.size).saturating_add(ENTRY_OVERHEAD)
+            })
+            .expire_after(StaleUntil)
+            .eviction_listener(move |_key, _entry, cause| {
+                let counter = match cause {
+                    RemovalCause::Size => listener.capacity.get(),
+                    RemovalCause::Expired => listener.expired.get(),
+                    RemovalCause::Explicit | RemovalCause::Replaced => None,
+                };
+                if let Some(c) = counter {
+                    c.increment(1);
+                }
+            })
+            .build();
+        MemoryTier { cache, max_bytes: self.max_bytes, name: self.name, evictions }
+    }
+}
+
+/// The in-process memory tier.
+///
+/// ```
+/// use std::time::Duration;
+/// use tier_core::{Cache, TierPolicy};
+/// use tier_memory::MemoryTier;
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let cache: Cache<String> = Cache::builder("greetings")
+///         .tier(MemoryTier::builder().max_bytes(1 << 20).build(), TierPolicy::fresh(Duration::from_secs(60)))
+///         .build()?;
+///     cache.insert("hello", "world".to_string()).await?;
+///     assert_eq!(cache.get("hello").await.as_deref().map(String::as_str), Some("world"));
+///     Ok(())
+/// }
+/// ```
+pub struct MemoryTier {
+    cache: moka::future::Cache<Bytes, Entry>,
+    max_bytes: u64,
+    name: String,
+    evictions: Arc<Evictions>,
+}
+
+impl MemoryTier {
+    /// A builder with the defaults (64 MiB, name `memory`).
+    pub fn builder() -> MemoryTierBuilder {
+        MemoryTierBuilder { max_bytes: 64 << 20, name: "memory".into() }
+    }
+
+    /// Run moka's pending maintenance (evictions, expirations) now; useful in tests.
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}
+
+#[async_trait]
+impl Tier for MemoryTier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn storage(&self) -> Storage {
+        Storage::Objects
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
+        Ok(match self.cache.get(key).await {
+            Some(entry) => entry.lookup_at(tier_core::now_ms()),
+            None => Lookup::Miss,
+        })
+    }
+
+    async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
+        if !matches!(entry.value, Value::Object(_)) {
+            return Err(TierError::new(
+                tier_core::TierErrorKind::Rejected,
+                "the memory tier stores decoded objects, not envelopes",
+            ));
+        }
+        if u64::from(entry.size) + key.len() as u64 > self.max_bytes {
+            return Err(TierError::too_large(format!(
+                "entry of {} bytes is over the memory tier's capacity of {} bytes",
+                entry.size, self.max_bytes
+            )));
+        }
+        if entry.meta.stale_until <= tier_core::now_ms() {
+            self.cache.invalidate(&key).await;
+            return Ok(());
+        }
+        self.cache.insert(key, entry).await;
+        Ok(())
+    }
+
+    async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
+        self.cache.invalidate(key).await;
+        Ok(())
+    }
+
+    async fn clear(&self) -> Result<(), TierError> {
+        self.cache.invalidate_all();
+        Ok(())
+    }
+
+    fn stats(&self) -> TierStats {
+        TierStats {
+            entries: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
+            capacity_bytes: self.max_bytes,
+        }
+    }
+
+    fn attach(&self, ctx: &TierContext) {
+        let counter = |cause: &'static str| metrics::counter!(tier_core::metrics::TIER_EVICTIONS, "cache" => ctx.cache.clone(), "tier" => ctx.tier.clone(), "cause" => cause);
+        let _ = self.evictions.capacity.set(counter("capacity"));
+        let _ = self.evictions.expired.set(counter("expired"));
+    }
+}

@@ -1,0 +1,272 @@
+//! [`CacheBuilder`]: tiers, policies and options of a hierarchy.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{
+    Cache, CacheValue, Categories, EarlyRefresh, FailSafe, Inner, Layer, Options, Stripe, STRIPES,
+};
+use crate::backplane::{Backplane, ReconnectPolicy};
+use crate::breaker::BreakerTier;
+use crate::envelope::Codec;
+use crate::error::CacheError;
+use crate::generations::{GenerationStore, LocalGenerations};
+use crate::key::KeyBuilder;
+use crate::lock::{DistributedLock, LockOptions};
+use crate::metrics::{CacheMetrics, TierMetrics};
+use crate::policy::BackfillPolicy;
+use crate::sketch::{FrequencySketch, HotKeys};
+use crate::tier::{Tier, TierContext};
+use crate::timeout::TimeoutTier;
+use crate::TierPolicy;
+
+/// Builds a [`Cache`]. Tiers are read in the order they are added (the first is L1).
+#[must_use]
+pub struct CacheBuilder<V> {
+    name: String,
+    tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
+    codec: Codec,
+    fail_safe: Option<FailSafe>,
+    soft_timeout: Option<Duration>,
+    hard_timeout: Option<Duration>,
+    early_refresh: Option<EarlyRefresh>,
+    stale_while_revalidate: bool,
+    sync_backfill: bool,
+    generations: Option<Arc<dyn GenerationStore>>,
+    backplane: Option<(Arc<dyn Backplane>, ReconnectPolicy)>,
+    lock: Option<(Arc<dyn DistributedLock>, LockOptions)>,
+    categories: Option<Categories>,
+    hot_keys: usize,
+    hot_key_sample: u64,
+    gauge_interval: Duration,
+    _v: PhantomData<fn() -> V>,
+}
+
+impl<V: CacheValue> CacheBuilder<V> {
+    pub(crate) fn new(name: String) -> Self {
+        Self {
+            name,
+            tiers: Vec::new(),
+            codec: Codec::default(),
+            fail_safe: None,
+            soft_timeout: None,
+            hard_timeout: None,
+            early_refresh: None,
+            stale_while_revalidate: false,
+            sync_backfill: false,
+            generations: None,
+            backplane: None,
+            lock: None,
+            categories: None,
+            hot_keys: 32,
+            hot_key_sample: 8,
+            gauge_interval: Duration::from_secs(1),
+            _v: PhantomData,
+        }
+    }
+
+    /// Add a tier below the ones already added, with its policy.
+    pub fn tier(mut self, tier: impl Tier, policy: TierPolicy) -> Self {
+        self.tiers.push((Arc::new(tier), policy));
+        self
+    }
+
+    /// Add a tier that is shared with other code (an `Arc`).
+    pub fn tier_arc(mut self, tier: Arc<dyn Tier>, policy: TierPolicy) -> Self {
+        self.tiers.push((tier, policy));
+        self
+    }
+
+    /// Serve stale values when the loader fails. Default: off.
+    pub fn fail_safe(mut self, fail_safe: FailSafe) -> Self {
+        self.fail_safe = Some(fail_safe);
+        self
+    }
+
+    /// When a stale value exists and the load takes longer than this, answer with the stale
+    /// value and let the load finish in the background. Default: none.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Give up a load after this long (a loader error for fail-safe purposes). Default: none.
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Refresh fresh entries in the background before they expire. Default: off.
+    pub fn early_refresh(mut self, refresh: EarlyRefresh) -> Self {
+        self.early_refresh = Some(refresh);
+        self
+    }
+
+    /// Answer a stale hit at once and refresh it in the background. Default: off.
+    pub fn stale_while_revalidate(mut self, yes: bool) -> Self {
+        self.stale_while_revalidate = yes;
+        self
+    }
+
+    /// Backfill before answering instead of in the background (deterministic, slower).
+    /// Default: false (backfill never delays the answer).
+    pub fn synchronous_backfill(mut self, yes: bool) -> Self {
+        self.sync_backfill = yes;
+        self
+    }
+
+    /// Payloads of at least this many bytes are lz4-compressed when it helps. Default: 1024.
+    pub fn compress_threshold(mut self, bytes: usize) -> Self {
+        self.codec.compress_threshold = bytes;
+        self
+    }
+
+    /// Where tag generations live. Default: [`LocalGenerations`] (this process only).
+    pub fn generations(mut self, store: Arc<dyn GenerationStore>) -> Self {
+        self.generations = Some(store);
+        self
+    }
+
+    /// Publish invalidations to, and apply them from, other instances. Default: none.
+    pub fn backplane(
+        mut self,
+        backplane: Arc<dyn Backplane>,
+        on_reconnect: ReconnectPolicy,
+    ) -> Self {
+        self.backplane = Some((backplane, on_reconnect));
+        self
+    }
+
+    /// One instance of the fleet loads a cold key; the others wait for it. Default: none.
+    pub fn distributed_lock(
+        mut self,
+        lock: Arc<dyn DistributedLock>,
+        options: LockOptions,
+    ) -> Self {
+        self.lock = Some((lock, options));
+        self
+    }
+
+    /// Add a `category` label to `tier_requests_total`: `classify` maps a key to one of `names`;
+    /// anything else counts as `other`. Keep `names` small (it multiplies series).
+    pub fn key_categories<F>(mut self, names: &[&'static str], classify: F) -> Self
+    where
+        F: Fn(&[u8]) -> &str + Send + Sync + 'static,
+    {
+        let mut names: Vec<&'static str> =
+            names.iter().copied().filter(|n| *n != "other").collect();
+        names.push("other");
+        self.categories = Some(Categories { names, classify: Arc::new(classify) });
+        self
+    }
+
+    /// How many hot keys the top-k sketch keeps, and one access in how many is recorded.
+    /// Default: 32 keys, 1 in 8.
+    pub fn hot_keys(mut self, capacity: usize, sample_one_in: u64) -> Self {
+        self.hot_keys = capacity;
+        self.hot_key_sample = sample_one_in.max(1);
+        self
+    }
+
+    /// Build the hierarchy. Fails on an empty or ambiguous configuration.
+    ///
+    /// When called inside a tokio runtime it starts background tasks (gauges, backplane
+    /// listener); they end when the last clone of the cache is dropped.
+    pub fn build(self) -> Result<Cache<V>, CacheError> {
+        if self.tiers.is_empty() {
+            return Err(CacheError::Config("a cache needs at least one tier".into()));
+        }
+        if self.tiers.len() > 64 {
+            return Err(CacheError::Config("at most 64 tiers".into()));
+        }
+        if self.name.is_empty() {
+            return Err(CacheError::Config("a cache needs a name".into()));
+        }
+        let categories: Vec<&'static str> =
+            self.categories.as_ref().map(|c| c.names.clone()).unwrap_or_default();
+        let mut layers = Vec::with_capacity(self.tiers.len());
+        for (tier, policy) in self.tiers {
+            let name = policy.name.clone().unwrap_or_else(|| tier.name().to_string());
+            if layers.iter().any(|l: &Layer| l.name == name) {
+                return Err(CacheError::Config(format!(
+                    "two tiers named {name:?}: name one with TierPolicy::name"
+                )));
+            }
+            if policy.ttl.fresh.is_zero() {
+                return Err(CacheError::Config(format!("tier {name}: fresh lifetime is zero")));
+            }
+            let storage = tier.storage();
+            let shared = tier.is_shared();
+            tier.attach(&TierContext { cache: self.name.clone(), tier: name.clone() });
+            let mut wrapped = tier;
+            if let Some(t) = policy.timeout {
+                wrapped = Arc::new(TimeoutTier::new(wrapped, t));
+            }
+            let metrics = TierMetrics::new(&self.name, &name, &categories);
+            let mut breaker = None;
+            if let Some(cfg) = policy.breaker {
+                let b = BreakerTier::new(wrapped, cfg);
+                b.breaker().set_gauge(metrics.breaker.clone());
+                breaker = Some(b.breaker().clone());
+                wrapped = Arc::new(b);
+            } else {
+                metrics.breaker.set(0.0);
+            }
+            let frequency = match policy.backfill {
+                BackfillPolicy::OnHits(_) => Some(FrequencySketch::new(4096)),
+                _ => None,
+            };
+            layers.push(Layer {
+                tier: wrapped,
+                breaker,
+                name,
+                policy,
+                storage,
+                shared,
+                enabled: AtomicBool::new(true),
+                metrics,
+                frequency,
+                calls: AtomicU64::new(0),
+            });
+        }
+        crate::metrics::describe();
+        let (backplane, reconnect) = match self.backplane {
+            Some((b, r)) => (Some(b), r),
+            None => (None, ReconnectPolicy::default()),
+        };
+        let inner = Arc::new(Inner {
+            keys: KeyBuilder::new(self.name.as_str()),
+            name: Arc::from(self.name.as_str()),
+            layers,
+            codec: self.codec,
+            opts: Options {
+                fail_safe: self.fail_safe,
+                soft_timeout: self.soft_timeout,
+                hard_timeout: self.hard_timeout,
+                early_refresh: self.early_refresh,
+                stale_while_revalidate: self.stale_while_revalidate,
+                sync_backfill: self.sync_backfill,
+                reconnect,
+                hot_key_sample: self.hot_key_sample,
+            },
+            flights: Mutex::new(Default::default()),
+            flight_ids: AtomicU64::new(0),
+            generations: self.generations.unwrap_or_else(|| Arc::new(LocalGenerations::new())),
+            backplane,
+            lock: self.lock,
+            bypass: AtomicBool::new(false),
+            suspect_before: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            metrics: CacheMetrics::new(&self.name),
+            hot: HotKeys::new(self.hot_keys),
+            hot_calls: AtomicU64::new(0),
+            categories: self.categories,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let cache = Cache { inner };
+        cache.start_background(self.gauge_interval);
+        Ok(cache)
+    }
+}

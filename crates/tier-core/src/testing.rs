@@ -1,0 +1,324 @@
+//! Test helpers (feature `test-util`): a plain in-memory envelope tier and a wrapper that
+//! fails, stalls or counts calls on command. For testing faults, not for production.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::entry::{Entry, Lookup, Storage, Value};
+use crate::error::{TierError, TierErrorKind};
+use crate::tier::{Tier, TierContext, TierStats};
+use crate::time::now_ms;
+
+/// An envelope tier in a `HashMap` (like a tiny Redis in process): stores bytes, classifies on read.
+#[derive(Default)]
+pub struct MapTier {
+    name: String,
+    shared: bool,
+    map: Mutex<HashMap<Bytes, Bytes>>,
+}
+
+impl MapTier {
+    /// A tier named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into(), shared: false, map: Mutex::default() }
+    }
+
+    /// A tier that says it is shared by every instance (as Redis is).
+    pub fn shared(name: impl Into<String>) -> Self {
+        Self { name: name.into(), shared: true, map: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, Bytes>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Put raw bytes under `key` (e.g. another service's JSON).
+    pub fn put_raw(&self, key: impl Into<Bytes>, bytes: impl Into<Bytes>) {
+        self.lock().insert(key.into(), bytes.into());
+    }
+
+    /// The raw bytes under `key`.
+    pub fn raw(&self, key: &[u8]) -> Option<Bytes> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl Tier for MapTier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn storage(&self) -> Storage {
+        Storage::Envelopes
+    }
+    async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
+        let Some(bytes) = self.raw(key) else { return Ok(Lookup::Miss) };
+        Ok(Entry::from_envelope(bytes)?.lookup_at(now_ms()))
+    }
+    async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
+        match entry.value {
+            Value::Envelope(b) => {
+                self.lock().insert(key, b);
+                Ok(())
+            }
+            Value::Object(_) => {
+                Err(TierError::new(TierErrorKind::Rejected, "MapTier stores envelopes"))
+            }
+        }
+    }
+    async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
+        self.lock().remove(key);
+        Ok(())
+    }
+    async fn clear(&self) -> Result<(), TierError> {
+        self.lock().clear();
+        Ok(())
+    }
+    fn stats(&self) -> TierStats {
+        let map = self.lock();
+        TierStats {
+            entries: map.len() as u64,
+            bytes: map.values().map(|v| v.len() as u64).sum(),
+            capacity_bytes: 0,
+        }
+    }
+    fn is_shared(&self) -> bool {
+        self.shared
+    }
+}
+
+/// How a [`FaultyTier`] behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Pass calls through.
+    None,
+    /// Fail every call with this kind.
+    Fail(TierErrorKind),
+    /// Hang every call until [`FaultyTier::release`] (or forever).
+    Stall,
+}
+
+/// Calls a [`FaultyTier`] saw.
+#[derive(Debug, Default)]
+pub struct CallCounts {
+    /// `get` and `get_many` calls.
+    pub gets: AtomicU64,
+    /// `insert` and `insert_many` calls.
+    pub inserts: AtomicU64,
+    /// `remove` calls.
+    pub removes: AtomicU64,
+}
+
+/// Wraps a tier; fails, stalls or passes through on command, and counts calls.
+pub struct FaultyTier {
+    inner: Arc<dyn Tier>,
+    fault: AtomicU8,
+    fail_kind: Mutex<TierErrorKind>,
+    release: Notify,
+    /// Calls seen (including failed and stalled ones).
+    pub calls: Arc<CallCounts>,
+}
+
+/// A handle to switch a [`FaultyTier`] after it was moved into a cache.
+#[derive(Clone)]
+pub struct FaultHandle(Arc<FaultyTier>);
+
+impl FaultHandle {
+    /// Change the behaviour.
+    pub fn set(&self, fault: Fault) {
+        self.0.set(fault);
+    }
+    /// Wake every stalled call (they then pass through).
+    pub fn release(&self) {
+        self.0.release();
+    }
+    /// Calls seen.
+    pub fn calls(&self) -> &CallCounts {
+        &self.0.calls
+    }
+    /// `get` calls seen so far.
+    pub fn gets(&self) -> u64 {
+        self.0.calls.gets.load(Ordering::SeqCst)
+    }
+}
+
+impl FaultyTier {
+    /// Wrap `inner`, passing through.
+    pub fn new(inner: impl Tier) -> Self {
+        Self::from_arc(Arc::new(inner))
+    }
+
+    /// Wrap a shared tier.
+    pub fn from_arc(inner: Arc<dyn Tier>) -> Self {
+        Self {
+            inner,
+            fault: AtomicU8::new(0),
+            fail_kind: Mutex::new(TierErrorKind::Unavailable),
+            release: Notify::new(),
+            calls: Arc::default(),
+        }
+    }
+
+    /// Wrap `inner` and return the tier (to give to a cache) with a handle to control it.
+    pub fn with_handle(inner: impl Tier) -> (Arc<dyn Tier>, FaultHandle) {
+        let t = Arc::new(Self::new(inner));
+        (t.clone(), FaultHandle(t))
+    }
+
+    /// Change the behaviour.
+    pub fn set(&self, fault: Fault) {
+        match fault {
+            Fault::None => self.fault.store(0, Ordering::SeqCst),
+            Fault::Fail(kind) => {
+                *self.fail_kind.lock().unwrap_or_else(|p| p.into_inner()) = kind;
+                self.fault.store(1, Ordering::SeqCst);
+            }
+            Fault::Stall => self.fault.store(2, Ordering::SeqCst),
+        }
+    }
+
+    /// Wake every stalled call.
+    pub fn release(&self) {
+        self.fault.store(0, Ordering::SeqCst);
+        self.release.notify_waiters();
+    }
+
+    async fn gate(&self, op: &str) -> Result<(), TierError> {
+        match self.fault.load(Ordering::SeqCst) {
+            1 => {
+                let kind = *self.fail_kind.lock().unwrap_or_else(|p| p.into_inner());
+                Err(TierError::new(kind, format!("{op} failed on purpose")))
+            }
+            2 => {
+                let notified = self.release.notified();
+                if self.fault.load(Ordering::SeqCst) == 2 {
+                    notified.await;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Tier for FaultyTier {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn storage(&self) -> Storage {
+        self.inner.storage()
+    }
+    async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
+        self.calls.gets.fetch_add(1, Ordering::SeqCst);
+        self.gate("get").await?;
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
+        self.calls.gets.fetch_add(1, Ordering::SeqCst);
+        self.gate("get_many").await?;
+        self.inner.get_many(keys).await
+    }
+    async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
+        self.calls.inserts.fetch_add(1, Ordering::SeqCst);
+        self.gate("insert").await?;
+        self.inner.insert(key, entry).await
+    }
+    async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
+        self.calls.inserts.fetch_add(1, Ordering::SeqCst);
+        self.gate("insert_many").await?;
+        self.inner.insert_many(entries).await
+    }
+    async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
+        self.calls.removes.fetch_add(1, Ordering::SeqCst);
+        self.gate("remove").await?;
+        self.inner.remove(key).await
+    }
+    async fn clear(&self) -> Result<(), TierError> {
+        self.gate("clear").await?;
+        self.inner.clear().await
+    }
+    fn stats(&self) -> TierStats {
+        self.inner.stats()
+    }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+    fn attach(&self, ctx: &TierContext) {
+        self.inner.attach(ctx);
+    }
+}
+
+type EventSender = tokio::sync::broadcast::Sender<crate::BackplaneEvent>;
+
+/// An in-process backplane hub: every [`LocalBackplane`] made by one hub hears the others.
+/// For tests of the hierarchy's backplane handling (the Redis backplane is the real one).
+#[derive(Clone, Default)]
+pub struct LocalBackplaneHub {
+    nodes: Arc<Mutex<Vec<(u64, EventSender)>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl LocalBackplaneHub {
+    /// A hub with no node.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new node on the hub.
+    pub fn node(&self) -> LocalBackplane {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let (tx, _) = tokio::sync::broadcast::channel(1024);
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).push((id, tx.clone()));
+        LocalBackplane { id, hub: self.clone(), tx }
+    }
+}
+
+/// One node of a [`LocalBackplaneHub`].
+pub struct LocalBackplane {
+    id: u64,
+    hub: LocalBackplaneHub,
+    tx: EventSender,
+}
+
+impl LocalBackplane {
+    /// Tell this node's subscribers that the connection was lost and is back.
+    pub fn simulate_reconnect(&self) {
+        let _ = self.tx.send(crate::BackplaneEvent::Reconnected);
+    }
+}
+
+#[async_trait]
+impl crate::Backplane for LocalBackplane {
+    async fn publish(&self, cache: &str, what: &crate::Invalidation) -> Result<(), TierError> {
+        let nodes = self.hub.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, tx) in nodes.iter() {
+            if *id != self.id {
+                let _ = tx.send(crate::BackplaneEvent::Invalidate {
+                    cache: cache.to_string(),
+                    what: what.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::BackplaneEvent> {
+        self.tx.subscribe()
+    }
+}

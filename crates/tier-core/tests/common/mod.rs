@@ -1,0 +1,76 @@
+//! Helpers shared by the hierarchy's tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tier_core::{Codec, Entry, Meta, Tier, TierPolicy};
+
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// A policy with no jitter, so lifetimes are exact.
+pub fn exact(fresh: Duration) -> TierPolicy {
+    TierPolicy::fresh(fresh).jitter(0.0)
+}
+
+/// An envelope entry with the given absolute times.
+pub fn envelope_entry(value: &str, fresh_until: u64, stale_until: u64) -> Entry {
+    let meta =
+        Meta { created_at: tier_core::now_ms(), fresh_until, stale_until, ..Meta::default() };
+    let bytes = Codec::default().encode(&meta, Some(&value.to_string())).expect("encode");
+    Entry::from_envelope(bytes).expect("decode")
+}
+
+/// Put `value` into `tier` under `key` with the given absolute times.
+pub async fn put(tier: &dyn Tier, key: &str, value: &str, fresh_until: u64, stale_until: u64) {
+    tier.insert(
+        Bytes::copy_from_slice(key.as_bytes()),
+        envelope_entry(value, fresh_until, stale_until),
+    )
+    .await
+    .expect("insert");
+}
+
+/// The meta of what `tier` holds under `key`, if anything.
+pub async fn meta_of(tier: &dyn Tier, key: &str) -> Option<Meta> {
+    tier.get(key.as_bytes()).await.expect("get").into_entry().map(|e| e.meta)
+}
+
+/// A loader call counter.
+#[derive(Clone, Default)]
+pub struct Calls(pub Arc<AtomicUsize>);
+
+impl Calls {
+    pub fn bump(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A loader that counts its calls and returns `value`.
+pub fn loader(
+    calls: &Calls,
+    value: &str,
+) -> impl FnOnce() -> std::future::Ready<Result<Option<String>, std::io::Error>> + Send + 'static {
+    let calls = calls.clone();
+    let value = value.to_string();
+    move || {
+        calls.bump();
+        std::future::ready(Ok(Some(value)))
+    }
+}
+
+/// A loader that counts its calls and fails.
+pub fn failing(
+    calls: &Calls,
+) -> impl FnOnce() -> std::future::Ready<Result<Option<String>, std::io::Error>> + Send + 'static {
+    let calls = calls.clone();
+    move || {
+        calls.bump();
+        std::future::ready(Err(std::io::Error::other("origin down")))
+    }
+}
