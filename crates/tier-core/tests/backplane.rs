@@ -1,0 +1,83 @@
+//! Backplane handling in the hierarchy, with the in-process hub (the Redis backplane has its own
+//! tests against a real server).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tier_core::testing::{LocalBackplane, LocalBackplaneHub, MapTier};
+use tier_core::{Cache, ReconnectPolicy, Tier};
+use tier_memory::MemoryTier;
+
+fn instance(
+    bp: &Arc<LocalBackplane>,
+    shared: &Arc<MapTier>,
+    on_reconnect: ReconnectPolicy,
+) -> Cache<String> {
+    Cache::builder("users")
+        .tier(MemoryTier::builder().build(), exact(MINUTE))
+        .tier(shared.clone(), exact(MINUTE))
+        .backplane(bp.clone(), on_reconnect)
+        .build()
+        .unwrap()
+}
+
+async fn eventually(what: &str, cache: &Cache<String>, expect: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.get("k").await.as_deref().map(String::as_str) != expect {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_on_one_instance_reach_the_others_local_tiers() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let (na, nb) = (Arc::new(hub.node()), Arc::new(hub.node()));
+    let a = instance(&na, &shared, ReconnectPolicy::Clear);
+    let b = instance(&nb, &shared, ReconnectPolicy::Clear);
+    let calls = Calls::default();
+    a.get_or_load("k", loader(&calls, "v1")).await.unwrap();
+    b.get_or_load("k", loader(&calls, "v1")).await.unwrap();
+    assert_eq!(calls.get(), 1, "b found it in the shared tier");
+    // a writes a new value to the shared tier only, then invalidates: b must drop its L1 copy.
+    a.invalidate("k").await.unwrap();
+    eventually("b dropping its L1 copy", &b, None).await;
+
+    // Tags: b's entry stamped with tag t is dropped when a invalidates t.
+    b.insert_with_tags("k", "tagged".into(), &["t"]).await.unwrap();
+    shared.clear().await.unwrap();
+    assert!(b.get("k").await.is_some());
+    a.invalidate_tag("t").await.unwrap();
+    eventually("b dropping the tagged entry", &b, None).await;
+
+    // Clear reaches b's local tiers but is not re-applied to the shared one by b.
+    b.insert("k", "again".into()).await.unwrap();
+    a.clear().await.unwrap();
+    eventually("b clearing its L1", &b, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_clears_or_marks_the_local_tiers() {
+    for policy in [ReconnectPolicy::Clear, ReconnectPolicy::MarkStale] {
+        let hub = LocalBackplaneHub::new();
+        let shared = Arc::new(MapTier::shared("l3"));
+        let (na, other) = (Arc::new(hub.node()), hub.node());
+        let a = instance(&na, &shared, policy);
+        a.insert("k", "v".into()).await.unwrap();
+        // The shared tier loses the entry while a's backplane is down (a cannot hear it).
+        shared.clear().await.unwrap();
+        other.simulate_reconnect();
+        assert!(a.get("k").await.is_some(), "{policy:?}: another node's reconnect changes nothing");
+        na.simulate_reconnect();
+        eventually("local tiers treated as suspect", &a, None).await;
+        let calls = Calls::default();
+        let v = a.get_or_load("k", loader(&calls, "fresh")).await.unwrap();
+        assert_eq!(v.as_deref().map(String::as_str), Some("fresh"), "{policy:?}");
+        assert_eq!(calls.get(), 1);
+    }
+}
