@@ -83,8 +83,9 @@ pub(crate) fn recover(
         let mapped = seg.mapped();
         let bytes = &mapped[..mapped.len().min(size)];
         let mut walk = scan(bytes, true);
+        let mut records = 0u64;
         for rec in walk.by_ref() {
-            report.records += 1;
+            records += 1;
             let h = rec.header;
             let key = record_key(bytes, rec.offset, &h);
             let Ok(offset) = u32::try_from(rec.offset) else { break };
@@ -117,9 +118,17 @@ pub(crate) fn recover(
                 }
             }
         }
+        report.records += records;
         let end = walk.end();
         seg.set_readable(end as u64);
         report.bytes_scanned += end as u64;
+        if records == 0 && walk.damage.is_none() && mapped.len() >= size {
+            // An empty segment (the active one of a run that wrote nothing): drop it, so that
+            // restarts do not pile empty files up.
+            segments.remove(id);
+            delete(&path, &mut report)?;
+            continue;
+        }
         if let Some(d) = walk.damage.take() {
             note_damage(cfg, &mut report, damaged(d.offset as u64, d.reason))?;
         } else if mapped.len() < size {

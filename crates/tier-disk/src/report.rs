@@ -34,8 +34,8 @@ pub struct RecoveryReport {
     pub corrupt: u64,
     /// Where each of those was.
     pub damage: Vec<SegmentDamage>,
-    /// Segment files deleted on open (unreadable header, before a `clear`, discard mode,
-    /// over capacity).
+    /// Segment files deleted on open (unreadable header, empty, before a `clear`, discard
+    /// mode, over capacity).
     pub deleted_segments: u32,
     /// Bytes read and checked.
     pub bytes_scanned: u64,

@@ -2,15 +2,21 @@
 //! with `TIER_DISK_FULL_CHILD=<dir>`) lowers its `RLIMIT_FSIZE` below the segment size after
 //! opening the tier, with SIGXFSZ ignored, so writes past the limit fail with EFBIG. Every
 //! write past it must be an I/O `TierError` (no panic, no signal), and reads keep working.
+//! Then the same full tier inside a hierarchy (`tier_core::Cache`) with another tier below it:
+//! every `get_or_load` and `get` keeps answering, through the other tier.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{check_value, decoded, entry, value_for};
-use tier_core::{Tier, TierErrorKind};
+use tier_core::testing::MapTier;
+use tier_core::{Cache, Tier, TierErrorKind, TierPolicy};
 use tier_disk::DiskTier;
 
 const ENV: &str = "TIER_DISK_FULL_CHILD";
@@ -51,6 +57,36 @@ fn child(dir: &str) -> ! {
             let k = format!("k{i}");
             let v = decoded(&tier.get(k.as_bytes()).await.expect("get")).expect("early key");
             assert_eq!(check_value(&k, &v), Some(i));
+        }
+        // The hierarchy keeps answering through its other tier while this one cannot write.
+        let policy = || TierPolicy::fresh(Duration::from_secs(600));
+        let tier = Arc::new(tier);
+        let cache = Cache::<String>::builder("full-disk")
+            .tier_arc(Arc::clone(&tier) as Arc<dyn Tier>, policy())
+            .tier(MapTier::new("remote"), policy())
+            .build()
+            .expect("cache");
+        let loads = Arc::new(AtomicU64::new(0));
+        for i in 1000..1300u64 {
+            let v = value_for(&format!("h{i}"), i, 2000);
+            let (want, loads) = (v.clone(), Arc::clone(&loads));
+            let got = cache
+                .get_or_load(format!("h{i}"), move || async move {
+                    loads.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, std::convert::Infallible>(Some(v))
+                })
+                .await
+                .expect("the hierarchy answers with a full disk");
+            assert_eq!(got.as_deref(), Some(&want));
+        }
+        for i in 1000..1300u64 {
+            let got = cache.get(format!("h{i}")).await.expect("served by the other tier");
+            assert_eq!(check_value(&format!("h{i}"), &got), Some(i));
+        }
+        assert_eq!(loads.load(Ordering::Relaxed), 300, "one load per key; then served from a tier");
+        for i in 1000..1300u64 {
+            let got = tier.get(format!("h{i}").as_bytes()).await.expect("disk reads still work");
+            assert!(got.entry().is_none(), "the full disk could not have stored h{i}");
         }
         (ok, failed)
     });
