@@ -254,3 +254,24 @@ async fn concurrent_readers_and_writers_through_reclaim() {
     assert!(hits > 0);
     assert!(segment_bytes(dir.path()) <= (256 << 10) + (64 << 10));
 }
+
+#[tokio::test]
+async fn every_flush_policy_releases_the_lock_on_drop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for policy in [
+        tier_disk::FlushPolicy::None,
+        tier_disk::FlushPolicy::OnClose,
+        tier_disk::FlushPolicy::Periodic(std::time::Duration::from_millis(1)),
+    ] {
+        for round in 0..20u64 {
+            let tier = small(dir.path()).flush(policy).build().expect("reopen right after drop");
+            let k = key(round as usize);
+            tier.insert(Bytes::from(k.clone()), entry(&value_for(&k, round, 64), 600_000))
+                .await
+                .expect("insert");
+            tier.flush().expect("explicit flush");
+        }
+    }
+    let tier = small(dir.path()).build().expect("reopen");
+    assert_eq!(tier.recovery_report().entries, 20);
+}
