@@ -61,7 +61,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             lock: None,
             categories: None,
             hot_keys: 32,
-            hot_key_sample: 8,
+            hot_key_sample: 64,
             gauge_interval: Duration::from_secs(1),
             _v: PhantomData,
         }
@@ -163,7 +163,7 @@ impl<V: CacheValue> CacheBuilder<V> {
     }
 
     /// How many hot keys the top-k sketch keeps, and one access in how many is recorded.
-    /// Default: 32 keys, 1 in 8.
+    /// Default: 32 keys, 1 in 64.
     pub fn hot_keys(mut self, capacity: usize, sample_one_in: u64) -> Self {
         self.hot_keys = capacity;
         self.hot_key_sample = sample_one_in.max(1);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::load::Loader;
 use super::{Cache, CacheValue, CallOptions, EarlyRefresh, Inner};
-use crate::entry::{Entry, Lookup, Value};
+use crate::entry::{Entry, Lookup, Storage, Value};
 use crate::envelope;
 use crate::error::{BoxError, CacheError, TierError, TierErrorKind};
 use crate::metrics::LookupResult;
@@ -51,12 +51,59 @@ pub(crate) enum Counting {
 }
 
 impl<V: CacheValue> Inner<V> {
+    /// Walk the tiers top to bottom. The first tier, when it holds objects, is tried on a fast
+    /// path first: a fresh, untagged hit there is answered without the general walk.
     pub(crate) async fn walk(&self, key: &[u8], skip: u64, counting: Counting) -> Walk<V> {
+        let Some(first) = self.layers.first() else { return Walk { fresh: None, stale: None } };
+        if first.storage != Storage::Objects || skip & 1 != 0 || !first.enabled() {
+            return self.walk_from(key, skip, counting, 0).await;
+        }
+        let start = (counting == Counting::Counted && first.should_time()).then(Instant::now);
+        let result = first.tier.get(key).await;
+        if let Some(start) = start {
+            first.metrics.get_duration.record(start.elapsed());
+        }
+        let count = |r: LookupResult| {
+            if counting == Counting::Counted {
+                first.metrics.get[self.category(key)].add(r, 1);
+            }
+        };
+        match result {
+            Ok(Lookup::Hit(entry))
+                if entry.meta.tags.is_none()
+                    && entry.meta.created_at > self.suspect_before.load(Ordering::Relaxed) =>
+            {
+                if let Ok(value) = decode::<V>(&entry) {
+                    count(LookupResult::Hit);
+                    // `seq` is only read by backfill (nothing above tier 0) and by fail-safe's
+                    // throttle (stale entries only): a fresh tier-0 hit never needs it.
+                    return Walk {
+                        fresh: Some(Found { layer: 0, seq: 0, entry, value }),
+                        stale: None,
+                    };
+                }
+                self.walk_from(key, skip, counting, 0).await
+            }
+            Ok(Lookup::Miss) => {
+                count(LookupResult::Miss);
+                self.walk_from(key, skip, counting, 1).await
+            }
+            Err(e) => {
+                count(self.tier_error(0, &e));
+                self.walk_from(key, skip, counting, 1).await
+            }
+            // Stale, tagged or suspect entries take the general path, which reads them again
+            // after taking the key's write sequence.
+            Ok(_) => self.walk_from(key, skip, counting, 0).await,
+        }
+    }
+
+    async fn walk_from(&self, key: &[u8], skip: u64, counting: Counting, from: usize) -> Walk<V> {
         let now = now_ms();
         let seq = self.seq(key);
         let category = if counting == Counting::Counted { self.category(key) } else { 0 };
         let mut walk = Walk { fresh: None, stale: None };
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().enumerate().skip(from) {
             let count = |r: LookupResult| {
                 if counting == Counting::Counted {
                     layer.metrics.get[category].add(r, 1);
