@@ -142,6 +142,15 @@ impl DiskTierBuilder {
         if !self.segment_size.is_multiple_of(crate::format::RECORD_ALIGN as u64) {
             return Err(DiskError::Config("segment_size must be a multiple of 8".into()));
         }
+        if self.max_segments() >= crate::store::MAX_ID_SPAN as usize / 2 {
+            return Err(DiskError::Config(format!(
+                "capacity_bytes {} holds {} segments of {}; at most {} allowed",
+                self.capacity_bytes,
+                self.max_segments(),
+                self.segment_size,
+                crate::store::MAX_ID_SPAN / 2 - 1
+            )));
+        }
         if self.max_segments() < 2 {
             return Err(DiskError::Config(format!(
                 "capacity_bytes {} holds fewer than two segments of {}",

@@ -1,26 +1,34 @@
-//! The in-memory index: key hash → record location, 16 bytes per slot.
+//! The in-memory index: key hash → record location, 12 bytes per slot.
 //!
-//! The full key stays on disk and is compared on every read, so two keys with the same 64-bit
+//! 256 shards chosen by the hash's top 8 bits; inside a shard the next 48 bits are the key, and
+//! the value is 48 bits: the segment's id modulo 2^16 (live segment ids always span fewer than
+//! 2^16 consecutive ids, see `Store::enforce_capacity`), the record's offset in 8-byte units
+//! (segments are at most 1 GiB) and a "hit since written" bit. With hashbrown's one control byte
+//! per bucket and its 7/8 load factor that is 13 bytes per bucket: 15 to 30 bytes per entry.
+//!
+//! The full key stays on disk and is compared on every read, so two keys with the same 56-bit
 //! hash never return each other's value: the later write takes the slot and the other key reads
-//! as a miss (a cache may forget). Sharded by the hash's top bits to spread lock traffic.
+//! as a miss (a cache may forget). Bucket placement uses a per-process seed, so it cannot be
+//! predicted from the (unseeded, on-disk) key hash.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::format::{fmix64, RECORD_ALIGN};
 
-const SHARD_BITS: u32 = 4;
+const SHARD_BITS: u32 = 8;
 const SHARDS: usize = 1 << SHARD_BITS;
-const HIT_BIT: u64 = 1;
+const HIT: u16 = 1 << 15;
 
-/// Where a record is: segment id and byte offset (a multiple of 8), plus a "hit since written"
-/// bit used to give hot entries a second chance when their segment is reclaimed.
+/// Where a record is: segment id (low 16 bits) and byte offset (a multiple of 8, below 1 GiB),
+/// plus a "hit since written" bit used to give hot entries a second chance when their segment
+/// is reclaimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
-    pub seg: u32,
+    pub seg: u16,
     pub offset: u32,
     pub hit: bool,
 }
@@ -28,27 +36,54 @@ pub struct Loc {
 impl Loc {
     /// A location without the hit bit.
     pub fn new(seg: u32, offset: u32) -> Self {
-        Self { seg, offset, hit: false }
+        Self { seg: seg as u16, offset, hit: false }
     }
-    fn pack(self) -> u64 {
-        (u64::from(self.seg) << 32)
-            | (u64::from(self.offset / RECORD_ALIGN as u32) << 1)
-            | u64::from(self.hit)
-    }
-    fn unpack(v: u64) -> Self {
-        Self {
-            seg: (v >> 32) as u32,
-            offset: (((v >> 1) & 0x7FFF_FFFF) as u32) * RECORD_ALIGN as u32,
-            hit: v & HIT_BIT != 0,
-        }
-    }
-    fn same_place(self, other: Loc) -> bool {
+    /// True when both name the same record (hit bit ignored).
+    pub fn same_place(self, other: Loc) -> bool {
         self.seg == other.seg && self.offset == other.offset
     }
 }
 
-/// Hashes an already well-mixed 64-bit key hash once more with a per-process seed, so that
-/// bucket placement cannot be predicted from the (unseeded, on-disk) key hash.
+/// A slot's value: `hi` = hit bit | offset/8 bits 16..27, `seg` = segment id mod 2^16,
+/// `lo` = offset/8 bits 0..16. Only `hi`'s hit bit changes under a read lock.
+struct Slot {
+    hi: AtomicU16,
+    seg: u16,
+    lo: u16,
+}
+
+impl Slot {
+    fn new(loc: Loc) -> Self {
+        let units = loc.offset / RECORD_ALIGN as u32;
+        let hi = ((units >> 16) as u16 & 0x7FFF) | if loc.hit { HIT } else { 0 };
+        Self { hi: AtomicU16::new(hi), seg: loc.seg, lo: units as u16 }
+    }
+    fn loc(&self) -> Loc {
+        let hi = self.hi.load(Ordering::Relaxed);
+        let units = (u32::from(hi & 0x7FFF) << 16) | u32::from(self.lo);
+        Loc { seg: self.seg, offset: units * RECORD_ALIGN as u32, hit: hi & HIT != 0 }
+    }
+}
+
+/// 48 bits of the key hash (the 8 above them chose the shard).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key([u16; 3]);
+
+impl Key {
+    fn of(hash: u64) -> Self {
+        let k = hash >> 8;
+        Self([k as u16, (k >> 16) as u16, (k >> 32) as u16])
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let [a, b, c] = self.0;
+        state.write_u64(u64::from(a) | u64::from(b) << 16 | u64::from(c) << 32);
+    }
+}
+
+/// Hashes a key (already well mixed) once more with a per-process seed.
 #[derive(Clone)]
 pub struct SeededBuild(u64);
 
@@ -59,6 +94,7 @@ impl BuildHasher for SeededBuild {
     }
 }
 
+/// See [`SeededBuild`].
 pub struct SeededHasher(u64, u64);
 
 impl Hasher for SeededHasher {
@@ -75,7 +111,7 @@ impl Hasher for SeededHasher {
     }
 }
 
-type Shard = HashMap<u64, AtomicU64, SeededBuild>;
+type Shard = HashMap<Key, Slot, SeededBuild>;
 
 /// The index. Every method takes one shard lock for a short, non-blocking critical section.
 pub struct Index {
@@ -108,32 +144,31 @@ impl Index {
     /// The location of `hash`; with `mark_hit`, sets its hit bit.
     pub fn get(&self, hash: u64, mark_hit: bool) -> Option<Loc> {
         let shard = self.read(hash);
-        let slot = shard.get(&hash)?;
-        let v = slot.load(Ordering::Relaxed);
-        if mark_hit && v & HIT_BIT == 0 {
-            slot.fetch_or(HIT_BIT, Ordering::Relaxed);
+        let slot = shard.get(&Key::of(hash))?;
+        let loc = slot.loc();
+        if mark_hit && !loc.hit {
+            slot.hi.fetch_or(HIT, Ordering::Relaxed);
         }
-        Some(Loc::unpack(v))
+        Some(loc)
     }
 
     /// Point `hash` at `loc`; returns the previous location.
     pub fn insert(&self, hash: u64, loc: Loc) -> Option<Loc> {
-        self.write(hash)
-            .insert(hash, AtomicU64::new(loc.pack()))
-            .map(|v| Loc::unpack(v.into_inner()))
+        self.write(hash).insert(Key::of(hash), Slot::new(loc)).map(|v| v.loc())
     }
 
     /// Remove `hash`; returns its location.
     pub fn remove(&self, hash: u64) -> Option<Loc> {
-        self.write(hash).remove(&hash).map(|v| Loc::unpack(v.into_inner()))
+        self.write(hash).remove(&Key::of(hash)).map(|v| v.loc())
     }
 
     /// Remove `hash` only while it still points at `at` (hit bit ignored).
     pub fn remove_if(&self, hash: u64, at: Loc) -> bool {
         let mut shard = self.write(hash);
-        match shard.get(&hash) {
-            Some(v) if Loc::unpack(v.load(Ordering::Relaxed)).same_place(at) => {
-                shard.remove(&hash);
+        let key = Key::of(hash);
+        match shard.get(&key) {
+            Some(v) if v.loc().same_place(at) => {
+                shard.remove(&key);
                 true
             }
             _ => false,
@@ -142,10 +177,10 @@ impl Index {
 
     /// Move `hash` from `from` to `to` only while it still points at `from`.
     pub fn replace_if(&self, hash: u64, from: Loc, to: Loc) -> bool {
-        let shard = self.write(hash);
-        match shard.get(&hash) {
-            Some(v) if Loc::unpack(v.load(Ordering::Relaxed)).same_place(from) => {
-                v.store(to.pack(), Ordering::Relaxed);
+        let mut shard = self.write(hash);
+        match shard.get_mut(&Key::of(hash)) {
+            Some(v) if v.loc().same_place(from) => {
+                *v = Slot::new(to);
                 true
             }
             _ => false,
@@ -165,9 +200,9 @@ impl Index {
         self.shards.iter().map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len()).sum()
     }
 
-    /// Heap bytes the index holds: slots (16 bytes) plus one control byte per bucket.
+    /// Heap bytes the index holds: slots (12 bytes) plus one control byte per bucket.
     pub fn heap_bytes(&self) -> usize {
-        let per_bucket = std::mem::size_of::<(u64, AtomicU64)>() + 1;
+        let per_bucket = std::mem::size_of::<(Key, Slot)>() + 1;
         self.shards
             .iter()
             .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).capacity() * 8 / 7 * per_bucket)
@@ -181,8 +216,14 @@ mod tests {
 
     #[test]
     fn pack_roundtrip_and_conditional_updates() {
-        let loc = Loc { seg: u32::MAX, offset: 1 << 30, hit: true };
-        assert_eq!(Loc::unpack(loc.pack()), loc);
+        assert_eq!(std::mem::size_of::<(Key, Slot)>(), 12);
+        for loc in [
+            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: true },
+            Loc { seg: 0, offset: 0, hit: false },
+            Loc { seg: 7, offset: 123_456 * 8, hit: false },
+        ] {
+            assert_eq!(Slot::new(loc).loc(), loc);
+        }
         let idx = Index::default();
         let a = Loc::new(1, 64);
         let b = Loc::new(2, 8);

@@ -10,8 +10,9 @@
 //! `{id:08x}.seg`, ids growing in write order. A segment is a 32-byte header then records
 //! `header (crc32, kind, key length, value length, key hash, stale_until) | key | envelope`,
 //! 8-byte aligned; the CRC covers header, key and envelope. Records are appended with `pwrite`;
-//! the mapping is only ever read. The index maps a key's 64-bit hash to (segment, offset):
-//! 16 bytes per slot, with the key kept on disk and compared on every read.
+//! the mapping is only ever read. The index maps a key's hash to (segment, offset): 12 bytes per
+//! slot (15 to 30 bytes per entry with the hash table's overhead), with the key kept on disk and
+//! compared on every read.
 //!
 //! ## Invariants
 //!

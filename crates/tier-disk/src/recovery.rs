@@ -17,7 +17,7 @@ use crate::format::{
 use crate::index::{Index, Loc};
 use crate::report::{RecoveryReport, SegmentDamage};
 use crate::segment::{list_segments, Segment};
-use crate::store::{Segments, Store};
+use crate::store::{Segments, Store, MAX_ID_SPAN};
 
 /// Rebuild `index` and `segments` from `cfg.dir`. Returns the report and the next segment id.
 pub(crate) fn recover(
@@ -53,6 +53,11 @@ pub(crate) fn recover(
     let now = now_ms();
     let mut cleared_before: Option<u32> = None;
     for (id, path) in found {
+        if next_id.saturating_add(1).wrapping_sub(id) >= MAX_ID_SPAN {
+            // Far older than the newest: the index's 16-bit segment ids could not tell it apart.
+            delete(&path, &mut report)?;
+            continue;
+        }
         let damaged = |offset: u64, reason: String| SegmentDamage { segment: id, offset, reason };
         let seg = match Segment::open(id, path.clone(), MAX_SEGMENT_SIZE) {
             Ok(seg) => seg,

@@ -1,7 +1,7 @@
 //! The live store: segment registry, index, the write path (append, rotate, reclaim) and the
 //! read path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
@@ -20,35 +20,53 @@ use crate::metrics::Metrics;
 use crate::report::{DiskStats, RecoveryReport};
 use crate::segment::{DirLock, Segment};
 
-/// The segments of a live tier by id (ids grow in write order).
+/// The segments of a live tier, by id (ids grow in write order) and by id modulo 2^16 (what
+/// the index stores; unique because live ids span fewer than 2^16 ids).
 #[derive(Default)]
-pub(crate) struct Segments(RwLock<BTreeMap<u32, Arc<Segment>>>);
+pub(crate) struct Segments(RwLock<SegmentMaps>);
+
+#[derive(Default)]
+pub(crate) struct SegmentMaps {
+    by_id: BTreeMap<u32, Arc<Segment>>,
+    by_slot: HashMap<u16, Arc<Segment>>,
+}
+
+/// Live segment ids must span fewer than this many ids (see [`Segments`]).
+pub(crate) const MAX_ID_SPAN: u32 = u16::MAX as u32;
 
 impl Segments {
-    fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, Arc<Segment>>> {
-        // Poison only means a panic elsewhere while held; the map is always consistent.
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, SegmentMaps> {
+        // Poison only means a panic elsewhere while held; the maps are always consistent.
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
-    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u32, Arc<Segment>>> {
+    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, SegmentMaps> {
         self.0.write().unwrap_or_else(|e| e.into_inner())
     }
-    pub fn get(&self, id: u32) -> Option<Arc<Segment>> {
-        self.map().get(&id).cloned()
+    /// The live segment whose id is `slot` modulo 2^16.
+    pub fn get(&self, slot: u16) -> Option<Arc<Segment>> {
+        self.map().by_slot.get(&slot).cloned()
     }
     pub fn insert(&self, seg: Arc<Segment>) {
-        self.map_mut().insert(seg.id, seg);
+        let mut m = self.map_mut();
+        m.by_slot.insert(seg.id as u16, Arc::clone(&seg));
+        m.by_id.insert(seg.id, seg);
     }
     pub fn remove(&self, id: u32) -> Option<Arc<Segment>> {
-        self.map_mut().remove(&id)
+        let mut m = self.map_mut();
+        let seg = m.by_id.remove(&id)?;
+        if m.by_slot.get(&(id as u16)).is_some_and(|s| s.id == id) {
+            m.by_slot.remove(&(id as u16));
+        }
+        Some(seg)
     }
     pub fn len(&self) -> usize {
-        self.map().len()
+        self.map().by_id.len()
     }
     pub fn oldest(&self) -> Option<Arc<Segment>> {
-        self.map().values().next().cloned()
+        self.map().by_id.values().next().cloned()
     }
     pub fn all(&self) -> Vec<Arc<Segment>> {
-        self.map().values().cloned().collect()
+        self.map().by_id.values().cloned().collect()
     }
 }
 
@@ -158,11 +176,12 @@ impl Store {
     }
 
     /// The raw envelope of `key`'s live record (expired or not), without touching hit bits.
-    pub fn get_raw(&self, key: &[u8]) -> Option<(Loc, RecordHeader, Bytes)> {
+    pub fn get_raw(&self, key: &[u8]) -> Option<(u32, Loc, RecordHeader, Bytes)> {
         let (loc, seg, h) = self.locate(key)?;
         let bytes = seg.bytes();
         check_record(bytes, loc.offset as usize, true).ok()??;
-        Some((loc, h, Bytes::copy_from_slice(record_value(bytes, loc.offset as usize, &h))))
+        let value = Bytes::copy_from_slice(record_value(bytes, loc.offset as usize, &h));
+        Some((seg.id, loc, h, value))
     }
 
     // ----- write path -----
@@ -314,12 +333,16 @@ impl Store {
         self.enforce_capacity_locked(&mut w);
     }
 
+    /// Also keeps live ids (and the next one) within [`MAX_ID_SPAN`], which the index relies on.
     fn enforce_capacity_locked(&self, w: &mut Writer) {
-        while self.segments.len() > self.cfg.max_segments() {
-            match self.segments.oldest() {
-                Some(old) if old.id != w.active.id => self.reclaim(w, &old),
-                _ => break,
+        loop {
+            let Some(old) = self.segments.oldest() else { break };
+            let over = self.segments.len() > self.cfg.max_segments()
+                || w.next_id.wrapping_sub(old.id) >= MAX_ID_SPAN;
+            if !over || old.id == w.active.id {
+                break;
             }
+            self.reclaim(w, &old);
         }
     }
 
@@ -338,7 +361,7 @@ impl Store {
             let Ok(offset) = u32::try_from(rec.offset) else { continue };
             let here = Loc::new(seg.id, offset);
             let Some(cur) = self.index.get(h.key_hash, false) else { continue };
-            if cur.seg != here.seg || cur.offset != here.offset {
+            if !cur.same_place(here) {
                 continue;
             }
             let alive = h.stale_until > now;

@@ -122,10 +122,10 @@ impl DiskTier {
     /// The raw envelope `key` has on disk, with its record's figures, even when expired
     /// (its CRC is checked; no hit is recorded).
     pub fn get_raw(&self, key: &[u8]) -> Option<RawRecord> {
-        let (loc, h, envelope) = self.store.get_raw(key)?;
+        let (seg, loc, h, envelope) = self.store.get_raw(key)?;
         Some(RawRecord {
             info: RecordInfo {
-                segment: loc.seg,
+                segment: seg,
                 offset: u64::from(loc.offset),
                 kind: RecordKind::Value,
                 key: Bytes::copy_from_slice(key),
