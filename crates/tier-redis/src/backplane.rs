@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use tier_core::{Backplane, BackplaneEvent, Invalidation, TierError};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::connection::RedisConnection;
@@ -96,11 +96,12 @@ impl RedisBackplaneBuilder {
             self.conn.op_timeout(),
             self.ping_interval,
         ));
+        let (outgoing, rx) = mpsc::channel(self.capacity);
+        let publisher = tokio::spawn(publish_loop(shared.clone(), self.conn, rx));
         Ok(RedisBackplane {
             shared,
-            conn: self.conn,
-            seq: Arc::new(AtomicU64::new(0)),
-            _task: Arc::new(AbortOnDrop(task)),
+            outgoing,
+            _tasks: Arc::new([AbortOnDrop(task), AbortOnDrop(publisher)]),
         })
     }
 }
@@ -165,12 +166,13 @@ impl Shared {
             prev.is_some_and(|p| msg.seq > p + 1)
         };
         if gap {
+            // Lost messages: the same situation as a reconnect (local tiers are suspect).
             self.error("gap");
-            tracing::warn!(channel = %self.channel, node = %msg.node, "backplane messages from a node were lost; dropping cached generations");
-            let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
-            for h in hooks.iter().filter_map(Weak::upgrade) {
-                h.on_event(&BackplaneEvent::Reconnected);
-            }
+            tracing::warn!(
+                channel = %self.channel, node = %msg.node,
+                "backplane messages from a node were lost; local tiers are treated as suspect"
+            );
+            self.emit(BackplaneEvent::Reconnected);
         }
         metrics::counter!(BACKPLANE_MESSAGES, "channel" => self.channel.clone(), "direction" => "received")
             .increment(1);
@@ -225,6 +227,67 @@ async fn pump(shared: &Shared, pubsub: redis::aio::PubSub, timeout: Duration, pi
     }
 }
 
+/// A message waiting to be published, with where to send the outcome.
+struct Outgoing {
+    cache: String,
+    what: WireWhat,
+    reply: oneshot::Sender<Result<(), TierError>>,
+}
+
+/// Most messages sent in one pipeline.
+const MAX_BATCH: usize = 256;
+
+/// Publishes in sequence-number order: one task takes what is waiting, numbers it and sends it
+/// as one pipeline (a pipeline reaches one node in order), so receivers can tell a lost message
+/// (a gap) from concurrent publishes.
+async fn publish_loop(
+    shared: Arc<Shared>,
+    conn: RedisConnection,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    let mut seq: u64 = 0;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut replies = Vec::with_capacity(batch.len());
+        for out in batch.drain(..) {
+            seq += 1;
+            let msg = WireMessage {
+                v: 1,
+                node: shared.node_id.clone(),
+                seq,
+                cache: out.cache,
+                what: out.what,
+            };
+            match rmp_serde::to_vec_named(&msg) {
+                Ok(payload) => {
+                    pipe.cmd("PUBLISH").arg(&shared.channel).arg(payload).ignore();
+                    replies.push(out.reply);
+                }
+                Err(e) => {
+                    seq -= 1;
+                    let _ = out.reply.send(Err(TierError::new(
+                        tier_core::TierErrorKind::Rejected,
+                        format!("backplane message: {e}"),
+                    )));
+                }
+            }
+        }
+        if replies.is_empty() {
+            continue;
+        }
+        let result = conn.query_pipe::<()>("publish", &pipe).await;
+        match &result {
+            Ok(()) => metrics::counter!(BACKPLANE_MESSAGES, "channel" => shared.channel.clone(), "direction" => "sent")
+                .increment(replies.len() as u64),
+            Err(_) => shared.error("publish"),
+        }
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
 async fn receive_loop(
     shared: Arc<Shared>,
     clients: Vec<redis::Client>,
@@ -251,6 +314,8 @@ async fn receive_loop(
                     metrics::counter!(BACKPLANE_RECONNECTS, "channel" => channel.clone())
                         .increment(1);
                     metrics::gauge!(BACKPLANE_CONNECTED, "channel" => channel.clone()).set(1.0);
+                    // A new baseline per sender: what was missed is covered by this event.
+                    shared.last_seq.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     tracing::warn!(
                         channel = %channel, reconnects = n,
                         "backplane reconnected; invalidations may have been missed, local tiers are treated as suspect"
@@ -277,8 +342,11 @@ async fn receive_loop(
 /// - Subscription uses a dedicated connection (not the shared multiplexed one), watched by a
 ///   `PING` every `ping_interval`. When it is lost, a loop reconnects with backoff (20 ms up to
 ///   2 s); once subscribed again it emits [`BackplaneEvent::Reconnected`], increments
-///   `tier_backplane_reconnects_total` and logs a warning. A gap in a sender's sequence numbers is
-///   counted (`tier_backplane_errors_total{kind="gap"}`) and logged.
+///   `tier_backplane_reconnects_total` and logs a warning.
+/// - One task publishes, numbering messages as it sends them in one pipeline, so a sender's
+///   messages arrive in sequence order. A gap in a sender's sequence numbers (a lost message,
+///   e.g. a publish that failed) is counted (`tier_backplane_errors_total{kind="gap"}`), logged,
+///   and also emitted as [`BackplaneEvent::Reconnected`]: the local tiers are suspect either way.
 /// - Redis Cluster: `PUBLISH` goes through the cluster connection to any node, and the cluster
 ///   bus relays it to every node, so the subscription is a plain `SUBSCRIBE` on one node (the
 ///   configured node URLs in turn on reconnect). Sharded pub/sub is not used.
@@ -287,9 +355,8 @@ async fn receive_loop(
 #[derive(Clone)]
 pub struct RedisBackplane {
     shared: Arc<Shared>,
-    conn: RedisConnection,
-    seq: Arc<AtomicU64>,
-    _task: Arc<AbortOnDrop>,
+    outgoing: mpsc::Sender<Outgoing>,
+    _tasks: Arc<[AbortOnDrop; 2]>,
 }
 
 impl std::fmt::Debug for RedisBackplane {
@@ -337,29 +404,12 @@ impl RedisBackplane {
 #[async_trait]
 impl Backplane for RedisBackplane {
     async fn publish(&self, cache: &str, what: &Invalidation) -> Result<(), TierError> {
-        let msg = WireMessage {
-            v: 1,
-            node: self.shared.node_id.clone(),
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            cache: cache.to_string(),
-            what: WireWhat::from(what),
-        };
-        let payload = rmp_serde::to_vec_named(&msg).map_err(|e| {
-            TierError::new(tier_core::TierErrorKind::Rejected, format!("backplane message: {e}"))
-        })?;
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(&self.shared.channel).arg(payload);
-        match self.conn.query::<i64>("publish", &cmd).await {
-            Ok(_) => {
-                metrics::counter!(BACKPLANE_MESSAGES, "channel" => self.shared.channel.clone(), "direction" => "sent")
-                    .increment(1);
-                Ok(())
-            }
-            Err(e) => {
-                self.shared.error("publish");
-                Err(e)
-            }
-        }
+        let (reply, answer) = oneshot::channel();
+        let msg = Outgoing { cache: cache.to_string(), what: WireWhat::from(what), reply };
+        let closed =
+            || TierError::new(tier_core::TierErrorKind::Unavailable, "backplane publisher stopped");
+        self.outgoing.send(msg).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     fn subscribe(&self) -> broadcast::Receiver<BackplaneEvent> {

@@ -184,6 +184,13 @@ impl GenerationStore for RedisGenerations {
         Ok(g)
     }
 
+    fn remote_bump(&self, tag: &str) {
+        // Redis already has the new generation: only the cached copy is out of date.
+        if let Some(cache) = &self.cache {
+            cache.forget(Some(tag));
+        }
+    }
+
     fn forget_cached(&self) {
         if let Some(cache) = &self.cache {
             cache.forget(None);

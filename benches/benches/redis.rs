@@ -1,0 +1,294 @@
+//! The Redis tier beside its peer, in the same run:
+//! - `redis/l3_hit`: an L3 hit through the tier (and through `Cache::get` with Redis as the only
+//!   tier) vs a raw redis-rs `GET` of the same bytes on the same kind of connection.
+//! - `redis/batch_100`: `get_many` of 100 keys vs 100 sequential `get`s.
+//!
+//! Needs a redis-server: uses `TIER_BENCH_REDIS_URL` (or `TIER_TEST_REDIS_URL`) when set, otherwise
+//! starts its own `redis-server` from PATH on a free loopback port and kills it (by PID) at the end.
+//!
+//! `cargo bench -p tier-benches --bench redis`
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use tier_core::{Cache, Codec, Entry, Meta, Tier, TierPolicy};
+use tier_redis::{RedisConnection, RedisTier};
+use tokio::runtime::Runtime;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+    email: String,
+    roles: Vec<String>,
+    bio: String,
+}
+
+fn user(id: u64) -> User {
+    User {
+        id,
+        name: format!("user {id}"),
+        email: format!("user{id}@example.invalid"),
+        roles: vec!["reader".into(), "writer".into()],
+        bio: "x".repeat(120),
+    }
+}
+
+/// A redis-server of the bench's own, killed by PID when dropped.
+struct OwnServer(Child);
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+static SERVER: OnceLock<(String, Option<std::sync::Mutex<OwnServer>>)> = OnceLock::new();
+
+fn server_url() -> &'static str {
+    let (url, _) = SERVER.get_or_init(|| {
+        for var in ["TIER_BENCH_REDIS_URL", "TIER_TEST_REDIS_URL"] {
+            if let Ok(url) = std::env::var(var) {
+                return (url, None);
+            }
+        }
+        for _ in 0..20 {
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let dir = std::env::temp_dir().join(format!("tier-bench-redis-{port}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH (or set TIER_BENCH_REDIS_URL)");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    let url = format!("redis://127.0.0.1:{port}/");
+                    return (url, Some(std::sync::Mutex::new(OwnServer(child))));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start a redis-server for the bench");
+    });
+    url
+}
+
+fn envelope(id: u64) -> Entry {
+    let now = tier_core::now_ms();
+    let meta = Meta {
+        created_at: now,
+        fresh_until: now + 3_600_000,
+        stale_until: now + 3_600_000,
+        ..Meta::default()
+    };
+    Entry::from_envelope(Codec::default().encode(&meta, Some(&user(id))).unwrap()).unwrap()
+}
+
+fn l3_hit(c: &mut Criterion, rt: &Runtime) {
+    let (tier, cache, mut raw) = rt.block_on(async {
+        let conn = RedisConnection::standalone(server_url()).connect().await.unwrap();
+        let tier = RedisTier::builder().connection(conn).prefix("bench:l3:").build().await.unwrap();
+        let cache: Cache<User> = Cache::builder("bench")
+            .tier(
+                tier.clone(),
+                TierPolicy::fresh(Duration::from_secs(3600)).timeout(Duration::from_millis(50)),
+            )
+            .build()
+            .unwrap();
+        cache.insert(cache.key("user:1"), user(1)).await.unwrap();
+        // The raw peer: the same kind of connection (ConnectionManager), the same bytes.
+        let raw =
+            redis::Client::open(server_url()).unwrap().get_connection_manager().await.unwrap();
+        (tier, cache, raw)
+    });
+    let cache_key = cache.key("user:1");
+    let redis_key = tier.redis_key(&cache_key);
+    rt.block_on(async {
+        let stored: Option<Vec<u8>> = raw.get(&redis_key).await.unwrap();
+        assert!(stored.is_some(), "the cache wrote its L3 entry under {redis_key:?}");
+        assert!(cache.get(&cache_key).await.is_some());
+    });
+
+    let mut g = c.benchmark_group("redis/l3_hit");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("raw_redis_get", |b| {
+        b.to_async(rt).iter(|| {
+            let mut raw = raw.clone();
+            let k = redis_key.clone();
+            async move {
+                let v: Option<Bytes> = raw.get(k).await.unwrap();
+                assert!(v.is_some());
+            }
+        })
+    });
+    g.bench_function("tier_get", |b| {
+        b.to_async(rt).iter(|| async { assert!(tier.get(&cache_key).await.unwrap().is_hit()) })
+    });
+    g.bench_function("cache_get", |b| {
+        b.to_async(rt).iter(|| async { assert!(cache.get(&cache_key).await.is_some()) })
+    });
+    g.finish();
+}
+
+fn batch(c: &mut Criterion, rt: &Runtime) {
+    let (tier, keys) = rt.block_on(async {
+        let tier =
+            RedisTier::builder().url(server_url()).prefix("bench:batch:").build().await.unwrap();
+        let keys: Vec<Bytes> = (0..100).map(|i| Bytes::from(format!("user:{i}"))).collect();
+        tier.insert_many(
+            keys.iter().enumerate().map(|(i, k)| (k.clone(), envelope(i as u64))).collect(),
+        )
+        .await
+        .unwrap();
+        (tier, keys)
+    });
+    let mut g = c.benchmark_group("redis/batch_100");
+    g.throughput(Throughput::Elements(100));
+    g.bench_function(BenchmarkId::new("get_many", 100), |b| {
+        b.to_async(rt).iter(|| async {
+            let got = tier.get_many(&keys).await.unwrap();
+            assert!(got.iter().all(|l| l.is_hit()));
+        })
+    });
+    g.bench_function(BenchmarkId::new("sequential_get", 100), |b| {
+        b.to_async(rt).iter(|| async {
+            for k in &keys {
+                assert!(tier.get(k).await.unwrap().is_hit());
+            }
+        })
+    });
+    g.finish();
+}
+
+/// Median and mean of `samples` (ns).
+fn stats(samples: &mut [u64]) -> (u64, u64) {
+    samples.sort_unstable();
+    (samples[samples.len() / 2], samples.iter().sum::<u64>() / samples.len() as u64)
+}
+
+/// Criterion measures one function after the other, so on a small shared machine a change of
+/// background load lands on one side only. This runs both sides alternately, `rounds` times
+/// each, and prints the ratio of their medians and means: the figure the targets are about.
+async fn paired<A, AF, B, BF>(label: &str, rounds: usize, per_op: u64, mut a: A, mut b: B) -> f64
+where
+    A: FnMut() -> AF,
+    AF: std::future::Future<Output = ()>,
+    B: FnMut() -> BF,
+    BF: std::future::Future<Output = ()>,
+{
+    let (mut ta, mut tb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for _ in 0..rounds {
+        let s = Instant::now();
+        a().await;
+        ta.push(s.elapsed().as_nanos() as u64 / per_op);
+        let s = Instant::now();
+        b().await;
+        tb.push(s.elapsed().as_nanos() as u64);
+    }
+    let ((ma, ava), (mb, avb)) = (stats(&mut ta), stats(&mut tb));
+    let ratio = ma as f64 / mb as f64;
+    println!(
+        "paired {label}: median {ma} ns vs {mb} ns = {ratio:.3}x (means {ava} vs {avb} ns = {:.3}x), {rounds} rounds",
+        ava as f64 / avb as f64
+    );
+    ratio
+}
+
+fn paired_summary(rt: &Runtime) {
+    rt.block_on(async {
+        let tier =
+            RedisTier::builder().url(server_url()).prefix("bench:paired:").build().await.unwrap();
+        let cache: Cache<User> = Cache::builder("bench-paired")
+            .tier(
+                tier.clone(),
+                TierPolicy::fresh(Duration::from_secs(3600)).timeout(Duration::from_millis(50)),
+            )
+            .build()
+            .unwrap();
+        let key = cache.key("user:1");
+        cache.insert(&key, user(1)).await.unwrap();
+        let redis_key = tier.redis_key(&key);
+        let raw =
+            redis::Client::open(server_url()).unwrap().get_connection_manager().await.unwrap();
+        let raw_get = || {
+            let mut raw = raw.clone();
+            let k = redis_key.clone();
+            async move {
+                let v: Option<Bytes> = raw.get(k).await.unwrap();
+                assert!(v.is_some());
+            }
+        };
+        paired(
+            "cache_get / raw_redis_get",
+            20_000,
+            1,
+            || async { assert!(cache.get(&key).await.is_some()) },
+            raw_get,
+        )
+        .await;
+
+        let keys: Vec<Bytes> = (0..100).map(|i| Bytes::from(format!("user:{i}"))).collect();
+        tier.insert_many(
+            keys.iter().enumerate().map(|(i, k)| (k.clone(), envelope(i as u64))).collect(),
+        )
+        .await
+        .unwrap();
+        // One get of a sequence of 100 (per key) vs one whole get_many(100): ×100 is the
+        // per-key speed-up of the batch.
+        let seq_per_key = paired(
+            "sequential get (per key) / get_many(100) (whole batch)",
+            300,
+            100,
+            || async {
+                for k in &keys {
+                    assert!(tier.get(k).await.unwrap().is_hit());
+                }
+            },
+            || async {
+                let got = tier.get_many(&keys).await.unwrap();
+                assert!(got.iter().all(|l| l.is_hit()));
+            },
+        )
+        .await;
+        println!("paired batch speed-up per key: {:.1}x", seq_per_key * 100.0);
+    });
+}
+
+fn main() {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    l3_hit(&mut c, &rt);
+    batch(&mut c, &rt);
+    c.final_summary();
+    paired_summary(&rt);
+    // Stop our own server (if we started one) before exiting.
+    if let Some((_, Some(server))) = SERVER.get() {
+        let mut s = server.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = s.0.kill();
+        let _ = s.0.wait();
+    }
+}
