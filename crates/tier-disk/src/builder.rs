@@ -34,7 +34,9 @@ pub enum FlushPolicy {
 #[non_exhaustive]
 pub enum RecoveryMode {
     /// Rebuild the index from every segment; a torn or corrupt record ends that segment's scan,
-    /// is counted in the [`RecoveryReport`](crate::RecoveryReport) and is never served. Default.
+    /// is counted in the [`RecoveryReport`](crate::RecoveryReport) and is never served. The
+    /// segment is then sealed there (the bad record's header zeroed, a truncated file given its
+    /// size back), so the same damage is counted once, not at every open. Default.
     #[default]
     Recover,
     /// Like `Recover`, but the first torn or corrupt record fails `build()` with

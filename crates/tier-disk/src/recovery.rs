@@ -134,11 +134,18 @@ pub(crate) fn recover(
             delete(&path, &mut report)?;
             continue;
         }
-        if let Some(d) = walk.damage.take() {
-            note_damage(cfg, &mut report, damaged(d.offset as u64, d.reason))?;
-        } else if mapped.len() < size {
-            let reason = format!("segment truncated to {} of {size} bytes", mapped.len());
-            note_damage(cfg, &mut report, damaged(mapped.len() as u64, reason))?;
+        let damage = match walk.damage.take() {
+            Some(d) => Some(damaged(d.offset as u64, d.reason)),
+            None if mapped.len() < size => Some(damaged(
+                mapped.len() as u64,
+                format!("segment truncated to {} of {size} bytes", mapped.len()),
+            )),
+            None => None,
+        };
+        if let Some(d) = damage {
+            let offset = d.offset;
+            note_damage(cfg, &mut report, d)?;
+            seal_damage(&path, offset, size as u64);
         }
     }
     if let Some(clear_id) = cleared_before {
@@ -150,6 +157,25 @@ pub(crate) fn recover(
     report.entries = index.len() as u64;
     report.duration = started.elapsed();
     Ok((report, next_id))
+}
+
+/// Make the valid part of a damaged segment end cleanly at `offset`, so that the damage is
+/// counted once, not again at every open: zero the (bad) record header there and give a
+/// truncated file back its size. Only bytes past the valid part change (never served, never
+/// indexed), and the file only grows. A failure is logged: the damage is then counted again
+/// next time, nothing worse.
+fn seal_damage(path: &std::path::Path, offset: u64, size: u64) {
+    use std::os::unix::fs::FileExt;
+    let sealed = std::fs::OpenOptions::new().write(true).open(path).and_then(|f| {
+        if f.metadata()?.len() < size {
+            f.set_len(size)?;
+        }
+        let n = size.saturating_sub(offset).min(crate::format::RECORD_HEADER_LEN as u64) as usize;
+        f.write_all_at(&[0u8; crate::format::RECORD_HEADER_LEN][..n], offset)
+    });
+    if let Err(e) = sealed {
+        tracing::warn!(path = %path.display(), error = %e, "disk tier: could not seal a damaged segment");
+    }
 }
 
 fn note_damage(

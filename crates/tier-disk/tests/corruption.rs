@@ -123,6 +123,8 @@ fn random_flips_and_truncations_are_caught_and_counted() {
             assert!(report.corrupt >= 1, "round {round}: damage not counted: {report:?}");
             damaged_rounds += 1;
         }
+        let (again, served_again) = check_all(dir.path());
+        assert_eq!((again.corrupt, served_again), (0, served), "round {round}: counted once");
         total_corrupt += report.corrupt;
         assert!(served <= KEYS);
         // The inspector sees the same damaged directory without panicking.
@@ -146,6 +148,11 @@ fn strict_mode_refuses_a_damaged_directory() {
     let (report, served) = check_all(dir.path());
     assert_eq!(report.corrupt, 1);
     assert!(served < KEYS && served > KEYS / 2);
+    // Counted once: the next open finds the segment sealed at the damage, and the same keys.
+    let (again, served_again) = check_all(dir.path());
+    assert_eq!(again.corrupt, 0, "{again:?}");
+    assert_eq!(served_again, served);
+    builder(dir.path()).recovery(RecoveryMode::Strict).build().expect("clean now");
 }
 
 proptest! {
