@@ -1,2 +1,79 @@
-//! The `tier` command (work in progress).
-fn main() {}
+//! `tier` — the command of the tier SDK: a demo workload (`tier demo`), read-only inspection of
+//! disk tier directories (`tier disk`) and Redis tiers (`tier redis`), a metrics viewer
+//! (`tier stats`) and fleet-wide invalidation (`tier invalidate`).
+//!
+//! Errors are one line on stderr (`tier: error: ...`) and an exit code: 1 runtime error,
+//! 2 usage error, 3 damage found by `tier disk verify` (see [`error`]).
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cli;
+mod demo;
+mod duration;
+mod error;
+mod promtext;
+mod redis;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::{CliError, EXIT_USAGE};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return report(CliError::runtime(format!("start the async runtime: {e}"))),
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for background tasks (metrics endpoint, backplane) at exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(e),
+    }
+}
+
+async fn run(cli: Cli) -> error::Result<()> {
+    match cli.command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Disk(_) | Command::Redis(_) | Command::Stats(_) | Command::Invalidate(_) => {
+            Err(CliError::runtime("not implemented yet"))
+        }
+    }
+}
+
+fn report(e: CliError) -> ExitCode {
+    eprintln!("tier: error: {e}");
+    e.exit_code()
+}
+
+/// clap's help and version go to stdout with exit 0; its errors become one line and exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(EXIT_USAGE)
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("tier: error: {line} (see tier --help)");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

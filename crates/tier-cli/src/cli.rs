@@ -1,0 +1,305 @@
+//! Command-line definitions (clap derive).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, shown at the end of `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 runtime error (unreachable Redis, missing or \
+locked directory, I/O), 2 usage error (bad flag, duration, URL or ratio), 3 damage found by \
+`tier disk verify`.";
+
+/// tier — multi-tier caching: a demo workload, and inspection of disk, Redis and metrics.
+#[derive(Debug, Parser)]
+#[command(name = "tier", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workload against a memory + disk (+ Redis) hierarchy in front of a simulated origin.
+    Demo(DemoArgs),
+    /// Inspect a disk tier directory (read-only; works while a service holds it).
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// Inspect the entries a Redis tier holds (standalone or Cluster; SCAN, never KEYS).
+    #[command(subcommand)]
+    Redis(RedisCommand),
+    /// Scrape a service's /metrics and show per-tier hit ratios, latencies, breakers, loads.
+    Stats(StatsArgs),
+    /// Invalidate entries fleet-wide: remove them from Redis and publish on the backplane.
+    Invalidate(InvalidateArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s)
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside 0.0..=1.0"))
+    }
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be a finite number >= 0"))
+    }
+}
+
+/// A Redis URL, or several comma-separated node URLs of one Cluster.
+pub fn redis_urls(s: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> =
+        s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+    if urls.is_empty() {
+        return Err("empty Redis URL".into());
+    }
+    for u in &urls {
+        crate::redis::check_url(u)?;
+    }
+    Ok(urls)
+}
+
+/// `tier demo`.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// How long the workload runs (e.g. 10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub duration: Duration,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub workers: u32,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub keys: u64,
+    /// Zipf exponent of key popularity (0 = uniform; 1.0 is typical of web traffic).
+    #[arg(long, default_value = "1.0", value_parser = positive_f64)]
+    pub zipf: f64,
+    /// Target operations per second over all workers (0 = as fast as possible).
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+    /// Share of operations that write a new value (write-through to every tier).
+    #[arg(long, default_value = "0.02", value_parser = ratio)]
+    pub write_ratio: f64,
+    /// Share of operations that invalidate a key (every tier, every instance).
+    #[arg(long, default_value = "0.002", value_parser = ratio)]
+    pub invalidate_ratio: f64,
+    /// Origin latency per call (each call takes 50–150 % of it).
+    #[arg(long, default_value = "20ms", value_parser = duration)]
+    pub origin_latency: Duration,
+    /// Share of origin calls that fail (0.0–1.0), from the end of the warm-up on.
+    #[arg(long, default_value = "0.0", value_parser = ratio)]
+    pub origin_errors: f64,
+    /// Load every key once before the measured run, with a healthy origin (so stale values
+    /// exist when the origin starts failing). `--warm-up false` starts cold.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub warm_up: bool,
+    /// Size of each value's payload in bytes.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(0..=(16 << 20)))]
+    pub value_size: u32,
+    /// Memory tier (L1) capacity in bytes (small by default, so that L2 has work to do).
+    #[arg(long, default_value_t = 2 << 20)]
+    pub memory_bytes: u64,
+    /// Disk tier directory (default: a temporary directory, removed at the end).
+    #[arg(long)]
+    pub disk: Option<PathBuf>,
+    /// Disk tier capacity in bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub disk_bytes: u64,
+    /// Add a Redis tier (L3) and the invalidation backplane: `redis://127.0.0.1:6379/`, or
+    /// comma-separated node URLs of a Cluster (a single Cluster node URL is detected too).
+    #[arg(long, value_parser = redis_urls)]
+    pub redis: Option<Vec<String>>,
+    /// Key prefix of the Redis tier.
+    #[arg(long, default_value = "tier:")]
+    pub redis_prefix: String,
+    /// Fresh lifetime in memory; disk gets twice, Redis four times as long.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub fresh: Duration,
+    /// How long entries stay servable as stale after their fresh lifetime.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub stale: Duration,
+    /// Fail-safe: serve a stale value up to this long past its freshness when the origin fails
+    /// (0 = off).
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub fail_safe: Duration,
+    /// After the origin failed, serve the stale value without calling it for this long.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub fail_safe_throttle: Duration,
+    /// Answer with the stale value when a load takes longer (it finishes in the background).
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    pub soft_timeout: Duration,
+    /// Give a load up after this long.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub hard_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the demo runs.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Cache name (`cache` metric label and key namespace).
+    #[arg(long, default_value = "demo")]
+    pub cache: String,
+    /// Hot keys shown at the end.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Print the report as one JSON document (no progress display).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tier disk ...`.
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// Segments, live/dead bytes, entries, entries by key prefix.
+    Stats {
+        /// The disk tier directory.
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List records (live ones unless --all).
+    Ls {
+        /// The disk tier directory.
+        dir: PathBuf,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Also overwritten records, tombstones and clear markers.
+        #[arg(long)]
+        all: bool,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One key's envelope, decoded: fresh/stale times, tags, value.
+    Get {
+        /// The disk tier directory.
+        dir: PathBuf,
+        /// The full key (e.g. `users:0:42`).
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every record's CRC; exit code 3 when damage is found.
+    Verify {
+        /// The disk tier directory.
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where a Redis command connects.
+#[derive(Debug, Args, Clone)]
+pub struct RedisTarget {
+    /// `redis://host:port/`, or comma-separated Cluster node URLs (a Cluster is detected).
+    #[arg(value_parser = redis_urls)]
+    pub url: Vec<String>,
+    /// Key prefix of the Redis tier.
+    #[arg(long, default_value = "tier:")]
+    pub prefix: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tier redis ...`.
+#[derive(Debug, Subcommand)]
+pub enum RedisCommand {
+    /// Entries under the prefix: count, bytes, TTLs, by cache namespace.
+    Stats {
+        /// Where.
+        #[command(flatten)]
+        target: RedisTarget,
+    },
+    /// List entries under the prefix with their TTL and size.
+    Ls {
+        /// Where.
+        #[command(flatten)]
+        target: RedisTarget,
+        /// Only keys (after the prefix) starting with this.
+        #[arg(long, default_value = "")]
+        key_prefix: String,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One entry's envelope, decoded.
+    Get {
+        /// Where.
+        #[command(flatten)]
+        target: RedisTarget,
+        /// The cache key, without the tier prefix (e.g. `users:0:42`).
+        key: String,
+    },
+}
+
+/// `tier stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The metrics endpoint, e.g. `http://127.0.0.1:9000/metrics` (or `127.0.0.1:9000`).
+    #[arg(long)]
+    pub metrics: String,
+    /// Refresh every interval until interrupted (rates are shown between refreshes).
+    #[arg(long)]
+    pub watch: bool,
+    /// Refresh interval with --watch.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub interval: Duration,
+    /// Only this cache.
+    #[arg(long)]
+    pub cache: Option<String>,
+    /// Print JSON (one document per scrape).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tier invalidate`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["key", "raw_key", "tag", "namespace", "all"])))]
+pub struct InvalidateArgs {
+    /// `redis://host:port/`, or comma-separated Cluster node URLs.
+    #[arg(long, value_parser = redis_urls)]
+    pub redis: Vec<String>,
+    /// The cache (hierarchy) name.
+    #[arg(long)]
+    pub cache: String,
+    /// One key by id: the key is `CACHE:VERSION:ID` with the namespace's current version.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// One key, given in full (e.g. `users:0:42`).
+    #[arg(long)]
+    pub raw_key: Option<String>,
+    /// Every entry carrying this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// The whole namespace of the cache (its version moves on).
+    #[arg(long)]
+    pub namespace: bool,
+    /// Everything of the cache under the prefix, in every instance's tiers.
+    #[arg(long)]
+    pub all: bool,
+    /// Key prefix of the Redis tier.
+    #[arg(long, default_value = "tier:")]
+    pub prefix: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,343 @@
+//! `tier demo`: a memory + disk (+ Redis) hierarchy in front of a simulated origin, driven by a
+//! Zipf workload, with live progress, Prometheus metrics and a final per-tier report.
+//!
+//! Phases: build the tiers → warm-up (every key loaded once, origin healthy) → the measured run
+//! (origin failing at `--origin-errors` from here on) → report. The report's tier figures are
+//! the hierarchy's own metrics (`tier_requests_total`, `tier_op_duration_seconds`, ...) read from
+//! the installed Prometheus recorder, minus their values at the end of the warm-up.
+
+mod report;
+mod workload;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tier_core::{Cache, FailSafe, ReconnectPolicy, TierPolicy};
+use tier_disk::DiskTier;
+use tier_memory::MemoryTier;
+
+use crate::cli::DemoArgs;
+use crate::error::{chain, CliError, Context, Result};
+use crate::promtext::{CacheFigures, Figures};
+use report::{HotKey, Report, RunConfig, WarmUp};
+use workload::{Counters, Item, Mix, Origin, Shared, Zipf};
+
+/// Install the global Prometheus recorder; serve it over HTTP when `addr` is given.
+fn install_metrics(addr: Option<SocketAddr>) -> Result<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            tier_core::metrics::DURATION_BUCKETS,
+        )
+        .map_err(|e| CliError::runtime(format!("metrics buckets: {}", chain(&e))))?;
+    let handle = match addr {
+        Some(addr) => {
+            let (recorder, exporter) = builder.with_http_listener(addr).build().map_err(|e| {
+                CliError::runtime(format!("serve metrics on {addr}: {}", chain(&e)))
+            })?;
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .map_err(|e| CliError::runtime(format!("install metrics recorder: {e}")))?;
+            tokio::spawn(async move {
+                if let Err(e) = exporter.await {
+                    eprintln!("tier: metrics endpoint stopped: {e:?}");
+                }
+            });
+            handle
+        }
+        None => {
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .map_err(|e| CliError::runtime(format!("install metrics recorder: {e}")))?;
+            handle
+        }
+    };
+    tier_core::metrics::describe();
+    Ok(handle)
+}
+
+/// The cache's figures as the recorder has them now.
+fn figures(handle: &PrometheusHandle, cache: &str) -> CacheFigures {
+    handle.run_upkeep();
+    let text = handle.render();
+    Figures::from_text(&text).ok().and_then(|mut f| f.caches.remove(cache)).unwrap_or_default()
+}
+
+/// A disk tier sized for the demo: segments of 1/32 of the capacity, between 64 KiB and 8 MiB.
+fn open_disk(dir: &PathBuf, capacity: u64) -> Result<DiskTier> {
+    let segment = (capacity / 32).clamp(64 << 10, 8 << 20) & !7;
+    DiskTier::builder(dir)
+        .capacity_bytes(capacity.max(2 * segment))
+        .segment_size(segment)
+        .build()
+        .context(|| format!("open disk tier {}", dir.display()))
+}
+
+/// Build the hierarchy described by `args`. Returns the cache and the tier names, top first.
+async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>> {
+    let fresh = args.fresh;
+    let stale = args.stale;
+    let mut builder = Cache::<Item>::builder(args.cache.clone())
+        .tier(
+            MemoryTier::builder().max_bytes(args.memory_bytes).build(),
+            TierPolicy::fresh(fresh).stale(stale).no_breaker(),
+        )
+        .tier(
+            open_disk(disk_dir, args.disk_bytes)?,
+            TierPolicy::fresh(fresh * 2).stale(stale).timeout(Duration::from_millis(50)),
+        )
+        .hard_timeout(args.hard_timeout)
+        .hot_keys(64, 4);
+    if !args.soft_timeout.is_zero() {
+        builder = builder.soft_timeout(args.soft_timeout);
+    }
+    if !args.fail_safe.is_zero() {
+        builder =
+            builder.fail_safe(FailSafe::up_to(args.fail_safe).throttle(args.fail_safe_throttle));
+    }
+    if let Some(urls) = &args.redis {
+        let conn = crate::redis::connection(urls).await?;
+        let tier = tier_redis::RedisTier::builder()
+            .connection(conn.clone())
+            .prefix(args.redis_prefix.as_bytes())
+            .build()
+            .await
+            .context(|| "Redis tier".into())?;
+        let backplane = tier_redis::RedisBackplane::builder(conn.clone())
+            .build()
+            .await
+            .context(|| "Redis backplane".into())?;
+        let generations = tier_redis::RedisGenerations::new(conn).cached_with(&backplane);
+        builder = builder
+            .tier(
+                tier,
+                TierPolicy::fresh(fresh * 4).stale(stale).timeout(Duration::from_millis(100)),
+            )
+            .generations(Arc::new(generations))
+            .backplane(Arc::new(backplane), ReconnectPolicy::Clear);
+    }
+    builder.build().context(|| "build the cache".into())
+}
+
+/// Run the demo.
+pub async fn run(args: DemoArgs) -> Result<()> {
+    if args.write_ratio + args.invalidate_ratio > 1.0 {
+        return Err(CliError::usage("--write-ratio plus --invalidate-ratio must not exceed 1.0"));
+    }
+    if args.cache.is_empty() || args.cache.contains(':') {
+        return Err(CliError::usage("--cache must be a non-empty name without ':'"));
+    }
+    let handle = install_metrics(args.metrics_addr)?;
+    let temp;
+    let disk_dir = match &args.disk {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("tier-demo-")
+                .tempdir()
+                .context(|| "create a temporary directory for the disk tier".into())?;
+            temp.path().to_path_buf()
+        }
+    };
+    let cache = build_cache(&args, &disk_dir).await?;
+    if args.redis.is_some() {
+        // Another instance may have moved the namespace on.
+        cache.sync_namespace().await.context(|| "read the namespace version from Redis".into())?;
+    }
+    let tier_names: Vec<String> = cache.tiers().into_iter().map(|t| t.name).collect();
+    let origin =
+        Arc::new(Origin::new(args.origin_latency, args.origin_errors, args.value_size as usize));
+    let shared = Arc::new(Shared {
+        cache: cache.clone(),
+        origin: origin.clone(),
+        zipf: Zipf::new(args.keys, args.zipf),
+        counters: Counters::default(),
+        stop: AtomicBool::new(false),
+        versions: AtomicU64::new(0),
+    });
+
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stderr())
+    };
+    let warm_up = if args.warm_up { Some(warm(&shared, &args, &bar).await) } else { None };
+
+    let baseline = figures(&handle, &args.cache);
+    let calls_before = origin.calls.load(Ordering::Relaxed);
+    let errors_before = origin.errors.load(Ordering::Relaxed);
+    origin.start_failing();
+
+    let mix = Mix {
+        write: args.write_ratio,
+        invalidate: args.invalidate_ratio,
+        per_worker_rate: args.rate as f64 / f64::from(args.workers),
+    };
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(args.workers as usize);
+    for i in 0..args.workers {
+        let seed = rand::random::<u64>() ^ u64::from(i);
+        workers.push(tokio::spawn(workload::worker(shared.clone(), mix, seed)));
+    }
+
+    bar.set_length(args.duration.as_millis().max(1) as u64);
+    bar.set_position(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:24}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("running");
+    let interrupted = progress(&shared, &handle, &args, &tier_names, &bar, baseline.clone()).await;
+    shared.stop.store(true, Ordering::Relaxed);
+    bar.set_prefix("stopping");
+    bar.set_message("waiting for in-flight requests");
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    cache.report_gauges();
+    let fig = figures(&handle, &args.cache).since(&baseline);
+    let rows: Vec<_> = tier_names
+        .iter()
+        .map(|n| report::tier_row(n, fig.tiers.get(n).unwrap_or(&Default::default()), elapsed))
+        .collect();
+    let requests = report::requests(&shared.counters, elapsed);
+    let origin_report =
+        report::origin(&fig, &origin, calls_before, errors_before, requests.reads, elapsed);
+    let report = Report {
+        cache: args.cache.clone(),
+        config: RunConfig {
+            duration_seconds: args.duration.as_secs_f64(),
+            workers: args.workers,
+            keys: args.keys,
+            zipf: args.zipf,
+            rate: args.rate,
+            write_ratio: args.write_ratio,
+            invalidate_ratio: args.invalidate_ratio,
+            origin_latency_seconds: args.origin_latency.as_secs_f64(),
+            origin_errors: args.origin_errors,
+            tiers: tier_names.clone(),
+            disk_dir: args.disk.as_ref().map(|d| d.display().to_string()),
+            redis: args.redis.clone(),
+            metrics_addr: args.metrics_addr.map(|a| a.to_string()),
+            fail_safe_seconds: args.fail_safe.as_secs_f64(),
+        },
+        warm_up,
+        elapsed_seconds: elapsed,
+        requests,
+        tiers: rows,
+        origin: origin_report,
+        hot_keys: cache
+            .hot_keys(args.top)
+            .into_iter()
+            .map(|(k, count)| HotKey { key: String::from_utf8_lossy(&k).into_owned(), count })
+            .collect(),
+    };
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| CliError::runtime(format!("encode the report: {e}")))?;
+        println!("{text}");
+    } else {
+        if interrupted {
+            println!("(interrupted: report of the part that ran)");
+        }
+        print!("{}", report.to_text());
+    }
+    drop(cache);
+    Ok(())
+}
+
+/// Load every key once with a healthy origin.
+async fn warm(shared: &Arc<Shared>, args: &DemoArgs, bar: &ProgressBar) -> WarmUp {
+    bar.set_length(args.keys);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:24}] {pos}/{len} keys")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("warm-up");
+    let started = Instant::now();
+    let keys: Vec<_> = (0..args.keys).map(|i| workload::key_of(&shared.cache, i)).collect();
+    let origin = shared.origin.clone();
+    let concurrency = (args.workers as usize * 8).clamp(16, 512);
+    let load = move |key: bytes::Bytes| {
+        let origin = origin.clone();
+        async move {
+            // Keys are `cache:version:item:ID`.
+            let id = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|k| k.rsplit(':').next())
+                .and_then(|id| id.parse::<u64>().ok())
+                .unwrap_or(0);
+            origin.load(id).await
+        }
+    };
+    let r = shared.cache.warm(keys, concurrency, load, |p| bar.set_position(p.done as u64)).await;
+    WarmUp {
+        loaded: r.loaded as u64,
+        failed: r.failed as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Update the progress display until the duration is over or Ctrl-C. Returns true on Ctrl-C.
+async fn progress(
+    shared: &Shared,
+    handle: &PrometheusHandle,
+    args: &DemoArgs,
+    tiers: &[String],
+    bar: &ProgressBar,
+    mut last: CacheFigures,
+) -> bool {
+    let started = tokio::time::Instant::now();
+    let deadline = started + args.duration;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_at = Instant::now();
+    let mut last_reads = 0u64;
+    let mut last_calls = shared.origin.calls.load(Ordering::Relaxed);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return false,
+            _ = &mut ctrl_c => return true,
+            _ = tick.tick() => {}
+        }
+        bar.set_position(started.elapsed().as_millis() as u64);
+        if bar.is_hidden() {
+            handle.run_upkeep();
+            continue;
+        }
+        let now = figures(handle, &args.cache);
+        let window = now.since(&last);
+        let secs = last_at.elapsed().as_secs_f64().max(1e-3);
+        let reads = shared.counters.reads.load(Ordering::Relaxed);
+        let calls = shared.origin.calls.load(Ordering::Relaxed);
+        let mut msg = report::rate((reads - last_reads) as f64 / secs);
+        for t in tiers {
+            let f = window.tiers.get(t).cloned().unwrap_or_default();
+            let ratio = f.hit_ratio().map_or_else(|| "-".into(), |r| format!("{:.0}%", r * 100.0));
+            msg.push_str(&format!(" · {t} {ratio} of {}", report::rate(f.lookups() / secs)));
+        }
+        msg.push_str(&format!(
+            " · origin {} · stale served {}",
+            report::rate((calls - last_calls) as f64 / secs),
+            report::count(window.stale_served.round() as u64)
+        ));
+        bar.set_message(msg);
+        last = now;
+        last_at = Instant::now();
+        last_reads = reads;
+        last_calls = calls;
+    }
+}

@@ -1,0 +1,420 @@
+//! The demo's report: built from the hierarchy's own metrics (the text a Prometheus would
+//! scrape, minus the warm-up) and the workers' counters; printed as a table or one JSON document.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::workload::{Counters, Origin};
+use crate::duration::{short, short_secs};
+use crate::promtext::{breaker_name, CacheFigures, TierFigures};
+
+/// The whole report (`tier demo --json` prints it as is).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Cache name.
+    pub cache: String,
+    /// The settings of the run.
+    pub config: RunConfig,
+    /// The warm-up, when there was one.
+    pub warm_up: Option<WarmUp>,
+    /// Measured seconds (warm-up excluded).
+    pub elapsed_seconds: f64,
+    /// What the workers did.
+    pub requests: Requests,
+    /// One row per tier, top (L1) first.
+    pub tiers: Vec<TierRow>,
+    /// The origin's load and what the hierarchy saved it.
+    pub origin: OriginReport,
+    /// The hottest keys seen (sampled), hottest first.
+    pub hot_keys: Vec<HotKey>,
+}
+
+/// Settings of the run.
+#[derive(Debug, Serialize)]
+pub struct RunConfig {
+    /// Measured duration asked for.
+    pub duration_seconds: f64,
+    /// Workers.
+    pub workers: u32,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Zipf exponent.
+    pub zipf: f64,
+    /// Target ops/s (0: unpaced).
+    pub rate: u64,
+    /// Share of writes.
+    pub write_ratio: f64,
+    /// Share of invalidations.
+    pub invalidate_ratio: f64,
+    /// Mean origin latency.
+    pub origin_latency_seconds: f64,
+    /// Origin failure rate after the warm-up.
+    pub origin_errors: f64,
+    /// Tier names, top first.
+    pub tiers: Vec<String>,
+    /// The disk tier's directory (`null` when a temporary one was used).
+    pub disk_dir: Option<String>,
+    /// Redis URLs (`null` without Redis).
+    pub redis: Option<Vec<String>>,
+    /// Where metrics were served.
+    pub metrics_addr: Option<String>,
+    /// Fail-safe maximum stale age (0: off).
+    pub fail_safe_seconds: f64,
+}
+
+/// The warm-up.
+#[derive(Debug, Serialize)]
+pub struct WarmUp {
+    /// Keys loaded.
+    pub loaded: u64,
+    /// Keys that failed.
+    pub failed: u64,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// What the workers did.
+#[derive(Debug, Serialize)]
+pub struct Requests {
+    /// Reads (`get_or_load`).
+    pub reads: u64,
+    /// Reads answered with a value (fresh or stale).
+    pub answered: u64,
+    /// Reads that failed (origin failed, nothing stale to serve).
+    pub errors: u64,
+    /// Writes (`insert`).
+    pub writes: u64,
+    /// Writes a tier failed.
+    pub write_errors: u64,
+    /// Invalidations.
+    pub invalidations: u64,
+    /// All operations per second.
+    pub ops_per_second: f64,
+    /// Reads per second.
+    pub reads_per_second: f64,
+    /// Mean read latency as the caller saw it.
+    pub read_mean_seconds: Option<f64>,
+    /// `answered / reads`.
+    pub answered_ratio: Option<f64>,
+}
+
+/// One tier's figures (from `tier_requests_total{op="get"}` and `tier_op_duration_seconds`).
+#[derive(Debug, Serialize)]
+pub struct TierRow {
+    /// Tier name.
+    pub name: String,
+    /// Fresh hits.
+    pub hits: u64,
+    /// Stale hits (kept as fallback while looking further down).
+    pub stale: u64,
+    /// Misses.
+    pub misses: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Timeouts.
+    pub timeouts: u64,
+    /// Skipped (breaker open, disabled).
+    pub skipped: u64,
+    /// `hits / (lookups that reached the tier)`.
+    pub hit_ratio: Option<f64>,
+    /// Lookups per second that reached the tier.
+    pub lookups_per_second: f64,
+    /// Median `get` latency (from histogram buckets; in-process tiers are sampled 1 in 16).
+    pub p50_seconds: Option<f64>,
+    /// 99th percentile `get` latency.
+    pub p99_seconds: Option<f64>,
+    /// Breaker state at the end (`closed`, `half_open`, `open`, `-` without breaker).
+    pub breaker: String,
+    /// Entries at the end.
+    pub entries: Option<u64>,
+    /// Bytes at the end.
+    pub bytes: Option<u64>,
+    /// Entries copied into this tier from below.
+    pub backfills_in: u64,
+}
+
+/// The origin's load and the savings.
+#[derive(Debug, Serialize)]
+pub struct OriginReport {
+    /// Calls the origin received (warm-up excluded).
+    pub calls: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Calls per second.
+    pub calls_per_second: f64,
+    /// Most calls in progress at once.
+    pub max_concurrent_calls: u64,
+    /// Loads by result (`cache_loads_total`).
+    pub loads_ok: u64,
+    /// Loader errors.
+    pub loads_error: u64,
+    /// Loader timeouts.
+    pub loads_timeout: u64,
+    /// Median load duration.
+    pub load_p50_seconds: Option<f64>,
+    /// 99th percentile load duration.
+    pub load_p99_seconds: Option<f64>,
+    /// Reads that did not call the origin (`reads - calls`, floored at 0).
+    pub reads_without_origin: u64,
+    /// `reads_without_origin / reads`.
+    pub saved_ratio: Option<f64>,
+    /// Callers that joined a load already in flight instead of calling the origin
+    /// (single-flight, `cache_coalesced_total`).
+    pub single_flight_saved: u64,
+    /// Stale values served (fail-safe, soft timeout; `cache_stale_served_total`).
+    pub stale_served: u64,
+    /// Background refreshes.
+    pub refreshes: u64,
+}
+
+/// A hot key.
+#[derive(Debug, Serialize)]
+pub struct HotKey {
+    /// The key (lossy UTF-8).
+    pub key: String,
+    /// Sampled hits.
+    pub count: u64,
+}
+
+fn n(v: f64) -> u64 {
+    if v.is_finite() && v > 0.0 {
+        v.round() as u64
+    } else {
+        0
+    }
+}
+
+fn per_sec(v: f64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        v / secs
+    } else {
+        0.0
+    }
+}
+
+/// One row of the tier table.
+pub fn tier_row(name: &str, t: &TierFigures, secs: f64) -> TierRow {
+    TierRow {
+        name: name.to_string(),
+        hits: n(t.get("hit")),
+        stale: n(t.get("stale")),
+        misses: n(t.get("miss")),
+        errors: n(t.get("error")),
+        timeouts: n(t.get("timeout")),
+        skipped: n(t.get("skipped")),
+        hit_ratio: t.hit_ratio(),
+        lookups_per_second: per_sec(t.lookups(), secs),
+        p50_seconds: t.get_duration.quantile(0.5),
+        p99_seconds: t.get_duration.quantile(0.99),
+        breaker: breaker_name(t.breaker).to_string(),
+        entries: t.entries.map(n),
+        bytes: t.bytes.map(n),
+        backfills_in: n(t.backfills_in),
+    }
+}
+
+/// Requests from the counters.
+pub fn requests(c: &Counters, secs: f64) -> Requests {
+    let reads = c.reads.load(Ordering::Relaxed);
+    let answered = c.answered.load(Ordering::Relaxed);
+    let writes = c.writes.load(Ordering::Relaxed);
+    let invalidations = c.invalidates.load(Ordering::Relaxed);
+    let micros = c.read_micros.load(Ordering::Relaxed);
+    Requests {
+        reads,
+        answered,
+        errors: c.read_errors.load(Ordering::Relaxed),
+        writes,
+        write_errors: c.write_errors.load(Ordering::Relaxed),
+        invalidations,
+        ops_per_second: per_sec((reads + writes + invalidations) as f64, secs),
+        reads_per_second: per_sec(reads as f64, secs),
+        read_mean_seconds: (reads > 0).then(|| micros as f64 / 1e6 / reads as f64),
+        answered_ratio: (reads > 0).then(|| answered as f64 / reads as f64),
+    }
+}
+
+/// The origin part, from the cache's figures (warm-up excluded) and the origin's own counters
+/// (`calls_before`/`errors_before`: the counters at the end of the warm-up).
+pub fn origin(
+    c: &CacheFigures,
+    origin: &Origin,
+    calls_before: u64,
+    errors_before: u64,
+    reads: u64,
+    secs: f64,
+) -> OriginReport {
+    let calls = origin.calls.load(Ordering::Relaxed).saturating_sub(calls_before);
+    let without = reads.saturating_sub(calls);
+    OriginReport {
+        calls,
+        errors: origin.errors.load(Ordering::Relaxed).saturating_sub(errors_before),
+        calls_per_second: per_sec(calls as f64, secs),
+        max_concurrent_calls: origin.max_in_flight.load(Ordering::Relaxed),
+        loads_ok: n(c.loads("ok")),
+        loads_error: n(c.loads("error")),
+        loads_timeout: n(c.loads("timeout")),
+        load_p50_seconds: c.load_duration.quantile(0.5),
+        load_p99_seconds: c.load_duration.quantile(0.99),
+        reads_without_origin: without,
+        saved_ratio: (reads > 0).then(|| without as f64 / reads as f64),
+        single_flight_saved: n(c.coalesced),
+        stale_served: n(c.stale_served),
+        refreshes: n(c.refreshes),
+    }
+}
+
+fn pct(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0))
+}
+
+/// Thousands separators.
+pub fn count(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A compact rate: `950/s`, `12.3k/s`.
+pub fn rate(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1}k/s", v / 1000.0)
+    } else {
+        format!("{v:.0}/s")
+    }
+}
+
+/// The per-tier table.
+pub fn tier_table(rows: &[TierRow]) -> String {
+    let mut out = String::new();
+    let header = ["tier", "hits", "stale", "misses", "errors", "timeouts", "skipped", "hit%"];
+    let _ = writeln!(
+        out,
+        "{:<10} {:>11} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}  breaker",
+        header[0],
+        header[1],
+        header[2],
+        header[3],
+        header[4],
+        header[5],
+        header[6],
+        header[7],
+        "p50",
+        "p99",
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<10} {:>11} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}  {}",
+            r.name,
+            count(r.hits),
+            count(r.stale),
+            count(r.misses),
+            count(r.errors),
+            count(r.timeouts),
+            count(r.skipped),
+            pct(r.hit_ratio),
+            short_secs(r.p50_seconds),
+            short_secs(r.p99_seconds),
+            r.breaker
+        );
+    }
+    out
+}
+
+impl Report {
+    /// The human-readable report.
+    pub fn to_text(&self) -> String {
+        let c = &self.config;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "tier demo · cache {:?} · tiers {} · {} workers · {} keys (zipf {}) · origin {} ± 50 %, {} errors after warm-up",
+            self.cache,
+            c.tiers.join(" → "),
+            c.workers,
+            count(c.keys),
+            c.zipf,
+            short(Duration::from_secs_f64(c.origin_latency_seconds)),
+            pct(Some(c.origin_errors)),
+        );
+        if let Some(w) = &self.warm_up {
+            let _ = writeln!(
+                out,
+                "warm-up   {} keys loaded ({} failed) in {}",
+                count(w.loaded),
+                count(w.failed),
+                short(Duration::from_secs_f64(w.seconds))
+            );
+        }
+        let _ = writeln!(out);
+        out.push_str(&tier_table(&self.tiers));
+        let _ = writeln!(out);
+        let r = &self.requests;
+        let _ = writeln!(
+            out,
+            "requests  {} reads in {} ({}), {} answered, {} failed · {} writes · {} invalidations · mean read {}",
+            count(r.reads),
+            short(Duration::from_secs_f64(self.elapsed_seconds)),
+            rate(r.reads_per_second),
+            pct(r.answered_ratio),
+            count(r.errors),
+            count(r.writes),
+            count(r.invalidations),
+            short_secs(r.read_mean_seconds),
+        );
+        let o = &self.origin;
+        let _ = writeln!(
+            out,
+            "origin    {} calls ({}), {} failed, at most {} at once · load p50 {} p99 {}",
+            count(o.calls),
+            rate(o.calls_per_second),
+            count(o.errors),
+            o.max_concurrent_calls,
+            short_secs(o.load_p50_seconds),
+            short_secs(o.load_p99_seconds),
+        );
+        let _ = writeln!(
+            out,
+            "saved     {} reads never reached the origin ({}) · single-flight saved {} calls · {} stale values served (fail-safe) · {} refreshes",
+            count(o.reads_without_origin),
+            pct(o.saved_ratio),
+            count(o.single_flight_saved),
+            count(o.stale_served),
+            count(o.refreshes),
+        );
+        if !self.hot_keys.is_empty() {
+            let keys: Vec<String> =
+                self.hot_keys.iter().map(|h| format!("{} ({})", h.key, count(h.count))).collect();
+            let _ = writeln!(out, "hot keys  {}", keys.join(", "));
+        }
+        if let Some(addr) = &c.metrics_addr {
+            let _ = writeln!(out, "metrics   were served at http://{addr}/metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(1234567), "1,234,567");
+        assert_eq!(count(123), "123");
+        assert_eq!(rate(950.2), "950/s");
+        assert_eq!(rate(12_345.0), "12.3k/s");
+        assert_eq!(pct(Some(0.5)), "50.0%");
+    }
+}
