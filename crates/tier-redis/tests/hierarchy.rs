@@ -1,0 +1,213 @@
+//! The Redis tier, generations and backplane inside real `Cache` hierarchies: two instances
+//! (separate connections and node ids) sharing one Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tier_core::{Cache, Lookup, ReconnectPolicy, Tier, TierPolicy};
+use tier_memory::MemoryTier;
+use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisTier};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// One instance of a service: L1 memory + L3 Redis, shared generations, a backplane of its own
+/// (own connections, own node id).
+struct Instance {
+    cache: Cache<String>,
+    l1: Arc<MemoryTier>,
+    l3: RedisTier,
+    backplane: RedisBackplane,
+}
+
+async fn instance(
+    data_url: &str,
+    backplane_url: &str,
+    prefix: &str,
+    channel: &str,
+    policy: ReconnectPolicy,
+) -> Instance {
+    let conn = RedisConnection::standalone(data_url).connect().await.unwrap();
+    let bp_conn = RedisConnection::standalone(backplane_url)
+        .connect_timeout(Duration::from_millis(200))
+        .response_timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let l3 = RedisTier::builder()
+        .connection(conn.clone())
+        .prefix(format!("{prefix}data:"))
+        .build()
+        .await
+        .unwrap();
+    let backplane = RedisBackplane::builder(bp_conn)
+        .channel(channel)
+        .ping_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let generations =
+        RedisGenerations::new(conn).prefix(format!("{prefix}gen:")).cached_with(&backplane);
+    let l1 = Arc::new(MemoryTier::builder().max_bytes(16 << 20).build());
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(l1.clone(), TierPolicy::fresh(HOUR).no_breaker())
+        .tier(l3.clone(), TierPolicy::fresh(HOUR).timeout(Duration::from_millis(500)))
+        .generations(Arc::new(generations))
+        .backplane(Arc::new(backplane.clone()), policy)
+        .synchronous_backfill(true)
+        .build()
+        .unwrap();
+    Instance { cache, l1, l3, backplane }
+}
+
+async fn pair(policy: ReconnectPolicy) -> (Instance, Instance) {
+    let url = standalone_url();
+    let prefix = unique_prefix("pair");
+    let channel = format!("{prefix}chan");
+    let a = instance(&url, &url, &prefix, &channel, policy).await;
+    let b = instance(&url, &url, &prefix, &channel, policy).await;
+    (a, b)
+}
+
+async fn in_l1(i: &Instance, key: &[u8]) -> bool {
+    !matches!(i.l1.get(key).await.unwrap(), Lookup::Miss)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_on_one_instance_is_gone_from_the_others_l1_within_100ms() {
+    let (a, b) = pair(ReconnectPolicy::Clear).await;
+    assert_ne!(a.backplane.node_id(), b.backplane.node_id());
+    let k = a.cache.key("user:1");
+    a.cache.insert(&k, "ada".to_string()).await.unwrap();
+    // B reads it from L3 and keeps it in its L1.
+    assert_eq!(b.cache.get(&k).await.as_deref().map(String::as_str), Some("ada"));
+    assert!(in_l1(&b, &k).await, "backfilled into B's L1");
+
+    let start = Instant::now();
+    a.cache.invalidate(&k).await.unwrap();
+    let took = eventually(Duration::from_millis(100), "key gone from B's L1", || async {
+        !in_l1(&b, &k).await
+    })
+    .await;
+    assert!(b.cache.get(&k).await.is_none());
+    println!(
+        "invalidate reached the other L1 in {took:?} ({:?} including the call)",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_on_one_instance_is_gone_from_the_others_l1_within_100ms() {
+    let (a, b) = pair(ReconnectPolicy::Clear).await;
+    let k1 = a.cache.key("user:1");
+    let k2 = a.cache.key("user:2");
+    a.cache.insert_with_tags(&k1, "ada".to_string(), &["team:7"]).await.unwrap();
+    a.cache.insert_with_tags(&k2, "bob".to_string(), &["team:8"]).await.unwrap();
+    assert!(b.cache.get(&k1).await.is_some());
+    assert!(b.cache.get(&k2).await.is_some());
+    assert!(in_l1(&b, &k1).await);
+
+    a.cache.invalidate_tag("team:7").await.unwrap();
+    eventually(Duration::from_millis(100), "tagged entry gone for B", || async {
+        b.cache.get(&k1).await.is_none()
+    })
+    .await;
+    // Other tags are untouched, and A sees its own invalidation at once.
+    assert_eq!(b.cache.get(&k2).await.as_deref().map(String::as_str), Some("bob"));
+    assert!(a.cache.get(&k1).await.is_none());
+    // A new value written after the bump is served again.
+    a.cache.insert_with_tags(&k1, "ada2".to_string(), &["team:7"]).await.unwrap();
+    assert_eq!(b.cache.get(&k1).await.as_deref().map(String::as_str), Some("ada2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_on_one_instance_clears_the_others_local_tier() {
+    let (a, b) = pair(ReconnectPolicy::Clear).await;
+    let k = a.cache.key("user:1");
+    a.cache.insert(&k, "ada".to_string()).await.unwrap();
+    assert!(b.cache.get(&k).await.is_some());
+    a.cache.clear().await.unwrap();
+    eventually(Duration::from_millis(100), "B's L1 cleared", || async { !in_l1(&b, &k).await })
+        .await;
+    assert!(matches!(a.l3.get(&k).await.unwrap(), Lookup::Miss), "L3 cleared by A");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backplane_connection_clears_local_tiers_on_reconnect() {
+    // A server of our own: CLIENT KILL TYPE pubsub must not disturb other tests.
+    let server = OwnRedis::start();
+    let prefix = unique_prefix("kill");
+    let channel = format!("{prefix}chan");
+    let b = instance(&server.url(), &server.url(), &prefix, &channel, ReconnectPolicy::Clear).await;
+    let k = b.cache.key("user:1");
+    b.cache.insert(&k, "ada".to_string()).await.unwrap();
+    assert!(in_l1(&b, &k).await);
+
+    let mut admin = raw(&server.url()).await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "local tier cleared after the reconnect", || async {
+        !in_l1(&b, &k).await
+    })
+    .await;
+    assert_eq!(b.backplane.reconnects(), 1);
+    // The shared tier is not cleared by a reconnect.
+    assert!(b.l3.get(&k).await.unwrap().is_hit());
+    assert_eq!(b.cache.get(&k).await.as_deref().map(String::as_str), Some("ada"));
+}
+
+/// B's backplane goes through a proxy; while it is cut, A changes a value (B misses the message).
+/// After the reconnect B must not serve its old L1 copy.
+async fn missed_invalidation_is_recovered(policy: ReconnectPolicy) {
+    let url = standalone_url();
+    let upstream: SocketAddr =
+        url.trim_start_matches("redis://").trim_end_matches('/').parse().unwrap();
+    let proxy = Proxy::start(upstream).await;
+    let prefix = unique_prefix("missed");
+    let channel = format!("{prefix}chan");
+    let a = instance(&url, &url, &prefix, &channel, policy).await;
+    let b = instance(&url, &proxy.url(), &prefix, &channel, policy).await;
+    let k = a.cache.key("user:1");
+    a.cache.insert(&k, "v1".to_string()).await.unwrap();
+    assert_eq!(b.cache.get(&k).await.as_deref().map(String::as_str), Some("v1"));
+
+    proxy.cut();
+    // B's subscription is down: this invalidation never reaches it.
+    a.cache.insert(&k, "v2".to_string()).await.unwrap();
+    a.cache.invalidate_tag("unrelated").await.unwrap();
+    assert_eq!(
+        b.cache.get(&k).await.as_deref().map(String::as_str),
+        Some("v1"),
+        "stale L1 copy while cut"
+    );
+    proxy.restore();
+    eventually(Duration::from_secs(5), "B reconnected", || async { b.backplane.reconnects() >= 1 })
+        .await;
+    eventually(Duration::from_secs(2), "B serves the new value", || async {
+        b.cache.get(&k).await.as_deref().map(String::as_str) == Some("v2")
+    })
+    .await;
+    match policy {
+        ReconnectPolicy::Clear => {}
+        ReconnectPolicy::MarkStale => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_invalidation_is_recovered_by_clearing() {
+    missed_invalidation_is_recovered(ReconnectPolicy::Clear).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_invalidation_is_recovered_by_marking_stale() {
+    missed_invalidation_is_recovered(ReconnectPolicy::MarkStale).await;
+}

@@ -1,0 +1,151 @@
+//! Fleet stampede: 4 processes × 250 concurrent cold gets of one key, with the Redis lock on →
+//! exactly one loader call in the whole fleet (counted with a Redis INCR).
+//!
+//! The test re-executes this test binary as the 4 "instances": `stampede_instance` does the
+//! work when `TIER_REDIS_STAMPEDE_PREFIX` is set and nothing otherwise (that is its role in a
+//! normal run, not a skip: the fleet test below is what runs it for real).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::AsyncCommands;
+use tier_core::{Cache, LockOptions, TierPolicy};
+use tier_memory::MemoryTier;
+use tier_redis::{RedisConnection, RedisLock, RedisTier};
+
+const PREFIX_ENV: &str = "TIER_REDIS_STAMPEDE_PREFIX";
+const PROCESSES: usize = 4;
+const GETS: usize = 250;
+
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn four_processes_times_250_cold_gets_make_one_load() {
+    let url = standalone_url();
+    let prefix = unique_prefix("stampede");
+    let exe = std::env::current_exe().unwrap();
+    let mut children = Children(Vec::new());
+    for _ in 0..PROCESSES {
+        let child = Command::new(&exe)
+            .args(["--exact", "stampede_instance", "--nocapture", "--test-threads=1"])
+            .env(PREFIX_ENV, &prefix)
+            .env("TIER_TEST_REDIS_URL", &url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()) // libtest's lines of the children; panics go to stderr
+            .spawn()
+            .unwrap();
+        children.0.push(child);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut raw = raw(&url).await;
+        // Start every instance at once, when all are ready.
+        let ready = format!("{prefix}ready");
+        eventually(Duration::from_secs(60), "all instances ready", || {
+            let mut raw = raw.clone();
+            let ready = ready.clone();
+            async move { raw.get::<_, Option<usize>>(&ready).await.unwrap() == Some(PROCESSES) }
+        })
+        .await;
+        let _: () = raw.set(format!("{prefix}go"), 1).await.unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for c in &mut children.0 {
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                assert!(status.success(), "an instance failed: {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "instances did not finish in time");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    rt.block_on(async {
+        let mut raw = raw(&url).await;
+        let answered: usize = raw.get(format!("{prefix}answered")).await.unwrap();
+        assert_eq!(answered, PROCESSES * GETS, "every get answered with the value");
+        let loads: usize = raw.get(format!("{prefix}loads")).await.unwrap();
+        assert_eq!(loads, 1, "one loader call for the whole fleet");
+    });
+}
+
+/// One instance of the fleet (run by the test above in a child process).
+#[test]
+fn stampede_instance() {
+    let Ok(prefix) = std::env::var(PREFIX_ENV) else { return };
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let url = standalone_url();
+        let conn = RedisConnection::standalone(&url).connect().await.unwrap();
+        let l3 = RedisTier::builder()
+            .connection(conn.clone())
+            .prefix(format!("{prefix}data:"))
+            .build()
+            .await
+            .unwrap();
+        let cache: Cache<String> = Cache::builder("fleet")
+            .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(60)))
+            .tier(
+                l3,
+                TierPolicy::fresh(Duration::from_secs(60)).timeout(Duration::from_millis(500)),
+            )
+            .distributed_lock(
+                Arc::new(RedisLock::new(conn).prefix(format!("{prefix}lock:"))),
+                LockOptions::default(),
+            )
+            .build()
+            .unwrap();
+        let mut raw = raw(&url).await;
+        let _: i64 = raw.incr(format!("{prefix}ready"), 1).await.unwrap();
+        let go = format!("{prefix}go");
+        eventually(Duration::from_secs(60), "go signal", || {
+            let mut raw = raw.clone();
+            let go = go.clone();
+            async move { raw.exists::<_, bool>(&go).await.unwrap() }
+        })
+        .await;
+
+        let key = cache.key("cold");
+        let tasks: Vec<_> = (0..GETS)
+            .map(|_| {
+                let cache = cache.clone();
+                let key = key.clone();
+                let raw = raw.clone();
+                let loads = format!("{prefix}loads");
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load(&key, move || async move {
+                            let mut raw = raw;
+                            let _: i64 = raw.incr(loads, 1).await?;
+                            // A slow origin: every instance asks for the lock while it is held.
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            Ok::<_, redis::RedisError>(Some("value".to_string()))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            let v = t.await.unwrap().unwrap();
+            assert_eq!(v.as_deref().map(String::as_str), Some("value"));
+            ok += 1;
+        }
+        let _: i64 = raw.incr(format!("{prefix}answered"), ok).await.unwrap();
+    });
+}
