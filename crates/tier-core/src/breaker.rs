@@ -335,6 +335,20 @@ impl Tier for BreakerTier {
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         self.guarded(self.inner.get(key)).await
     }
+    fn get_ready(&self, key: &[u8]) -> Option<Result<Lookup, TierError>> {
+        // Only a closed breaker answers here (acquiring costs nothing then); open and half-open
+        // states go through the async path, which does the probe accounting.
+        if self.breaker.state() != BreakerState::Closed {
+            return None;
+        }
+        let result = self.inner.get_ready(key)?;
+        let outcome = match &result {
+            Err(e) if e.is_tier_failure() => Outcome::Failure,
+            _ => Outcome::Success,
+        };
+        self.breaker.record(false, outcome);
+        Some(result)
+    }
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
         self.guarded(self.inner.get_many(keys)).await
     }

@@ -52,6 +52,13 @@ pub trait Tier: Send + Sync + 'static {
     /// Look one key up.
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError>;
 
+    /// Answer a lookup without waiting, when this tier can (an in-process tier): `None` means
+    /// "ask [`get`](Tier::get)". The hierarchy tries this first for its first tier, so an L1 hit
+    /// costs no future and no allocation. Default: `None`.
+    fn get_ready(&self, _key: &[u8]) -> Option<Result<Lookup, TierError>> {
+        None
+    }
+
     /// Look several keys up; the answer has one [`Lookup`] per key, in order.
     /// Default: one `get` after the other.
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
@@ -106,6 +113,9 @@ impl<T: Tier + ?Sized> Tier for Arc<T> {
     }
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         (**self).get(key).await
+    }
+    fn get_ready(&self, key: &[u8]) -> Option<Result<Lookup, TierError>> {
+        (**self).get_ready(key)
     }
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
         (**self).get_many(keys).await

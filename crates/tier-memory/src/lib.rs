@@ -1,6 +1,11 @@
 //! # tier-memory
 //!
-//! [`MemoryTier`]: the in-process L1 of a `tier` hierarchy, on [`moka::future::Cache`].
+//! [`MemoryTier`]: the in-process L1 of a `tier` hierarchy, on moka.
+//!
+//! It uses `moka::sync::Cache`, whose operations never wait (they are safe to call from async
+//! code): a hit is answered through [`Tier::get_ready`] with no future, no allocation and no
+//! await. `moka::future::Cache` would make every L1 hit build and poll a future of several
+//! hundred bytes; the benches measure the difference (`cargo bench -p tier-benches --bench memory`).
 //!
 //! - Holds decoded values ([`Value::Object`], an `Arc<V>` behind `Any`): a hit hands back the
 //!   stored `Arc` — no decode, no copy of the value.
@@ -77,7 +82,7 @@ impl MemoryTierBuilder {
     pub fn build(self) -> MemoryTier {
         let evictions = Arc::new(Evictions::default());
         let listener = evictions.clone();
-        let cache = moka::future::Cache::builder()
+        let cache = moka::sync::Cache::builder()
             .max_capacity(self.max_bytes)
             .weigher(|key: &Bytes, entry: &Entry| {
                 (key.len() as u32).saturating_add(entry.size).saturating_add(ENTRY_OVERHEAD)
@@ -116,7 +121,7 @@ impl MemoryTierBuilder {
 /// }
 /// ```
 pub struct MemoryTier {
-    cache: moka::future::Cache<Bytes, Entry>,
+    cache: moka::sync::Cache<Bytes, Entry>,
     max_bytes: u64,
     name: String,
     evictions: Arc<Evictions>,
@@ -129,8 +134,15 @@ impl MemoryTier {
     }
 
     /// Run moka's pending maintenance (evictions, expirations) now; useful in tests.
-    pub async fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks().await;
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    fn lookup(&self, key: &[u8]) -> Lookup {
+        match self.cache.get(key) {
+            Some(entry) => entry.lookup_at(tier_core::now_ms()),
+            None => Lookup::Miss,
+        }
     }
 }
 
@@ -145,10 +157,11 @@ impl Tier for MemoryTier {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
-        Ok(match self.cache.get(key).await {
-            Some(entry) => entry.lookup_at(tier_core::now_ms()),
-            None => Lookup::Miss,
-        })
+        Ok(self.lookup(key))
+    }
+
+    fn get_ready(&self, key: &[u8]) -> Option<Result<Lookup, TierError>> {
+        Some(Ok(self.lookup(key)))
     }
 
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
@@ -165,15 +178,15 @@ impl Tier for MemoryTier {
             )));
         }
         if entry.meta.stale_until <= tier_core::now_ms() {
-            self.cache.invalidate(&key).await;
+            self.cache.invalidate(&key);
             return Ok(());
         }
-        self.cache.insert(key, entry).await;
+        self.cache.insert(key, entry);
         Ok(())
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
-        self.cache.invalidate(key).await;
+        self.cache.invalidate(key);
         Ok(())
     }
 

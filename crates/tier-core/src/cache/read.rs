@@ -59,7 +59,10 @@ impl<V: CacheValue> Inner<V> {
             return self.walk_from(key, skip, counting, 0).await;
         }
         let start = (counting == Counting::Counted && first.should_time()).then(Instant::now);
-        let result = first.tier.get(key).await;
+        let result = match first.tier.get_ready(key) {
+            Some(r) => r,
+            None => first.tier.get(key).await,
+        };
         if let Some(start) = start {
             first.metrics.get_duration.record(start.elapsed());
         }
