@@ -3,6 +3,7 @@
 //! - `moka_raw`: `moka::future::Cache::get` (the peer);
 //! - `moka_expiry`: the same with the weigher and per-entry expiry that `MemoryTier` configures;
 //! - `moka_sync`: `moka::sync::Cache::get` with that configuration (what `MemoryTier` runs on).
+//!
 //! Report the ratios `tier_cache / peer`.
 //!
 //! Run: `cargo bench -p tier-benches --bench memory`
