@@ -138,64 +138,73 @@ def variable_query(var):
     return q or var.get("definition") or ""
 
 
+class Problems(list):
+    """Problems of one item (a dashboard, a panel, a rule): reported as one check."""
+
+    def need(self, cond, what):
+        if not cond:
+            self.append(what)
+        return cond
+
+
 def check_structure(name, d, declared, report):
-    """Static checks of one dashboard; returns [(panel title, refId, expr)]."""
+    """Static checks of one dashboard; returns its variables and [(where, expr)]."""
     where = f"{name}:"
-    report.check(isinstance(d, dict), f"{where} is a JSON object")
-    report.check("id" in d and d["id"] is None, f'{where} "id" is null')
-    report.check(isinstance(d.get("uid"), str) and re.fullmatch(r"[a-z0-9-]{1,40}", d.get("uid") or ""),
-                 f'{where} stable "uid" (lowercase, at most 40 characters)')
-    report.check(isinstance(d.get("schemaVersion"), int) and d["schemaVersion"] >= 30,
-                 f'{where} "schemaVersion" set')
-    report.check(bool(d.get("title")), f"{where} has a title")
+    top = Problems()
+    top.need("id" in d and d["id"] is None, '"id" is not null')
+    top.need(isinstance(d.get("uid"), str) and re.fullmatch(r"[a-z0-9-]{1,40}", d.get("uid") or ""),
+             'no stable "uid" (lowercase, at most 40 characters)')
+    top.need(isinstance(d.get("schemaVersion"), int) and d["schemaVersion"] >= 30, 'no "schemaVersion"')
+    top.need(bool(d.get("title")), "no title")
     variables = {v.get("name"): v for v in d.get("templating", {}).get("list", [])}
     for req in REQUIRED_VARS:
-        report.check(req in variables, f"{where} defines variable ${req}")
+        top.need(req in variables, f"no variable ${req}")
     ds = variables.get("datasource", {})
-    report.check(ds.get("type") == "datasource" and ds.get("query") == "prometheus",
-                 f"{where} $datasource is a data source variable of type prometheus")
+    top.need(ds.get("type") == "datasource" and ds.get("query") == "prometheus",
+             "$datasource is not a data source variable of type prometheus")
     for vname, v in variables.items():
         if v.get("type") == "query":
-            report.check(is_template_ds(v.get("datasource")), f"{where} variable ${vname} uses ${{datasource}}")
+            top.need(is_template_ds(v.get("datasource")), f"variable ${vname} does not use ${{datasource}}")
             q = variable_query(v)
-            report.check(bool(q), f"{where} variable ${vname} has a query")
+            top.need(bool(q), f"variable ${vname} has no query")
             bad = unknown_names(label_values_selector(q) or q, declared)
-            report.check(not bad, f"{where} variable ${vname}: metric names the code declares {bad or ''}")
+            top.need(not bad, f"variable ${vname} uses metric names the code does not declare: {bad}")
+    panels = list(all_panels(d.get("panels", [])))
+    top.need(bool(panels), "no panels")
+    report.check(not top, f"{where} importable dashboard with $datasource, $cache, $instance {top or ''}")
     defined = set(variables) | set(BUILTINS)
     exprs = []
     ids = {}
-    panels = list(all_panels(d.get("panels", [])))
-    report.check(bool(panels), f"{where} has panels")
     for p in panels:
         pid = p.get("id")
         title = p.get("title") or ""
         at = f"{where} panel {pid} {title!r}"
-        report.check(isinstance(pid, int), f"{at} has an integer id")
-        report.check(pid not in ids, f"{at} id is unique" + (f" (also {ids.get(pid)!r})" if pid in ids else ""))
+        pp = Problems()
+        pp.need(isinstance(pid, int), "id is not an integer")
+        pp.need(pid not in ids, f"id also used by panel {ids.get(pid)!r}")
         ids[pid] = title
-        report.check(bool(title.strip()), f"{at} has a title")
-        report.check(isinstance(p.get("gridPos"), dict), f"{at} has a gridPos")
-        if p.get("type") == "row":
-            continue
-        report.check(is_template_ds(p.get("datasource")), f"{at} datasource is ${{datasource}}")
-        targets = p.get("targets") or []
-        report.check(bool(targets), f"{at} has targets")
-        refids = set()
-        for t in targets:
-            ref = t.get("refId")
-            tat = f"{at} target {ref}"
-            report.check(ref and ref not in refids, f"{tat} has a unique refId")
-            refids.add(ref)
-            if "datasource" in t:
-                report.check(is_template_ds(t["datasource"]), f"{tat} datasource is ${{datasource}}")
-            expr = t.get("expr") or ""
-            if not report.check(bool(expr.strip()), f"{tat} has an expression"):
-                continue
-            used = set(re.findall(r"\$\{?(\w+)", expr))
-            report.check(used <= defined, f"{tat} uses only defined variables {sorted(used - defined) or ''}")
-            bad = unknown_names(expr, declared)
-            report.check(not bad, f"{tat} metric names the code declares {bad or ''}: {expr}")
-            exprs.append((f"{at} target {ref}", expr))
+        pp.need(bool(title.strip()), "no title")
+        pp.need(isinstance(p.get("gridPos"), dict), "no gridPos")
+        if p.get("type") != "row":
+            pp.need(is_template_ds(p.get("datasource")), "datasource is not ${datasource}")
+            targets = p.get("targets") or []
+            pp.need(bool(targets), "no targets")
+            refids = set()
+            for t in targets:
+                ref = t.get("refId")
+                pp.need(ref and ref not in refids, f"target refId {ref!r} missing or not unique")
+                refids.add(ref)
+                if "datasource" in t:
+                    pp.need(is_template_ds(t["datasource"]), f"target {ref}: datasource is not ${{datasource}}")
+                expr = t.get("expr") or ""
+                if not pp.need(bool(expr.strip()), f"target {ref}: no expression"):
+                    continue
+                used = set(re.findall(r"\$\{?(\w+)", expr))
+                pp.need(used <= defined, f"target {ref}: undefined variables {sorted(used - defined)}")
+                bad = unknown_names(expr, declared)
+                report.check(not bad, f"{at} target {ref}: metric names the code declares {bad or ''}: {expr}")
+                exprs.append((f"{at} target {ref}", expr))
+        report.check(not pp, f"{at}: structure {pp or ''}")
     return variables, exprs
 
 
@@ -263,7 +272,13 @@ def resolve_variables(name, variables, prom, report):
         if not report.check(bool(got), f"{name}: variable ${vname} query returns values ({err or got}): {q}"):
             continue
         current = (v.get("current") or {}).get("value")
-        pick = current if isinstance(current, str) and current in got else got[0]
+        if isinstance(current, str) and current not in ("", "$__all"):
+            # The default the dashboard opens with must exist.
+            if not report.check(current in got, f"{name}: variable ${vname}: default {current!r} among {got}"):
+                continue
+            pick = current
+        else:
+            pick = got[0]
         values[vname] = regex_value(pick)
     return values
 
@@ -306,18 +321,18 @@ def check_rules(rules_file, prom, declared, report, wait):
         time.sleep(1)
     report.check(len(rules) == want, f"alerts: Prometheus loaded {len(rules)} of {want} rules of {rules_file}")
     for rule in rules:
-        at = f"alerts: {rule.get('name')}"
-        report.check(rule.get("health") == "ok", f"{at} is healthy ({rule.get('health')}: {rule.get('lastError', '')})")
+        pr = Problems()
+        pr.need(rule.get("health") == "ok", f"health {rule.get('health')}: {rule.get('lastError', '')}")
         bad = unknown_names(rule["query"], declared)
-        report.check(not bad, f"{at} metric names the code declares {bad or ''}")
+        pr.need(not bad, f"metric names the code does not declare: {bad}")
         q = prom.query(rule["query"])
-        report.check(q.get("status") == "success", f"{at} parses: {q.get('error', '')}")
+        pr.need(q.get("status") == "success", f"does not parse: {q.get('error', '')}")
         if rule.get("type") == "alerting":
-            report.check(rule.get("duration", 0) > 0, f"{at} has for:")
-            report.check(bool(rule.get("labels", {}).get("severity")), f"{at} has a severity label")
+            pr.need(rule.get("duration", 0) > 0, "no for:")
+            pr.need(bool(rule.get("labels", {}).get("severity")), "no severity label")
             ann = rule.get("annotations", {})
-            report.check(bool(ann.get("summary")) and bool(ann.get("description")),
-                         f"{at} has summary and description annotations")
+            pr.need(bool(ann.get("summary")) and bool(ann.get("description")), "no summary/description")
+        report.check(not pr, f"alerts: {rule.get('name')} loaded, healthy, parses {pr or ''}")
     return [(f"alerts: {rule.get('name')}", rule["query"]) for rule in rules]
 
 
@@ -417,6 +432,19 @@ def self_test(dashboards, rules_file, declared, prom, wait):
     if prom:
         report.check(any(renamed in f and "no data" in f for f in inner.failures),
                      "self-test: the panel with the renamed metric is reported as returning no data")
+    broken = copy.deepcopy(d)
+    ps = [p for p in all_panels(broken.get("panels", [])) if p.get("type") != "row"]
+    ps[1]["id"] = ps[0]["id"]
+    ps[1]["datasource"] = {"type": "prometheus", "uid": "P1809F7CD0C75ACF3"}
+    del ps[0]["targets"][0]["expr"]
+    inner = Report(quiet=True)
+    check_structure(name, broken, declared, inner)
+    for f in inner.failures:
+        print(f"self-test: the check reports: {f}", flush=True)
+    report.check(any("id also used" in f for f in inner.failures)
+                 and any("not ${datasource}" in f for f in inner.failures)
+                 and any("no expression" in f for f in inner.failures),
+                 "self-test: a duplicate panel id, a fixed data source and a missing expression are reported")
     rules = static_rule_exprs(rules_file)
     bad_rules = [e.replace(victim, renamed) for e in rules if victim in e][:1]
     inner = Report(quiet=True)
@@ -445,8 +473,11 @@ def main():
     dashboards = load_dashboards(args.dashboards)
     started = time.monotonic()
     run(dashboards, args.rules, declared, prom, args.wait, report)
-    print(f"check: {len(dashboards)} dashboards, {report.passed} checks passed "
-          f"in {time.monotonic() - started:.1f}s", flush=True)
+    exprs = sum(1 for _, d in dashboards for p in all_panels(d.get("panels", [])) for _ in p.get("targets", []))
+    print(f"check: {len(dashboards)} dashboards with {exprs} panel expressions"
+          f"{' sent to ' + args.prometheus if prom else ' (static checks only)'}; "
+          f"{report.passed} checks passed, {len(report.failures)} failed in {time.monotonic() - started:.1f}s",
+          flush=True)
     if args.self_test:
         st = self_test(dashboards, args.rules, declared, prom, args.wait)
         report.passed += st.passed
