@@ -59,8 +59,12 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Redis node URLs: one server, or nodes of one Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrls(pub Vec<String>);
+
 /// A Redis URL, or several comma-separated node URLs of one Cluster.
-pub fn redis_urls(s: &str) -> Result<Vec<String>, String> {
+pub fn redis_urls(s: &str) -> Result<RedisUrls, String> {
     let urls: Vec<String> =
         s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
     if urls.is_empty() {
@@ -69,7 +73,7 @@ pub fn redis_urls(s: &str) -> Result<Vec<String>, String> {
     for u in &urls {
         crate::redis::check_url(u)?;
     }
-    Ok(urls)
+    Ok(RedisUrls(urls))
 }
 
 /// `tier demo`.
@@ -121,7 +125,7 @@ pub struct DemoArgs {
     /// Add a Redis tier (L3) and the invalidation backplane: `redis://127.0.0.1:6379/`, or
     /// comma-separated node URLs of a Cluster (a single Cluster node URL is detected too).
     #[arg(long, value_parser = redis_urls)]
-    pub redis: Option<Vec<String>>,
+    pub redis: Option<RedisUrls>,
     /// Key prefix of the Redis tier.
     #[arg(long, default_value = "tier:")]
     pub redis_prefix: String,
@@ -211,7 +215,7 @@ pub enum DiskCommand {
 pub struct RedisTarget {
     /// `redis://host:port/`, or comma-separated Cluster node URLs (a Cluster is detected).
     #[arg(value_parser = redis_urls)]
-    pub url: Vec<String>,
+    pub url: RedisUrls,
     /// Key prefix of the Redis tier.
     #[arg(long, default_value = "tier:")]
     pub prefix: String,
@@ -277,7 +281,7 @@ pub struct StatsArgs {
 pub struct InvalidateArgs {
     /// `redis://host:port/`, or comma-separated Cluster node URLs.
     #[arg(long, value_parser = redis_urls)]
-    pub redis: Vec<String>,
+    pub redis: RedisUrls,
     /// The cache (hierarchy) name.
     #[arg(long)]
     pub cache: String,

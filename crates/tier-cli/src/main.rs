@@ -13,6 +13,7 @@ mod duration;
 mod error;
 mod promtext;
 mod redis;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -22,10 +23,26 @@ use crate::cli::{Cli, Command};
 use crate::error::{CliError, EXIT_USAGE};
 
 fn main() -> ExitCode {
+    // A bug must still be one line, not a backtrace (RUST_BACKTRACE may be set).
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let at =
+            info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("tier: internal error (please report): {}{at}", what.replace('\n', " "));
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    // Logs of the libraries only when asked for (RUST_LOG=debug): they would garble the output.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return report(CliError::runtime(format!("start the async runtime: {e}"))),
@@ -42,7 +59,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> error::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
-        Command::Disk(_) | Command::Redis(_) | Command::Stats(_) | Command::Invalidate(_) => {
+        Command::Stats(args) => stats::run(args).await,
+        Command::Disk(_) | Command::Redis(_) | Command::Invalidate(_) => {
             Err(CliError::runtime("not implemented yet"))
         }
     }

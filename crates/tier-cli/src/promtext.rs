@@ -240,24 +240,27 @@ pub struct CacheFigures {
     pub invalidations: BTreeMap<String, f64>,
 }
 
-#[allow(dead_code)] // `total_loads` and `tier_order` serve `tier stats` (next commit).
 impl CacheFigures {
     /// Loads with result `r`.
     pub fn loads(&self, r: &str) -> f64 {
         self.loads.get(r).copied().unwrap_or(0.0)
     }
 
-    /// Every loader call.
-    pub fn total_loads(&self) -> f64 {
-        self.loads.values().sum()
-    }
-
     /// Tier names, top first: a tier sees only what the tiers above it did not answer, so the
     /// one with the most lookups is L1.
+    /// Ties (e.g. before any hit) fall back to the usual names' order: memory, disk, redis.
     pub fn tier_order(&self) -> Vec<String> {
+        let rank = |name: &str| match name {
+            "memory" => 0,
+            "disk" => 1,
+            "redis" => 2,
+            _ => 3,
+        };
         let mut names: Vec<(&String, f64)> =
             self.tiers.iter().map(|(n, t)| (n, t.get.values().sum::<f64>())).collect();
-        names.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        names.sort_by(|a, b| {
+            b.1.total_cmp(&a.1).then_with(|| rank(a.0).cmp(&rank(b.0))).then_with(|| a.0.cmp(b.0))
+        });
         names.into_iter().map(|(n, _)| n.clone()).collect()
     }
 
@@ -446,7 +449,7 @@ weird_metric{a="x\"y\\z",b="1"} 3 1700000000
         let p99 = disk.get_duration.quantile(0.99).unwrap();
         assert!(p99 > 0.009 && p99 <= 0.01, "{p99}");
         assert_eq!(c.loads("ok"), 3.0);
-        assert_eq!(c.total_loads(), 4.0);
+        assert_eq!(c.loads.values().sum::<f64>(), 4.0);
         assert_eq!(c.stale_served, 7.0);
     }
 

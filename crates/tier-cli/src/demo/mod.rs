@@ -6,7 +6,7 @@
 //! the hierarchy's own metrics (`tier_requests_total`, `tier_op_duration_seconds`, ...) read from
 //! the installed Prometheus recorder, minus their values at the end of the warm-up.
 
-mod report;
+pub(crate) mod report;
 mod workload;
 
 use std::net::SocketAddr;
@@ -43,6 +43,8 @@ fn install_metrics(addr: Option<SocketAddr>) -> Result<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder)
                 .map_err(|e| CliError::runtime(format!("install metrics recorder: {e}")))?;
+            // The listener is bound: scrapers may come now (tests wait for this line).
+            eprintln!("tier: serving metrics at http://{addr}/metrics");
             tokio::spawn(async move {
                 if let Err(e) = exporter.await {
                     eprintln!("tier: metrics endpoint stopped: {e:?}");
@@ -102,7 +104,7 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
             builder.fail_safe(FailSafe::up_to(args.fail_safe).throttle(args.fail_safe_throttle));
     }
     if let Some(urls) = &args.redis {
-        let conn = crate::redis::connection(urls).await?;
+        let conn = crate::redis::connection(&urls.0).await?;
         let tier = tier_redis::RedisTier::builder()
             .connection(conn.clone())
             .prefix(args.redis_prefix.as_bytes())
@@ -117,7 +119,7 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
         builder = builder
             .tier(
                 tier,
-                TierPolicy::fresh(fresh * 4).stale(stale).timeout(Duration::from_millis(100)),
+                TierPolicy::fresh(fresh * 4).stale(stale).timeout(Duration::from_millis(250)),
             )
             .generations(Arc::new(generations))
             .backplane(Arc::new(backplane), ReconnectPolicy::Clear);
@@ -206,9 +208,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     cache.report_gauges();
     let fig = figures(&handle, &args.cache).since(&baseline);
-    let rows: Vec<_> = tier_names
+    let rows: Vec<_> = cache
+        .tiers()
         .iter()
-        .map(|n| report::tier_row(n, fig.tiers.get(n).unwrap_or(&Default::default()), elapsed))
+        .map(|info| {
+            let mut row = report::tier_row(
+                &info.name,
+                fig.tiers.get(&info.name).unwrap_or(&Default::default()),
+                elapsed,
+            );
+            // The breaker itself (the gauge says 0 for a tier without one).
+            row.breaker = info.breaker.map_or("-", |b| b.as_str()).to_string();
+            row
+        })
         .collect();
     let requests = report::requests(&shared.counters, elapsed);
     let origin_report =
@@ -227,7 +239,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             origin_errors: args.origin_errors,
             tiers: tier_names.clone(),
             disk_dir: args.disk.as_ref().map(|d| d.display().to_string()),
-            redis: args.redis.clone(),
+            redis: args.redis.as_ref().map(|u| u.0.clone()),
             metrics_addr: args.metrics_addr.map(|a| a.to_string()),
             fail_safe_seconds: args.fail_safe.as_secs_f64(),
         },
@@ -268,7 +280,7 @@ async fn warm(shared: &Arc<Shared>, args: &DemoArgs, bar: &ProgressBar) -> WarmU
     let started = Instant::now();
     let keys: Vec<_> = (0..args.keys).map(|i| workload::key_of(&shared.cache, i)).collect();
     let origin = shared.origin.clone();
-    let concurrency = (args.workers as usize * 8).clamp(16, 512);
+    let concurrency = (args.workers as usize * 2).clamp(16, 128);
     let load = move |key: bytes::Bytes| {
         let origin = origin.clone();
         async move {

@@ -134,6 +134,8 @@ pub struct TierRow {
     pub bytes: Option<u64>,
     /// Entries copied into this tier from below.
     pub backfills_in: u64,
+    /// Writes (loads, inserts, backfills) by result: `ok`, `error`, `timeout`, `skipped`.
+    pub writes: std::collections::BTreeMap<String, u64>,
 }
 
 /// The origin's load and the savings.
@@ -213,6 +215,7 @@ pub fn tier_row(name: &str, t: &TierFigures, secs: f64) -> TierRow {
         entries: t.entries.map(n),
         bytes: t.bytes.map(n),
         backfills_in: n(t.backfills_in),
+        writes: t.insert.iter().map(|(k, v)| (k.clone(), n(*v))).collect(),
     }
 }
 
@@ -372,6 +375,13 @@ impl Report {
             count(r.invalidations),
             short_secs(r.read_mean_seconds),
         );
+        if r.errors > 0 {
+            let _ = writeln!(
+                out,
+                "          (a read fails when the origin fails and no tier holds even a stale value: \
+                 keys invalidated during the outage, or never loaded)"
+            );
+        }
         let o = &self.origin;
         let _ = writeln!(
             out,

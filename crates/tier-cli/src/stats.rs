@@ -1,0 +1,339 @@
+//! `tier stats --metrics URL [--watch]`: scrape a service's Prometheus endpoint over plain
+//! HTTP/1.1 and show, per cache, each tier's hit ratio, latency quantiles (from the histogram
+//! buckets), breaker state and size, and the loader's figures.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cli::StatsArgs;
+use crate::demo::report::{count, rate, tier_row, tier_table, TierRow};
+use crate::duration::short_secs;
+use crate::error::{CliError, Result};
+use crate::promtext::{CacheFigures, Figures};
+
+/// How long a scrape may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest response accepted.
+const MAX_BODY: usize = 64 << 20;
+
+/// Where to scrape: host:port and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub authority: String,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+/// `http://host:port/path`, `host:port/path` or `host:port` (path `/metrics`).
+pub fn parse_endpoint(url: &str) -> std::result::Result<Endpoint, String> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.contains("://") {
+        return Err(format!("unsupported URL {url:?}: only http:// is supported"));
+    } else {
+        url
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/metrics"),
+    };
+    if authority.is_empty() {
+        return Err(format!("invalid metrics URL {url:?}: no host"));
+    }
+    let authority =
+        if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            && !authority.ends_with(']')
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+    if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_err()) {
+        return Err(format!("invalid metrics URL {url:?}: bad port"));
+    }
+    Ok(Endpoint { authority, path: path.to_string() })
+}
+
+/// GET the endpoint; the body as text.
+pub async fn scrape(ep: &Endpoint) -> Result<String> {
+    let what = format!("scrape http://{}{}", ep.authority, ep.path);
+    tokio::time::timeout(SCRAPE_TIMEOUT, get(ep))
+        .await
+        .map_err(|_| CliError::runtime(format!("{what}: timed out after {SCRAPE_TIMEOUT:?}")))?
+        .map_err(|e| CliError::runtime(format!("{what}: {e}")))
+}
+
+async fn get(ep: &Endpoint) -> std::result::Result<String, String> {
+    let mut stream = TcpStream::connect(&ep.authority).await.map_err(|e| e.to_string())?;
+    let host = ep.authority.trim_end_matches(":80");
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: text/plain\r\nUser-Agent: tier-cli\r\nConnection: close\r\n\r\n",
+        ep.path
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if raw.len() > MAX_BODY {
+            return Err(format!("response larger than {MAX_BODY} bytes"));
+        }
+    }
+    parse_response(&raw)
+}
+
+/// Split an HTTP/1.1 response; check the status; undo chunked transfer encoding.
+pub fn parse_response(raw: &[u8]) -> std::result::Result<String, String> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("not an HTTP response (no header end)")?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "response header is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.splitn(3, ' ');
+    let (version, status) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if !version.starts_with("HTTP/") {
+        return Err(format!("not an HTTP response: {status_line:?}"));
+    }
+    if status != "200" {
+        return Err(format!("HTTP status {}", status_line.trim_start_matches(version).trim()));
+    }
+    let mut chunked = false;
+    let mut length = None;
+    for h in lines {
+        if let Some((name, value)) = h.split_once(':') {
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if name == "transfer-encoding" && value.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            } else if name == "content-length" {
+                length = value.parse::<usize>().ok();
+            }
+        }
+    }
+    let mut body = &raw[head_end + 4..];
+    let bytes = if chunked {
+        let mut out = Vec::new();
+        loop {
+            let line_end =
+                body.windows(2).position(|w| w == b"\r\n").ok_or("truncated chunked body")?;
+            let size_text = std::str::from_utf8(&body[..line_end]).map_err(|_| "bad chunk size")?;
+            let size_text = size_text.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
+            body = &body[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            if body.len() < size {
+                return Err("truncated chunked body".into());
+            }
+            out.extend_from_slice(&body[..size]);
+            body = body.get(size + 2..).unwrap_or(&[]);
+        }
+        out
+    } else {
+        match length {
+            Some(n) if body.len() < n => return Err("truncated response body".into()),
+            Some(n) => body[..n].to_vec(),
+            None => body.to_vec(),
+        }
+    };
+    String::from_utf8(bytes).map_err(|_| "response body is not UTF-8".into())
+}
+
+/// What `tier stats --json` prints per scrape.
+#[derive(Debug, Serialize)]
+pub struct StatsReport {
+    /// The endpoint scraped.
+    pub url: String,
+    /// Seconds since the previous scrape (`--watch`), when there was one.
+    pub interval_seconds: Option<f64>,
+    /// Caches found.
+    pub caches: Vec<CacheReport>,
+}
+
+/// One cache's figures.
+#[derive(Debug, Serialize)]
+pub struct CacheReport {
+    /// Cache name.
+    pub cache: String,
+    /// Tiers, top first.
+    pub tiers: Vec<TierRow>,
+    /// Loads by result.
+    pub loads: BTreeMap<String, u64>,
+    /// Median load duration.
+    pub load_p50_seconds: Option<f64>,
+    /// 99th percentile load duration.
+    pub load_p99_seconds: Option<f64>,
+    /// Callers that joined a load in flight.
+    pub coalesced: u64,
+    /// Stale values served.
+    pub stale_served: u64,
+    /// Background refreshes.
+    pub refreshes: u64,
+    /// Invalidations by `kind/source`.
+    pub invalidations: BTreeMap<String, u64>,
+}
+
+fn round(v: f64) -> u64 {
+    if v.is_finite() && v > 0.0 {
+        v.round() as u64
+    } else {
+        0
+    }
+}
+
+fn cache_report(
+    name: &str,
+    total: &CacheFigures,
+    window: Option<(&CacheFigures, f64)>,
+) -> CacheReport {
+    let tiers = total
+        .tier_order()
+        .into_iter()
+        .map(|t| {
+            let mut row = tier_row(&t, &total.tiers[&t], 0.0);
+            if let Some((w, secs)) = window {
+                if let Some(wt) = w.tiers.get(&t) {
+                    row.lookups_per_second = wt.lookups() / secs.max(1e-3);
+                }
+            }
+            row
+        })
+        .collect();
+    CacheReport {
+        cache: name.to_string(),
+        tiers,
+        loads: total.loads.iter().map(|(k, v)| (k.clone(), round(*v))).collect(),
+        load_p50_seconds: total.load_duration.quantile(0.5),
+        load_p99_seconds: total.load_duration.quantile(0.99),
+        coalesced: round(total.coalesced),
+        stale_served: round(total.stale_served),
+        refreshes: round(total.refreshes),
+        invalidations: total.invalidations.iter().map(|(k, v)| (k.clone(), round(*v))).collect(),
+    }
+}
+
+fn text(report: &StatsReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", report.url);
+    if report.caches.is_empty() {
+        let _ = writeln!(out, "no tier metrics found (is this a service using tier?)");
+    }
+    for c in &report.caches {
+        let _ = writeln!(out, "\ncache {:?}", c.cache);
+        out.push_str(&tier_table(&c.tiers));
+        if report.interval_seconds.is_some() {
+            let rates: Vec<String> = c
+                .tiers
+                .iter()
+                .map(|t| format!("{} {}", t.name, rate(t.lookups_per_second)))
+                .collect();
+            let _ = writeln!(out, "lookups   {}", rates.join(" · "));
+        }
+        let loads: Vec<String> =
+            c.loads.iter().map(|(k, v)| format!("{k} {}", count(*v))).collect();
+        let _ = writeln!(
+            out,
+            "loads     {} · p50 {} p99 {} · coalesced {} · stale served {} · refreshes {}",
+            if loads.is_empty() { "none".to_string() } else { loads.join(", ") },
+            short_secs(c.load_p50_seconds),
+            short_secs(c.load_p99_seconds),
+            count(c.coalesced),
+            count(c.stale_served),
+            count(c.refreshes)
+        );
+    }
+    out
+}
+
+/// Run `tier stats`.
+pub async fn run(args: StatsArgs) -> Result<()> {
+    let ep = parse_endpoint(&args.metrics).map_err(CliError::usage)?;
+    let url = format!("http://{}{}", ep.authority, ep.path);
+    let mut previous: Option<(Figures, Instant)> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let body = scrape(&ep).await?;
+        let at = Instant::now();
+        let mut figures = Figures::from_text(&body)
+            .map_err(|e| CliError::runtime(format!("{url}: not Prometheus text: {e}")))?;
+        if let Some(only) = &args.cache {
+            figures.caches.retain(|name, _| name == only);
+        }
+        let interval = previous.as_ref().map(|(_, t)| at.duration_since(*t).as_secs_f64());
+        let caches = figures
+            .caches
+            .iter()
+            .map(|(name, c)| {
+                let window = previous.as_ref().and_then(|(p, t)| {
+                    p.caches.get(name).map(|pc| (c.since(pc), at.duration_since(*t).as_secs_f64()))
+                });
+                cache_report(name, c, window.as_ref().map(|(w, s)| (w, *s)))
+            })
+            .collect();
+        let report = StatsReport { url: url.clone(), interval_seconds: interval, caches };
+        if args.json {
+            let doc = if args.watch {
+                serde_json::to_string(&report)
+            } else {
+                serde_json::to_string_pretty(&report)
+            };
+            println!("{}", doc.map_err(|e| CliError::runtime(format!("encode JSON: {e}")))?);
+        } else {
+            if args.watch && std::io::stdout().is_terminal() {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", text(&report));
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        previous = Some((figures, at));
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let e = parse_endpoint("http://127.0.0.1:9000/metrics").unwrap();
+        assert_eq!((e.authority.as_str(), e.path.as_str()), ("127.0.0.1:9000", "/metrics"));
+        let e = parse_endpoint("127.0.0.1:9000").unwrap();
+        assert_eq!(e.path, "/metrics");
+        assert_eq!(parse_endpoint("localhost/m").unwrap().authority, "localhost:80");
+        assert!(parse_endpoint("https://x:1/").is_err());
+        assert!(parse_endpoint("http:///x").is_err());
+        assert!(parse_endpoint("x:99999").is_err());
+    }
+
+    #[test]
+    fn responses() {
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+        assert_eq!(parse_response(plain).unwrap(), "hello");
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap(), "hello world");
+        assert!(parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n").unwrap_err().contains("404"));
+        assert!(parse_response(b"garbage").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort").is_err());
+    }
+}

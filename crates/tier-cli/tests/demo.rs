@@ -1,0 +1,196 @@
+//! `tier demo` end to end: the built binary against real temp directories and the real Redis
+//! (standalone and Cluster) of the test environment.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use common::{cluster_urls, free_port, json, redis_url, tier, unique};
+use serde_json::Value;
+
+fn tier_names(report: &Value) -> Vec<String> {
+    report["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Small, quick settings every demo test shares.
+fn quick(cmd: &mut assert_cmd::Command) -> &mut assert_cmd::Command {
+    cmd.args(["--workers", "4", "--keys", "300", "--rate", "3000", "--origin-latency", "5ms"])
+}
+
+#[test]
+fn json_report_of_memory_and_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tier();
+    cmd.args(["demo", "--duration", "1s", "--json", "--disk"]).arg(dir.path());
+    let report = json(quick(&mut cmd));
+    assert_eq!(tier_names(&report), ["memory", "disk"]);
+    let reads = report["requests"]["reads"].as_u64().unwrap();
+    assert!(reads > 100, "{report}");
+    assert_eq!(report["requests"]["answered"].as_u64().unwrap(), reads, "{report}");
+    assert_eq!(report["warm_up"]["loaded"].as_u64().unwrap(), 300);
+    let memory = &report["tiers"][0];
+    assert!(memory["hits"].as_u64().unwrap() > 0, "{report}");
+    assert!(memory["hit_ratio"].as_f64().unwrap() > 0.5, "{report}");
+    assert_eq!(memory["breaker"], "-");
+    assert_eq!(report["tiers"][1]["breaker"], "closed");
+    assert!(report["origin"]["reads_without_origin"].as_u64().unwrap() > 0);
+    assert!(!report["hot_keys"].as_array().unwrap().is_empty());
+    // The disk tier wrote its segments into the given directory.
+    assert!(std::fs::read_dir(dir.path())
+        .unwrap()
+        .any(|e| { e.unwrap().path().extension().is_some_and(|x| x == "seg") }));
+}
+
+#[test]
+fn failing_origin_is_answered_from_stale_values() {
+    // Every key is warmed, nothing is invalidated, the origin always fails after the warm-up and
+    // entries go stale after 200 ms: every read is still answered, from stale values.
+    let mut cmd = tier();
+    cmd.args([
+        "demo",
+        "--duration",
+        "2s",
+        "--json",
+        "--origin-errors",
+        "1.0",
+        "--fresh",
+        "200ms",
+        "--write-ratio",
+        "0",
+        "--invalidate-ratio",
+        "0",
+    ]);
+    let report = json(quick(&mut cmd));
+    let reads = report["requests"]["reads"].as_u64().unwrap();
+    assert!(reads > 100, "{report}");
+    assert_eq!(report["requests"]["answered"].as_u64().unwrap(), reads, "{report}");
+    assert_eq!(report["requests"]["errors"].as_u64().unwrap(), 0, "{report}");
+    let origin = &report["origin"];
+    assert!(origin["calls"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(origin["calls"], origin["errors"], "{report}");
+    assert!(origin["stale_served"].as_u64().unwrap() > 0, "{report}");
+    let stale: u64 =
+        report["tiers"].as_array().unwrap().iter().map(|t| t["stale"].as_u64().unwrap()).sum();
+    assert!(stale > 0, "{report}");
+}
+
+#[test]
+fn text_report_has_the_tier_table() {
+    let mut cmd = tier();
+    cmd.args(["demo", "--duration", "500ms", "--origin-errors", "1.0", "--fresh", "100ms"]);
+    let out = quick(&mut cmd).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "hits",
+        "stale",
+        "misses",
+        "timeouts",
+        "p99",
+        "breaker",
+        "memory",
+        "disk",
+        "origin",
+        "single-flight",
+        "stale values served",
+        "hot keys",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
+    }
+}
+
+#[test]
+fn with_redis_there_are_three_tiers() {
+    let mut cmd = tier();
+    let prefix = format!("{}:", unique("tier-demo-test"));
+    cmd.args([
+        "demo",
+        "--duration",
+        "1s",
+        "--json",
+        "--redis",
+        &redis_url(),
+        "--redis-prefix",
+        &prefix,
+    ]);
+    let report = json(quick(&mut cmd));
+    assert_eq!(tier_names(&report), ["memory", "disk", "redis"]);
+    assert_eq!(report["requests"]["answered"], report["requests"]["reads"], "{report}");
+    let redis = &report["tiers"][2];
+    assert!(
+        redis["writes"]["ok"].as_u64().unwrap() > 0 || redis["misses"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+}
+
+#[test]
+fn with_redis_cluster_there_are_three_tiers() {
+    let mut cmd = tier();
+    let prefix = format!("{}:", unique("tier-demo-test"));
+    cmd.args([
+        "demo",
+        "--duration",
+        "1s",
+        "--json",
+        "--redis",
+        &cluster_urls(),
+        "--redis-prefix",
+        &prefix,
+    ]);
+    let report = json(quick(&mut cmd));
+    assert_eq!(tier_names(&report), ["memory", "disk", "redis"]);
+    assert_eq!(report["requests"]["answered"], report["requests"]["reads"], "{report}");
+}
+
+#[test]
+fn metrics_are_served_while_it_runs() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tier"))
+        .args([
+            "demo",
+            "--duration",
+            "3s",
+            "--json",
+            "--workers",
+            "2",
+            "--keys",
+            "100",
+            "--metrics-addr",
+            &addr,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The demo says when its listener is bound.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains(&format!("http://{addr}/metrics")), "{line}");
+    // `tier stats` scrapes it.
+    let mut stats = tier();
+    stats.args(["stats", "--metrics", &format!("http://{addr}/metrics"), "--json"]);
+    let scraped = json(&mut stats);
+    let demo = scraped["caches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cache"] == "demo")
+        .unwrap()
+        .clone();
+    let names: Vec<&str> =
+        demo["tiers"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["memory", "disk"], "{scraped}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["config"]["metrics_addr"], addr.as_str());
+}
