@@ -478,6 +478,12 @@ def main():
           f"{' sent to ' + args.prometheus if prom else ' (static checks only)'}; "
           f"{report.passed} checks passed, {len(report.failures)} failed in {time.monotonic() - started:.1f}s",
           flush=True)
+    used = {n for _, d in dashboards for p in all_panels(d.get("panels", []))
+            for t in p.get("targets", []) for n in metric_names_in(t.get("expr") or "")}
+    used |= {n[: -len(sfx)] for n in used for sfx in HISTOGRAM_SUFFIXES if n.endswith(sfx)}
+    unused = sorted(declared - used)
+    if unused:
+        print(f"note: declared by the code but on no dashboard: {', '.join(unused)}", flush=True)
     if args.self_test:
         st = self_test(dashboards, args.rules, declared, prom, args.wait)
         report.passed += st.passed
