@@ -14,6 +14,7 @@
 //! | `cache_load_duration_seconds` | histogram | cache |
 //! | `cache_coalesced_total`, `cache_stale_served_total`, `cache_refreshes_total` | counter | cache |
 //! | `cache_invalidations_total` | counter | cache, kind (key/tag/namespace/clear), source (local/backplane) |
+//! | `cache_backfills_shed_total` | counter | cache (backfills skipped by load shedding) |
 //!
 //! Durations of in-process (object) tiers are sampled (1 call in [`OBJECT_TIER_TIMING_SAMPLE`])
 //! so that timing costs less than the hit it measures; counters are never sampled.
@@ -50,6 +51,8 @@ pub const CACHE_STALE_SERVED: &str = "cache_stale_served_total";
 pub const CACHE_REFRESHES: &str = "cache_refreshes_total";
 /// `cache_invalidations_total`
 pub const CACHE_INVALIDATIONS: &str = "cache_invalidations_total";
+/// `cache_backfills_shed_total` (beyond the design's table: backfills skipped by load shedding)
+pub const CACHE_BACKFILLS_SHED: &str = "cache_backfills_shed_total";
 
 /// One in this many calls to an object (in-process) tier is timed.
 pub const OBJECT_TIER_TIMING_SAMPLE: u64 = 16;
@@ -227,6 +230,7 @@ pub(crate) struct CacheMetrics {
     pub coalesced: Counter,
     pub stale_served: Counter,
     pub refreshes: Counter,
+    pub backfills_shed: Counter,
     cache: String,
 }
 
@@ -242,6 +246,7 @@ impl CacheMetrics {
             coalesced: metrics::counter!(CACHE_COALESCED, "cache" => cache.to_string()),
             stale_served: metrics::counter!(CACHE_STALE_SERVED, "cache" => cache.to_string()),
             refreshes: metrics::counter!(CACHE_REFRESHES, "cache" => cache.to_string()),
+            backfills_shed: metrics::counter!(CACHE_BACKFILLS_SHED, "cache" => cache.to_string()),
             cache: cache.to_string(),
         }
     }

@@ -118,9 +118,11 @@ impl<V: CacheValue> Inner<V> {
             if open.is_empty() {
                 return;
             }
-            let counters = &layer.metrics.get[0];
+            let counters = |i: usize| &layer.metrics.get[self.category(&keys[i])];
             if !layer.enabled() {
-                counters.add(LookupResult::Skipped, open.len() as u64);
+                for i in &open {
+                    counters(*i).add(LookupResult::Skipped, 1);
+                }
                 continue;
             }
             let batch: Vec<Bytes> = open.iter().map(|i| keys[*i].clone()).collect();
@@ -129,12 +131,14 @@ impl<V: CacheValue> Inner<V> {
             layer.metrics.get_duration.record(start.elapsed());
             let lookups = match result {
                 Ok(l) if l.len() == batch.len() => l,
-                Ok(_) => {
-                    counters.add(LookupResult::Error, open.len() as u64);
-                    continue;
-                }
-                Err(e) => {
-                    counters.add(self.tier_error(j, &e), open.len() as u64);
+                Ok(_) | Err(_) => {
+                    let r = match &result {
+                        Err(e) => self.tier_error(j, e),
+                        Ok(_) => LookupResult::Error,
+                    };
+                    for i in &open {
+                        counters(*i).add(r, 1);
+                    }
                     continue;
                 }
             };
@@ -142,7 +146,7 @@ impl<V: CacheValue> Inner<V> {
             for (i, lookup) in open.into_iter().zip(lookups) {
                 let (entry, fresh) = match lookup {
                     Lookup::Miss => {
-                        counters.add(LookupResult::Miss, 1);
+                        counters(i).add(LookupResult::Miss, 1);
                         continue;
                     }
                     Lookup::Hit(e) => (e, true),
@@ -151,24 +155,24 @@ impl<V: CacheValue> Inner<V> {
                 if !entry.meta.is_alive(now)
                     || entry.meta.tags.is_some() && !self.tags_current(&entry.meta).await
                 {
-                    counters.add(LookupResult::Miss, 1);
+                    counters(i).add(LookupResult::Miss, 1);
                     continue;
                 }
                 match decode::<V>(&entry) {
                     Ok(value) => {
                         let found = Found { layer: j, seq: seqs[i], entry, value };
                         if fresh {
-                            counters.add(LookupResult::Hit, 1);
+                            counters(i).add(LookupResult::Hit, 1);
                             self.backfill(&keys[i], &found, 0).await;
                             answers[i] = Some(found.value);
                         } else {
-                            counters.add(LookupResult::Stale, 1);
+                            counters(i).add(LookupResult::Stale, 1);
                             if stale[i].is_none() {
                                 stale[i] = Some(found);
                             }
                         }
                     }
-                    Err(e) => counters.add(self.tier_error(j, &e), 1),
+                    Err(e) => counters(i).add(self.tier_error(j, &e), 1),
                 }
             }
         }

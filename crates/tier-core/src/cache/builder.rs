@@ -41,6 +41,7 @@ pub struct CacheBuilder<V> {
     hot_keys: usize,
     hot_key_sample: u64,
     gauge_interval: Duration,
+    max_pending_backfills: usize,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -63,6 +64,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             hot_keys: 32,
             hot_key_sample: 64,
             gauge_interval: Duration::from_secs(1),
+            max_pending_backfills: 1024,
             _v: PhantomData,
         }
     }
@@ -114,6 +116,13 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// Default: false (backfill never delays the answer).
     pub fn synchronous_backfill(mut self, yes: bool) -> Self {
         self.sync_backfill = yes;
+        self
+    }
+
+    /// At most this many background backfills at once; more are skipped (load shedding, counted
+    /// in `cache_backfills_shed_total`). Default: 1024.
+    pub fn max_pending_backfills(mut self, n: usize) -> Self {
+        self.max_pending_backfills = n;
         self
     }
 
@@ -250,6 +259,7 @@ impl<V: CacheValue> CacheBuilder<V> {
                 sync_backfill: self.sync_backfill,
                 reconnect,
                 hot_key_sample: self.hot_key_sample,
+                max_pending_backfills: self.max_pending_backfills,
             },
             flights: Mutex::new(Default::default()),
             flight_ids: AtomicU64::new(0),
@@ -262,6 +272,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             metrics: CacheMetrics::new(&self.name),
             hot: HotKeys::new(self.hot_keys),
             hot_calls: AtomicU64::new(0),
+            backfills_pending: Default::default(),
             categories: self.categories,
             tasks: Mutex::new(Vec::new()),
         });

@@ -75,14 +75,35 @@ struct FlightGuard<V> {
     id: u64,
 }
 
-impl<V> Drop for FlightGuard<V> {
-    fn drop(&mut self) {
+impl<V> FlightGuard<V> {
+    fn end(&self) {
         if let Some(inner) = self.inner.upgrade() {
             let mut flights = inner.flights.lock().unwrap_or_else(|p| p.into_inner());
             if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
                 flights.remove(&self.key);
             }
         }
+    }
+}
+
+impl<V> Drop for FlightGuard<V> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The sending end of a flight. Publishing the result first takes the flight out of the map:
+/// a caller that comes after the answer never joins a finished flight (whose value may have
+/// been invalidated since); it reads the tiers, which the flight wrote before answering.
+struct Publisher<V> {
+    tx: watch::Sender<Slot<V>>,
+    guard: FlightGuard<V>,
+}
+
+impl<V> Publisher<V> {
+    fn publish(&self, result: LoadResult<V>) {
+        self.guard.end();
+        let _ = self.tx.send(Some(result));
     }
 }
 
@@ -132,10 +153,12 @@ impl<V: CacheValue> Inner<V> {
         let waiter = Waiter::new(&flight);
         flights.insert(key.clone(), flight);
         drop(flights);
-        let guard = FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id };
+        let tx = Publisher {
+            tx,
+            guard: FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id },
+        };
         let inner = self.clone();
         tokio::spawn(async move {
-            let _guard = guard;
             inner.run_flight(key, tx, loader, stale, skip, tags, false).await;
         });
         waiter
@@ -158,10 +181,12 @@ impl<V: CacheValue> Inner<V> {
         flights.insert(key.clone(), Flight { id, rx, waiters: Arc::default() });
         drop(flights);
         self.metrics.refreshes.increment(1);
-        let guard = FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id };
+        let tx = Publisher {
+            tx,
+            guard: FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id },
+        };
         let inner = self.clone();
         tokio::spawn(async move {
-            let _guard = guard;
             inner.run_flight(key, tx, loader, None, skip, tags, true).await;
         });
     }
@@ -219,7 +244,7 @@ impl<V: CacheValue> Inner<V> {
     async fn run_flight(
         self: Arc<Self>,
         key: Bytes,
-        tx: watch::Sender<Slot<V>>,
+        tx: Publisher<V>,
         loader: Loader<V>,
         stale: Option<Found<V>>,
         skip: u64,
@@ -230,7 +255,7 @@ impl<V: CacheValue> Inner<V> {
         // left the map: look again before calling the origin.
         if !refresh {
             if let Some(found) = self.walk(&key, skip, Counting::Quiet).await.fresh {
-                let _ = tx.send(Some(Ok(found.value)));
+                tx.publish(Ok(found.value));
                 return;
             }
         }
@@ -238,7 +263,7 @@ impl<V: CacheValue> Inner<V> {
             Some(_) => match self.acquire_or_wait(&key, skip).await {
                 LockOutcome::Held(t) => Some(t),
                 LockOutcome::Appeared(value) => {
-                    let _ = tx.send(Some(Ok(value)));
+                    tx.publish(Ok(value));
                     return;
                 }
                 LockOutcome::Proceed => None,
@@ -251,7 +276,7 @@ impl<V: CacheValue> Inner<V> {
         let stamps = match self.stamp(&tags).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = tx.send(Some(Err(e)));
+                tx.publish(Err(e));
                 return;
             }
         };
@@ -287,11 +312,11 @@ impl<V: CacheValue> Inner<V> {
                             .into_iter()
                             .partition(|(j, _)| self.layers[*j].storage == Storage::Objects);
                         self.write_if_unchanged(&key, seq, objects).await;
-                        let _ = tx.send(Some(Ok(value)));
+                        tx.publish(Ok(value));
                         self.write_if_unchanged(&key, seq, bytes).await;
                     }
                     Err(e) => {
-                        let _ = tx.send(Some(Err(e)));
+                        tx.publish(Err(e));
                     }
                 }
             }
@@ -306,7 +331,7 @@ impl<V: CacheValue> Inner<V> {
                         self.throttle(&key, stale, fs.throttle, skip, stale.seq).await;
                     }
                 }
-                let _ = tx.send(Some(Err(e)));
+                tx.publish(Err(e));
             }
         }
         if let (Some(token), Some((lock, _))) = (token, &self.lock) {

@@ -186,6 +186,7 @@ pub(crate) struct Options {
     pub sync_backfill: bool,
     pub reconnect: ReconnectPolicy,
     pub hot_key_sample: u64,
+    pub max_pending_backfills: usize,
 }
 
 type Classifier = Arc<dyn Fn(&[u8]) -> &str + Send + Sync>;
@@ -222,6 +223,8 @@ pub(crate) struct Inner<V> {
     pub metrics: CacheMetrics,
     pub hot: HotKeys,
     hot_calls: AtomicU64,
+    /// Background backfills started and not yet finished (load shedding).
+    pub backfills_pending: std::sync::atomic::AtomicUsize,
     pub categories: Option<Categories>,
     pub keys: KeyBuilder,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,

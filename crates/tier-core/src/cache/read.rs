@@ -262,13 +262,23 @@ impl<V: CacheValue> Inner<V> {
         }
         let key = Bytes::copy_from_slice(key);
         let from = found.layer;
-        let inner = self.clone();
-        let task = async move { inner.write_backfill(key, from, writes, seq).await };
         if self.opts.sync_backfill {
-            task.await;
-        } else {
-            tokio::spawn(task);
+            self.write_backfill(key, from, writes, seq).await;
+            return;
         }
+        // Load shedding: when the tiers above cannot keep up, skip backfills rather than queue
+        // them without bound (the value is still answered; a later hit backfills).
+        if self.backfills_pending.fetch_add(1, Ordering::AcqRel) >= self.opts.max_pending_backfills
+        {
+            self.backfills_pending.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.backfills_shed.increment(1);
+            return;
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            inner.write_backfill(key, from, writes, seq).await;
+            inner.backfills_pending.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     async fn write_backfill(&self, key: Bytes, from: usize, writes: Vec<(usize, Entry)>, seq: u64) {
