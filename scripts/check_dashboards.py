@@ -287,6 +287,7 @@ def check_queries(exprs, prom, report, wait):
     """Each expression must parse and return data; empty ones are retried until `wait` seconds."""
     deadline = time.monotonic() + wait
     pending = list(exprs)
+    flat = []
     while True:
         empty = []
         for what, expr in pending:
@@ -297,12 +298,18 @@ def check_queries(exprs, prom, report, wait):
                 empty.append((what, expr))
             else:
                 report.ok(what)
+                values = [float(x["value"][1]) for x in r["data"]["result"]]
+                if all(v == 0 or v != v for v in values):
+                    flat.append(what)
         if not empty or time.monotonic() >= deadline:
             break
         pending = empty
         time.sleep(1)  # polling interval (one scrape), not a synchronisation
     for what, expr in empty:
         report.fail(f"{what}: no data: {expr}")
+    if flat and not report.quiet:
+        print(f"note: {len(flat)} panel expressions return only 0 or NaN in this run (events the workload "
+              f"did not cause): " + "; ".join(flat), flush=True)
 
 
 def expected_alert_count(rules_file):
