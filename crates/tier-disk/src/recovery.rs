@@ -3,7 +3,7 @@
 //! everything before it).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use tier_core::now_ms;
@@ -12,7 +12,7 @@ use crate::builder::{DiskTierBuilder, RecoveryMode, MAX_SEGMENT_SIZE};
 use crate::error::DiskError;
 use crate::format::{
     check_record, envelope_created_at, parse_segment_header, record_key, record_value, scan,
-    RecordKind,
+    Damage, RecordKind, Scanned,
 };
 use crate::index::{Index, Loc};
 use crate::report::{RecoveryReport, SegmentDamage};
@@ -34,15 +34,7 @@ pub(crate) fn recover(
             DiskError::Config("segment ids exhausted; clear the directory".into())
         })?,
     };
-    let delete =
-        |path: &std::path::Path, report: &mut RecoveryReport| match std::fs::remove_file(path) {
-            Ok(()) => {
-                report.deleted_segments += 1;
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DiskError::io("delete segment", path, e)),
-        };
+    let delete = delete_file;
     if cfg.recovery == RecoveryMode::Discard {
         for (_, path) in &found {
             delete(path, &mut report)?;
@@ -50,8 +42,8 @@ pub(crate) fn recover(
         report.duration = started.elapsed();
         return Ok((report, next_id));
     }
-    let now = now_ms();
-    let mut cleared_before: Option<u32> = None;
+    // Open every segment and check its header; register the good ones (in id order).
+    let mut opened: Vec<(Arc<Segment>, usize)> = Vec::new();
     for (id, path) in found {
         if next_id.saturating_add(1).wrapping_sub(id) >= MAX_ID_SPAN {
             // Far older than the newest: the index's 16-bit segment ids could not tell it apart.
@@ -84,70 +76,39 @@ pub(crate) fn recover(
         };
         let seg = Arc::new(seg);
         segments.insert(Arc::clone(&seg));
-        report.segments += 1;
-        let mapped = seg.mapped();
-        let bytes = &mapped[..mapped.len().min(size)];
-        let mut walk = scan(bytes, true);
-        let mut records = 0u64;
-        for rec in walk.by_ref() {
-            records += 1;
-            let h = rec.header;
-            let key = record_key(bytes, rec.offset, &h);
-            let Ok(offset) = u32::try_from(rec.offset) else { break };
-            match h.kind {
-                RecordKind::Clear => {
-                    index.clear();
-                    for s in segments.all() {
-                        s.live_bytes.store(0, Ordering::Relaxed);
-                        s.live_entries.store(0, Ordering::Relaxed);
-                    }
-                    cleared_before = Some(id);
-                }
-                RecordKind::Tombstone => {
-                    report.tombstones += 1;
-                    remove_if_key(index, segments, key, h.key_hash);
-                }
-                RecordKind::Value if h.stale_until <= now => {
-                    report.expired += 1;
-                    remove_if_key(index, segments, key, h.key_hash);
-                }
-                RecordKind::Value => {
-                    seg.live_bytes.fetch_add(h.record_len() as u64, Ordering::Relaxed);
-                    seg.live_entries.fetch_add(1, Ordering::Relaxed);
-                    if let Some(c) = envelope_created_at(record_value(bytes, rec.offset, &h)) {
-                        seg.note_created(c);
-                    }
-                    if let Some(old) = index.insert(h.key_hash, Loc::new(id, offset)) {
-                        forget_loc(segments, old);
+        opened.push((seg, size));
+    }
+    // Verify (CRC, page faults) on a helper thread, one segment ahead of applying the records to
+    // the index here, in write order. Without a helper thread, verify inline.
+    let mut cleared_before: Option<u32> = None;
+    std::thread::scope(|scope| -> Result<(), DiskError> {
+        let (tx, rx) = mpsc::sync_channel::<Walked>(2);
+        let list = &opened;
+        let helper = std::thread::Builder::new().name("tier-disk-recover".into()).spawn_scoped(
+            scope,
+            move || {
+                for (seg, size) in list {
+                    if tx.send(walk(seg, *size)).is_err() {
+                        return; // the applier stopped (strict mode error)
                     }
                 }
+            },
+        );
+        let rx = helper.is_ok().then_some(rx);
+        let mut apply = Apply { index, segments, report: &mut report, now: now_ms() };
+        for (seg, size) in &opened {
+            let walked = match &rx {
+                Some(rx) => rx.recv().map_err(|_| {
+                    DiskError::Config("the recovery scan thread ended early".into())
+                })?,
+                None => walk(seg, *size),
+            };
+            if apply.segment(cfg, seg, *size, walked)? {
+                cleared_before = Some(seg.id);
             }
         }
-        report.records += records;
-        let end = walk.end();
-        seg.set_readable(end as u64);
-        report.bytes_scanned += end as u64;
-        if records == 0 && walk.damage.is_none() && mapped.len() >= size {
-            // An empty segment (the active one of a run that wrote nothing): drop it, so that
-            // restarts do not pile empty files up.
-            segments.remove(id);
-            delete(&path, &mut report)?;
-            continue;
-        }
-        let damage = match walk.damage.take() {
-            Some(d) => Some(damaged(d.offset as u64, d.reason)),
-            None if mapped.len() < size => Some(damaged(
-                mapped.len() as u64,
-                format!("segment truncated to {} of {size} bytes", mapped.len()),
-            )),
-            None => None,
-        };
-        if let Some(d) = damage {
-            let offset = d.offset;
-            note_damage(cfg, &mut report, d)?;
-            seal_damage(&path, offset, size as u64);
-        }
-    }
+        Ok(())
+    })?;
     if let Some(clear_id) = cleared_before {
         for seg in segments.all().into_iter().filter(|s| s.id < clear_id) {
             segments.remove(seg.id);
@@ -175,6 +136,116 @@ fn seal_damage(path: &std::path::Path, offset: u64, size: u64) {
     });
     if let Err(e) = sealed {
         tracing::warn!(path = %path.display(), error = %e, "disk tier: could not seal a damaged segment");
+    }
+}
+
+/// One segment's records, verified.
+struct Walked {
+    records: Vec<Scanned>,
+    end: usize,
+    damage: Option<Damage>,
+}
+
+fn walk(seg: &Segment, size: usize) -> Walked {
+    let mapped = seg.mapped();
+    let mut walk = scan(&mapped[..mapped.len().min(size)], true);
+    let records = walk.by_ref().collect();
+    Walked { records, end: walk.end(), damage: walk.damage.take() }
+}
+
+/// Applies verified records to the index, in write order.
+struct Apply<'a> {
+    index: &'a Index,
+    segments: &'a Segments,
+    report: &'a mut RecoveryReport,
+    now: u64,
+}
+
+impl Apply<'_> {
+    /// Apply one segment; true when it holds a clear marker.
+    fn segment(
+        &mut self,
+        cfg: &DiskTierBuilder,
+        seg: &Arc<Segment>,
+        size: usize,
+        walked: Walked,
+    ) -> Result<bool, DiskError> {
+        let (index, segments) = (self.index, self.segments);
+        let id = seg.id;
+        let mapped = seg.mapped();
+        let bytes = &mapped[..mapped.len().min(size)];
+        self.report.segments += 1;
+        let mut cleared = false;
+        for rec in &walked.records {
+            let h = rec.header;
+            let key = record_key(bytes, rec.offset, &h);
+            let Ok(offset) = u32::try_from(rec.offset) else { break };
+            match h.kind {
+                RecordKind::Clear => {
+                    index.clear();
+                    for s in segments.all() {
+                        s.live_bytes.store(0, Ordering::Relaxed);
+                        s.live_entries.store(0, Ordering::Relaxed);
+                    }
+                    cleared = true;
+                }
+                RecordKind::Tombstone => {
+                    self.report.tombstones += 1;
+                    remove_if_key(index, segments, key, h.key_hash);
+                }
+                RecordKind::Value if h.stale_until <= self.now => {
+                    self.report.expired += 1;
+                    remove_if_key(index, segments, key, h.key_hash);
+                }
+                RecordKind::Value => {
+                    seg.live_bytes.fetch_add(h.record_len() as u64, Ordering::Relaxed);
+                    seg.live_entries.fetch_add(1, Ordering::Relaxed);
+                    if let Some(c) = envelope_created_at(record_value(bytes, rec.offset, &h)) {
+                        seg.note_created(c);
+                    }
+                    if let Some(old) = index.insert(h.key_hash, Loc::new(id, offset)) {
+                        forget_loc(segments, old);
+                    }
+                }
+            }
+        }
+        let records = walked.records.len() as u64;
+        self.report.records += records;
+        seg.set_readable(walked.end as u64);
+        self.report.bytes_scanned += walked.end as u64;
+        if records == 0 && walked.damage.is_none() && mapped.len() >= size {
+            // An empty segment (the active one of a run that wrote nothing): drop it, so that
+            // restarts do not pile empty files up.
+            segments.remove(id);
+            delete_file(&seg.path, self.report)?;
+            return Ok(false);
+        }
+        let damaged = |offset: u64, reason: String| SegmentDamage { segment: id, offset, reason };
+        let damage = match walked.damage {
+            Some(d) => Some(damaged(d.offset as u64, d.reason)),
+            None if mapped.len() < size => Some(damaged(
+                mapped.len() as u64,
+                format!("segment truncated to {} of {size} bytes", mapped.len()),
+            )),
+            None => None,
+        };
+        if let Some(d) = damage {
+            let offset = d.offset;
+            note_damage(cfg, self.report, d)?;
+            seal_damage(&seg.path, offset, size as u64);
+        }
+        Ok(cleared)
+    }
+}
+
+fn delete_file(path: &std::path::Path, report: &mut RecoveryReport) -> Result<(), DiskError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            report.deleted_segments += 1;
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DiskError::io("delete segment", path, e)),
     }
 }
 
