@@ -275,3 +275,51 @@ async fn every_flush_policy_releases_the_lock_on_drop() {
     let tier = small(dir.path()).build().expect("reopen");
     assert_eq!(tier.recovery_report().entries, 20);
 }
+
+#[tokio::test]
+async fn reclaim_gives_hot_entries_a_second_chance_but_never_expired_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tier = DiskTier::builder(dir.path())
+        .segment_size(64 << 10)
+        .capacity_bytes(256 << 10)
+        .build()
+        .expect("open");
+    let put = |k: &'static str, ttl: u64| {
+        let tier = &tier;
+        async move {
+            tier.insert(Bytes::from_static(k.as_bytes()), entry(&value_for(k, 1, 100), ttl))
+                .await
+                .expect("insert")
+        }
+    };
+    let short_until = tier_core::now_ms() + 500;
+    put("hot", 600_000).await;
+    put("hot-short", 500).await;
+    put("cold", 600_000).await;
+    let first = tier.disk_stats().oldest_segment.expect("a segment");
+    assert!(tier.get(b"hot").await.expect("get").is_hit());
+    assert!(tier.get(b"hot-short").await.expect("get").is_hit());
+    while tier_core::now_ms() <= short_until {
+        std::thread::yield_now(); // waiting for wall-clock expiry, not for another task
+    }
+    // Fill until the first segment is reclaimed.
+    let mut i = 0;
+    while tier.disk_stats().oldest_segment == Some(first) {
+        let k = key(i);
+        tier.insert(Bytes::from(k.clone()), entry(&value_for(&k, 1, 1000), 600_000))
+            .await
+            .expect("insert");
+        i += 1;
+    }
+    assert!(tier.get_raw(b"hot").is_some(), "a hot entry is copied forward");
+    assert!(tier.get(b"hot").await.expect("get").is_hit());
+    assert!(tier.get_raw(b"hot-short").is_none(), "an expired entry is never re-inserted");
+    assert!(tier.get_raw(b"cold").is_none(), "a cold entry is evicted with its segment");
+    drop(tier);
+    let tier = DiskTier::builder(dir.path())
+        .segment_size(64 << 10)
+        .capacity_bytes(256 << 10)
+        .build()
+        .expect("reopen");
+    assert!(tier.get(b"hot").await.expect("get").is_hit(), "the copy is the last write");
+}
