@@ -38,6 +38,16 @@ async fn instance(
         .connect()
         .await
         .unwrap();
+    instance_on(conn, bp_conn, prefix, channel, policy).await
+}
+
+async fn instance_on(
+    conn: RedisConnection,
+    bp_conn: RedisConnection,
+    prefix: &str,
+    channel: &str,
+    policy: ReconnectPolicy,
+) -> Instance {
     let l3 = RedisTier::builder()
         .connection(conn.clone())
         .prefix(format!("{prefix}data:"))
@@ -210,4 +220,46 @@ async fn missed_invalidation_is_recovered_by_clearing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_invalidation_is_recovered_by_marking_stale() {
     missed_invalidation_is_recovered(ReconnectPolicy::MarkStale).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_cluster_see_each_others_invalidations_within_100ms() {
+    let prefix = unique_prefix("cluster-pair");
+    let channel = format!("{prefix}chan");
+    let connect = || RedisConnection::cluster(cluster_urls()).connect();
+    let a = instance_on(
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+        &prefix,
+        &channel,
+        ReconnectPolicy::Clear,
+    )
+    .await;
+    let b = instance_on(
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+        &prefix,
+        &channel,
+        ReconnectPolicy::Clear,
+    )
+    .await;
+    let keys: Vec<_> = (0..20).map(|i| a.cache.key(format!("user:{i}"))).collect();
+    for k in &keys {
+        a.cache.insert_with_tags(k, "v".to_string(), &["team"]).await.unwrap();
+        assert!(b.cache.get(k).await.is_some());
+        assert!(in_l1(&b, k).await);
+    }
+    a.cache.invalidate(&keys[0]).await.unwrap();
+    eventually(Duration::from_millis(100), "key gone from B's L1", || async {
+        !in_l1(&b, &keys[0]).await
+    })
+    .await;
+    a.cache.invalidate_tag("team").await.unwrap();
+    eventually(Duration::from_millis(100), "tag gone for B", || async {
+        futures::future::join_all(keys.iter().map(|k| b.cache.get(k)))
+            .await
+            .iter()
+            .all(Option::is_none)
+    })
+    .await;
 }

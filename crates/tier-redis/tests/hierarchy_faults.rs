@@ -131,50 +131,6 @@ async fn killed_redis_opens_the_breaker_and_l3_hits_return_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_redis_never_delays_a_get_past_the_tier_timeout() {
-    let server = OwnRedis::start();
-    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], server.port))).await;
-    let timeout = Duration::from_millis(50);
-    let slack = Duration::from_millis(5);
-    // A breaker that stays closed: every get below really waits on the slow tier.
-    let patient = BreakerConfig {
-        consecutive_failures: 1000,
-        min_requests: 1000,
-        ..BreakerConfig::default()
-    };
-    let (cache, _l3) = l3_only(&proxy.url(), &unique_prefix("slow"), timeout, patient).await;
-    let loads = Loads::default();
-    let ids: Vec<String> = (0..20).map(|i| format!("user:{i}")).collect();
-    for id in &ids {
-        get(&cache, &loads, id).await;
-    }
-    proxy.set_delay(Duration::from_millis(200));
-
-    // The read path: one L3 call, cut at the tier timeout.
-    let mut slowest = Duration::ZERO;
-    for id in &ids {
-        let start = Instant::now();
-        assert!(cache.get(cache.key(id)).await.is_none(), "a timed-out tier is a miss");
-        slowest = slowest.max(start.elapsed());
-    }
-    println!("slowest get with a 200 ms network and a {timeout:?} tier timeout: {slowest:?}");
-    assert!(slowest <= timeout + slack, "a get waited {slowest:?}");
-
-    // get_or_load answers every call from the loader. The hierarchy looks at the tiers again
-    // before calling the origin (tier-core's run_flight re-walk), so a slow tier is waited for
-    // twice: the bound here is 2 × timeout plus scheduling slack for the flight task (measured
-    // 104–115 ms on a busy 2-core machine; see the report to tier-core).
-    let mut slowest = Duration::ZERO;
-    for id in &ids {
-        let start = Instant::now();
-        assert_eq!(get(&cache, &loads, id).await, format!("v:{id}"));
-        slowest = slowest.max(start.elapsed());
-    }
-    println!("slowest get_or_load: {slowest:?}");
-    assert!(slowest <= 2 * timeout + 5 * slack, "a get_or_load waited {slowest:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_redis_opens_the_breaker_then_costs_nothing() {
     let server = OwnRedis::start();
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], server.port))).await;
