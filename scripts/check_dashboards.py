@@ -17,8 +17,9 @@ With --prometheus (a Prometheus that scrapes `tier demo` and loaded dashboards/a
     (empty results are retried until --wait seconds have passed: rates need a few scrapes);
   * every alert rule Prometheus loaded (as many as the file has) is healthy, and its expression
     parses when sent to /api/v1/query.
---self-test then changes a metric name in a copy of a dashboard and of the rules and asserts that
-the checks above report it.
+--self-test then changes a metric name in a copy of a dashboard and of the rules, and breaks a
+copy's structure (duplicate panel id, fixed data source, missing expression), and asserts that the
+checks above report each.
 
 Prints one line per failure and a closing `N passed, M failed`; exits 1 on any failure.
 """
@@ -168,7 +169,7 @@ def check_structure(name, d, declared, report):
             q = variable_query(v)
             top.need(bool(q), f"variable ${vname} has no query")
             bad = unknown_names(label_values_selector(q) or q, declared)
-            top.need(not bad, f"variable ${vname} uses metric names the code does not declare: {bad}")
+            top.need(not bad, f"variable ${vname}: metric names not declared by the code {bad}")
     panels = list(all_panels(d.get("panels", [])))
     top.need(bool(panels), "no panels")
     report.check(not top, f"{where} importable dashboard with $datasource, $cache, $instance {top or ''}")
@@ -202,7 +203,7 @@ def check_structure(name, d, declared, report):
                 used = set(re.findall(r"\$\{?(\w+)", expr))
                 pp.need(used <= defined, f"target {ref}: undefined variables {sorted(used - defined)}")
                 bad = unknown_names(expr, declared)
-                report.check(not bad, f"{at} target {ref}: metric names the code declares {bad or ''}: {expr}")
+                report.check(not bad, f"{at} target {ref}: metric names not declared by the code {bad}: {expr}")
                 exprs.append((f"{at} target {ref}", expr))
         report.check(not pp, f"{at}: structure {pp or ''}")
     return variables, exprs
@@ -331,7 +332,7 @@ def check_rules(rules_file, prom, declared, report, wait):
         pr = Problems()
         pr.need(rule.get("health") == "ok", f"health {rule.get('health')}: {rule.get('lastError', '')}")
         bad = unknown_names(rule["query"], declared)
-        pr.need(not bad, f"metric names the code does not declare: {bad}")
+        pr.need(not bad, f"metric names not declared by the code {bad}")
         q = prom.query(rule["query"])
         pr.need(q.get("status") == "success", f"does not parse: {q.get('error', '')}")
         if rule.get("type") == "alerting":
@@ -400,7 +401,7 @@ def run(dashboards, rules_file, declared, prom, wait, report, rule_exprs=None):
             all_exprs += [(what, substitute(expr, values)) for what, expr in exprs]
     for expr in rule_exprs if rule_exprs is not None else static_rule_exprs(rules_file):
         bad = unknown_names(expr, declared)
-        report.check(not bad, f"alerts: metric names the code declares {bad or ''}: {expr[:80]}")
+        report.check(not bad, f"alerts: metric names not declared by the code {bad}: {' '.join(expr.split())[:100]}")
     if prom:
         check_queries(all_exprs, prom, report, wait)
         if rule_exprs is None:
@@ -434,7 +435,7 @@ def self_test(dashboards, rules_file, declared, prom, wait):
     run([(name, mutated)], rules_file, declared, prom, min(wait, 5), inner, rule_exprs=[])
     for f in inner.failures:
         print(f"self-test: the check reports: {f}", flush=True)
-    report.check(any(renamed in f and "declares" in f for f in inner.failures),
+    report.check(any(renamed in f and "not declared" in f for f in inner.failures),
                  "self-test: the renamed metric is reported as one the code does not declare")
     if prom:
         report.check(any(renamed in f and "no data" in f for f in inner.failures),
