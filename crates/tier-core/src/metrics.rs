@@ -137,6 +137,11 @@ pub fn describe() {
         Unit::Count,
         "Invalidations applied, by kind and source."
     );
+    metrics::describe_counter!(
+        CACHE_BACKFILLS_SHED,
+        Unit::Count,
+        "Backfills skipped because too many were pending (load shedding)."
+    );
 }
 
 /// Results of a tier lookup, in the order of [`LookupCounters`].
