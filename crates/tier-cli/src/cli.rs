@@ -294,9 +294,10 @@ pub struct InvalidateArgs {
     /// Every entry carrying this tag.
     #[arg(long)]
     pub tag: Option<String>,
-    /// The whole namespace of the cache (its version moves on).
-    #[arg(long)]
-    pub namespace: bool,
+    /// The whole namespace (in tier, a cache's namespace is its name: NAME may be omitted, and
+    /// must equal --cache when given). Its version moves on; old keys become unreachable.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+    pub namespace: Option<String>,
     /// Everything of the cache under the prefix, in every instance's tiers.
     #[arg(long)]
     pub all: bool,

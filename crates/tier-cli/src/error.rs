@@ -14,7 +14,6 @@ pub const EXIT_RUNTIME: u8 = 1;
 /// Exit code of a usage error.
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of `tier disk verify` when it found damage.
-#[allow(dead_code)] // used by `tier disk verify` (next commit)
 pub const EXIT_DAMAGE: u8 = 3;
 
 /// An error the CLI reports on one line of stderr, with its exit code.
@@ -36,7 +35,6 @@ impl CliError {
     }
 
     /// Damage found by a verification (exit code 3).
-    #[allow(dead_code)] // used by `tier disk verify` (next commit)
     pub fn damage(message: impl Into<String>) -> Self {
         Self { code: EXIT_DAMAGE, message: message.into() }
     }

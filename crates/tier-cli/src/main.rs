@@ -9,8 +9,11 @@
 
 mod cli;
 mod demo;
+mod disk;
 mod duration;
+mod envelope;
 mod error;
+mod invalidate;
 mod promtext;
 mod redis;
 mod stats;
@@ -60,9 +63,9 @@ async fn run(cli: Cli) -> error::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Stats(args) => stats::run(args).await,
-        Command::Disk(_) | Command::Redis(_) | Command::Invalidate(_) => {
-            Err(CliError::runtime("not implemented yet"))
-        }
+        Command::Disk(cmd) => disk::run(cmd),
+        Command::Redis(cmd) => redis::run(cmd).await,
+        Command::Invalidate(args) => invalidate::run(args).await,
     }
 }
 
@@ -84,12 +87,16 @@ fn usage_error(e: clap::Error) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
         _ => {
+            // clap's message, up to its usage block, on one line.
             let rendered = e.render().to_string();
             let line = rendered
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let line = line.trim_start_matches("error: ");
             eprintln!("tier: error: {line} (see tier --help)");
             ExitCode::from(EXIT_USAGE)
         }

@@ -66,3 +66,21 @@ pub fn fails(cmd: &mut Command, code: i32) -> String {
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
     lines[0].to_string()
 }
+
+/// A runtime for the library calls that prepare a test's data.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Run and return stdout as text; the command must succeed.
+pub fn text(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

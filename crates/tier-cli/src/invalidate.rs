@@ -1,0 +1,140 @@
+//! `tier invalidate --redis URL --cache NAME (--key ID | --raw-key KEY | --tag T | --namespace
+//! [NAME] | --all)`: what a service's own `invalidate*` calls do, from the command line — remove
+//! from Redis (or move the tag generation / namespace version on) and publish on the backplane,
+//! so every live instance drops it from its local tiers too.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tier_core::{Backplane, Cache, Invalidation, ReconnectPolicy, TierPolicy};
+use tier_redis::{RedisBackplane, RedisGenerations, RedisTier};
+
+use crate::cli::InvalidateArgs;
+use crate::error::{chain, CliError, Context, Result};
+
+/// What `--json` prints.
+#[derive(Debug, Serialize)]
+struct Out {
+    cache: String,
+    /// `key`, `tag`, `namespace` or `clear`.
+    kind: &'static str,
+    /// The key, tag or namespace.
+    target: String,
+    /// The backplane channel the invalidation was published on.
+    channel: String,
+    /// Keys removed from Redis (`--all`).
+    removed_keys: Option<u64>,
+    /// The namespace version after the invalidation (`--key` and `--namespace`).
+    namespace_version: Option<u64>,
+}
+
+/// Run `tier invalidate`.
+pub async fn run(args: InvalidateArgs) -> Result<()> {
+    if args.cache.is_empty() || args.cache.contains(':') {
+        return Err(CliError::usage("--cache must be a non-empty name without ':'"));
+    }
+    if let Some(ns) = &args.namespace {
+        if !ns.is_empty() && *ns != args.cache {
+            return Err(CliError::usage(format!(
+                "--namespace {ns:?} differs from --cache {:?}: a cache's namespace is its name",
+                args.cache
+            )));
+        }
+    }
+    let urls = &args.redis.0;
+    let conn = crate::redis::connection(urls).await?;
+    let backplane = RedisBackplane::builder(conn.clone())
+        .build()
+        .await
+        .map_err(|e| CliError::runtime(format!("Redis backplane: {}", chain(&e))))?;
+    let channel = backplane.channel().to_string();
+    let backplane = Arc::new(backplane);
+    let tier = RedisTier::builder()
+        .connection(conn.clone())
+        .prefix(args.prefix.as_bytes())
+        .retry_capacity(0)
+        .build()
+        .await
+        .map_err(|e| CliError::runtime(format!("Redis tier: {}", chain(&e))))?;
+    // A hierarchy of the Redis tier alone: its invalidations are exactly a service's.
+    let cache: Cache<serde_json::Value> = Cache::builder(args.cache.clone())
+        .tier(tier, TierPolicy::fresh(std::time::Duration::from_secs(1)).no_breaker())
+        .generations(Arc::new(RedisGenerations::new(conn)))
+        .backplane(backplane.clone(), ReconnectPolicy::Clear)
+        .build()
+        .context(|| "build the cache".into())?;
+    let version =
+        cache.sync_namespace().await.context(|| "read the namespace version from Redis".into())?;
+    let fail = |what: &str, e: &dyn std::error::Error| {
+        CliError::runtime(format!("invalidate {what} of cache {:?}: {}", args.cache, chain(e)))
+    };
+    let mut out = Out {
+        cache: args.cache.clone(),
+        kind: "key",
+        target: String::new(),
+        channel,
+        removed_keys: None,
+        namespace_version: None,
+    };
+    if let Some(id) = &args.key {
+        let key = cache.key(id);
+        cache.invalidate(&key).await.map_err(|e| fail("key", &e))?;
+        out.target = String::from_utf8_lossy(&key).into_owned();
+        out.namespace_version = Some(version);
+    } else if let Some(key) = &args.raw_key {
+        cache.invalidate(key.as_bytes()).await.map_err(|e| fail("key", &e))?;
+        out.target = key.clone();
+    } else if let Some(tag) = &args.tag {
+        cache.invalidate_tag(tag).await.map_err(|e| fail("tag", &e))?;
+        out.kind = "tag";
+        out.target = tag.clone();
+    } else if args.namespace.is_some() {
+        cache.invalidate_namespace().await.map_err(|e| fail("namespace", &e))?;
+        out.kind = "namespace";
+        out.target = args.cache.clone();
+        out.namespace_version = Some(cache.keys().version());
+    } else if args.all {
+        // Only this cache's keys: the tier's own `clear` would remove every key under the
+        // prefix, other caches' included.
+        let mut under = args.prefix.as_bytes().to_vec();
+        under.extend_from_slice(args.cache.as_bytes());
+        under.push(b':');
+        let removed = crate::redis::unlink_under(urls, &under).await?;
+        backplane
+            .publish(&args.cache, &Invalidation::Clear)
+            .await
+            .map_err(|e| fail("everything", &e))?;
+        out.kind = "clear";
+        out.target = String::from_utf8_lossy(&under).into_owned() + "*";
+        out.removed_keys = Some(removed);
+    } else {
+        return Err(CliError::usage(
+            "say what to invalidate: --key, --raw-key, --tag, --namespace or --all",
+        ));
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&out)
+            .map_err(|e| CliError::runtime(format!("encode JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        let done = match out.kind {
+            "key" => format!("removed key {} from Redis", out.target),
+            "tag" => format!(
+                "moved the generation of tag {:?} on (tagged entries are now misses)",
+                out.target
+            ),
+            "namespace" => format!(
+                "moved namespace {:?} to version {} (old keys are unreachable and age out)",
+                out.target,
+                out.namespace_version.unwrap_or(0)
+            ),
+            _ => format!(
+                "removed {} keys matching {} from Redis",
+                out.removed_keys.unwrap_or(0),
+                out.target
+            ),
+        };
+        println!("{done}; published on channel {:?} for every instance", out.channel);
+    }
+    Ok(())
+}

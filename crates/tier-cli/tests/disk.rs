@@ -1,0 +1,140 @@
+//! `tier disk stats|ls|get|verify` against real disk tier directories.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{fails, json, runtime, text, tier};
+use serde_json::{json as j, Value};
+use tier_core::{Cache, TierPolicy};
+use tier_disk::DiskTier;
+
+/// A cache named `shop` over a disk tier in `dir`, with three entries (one tagged).
+fn fill(rt: &tokio::runtime::Runtime, dir: &Path) -> Cache<Value> {
+    rt.block_on(async {
+        let disk =
+            DiskTier::builder(dir).capacity_bytes(1 << 20).segment_size(256 << 10).build().unwrap();
+        let cache: Cache<Value> = Cache::builder("shop")
+            .tier(disk, TierPolicy::fresh(Duration::from_secs(60)).stale(Duration::from_secs(600)))
+            .build()
+            .unwrap();
+        cache.insert_with_tags(cache.key("user:1"), j!({"name": "Ada"}), &["users"]).await.unwrap();
+        cache.insert(cache.key("user:2"), j!({"name": "Grace"})).await.unwrap();
+        cache.insert(cache.key("order:9"), j!({"total": 42})).await.unwrap();
+        cache
+    })
+}
+
+fn segment_file(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap()
+}
+
+#[test]
+fn stats_ls_get_verify_of_a_directory() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    drop(fill(&rt, dir.path()));
+
+    let stats = json(tier().args(["disk", "stats", "--json"]).arg(dir.path()));
+    assert_eq!(stats["entries"], 3, "{stats}");
+    assert_eq!(stats["segments"], 1, "{stats}");
+    assert_eq!(stats["by_prefix"]["shop:0:"]["entries"], 3, "{stats}");
+    assert!(stats["live_bytes"].as_u64().unwrap() > 0);
+    assert!(stats["damage"].as_array().unwrap().is_empty());
+    let stats_text = text(tier().args(["disk", "stats"]).arg(dir.path()));
+    assert!(stats_text.contains("entries") && stats_text.contains("shop:0:"), "{stats_text}");
+
+    let ls =
+        json(tier().args(["disk", "ls", "--json", "--prefix", "shop:0:user:"]).arg(dir.path()));
+    let mut keys: Vec<&str> =
+        ls["records"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["shop:0:user:1", "shop:0:user:2"]);
+    assert_eq!(ls["more"], 0);
+    let limited = json(tier().args(["disk", "ls", "--json", "--limit", "1"]).arg(dir.path()));
+    assert_eq!(limited["records"].as_array().unwrap().len(), 1);
+    assert_eq!(limited["more"], 2);
+    let ls_text = text(tier().args(["disk", "ls"]).arg(dir.path()));
+    assert!(ls_text.contains("shop:0:order:9"), "{ls_text}");
+
+    let get = json(tier().args(["disk", "get", "--json"]).arg(dir.path()).arg("shop:0:user:1"));
+    let env = &get["envelope"];
+    assert_eq!(env["state"], "fresh", "{get}");
+    assert_eq!(env["value"], j!({"name": "Ada"}), "{get}");
+    assert_eq!(env["tags"][0]["tag"], "users", "{get}");
+    assert!(env["fresh_until"].as_u64().unwrap() < env["stale_until"].as_u64().unwrap());
+    let get_text = text(tier().args(["disk", "get"]).arg(dir.path()).arg("shop:0:user:1"));
+    assert!(
+        get_text.contains("Ada") && get_text.contains("fresh until") && get_text.contains("users"),
+        "{get_text}"
+    );
+
+    let verify = json(tier().args(["disk", "verify", "--json"]).arg(dir.path()));
+    assert_eq!(verify["clean"], true, "{verify}");
+    assert!(verify["records"].as_u64().unwrap() >= 3);
+    assert!(text(tier().args(["disk", "verify"]).arg(dir.path())).contains("ok"));
+}
+
+#[test]
+fn works_on_a_directory_a_service_holds() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let live = fill(&rt, dir.path()); // holds the writer's lock
+    let stats = json(tier().args(["disk", "stats", "--json"]).arg(dir.path()));
+    assert_eq!(stats["entries"], 3, "{stats}");
+    assert_eq!(stats["owner_pid"], std::process::id(), "{stats}");
+    assert_eq!(json(tier().args(["disk", "verify", "--json"]).arg(dir.path()))["clean"], true);
+    drop(live);
+}
+
+#[test]
+fn verify_fails_on_a_corrupted_record() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    drop(fill(&rt, dir.path()));
+    let ls =
+        json(tier().args(["disk", "ls", "--json", "--prefix", "shop:0:user:2"]).arg(dir.path()));
+    let offset = ls["records"][0]["offset"].as_u64().unwrap() as usize;
+    // Flip a byte inside that record's envelope.
+    let seg = segment_file(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[offset + 60] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let out = tier().args(["disk", "verify", "--json"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["clean"], false);
+    assert_eq!(report["damage"][0]["offset"].as_u64().unwrap() as usize, offset, "{report}");
+    let line = common::fails(tier().args(["disk", "verify"]).arg(dir.path()), 3);
+    assert!(line.contains("damaged"), "{line}");
+    // stats still works and reports the damage.
+    let stats = json(tier().args(["disk", "stats", "--json"]).arg(dir.path()));
+    assert_eq!(stats["damage"].as_array().unwrap().len(), 1, "{stats}");
+}
+
+#[test]
+fn bad_directories_and_keys_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let line = fails(tier().args(["disk", "stats"]).arg(&missing), 1);
+    assert!(line.contains("missing"), "{line}");
+    let line = fails(tier().args(["disk", "verify"]).arg(dir.path()), 1);
+    assert!(line.contains("not a disk tier directory"), "{line}");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(fails(tier().args(["disk", "ls"]).arg(&file), 1).contains("not a directory"));
+
+    let rt = runtime();
+    let data = tempfile::tempdir().unwrap();
+    drop(fill(&rt, data.path()));
+    let line = fails(tier().args(["disk", "get"]).arg(data.path()).arg("shop:0:nope"), 1);
+    assert!(line.contains("no entry"), "{line}");
+    fails(tier().args(["disk", "stats", "--bogus"]).arg(data.path()), 2);
+}
