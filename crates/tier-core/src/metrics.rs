@@ -261,6 +261,21 @@ impl CacheMetrics {
         metrics::counter!(CACHE_INVALIDATIONS, "cache" => self.cache.clone(), "kind" => kind, "source" => source).increment(1);
     }
 
+    /// Register every series that only moves on events (invalidations by kind and source,
+    /// backfills between each pair of tiers) at 0, so dashboards show 0 rather than no data.
+    pub(crate) fn register_event_series(&self, tiers: &[String]) {
+        for kind in ["key", "tag", "namespace", "clear"] {
+            for source in ["local", "backplane"] {
+                metrics::counter!(CACHE_INVALIDATIONS, "cache" => self.cache.clone(), "kind" => kind, "source" => source).increment(0);
+            }
+        }
+        for (from, f) in tiers.iter().enumerate() {
+            for t in &tiers[..from] {
+                self.backfill(f, t).increment(0);
+            }
+        }
+    }
+
     pub(crate) fn backfill(&self, from: &str, to: &str) -> Counter {
         metrics::counter!(TIER_BACKFILLS, "cache" => self.cache.clone(), "from" => from.to_string(), "to" => to.to_string())
     }

@@ -241,6 +241,9 @@ impl<V: CacheValue> CacheBuilder<V> {
             });
         }
         crate::metrics::describe();
+        let cache_metrics = CacheMetrics::new(&self.name);
+        cache_metrics
+            .register_event_series(&layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>());
         let (backplane, reconnect) = match self.backplane {
             Some((b, r)) => (Some(b), r),
             None => (None, ReconnectPolicy::default()),
@@ -269,7 +272,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             bypass: AtomicBool::new(false),
             suspect_before: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
-            metrics: CacheMetrics::new(&self.name),
+            metrics: cache_metrics,
             hot: HotKeys::new(self.hot_keys),
             hot_calls: AtomicU64::new(0),
             backfills_pending: Default::default(),
