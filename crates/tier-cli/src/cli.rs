@@ -264,6 +264,9 @@ pub struct StatsArgs {
     /// Refresh every interval until interrupted (rates are shown between refreshes).
     #[arg(long)]
     pub watch: bool,
+    /// With --watch: stop after this many scrapes (default: until interrupted).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
     /// Refresh interval with --watch.
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub interval: Duration,

@@ -95,7 +95,7 @@ fn with_host_port(url: &str, host_port: &str) -> String {
 }
 
 /// `url` with any password hidden, for display.
-fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
     let rest = &url[scheme_end..];
     let authority_end = rest.find('/').unwrap_or(rest.len());

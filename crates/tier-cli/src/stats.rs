@@ -263,6 +263,7 @@ pub async fn run(args: StatsArgs) -> Result<()> {
     let ep = parse_endpoint(&args.metrics).map_err(CliError::usage)?;
     let url = format!("http://{}{}", ep.authority, ep.path);
     let mut previous: Option<(Figures, Instant)> = None;
+    let mut scrapes = 0u64;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -298,7 +299,8 @@ pub async fn run(args: StatsArgs) -> Result<()> {
             }
             print!("{}", text(&report));
         }
-        if !args.watch {
+        scrapes += 1;
+        if !args.watch || args.count.is_some_and(|n| scrapes >= n) {
             return Ok(());
         }
         previous = Some((figures, at));

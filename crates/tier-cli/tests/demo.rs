@@ -189,6 +189,29 @@ fn metrics_are_served_while_it_runs() {
     let names: Vec<&str> =
         demo["tiers"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["memory", "disk"], "{scraped}");
+    // --watch: one JSON document per line, rates from the second scrape on.
+    let mut watch = tier();
+    watch.args([
+        "stats",
+        "--metrics",
+        &addr,
+        "--watch",
+        "--interval",
+        "200ms",
+        "--count",
+        "2",
+        "--json",
+    ]);
+    let lines = common::text(&mut watch);
+    let docs: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(docs.len(), 2, "{lines}");
+    assert!(docs[0]["interval_seconds"].is_null());
+    assert!(docs[1]["interval_seconds"].as_f64().unwrap() >= 0.2, "{lines}");
+    let text = common::text(tier().args(["stats", "--metrics", &addr, "--cache", "demo"]));
+    assert!(
+        text.contains("cache \"demo\"") && text.contains("hit%") && text.contains("loads"),
+        "{text}"
+    );
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();

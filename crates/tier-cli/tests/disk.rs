@@ -138,3 +138,13 @@ fn bad_directories_and_keys_are_one_line_errors() {
     assert!(line.contains("no entry"), "{line}");
     fails(tier().args(["disk", "stats", "--bogus"]).arg(data.path()), 2);
 }
+
+#[test]
+fn demo_on_a_locked_directory_is_a_one_line_error() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let live = fill(&rt, dir.path());
+    let line = fails(tier().args(["demo", "--duration", "1s", "--disk"]).arg(dir.path()), 1);
+    assert!(line.contains("locked"), "{line}");
+    drop(live);
+}

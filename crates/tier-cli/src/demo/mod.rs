@@ -27,6 +27,31 @@ use crate::promtext::{CacheFigures, Figures};
 use report::{HotKey, Report, RunConfig, WarmUp};
 use workload::{Counters, Item, Mix, Origin, Shared, Zipf};
 
+/// SIGINT (Ctrl-C) and SIGTERM, listened to from the start: either ends the run early, and the
+/// report of what ran is still printed.
+struct Interrupt {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let err = |e: std::io::Error| CliError::runtime(format!("listen for signals: {e}"));
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+            term: signal(SignalKind::terminate()).map_err(err)?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// Install the global Prometheus recorder; serve it over HTTP when `addr` is given.
 fn install_metrics(addr: Option<SocketAddr>) -> Result<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
@@ -135,6 +160,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if args.cache.is_empty() || args.cache.contains(':') {
         return Err(CliError::usage("--cache must be a non-empty name without ':'"));
     }
+    let mut interrupt = Interrupt::new()?;
     let handle = install_metrics(args.metrics_addr)?;
     let temp;
     let disk_dir = match &args.disk {
@@ -169,7 +195,18 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     } else {
         ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stderr())
     };
-    let warm_up = if args.warm_up { Some(warm(&shared, &args, &bar).await) } else { None };
+    let mut interrupted = false;
+    let warm_up = if args.warm_up {
+        tokio::select! {
+            w = warm(&shared, &args, &bar) => Some(w),
+            _ = interrupt.recv() => {
+                interrupted = true;
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let baseline = figures(&handle, &args.cache);
     let calls_before = origin.calls.load(Ordering::Relaxed);
@@ -196,7 +233,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     bar.set_prefix("running");
-    let interrupted = progress(&shared, &handle, &args, &tier_names, &bar, baseline.clone()).await;
+    if !interrupted {
+        let run = progress(&shared, &handle, &args, &tier_names, &bar, baseline.clone());
+        tokio::select! {
+            _ = run => {}
+            _ = interrupt.recv() => interrupted = true,
+        }
+    }
     shared.stop.store(true, Ordering::Relaxed);
     bar.set_prefix("stopping");
     bar.set_message("waiting for in-flight requests");
@@ -239,12 +282,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             origin_errors: args.origin_errors,
             tiers: tier_names.clone(),
             disk_dir: args.disk.as_ref().map(|d| d.display().to_string()),
-            redis: args.redis.as_ref().map(|u| u.0.clone()),
+            redis: args
+                .redis
+                .as_ref()
+                .map(|u| u.0.iter().map(|u| crate::redis::redacted(u)).collect()),
             metrics_addr: args.metrics_addr.map(|a| a.to_string()),
             fail_safe_seconds: args.fail_safe.as_secs_f64(),
         },
         warm_up,
         elapsed_seconds: elapsed,
+        interrupted,
         requests,
         tiers: rows,
         origin: origin_report,
@@ -301,7 +348,7 @@ async fn warm(shared: &Arc<Shared>, args: &DemoArgs, bar: &ProgressBar) -> WarmU
     }
 }
 
-/// Update the progress display until the duration is over or Ctrl-C. Returns true on Ctrl-C.
+/// Update the progress display until the duration is over.
 async fn progress(
     shared: &Shared,
     handle: &PrometheusHandle,
@@ -309,7 +356,7 @@ async fn progress(
     tiers: &[String],
     bar: &ProgressBar,
     mut last: CacheFigures,
-) -> bool {
+) {
     let started = tokio::time::Instant::now();
     let deadline = started + args.duration;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -317,12 +364,9 @@ async fn progress(
     let mut last_at = Instant::now();
     let mut last_reads = 0u64;
     let mut last_calls = shared.origin.calls.load(Ordering::Relaxed);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return false,
-            _ = &mut ctrl_c => return true,
+            _ = tokio::time::sleep_until(deadline) => return,
             _ = tick.tick() => {}
         }
         bar.set_position(started.elapsed().as_millis() as u64);

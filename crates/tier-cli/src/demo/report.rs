@@ -22,6 +22,8 @@ pub struct Report {
     pub warm_up: Option<WarmUp>,
     /// Measured seconds (warm-up excluded).
     pub elapsed_seconds: f64,
+    /// The run was ended early by SIGINT/SIGTERM (the figures are those of the part that ran).
+    pub interrupted: bool,
     /// What the workers did.
     pub requests: Requests,
     /// One row per tier, top (L1) first.
