@@ -149,3 +149,68 @@ fn stampede_instance() {
         let _: i64 = raw.incr(format!("{prefix}answered"), ok).await.unwrap();
     });
 }
+
+async fn locked_cache(url: &str, prefix: &str, wait: Duration) -> (Cache<String>, RedisLock) {
+    let conn = RedisConnection::standalone(url).connect().await.unwrap();
+    let l3 = RedisTier::builder()
+        .connection(conn.clone())
+        .prefix(format!("{prefix}data:"))
+        .build()
+        .await
+        .unwrap();
+    let lock = RedisLock::new(conn).prefix(format!("{prefix}lock:"));
+    let options = LockOptions { wait, ..LockOptions::default() };
+    let cache = Cache::builder("locked")
+        .tier(l3, TierPolicy::fresh(Duration::from_secs(60)))
+        .distributed_lock(Arc::new(lock.clone()), options)
+        .build()
+        .unwrap();
+    (cache, lock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_reads_the_value_another_instance_wrote() {
+    use tier_core::DistributedLock;
+    let url = standalone_url();
+    let prefix = unique_prefix("lock-appear");
+    let (waiter, lock) = locked_cache(&url, &prefix, Duration::from_secs(5)).await;
+    let (writer, _) = locked_cache(&url, &prefix, Duration::from_secs(5)).await;
+    let key = waiter.key("k");
+    // Another instance holds the lock (it is loading).
+    let token = lock.try_acquire(&key, Duration::from_secs(30)).await.unwrap().expect("free");
+    let task = {
+        let (waiter, key) = (waiter.clone(), key.clone());
+        tokio::spawn(async move {
+            waiter
+                .get_or_load(&key, || async {
+                    Err::<Option<String>, _>(std::io::Error::other("must not load"))
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await; // the waiter is polling
+    writer.insert(&key, "from the lock holder".to_string()).await.unwrap();
+    lock.release(&key, &token).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap().unwrap();
+    assert_eq!(got.as_deref().map(String::as_str), Some("from the lock holder"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_loads_itself_when_the_holder_never_delivers() {
+    use tier_core::DistributedLock;
+    let url = standalone_url();
+    let prefix = unique_prefix("lock-dead");
+    let wait = Duration::from_millis(300);
+    let (cache, lock) = locked_cache(&url, &prefix, wait).await;
+    let key = cache.key("k");
+    // A holder that died: the lock stays until its TTL.
+    lock.try_acquire(&key, Duration::from_secs(30)).await.unwrap().expect("free");
+    let start = Instant::now();
+    let got = cache
+        .get_or_load(&key, || async { Ok::<_, std::io::Error>(Some("loaded".to_string())) })
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(got.as_deref().map(String::as_str), Some("loaded"));
+    assert!(took >= wait && took < wait + Duration::from_secs(2), "waited {took:?}");
+}
