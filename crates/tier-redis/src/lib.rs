@@ -29,6 +29,9 @@
 //! ## Metrics
 //! See [`metrics`] for the names and labels this crate emits.
 //!
+//! See the crate's README for a whole program (Cache with memory L1, Redis L3, generations,
+//! backplane and lock) and how to run the tests against real servers.
+//!
 //! ## Features
 //! - `tls` — `rediss://` URLs through rustls (redis-rs's `tokio-rustls-comp`). The application
 //!   installs a rustls `CryptoProvider` (e.g. ring or aws-lc-rs) at start.
@@ -53,3 +56,8 @@ pub use error::SetupError;
 pub use generations::{RedisGenerations, DEFAULT_CACHE_MAX_AGE, DEFAULT_GENERATION_PREFIX};
 pub use lock::{RedisLock, DEFAULT_LOCK_PREFIX};
 pub use tier::{RedisTier, RedisTierBuilder, DEFAULT_PREFIX, DEFAULT_RETRY_CAPACITY};
+
+/// The README's example, compiled as a doctest so that it cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
