@@ -76,9 +76,27 @@ impl RedisBackplaneBuilder {
             return Err(SetupError::Config("capacity and ping interval must be positive".into()));
         }
         let clients = self.conn.node_clients().to_vec();
-        let first = subscribe(&clients[0], &self.channel, self.conn.op_timeout())
-            .await
-            .map_err(|source| SetupError::Subscribe { channel: self.channel.clone(), source })?;
+        // Cluster: the first node that answers (any node relays every PUBLISH).
+        let mut first = None;
+        let mut last_error = None;
+        for client in &clients {
+            match subscribe(client, &self.channel, self.conn.op_timeout()).await {
+                Ok(pubsub) => {
+                    first = Some(pubsub);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let Some(first) = first else {
+            let source = last_error.unwrap_or_else(|| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "no node to subscribe on",
+                ))
+            });
+            return Err(SetupError::Subscribe { channel: self.channel, source });
+        };
         let (tx, _) = broadcast::channel(self.capacity);
         let shared = Arc::new(Shared {
             channel: self.channel,

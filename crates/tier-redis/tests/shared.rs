@@ -341,3 +341,20 @@ async fn lost_messages_are_a_gap_and_junk_is_ignored() {
         redis::cmd("PUBLISH").arg(&channel).arg(send(4, "d")).query_async(&mut raw).await.unwrap();
     assert_eq!(next_event(&mut b_rx, Duration::from_secs(1)).await, tag("d"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backplane_subscribes_on_a_live_node_when_a_seed_is_down() {
+    // Nothing listens on port 1: the first seed is dead, the others are the test cluster.
+    let mut urls = vec!["redis://127.0.0.1:1/".to_string()];
+    urls.extend(cluster_urls());
+    let conn = RedisConnection::cluster(urls).connect().await.unwrap();
+    let channel = unique_prefix("dead-seed");
+    let b = RedisBackplane::builder(conn).channel(&channel).build().await.unwrap();
+    let a = RedisBackplane::builder(cluster().await).channel(&channel).build().await.unwrap();
+    let mut b_rx = b.subscribe();
+    a.publish("users", &Invalidation::Clear).await.unwrap();
+    assert_eq!(
+        next_event(&mut b_rx, Duration::from_millis(500)).await,
+        BackplaneEvent::Invalidate { cache: "users".into(), what: Invalidation::Clear }
+    );
+}
