@@ -46,7 +46,8 @@ struct Slot {
 ///   valid stays valid. Which record is live for a key is decided at `open`.
 /// - The one thing a live writer can make it see is the newest segment ending in a record being
 ///   written at that instant: that shows as damage at the tail of the newest segment (the live
-///   tier itself never serves it). Records written after `open` may or may not be listed.
+///   tier itself never serves it). A newest segment whose header is not written yet is skipped.
+///   Records written after `open` may or may not be listed.
 pub struct DiskInspector {
     dir: PathBuf,
     segs: Vec<Seg>,
@@ -82,7 +83,12 @@ impl DiskInspector {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, DiskError> {
         let dir = dir.as_ref().to_path_buf();
         let mut segs = Vec::new();
-        for (id, path) in list_segments(&dir)? {
+        let listed = list_segments(&dir)?;
+        let newest = listed.last().map(|(id, _)| *id);
+        for (id, path) in listed {
+            if Some(id) == newest && crate::recovery::unborn(&path) {
+                continue; // being created by the live writer right now (or a crash did that)
+            }
             let file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // reclaimed

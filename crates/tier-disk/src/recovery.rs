@@ -50,6 +50,11 @@ pub(crate) fn recover(
             delete(&path, &mut report)?;
             continue;
         }
+        if id.wrapping_add(1) == next_id && unborn(&path) {
+            // The newest file has no header yet: a crash while it was being created. Not damage.
+            delete(&path, &mut report)?;
+            continue;
+        }
         let damaged = |offset: u64, reason: String| SegmentDamage { segment: id, offset, reason };
         let seg = match Segment::open(id, path.clone(), MAX_SEGMENT_SIZE) {
             Ok(seg) => seg,
@@ -136,6 +141,20 @@ fn seal_damage(path: &std::path::Path, offset: u64, size: u64) {
     });
     if let Err(e) = sealed {
         tracing::warn!(path = %path.display(), error = %e, "disk tier: could not seal a damaged segment");
+    }
+}
+
+/// True when the file's first header-size bytes are all zero (or it is shorter and all zero):
+/// a segment whose creation was cut short before its header was written.
+pub(crate) fn unborn(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(crate::format::SEGMENT_HEADER_LEN);
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            f.take(crate::format::SEGMENT_HEADER_LEN as u64).read_to_end(&mut head).is_ok()
+                && head.iter().all(|b| *b == 0)
+        }
+        Err(_) => false,
     }
 }
 

@@ -323,3 +323,23 @@ async fn reclaim_gives_hot_entries_a_second_chance_but_never_expired_ones() {
         .expect("reopen");
     assert!(tier.get(b"hot").await.expect("get").is_hit(), "the copy is the last write");
 }
+
+#[tokio::test]
+async fn a_segment_cut_short_while_being_created_is_not_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let tier = small(dir.path()).build().expect("open");
+        tier.insert(Bytes::from(key(1)), entry(&value_for(&key(1), 1, 100), 600_000))
+            .await
+            .expect("insert");
+    }
+    // What a crash between creating the newest file and writing its header leaves behind.
+    let newest = common::segment_files(dir.path()).last().cloned().expect("a segment");
+    let name = newest.file_stem().and_then(|s| s.to_str()).expect("name");
+    let next = u32::from_str_radix(name, 16).expect("hex id") + 1;
+    std::fs::write(dir.path().join(format!("{next:08x}.seg")), [0u8; 20]).expect("write");
+    assert!(DiskInspector::open(dir.path()).expect("inspect").damage().is_empty());
+    let tier = small(dir.path()).build().expect("reopen");
+    assert_eq!(tier.recovery_report().corrupt, 0, "{:?}", tier.recovery_report());
+    assert!(tier.get(key(1).as_bytes()).await.expect("get").is_hit());
+}
