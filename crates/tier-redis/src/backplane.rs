@@ -97,6 +97,7 @@ impl RedisBackplaneBuilder {
             });
             return Err(SetupError::Subscribe { channel: self.channel, source });
         };
+        crate::metrics::describe();
         let (tx, _) = broadcast::channel(self.capacity);
         let shared = Arc::new(Shared {
             channel: self.channel,

@@ -29,6 +29,44 @@ pub const BACKPLANE_RECONNECTS: &str = "tier_backplane_reconnects_total";
 /// Gauge: 1 while the backplane's subscription is up, 0 while it is being re-established.
 pub const BACKPLANE_CONNECTED: &str = "tier_backplane_connected";
 
+/// Register help text and units of this crate's metrics with the installed recorder.
+///
+/// Called by [`RedisTierBuilder::build`](crate::RedisTierBuilder::build),
+/// [`RedisBackplaneBuilder::build`](crate::RedisBackplaneBuilder::build) and when a tier is
+/// mounted in a hierarchy; call it yourself if the exporter is installed after those.
+pub fn describe() {
+    use metrics::Unit;
+    metrics::describe_counter!(
+        WRITE_RETRIES,
+        Unit::Count,
+        "Background retries of failed Redis writes, by outcome (queued, replaced, written, failed, dropped_full, expired)."
+    );
+    metrics::describe_gauge!(
+        RETRY_QUEUE,
+        Unit::Count,
+        "Keys whose failed Redis write waits for a retry."
+    );
+    metrics::describe_counter!(
+        BACKPLANE_MESSAGES,
+        Unit::Count,
+        "Backplane invalidation messages, by direction (sent, received from other instances)."
+    );
+    metrics::describe_counter!(
+        BACKPLANE_ERRORS,
+        Unit::Count,
+        "Backplane problems, by kind (publish failed, undecodable message, sequence gap)."
+    );
+    metrics::describe_counter!(
+        BACKPLANE_RECONNECTS,
+        Unit::Count,
+        "Times the backplane subscription was lost and re-established."
+    );
+    metrics::describe_gauge!(
+        BACKPLANE_CONNECTED,
+        "1 while the backplane subscription is up, 0 while it is being re-established."
+    );
+}
+
 /// The `cache` and `tier` labels of a mounted tier.
 #[derive(Debug, Clone)]
 pub(crate) struct Labels {

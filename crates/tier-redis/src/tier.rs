@@ -143,6 +143,7 @@ impl RedisTierBuilder {
                     .await?
             }
         };
+        crate::metrics::describe();
         let labels =
             Arc::new(RwLock::new(Labels { cache: String::new(), tier: self.name.clone() }));
         let (retry, worker) = if self.retry_capacity > 0 {
@@ -455,6 +456,7 @@ impl Tier for RedisTier {
     }
 
     fn attach(&self, ctx: &TierContext) {
+        crate::metrics::describe();
         let mut labels = self.inner.labels.write().unwrap_or_else(|p| p.into_inner());
         *labels = Labels { cache: ctx.cache.clone(), tier: ctx.tier.clone() };
     }
