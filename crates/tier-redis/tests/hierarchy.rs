@@ -263,3 +263,29 @@ async fn two_instances_on_a_cluster_see_each_others_invalidations_within_100ms()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_versions_live_in_redis_and_reach_every_instance() {
+    let url = standalone_url();
+    let prefix = unique_prefix("ns");
+    let channel = format!("{prefix}chan");
+    let a = instance(&url, &url, &prefix, &channel, ReconnectPolicy::Clear).await;
+    let b = instance(&url, &url, &prefix, &channel, ReconnectPolicy::Clear).await;
+    let old = b.cache.key("user:1");
+    a.cache.insert(&old, "ada".to_string()).await.unwrap();
+    assert!(b.cache.get(&old).await.is_some());
+
+    a.cache.invalidate_namespace().await.unwrap();
+    let v = a.cache.keys().version();
+    assert!(v >= 1);
+    eventually(Duration::from_millis(100), "B's namespace moved on", || async {
+        b.cache.keys().version() == v
+    })
+    .await;
+    let new = b.cache.key("user:1");
+    assert_ne!(new, old);
+    assert!(b.cache.get(&new).await.is_none(), "the whole namespace is dropped");
+    // An instance started later reads the version from Redis.
+    let c = instance(&url, &url, &prefix, &channel, ReconnectPolicy::Clear).await;
+    assert_eq!(c.cache.sync_namespace().await.unwrap(), v);
+}
