@@ -54,7 +54,8 @@ impl RedisBackplaneBuilder {
         self
     }
 
-    /// Events buffered per subscriber before a slow one lags (and misses events). Default: 4096.
+    /// Events buffered per subscriber before a slow one lags (and misses events), and publishes
+    /// that may wait to be sent before `publish` waits too. Default: 4096.
     pub fn capacity(mut self, events: usize) -> Self {
         self.capacity = events;
         self
@@ -258,7 +259,9 @@ const MAX_BATCH: usize = 256;
 
 /// Publishes in sequence-number order: one task takes what is waiting, numbers it and sends it
 /// as one pipeline (a pipeline reaches one node in order), so receivers can tell a lost message
-/// (a gap) from concurrent publishes.
+/// (a gap) from concurrent publishes. In a Cluster every pipeline goes to the same master (the
+/// cluster bus keeps one node's messages in order, not those of two nodes); another one is picked
+/// after a failure.
 async fn publish_loop(
     shared: Arc<Shared>,
     conn: RedisConnection,
@@ -266,6 +269,7 @@ async fn publish_loop(
 ) {
     let mut seq: u64 = 0;
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut node: Option<(String, u16)> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pipe = redis::pipe();
         let mut replies = Vec::with_capacity(batch.len());
@@ -295,7 +299,21 @@ async fn publish_loop(
         if replies.is_empty() {
             continue;
         }
-        let result = conn.query_pipe::<()>("publish", &pipe).await;
+        if conn.is_cluster() && node.is_none() {
+            node = conn.masters().await.ok().and_then(|mut m| {
+                m.sort();
+                m.into_iter().next()
+            });
+        }
+        let result = match &node {
+            Some((host, port)) => {
+                conn.query_pipe_node("publish", host, *port, &pipe).await.map(drop)
+            }
+            None => conn.query_pipe::<()>("publish", &pipe).await,
+        };
+        if result.is_err() {
+            node = None;
+        }
         match &result {
             Ok(()) => metrics::counter!(BACKPLANE_MESSAGES, "channel" => shared.channel.clone(), "direction" => "sent")
                 .increment(replies.len() as u64),

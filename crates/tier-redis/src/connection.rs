@@ -332,6 +332,25 @@ impl RedisConnection {
         Ok(masters)
     }
 
+    /// Run `pipe` on one node of the cluster (by address); on a standalone server, on it.
+    pub(crate) async fn query_pipe_node(
+        &self,
+        op: &str,
+        host: &str,
+        port: u16,
+        pipe: &Pipeline,
+    ) -> Result<Vec<Value>, TierError> {
+        use redis::cluster_routing::SingleNodeRoutingInfo;
+        match self.conn() {
+            Conn::Cluster(mut c) => {
+                let route = SingleNodeRoutingInfo::ByAddress { host: host.to_string(), port };
+                let count = pipe.cmd_iter().count();
+                self.bounded(op, c.route_pipeline(pipe.clone(), 0, count, route)).await
+            }
+            Conn::Standalone(_) => self.query_pipe(op, pipe).await,
+        }
+    }
+
     /// Run `cmd` on one node of the cluster (by address).
     pub(crate) async fn query_node(
         &self,

@@ -254,9 +254,18 @@ async fn lock_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_arrive_in_order_without_false_gaps() {
+    concurrent_publishes(standalone().await, standalone().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_arrive_in_order_without_false_gaps_on_a_cluster() {
+    concurrent_publishes(cluster().await, cluster().await).await;
+}
+
+async fn concurrent_publishes(a_conn: RedisConnection, b_conn: RedisConnection) {
     let channel = unique_prefix("order");
-    let a = RedisBackplane::builder(standalone().await).channel(&channel).build().await.unwrap();
-    let b = RedisBackplane::builder(standalone().await).channel(&channel).build().await.unwrap();
+    let a = RedisBackplane::builder(a_conn).channel(&channel).build().await.unwrap();
+    let b = RedisBackplane::builder(b_conn).channel(&channel).build().await.unwrap();
     let mut b_rx = b.subscribe();
     futures::future::try_join_all((0..300u64).map(|i| {
         let a = a.clone();
