@@ -82,6 +82,32 @@ fn failing_origin_is_answered_from_stale_values() {
 }
 
 #[test]
+fn failed_reads_are_only_keys_invalidated_during_the_outage() {
+    let mut cmd = tier();
+    cmd.args([
+        "demo",
+        "--duration",
+        "1s",
+        "--json",
+        "--origin-errors",
+        "1.0",
+        "--fresh",
+        "100ms",
+        "--invalidate-ratio",
+        "0.05",
+    ]);
+    let report = json(quick(&mut cmd));
+    let r = &report["requests"];
+    assert!(r["invalidations"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(r["errors"], r["errors_invalidated_keys"], "{report}");
+    assert_eq!(
+        r["answered"].as_u64().unwrap() + r["errors"].as_u64().unwrap(),
+        r["reads"].as_u64().unwrap()
+    );
+    assert!(report["origin"]["stale_served"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[test]
 fn text_report_has_the_tier_table() {
     let mut cmd = tier();
     cmd.args(["demo", "--duration", "500ms", "--origin-errors", "1.0", "--fresh", "100ms"]);

@@ -188,6 +188,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         counters: Counters::default(),
         stop: AtomicBool::new(false),
         versions: AtomicU64::new(0),
+        invalidated: (0..args.keys).map(|_| AtomicBool::new(false)).collect(),
     });
 
     let bar = if args.json {
@@ -327,7 +328,7 @@ async fn warm(shared: &Arc<Shared>, args: &DemoArgs, bar: &ProgressBar) -> WarmU
     let started = Instant::now();
     let keys: Vec<_> = (0..args.keys).map(|i| workload::key_of(&shared.cache, i)).collect();
     let origin = shared.origin.clone();
-    let concurrency = (args.workers as usize * 2).clamp(16, 128);
+    let concurrency = (args.workers as usize * 4).clamp(16, 128);
     let load = move |key: bytes::Bytes| {
         let origin = origin.clone();
         async move {
@@ -379,7 +380,7 @@ async fn progress(
         let secs = last_at.elapsed().as_secs_f64().max(1e-3);
         let reads = shared.counters.reads.load(Ordering::Relaxed);
         let calls = shared.origin.calls.load(Ordering::Relaxed);
-        let mut msg = report::rate((reads - last_reads) as f64 / secs);
+        let mut msg = format!("reads {}", report::rate((reads - last_reads) as f64 / secs));
         for t in tiers {
             let f = window.tiers.get(t).cloned().unwrap_or_default();
             let ratio = f.hit_ratio().map_or_else(|| "-".into(), |r| format!("{:.0}%", r * 100.0));

@@ -87,6 +87,9 @@ pub struct Requests {
     pub answered: u64,
     /// Reads that failed (origin failed, nothing stale to serve).
     pub errors: u64,
+    /// Of those, reads of keys invalidated (and not written again) during the run: no tier
+    /// could hold even a stale value of them.
+    pub errors_invalidated_keys: u64,
     /// Writes (`insert`).
     pub writes: u64,
     /// Writes a tier failed.
@@ -232,6 +235,7 @@ pub fn requests(c: &Counters, secs: f64) -> Requests {
         reads,
         answered,
         errors: c.read_errors.load(Ordering::Relaxed),
+        errors_invalidated_keys: c.read_errors_invalidated.load(Ordering::Relaxed),
         writes,
         write_errors: c.write_errors.load(Ordering::Relaxed),
         invalidations,
@@ -380,8 +384,10 @@ impl Report {
         if r.errors > 0 {
             let _ = writeln!(
                 out,
-                "          (a read fails when the origin fails and no tier holds even a stale value: \
-                 keys invalidated during the outage, or never loaded)"
+                "          failed reads: the origin failed and no tier held even a stale value; {} of {} \
+                 were keys invalidated during the run",
+                count(r.errors_invalidated_keys),
+                count(r.errors)
             );
         }
         let o = &self.origin;

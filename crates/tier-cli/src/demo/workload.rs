@@ -144,6 +144,9 @@ pub struct Counters {
     pub answered: AtomicU64,
     /// Reads that failed (origin failing and nothing stale to serve).
     pub read_errors: AtomicU64,
+    /// Of those, reads of a key invalidated since it was last written (so no tier could hold
+    /// even a stale value of it, unless a load succeeded in between).
+    pub read_errors_invalidated: AtomicU64,
     /// `insert` calls.
     pub writes: AtomicU64,
     /// Writes that reported a tier failure.
@@ -181,6 +184,21 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Key versions for writes.
     pub versions: AtomicU64,
+    /// Per key: invalidated since last written (a read answered meanwhile may have been a hit
+    /// that raced the invalidation, so only a write clears it).
+    pub invalidated: Vec<AtomicBool>,
+}
+
+impl Shared {
+    fn mark_invalidated(&self, id: u64, yes: bool) {
+        if let Some(flag) = self.invalidated.get(id as usize) {
+            flag.store(yes, Ordering::Relaxed);
+        }
+    }
+
+    fn is_invalidated(&self, id: u64) -> bool {
+        self.invalidated.get(id as usize).is_some_and(|f| f.load(Ordering::Relaxed))
+    }
 }
 
 /// The cache key of rank `id`.
@@ -193,6 +211,8 @@ pub async fn read(shared: &Shared, id: u64) -> bool {
     let key = key_of(&shared.cache, id);
     let origin = shared.origin.clone();
     let started = Instant::now();
+    // A write may land while the read waits for the origin: look before and after.
+    let was_invalidated = shared.is_invalidated(id);
     let r = shared.cache.get_or_load(&key, move || origin.load(id)).await;
     let c = &shared.counters;
     c.read_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -204,6 +224,9 @@ pub async fn read(shared: &Shared, id: u64) -> bool {
         }
         Err(_) => {
             c.read_errors.fetch_add(1, Ordering::Relaxed);
+            if was_invalidated || shared.is_invalidated(id) {
+                c.read_errors_invalidated.fetch_add(1, Ordering::Relaxed);
+            }
             false
         }
     }
@@ -233,6 +256,9 @@ pub async fn worker(shared: Arc<Shared>, mix: Mix, seed: u64) {
             if shared.cache.invalidate(key_of(&shared.cache, id)).await.is_err() {
                 c.invalidate_errors.fetch_add(1, Ordering::Relaxed);
             }
+            // Marked once done: invalidations and inserts of a key are serialized by the cache,
+            // so the last mark is (nearly always) the last operation.
+            shared.mark_invalidated(id, true);
         } else if dice < mix.invalidate + mix.write {
             c.writes.fetch_add(1, Ordering::Relaxed);
             let version = shared.versions.fetch_add(1, Ordering::Relaxed) + 1;
@@ -240,6 +266,7 @@ pub async fn worker(shared: Arc<Shared>, mix: Mix, seed: u64) {
             if shared.cache.insert(key_of(&shared.cache, id), item).await.is_err() {
                 c.write_errors.fetch_add(1, Ordering::Relaxed);
             }
+            shared.mark_invalidated(id, false);
         } else {
             read(&shared, id).await;
         }
