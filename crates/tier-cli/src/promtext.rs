@@ -246,9 +246,11 @@ impl CacheFigures {
         self.loads.get(r).copied().unwrap_or(0.0)
     }
 
-    /// Tier names, top first: a tier sees only what the tiers above it did not answer, so the
-    /// one with the most lookups is L1.
-    /// Ties (e.g. before any hit) fall back to the usual names' order: memory, disk, redis.
+    /// Tier names, top first. The usual names come in their usual order (memory, disk, redis);
+    /// other names follow by lookups, most first: a tier sees only what the tiers above it did
+    /// not answer, so the one with the most lookups is the highest. (Lookups alone cannot order
+    /// the usual names: a scrape is not atomic, and during a cold start every tier sees the
+    /// same lookups.)
     pub fn tier_order(&self) -> Vec<String> {
         let rank = |name: &str| match name {
             "memory" => 0,
@@ -259,7 +261,7 @@ impl CacheFigures {
         let mut names: Vec<(&String, f64)> =
             self.tiers.iter().map(|(n, t)| (n, t.get.values().sum::<f64>())).collect();
         names.sort_by(|a, b| {
-            b.1.total_cmp(&a.1).then_with(|| rank(a.0).cmp(&rank(b.0))).then_with(|| a.0.cmp(b.0))
+            rank(a.0).cmp(&rank(b.0)).then_with(|| b.1.total_cmp(&a.1)).then_with(|| a.0.cmp(b.0))
         });
         names.into_iter().map(|(n, _)| n.clone()).collect()
     }
@@ -451,6 +453,19 @@ weird_metric{a="x\"y\\z",b="1"} 3 1700000000
         assert_eq!(c.loads("ok"), 3.0);
         assert_eq!(c.loads.values().sum::<f64>(), 4.0);
         assert_eq!(c.stale_served, 7.0);
+    }
+
+    #[test]
+    fn tier_order_of_other_names_follows_lookups() {
+        let text = r#"
+tier_requests_total{cache="c",tier="l2",op="get",result="miss"} 10
+tier_requests_total{cache="c",tier="l1",op="get",result="hit"} 90
+tier_requests_total{cache="c",tier="l1",op="get",result="miss"} 10
+tier_requests_total{cache="c",tier="disk",op="get",result="miss"} 1
+tier_requests_total{cache="c",tier="memory",op="get",result="miss"} 1
+"#;
+        let f = Figures::from_text(text).unwrap();
+        assert_eq!(f.caches["c"].tier_order(), ["memory", "disk", "l1", "l2"]);
     }
 
     #[test]
