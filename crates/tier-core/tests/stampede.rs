@@ -147,3 +147,30 @@ async fn a_panicking_loader_does_not_poison_the_key() {
     let v = cache.get_or_load("k", loader(&calls, "v")).await.unwrap();
     assert_eq!(v.as_deref().map(String::as_str), Some("v"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_callers_find_the_value_even_without_an_in_process_tier() {
+    for with_l1 in [true, false] {
+        let mut b = Cache::<String>::builder("t");
+        if with_l1 {
+            b = b.tier(MemoryTier::builder().build(), exact(MINUTE));
+        }
+        let cache = b.tier(MapTier::new("l2"), exact(MINUTE)).build().unwrap();
+        let (calls, started, gate) =
+            (Calls::default(), Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| {
+                let cache = cache.clone();
+                let loader = gated(&calls, &started, &gate, Ok("v"));
+                tokio::spawn(async move { cache.get_or_load("cold", loader).await })
+            })
+            .collect();
+        // Release the load at once: callers still arriving must find the value in the tiers.
+        started.notified().await;
+        gate.notify_one();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().as_deref().map(String::as_str), Some("v"));
+        }
+        assert_eq!(calls.get(), 1, "with_l1={with_l1}");
+    }
+}

@@ -252,16 +252,30 @@ impl<V: CacheValue> Inner<V> {
         refresh: bool,
     ) {
         // A caller may have missed in the tiers just before a previous flight wrote them and
-        // left the map: look again before calling the origin.
+        // left the map. A flight writes the in-process tiers before it answers, so looking at
+        // those again is enough (and costs no I/O: a slow remote tier is not waited on twice).
         if !refresh {
-            if let Some(found) = self.walk(&key, skip, Counting::Quiet).await.fresh {
+            if let Some(found) =
+                self.walk(&key, skip | self.recheck_mask(), Counting::Quiet).await.fresh
+            {
                 tx.publish(Ok(found.value));
                 return;
             }
         }
         let token = match &self.lock {
-            Some(_) => match self.acquire_or_wait(&key, skip).await {
-                LockOutcome::Held(t) => Some(t),
+            Some((lock, _)) => match self.acquire_or_wait(&key, skip).await {
+                LockOutcome::Held(t) => {
+                    // The previous holder may have written the value and released the lock
+                    // just before we took it: look in the tiers before loading again.
+                    if let Some(found) = self.walk(&key, skip, Counting::Quiet).await.fresh {
+                        if let Err(e) = lock.release(&key, &t).await {
+                            tracing::debug!(cache = %self.name, error = %e, "lock release failed (it expires)");
+                        }
+                        tx.publish(Ok(found.value));
+                        return;
+                    }
+                    Some(t)
+                }
                 LockOutcome::Appeared(value) => {
                     tx.publish(Ok(value));
                     return;
@@ -307,13 +321,22 @@ impl<V: CacheValue> Inner<V> {
                 };
                 match self.entries(value.as_ref(), &meta, skip) {
                     Ok(entries) => {
-                        // The object tiers first: a caller arriving after the answer finds it there.
-                        let (objects, bytes): (Vec<_>, Vec<_>) = entries
+                        // The in-process tiers before the answer (a caller arriving after it
+                        // finds the value there), the remote ones after it. A hierarchy with no
+                        // in-process tier writes everything first: the tiers are how a late
+                        // caller finds the value (see `recheck_mask`).
+                        let (mut before, after): (Vec<_>, Vec<_>) = entries
                             .into_iter()
                             .partition(|(j, _)| self.layers[*j].storage == Storage::Objects);
-                        self.write_if_unchanged(&key, seq, objects).await;
+                        let after = if before.is_empty() {
+                            before = after;
+                            Vec::new()
+                        } else {
+                            after
+                        };
+                        self.write_if_unchanged(&key, seq, before).await;
                         tx.publish(Ok(value));
-                        self.write_if_unchanged(&key, seq, bytes).await;
+                        self.write_if_unchanged(&key, seq, after).await;
                     }
                     Err(e) => {
                         tx.publish(Err(e));

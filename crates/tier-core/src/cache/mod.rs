@@ -297,6 +297,20 @@ impl<V> Inner<V> {
         }
     }
 
+    /// The tiers a flight's second look skips, as a bit mask: the remote (envelope) tiers when
+    /// the hierarchy has an in-process tier, which every flight writes before it answers;
+    /// none otherwise (then a flight writes every tier before it answers).
+    pub(crate) fn recheck_mask(&self) -> u64 {
+        if !self.layers.iter().any(|l| l.storage == Storage::Objects) {
+            return 0;
+        }
+        self.layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.storage != Storage::Objects)
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
+
     /// Indexes of the tiers a call skips, as a bit mask.
     pub(crate) fn skip_mask(&self, opts: &CallOptions) -> u64 {
         let mut mask = 0u64;
