@@ -142,7 +142,8 @@ pub struct DemoArgs {
     /// After the origin failed, serve the stale value without calling it for this long.
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub fail_safe_throttle: Duration,
-    /// Answer with the stale value when a load takes longer (it finishes in the background).
+    /// Answer with the stale value when a load takes longer (it finishes in the background;
+    /// 0 = off).
     #[arg(long, default_value = "100ms", value_parser = duration)]
     pub soft_timeout: Duration,
     /// Give a load up after this long.

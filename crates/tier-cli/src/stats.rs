@@ -201,8 +201,9 @@ fn cache_report(
     let tiers = total
         .tier_order()
         .into_iter()
-        .map(|t| {
-            let mut row = tier_row(&t, &total.tiers[&t], 0.0);
+        .filter_map(|t| total.tiers.get(&t).map(|f| (t, f)))
+        .map(|(t, f)| {
+            let mut row = tier_row(&t, f, 0.0);
             if let Some((w, secs)) = window {
                 if let Some(wt) = w.tiers.get(&t) {
                     row.lookups_per_second = wt.lookups() / secs.max(1e-3);

@@ -119,8 +119,10 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
             open_disk(disk_dir, args.disk_bytes)?,
             TierPolicy::fresh(fresh * 2).stale(stale).timeout(Duration::from_millis(50)),
         )
-        .hard_timeout(args.hard_timeout)
         .hot_keys(64, 4);
+    if !args.hard_timeout.is_zero() {
+        builder = builder.hard_timeout(args.hard_timeout);
+    }
     if !args.soft_timeout.is_zero() {
         builder = builder.soft_timeout(args.soft_timeout);
     }

@@ -253,11 +253,13 @@ pub async fn worker(shared: Arc<Shared>, mix: Mix, seed: u64) {
         let c = &shared.counters;
         if dice < mix.invalidate {
             c.invalidates.fetch_add(1, Ordering::Relaxed);
+            // Marked before (a read may start between the removal and a mark after it) and
+            // after (a write that completed before the removal may clear the first mark).
+            // Invalidations and inserts of one key are serialized by the cache.
+            shared.mark_invalidated(id, true);
             if shared.cache.invalidate(key_of(&shared.cache, id)).await.is_err() {
                 c.invalidate_errors.fetch_add(1, Ordering::Relaxed);
             }
-            // Marked once done: invalidations and inserts of a key are serialized by the cache,
-            // so the last mark is (nearly always) the last operation.
             shared.mark_invalidated(id, true);
         } else if dice < mix.invalidate + mix.write {
             c.writes.fetch_add(1, Ordering::Relaxed);
