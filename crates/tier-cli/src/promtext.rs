@@ -304,6 +304,11 @@ impl Figures {
         let mut f = Figures::default();
         for s in samples {
             let cache = s.label("cache").to_string();
+            if cache.is_empty() {
+                // A cache always has a name; tiers label their own metrics `cache=""` until
+                // they are attached to one.
+                continue;
+            }
             let name = s.name.as_str();
             let c = f.caches.entry(cache.clone()).or_default();
             let tier = s.label("tier").to_string();
@@ -373,7 +378,7 @@ impl Figures {
                 _ => {}
             }
         }
-        // Samples without a `cache` label that matter to nobody leave empty entries behind.
+        // Samples of other metrics with a `cache` label leave empty entries behind.
         f.caches.retain(|_, c| *c != CacheFigures::default());
         f
     }

@@ -210,6 +210,7 @@ fn metrics_are_served_while_it_runs() {
     let mut stats = tier();
     stats.args(["stats", "--metrics", &format!("http://{addr}/metrics"), "--json"]);
     let scraped = json(&mut stats);
+    assert!(scraped["caches"].as_array().unwrap().iter().all(|c| c["cache"] != ""), "{scraped}");
     let demo = scraped["caches"]
         .as_array()
         .unwrap()
