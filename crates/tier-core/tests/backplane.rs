@@ -16,13 +16,25 @@ fn instance(
     bp: &Arc<LocalBackplane>,
     shared: &Arc<MapTier>,
     on_reconnect: ReconnectPolicy,
-) -> Cache<String> {
-    Cache::builder("users")
-        .tier(MemoryTier::builder().build(), exact(MINUTE))
+) -> (Cache<String>, Arc<MemoryTier>) {
+    let l1 = Arc::new(MemoryTier::builder().build());
+    let cache = Cache::builder("users")
+        .tier(l1.clone(), exact(MINUTE))
         .tier(shared.clone(), exact(MINUTE))
         .backplane(bp.clone(), on_reconnect)
+        .synchronous_backfill(true)
         .build()
-        .unwrap()
+        .unwrap();
+    (cache, l1)
+}
+
+/// Wait until the local L1 no longer holds `k` (the remote invalidation was applied).
+async fn l1_dropped(what: &str, l1: &MemoryTier) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while meta_of(l1, "k").await.is_some() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn eventually(what: &str, cache: &Cache<String>, expect: Option<&str>) {
@@ -38,27 +50,30 @@ async fn invalidations_on_one_instance_reach_the_others_local_tiers() {
     let hub = LocalBackplaneHub::new();
     let shared = Arc::new(MapTier::shared("l3"));
     let (na, nb) = (Arc::new(hub.node()), Arc::new(hub.node()));
-    let a = instance(&na, &shared, ReconnectPolicy::Clear);
-    let b = instance(&nb, &shared, ReconnectPolicy::Clear);
+    let (a, _) = instance(&na, &shared, ReconnectPolicy::Clear);
+    let (b, b_l1) = instance(&nb, &shared, ReconnectPolicy::Clear);
     let calls = Calls::default();
-    a.get_or_load("k", loader(&calls, "v1")).await.unwrap();
+    // insert is write-through: the shared tier has it when it returns (a load's writes to
+    // remote tiers land just after its answer).
+    a.insert("k", "v1".into()).await.unwrap();
     b.get_or_load("k", loader(&calls, "v1")).await.unwrap();
-    assert_eq!(calls.get(), 1, "b found it in the shared tier");
-    // a writes a new value to the shared tier only, then invalidates: b must drop its L1 copy.
+    assert_eq!(calls.get(), 0, "b found it in the shared tier");
+    assert!(meta_of(&*b_l1, "k").await.is_some(), "and backfilled its L1");
     a.invalidate("k").await.unwrap();
-    eventually("b dropping its L1 copy", &b, None).await;
+    l1_dropped("b dropping its L1 copy", &b_l1).await;
 
     // Tags: b's entry stamped with tag t is dropped when a invalidates t.
     b.insert_with_tags("k", "tagged".into(), &["t"]).await.unwrap();
     shared.clear().await.unwrap();
-    assert!(b.get("k").await.is_some());
+    assert!(b.get("k").await.is_some(), "b serves its L1 copy");
     a.invalidate_tag("t").await.unwrap();
     eventually("b dropping the tagged entry", &b, None).await;
 
-    // Clear reaches b's local tiers but is not re-applied to the shared one by b.
+    // Clear reaches b's local tiers.
     b.insert("k", "again".into()).await.unwrap();
+    shared.clear().await.unwrap();
     a.clear().await.unwrap();
-    eventually("b clearing its L1", &b, None).await;
+    l1_dropped("b clearing its L1", &b_l1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +82,7 @@ async fn a_reconnect_clears_or_marks_the_local_tiers() {
         let hub = LocalBackplaneHub::new();
         let shared = Arc::new(MapTier::shared("l3"));
         let (na, other) = (Arc::new(hub.node()), hub.node());
-        let a = instance(&na, &shared, policy);
+        let (a, _) = instance(&na, &shared, policy);
         a.insert("k", "v".into()).await.unwrap();
         // The shared tier loses the entry while a's backplane is down (a cannot hear it).
         shared.clear().await.unwrap();

@@ -41,6 +41,10 @@ type Slot<V> = Option<LoadResult<V>>;
 /// A load in flight: its id, the receiver of its result, and how many callers wait for it.
 pub(crate) struct Flight<V> {
     id: u64,
+    /// The key's write sequence when the flight started: a flight is joined only while it is
+    /// still the current one (no insert or invalidation of the key since), so nobody is handed
+    /// a value that was invalidated after it was loaded.
+    seq: u64,
     rx: watch::Receiver<Slot<V>>,
     pub waiters: Arc<AtomicUsize>,
 }
@@ -75,8 +79,8 @@ struct FlightGuard<V> {
     id: u64,
 }
 
-impl<V> FlightGuard<V> {
-    fn end(&self) {
+impl<V> Drop for FlightGuard<V> {
+    fn drop(&mut self) {
         if let Some(inner) = self.inner.upgrade() {
             let mut flights = inner.flights.lock().unwrap_or_else(|p| p.into_inner());
             if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
@@ -86,23 +90,15 @@ impl<V> FlightGuard<V> {
     }
 }
 
-impl<V> Drop for FlightGuard<V> {
-    fn drop(&mut self) {
-        self.end();
-    }
-}
-
-/// The sending end of a flight. Publishing the result first takes the flight out of the map:
-/// a caller that comes after the answer never joins a finished flight (whose value may have
-/// been invalidated since); it reads the tiers, which the flight wrote before answering.
+/// The sending end of a flight; the flight leaves the map when its task ends (after it wrote
+/// every tier), through the guard.
 struct Publisher<V> {
     tx: watch::Sender<Slot<V>>,
-    guard: FlightGuard<V>,
+    _guard: FlightGuard<V>,
 }
 
 impl<V> Publisher<V> {
     fn publish(&self, result: LoadResult<V>) {
-        self.guard.end();
         let _ = self.tx.send(Some(result));
     }
 }
@@ -142,24 +138,25 @@ impl<V: CacheValue> Inner<V> {
             // A flight whose task died (loader panic) without a result is not joined: its
             // guard is about to remove it; start a new one in its place.
             let dead = flight.rx.has_changed().is_err() && flight.rx.borrow().is_none();
-            if !dead {
+            if !dead && flight.seq == self.seq(&key) {
                 self.metrics.coalesced.increment(1);
                 return Waiter::new(flight);
             }
         }
         let id = self.flight_ids.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        let flight = Flight { id, rx, waiters: Arc::default() };
+        let seq = self.seq(&key);
+        let flight = Flight { id, seq, rx, waiters: Arc::default() };
         let waiter = Waiter::new(&flight);
         flights.insert(key.clone(), flight);
         drop(flights);
         let tx = Publisher {
             tx,
-            guard: FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id },
+            _guard: FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id },
         };
         let inner = self.clone();
         tokio::spawn(async move {
-            inner.run_flight(key, tx, loader, stale, skip, tags, false).await;
+            inner.run_flight(key, seq, tx, loader, stale, skip, tags, false).await;
         });
         waiter
     }
@@ -178,16 +175,17 @@ impl<V: CacheValue> Inner<V> {
         }
         let id = self.flight_ids.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        flights.insert(key.clone(), Flight { id, rx, waiters: Arc::default() });
+        let seq = self.seq(&key);
+        flights.insert(key.clone(), Flight { id, seq, rx, waiters: Arc::default() });
         drop(flights);
         self.metrics.refreshes.increment(1);
         let tx = Publisher {
             tx,
-            guard: FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id },
+            _guard: FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id },
         };
         let inner = self.clone();
         tokio::spawn(async move {
-            inner.run_flight(key, tx, loader, None, skip, tags, true).await;
+            inner.run_flight(key, seq, tx, loader, None, skip, tags, true).await;
         });
     }
 
@@ -244,6 +242,7 @@ impl<V: CacheValue> Inner<V> {
     async fn run_flight(
         self: Arc<Self>,
         key: Bytes,
+        seq: u64,
         tx: Publisher<V>,
         loader: Loader<V>,
         stale: Option<Found<V>>,
@@ -284,7 +283,6 @@ impl<V: CacheValue> Inner<V> {
             },
             None => None,
         };
-        let seq = self.seq(&key);
         // Stamp tag generations before loading: a tag invalidated during the load makes the
         // loaded value born invalid.
         let stamps = match self.stamp(&tags).await {
@@ -321,22 +319,14 @@ impl<V: CacheValue> Inner<V> {
                 };
                 match self.entries(value.as_ref(), &meta, skip) {
                     Ok(entries) => {
-                        // The in-process tiers before the answer (a caller arriving after it
-                        // finds the value there), the remote ones after it. A hierarchy with no
-                        // in-process tier writes everything first: the tiers are how a late
-                        // caller finds the value (see `recheck_mask`).
-                        let (mut before, after): (Vec<_>, Vec<_>) = entries
+                        // The in-process tiers before the answer, the remote ones after it;
+                        // the flight stays joinable until both are written (see `recheck_mask`).
+                        let (objects, remote): (Vec<_>, Vec<_>) = entries
                             .into_iter()
                             .partition(|(j, _)| self.layers[*j].storage == Storage::Objects);
-                        let after = if before.is_empty() {
-                            before = after;
-                            Vec::new()
-                        } else {
-                            after
-                        };
-                        self.write_if_unchanged(&key, seq, before).await;
+                        self.write_if_unchanged(&key, seq, objects).await;
                         tx.publish(Ok(value));
-                        self.write_if_unchanged(&key, seq, after).await;
+                        self.write_if_unchanged(&key, seq, remote).await;
                     }
                     Err(e) => {
                         tx.publish(Err(e));

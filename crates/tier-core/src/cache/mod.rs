@@ -297,9 +297,10 @@ impl<V> Inner<V> {
         }
     }
 
-    /// The tiers a flight's second look skips, as a bit mask: the remote (envelope) tiers when
-    /// the hierarchy has an in-process tier, which every flight writes before it answers;
-    /// none otherwise (then a flight writes every tier before it answers).
+    /// The tiers a flight's second look skips, as a bit mask. A flight leaves the map only after
+    /// writing every tier, and it writes the in-process ones first: a caller that missed just
+    /// before a previous flight wrote finds the value in an in-process tier when the hierarchy
+    /// has one (so remote tiers are skipped: a slow one is not waited on twice), else in any.
     pub(crate) fn recheck_mask(&self) -> u64 {
         if !self.layers.iter().any(|l| l.storage == Storage::Objects) {
             return 0;
