@@ -146,9 +146,12 @@ pub struct DemoArgs {
     /// 0 = off).
     #[arg(long, default_value = "100ms", value_parser = duration)]
     pub soft_timeout: Duration,
-    /// Give a load up after this long.
+    /// Give a load up after this long (0 = never).
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub hard_timeout: Duration,
+    /// Early refresh of hot entries before they expire (XFetch eagerness beta; 0 = off).
+    #[arg(long, default_value = "1.0", value_parser = positive_f64)]
+    pub early_refresh: f64,
     /// Serve Prometheus metrics at http://ADDR/metrics while the demo runs.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tier_core::{Cache, FailSafe, ReconnectPolicy, TierPolicy};
+use tier_core::{Cache, EarlyRefresh, FailSafe, ReconnectPolicy, TierPolicy};
 use tier_disk::DiskTier;
 use tier_memory::MemoryTier;
 
@@ -120,6 +120,9 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
             TierPolicy::fresh(fresh * 2).stale(stale).timeout(Duration::from_millis(50)),
         )
         .hot_keys(64, 4);
+    if args.early_refresh > 0.0 {
+        builder = builder.early_refresh(EarlyRefresh::XFetch { beta: args.early_refresh });
+    }
     if !args.hard_timeout.is_zero() {
         builder = builder.hard_timeout(args.hard_timeout);
     }
@@ -291,6 +294,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 .map(|u| u.0.iter().map(|u| crate::redis::redacted(u)).collect()),
             metrics_addr: args.metrics_addr.map(|a| a.to_string()),
             fail_safe_seconds: args.fail_safe.as_secs_f64(),
+            early_refresh_beta: args.early_refresh,
+            fresh_seconds: args.fresh.as_secs_f64(),
         },
         warm_up,
         elapsed_seconds: elapsed,

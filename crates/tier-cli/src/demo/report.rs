@@ -65,6 +65,10 @@ pub struct RunConfig {
     pub metrics_addr: Option<String>,
     /// Fail-safe maximum stale age (0: off).
     pub fail_safe_seconds: f64,
+    /// XFetch eagerness of early refresh (0: off).
+    pub early_refresh_beta: f64,
+    /// Fresh lifetime of the memory tier (disk ×2, Redis ×4).
+    pub fresh_seconds: f64,
 }
 
 /// The warm-up.
