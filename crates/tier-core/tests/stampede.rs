@@ -44,6 +44,29 @@ mod futures_like {
     >;
 }
 
+/// `n` concurrent cold `get_or_load`s of one key, each with its own gated loader.
+struct Stampede {
+    calls: Calls,
+    started: Arc<Notify>,
+    gate: Arc<Notify>,
+    tasks: Vec<tokio::task::JoinHandle<Result<Option<Arc<String>>, CacheError>>>,
+}
+
+impl Stampede {
+    fn start(cache: &Cache<String>, n: usize, result: Result<&'static str, &'static str>) -> Self {
+        let (calls, started, gate) =
+            (Calls::default(), Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let tasks = (0..n)
+            .map(|_| {
+                let cache = cache.clone();
+                let loader = gated(&calls, &started, &gate, result);
+                tokio::spawn(async move { cache.get_or_load("cold", loader).await })
+            })
+            .collect();
+        Self { calls, started, gate, tasks }
+    }
+}
+
 async fn wait_for_waiters(cache: &Cache<String>, key: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while cache.load_waiters(key) < n {
@@ -55,15 +78,7 @@ async fn wait_for_waiters(cache: &Cache<String>, key: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_cold_gets_make_one_load() {
     let cache = cache();
-    let (calls, started, gate) =
-        (Calls::default(), Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let tasks: Vec<_> = (0..1000)
-        .map(|_| {
-            let cache = cache.clone();
-            let loader = gated(&calls, &started, &gate, Ok("v"));
-            tokio::spawn(async move { cache.get_or_load("cold", loader).await })
-        })
-        .collect();
+    let Stampede { calls, started, gate, tasks } = Stampede::start(&cache, 1000, Ok("v"));
     started.notified().await;
     wait_for_waiters(&cache, "cold", 1000).await;
     gate.notify_one();
@@ -77,15 +92,8 @@ async fn a_thousand_cold_gets_make_one_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_waiters_share_the_same_error() {
     let cache = cache();
-    let (calls, started, gate) =
-        (Calls::default(), Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let tasks: Vec<_> = (0..1000)
-        .map(|_| {
-            let cache = cache.clone();
-            let loader = gated(&calls, &started, &gate, Err("origin down"));
-            tokio::spawn(async move { cache.get_or_load("cold", loader).await })
-        })
-        .collect();
+    let Stampede { calls, started, gate, tasks } =
+        Stampede::start(&cache, 1000, Err("origin down"));
     started.notified().await;
     wait_for_waiters(&cache, "cold", 1000).await;
     gate.notify_one();
@@ -156,15 +164,7 @@ async fn late_callers_find_the_value_even_without_an_in_process_tier() {
             b = b.tier(MemoryTier::builder().build(), exact(MINUTE));
         }
         let cache = b.tier(MapTier::new("l2"), exact(MINUTE)).build().unwrap();
-        let (calls, started, gate) =
-            (Calls::default(), Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let tasks: Vec<_> = (0..1000)
-            .map(|_| {
-                let cache = cache.clone();
-                let loader = gated(&calls, &started, &gate, Ok("v"));
-                tokio::spawn(async move { cache.get_or_load("cold", loader).await })
-            })
-            .collect();
+        let Stampede { calls, started, gate, tasks } = Stampede::start(&cache, 1000, Ok("v"));
         // Release the load at once: callers still arriving must find the value in the tiers.
         started.notified().await;
         gate.notify_one();
