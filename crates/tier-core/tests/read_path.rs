@@ -497,3 +497,36 @@ async fn invalidate_removes_from_every_tier_and_reports_tier_failures() {
     assert!(cache.get("k").await.is_none());
     let _ = Tier::name(&*l2);
 }
+
+#[tokio::test]
+async fn xfetch_refreshes_early_in_proportion_to_the_load_cost() {
+    use tier_core::EarlyRefresh;
+    for (beta, expect_refresh) in [(0.0, false), (1e9, true)] {
+        let cache = Cache::<String>::builder("t")
+            .tier(MemoryTier::builder().build(), exact(MINUTE))
+            .early_refresh(EarlyRefresh::XFetch { beta })
+            .build()
+            .unwrap();
+        // A slow origin: the load cost (≥ 2 ms) is what XFetch weighs.
+        cache
+            .get_or_load("k", || async {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok::<_, std::io::Error>(Some("v1".to_string()))
+            })
+            .await
+            .unwrap();
+        let calls = Calls::default();
+        let v = cache.get_or_load("k", loader(&calls, "v2")).await.unwrap();
+        assert_eq!(v.as_deref().map(String::as_str), Some("v1"), "the hit answers at once");
+        if expect_refresh {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while cache.get("k").await.as_deref().map(String::as_str) != Some("v2") {
+                assert!(Instant::now() < deadline, "beta={beta}: no early refresh");
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(calls.get(), 1);
+        } else {
+            assert_eq!(calls.get(), 0, "beta=0: never before fresh_until");
+        }
+    }
+}
