@@ -33,6 +33,16 @@ pub(crate) struct Handles {
 }
 
 impl Handles {
+    /// Handles that record nothing: before the tier is mounted it has no `cache` label, and a
+    /// series labelled `cache=""` would stay at 0 forever beside the real one.
+    fn detached() -> Self {
+        Self {
+            evicted_capacity: Counter::noop(),
+            evicted_expired: Counter::noop(),
+            decode_errors: Counter::noop(),
+        }
+    }
+
     fn new(cache: &str, tier: &str) -> Self {
         let evicted = |cause: &'static str| counter!(EVICTIONS, "cache" => cache.to_string(), "tier" => tier.to_string(), "cause" => cause);
         Self {
@@ -43,18 +53,16 @@ impl Handles {
     }
 }
 
-/// The tier's metrics: labelled `cache=""` and `tier=<name>` until [`Metrics::attach`].
+/// The tier's metrics: recorded once the tier is mounted in a hierarchy ([`Metrics::attach`]
+/// gives them their `cache` and `tier` labels); until then nothing is recorded.
 pub(crate) struct Metrics {
     handles: RwLock<Handles>,
     recovery_emitted: AtomicBool,
 }
 
 impl Metrics {
-    pub fn new(tier: &str) -> Self {
-        Self {
-            handles: RwLock::new(Handles::new("", tier)),
-            recovery_emitted: AtomicBool::new(false),
-        }
+    pub fn new() -> Self {
+        Self { handles: RwLock::new(Handles::detached()), recovery_emitted: AtomicBool::new(false) }
     }
 
     /// Run `f` with the current handles.

@@ -105,7 +105,7 @@ impl Store {
             _ => None,
         };
         Ok(Self {
-            metrics: Metrics::new(&cfg.name),
+            metrics: Metrics::new(),
             cfg,
             index,
             segments,
@@ -260,7 +260,8 @@ impl Store {
         created: Option<u64>,
     ) -> Result<(), TierError> {
         if w.active.readable() + rec.len() as u64 > w.active.size() {
-            self.rotate(w)?;
+            // Reclaim may copy hot entries into the new segment: they leave room for this record.
+            self.rotate(w, rec.len() as u64)?;
         }
         let seg = Arc::clone(&w.active);
         let offset = seg.readable();
@@ -320,21 +321,22 @@ impl Store {
         Ok(())
     }
 
-    /// New active segment, then reclaim the oldest ones while over capacity.
-    fn rotate(&self, w: &mut Writer) -> Result<(), TierError> {
+    /// New active segment, then reclaim the oldest ones while over capacity, keeping `reserve`
+    /// bytes of the new segment free for the record that asked for the rotation.
+    fn rotate(&self, w: &mut Writer, reserve: u64) -> Result<(), TierError> {
         self.new_active(w)?;
-        self.enforce_capacity_locked(w);
+        self.enforce_capacity_locked(w, reserve);
         Ok(())
     }
 
     /// Reclaim the oldest segments while there are more than the capacity allows.
     pub fn enforce_capacity(&self) {
         let mut w = self.writer();
-        self.enforce_capacity_locked(&mut w);
+        self.enforce_capacity_locked(&mut w, 0);
     }
 
     /// Also keeps live ids (and the next one) within [`MAX_ID_SPAN`], which the index relies on.
-    fn enforce_capacity_locked(&self, w: &mut Writer) {
+    fn enforce_capacity_locked(&self, w: &mut Writer, reserve: u64) {
         loop {
             let Some(old) = self.segments.oldest() else { break };
             let over = self.segments.len() > self.cfg.max_segments()
@@ -342,14 +344,14 @@ impl Store {
             if !over || old.id == w.active.id {
                 break;
             }
-            self.reclaim(w, &old);
+            self.reclaim(w, &old, reserve);
         }
     }
 
     /// Drop segment `seg`: hot, unexpired live entries are copied into the active segment when
     /// they fit; every other live entry is evicted. Then the file is unlinked (readers holding
     /// the segment's `Arc` keep a valid mapping until they let go).
-    fn reclaim(&self, w: &mut Writer, seg: &Arc<Segment>) {
+    fn reclaim(&self, w: &mut Writer, seg: &Arc<Segment>, reserve: u64) {
         let now = now_ms();
         let (mut capacity, mut expired) = (0u64, 0u64);
         let bytes = seg.bytes();
@@ -368,7 +370,7 @@ impl Store {
             if alive
                 && cur.hit
                 && self.cfg.reinsert_hot
-                && self.copy_forward(w, bytes, rec.offset, &h, here)
+                && self.copy_forward(w, bytes, rec.offset, &h, here, reserve)
             {
                 continue;
             }
@@ -388,7 +390,7 @@ impl Store {
     }
 
     /// Copy one record verbatim (its CRC does not depend on where it is) into the active
-    /// segment if it fits without another rotation.
+    /// segment if it fits without another rotation, `reserve` bytes left free.
     fn copy_forward(
         &self,
         w: &mut Writer,
@@ -396,12 +398,13 @@ impl Store {
         offset: usize,
         h: &RecordHeader,
         from: Loc,
+        reserve: u64,
     ) -> bool {
         let len = h.record_len();
         let Some(rec) = bytes.get(offset..offset + len) else { return false };
         let active = &w.active;
         let at = active.readable();
-        if at + len as u64 > active.size() || active.write_at(rec, at).is_err() {
+        if at + len as u64 + reserve > active.size() || active.write_at(rec, at).is_err() {
             return false;
         }
         active.set_readable(at + len as u64);
