@@ -83,7 +83,10 @@ async fn slow_redis_never_delays_a_get_past_the_tier_timeout() {
     // get_or_load answers every call from the loader. With no in-process tier, a flight looks at
     // every tier again before calling the origin (that second look is how a caller that just
     // missed a finished load finds its value), so a slow L3 is waited for twice here: the bound
-    // is 2 × timeout + 25 ms. With an L1 above, below, it is one timeout.
+    // counts waits, not milliseconds: under 3 timeouts (two waits, never a third, e.g. on the
+    // write, which happens after the answer). Both waits and the loader's task hop can be late on
+    // a loaded machine, which a single reference timer does not see (seen: 128 ms). With an L1
+    // above (below), it is under 2 timeouts: one wait.
     let mut worst = (Duration::ZERO, Duration::ZERO);
     for id in &ids {
         let value = format!("v:{id}");
@@ -92,7 +95,7 @@ async fn slow_redis_never_delays_a_get_past_the_tier_timeout() {
         });
         let (took, late, got) = timed(2 * timeout, load).await;
         assert_eq!(got.unwrap().as_deref().map(String::as_str), Some(format!("v:{id}").as_str()));
-        let bound = 2 * timeout + 5 * slack + late;
+        let bound = 3 * timeout;
         assert!(took <= bound, "a get_or_load waited {took:?} (runtime {late:?} late)");
         worst = worst.max((took, late));
     }
@@ -122,7 +125,7 @@ async fn slow_redis_never_delays_a_get_past_the_tier_timeout() {
         });
         let (took, late, got) = timed(timeout, load).await;
         assert_eq!(got.unwrap().as_deref().map(String::as_str), Some(format!("v:{id}").as_str()));
-        let bound = timeout + 5 * slack + late;
+        let bound = 2 * timeout;
         assert!(took <= bound, "a get_or_load over L1 waited {took:?} (runtime {late:?} late)");
         worst = worst.max((took, late));
     }
