@@ -8,8 +8,8 @@
 //!   an older value is not written over a newer one and an invalidated value is not resurrected.
 //!   (A retry already *in flight* when the direct write lands can still finish after it: the
 //!   window is one round trip.)
-//! - A pending write whose entry has passed `stale_until` is dropped (`outcome="expired"`), never
-//!   written.
+//! - A pending write whose entry has passed `stale_until` is never written: the key is deleted
+//!   instead (`outcome="expired"`), so that no older value stays in its place.
 //! - The worker backs off exponentially (50 ms up to 5 s) while writes keep failing, and stops when
 //!   the tier is dropped.
 
@@ -185,20 +185,16 @@ pub(crate) async fn run(queue: Arc<RetryQueue>, conn: RedisConnection, prefix: B
             continue;
         };
         let now = tier_core::now_ms();
-        if let PendingOp::Set { stale_until, .. } = &op {
-            if *stale_until <= now {
-                queue.done();
-                queue.count("expired", 1);
-                queue.gauge(queue.len());
-                continue;
-            }
-        }
+        // An expired write becomes a DEL (`write_cmd`): an older value of the key may have
+        // reached Redis after all (a command that timed out on our side can still be delivered),
+        // and it must not stay in place of the newer, expired one.
+        let expired = matches!(&op, PendingOp::Set { stale_until, .. } if *stale_until <= now);
         let full = crate::tier::full_key(&prefix, &key);
         let cmd = write_cmd(&full, &op, now);
         match conn.query::<redis::Value>("retry write", &cmd).await {
             Ok(_) => {
                 queue.done();
-                queue.count("written", 1);
+                queue.count(if expired { "expired" } else { "written" }, 1);
                 queue.gauge(queue.len());
                 backoff = MIN_BACKOFF;
             }
