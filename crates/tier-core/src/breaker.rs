@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -92,7 +92,6 @@ struct Bucket {
 /// A circuit breaker (lock-free; counts are approximate under races, which a breaker tolerates).
 pub struct CircuitBreaker {
     cfg: BreakerConfig,
-    base: Instant,
     state: AtomicU8,
     opened_at_ms: AtomicU64,
     consecutive: AtomicU32,
@@ -125,7 +124,6 @@ impl CircuitBreaker {
     pub fn new(cfg: BreakerConfig) -> Self {
         Self {
             cfg,
-            base: Instant::now(),
             state: AtomicU8::new(BreakerState::Closed as u8),
             opened_at_ms: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
@@ -148,7 +146,7 @@ impl CircuitBreaker {
     }
 
     fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
+        crate::time::monotonic_ms()
     }
 
     fn set_state(&self, s: BreakerState) {

@@ -49,8 +49,13 @@ pub struct TierPolicy {
     pub ttl: TtlPolicy,
     /// Per-call timeout; `None` = no timeout. Default: `None`.
     pub timeout: Option<Duration>,
-    /// Circuit breaker settings; `None` = no breaker. Default: [`BreakerConfig::default`].
+    /// Circuit breaker settings; `None` = no breaker. Default: [`BreakerConfig::default`] for
+    /// tiers that store envelopes (disk, Redis: they can be slow, down or broken); none for
+    /// in-process object tiers, which cannot be down (set one with [`TierPolicy::breaker`]).
     pub breaker: Option<BreakerConfig>,
+    /// True until [`TierPolicy::breaker`] or [`TierPolicy::no_breaker`] is called: the builder
+    /// then picks the default above by the tier's storage.
+    pub breaker_by_storage: bool,
     /// Largest encoded value this tier admits, in bytes. Default: unlimited.
     pub max_value_size: Option<u32>,
     /// When hits below are copied into this tier. Default: [`BackfillPolicy::Always`].
@@ -69,6 +74,7 @@ impl TierPolicy {
             ttl: TtlPolicy { fresh, stale: Duration::ZERO, jitter: 0.1 },
             timeout: None,
             breaker: Some(BreakerConfig::default()),
+            breaker_by_storage: true,
             max_value_size: None,
             backfill: BackfillPolicy::Always,
             negative_ttl: Duration::from_secs(30),
@@ -94,15 +100,18 @@ impl TierPolicy {
         self
     }
 
-    /// Circuit breaker settings. Default: [`BreakerConfig::default`].
+    /// Circuit breaker settings. Default: [`BreakerConfig::default`] for envelope tiers, none
+    /// for in-process object tiers.
     pub fn breaker(mut self, config: BreakerConfig) -> Self {
         self.breaker = Some(config);
+        self.breaker_by_storage = false;
         self
     }
 
-    /// No circuit breaker (the in-process memory tier cannot be "down").
+    /// No circuit breaker, whatever the tier.
     pub fn no_breaker(mut self) -> Self {
         self.breaker = None;
+        self.breaker_by_storage = false;
         self
     }
 

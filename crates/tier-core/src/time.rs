@@ -21,6 +21,26 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Milliseconds on a monotonic clock with an arbitrary origin (the breaker's clock).
+///
+/// On Linux this reads `CLOCK_MONOTONIC_COARSE` (a few ns, one-tick resolution): the breaker
+/// reads it on every call it lets through, and its windows are seconds long.
+pub(crate) fn monotonic_ms() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE exists on every
+        // Linux since 2.6.32. On failure (never seen) we fall back to `Instant`.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        if rc == 0 && ts.tv_sec >= 0 {
+            return ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000;
+        }
+    }
+    use std::sync::OnceLock;
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
 /// `now + d` in Unix milliseconds, saturating.
 pub fn after_ms(now: u64, d: Duration) -> u64 {
     now.saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64)

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::backplane::{Backplane, ReconnectPolicy};
 use crate::breaker::BreakerTier;
+use crate::entry::Storage;
 use crate::envelope::Codec;
 use crate::error::CacheError;
 use crate::generations::{GenerationStore, LocalGenerations};
@@ -215,7 +216,11 @@ impl<V: CacheValue> CacheBuilder<V> {
             }
             let metrics = TierMetrics::new(&self.name, &name, &categories);
             let mut breaker = None;
-            if let Some(cfg) = policy.breaker {
+            let breaker_cfg = match (policy.breaker_by_storage, storage) {
+                (true, Storage::Objects) if !shared => None,
+                _ => policy.breaker,
+            };
+            if let Some(cfg) = breaker_cfg {
                 let b = BreakerTier::new(wrapped, cfg);
                 b.breaker().set_gauge(metrics.breaker.clone());
                 breaker = Some(b.breaker().clone());
