@@ -84,6 +84,45 @@ async fn query<T: redis::FromRedisValue>(
         .map_err(|e| CliError::runtime(format!("Redis at {node}: {}", chain(&e))))
 }
 
+/// Run a pipeline on one node, bounded like [`query`].
+async fn pipeline<T: redis::FromRedisValue>(
+    conn: &mut impl redis::aio::ConnectionLike,
+    node: &str,
+    pipe: &redis::Pipeline,
+    what: &str,
+) -> Result<Vec<T>> {
+    tokio::time::timeout(CONNECT_TIMEOUT * 5, pipe.query_async(conn))
+        .await
+        .map_err(|_| CliError::runtime(format!("Redis at {node}: {what} timed out")))?
+        .map_err(|e| CliError::runtime(format!("Redis at {node}: {}", chain(&e))))
+}
+
+/// SCAN (never KEYS) the keys matching `pattern` on one node, a batch at a time; `each` gets
+/// the connection and a non-empty batch, and returns false to stop.
+async fn scan_node(
+    conn: &mut redis::aio::MultiplexedConnection,
+    node: &str,
+    pattern: &[u8],
+    mut each: impl AsyncFnMut(&mut redis::aio::MultiplexedConnection, Vec<Vec<u8>>) -> Result<bool>,
+) -> Result<()> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = query(
+            conn,
+            node,
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000),
+        )
+        .await?;
+        if !keys.is_empty() && !each(conn, keys).await? {
+            return Ok(());
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(());
+        }
+    }
+}
+
 /// `url` with its `host:port` replaced (user, password and database kept).
 fn with_host_port(url: &str, host_port: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
@@ -222,77 +261,61 @@ async fn scan(
     let pattern = glob_escape(match_prefix);
     let now = tier_core::now_ms();
     let mut out = Vec::new();
+    let mut more = false;
     for (node, conn) in &mut nodes.masters {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = query(
-                conn,
-                node,
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000),
-            )
-            .await?;
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for k in &keys {
-                    pipe.cmd("PTTL")
-                        .arg(k)
-                        .cmd("STRLEN")
-                        .arg(k)
-                        .cmd("GETRANGE")
-                        .arg(k)
-                        .arg(0)
-                        .arg(tier_core::envelope::HEADER_LEN as i64 - 1);
-                }
-                let answers: Vec<redis::Value> =
-                    tokio::time::timeout(CONNECT_TIMEOUT * 5, pipe.query_async(conn))
-                        .await
-                        .map_err(|_| {
-                            CliError::runtime(format!("Redis at {node}: pipeline timed out"))
-                        })?
-                        .map_err(|e| {
-                            CliError::runtime(format!("Redis at {node}: {}", chain(&e)))
-                        })?;
-                for (k, a) in keys.iter().zip(answers.chunks(3)) {
-                    let ttl: i64 =
-                        a.first().and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(-2);
-                    if ttl == -2 {
-                        continue; // gone since SCAN saw it
-                    }
-                    let bytes: u64 =
-                        a.get(1).and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(0);
-                    let head: Vec<u8> = a
-                        .get(2)
-                        .and_then(|v| redis::from_redis_value_ref(v).ok())
-                        .unwrap_or_default();
-                    let times = tier_core::envelope::peek_times(&head).ok();
-                    let state = match times {
-                        None => "not_an_envelope",
-                        Some((fresh, _)) if now < fresh => "fresh",
-                        Some((_, stale)) if now < stale => "stale",
-                        Some(_) => "expired",
-                    };
-                    if out.len() >= limit {
-                        return Ok((out, true));
-                    }
-                    out.push(EntryOut {
-                        key: String::from_utf8_lossy(k.strip_prefix(tier_prefix).unwrap_or(k))
-                            .into_owned(),
-                        node: node.clone(),
-                        ttl_ms: (ttl >= 0).then_some(ttl),
-                        bytes,
-                        state,
-                        fresh_until: times.map(|t| t.0),
-                        stale_until: times.map(|t| t.1),
-                    });
-                }
+        scan_node(conn, node, &pattern, async |conn, keys| {
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("PTTL")
+                    .arg(k)
+                    .cmd("STRLEN")
+                    .arg(k)
+                    .cmd("GETRANGE")
+                    .arg(k)
+                    .arg(0)
+                    .arg(tier_core::envelope::HEADER_LEN as i64 - 1);
             }
-            cursor = next;
-            if cursor == 0 {
-                break;
+            let answers: Vec<redis::Value> = pipeline(conn, node, &pipe, "pipeline").await?;
+            for (k, a) in keys.iter().zip(answers.chunks(3)) {
+                let ttl: i64 =
+                    a.first().and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(-2);
+                if ttl == -2 {
+                    continue; // gone since SCAN saw it
+                }
+                let bytes: u64 =
+                    a.get(1).and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(0);
+                let head: Vec<u8> =
+                    a.get(2).and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or_default();
+                let times = tier_core::envelope::peek_times(&head).ok();
+                let state = match times {
+                    None => "not_an_envelope",
+                    Some((fresh, _)) if now < fresh => "fresh",
+                    Some((_, stale)) if now < stale => "stale",
+                    Some(_) => "expired",
+                };
+                if out.len() >= limit {
+                    more = true;
+                    return Ok(false);
+                }
+                out.push(EntryOut {
+                    key: String::from_utf8_lossy(k.strip_prefix(tier_prefix).unwrap_or(k))
+                        .into_owned(),
+                    node: node.clone(),
+                    ttl_ms: (ttl >= 0).then_some(ttl),
+                    bytes,
+                    state,
+                    fresh_until: times.map(|t| t.0),
+                    stale_until: times.map(|t| t.1),
+                });
             }
+            Ok(true)
+        })
+        .await?;
+        if more {
+            break;
         }
     }
-    Ok((out, false))
+    Ok((out, more))
 }
 
 /// UNLINK every key starting with `prefix` on every master (one key per command, so no
@@ -302,35 +325,16 @@ pub async fn unlink_under(urls: &[String], prefix: &[u8]) -> Result<u64> {
     let pattern = glob_escape(prefix);
     let mut removed = 0u64;
     for (node, conn) in &mut nodes.masters {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = query(
-                conn,
-                node,
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000),
-            )
-            .await?;
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for k in &keys {
-                    pipe.cmd("UNLINK").arg(k);
-                }
-                let counts: Vec<u64> =
-                    tokio::time::timeout(CONNECT_TIMEOUT * 5, pipe.query_async(conn))
-                        .await
-                        .map_err(|_| {
-                            CliError::runtime(format!("Redis at {node}: UNLINK timed out"))
-                        })?
-                        .map_err(|e| {
-                            CliError::runtime(format!("Redis at {node}: {}", chain(&e)))
-                        })?;
-                removed += counts.iter().sum::<u64>();
+        scan_node(conn, node, &pattern, async |conn, keys| {
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("UNLINK").arg(k);
             }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+            let counts: Vec<u64> = pipeline(conn, node, &pipe, "UNLINK").await?;
+            removed += counts.iter().sum::<u64>();
+            Ok(true)
+        })
+        .await?;
     }
     Ok(removed)
 }
