@@ -137,23 +137,20 @@ fn text_report_has_the_tier_table() {
     }
 }
 
-#[test]
-fn with_redis_there_are_three_tiers() {
+/// A short demo over Redis at `url`: memory, disk and redis, and every read answered.
+fn three_tiers_with(url: &str) -> serde_json::Value {
     let mut cmd = tier();
     let prefix = format!("{}:", unique("tier-demo-test"));
-    cmd.args([
-        "demo",
-        "--duration",
-        "1s",
-        "--json",
-        "--redis",
-        &redis_url(),
-        "--redis-prefix",
-        &prefix,
-    ]);
+    cmd.args(["demo", "--duration", "1s", "--json", "--redis", url, "--redis-prefix", &prefix]);
     let report = json(quick(&mut cmd));
     assert_eq!(tier_names(&report), ["memory", "disk", "redis"]);
     assert_eq!(report["requests"]["answered"], report["requests"]["reads"], "{report}");
+    report
+}
+
+#[test]
+fn with_redis_there_are_three_tiers() {
+    let report = three_tiers_with(&redis_url());
     let redis = &report["tiers"][2];
     assert!(
         redis["writes"]["ok"].as_u64().unwrap() > 0 || redis["misses"].as_u64().unwrap() > 0,
@@ -163,21 +160,7 @@ fn with_redis_there_are_three_tiers() {
 
 #[test]
 fn with_redis_cluster_there_are_three_tiers() {
-    let mut cmd = tier();
-    let prefix = format!("{}:", unique("tier-demo-test"));
-    cmd.args([
-        "demo",
-        "--duration",
-        "1s",
-        "--json",
-        "--redis",
-        &cluster_urls(),
-        "--redis-prefix",
-        &prefix,
-    ]);
-    let report = json(quick(&mut cmd));
-    assert_eq!(tier_names(&report), ["memory", "disk", "redis"]);
-    assert_eq!(report["requests"]["answered"], report["requests"]["reads"], "{report}");
+    three_tiers_with(&cluster_urls());
 }
 
 #[test]
