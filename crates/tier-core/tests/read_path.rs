@@ -325,12 +325,7 @@ async fn soft_timeout_answers_stale_while_the_load_completes() {
     assert_eq!(cache.load_waiters("k"), 0);
     gate.notify_one();
     // The load goes on in the background and lands.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cache.get("k").await.is_none() {
-        assert!(Instant::now() < deadline, "background load never landed");
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(cache.get("k").await.as_deref().map(String::as_str), Some("new"));
+    landed(&cache, "k", "new", "background load never landed").await;
 }
 
 #[tokio::test]
@@ -381,11 +376,7 @@ async fn early_refresh_runs_once_in_the_background() {
     started.notified().await;
     assert_eq!(calls.get(), 2, "one refresh at a time");
     gate.notify_one();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cache.get("k").await.as_deref().map(String::as_str) != Some("v2") {
-        assert!(Instant::now() < deadline, "refresh never landed");
-        tokio::task::yield_now().await;
-    }
+    landed(&cache, "k", "v2", "refresh never landed").await;
 }
 
 #[tokio::test]
@@ -519,11 +510,7 @@ async fn xfetch_refreshes_early_in_proportion_to_the_load_cost() {
         let v = cache.get_or_load("k", loader(&calls, "v2")).await.unwrap();
         assert_eq!(v.as_deref().map(String::as_str), Some("v1"), "the hit answers at once");
         if expect_refresh {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while cache.get("k").await.as_deref().map(String::as_str) != Some("v2") {
-                assert!(Instant::now() < deadline, "beta={beta}: no early refresh");
-                tokio::task::yield_now().await;
-            }
+            landed(&cache, "k", "v2", &format!("beta={beta}: no early refresh")).await;
             assert_eq!(calls.get(), 1);
         } else {
             assert_eq!(calls.get(), 0, "beta=0: never before fresh_until");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tier_core::{Codec, Entry, Meta, Tier, TierPolicy};
+use tier_core::{Cache, Codec, Entry, Meta, Tier, TierPolicy};
 
 pub const MINUTE: Duration = Duration::from_secs(60);
 
@@ -72,5 +72,15 @@ pub fn failing(
     move || {
         calls.bump();
         std::future::ready(Err(std::io::Error::other("origin down")))
+    }
+}
+
+/// Wait (yielding, at most 5 s) until `cache.get(key)` answers `expected`: a background load or
+/// refresh has landed.
+pub async fn landed(cache: &Cache<String>, key: &str, expected: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cache.get(key).await.as_deref().map(String::as_str) != Some(expected) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::task::yield_now().await;
     }
 }
