@@ -242,7 +242,6 @@ impl<V: CacheValue> CacheBuilder<V> {
                 enabled: AtomicBool::new(true),
                 metrics,
                 frequency,
-                calls: AtomicU64::new(0),
             });
         }
         crate::metrics::describe();
@@ -279,7 +278,6 @@ impl<V: CacheValue> CacheBuilder<V> {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             metrics: cache_metrics,
             hot: HotKeys::new(self.hot_keys),
-            hot_calls: AtomicU64::new(0),
             backfills_pending: Default::default(),
             categories: self.categories,
             tasks: Mutex::new(Vec::new()),

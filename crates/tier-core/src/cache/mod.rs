@@ -158,7 +158,6 @@ pub(crate) struct Layer {
     pub enabled: AtomicBool,
     pub metrics: TierMetrics,
     pub frequency: Option<FrequencySketch>,
-    calls: AtomicU64,
 }
 
 impl Layer {
@@ -166,13 +165,12 @@ impl Layer {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Whether to time this call (object tiers are sampled, see [`crate::metrics`]).
+    /// Whether to time this call (object tiers are sampled, see [`crate::metrics`]; the sample
+    /// is drawn from a thread-local generator, so an L1 hit touches no shared counter for it).
     pub(crate) fn should_time(&self) -> bool {
         match self.storage {
             Storage::Envelopes => true,
-            Storage::Objects => {
-                self.calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(OBJECT_TIER_TIMING_SAMPLE)
-            }
+            Storage::Objects => crate::time::rand_u64().is_multiple_of(OBJECT_TIER_TIMING_SAMPLE),
         }
     }
 }
@@ -222,7 +220,6 @@ pub(crate) struct Inner<V> {
     stripes: Box<[Stripe]>,
     pub metrics: CacheMetrics,
     pub hot: HotKeys,
-    hot_calls: AtomicU64,
     /// Background backfills started and not yet finished (load shedding).
     pub backfills_pending: std::sync::atomic::AtomicUsize,
     pub categories: Option<Categories>,
@@ -292,7 +289,8 @@ impl<V> Inner<V> {
     }
 
     pub(crate) fn record_hot(&self, key: &[u8]) {
-        if self.hot_calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(self.opts.hot_key_sample) {
+        // Sampled with a thread-local generator: no shared counter on the hit path.
+        if crate::time::rand_u64().is_multiple_of(self.opts.hot_key_sample) {
             self.hot.record(key);
         }
     }

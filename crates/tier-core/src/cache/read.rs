@@ -76,10 +76,14 @@ impl<V: CacheValue> Inner<V> {
                 if entry.meta.tags.is_none()
                     && entry.meta.created_at > self.suspect_before.load(Ordering::Relaxed) =>
             {
-                if let Ok(value) = decode::<V>(&entry) {
+                let Entry { meta, value, size } = entry;
+                if let Ok(value) = take_object::<V>(value, meta.negative) {
                     count(LookupResult::Hit);
-                    // `seq` is only read by backfill (nothing above tier 0) and by fail-safe's
-                    // throttle (stale entries only): a fresh tier-0 hit never needs it.
+                    // The value moved out of the entry (no reference count touched). What a
+                    // fresh tier-0 `Found` keeps is read only for its meta (early refresh):
+                    // backfill has nothing above tier 0, and `seq` serves backfill and
+                    // fail-safe's throttle (stale entries) only.
+                    let entry = Entry { meta, value: Value::Envelope(Bytes::new()), size };
                     return Walk {
                         fresh: Some(Found { layer: 0, seq: 0, entry, value }),
                         stale: None,
@@ -302,6 +306,17 @@ impl<V: CacheValue> Inner<V> {
             stale_until,
             found.entry.envelope(),
         )
+    }
+}
+
+/// The value of an object entry, moved out (`Err` when it holds another type or an envelope).
+fn take_object<V: CacheValue>(value: Value, negative: bool) -> Result<Option<Arc<V>>, ()> {
+    if negative {
+        return Ok(None);
+    }
+    match value {
+        Value::Object(any) => any.downcast::<V>().map(Some).map_err(|_| ()),
+        Value::Envelope(_) => Err(()),
     }
 }
 
