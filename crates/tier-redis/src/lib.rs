@@ -45,6 +45,7 @@ mod generations;
 mod lock;
 pub mod metrics;
 mod retry;
+mod stats;
 mod tier;
 mod wire;
 

@@ -9,6 +9,11 @@
 //! | `tier_backplane_reconnects_total` | counter | channel |
 //! | `tier_backplane_connected` | gauge 0 / 1 | channel |
 //!
+//! `tier_evictions_total{cache, tier, cause = capacity / expired}` and the `tier_entries`,
+//! `tier_bytes`, `tier_capacity_bytes` gauges come from the Redis server's own figures
+//! (`evicted_keys`, `expired_keys`, `DBSIZE`, `used_memory`, `maxmemory`), polled in the
+//! background (see the crate docs).
+//!
 //! Requests, latencies, breaker state and decode errors of the tier itself are counted by the
 //! hierarchy (`tier_requests_total`, `tier_decode_errors_total`, ... with `tier="redis"`).
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::{Entry, Lookup, Storage, Tier, TierContext, TierError, TierErrorKind};
+use tier_core::{Entry, Lookup, Storage, Tier, TierContext, TierError, TierErrorKind, TierStats};
 use tokio::task::JoinHandle;
 
 use crate::connection::{slot, RedisConnection};
@@ -153,6 +153,9 @@ impl RedisTierBuilder {
         } else {
             (None, None)
         };
+        let stats = Arc::new(crate::stats::ServerStats::default());
+        let poller =
+            tokio::spawn(crate::stats::run(Arc::downgrade(&stats), conn.clone(), labels.clone()));
         Ok(RedisTier {
             inner: Arc::new(Inner {
                 conn,
@@ -161,6 +164,8 @@ impl RedisTierBuilder {
                 labels,
                 retry,
                 worker: AbortOnDrop(worker),
+                stats,
+                poller: AbortOnDrop(Some(poller)),
             }),
         })
     }
@@ -230,6 +235,10 @@ struct Inner {
     // Dropped with the last clone of the tier: stops the retry worker.
     #[allow(dead_code)]
     worker: AbortOnDrop,
+    /// Server figures for `stats()`, polled in the background (see `crate::stats`).
+    stats: Arc<crate::stats::ServerStats>,
+    #[allow(dead_code)]
+    poller: AbortOnDrop,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -453,6 +462,12 @@ impl Tier for RedisTier {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    /// The Redis server's figures (keys, `used_memory`, `maxmemory`), summed over the masters
+    /// and polled every few seconds: not only this tier's keys (see `crate::stats`).
+    fn stats(&self) -> TierStats {
+        self.inner.stats.get()
     }
 
     fn attach(&self, ctx: &TierContext) {

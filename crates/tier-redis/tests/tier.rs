@@ -174,6 +174,20 @@ async fn objects_are_rejected(mode: Mode) {
     assert_eq!(t.pending_retries(), 0, "a rejected value is not retried");
 }
 
+/// `stats()` reports the server's figures (every master's, summed in a Cluster): keys written
+/// before the tier existed are counted at its first poll, and memory is never 0.
+async fn server_stats(mode: Mode) {
+    for i in 0..20 {
+        raw_set(mode, format!("{}:stats:{i}", unique_prefix("stats")).as_bytes(), b"x").await;
+    }
+    let t = tier(mode, "stats").await;
+    eventually(Duration::from_secs(10), "server figures polled", || async {
+        let s = t.stats();
+        s.entries >= 20 && s.bytes > 0
+    })
+    .await;
+}
+
 macro_rules! both_modes {
     ($($name:ident),* $(,)?) => {
         mod standalone {
@@ -195,7 +209,8 @@ both_modes!(
     batches,
     remove_and_clear,
     foreign_bytes,
-    objects_are_rejected
+    objects_are_rejected,
+    server_stats
 );
 
 #[tokio::test]

@@ -1,0 +1,156 @@
+//! Server figures for `Tier::stats()` (the `tier_entries`, `tier_bytes` and
+//! `tier_capacity_bytes` gauges) and for `tier_evictions_total{cause="capacity"|"expired"}`.
+//!
+//! The hierarchy reads `Tier::stats()` synchronously, so a background task polls every master
+//! (`DBSIZE`, `INFO memory`, `INFO stats`) every [`POLL_INTERVAL`] and caches the sums. They describe
+//! the Redis server(s) — keys, `used_memory`, `maxmemory` (0: unlimited), `evicted_keys`,
+//! `expired_keys` — not only this tier's prefix: counting the keys under a prefix would take a
+//! full SCAN. Evictions count from the first poll on (what the server did before is not ours).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use redis::Value;
+use tier_core::{TierError, TierErrorKind, TierStats};
+
+use crate::connection::RedisConnection;
+use crate::metrics::Labels;
+
+/// How often the server figures are read.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The last figures read.
+#[derive(Default)]
+pub(crate) struct ServerStats {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    capacity: AtomicU64,
+}
+
+impl ServerStats {
+    pub(crate) fn get(&self) -> TierStats {
+        TierStats {
+            entries: self.entries.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            capacity_bytes: self.capacity.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Sample {
+    keys: u64,
+    used_memory: u64,
+    maxmemory: u64,
+    evicted: u64,
+    expired: u64,
+}
+
+/// One `field:value` of an INFO reply.
+fn info_field(info: &str, field: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn text(v: Value) -> Result<String, TierError> {
+    redis::from_redis_value(v)
+        .map_err(|e| TierError::new(TierErrorKind::Other, format!("INFO reply: {e}")))
+}
+
+async fn sample_node(
+    conn: &RedisConnection,
+    node: Option<(&str, u16)>,
+) -> Result<Sample, TierError> {
+    let run = |args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        async move {
+            match node {
+                Some((host, port)) => conn.query_node("server stats", host, port, cmd).await,
+                None => conn.query::<Value>("server stats", &cmd).await,
+            }
+        }
+    };
+    let keys: u64 = redis::from_redis_value(run(&["DBSIZE"]).await?)
+        .map_err(|e| TierError::new(TierErrorKind::Other, format!("DBSIZE reply: {e}")))?;
+    let memory = text(run(&["INFO", "memory"]).await?)?;
+    let stats = text(run(&["INFO", "stats"]).await?)?;
+    Ok(Sample {
+        keys,
+        used_memory: info_field(&memory, "used_memory"),
+        maxmemory: info_field(&memory, "maxmemory"),
+        evicted: info_field(&stats, "evicted_keys"),
+        expired: info_field(&stats, "expired_keys"),
+    })
+}
+
+async fn sample(conn: &RedisConnection) -> Result<Sample, TierError> {
+    let masters = conn.masters().await?;
+    if masters.is_empty() {
+        return sample_node(conn, None).await;
+    }
+    let mut sum = Sample::default();
+    for (host, port) in &masters {
+        let s = sample_node(conn, Some((host, *port))).await?;
+        sum.keys += s.keys;
+        sum.used_memory += s.used_memory;
+        sum.maxmemory += s.maxmemory;
+        sum.evicted += s.evicted;
+        sum.expired += s.expired;
+    }
+    Ok(sum)
+}
+
+/// Poll until the tier is gone (its `ServerStats` dropped).
+pub(crate) async fn run(
+    stats: Weak<ServerStats>,
+    conn: RedisConnection,
+    labels: Arc<RwLock<Labels>>,
+) {
+    let mut last: Option<Sample> = None;
+    loop {
+        let Some(out) = stats.upgrade() else { return };
+        match sample(&conn).await {
+            Ok(s) => {
+                out.entries.store(s.keys, Ordering::Relaxed);
+                out.bytes.store(s.used_memory, Ordering::Relaxed);
+                out.capacity.store(s.maxmemory, Ordering::Relaxed);
+                let l = labels.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if !l.cache.is_empty() {
+                    let counter = |cause: &'static str| metrics::counter!(tier_core::metrics::TIER_EVICTIONS, "cache" => l.cache.clone(), "tier" => l.tier.clone(), "cause" => cause);
+                    // A server restart resets its counters: start again from its figures.
+                    let (evicted, expired) = match last {
+                        Some(p) if s.evicted >= p.evicted && s.expired >= p.expired => {
+                            (s.evicted - p.evicted, s.expired - p.expired)
+                        }
+                        _ => (0, 0),
+                    };
+                    counter("capacity").increment(evicted);
+                    counter("expired").increment(expired);
+                    last = Some(s);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "Redis server figures not read"),
+        }
+        drop(out);
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_info_fields() {
+        let info = "# Memory\r\nused_memory:1024\r\nused_memory_human:1.00K\r\nmaxmemory:0\r\n";
+        assert_eq!(info_field(info, "used_memory"), 1024);
+        assert_eq!(info_field(info, "maxmemory"), 0);
+        assert_eq!(info_field(info, "missing"), 0);
+    }
+}
