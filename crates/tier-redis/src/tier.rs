@@ -474,6 +474,10 @@ impl Tier for RedisTier {
         crate::metrics::describe();
         let mut labels = self.inner.labels.write().unwrap_or_else(|p| p.into_inner());
         *labels = Labels { cache: ctx.cache.clone(), tier: ctx.tier.clone() };
+        // The eviction series exist from the start (at 0), before the first server poll.
+        for cause in ["capacity", "expired"] {
+            metrics::counter!(tier_core::metrics::TIER_EVICTIONS, "cache" => ctx.cache.clone(), "tier" => ctx.tier.clone(), "cause" => cause).increment(0);
+        }
     }
 }
 
