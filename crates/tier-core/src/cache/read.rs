@@ -42,6 +42,14 @@ pub(crate) struct Walk<V> {
     pub stale: Option<Found<V>>,
 }
 
+/// What the first tier answered without waiting ([`Inner::first_ready`]).
+pub(crate) enum Ready<V> {
+    /// A fresh hit: the value (`None` for a negative entry) and the entry's meta and size.
+    Hit { value: Option<Arc<V>>, meta: crate::envelope::Meta, size: u32 },
+    /// Walk on from this tier.
+    From(usize),
+}
+
 /// Whether a walk counts its lookups in `tier_requests_total` (the re-check inside a flight and
 /// the lock wait do not: they are the hierarchy's own second look, not a caller's request).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -51,18 +59,31 @@ pub(crate) enum Counting {
 }
 
 impl<V: CacheValue> Inner<V> {
-    /// Walk the tiers top to bottom. The first tier, when it holds objects, is tried on a fast
-    /// path first: a fresh, untagged hit there is answered without the general walk.
+    /// Walk the tiers top to bottom (the first one through [`Inner::first_ready`]).
     pub(crate) async fn walk(&self, key: &[u8], skip: u64, counting: Counting) -> Walk<V> {
-        let Some(first) = self.layers.first() else { return Walk { fresh: None, stale: None } };
+        match self.first_ready(key, skip, counting) {
+            Ready::Hit { value, meta, size } => {
+                // What a fresh tier-0 `Found` keeps of its entry is read only for its meta
+                // (early refresh): backfill has nothing above tier 0, and `seq` serves backfill
+                // and fail-safe's throttle (stale entries) only.
+                let entry = Entry { meta, value: Value::Envelope(Bytes::new()), size };
+                Walk { fresh: Some(Found { layer: 0, seq: 0, entry, value }), stale: None }
+            }
+            Ready::From(from) => self.walk_from(key, skip, counting, from).await,
+        }
+    }
+
+    /// The L1 fast path, without a future: a fresh, untagged hit in the first tier when it holds
+    /// objects and can answer at once ([`Tier::get_ready`](crate::Tier::get_ready)); otherwise
+    /// the tier to walk on from (a miss or an error of tier 0 is counted here; anything else is
+    /// read again by the general walk, which first takes the key's write sequence).
+    pub(crate) fn first_ready(&self, key: &[u8], skip: u64, counting: Counting) -> Ready<V> {
+        let Some(first) = self.layers.first() else { return Ready::From(0) };
         if first.storage != Storage::Objects || skip & 1 != 0 || !first.enabled() {
-            return self.walk_from(key, skip, counting, 0).await;
+            return Ready::From(0);
         }
         let start = (counting == Counting::Counted && first.should_time()).then(Instant::now);
-        let result = match first.tier.get_ready(key) {
-            Some(r) => r,
-            None => first.tier.get(key).await,
-        };
+        let Some(result) = first.tier.get_ready(key) else { return Ready::From(0) };
         if let Some(start) = start {
             first.metrics.get_duration.record(start.elapsed());
         }
@@ -77,35 +98,34 @@ impl<V: CacheValue> Inner<V> {
                     && entry.meta.created_at > self.suspect_before.load(Ordering::Relaxed) =>
             {
                 let Entry { meta, value, size } = entry;
-                if let Ok(value) = take_object::<V>(value, meta.negative) {
-                    count(LookupResult::Hit);
-                    // The value moved out of the entry (no reference count touched). What a
-                    // fresh tier-0 `Found` keeps is read only for its meta (early refresh):
-                    // backfill has nothing above tier 0, and `seq` serves backfill and
-                    // fail-safe's throttle (stale entries) only.
-                    let entry = Entry { meta, value: Value::Envelope(Bytes::new()), size };
-                    return Walk {
-                        fresh: Some(Found { layer: 0, seq: 0, entry, value }),
-                        stale: None,
-                    };
+                match take_object::<V>(value, meta.negative) {
+                    // The value moved out of the entry: no reference count touched.
+                    Ok(value) => {
+                        count(LookupResult::Hit);
+                        Ready::Hit { value, meta, size }
+                    }
+                    Err(()) => Ready::From(0),
                 }
-                self.walk_from(key, skip, counting, 0).await
             }
             Ok(Lookup::Miss) => {
                 count(LookupResult::Miss);
-                self.walk_from(key, skip, counting, 1).await
+                Ready::From(1)
             }
             Err(e) => {
                 count(self.tier_error(0, &e));
-                self.walk_from(key, skip, counting, 1).await
+                Ready::From(1)
             }
-            // Stale, tagged or suspect entries take the general path, which reads them again
-            // after taking the key's write sequence.
-            Ok(_) => self.walk_from(key, skip, counting, 0).await,
+            Ok(_) => Ready::From(0),
         }
     }
 
-    async fn walk_from(&self, key: &[u8], skip: u64, counting: Counting, from: usize) -> Walk<V> {
+    pub(crate) async fn walk_from(
+        &self,
+        key: &[u8],
+        skip: u64,
+        counting: Counting,
+        from: usize,
+    ) -> Walk<V> {
         let now = now_ms();
         let seq = self.seq(key);
         let category = if counting == Counting::Counted { self.category(key) } else { 0 };
@@ -346,7 +366,19 @@ impl<V: CacheValue> Cache<V> {
         if self.inner.bypass.load(Ordering::Relaxed) {
             return None;
         }
-        let walk = self.inner.walk(key, 0, Counting::Counted).await;
+        // An L1 hit is answered here, before any await; the rest of the walk is a boxed future
+        // so that this one stays small (it is moved on every call).
+        match self.inner.first_ready(key, 0, Counting::Counted) {
+            Ready::Hit { value, .. } => {
+                self.inner.record_hot(key);
+                value
+            }
+            Ready::From(from) => Box::pin(self.get_below(key, from)).await,
+        }
+    }
+
+    async fn get_below(&self, key: &[u8], from: usize) -> Option<Arc<V>> {
+        let walk = self.inner.walk_from(key, 0, Counting::Counted, from).await;
         let found = walk.fresh?;
         self.inner.record_hot(key);
         self.inner.backfill(key, &found, 0).await;
@@ -384,13 +416,39 @@ impl<V: CacheValue> Cache<V> {
         E: Into<BoxError> + 'static,
     {
         let key = key.as_ref();
-        let loader = Loader::new(loader);
         let inner = &self.inner;
         if opts.bypass || inner.bypass.load(Ordering::Relaxed) {
-            return inner.load_bypassing(loader).await;
+            return Box::pin(inner.load_bypassing(Loader::new(loader))).await;
         }
         let skip = inner.skip_mask(opts);
-        let walk = inner.walk(key, skip, Counting::Counted).await;
+        // An L1 hit is answered here, before any await and without boxing the loader (only an
+        // early refresh needs it); the rest is a boxed future so that this one stays small.
+        match inner.first_ready(key, skip, Counting::Counted) {
+            Ready::Hit { value, meta, .. } => {
+                inner.record_hot(key);
+                if inner.should_refresh(&meta, now_ms()) {
+                    let key = Bytes::copy_from_slice(key);
+                    inner.start_refresh(key, Loader::new(loader), skip, opts.tags.clone());
+                }
+                Ok(value)
+            }
+            Ready::From(from) => {
+                Box::pin(self.load_below(key, from, skip, opts, Loader::new(loader))).await
+            }
+        }
+    }
+
+    /// `get_or_load_with` past the first tier's fast path: walk on from tier `from`.
+    async fn load_below(
+        &self,
+        key: &[u8],
+        from: usize,
+        skip: u64,
+        opts: &CallOptions,
+        loader: Loader<V>,
+    ) -> Result<Option<Arc<V>>, CacheError> {
+        let inner = &self.inner;
+        let walk = inner.walk_from(key, skip, Counting::Counted, from).await;
         inner.record_hot(key);
         if let Some(found) = walk.fresh {
             inner.backfill(key, &found, skip).await;
