@@ -59,8 +59,10 @@ struct State {
 }
 
 impl State {
+    /// Keys waiting or being written (a key both in flight and queued again counts once).
     fn len(&self) -> usize {
-        self.ops.len() + usize::from(self.in_flight.is_some())
+        let in_flight_only = self.in_flight.as_ref().is_some_and(|k| !self.ops.contains_key(k));
+        self.ops.len() + usize::from(in_flight_only)
     }
 }
 
@@ -99,6 +101,13 @@ impl RetryQueue {
             let mut st = self.state();
             if let Some(slot) = st.ops.get_mut(&key) {
                 *slot = op;
+                ("replaced", st.len())
+            } else if st.in_flight.as_ref() == Some(&key) {
+                // A newer op on the key being written takes that key's place (it is not a new
+                // key): without it, a failed in-flight retry would come back and write the
+                // older value over the newer intent.
+                st.ops.insert(key.clone(), op);
+                st.order.push_back(key);
                 ("replaced", st.len())
             } else if st.len() >= self.capacity {
                 ("dropped_full", st.len())
@@ -237,6 +246,24 @@ mod tests {
         q.push(Bytes::from_static(b"d"), set(4));
         q.cancel_all();
         assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn a_newer_op_on_the_in_flight_key_is_kept_when_full() {
+        let q = queue(2);
+        q.push(Bytes::from("a"), set(u64::MAX));
+        q.push(Bytes::from("b"), set(u64::MAX));
+        let (key, old) = q.pop().expect("a is taken");
+        assert_eq!(key, Bytes::from("a"));
+        q.push(Bytes::from("a"), PendingOp::Remove); // full, but it is the in-flight key
+        assert_eq!(q.len(), 2, "counted once");
+        q.requeue(key, old); // the older op fails: the newer one stays
+        let mut popped = Vec::new();
+        while let Some((k, op)) = q.pop() {
+            popped.push((k, matches!(op, PendingOp::Remove)));
+            q.done();
+        }
+        assert_eq!(popped, vec![(Bytes::from("b"), false), (Bytes::from("a"), true)]);
     }
 
     #[test]
