@@ -347,10 +347,11 @@ async fn receive_loop(
             match subscribe(&clients[node], &channel, timeout).await {
                 Ok(pubsub) => {
                     backoff = MIN_BACKOFF;
-                    let n = shared.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Metrics first: whoever sees `reconnects()` move sees them counted too.
                     metrics::counter!(BACKPLANE_RECONNECTS, "channel" => channel.clone())
                         .increment(1);
                     metrics::gauge!(BACKPLANE_CONNECTED, "channel" => channel.clone()).set(1.0);
+                    let n = shared.reconnects.fetch_add(1, Ordering::Release) + 1;
                     // A new baseline per sender: what was missed is covered by this event.
                     shared.last_seq.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     tracing::warn!(
@@ -430,7 +431,7 @@ impl RedisBackplane {
 
     /// How many times the subscription was re-established.
     pub fn reconnects(&self) -> u64 {
-        self.shared.reconnects.load(Ordering::Relaxed)
+        self.shared.reconnects.load(Ordering::Acquire)
     }
 
     pub(crate) fn add_hook(&self, hook: Weak<dyn EventHook>) {
