@@ -157,14 +157,7 @@ async fn killed_backplane_connection_clears_local_tiers_on_reconnect() {
     b.cache.insert(&k, "ada".to_string()).await.unwrap();
     assert!(in_l1(&b, &k).await);
 
-    let mut admin = raw(&server.url()).await;
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let _ = kill_pubsub(&server.url()).await;
     eventually(Duration::from_secs(5), "local tier cleared after the reconnect", || async {
         !in_l1(&b, &k).await
     })

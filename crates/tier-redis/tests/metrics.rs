@@ -93,14 +93,7 @@ async fn metrics_have_their_names_and_labels() {
         "own messages are not received"
     );
 
-    let mut admin = raw(&server.url()).await;
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let _ = kill_pubsub(&server.url()).await;
     let event = tokio::time::timeout(Duration::from_secs(5), b_rx.recv()).await.unwrap().unwrap();
     assert_eq!(event, BackplaneEvent::Reconnected);
     eventually(Duration::from_secs(5), "both reconnected", || async { a.reconnects() == 1 }).await;

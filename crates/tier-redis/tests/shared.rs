@@ -98,14 +98,7 @@ async fn backplane_reconnects_after_client_kill() {
     assert_eq!(b.reconnects(), 0);
 
     // Kill every pub/sub connection on the server (both backplanes' subscriptions).
-    let mut admin = raw(&server.url()).await;
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let killed = kill_pubsub(&server.url()).await;
     assert!(killed >= 2, "killed {killed}");
 
     assert_eq!(next_event(&mut b_rx, Duration::from_secs(5)).await, BackplaneEvent::Reconnected);

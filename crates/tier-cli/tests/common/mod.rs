@@ -40,8 +40,8 @@ pub fn unique(what: &str) -> String {
     format!("{what}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Run and parse stdout as one JSON document; the command must succeed.
-pub fn json(cmd: &mut Command) -> Value {
+/// Run a command that must succeed; its output.
+fn succeed(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -50,6 +50,12 @@ pub fn json(cmd: &mut Command) -> Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// Run and parse stdout as one JSON document; the command must succeed.
+pub fn json(cmd: &mut Command) -> Value {
+    let out = succeed(cmd);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("stdout is not one JSON document ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
     })
@@ -74,13 +80,5 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Run and return stdout as text; the command must succeed.
 pub fn text(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(succeed(cmd).stdout).unwrap()
 }

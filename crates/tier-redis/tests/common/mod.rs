@@ -56,6 +56,19 @@ pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}"))
 }
 
+/// `CLIENT KILL TYPE pubsub` on the server at `url`: drops every subscription (the
+/// backplanes'); returns how many connections were killed.
+pub async fn kill_pubsub(url: &str) -> i64 {
+    let mut admin = raw(url).await;
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap()
+}
+
 pub async fn raw_cluster(urls: &[String]) -> redis::cluster_async::ClusterConnection {
     redis::cluster::ClusterClient::new(urls.to_vec())
         .unwrap()
