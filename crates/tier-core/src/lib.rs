@@ -35,7 +35,7 @@ pub use entry::{Entry, Lookup, Storage, Value};
 pub use envelope::{Codec, Meta, TagStamp};
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};
 pub use generations::{GenerationStore, LocalGenerations};
-pub use key::KeyBuilder;
+pub use key::{KeyBuilder, MAX_ID_LEN};
 pub use lock::{DistributedLock, LockOptions, LockToken};
 pub use policy::{BackfillPolicy, TierPolicy, TtlPolicy};
 pub use sketch::{FrequencySketch, HotKeys};
