@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::entry::{Entry, Lookup, Storage};
+use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::{TierError, TierErrorKind};
 use crate::tier::{Tier, TierContext, TierStats};
 
@@ -333,19 +333,18 @@ impl Tier for BreakerTier {
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         self.guarded(self.inner.get(key)).await
     }
-    fn get_ready(&self, key: &[u8]) -> Option<Result<Lookup, TierError>> {
+    fn get_ready(&self, key: &[u8]) -> ReadyLookup {
         // Only a closed breaker answers here (acquiring costs nothing then); open and half-open
-        // states go through the async path, which does the probe accounting.
+        // states go through the async path, which does the probe accounting. A ready answer is
+        // a success; `Ask` records nothing (the `get` that follows does).
         if self.breaker.state() != BreakerState::Closed {
-            return None;
+            return ReadyLookup::Ask;
         }
-        let result = self.inner.get_ready(key)?;
-        let outcome = match &result {
-            Err(e) if e.is_tier_failure() => Outcome::Failure,
-            _ => Outcome::Success,
-        };
-        self.breaker.record(false, outcome);
-        Some(result)
+        let result = self.inner.get_ready(key);
+        if !matches!(result, ReadyLookup::Ask) {
+            self.breaker.record(false, Outcome::Success);
+        }
+        result
     }
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
         self.guarded(self.inner.get_many(keys)).await

@@ -31,7 +31,7 @@ pub use cache::{
     Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, TierInfo, WarmProgress,
     WarmReport,
 };
-pub use entry::{Entry, Lookup, Storage, Value};
+pub use entry::{Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Value};
 pub use envelope::{Codec, Meta, TagStamp};
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};
 pub use generations::{GenerationStore, LocalGenerations};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::entry::{Entry, Lookup, Storage};
+use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::TierError;
 
 /// Figures a tier reports about itself (for the `tier_entries`, `tier_bytes` and
@@ -52,11 +52,15 @@ pub trait Tier: Send + Sync + 'static {
     /// Look one key up.
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError>;
 
-    /// Answer a lookup without waiting, when this tier can (an in-process tier): `None` means
-    /// "ask [`get`](Tier::get)". The hierarchy tries this first for its first tier, so an L1 hit
-    /// costs no future and no allocation. Default: `None`.
-    fn get_ready(&self, _key: &[u8]) -> Option<Result<Lookup, TierError>> {
-        None
+    /// Answer a lookup without waiting, when this tier can (an in-process tier holding
+    /// objects): a fresh untagged entry as the [`ObjectEntry`](crate::ObjectEntry) it holds,
+    /// a miss, or [`ReadyLookup::Ask`] for anything else ("ask [`get`](Tier::get)"). The
+    /// hierarchy tries this first for its first tier, so an L1 hit costs no future, no
+    /// allocation and no [`Entry`]. Must agree with `get`: `Fresh` only for what `get` would
+    /// return as a fresh [`Lookup::Hit`], `Miss` only for what it would return as
+    /// [`Lookup::Miss`]. Default: [`ReadyLookup::Ask`].
+    fn get_ready(&self, _key: &[u8]) -> ReadyLookup {
+        ReadyLookup::Ask
     }
 
     /// Look several keys up; the answer has one [`Lookup`] per key, in order.
@@ -114,7 +118,7 @@ impl<T: Tier + ?Sized> Tier for Arc<T> {
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         (**self).get(key).await
     }
-    fn get_ready(&self, key: &[u8]) -> Option<Result<Lookup, TierError>> {
+    fn get_ready(&self, key: &[u8]) -> ReadyLookup {
         (**self).get_ready(key)
     }
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// On Linux this reads `CLOCK_REALTIME_COARSE` (a few ns, resolution of one kernel tick, at
 /// most 4 ms): every read of every tier classifies entries with it, and lifetimes are
 /// milliseconds to hours. Elsewhere it is `SystemTime::now()`.
+#[inline]
 pub fn now_ms() -> u64 {
     #[cfg(target_os = "linux")]
     {
@@ -48,6 +49,7 @@ pub fn after_ms(now: u64, d: Duration) -> u64 {
 
 /// A cheap thread-local pseudo-random number generator (xorshift64*), for jitter, sampling and
 /// XFetch. Not for anything secret.
+#[inline]
 pub(crate) fn rand_u64() -> u64 {
     use std::cell::Cell;
     thread_local! {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::entry::{Entry, Lookup, Storage};
+use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::{TierError, TierErrorKind};
 use crate::tier::{Tier, TierContext, TierStats};
 
@@ -50,7 +50,7 @@ impl Tier for TimeoutTier {
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         self.bounded("get", self.inner.get(key)).await
     }
-    fn get_ready(&self, key: &[u8]) -> Option<Result<Lookup, TierError>> {
+    fn get_ready(&self, key: &[u8]) -> ReadyLookup {
         // An answer that is ready cannot be late.
         self.inner.get_ready(key)
     }

@@ -7,8 +7,11 @@
 //! await. `moka::future::Cache` would make every L1 hit build and poll a future of several
 //! hundred bytes; the benches measure the difference (`cargo bench -p tier-benches --bench memory`).
 //!
-//! - Holds decoded values ([`Value::Object`], an `Arc<V>` behind `Any`): a hit hands back the
-//!   stored `Arc` — no decode, no copy of the value.
+//! - Holds decoded values ([`Value::Object`](tier_core::Value::Object), an `Arc<V>` behind
+//!   `Any`): a hit hands back the stored `Arc` — no decode, no copy of the value. Each key holds
+//!   an `Arc<`[`ObjectEntry`]`>` (moka clones what it holds on every hit: a pointer, not a
+//!   96-byte [`Entry`]), and a fresh untagged hit hands that `Arc` to the hierarchy as it is
+//!   ([`Tier::get_ready`]).
 //! - Bounded by bytes: each entry weighs its key, its encoded size as the hierarchy measured it,
 //!   and a fixed overhead ([`ENTRY_OVERHEAD`]).
 //! - Per-entry expiry from the entry's own `stale_until` (moka's `Expiry`): an entry never
@@ -24,22 +27,29 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use moka::notification::RemovalCause;
 use moka::Expiry;
-use tier_core::{Entry, Lookup, Storage, Tier, TierContext, TierError, TierStats, Value};
+use tier_core::{
+    Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Tier, TierContext, TierError, TierStats,
+};
 
 /// Bytes added to each entry's weight for moka's and our bookkeeping.
 pub const ENTRY_OVERHEAD: u32 = 96;
 
 struct StaleUntil;
 
-impl Expiry<Bytes, Entry> for StaleUntil {
-    fn expire_after_create(&self, _key: &Bytes, entry: &Entry, _at: Instant) -> Option<Duration> {
+impl Expiry<Bytes, Arc<ObjectEntry>> for StaleUntil {
+    fn expire_after_create(
+        &self,
+        _key: &Bytes,
+        entry: &Arc<ObjectEntry>,
+        _at: Instant,
+    ) -> Option<Duration> {
         Some(until(entry))
     }
 
     fn expire_after_update(
         &self,
         _key: &Bytes,
-        entry: &Entry,
+        entry: &Arc<ObjectEntry>,
         _at: Instant,
         _left: Option<Duration>,
     ) -> Option<Duration> {
@@ -47,8 +57,8 @@ impl Expiry<Bytes, Entry> for StaleUntil {
     }
 }
 
-fn until(entry: &Entry) -> Duration {
-    Duration::from_millis(entry.meta.stale_until.saturating_sub(tier_core::now_ms()))
+fn until(entry: &ObjectEntry) -> Duration {
+    Duration::from_millis(entry.stale_until.saturating_sub(tier_core::now_ms()))
 }
 
 #[derive(Default)]
@@ -84,7 +94,7 @@ impl MemoryTierBuilder {
         let listener = evictions.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(self.max_bytes)
-            .weigher(|key: &Bytes, entry: &Entry| {
+            .weigher(|key: &Bytes, entry: &Arc<ObjectEntry>| {
                 (key.len() as u32).saturating_add(entry.size).saturating_add(ENTRY_OVERHEAD)
             })
             .expire_after(StaleUntil)
@@ -121,7 +131,7 @@ impl MemoryTierBuilder {
 /// }
 /// ```
 pub struct MemoryTier {
-    cache: moka::sync::Cache<Bytes, Entry>,
+    cache: moka::sync::Cache<Bytes, Arc<ObjectEntry>>,
     max_bytes: u64,
     name: String,
     evictions: Arc<Evictions>,
@@ -140,7 +150,7 @@ impl MemoryTier {
 
     fn lookup(&self, key: &[u8]) -> Lookup {
         match self.cache.get(key) {
-            Some(entry) => entry.lookup_at(tier_core::now_ms()),
+            Some(entry) => entry.to_entry().lookup_at(tier_core::now_ms()),
             None => Lookup::Miss,
         }
     }
@@ -160,28 +170,32 @@ impl Tier for MemoryTier {
         Ok(self.lookup(key))
     }
 
-    fn get_ready(&self, key: &[u8]) -> Option<Result<Lookup, TierError>> {
-        Some(Ok(self.lookup(key)))
+    fn get_ready(&self, key: &[u8]) -> ReadyLookup {
+        match self.cache.get(key) {
+            Some(entry) => entry.ready_at(tier_core::now_ms()),
+            None => ReadyLookup::Miss,
+        }
     }
 
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
-        if !matches!(entry.value, Value::Object(_)) {
-            return Err(TierError::new(
-                tier_core::TierErrorKind::Rejected,
-                "the memory tier stores decoded objects, not envelopes",
-            ));
-        }
         if u64::from(entry.size) + key.len() as u64 > self.max_bytes {
             return Err(TierError::too_large(format!(
                 "entry of {} bytes is over the memory tier's capacity of {} bytes",
                 entry.size, self.max_bytes
             )));
         }
-        if entry.meta.stale_until <= tier_core::now_ms() {
+        let expired = entry.meta.stale_until <= tier_core::now_ms();
+        let Some(entry) = ObjectEntry::from_entry(entry) else {
+            return Err(TierError::new(
+                tier_core::TierErrorKind::Rejected,
+                "the memory tier stores decoded objects, not envelopes",
+            ));
+        };
+        if expired {
             self.cache.invalidate(&key);
             return Ok(());
         }
-        self.cache.insert(key, entry);
+        self.cache.insert(key, Arc::new(entry));
         Ok(())
     }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tier_core::{now_ms, Entry, Lookup, Meta, Tier, TierContext, TierErrorKind, Value};
+use tier_core::{
+    now_ms, Entry, Lookup, Meta, ReadyLookup, TagStamp, Tier, TierContext, TierErrorKind, Value,
+};
 use tier_memory::MemoryTier;
 
 fn entry(fresh_in: u64, stale_in: u64, size: u32) -> Entry {
@@ -46,6 +48,57 @@ async fn entries_are_classified_and_expire_at_stale_until() {
     assert!(matches!(tier.get(b"soon").await.unwrap(), Lookup::Hit(_)));
     tokio::time::sleep(std::time::Duration::from_millis(40)).await;
     assert!(matches!(tier.get(b"soon").await.unwrap(), Lookup::Miss), "gone after stale_until");
+}
+
+#[tokio::test]
+async fn an_entry_comes_back_with_the_meta_it_went_in_with() {
+    let tier = MemoryTier::builder().build();
+    let now = now_ms();
+    let meta = Meta {
+        created_at: now - 5,
+        fresh_until: now + 60_000,
+        // Longer than 49 days past fresh_until: kept to the millisecond.
+        stale_until: now + 60_000 + 5_000_000_000,
+        load_cost_us: 1234,
+        negative: true,
+        tags: Some(Arc::from(vec![TagStamp { tag: Arc::from("t"), generation: 7 }])),
+    };
+    let e = Entry { meta: meta.clone(), value: Value::Object(Arc::new(())), size: 77 };
+    tier.insert(Bytes::from("k"), e).await.unwrap();
+    let Lookup::Hit(found) = tier.get(b"k").await.unwrap() else { panic!("expected a hit") };
+    assert_eq!(found.meta, meta);
+    assert_eq!(found.size, 77);
+}
+
+/// `get_ready` must agree with `get`: `Fresh` only for a fresh untagged hit, `Miss` only for a
+/// miss, `Ask` for the rest (stale, tagged).
+#[tokio::test]
+async fn get_ready_agrees_with_get() {
+    let tier = MemoryTier::builder().build();
+    let value: Arc<String> = Arc::new("shared".into());
+    let mut fresh = entry(60_000, 120_000, 10);
+    fresh.value = Value::Object(value.clone());
+    fresh.meta.load_cost_us = 42;
+    tier.insert(Bytes::from("fresh"), fresh.clone()).await.unwrap();
+    let mut tagged = entry(60_000, 60_000, 10);
+    tagged.meta.tags = Some(Arc::from(vec![TagStamp { tag: Arc::from("t"), generation: 1 }]));
+    tier.insert(Bytes::from("tagged"), tagged).await.unwrap();
+    tier.insert(Bytes::from("stale"), entry(0, 60_000, 10)).await.unwrap();
+
+    let ReadyLookup::Fresh(hit) = tier.get_ready(b"fresh") else { panic!("expected Fresh") };
+    assert!(Arc::ptr_eq(&hit.value.clone().downcast::<String>().unwrap(), &value));
+    assert_eq!(
+        (hit.created_at, hit.fresh_until, hit.stale_until, hit.load_cost_us, hit.negative),
+        (fresh.meta.created_at, fresh.meta.fresh_until, fresh.meta.stale_until, 42, false)
+    );
+    assert!(matches!(tier.get(b"fresh").await.unwrap(), Lookup::Hit(_)));
+
+    assert!(matches!(tier.get_ready(b"tagged"), ReadyLookup::Ask));
+    assert!(matches!(tier.get(b"tagged").await.unwrap(), Lookup::Hit(_)));
+    assert!(matches!(tier.get_ready(b"stale"), ReadyLookup::Ask));
+    assert!(matches!(tier.get(b"stale").await.unwrap(), Lookup::Stale(_)));
+    assert!(matches!(tier.get_ready(b"absent"), ReadyLookup::Miss));
+    assert!(matches!(tier.get(b"absent").await.unwrap(), Lookup::Miss));
 }
 
 #[tokio::test]

@@ -254,10 +254,10 @@ impl<V: CacheValue> Inner<V> {
         // left the map. A flight writes the in-process tiers before it answers, so looking at
         // those again is enough (and costs no I/O: a slow remote tier is not waited on twice).
         if !refresh {
-            if let Some(found) =
-                self.walk(&key, skip | self.recheck_mask(), Counting::Quiet).await.fresh
+            if let Some(value) =
+                self.fresh_value(&key, skip | self.recheck_mask(), Counting::Quiet).await
             {
-                tx.publish(Ok(found.value));
+                tx.publish(Ok(value));
                 return;
             }
         }
@@ -266,11 +266,11 @@ impl<V: CacheValue> Inner<V> {
                 LockOutcome::Held(t) => {
                     // The previous holder may have written the value and released the lock
                     // just before we took it: look in the tiers before loading again.
-                    if let Some(found) = self.walk(&key, skip, Counting::Quiet).await.fresh {
+                    if let Some(value) = self.fresh_value(&key, skip, Counting::Quiet).await {
                         if let Err(e) = lock.release(&key, &t).await {
                             tracing::debug!(cache = %self.name, error = %e, "lock release failed (it expires)");
                         }
-                        tx.publish(Ok(found.value));
+                        tx.publish(Ok(value));
                         return;
                     }
                     Some(t)
@@ -555,8 +555,8 @@ impl<V: CacheValue> Inner<V> {
             }
             tokio::time::sleep(poll.min(deadline - now)).await;
             poll = (poll * 2).min(opts.max_poll);
-            if let Some(found) = self.walk(key, skip, Counting::Quiet).await.fresh {
-                return LockOutcome::Appeared(found.value);
+            if let Some(value) = self.fresh_value(key, skip, Counting::Quiet).await {
+                return LockOutcome::Appeared(value);
             }
         }
     }

@@ -183,6 +183,7 @@ pub(crate) struct Options {
     pub stale_while_revalidate: bool,
     pub sync_backfill: bool,
     pub reconnect: ReconnectPolicy,
+    /// A power of two (see `CacheBuilder::hot_keys`).
     pub hot_key_sample: u64,
     pub max_pending_backfills: usize,
 }
@@ -278,6 +279,7 @@ impl<V> Inner<V> {
         self.write_layers(key, writes).await
     }
 
+    #[inline]
     pub(crate) fn category(&self, key: &[u8]) -> usize {
         match &self.categories {
             None => 0,
@@ -290,7 +292,7 @@ impl<V> Inner<V> {
 
     pub(crate) fn record_hot(&self, key: &[u8]) {
         // Sampled with a thread-local generator: no shared counter on the hit path.
-        if crate::time::rand_u64().is_multiple_of(self.opts.hot_key_sample) {
+        if crate::time::rand_u64() & (self.opts.hot_key_sample - 1) == 0 {
             self.hot.record(key);
         }
     }

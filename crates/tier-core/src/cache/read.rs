@@ -9,10 +9,10 @@ use bytes::Bytes;
 
 use super::load::Loader;
 use super::{Cache, CacheValue, CallOptions, EarlyRefresh, Inner};
-use crate::entry::{Entry, Lookup, Storage, Value};
+use crate::entry::{Entry, Lookup, ReadyLookup, Storage, Value};
 use crate::envelope;
 use crate::error::{BoxError, CacheError, TierError, TierErrorKind};
-use crate::metrics::LookupResult;
+use crate::metrics::{LookupResult, OBJECT_TIER_TIMING_SAMPLE};
 use crate::policy::BackfillPolicy;
 use crate::time::{now_ms, rand_unit};
 
@@ -44,10 +44,25 @@ pub(crate) struct Walk<V> {
 
 /// What the first tier answered without waiting ([`Inner::first_ready`]).
 pub(crate) enum Ready<V> {
-    /// A fresh hit: the value (`None` for a negative entry) and the entry's meta and size.
-    Hit { value: Option<Arc<V>>, meta: crate::envelope::Meta, size: u32 },
+    /// A fresh hit: the value (`None` for a negative entry) and what early refresh reads of the
+    /// entry.
+    Hit { value: Option<Arc<V>>, life: Life },
     /// Walk on from this tier.
     From(usize),
+}
+
+/// What early refresh reads of a fresh entry ([`Inner::should_refresh`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Life {
+    pub created_at: u64,
+    pub fresh_until: u64,
+    pub load_cost_us: u32,
+}
+
+impl From<&crate::envelope::Meta> for Life {
+    fn from(m: &crate::envelope::Meta) -> Self {
+        Self { created_at: m.created_at, fresh_until: m.fresh_until, load_cost_us: m.load_cost_us }
+    }
 }
 
 /// Whether a walk counts its lookups in `tier_requests_total` (the re-check inside a flight and
@@ -59,63 +74,75 @@ pub(crate) enum Counting {
 }
 
 impl<V: CacheValue> Inner<V> {
-    /// Walk the tiers top to bottom (the first one through [`Inner::first_ready`]).
-    pub(crate) async fn walk(&self, key: &[u8], skip: u64, counting: Counting) -> Walk<V> {
+    /// The value of the first fresh entry, walking the tiers top to bottom (the first one
+    /// through [`Inner::first_ready`]); `Some(None)` is a fresh negative entry.
+    pub(crate) async fn fresh_value(
+        &self,
+        key: &[u8],
+        skip: u64,
+        counting: Counting,
+    ) -> Option<Option<Arc<V>>> {
         match self.first_ready(key, skip, counting) {
-            Ready::Hit { value, meta, size } => {
-                // What a fresh tier-0 `Found` keeps of its entry is read only for its meta
-                // (early refresh): backfill has nothing above tier 0, and `seq` serves backfill
-                // and fail-safe's throttle (stale entries) only.
-                let entry = Entry { meta, value: Value::Envelope(Bytes::new()), size };
-                Walk { fresh: Some(Found { layer: 0, seq: 0, entry, value }), stale: None }
+            Ready::Hit { value, .. } => Some(value),
+            Ready::From(from) => {
+                self.walk_from(key, skip, counting, from).await.fresh.map(|f| f.value)
             }
-            Ready::From(from) => self.walk_from(key, skip, counting, from).await,
         }
     }
 
     /// The L1 fast path, without a future: a fresh, untagged hit in the first tier when it holds
     /// objects and can answer at once ([`Tier::get_ready`](crate::Tier::get_ready)); otherwise
-    /// the tier to walk on from (a miss or an error of tier 0 is counted here; anything else is
-    /// read again by the general walk, which first takes the key's write sequence).
+    /// the tier to walk on from. A counted hit is counted and sampled for the hot keys here, a
+    /// miss of tier 0 is counted here; anything else is read again by the general walk, which
+    /// first takes the key's write sequence.
     pub(crate) fn first_ready(&self, key: &[u8], skip: u64, counting: Counting) -> Ready<V> {
         let Some(first) = self.layers.first() else { return Ready::From(0) };
         if first.storage != Storage::Objects || skip & 1 != 0 || !first.enabled() {
             return Ready::From(0);
         }
-        let start = (counting == Counting::Counted && first.should_time()).then(Instant::now);
-        let Some(result) = first.tier.get_ready(key) else { return Ready::From(0) };
+        let counted = counting == Counting::Counted;
+        // One draw of the thread-local generator decides both samples of a counted hit: its
+        // low bits the timing, its high bits the hot-key record.
+        let draw = if counted { crate::time::rand_u64() } else { 1 };
+        let start = draw.is_multiple_of(OBJECT_TIER_TIMING_SAMPLE).then(Instant::now);
+        let result = first.tier.get_ready(key);
         if let Some(start) = start {
             first.metrics.get_duration.record(start.elapsed());
         }
-        let count = |r: LookupResult| {
-            if counting == Counting::Counted {
-                first.metrics.get[self.category(key)].add(r, 1);
-            }
-        };
         match result {
-            Ok(Lookup::Hit(entry))
-                if entry.meta.tags.is_none()
-                    && entry.meta.created_at > self.suspect_before.load(Ordering::Relaxed) =>
+            ReadyLookup::Fresh(hit)
+                if hit.created_at > self.suspect_before.load(Ordering::Relaxed) =>
             {
-                let Entry { meta, value, size } = entry;
-                match take_object::<V>(value, meta.negative) {
-                    // The value moved out of the entry: no reference count touched.
-                    Ok(value) => {
-                        count(LookupResult::Hit);
-                        Ready::Hit { value, meta, size }
+                let value = if hit.negative {
+                    None
+                } else {
+                    match hit.value.clone().downcast::<V>() {
+                        Ok(v) => Some(v),
+                        // Another type under this key (a tier shared by two hierarchies): the
+                        // general walk counts it as a decode error.
+                        Err(_) => return Ready::From(0),
                     }
-                    Err(()) => Ready::From(0),
+                };
+                if counted {
+                    first.metrics.get[self.category(key)].add(LookupResult::Hit, 1);
+                    if (draw >> 32) & (self.opts.hot_key_sample - 1) == 0 {
+                        self.hot.record(key);
+                    }
                 }
+                let life = Life {
+                    created_at: hit.created_at,
+                    fresh_until: hit.fresh_until,
+                    load_cost_us: hit.load_cost_us,
+                };
+                Ready::Hit { value, life }
             }
-            Ok(Lookup::Miss) => {
-                count(LookupResult::Miss);
+            ReadyLookup::Miss => {
+                if counted {
+                    first.metrics.get[self.category(key)].add(LookupResult::Miss, 1);
+                }
                 Ready::From(1)
             }
-            Err(e) => {
-                count(self.tier_error(0, &e));
-                Ready::From(1)
-            }
-            Ok(_) => Ready::From(0),
+            ReadyLookup::Fresh(_) | ReadyLookup::Ask => Ready::From(0),
         }
     }
 
@@ -236,7 +263,7 @@ impl<V: CacheValue> Inner<V> {
     }
 
     /// Should a fresh hit be refreshed now?
-    pub(crate) fn should_refresh(&self, meta: &crate::envelope::Meta, now: u64) -> bool {
+    pub(crate) fn should_refresh(&self, meta: Life, now: u64) -> bool {
         match self.opts.early_refresh {
             None => false,
             Some(EarlyRefresh::Ahead(ratio)) => {
@@ -329,17 +356,6 @@ impl<V: CacheValue> Inner<V> {
     }
 }
 
-/// The value of an object entry, moved out (`Err` when it holds another type or an envelope).
-fn take_object<V: CacheValue>(value: Value, negative: bool) -> Result<Option<Arc<V>>, ()> {
-    if negative {
-        return Ok(None);
-    }
-    match value {
-        Value::Object(any) => any.downcast::<V>().map(Some).map_err(|_| ()),
-        Value::Envelope(_) => Err(()),
-    }
-}
-
 /// Decode the value of an entry of either form. Negative entries decode to `None`.
 pub(crate) fn decode<V: CacheValue>(entry: &Entry) -> Result<Option<Arc<V>>, TierError> {
     if entry.meta.negative {
@@ -369,10 +385,7 @@ impl<V: CacheValue> Cache<V> {
         // An L1 hit is answered here, before any await; the rest of the walk is a boxed future
         // so that this one stays small (it is moved on every call).
         match self.inner.first_ready(key, 0, Counting::Counted) {
-            Ready::Hit { value, .. } => {
-                self.inner.record_hot(key);
-                value
-            }
+            Ready::Hit { value, .. } => value,
             Ready::From(from) => Box::pin(self.get_below(key, from)).await,
         }
     }
@@ -424,9 +437,8 @@ impl<V: CacheValue> Cache<V> {
         // An L1 hit is answered here, before any await and without boxing the loader (only an
         // early refresh needs it); the rest is a boxed future so that this one stays small.
         match inner.first_ready(key, skip, Counting::Counted) {
-            Ready::Hit { value, meta, .. } => {
-                inner.record_hot(key);
-                if inner.should_refresh(&meta, now_ms()) {
+            Ready::Hit { value, life } => {
+                if inner.should_refresh(life, now_ms()) {
                     let key = Bytes::copy_from_slice(key);
                     inner.start_refresh(key, Loader::new(loader), skip, opts.tags.clone());
                 }
@@ -452,7 +464,7 @@ impl<V: CacheValue> Cache<V> {
         inner.record_hot(key);
         if let Some(found) = walk.fresh {
             inner.backfill(key, &found, skip).await;
-            if inner.should_refresh(&found.entry.meta, now_ms()) {
+            if inner.should_refresh(Life::from(&found.entry.meta), now_ms()) {
                 inner.start_refresh(Bytes::copy_from_slice(key), loader, skip, opts.tags.clone());
             }
             return Ok(found.value);
