@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::envelope::{self, Meta, TagStamp};
+use crate::envelope::{self, Meta};
 use crate::error::TierError;
 
 /// A value as a tier holds it.
@@ -113,27 +113,18 @@ impl Lookup {
 }
 
 /// An entry holding a decoded object, in the form an in-process tier keeps it (behind an `Arc`,
-/// so that a hit clones one pointer) and hands it out from [`Tier::get_ready`].
+/// so that a hit clones one pointer) and hands it out from [`Tier::get_ready`]: an [`Entry`] of
+/// [`Value::Object`] without the enum (72 bytes instead of 88 on a 64-bit target).
 ///
 /// [`Tier::get_ready`]: crate::Tier::get_ready
 #[derive(Clone)]
 pub struct ObjectEntry {
+    /// Times, flags and tags.
+    pub meta: Meta,
     /// The decoded value (`Arc<V>` behind `Any`); `()` for a negative entry.
     pub value: Arc<dyn Any + Send + Sync>,
-    /// When the value was loaded (Unix ms).
-    pub created_at: u64,
-    /// Fresh until then (Unix ms).
-    pub fresh_until: u64,
-    /// Servable as stale until then; gone after (Unix ms).
-    pub stale_until: u64,
-    /// How long the load took, in microseconds (for XFetch).
-    pub load_cost_us: u32,
     /// Approximate size in bytes (see [`Entry::size`]).
     pub size: u32,
-    /// The origin said the value does not exist.
-    pub negative: bool,
-    /// Tags with their generations; `None` when untagged.
-    pub tags: Option<Arc<[TagStamp]>>,
 }
 
 impl ObjectEntry {
@@ -141,39 +132,21 @@ impl ObjectEntry {
     pub fn from_entry(entry: Entry) -> Option<Self> {
         let Entry { meta, value, size } = entry;
         let Value::Object(value) = value else { return None };
-        let Meta { created_at, fresh_until, stale_until, load_cost_us, negative, tags } = meta;
-        Some(Self {
-            value,
-            created_at,
-            fresh_until,
-            stale_until,
-            load_cost_us,
-            size,
-            negative,
-            tags,
-        })
+        Some(Self { meta, value, size })
     }
 
     /// The [`Entry`] this is (its value shared, not copied).
     pub fn to_entry(&self) -> Entry {
-        let meta = Meta {
-            created_at: self.created_at,
-            fresh_until: self.fresh_until,
-            stale_until: self.stale_until,
-            load_cost_us: self.load_cost_us,
-            negative: self.negative,
-            tags: self.tags.clone(),
-        };
-        Entry { meta, value: Value::Object(self.value.clone()), size: self.size }
+        Entry { meta: self.meta.clone(), value: Value::Object(self.value.clone()), size: self.size }
     }
 
     /// What [`Tier::get_ready`](crate::Tier::get_ready) answers for this entry at `now`
     /// (Unix ms): `Fresh` when fresh and untagged, `Miss` past `stale_until`, else `Ask`.
     #[inline]
     pub fn ready_at(self: Arc<Self>, now: u64) -> ReadyLookup {
-        if now < self.fresh_until && self.tags.is_none() {
+        if self.meta.is_fresh(now) && self.meta.tags.is_none() {
             ReadyLookup::Fresh(self)
-        } else if now < self.stale_until {
+        } else if self.meta.is_alive(now) {
             ReadyLookup::Ask
         } else {
             ReadyLookup::Miss
@@ -184,13 +157,8 @@ impl ObjectEntry {
 impl std::fmt::Debug for ObjectEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectEntry")
-            .field("created_at", &self.created_at)
-            .field("fresh_until", &self.fresh_until)
-            .field("stale_until", &self.stale_until)
-            .field("load_cost_us", &self.load_cost_us)
+            .field("meta", &self.meta)
             .field("size", &self.size)
-            .field("negative", &self.negative)
-            .field("tags", &self.tags)
             .finish_non_exhaustive()
     }
 }

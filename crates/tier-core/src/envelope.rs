@@ -71,11 +71,13 @@ pub struct Meta {
 
 impl Meta {
     /// Fresh at `now`?
+    #[inline]
     pub fn is_fresh(&self, now: u64) -> bool {
         now < self.fresh_until
     }
 
     /// Still servable (fresh or stale) at `now`?
+    #[inline]
     pub fn is_alive(&self, now: u64) -> bool {
         now < self.stale_until
     }

@@ -9,8 +9,8 @@
 //!
 //! - Holds decoded values ([`Value::Object`](tier_core::Value::Object), an `Arc<V>` behind
 //!   `Any`): a hit hands back the stored `Arc` — no decode, no copy of the value. Each key holds
-//!   an `Arc<`[`ObjectEntry`]`>` (moka clones what it holds on every hit: a pointer, not a
-//!   96-byte [`Entry`]), and a fresh untagged hit hands that `Arc` to the hierarchy as it is
+//!   an `Arc<`[`ObjectEntry`]`>` (moka clones what it holds on every hit: a pointer, not an
+//!   88-byte [`Entry`]), and a fresh untagged hit hands that `Arc` to the hierarchy as it is
 //!   ([`Tier::get_ready`]).
 //! - Bounded by bytes: each entry weighs its key, its encoded size as the hierarchy measured it,
 //!   and a fixed overhead ([`ENTRY_OVERHEAD`]).
@@ -58,7 +58,7 @@ impl Expiry<Bytes, Arc<ObjectEntry>> for StaleUntil {
 }
 
 fn until(entry: &ObjectEntry) -> Duration {
-    Duration::from_millis(entry.stale_until.saturating_sub(tier_core::now_ms()))
+    Duration::from_millis(entry.meta.stale_until.saturating_sub(tier_core::now_ms()))
 }
 
 #[derive(Default)]

@@ -88,7 +88,13 @@ async fn get_ready_agrees_with_get() {
     let ReadyLookup::Fresh(hit) = tier.get_ready(b"fresh") else { panic!("expected Fresh") };
     assert!(Arc::ptr_eq(&hit.value.clone().downcast::<String>().unwrap(), &value));
     assert_eq!(
-        (hit.created_at, hit.fresh_until, hit.stale_until, hit.load_cost_us, hit.negative),
+        (
+            hit.meta.created_at,
+            hit.meta.fresh_until,
+            hit.meta.stale_until,
+            hit.meta.load_cost_us,
+            hit.meta.negative
+        ),
         (fresh.meta.created_at, fresh.meta.fresh_until, fresh.meta.stale_until, 42, false)
     );
     assert!(matches!(tier.get(b"fresh").await.unwrap(), Lookup::Hit(_)));

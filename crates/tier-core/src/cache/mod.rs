@@ -292,7 +292,13 @@ impl<V> Inner<V> {
 
     pub(crate) fn record_hot(&self, key: &[u8]) {
         // Sampled with a thread-local generator: no shared counter on the hit path.
-        if crate::time::rand_u64() & (self.opts.hot_key_sample - 1) == 0 {
+        self.sample_hot(key, crate::time::rand_u64());
+    }
+
+    /// Record `key` in the hot keys when the random `draw` says so (one in `hot_key_sample`).
+    #[inline]
+    pub(crate) fn sample_hot(&self, key: &[u8], draw: u64) {
+        if draw & (self.opts.hot_key_sample - 1) == 0 {
             self.hot.record(key);
         }
     }

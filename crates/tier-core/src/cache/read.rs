@@ -111,9 +111,9 @@ impl<V: CacheValue> Inner<V> {
         }
         match result {
             ReadyLookup::Fresh(hit)
-                if hit.created_at > self.suspect_before.load(Ordering::Relaxed) =>
+                if hit.meta.created_at > self.suspect_before.load(Ordering::Relaxed) =>
             {
-                let value = if hit.negative {
+                let value = if hit.meta.negative {
                     None
                 } else {
                     match hit.value.clone().downcast::<V>() {
@@ -125,16 +125,9 @@ impl<V: CacheValue> Inner<V> {
                 };
                 if counted {
                     first.metrics.get[self.category(key)].add(LookupResult::Hit, 1);
-                    if (draw >> 32) & (self.opts.hot_key_sample - 1) == 0 {
-                        self.hot.record(key);
-                    }
+                    self.sample_hot(key, draw >> 32);
                 }
-                let life = Life {
-                    created_at: hit.created_at,
-                    fresh_until: hit.fresh_until,
-                    load_cost_us: hit.load_cost_us,
-                };
-                Ready::Hit { value, life }
+                Ready::Hit { value, life: Life::from(&hit.meta) }
             }
             ReadyLookup::Miss => {
                 if counted {
