@@ -7,7 +7,7 @@
 //!
 //! `tier_cache` runs with no metrics recorder (the counters are no-ops), like the peers;
 //! `tier_cache_prometheus` runs last, with a Prometheus recorder installed, as a production
-//! service would (each hit then increments a real counter).
+//! service would (each hit then increments a real counter, and one in 16 records a duration).
 //!
 //! Two shapes, each contender in both: one cache of 1,024 keys (`1x1024`, the shape),
 //! and eight caches of 128 keys taken in turn (`8x128`). One moka instance alone varies by
@@ -151,8 +151,20 @@ fn l1_hit(c: &mut Criterion) {
         bench!(group, &rt, "tier_cache", shape, tier, |c, k| c.get(k).await);
     }
     // Last: the recorder is global, and a cache registers its counters when it is built.
-    let _prometheus =
-        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap();
+    // Configured as `tier demo` configures it, with its upkeep (which drains the buffered
+    // histogram samples) run every second, as `PrometheusBuilder::install` runs it every 5 s.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            tier_core::metrics::DURATION_BUCKETS,
+        )
+        .unwrap()
+        .install_recorder()
+        .unwrap();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1));
+        prometheus.run_upkeep();
+    });
     for shape in SHAPES {
         let tier = tier_caches(&rt, shape);
         bench!(group, &rt, "tier_cache_prometheus", shape, tier, |c, k| c.get(k).await);
