@@ -6,7 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tier_core::{
-    now_ms, Entry, Lookup, Meta, ReadyLookup, TagStamp, Tier, TierContext, TierErrorKind, Value,
+    now_ms, BreakerConfig, BreakerState, BreakerTier, Entry, Lookup, Meta, Outcome, ReadyLookup,
+    TagStamp, Tier, TierContext, TierErrorKind, Value,
 };
 use tier_memory::MemoryTier;
 
@@ -105,6 +106,33 @@ async fn get_ready_agrees_with_get() {
     assert!(matches!(tier.get(b"stale").await.unwrap(), Lookup::Stale(_)));
     assert!(matches!(tier.get_ready(b"absent"), ReadyLookup::Miss));
     assert!(matches!(tier.get(b"absent").await.unwrap(), Lookup::Miss));
+}
+
+fn record_failure(tier: &BreakerTier) {
+    let probe = tier.breaker().try_acquire().expect("the breaker lets the call through");
+    tier.breaker().record(probe, Outcome::Failure);
+}
+
+/// Behind a breaker, a ready answer counts as a success; an open breaker answers `Ask` even for
+/// an entry in memory, so that the async path fails fast (and does the probe accounting).
+#[tokio::test]
+async fn behind_a_breaker_get_ready_answers_only_while_closed() {
+    let memory = MemoryTier::builder().build();
+    memory.insert(Bytes::from("k"), entry(60_000, 60_000, 10)).await.unwrap();
+    let cfg = BreakerConfig {
+        consecutive_failures: 2,
+        cooldown: std::time::Duration::from_secs(3600),
+        ..BreakerConfig::default()
+    };
+    let tier = BreakerTier::new(Arc::new(memory), cfg);
+    record_failure(&tier);
+    assert!(matches!(tier.get_ready(b"k"), ReadyLookup::Fresh(_)));
+    record_failure(&tier);
+    assert_eq!(tier.breaker().state(), BreakerState::Closed, "the ready hit counted as a success");
+    record_failure(&tier);
+    assert_eq!(tier.breaker().state(), BreakerState::Open);
+    assert!(matches!(tier.get_ready(b"k"), ReadyLookup::Ask));
+    assert_eq!(tier.get(b"k").await.unwrap_err().kind(), TierErrorKind::CircuitOpen);
 }
 
 #[tokio::test]
