@@ -9,9 +9,21 @@ use std::time::{Duration, Instant};
 use common::*;
 use tier_core::testing::{Fault, FaultyTier, MapTier};
 use tier_core::{
-    now_ms, BreakerConfig, BreakerState, Cache, CallOptions, FailSafe, Tier, TierErrorKind,
+    now_ms, BreakerConfig, BreakerState, Cache, CacheBuilder, CallOptions, FailSafe, Tier,
+    TierErrorKind,
 };
 use tier_memory::MemoryTier;
+
+/// A builder of a hierarchy named `t` whose first tier is a new memory tier (entries fresh for a
+/// minute).
+fn memory_l1() -> CacheBuilder<String> {
+    Cache::builder("t").tier(MemoryTier::builder().build(), exact(MINUTE))
+}
+
+/// A memory tier over `l2`, both fresh for a minute.
+fn memory_over(l2: &Arc<MapTier>) -> Cache<String> {
+    memory_l1().tier(l2.clone(), exact(MINUTE)).build().unwrap()
+}
 
 fn two_tier(l1: &Arc<MemoryTier>, l2: &Arc<MapTier>) -> Cache<String> {
     Cache::builder("t")
@@ -179,11 +191,7 @@ async fn open_breaker_costs_no_call_and_a_half_open_probe_closes_it() {
 async fn a_stalled_tier_delays_the_answer_by_at_most_its_timeout() {
     let (tier, handle) = FaultyTier::with_handle(MapTier::new("l2"));
     let timeout = Duration::from_millis(100);
-    let cache = Cache::<String>::builder("t")
-        .tier(MemoryTier::builder().build(), exact(MINUTE))
-        .tier(tier, exact(MINUTE).timeout(timeout))
-        .build()
-        .unwrap();
+    let cache = memory_l1().tier(tier, exact(MINUTE).timeout(timeout)).build().unwrap();
     handle.set(Fault::Stall);
     let calls = Calls::default();
     let start = Instant::now();
@@ -203,11 +211,7 @@ async fn a_stalled_tier_delays_the_answer_by_at_most_its_timeout() {
 #[tokio::test]
 async fn tag_invalidation_reaches_entries_written_before_it_not_after() {
     let l2 = Arc::new(MapTier::new("l2"));
-    let cache = Cache::<String>::builder("t")
-        .tier(MemoryTier::builder().build(), exact(MINUTE))
-        .tier(l2.clone(), exact(MINUTE))
-        .build()
-        .unwrap();
+    let cache = memory_over(&l2);
     cache.insert_with_tags("a", "1".into(), &["user:1"]).await.unwrap();
     cache.insert_with_tags("b", "2".into(), &["user:2"]).await.unwrap();
     let calls = Calls::default();
@@ -330,11 +334,7 @@ async fn soft_timeout_answers_stale_while_the_load_completes() {
 
 #[tokio::test]
 async fn hard_timeout_gives_up_and_is_not_cached() {
-    let cache = Cache::<String>::builder("t")
-        .tier(MemoryTier::builder().build(), exact(MINUTE))
-        .hard_timeout(Duration::from_millis(20))
-        .build()
-        .unwrap();
+    let cache = memory_l1().hard_timeout(Duration::from_millis(20)).build().unwrap();
     let r = cache
         .get_or_load("k", || async {
             std::future::pending::<()>().await;
@@ -350,11 +350,7 @@ async fn hard_timeout_gives_up_and_is_not_cached() {
 #[tokio::test]
 async fn early_refresh_runs_once_in_the_background() {
     use tier_core::EarlyRefresh;
-    let cache = Cache::<String>::builder("t")
-        .tier(MemoryTier::builder().build(), exact(MINUTE))
-        .early_refresh(EarlyRefresh::Ahead(0.0))
-        .build()
-        .unwrap();
+    let cache = memory_l1().early_refresh(EarlyRefresh::Ahead(0.0)).build().unwrap();
     let calls = Calls::default();
     cache.get_or_load("k", loader(&calls, "v1")).await.unwrap();
     let gate = Arc::new(tokio::sync::Notify::new());
@@ -383,11 +379,7 @@ async fn early_refresh_runs_once_in_the_background() {
 async fn get_many_or_load_batches_the_misses() {
     use std::collections::HashMap;
     let l2 = Arc::new(MapTier::new("l2"));
-    let cache = Cache::<String>::builder("t")
-        .tier(MemoryTier::builder().build(), exact(MINUTE))
-        .tier(l2.clone(), exact(MINUTE))
-        .build()
-        .unwrap();
+    let cache = memory_over(&l2);
     cache.insert("a", "A".into()).await.unwrap();
     let calls = Calls::default();
     let c = calls.clone();
@@ -416,10 +408,7 @@ async fn get_many_or_load_batches_the_misses() {
 
 #[tokio::test]
 async fn warm_loads_with_bounded_concurrency_and_reports() {
-    let cache = Cache::<String>::builder("t")
-        .tier(MemoryTier::builder().build(), exact(MINUTE))
-        .build()
-        .unwrap();
+    let cache = memory_l1().build().unwrap();
     let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
@@ -474,12 +463,8 @@ async fn namespace_drop_is_o1_through_the_key_version() {
 async fn invalidate_removes_from_every_tier_and_reports_tier_failures() {
     let l2 = Arc::new(MapTier::new("l2"));
     let (faulty, handle) = FaultyTier::with_handle(MapTier::new("l3"));
-    let cache = Cache::<String>::builder("t")
-        .tier(MemoryTier::builder().build(), exact(MINUTE))
-        .tier(l2.clone(), exact(MINUTE))
-        .tier(faulty, exact(MINUTE))
-        .build()
-        .unwrap();
+    let cache =
+        memory_l1().tier(l2.clone(), exact(MINUTE)).tier(faulty, exact(MINUTE)).build().unwrap();
     cache.insert("k", "v".into()).await.unwrap();
     handle.set(Fault::Fail(TierErrorKind::Unavailable));
     let err = cache.invalidate("k").await.expect_err("l3 could not be reached");
@@ -493,11 +478,7 @@ async fn invalidate_removes_from_every_tier_and_reports_tier_failures() {
 async fn xfetch_refreshes_early_in_proportion_to_the_load_cost() {
     use tier_core::EarlyRefresh;
     for (beta, expect_refresh) in [(0.0, false), (1e9, true)] {
-        let cache = Cache::<String>::builder("t")
-            .tier(MemoryTier::builder().build(), exact(MINUTE))
-            .early_refresh(EarlyRefresh::XFetch { beta })
-            .build()
-            .unwrap();
+        let cache = memory_l1().early_refresh(EarlyRefresh::XFetch { beta }).build().unwrap();
         // A slow origin: the load cost (≥ 2 ms) is what XFetch weighs.
         cache
             .get_or_load("k", || async {
