@@ -16,9 +16,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
+use crate::entry::{Entry, Lookup, ReadyLookup};
 use crate::error::{TierError, TierErrorKind};
-use crate::tier::{Tier, TierContext, TierStats};
+use crate::tier::Tier;
 
 /// Breaker settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -324,12 +324,7 @@ impl BreakerTier {
 
 #[async_trait]
 impl Tier for BreakerTier {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn storage(&self) -> Storage {
-        self.inner.storage()
-    }
+    crate::tier::forward_tier_info!();
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         self.guarded(self.inner.get(key)).await
     }
@@ -362,15 +357,6 @@ impl Tier for BreakerTier {
     }
     async fn clear(&self) -> Result<(), TierError> {
         self.inner.clear().await
-    }
-    fn stats(&self) -> TierStats {
-        self.inner.stats()
-    }
-    fn is_shared(&self) -> bool {
-        self.inner.is_shared()
-    }
-    fn attach(&self, ctx: &TierContext) {
-        self.inner.attach(ctx);
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use crate::entry::{Entry, Lookup, Storage, Value};
 use crate::error::{TierError, TierErrorKind};
-use crate::tier::{Tier, TierContext, TierStats};
+use crate::tier::{Tier, TierStats};
 use crate::time::now_ms;
 
 /// An envelope tier in a `HashMap` (like a tiny Redis in process): stores bytes, classifies on read.
@@ -218,12 +218,7 @@ impl FaultyTier {
 
 #[async_trait]
 impl Tier for FaultyTier {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn storage(&self) -> Storage {
-        self.inner.storage()
-    }
+    crate::tier::forward_tier_info!();
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         self.calls.gets.fetch_add(1, Ordering::SeqCst);
         self.gate("get").await?;
@@ -252,15 +247,6 @@ impl Tier for FaultyTier {
     async fn clear(&self) -> Result<(), TierError> {
         self.gate("clear").await?;
         self.inner.clear().await
-    }
-    fn stats(&self) -> TierStats {
-        self.inner.stats()
-    }
-    fn is_shared(&self) -> bool {
-        self.inner.is_shared()
-    }
-    fn attach(&self, ctx: &TierContext) {
-        self.inner.attach(ctx);
     }
 }
 

@@ -106,6 +106,29 @@ pub trait Tier: Send + Sync + 'static {
     fn attach(&self, _ctx: &TierContext) {}
 }
 
+/// The methods a wrapper around a tier in `self.inner` passes through unchanged: `name`,
+/// `storage`, `stats`, `is_shared`, `attach` (inside an `impl Tier`).
+macro_rules! forward_tier_info {
+    () => {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn storage(&self) -> $crate::entry::Storage {
+            self.inner.storage()
+        }
+        fn stats(&self) -> $crate::tier::TierStats {
+            self.inner.stats()
+        }
+        fn is_shared(&self) -> bool {
+            self.inner.is_shared()
+        }
+        fn attach(&self, ctx: &$crate::tier::TierContext) {
+            self.inner.attach(ctx);
+        }
+    };
+}
+pub(crate) use forward_tier_info;
+
 /// A shared tier is a tier.
 #[async_trait]
 impl<T: Tier + ?Sized> Tier for Arc<T> {

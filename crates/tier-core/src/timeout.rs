@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
+use crate::entry::{Entry, Lookup, ReadyLookup};
 use crate::error::{TierError, TierErrorKind};
-use crate::tier::{Tier, TierContext, TierStats};
+use crate::tier::Tier;
 
 /// A tier whose every call is bounded by a timeout; a late answer is
 /// [`TierErrorKind::Timeout`] (a tier failure, counted by the breaker).
@@ -41,12 +41,7 @@ impl TimeoutTier {
 
 #[async_trait]
 impl Tier for TimeoutTier {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn storage(&self) -> Storage {
-        self.inner.storage()
-    }
+    crate::tier::forward_tier_info!();
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         self.bounded("get", self.inner.get(key)).await
     }
@@ -68,14 +63,5 @@ impl Tier for TimeoutTier {
     }
     async fn clear(&self) -> Result<(), TierError> {
         self.bounded("clear", self.inner.clear()).await
-    }
-    fn stats(&self) -> TierStats {
-        self.inner.stats()
-    }
-    fn is_shared(&self) -> bool {
-        self.inner.is_shared()
-    }
-    fn attach(&self, ctx: &TierContext) {
-        self.inner.attach(ctx);
     }
 }
