@@ -48,12 +48,7 @@ async fn instance_on(
     channel: &str,
     policy: ReconnectPolicy,
 ) -> Instance {
-    let l3 = RedisTier::builder()
-        .connection(conn.clone())
-        .prefix(format!("{prefix}data:"))
-        .build()
-        .await
-        .unwrap();
+    let l3 = data_tier(&conn, prefix).await;
     let backplane = RedisBackplane::builder(bp_conn)
         .channel(channel)
         .ping_interval(Duration::from_millis(100))

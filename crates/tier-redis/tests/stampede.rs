@@ -16,7 +16,7 @@ use common::*;
 use redis::AsyncCommands;
 use tier_core::{Cache, LockOptions, TierPolicy};
 use tier_memory::MemoryTier;
-use tier_redis::{RedisConnection, RedisLock, RedisTier};
+use tier_redis::{RedisConnection, RedisLock};
 
 const PREFIX_ENV: &str = "TIER_REDIS_STAMPEDE_PREFIX";
 const PROCESSES: usize = 4;
@@ -94,12 +94,7 @@ fn stampede_instance() {
     rt.block_on(async move {
         let url = standalone_url();
         let conn = RedisConnection::standalone(&url).connect().await.unwrap();
-        let l3 = RedisTier::builder()
-            .connection(conn.clone())
-            .prefix(format!("{prefix}data:"))
-            .build()
-            .await
-            .unwrap();
+        let l3 = data_tier(&conn, &prefix).await;
         let cache: Cache<String> = Cache::builder("fleet")
             .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(60)))
             .tier(
@@ -154,12 +149,7 @@ fn stampede_instance() {
 
 async fn locked_cache(url: &str, prefix: &str, wait: Duration) -> (Cache<String>, RedisLock) {
     let conn = RedisConnection::standalone(url).connect().await.unwrap();
-    let l3 = RedisTier::builder()
-        .connection(conn.clone())
-        .prefix(format!("{prefix}data:"))
-        .build()
-        .await
-        .unwrap();
+    let l3 = data_tier(&conn, prefix).await;
     let lock = RedisLock::new(conn).prefix(format!("{prefix}lock:"));
     let options = LockOptions { wait, ..LockOptions::default() };
     let cache = Cache::builder("locked")

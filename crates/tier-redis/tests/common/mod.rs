@@ -13,6 +13,17 @@ use tier_core::{Codec, Entry, Meta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A RedisTier on `conn` storing its entries under `{prefix}data:` (the rest of the prefix is
+/// left to the test's lock, generations or backplane).
+pub async fn data_tier(conn: &tier_redis::RedisConnection, prefix: &str) -> tier_redis::RedisTier {
+    tier_redis::RedisTier::builder()
+        .connection(conn.clone())
+        .prefix(format!("{prefix}data:"))
+        .build()
+        .await
+        .unwrap()
+}
+
 /// The standalone server of the test run (scripts/redis-env). Panics when missing: Redis tests
 /// never skip silently.
 pub fn standalone_url() -> String {
