@@ -1,54 +1,101 @@
-//! Small, bounded structures that watch key frequencies: a space-saving top-k of hot keys (shown by
-//! the CLI, never as metric labels) and a count-min sketch with aging (the `on_hits(n)` backfill
-//! policy). Both cost O(1) memory in the number of keys.
+//! Small, bounded structures that watch key frequencies: a filtered space-saving top-k of hot
+//! keys (shown by the CLI, never as metric labels) and a count-min sketch with aging (the
+//! `on_hits(n)` backfill policy). Both cost O(1) memory in the number of keys.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
-/// Space-saving top-k (Metwally et al.): at most `capacity` counters; a new key replaces the one
-/// with the smallest count and inherits it (+1), so counts are over-estimates by at most the
-/// replaced minimum, and every key seen more than `n / capacity` times is kept.
+/// Top-k of hot keys by filtered space-saving (Homem & Carvalho, 2010): at most `capacity`
+/// monitored keys with their counts, and in front of them a fixed array of bucket counters that
+/// counts the keys outside the top-k by hash.
+///
+/// Invariants:
+/// - A monitored key's count never under-counts its records: it starts from its bucket's count,
+///   which holds every record of every unmonitored key of that bucket, and an evicted key's count
+///   goes back to its bucket.
+/// - A key enters the top-k once its bucket's count reaches the smallest monitored count, so a
+///   key recorded more often than the least of the top-k gets in (as with plain space-saving);
+///   a stream of one-off keys (the common case of a large key space) does not churn the top-k,
+///   and such a record costs two hashes and one addition under the lock: no allocation, no scan.
 #[derive(Debug)]
 pub struct HotKeys {
     capacity: usize,
-    inner: Mutex<HashMap<Bytes, u64>>,
+    inner: Mutex<TopK>,
 }
+
+#[derive(Debug)]
+struct TopK {
+    monitored: HashMap<Bytes, u64>,
+    /// Records of unmonitored keys by bucket (`hash & (len - 1)`); a power of two long.
+    buckets: Vec<u64>,
+    /// A lower bound of the smallest monitored count (exact after each admission scan; counts
+    /// only grow in between).
+    min: u64,
+}
+
+/// Seed of the bucket hash (fixed: which bucket a key lands in does not depend on the process).
+const BUCKET_SEED: u64 = 0x686f_745f_6b65_7973;
 
 impl HotKeys {
     /// A sketch that tracks up to `capacity` keys.
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        // Eight buckets per monitored key (the filter then rarely admits a key by collision),
+        // within bounds whatever the capacity asked for.
+        let buckets = capacity.saturating_mul(8).clamp(64, 1 << 16).next_power_of_two();
         Self {
-            capacity: capacity.max(1),
-            inner: Mutex::new(HashMap::with_capacity(capacity.max(1))),
+            capacity,
+            inner: Mutex::new(TopK {
+                monitored: HashMap::with_capacity(capacity.min(1024)),
+                buckets: vec![0; buckets],
+                min: 0,
+            }),
         }
     }
 
     /// Count one (sampled) access of `key`.
     pub fn record(&self, key: &[u8]) {
-        // Poisoning only happens if a panic occurred while holding the lock; the map of counts
-        // stays valid (each update is one insert), so recover it.
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get_mut(key) {
+        // Poisoning only happens if a panic occurred while holding the lock; the counts stay
+        // valid (each update is one insert or one addition), so recover them.
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = t.monitored.get_mut(key) {
             *c += 1;
             return;
         }
-        if map.len() < self.capacity {
-            map.insert(Bytes::copy_from_slice(key), 1);
+        let b = hash(key, BUCKET_SEED) as usize & (t.buckets.len() - 1);
+        let count = t.buckets[b] + 1;
+        if t.monitored.len() < self.capacity {
+            t.monitored.insert(Bytes::copy_from_slice(key), count);
             return;
         }
-        let min = map.iter().min_by_key(|(_, c)| **c).map(|(k, c)| (k.clone(), *c));
-        if let Some((victim, count)) = min {
-            map.remove(&victim);
-            map.insert(Bytes::copy_from_slice(key), count + 1);
+        if count < t.min {
+            t.buckets[b] = count;
+            return;
         }
+        // The bucket caught up with the (lower bound of the) smallest count: find the real one.
+        let Some((victim, least)) =
+            t.monitored.iter().min_by_key(|(_, c)| **c).map(|(k, c)| (k.clone(), *c))
+        else {
+            return;
+        };
+        if count < least {
+            t.min = least;
+            t.buckets[b] = count;
+            return;
+        }
+        t.monitored.remove(&victim);
+        let vb = hash(&victim, BUCKET_SEED) as usize & (t.buckets.len() - 1);
+        t.buckets[vb] = t.buckets[vb].max(least);
+        t.monitored.insert(Bytes::copy_from_slice(key), count);
+        t.min = t.monitored.values().copied().min().unwrap_or(0);
     }
 
     /// The `n` hottest keys with their (estimated) counts, hottest first.
     pub fn top(&self, n: usize) -> Vec<(Bytes, u64)> {
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<(Bytes, u64)> = map.iter().map(|(k, c)| (k.clone(), *c)).collect();
+        let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<(Bytes, u64)> = t.monitored.iter().map(|(k, c)| (k.clone(), *c)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v.truncate(n);
         v
@@ -138,6 +185,50 @@ mod tests {
         assert_eq!(top[0].0, Bytes::from_static(b"hot:a"));
         assert_eq!(top[1].0, Bytes::from_static(b"hot:b"));
         assert!(top[0].1 >= 3334, "space-saving never under-counts a kept key");
+    }
+
+    #[test]
+    fn one_off_keys_do_not_displace_hot_ones() {
+        let hot = HotKeys::new(4);
+        for _ in 0..50 {
+            for k in [&b"hot:a"[..], b"hot:b", b"hot:c", b"hot:d"] {
+                hot.record(k);
+            }
+        }
+        // 500 keys seen once each, over 64 buckets: no bucket reaches 50. Plain space-saving
+        // would have replaced all four hot keys by the fourth of them.
+        for i in 0..500u32 {
+            hot.record(format!("once:{i}").as_bytes());
+        }
+        let top = hot.top(4);
+        let keys: Vec<&[u8]> = top.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(keys, [&b"hot:a"[..], b"hot:b", b"hot:c", b"hot:d"]);
+        assert!(top.iter().all(|(_, c)| *c == 50), "hits of a monitored key are exact: {top:?}");
+    }
+
+    #[test]
+    fn a_key_that_turns_hot_gets_in_with_a_count_that_is_not_under() {
+        let hot = HotKeys::new(2);
+        for _ in 0..10 {
+            hot.record(b"a");
+            hot.record(b"b");
+        }
+        for _ in 0..25 {
+            hot.record(b"c");
+        }
+        let top = hot.top(2);
+        assert_eq!(top[0].0, Bytes::from_static(b"c"), "{top:?}");
+        assert!(top[0].1 >= 25, "{top:?}");
+    }
+
+    #[test]
+    fn any_capacity_builds() {
+        let hot = HotKeys::new(usize::MAX);
+        hot.record(b"k");
+        assert_eq!(hot.top(1), vec![(Bytes::from_static(b"k"), 1)]);
+        let one = HotKeys::new(0);
+        one.record(b"k");
+        assert_eq!(one.top(5).len(), 1);
     }
 
     #[test]
