@@ -16,7 +16,9 @@
 //! average that out (±1 % run to run), and also show what each hit touches beyond moka's own
 //! memory.
 //!
-//! Report the ratios `tier_cache / peer`.
+//! Report the ratios `tier_cache / peer`. Code layout moves them too (±10 % from one build to
+//! the next, peers included): `scripts/bench-layouts memory moka_raw tier_cache` measures eight
+//! shuffled layouts and reports the median ratio with its range.
 //!
 //! Run: `cargo bench -p tier-benches --bench memory`
 #![allow(missing_docs, clippy::unwrap_used)]
