@@ -17,14 +17,22 @@
 //! - Per-entry expiry from the entry's own `stale_until` (moka's `Expiry`): an entry never
 //!   outlives its physical TTL, and a lookup still classifies it at read time so an entry past
 //!   `stale_until` is a miss even before moka evicts it.
+//! - Keys are hashed with foldhash (its quality variant), seeded per tier from the OS's
+//!   randomness (through std's `RandomState`), not with moka's default SipHash-1-3, which took
+//!   ~7 % of an L1 hit on short keys (the `memory` bench: ~15 ns less a hit). The trade:
+//!   foldhash defeats blind collision flooding (an attacker does not know the seed) but, unlike
+//!   SipHash, does not claim to withstand an attacker who can time lookups and adapt keys.
 //! - Evictions are counted by cause in `tier_evictions_total{cache, tier, cause}`
 //!   (`capacity`, `expired`); explicit removals and replacements are not evictions.
 
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use foldhash::quality::SeedableRandomState;
+use foldhash::SharedSeed;
 use moka::notification::RemovalCause;
 use moka::Expiry;
 use tier_core::{
@@ -59,6 +67,15 @@ impl Expiry<Bytes, Arc<ObjectEntry>> for StaleUntil {
 
 fn until(entry: &ObjectEntry) -> Duration {
     Duration::from_millis(entry.meta.stale_until.saturating_sub(tier_core::now_ms()))
+}
+
+/// The key hasher of a new tier: foldhash, with its shared and per-tier seeds drawn from std's
+/// `RandomState` (keyed from the OS's randomness) rather than from address-space layout.
+fn key_hasher() -> SeedableRandomState {
+    static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+    let random = || std::hash::RandomState::new().hash_one(0x7469_6572_u64);
+    let shared = SHARED.get_or_init(|| SharedSeed::from_u64(random()));
+    SeedableRandomState::with_seed(random(), shared)
 }
 
 #[derive(Default)]
@@ -108,7 +125,7 @@ impl MemoryTierBuilder {
                     c.increment(1);
                 }
             })
-            .build();
+            .build_with_hasher(key_hasher());
         MemoryTier { cache, max_bytes: self.max_bytes, name: self.name, evictions }
     }
 }
@@ -131,7 +148,7 @@ impl MemoryTierBuilder {
 /// }
 /// ```
 pub struct MemoryTier {
-    cache: moka::sync::Cache<Bytes, Arc<ObjectEntry>>,
+    cache: moka::sync::Cache<Bytes, Arc<ObjectEntry>, SeedableRandomState>,
     max_bytes: u64,
     name: String,
     evictions: Arc<Evictions>,
