@@ -38,6 +38,13 @@ struct TopK {
 /// Seed of the bucket hash (fixed: which bucket a key lands in does not depend on the process).
 const BUCKET_SEED: u64 = 0x686f_745f_6b65_7973;
 
+impl TopK {
+    /// The bucket that counts `key` while it is not monitored.
+    fn bucket(&self, key: &[u8]) -> usize {
+        hash(key, BUCKET_SEED) as usize & (self.buckets.len() - 1)
+    }
+}
+
 impl HotKeys {
     /// A sketch that tracks up to `capacity` keys.
     pub fn new(capacity: usize) -> Self {
@@ -64,7 +71,7 @@ impl HotKeys {
             *c += 1;
             return;
         }
-        let b = hash(key, BUCKET_SEED) as usize & (t.buckets.len() - 1);
+        let b = t.bucket(key);
         let count = t.buckets[b] + 1;
         if t.monitored.len() < self.capacity {
             t.monitored.insert(Bytes::copy_from_slice(key), count);
@@ -86,7 +93,7 @@ impl HotKeys {
             return;
         }
         t.monitored.remove(&victim);
-        let vb = hash(&victim, BUCKET_SEED) as usize & (t.buckets.len() - 1);
+        let vb = t.bucket(&victim);
         t.buckets[vb] = t.buckets[vb].max(least);
         t.monitored.insert(Bytes::copy_from_slice(key), count);
         t.min = t.monitored.values().copied().min().unwrap_or(0);
