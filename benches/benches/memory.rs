@@ -8,7 +8,8 @@
 //!
 //! `tier_cache` runs with no metrics recorder (the counters are no-ops), like the peers;
 //! `tier_cache_prometheus` runs last, with a Prometheus recorder installed, as a production
-//! service would (each hit then increments a real counter, and one in 16 records a duration).
+//! service would (each hit then increments a real counter, and one in
+//! `OBJECT_TIER_TIMING_SAMPLE` records a duration).
 //!
 //! Two shapes, each contender in both: one cache of 1,024 keys (`1x1024`, the shape),
 //! and eight caches of 128 keys taken in turn (`8x128`). One moka instance alone varies by

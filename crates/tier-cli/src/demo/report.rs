@@ -131,7 +131,8 @@ pub struct TierRow {
     pub hit_ratio: Option<f64>,
     /// Lookups per second that reached the tier.
     pub lookups_per_second: f64,
-    /// Median `get` latency (from histogram buckets; in-process tiers are sampled 1 in 16).
+    /// Median `get` latency (from histogram buckets; in-process tiers are sampled, one call in
+    /// [`tier_core::metrics::OBJECT_TIER_TIMING_SAMPLE`]).
     pub p50_seconds: Option<f64>,
     /// 99th percentile `get` latency.
     pub p99_seconds: Option<f64>,
