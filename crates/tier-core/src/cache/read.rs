@@ -260,18 +260,18 @@ impl<V: CacheValue> Inner<V> {
         }
     }
 
-    /// Should a fresh hit be refreshed now?
-    pub(crate) fn should_refresh(&self, meta: Life, now: u64) -> bool {
+    /// Should a fresh hit be refreshed now? Reads the clock only when early refresh is on.
+    pub(crate) fn should_refresh(&self, meta: Life) -> bool {
         match self.opts.early_refresh {
             None => false,
             Some(EarlyRefresh::Ahead(ratio)) => {
                 let life = meta.fresh_until.saturating_sub(meta.created_at) as f64;
-                now as f64 >= meta.created_at as f64 + ratio.clamp(0.0, 1.0) * life
+                now_ms() as f64 >= meta.created_at as f64 + ratio.clamp(0.0, 1.0) * life
             }
             Some(EarlyRefresh::XFetch { beta }) => {
                 let cost_ms = f64::from(meta.load_cost_us) / 1000.0;
                 let early = -cost_ms * beta * rand_unit().ln();
-                now as f64 + early >= meta.fresh_until as f64
+                now_ms() as f64 + early >= meta.fresh_until as f64
             }
         }
     }
@@ -436,7 +436,7 @@ impl<V: CacheValue> Cache<V> {
         // early refresh needs it); the rest is a boxed future so that this one stays small.
         match inner.first_ready(key, skip, Counting::Counted) {
             Ready::Hit { value, life } => {
-                if inner.should_refresh(life, now_ms()) {
+                if inner.should_refresh(life) {
                     let key = Bytes::copy_from_slice(key);
                     inner.start_refresh(key, Loader::new(loader), skip, opts.tags.clone());
                 }
@@ -462,7 +462,7 @@ impl<V: CacheValue> Cache<V> {
         inner.record_hot(key);
         if let Some(found) = walk.fresh {
             inner.backfill(key, &found, skip).await;
-            if inner.should_refresh(Life::from(&found.entry.meta), now_ms()) {
+            if inner.should_refresh(Life::from(&found.entry.meta)) {
                 inner.start_refresh(Bytes::copy_from_slice(key), loader, skip, opts.tags.clone());
             }
             return Ok(found.value);
