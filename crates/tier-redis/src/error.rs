@@ -75,13 +75,17 @@ pub(crate) fn tier_error(op: &str, err: redis::RedisError) -> TierError {
         TierErrorKind::Unavailable
     } else {
         match err.kind() {
+            // redis-rs follows MOVED and ASK itself: one that surfaces means the slot's owner
+            // could not be reached within its retries (a lost master), not a bad request.
             ErrorKind::ClusterConnectionNotFound
             | ErrorKind::Server(
                 ServerErrorKind::ClusterDown
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::BusyLoading
                 | ServerErrorKind::TryAgain
-                | ServerErrorKind::ReadOnly,
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask,
             ) => TierErrorKind::Unavailable,
             ErrorKind::Client | ErrorKind::InvalidClientConfig => TierErrorKind::Rejected,
             _ => TierErrorKind::Other,

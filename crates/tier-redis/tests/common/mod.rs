@@ -137,11 +137,18 @@ fn free_port() -> u16 {
 pub struct OwnRedis {
     pub port: u16,
     dir: std::path::PathBuf,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl OwnRedis {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start one with these extra redis-server arguments (kept for [`OwnRedis::restart`]).
+    pub fn start_with(args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let dir = std::env::temp_dir().join(format!(
             "tier-redis-test-{}-{}",
             std::process::id(),
@@ -149,7 +156,8 @@ impl OwnRedis {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         for _ in 0..20 {
-            let mut me = Self { port: free_port(), dir: dir.clone(), child: None };
+            let port = free_port();
+            let mut me = Self { port, dir: dir.clone(), args: args.clone(), child: None };
             if me.spawn() {
                 return me;
             }
@@ -167,6 +175,7 @@ impl OwnRedis {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
