@@ -26,6 +26,26 @@
 //! [`tier_core::TierError`]: connection problems are `Unavailable`, timeouts `Timeout`, foreign
 //! bytes under the prefix `Decode` — the hierarchy's breaker and metrics know what to do with each.
 //!
+//! ## Redis Cluster: a lost master
+//! The hierarchy's circuit breaker is one per tier. When a master of a Cluster is lost with no
+//! replica to take over, the keys of its slots fail (a get, then the write of the loaded
+//! value) while the other masters keep answering (with `cluster-require-full-coverage no`; with
+//! Redis's default, `yes`, every node refuses every command once the master is marked failed,
+//! and the whole tier is down). What the breaker then does is a choice, measured with the set-up
+//! of `tests/cluster_faults.rs` (three masters, one lost, one caller getting 30 keys in turn):
+//! - The default [`BreakerConfig`](tier_core::BreakerConfig) (open after 5 failures in a row)
+//!   opens within a few dozen gets and stays open (one probe in three lands on the lost
+//!   master): every get skips the tier, so the healthy masters' keys go to the origin too (with
+//!   a 1 s cooldown, 99.97 % of them did over 8 s). Gets are fast; the origin takes all of the
+//!   tier's traffic.
+//! - A breaker on the failure ratio alone (`failure_ratio: 0.6, consecutive_failures:
+//!   u32::MAX`) stays closed (the ratio settles near 0.5: two failures for each lost key, one
+//!   success for each other): the healthy masters' keys stay L3 hits, and each get of a lost key
+//!   waits for the tier to fail (~100 ms measured, never more than the tier's timeout) before
+//!   the loader runs.
+//!
+//! A whole Cluster down fails every call, and either breaker opens.
+//!
 //! ## Metrics
 //! See [`metrics`] for the names and labels this crate emits.
 //!
