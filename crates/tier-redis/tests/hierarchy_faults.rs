@@ -5,37 +5,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use redis::AsyncCommands;
 use tier_core::{BreakerConfig, BreakerState, Cache, TierPolicy};
 use tier_redis::{RedisConnection, RedisTier};
-
-#[derive(Clone, Default)]
-struct Loads(Arc<AtomicUsize>);
-
-impl Loads {
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// `get_or_load` with a loader that counts its calls and returns `v:<id>`.
-async fn get(cache: &Cache<String>, loads: &Loads, id: &str) -> String {
-    let key = cache.key(id);
-    let (loads, value) = (loads.clone(), format!("v:{id}"));
-    let got = cache
-        .get_or_load(&key, move || async move {
-            loads.0.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, std::io::Error>(Some(value))
-        })
-        .await
-        .unwrap_or_else(|e| panic!("the hierarchy must answer: {e}"));
-    got.expect("a value").as_ref().clone()
-}
 
 async fn l3_only(
     url: &str,

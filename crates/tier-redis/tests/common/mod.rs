@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,30 @@ pub async fn raw_cluster(urls: &[String]) -> redis::cluster_async::ClusterConnec
         .get_async_connection()
         .await
         .unwrap_or_else(|e| panic!("cannot reach the Redis Cluster at {urls:?}: {e}"))
+}
+
+/// How many times a test's loader ran.
+#[derive(Clone, Default)]
+pub struct Loads(Arc<AtomicUsize>);
+
+impl Loads {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// `get_or_load` of `id` with a loader that counts its calls in `loads` and returns `v:<id>`.
+pub async fn get(cache: &tier_core::Cache<String>, loads: &Loads, id: &str) -> String {
+    let key = cache.key(id);
+    let (loads, value) = (loads.clone(), format!("v:{id}"));
+    let got = cache
+        .get_or_load(&key, move || async move {
+            loads.0.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Some(value))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the hierarchy must answer: {e}"));
+    got.expect("a value").as_ref().clone()
 }
 
 /// An envelope entry fresh for `fresh_ms` then stale until `stale_ms` from now.
