@@ -98,12 +98,7 @@ async fn pass(cache: &Cache<String>, ids: &[String]) -> (Vec<String>, Duration) 
 async fn lost_master_costs_at_most_the_timeout_and_its_keys_come_back() {
     let mut nodes = own_cluster().await;
     let urls: Vec<String> = nodes.iter().map(OwnRedis::url).collect();
-    let conn = RedisConnection::cluster(urls.clone())
-        .connect_timeout(Duration::from_millis(100))
-        .response_timeout(Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_quick(RedisConnection::cluster(urls.clone())).await;
     let l3 = RedisTier::builder()
         .connection(conn)
         .prefix(unique_prefix("cluster-kill"))
@@ -165,7 +160,7 @@ async fn lost_master_costs_at_most_the_timeout_and_its_keys_come_back() {
     // The tier itself: a lost master's key is an error that says the tier is sick (not a bad
     // value, not a miss), within the connection's own bound (connect + response timeout); the
     // other masters' keys are hits.
-    let op_timeout = Duration::from_millis(100 + 200);
+    let op_timeout = QUICK_CONNECT + QUICK_RESPONSE;
     for id in &ids {
         let started = Instant::now();
         let got = Tier::get(&l3, &cache.key(id)).await;

@@ -18,12 +18,7 @@ async fn l3_only(
     timeout: Duration,
     breaker: BreakerConfig,
 ) -> (Cache<String>, RedisTier) {
-    let conn = RedisConnection::standalone(url)
-        .connect_timeout(Duration::from_millis(100))
-        .response_timeout(Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_quick(RedisConnection::standalone(url)).await;
     let l3 = RedisTier::builder().connection(conn).prefix(prefix).build().await.unwrap();
     let cache = Cache::builder("faults")
         .tier(

@@ -38,12 +38,7 @@ async fn slow_redis_never_delays_a_get_past_the_tier_timeout() {
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], server.port))).await;
     let timeout = Duration::from_millis(50);
     let slack = Duration::from_millis(5);
-    let conn = RedisConnection::standalone(proxy.url())
-        .connect_timeout(Duration::from_millis(100))
-        .response_timeout(Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_quick(RedisConnection::standalone(proxy.url())).await;
     let l3 = RedisTier::builder()
         .connection(conn.clone())
         .prefix(unique_prefix("slow"))

@@ -88,6 +88,19 @@ pub async fn raw_cluster(urls: &[String]) -> redis::cluster_async::ClusterConnec
         .unwrap_or_else(|e| panic!("cannot reach the Redis Cluster at {urls:?}: {e}"))
 }
 
+/// The connect timeout of [`connect_quick`].
+pub const QUICK_CONNECT: Duration = Duration::from_millis(100);
+/// The response timeout of [`connect_quick`].
+pub const QUICK_RESPONSE: Duration = Duration::from_millis(200);
+
+/// Connect with the short timeouts of the fault tests: an operation of the connection is
+/// bounded by `QUICK_CONNECT + QUICK_RESPONSE`.
+pub async fn connect_quick(
+    builder: tier_redis::RedisConnectionBuilder,
+) -> tier_redis::RedisConnection {
+    builder.connect_timeout(QUICK_CONNECT).response_timeout(QUICK_RESPONSE).connect().await.unwrap()
+}
+
 /// How many times a test's loader ran.
 #[derive(Clone, Default)]
 pub struct Loads(Arc<AtomicUsize>);
