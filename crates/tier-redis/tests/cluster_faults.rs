@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tier_core::{BreakerConfig, BreakerState, Cache, Tier, TierErrorKind, TierPolicy};
-use tier_redis::{RedisConnection, RedisTier};
+use tier_redis::RedisConnection;
 
 const SLOTS: u16 = 16384;
 
@@ -32,6 +32,7 @@ async fn own_cluster() -> Vec<OwnRedis> {
         "no",
     ];
     let nodes: Vec<OwnRedis> = (0..3).map(|_| OwnRedis::start_with(&args)).collect();
+    let mut first_node = raw(&nodes[0].url()).await;
     for (i, node) in nodes.iter().enumerate() {
         let mut c = raw(&node.url()).await;
         let (first, last) = slot_range(i);
@@ -47,7 +48,7 @@ async fn own_cluster() -> Vec<OwnRedis> {
                 .arg("MEET")
                 .arg("127.0.0.1")
                 .arg(node.port)
-                .query_async(&mut raw(&nodes[0].url()).await)
+                .query_async(&mut first_node)
                 .await
                 .unwrap();
         }
@@ -99,12 +100,7 @@ async fn lost_master_costs_at_most_the_timeout_and_its_keys_come_back() {
     let mut nodes = own_cluster().await;
     let urls: Vec<String> = nodes.iter().map(OwnRedis::url).collect();
     let conn = connect_quick(RedisConnection::cluster(urls.clone())).await;
-    let l3 = RedisTier::builder()
-        .connection(conn)
-        .prefix(unique_prefix("cluster-kill"))
-        .build()
-        .await
-        .unwrap();
+    let l3 = data_tier(&conn, &unique_prefix("cluster-kill")).await;
     let timeout = Duration::from_millis(150);
     // The breaker the crate docs advise for a Cluster ("Redis Cluster: a lost master"): on the
     // failure ratio alone. The default one (5 failures in a row) soon opens with a master lost,
