@@ -1,4 +1,4 @@
-//! The hierarchy emits DESIGN.md's metrics with their names and labels (a debugging recorder
+//! The hierarchy emits ARCHITECTURE.md's metrics with their names and labels (a debugging recorder
 //! is installed for this test binary).
 #![allow(clippy::unwrap_used)]
 

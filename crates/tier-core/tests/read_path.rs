@@ -1,4 +1,4 @@
-//! One test per rule of the read path (DESIGN.md "The read path").
+//! One test per rule of the read path (ARCHITECTURE.md, "The read path").
 #![allow(clippy::unwrap_used)]
 
 mod common;
