@@ -49,8 +49,7 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         .map_err(|e| CliError::runtime(format!("Redis backplane: {}", chain(&e))))?;
     let channel = backplane.channel().to_string();
     let backplane = Arc::new(backplane);
-    let tier = RedisTier::builder()
-        .connection(conn.clone())
+    let tier = RedisTier::builder(conn.clone())
         .prefix(args.prefix.as_bytes())
         .retry_capacity(0)
         .build()

@@ -18,7 +18,7 @@ async fn cache(urls: &[String], prefix: &str, name: &str) -> Cache<Value> {
     } else {
         RedisConnection::standalone(urls[0].clone()).connect().await.unwrap()
     };
-    let tier = RedisTier::builder().connection(conn).prefix(prefix).build().await.unwrap();
+    let tier = RedisTier::builder(conn).prefix(prefix).build().await.unwrap();
     Cache::builder(name).tier(tier, TierPolicy::fresh(Duration::from_secs(60))).build().unwrap()
 }
 

@@ -135,8 +135,7 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
     }
     if let Some(urls) = &args.redis {
         let conn = crate::redis::connection(&urls.0).await?;
-        let tier = tier_redis::RedisTier::builder()
-            .connection(conn.clone())
+        let tier = tier_redis::RedisTier::builder(conn.clone())
             .prefix(args.redis_prefix.as_bytes())
             .build()
             .await
