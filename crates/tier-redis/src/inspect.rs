@@ -77,6 +77,16 @@ impl RedisInspector {
         self.prefix.as_bytes()
     }
 
+    /// The connection.
+    pub fn connection(&self) -> &RedisConnection {
+        &self.conn
+    }
+
+    /// The Redis key of `key` (prefix + key).
+    pub fn redis_key(&self, key: &[u8]) -> Vec<u8> {
+        self.prefix.key(key)
+    }
+
     /// The nodes a listing scans: every master of a Cluster (`host:port`), or the standalone
     /// server (its redacted URL).
     pub async fn nodes(&self) -> Result<Vec<String>, TierError> {
@@ -143,7 +153,7 @@ impl RedisInspector {
 
     /// The entry of `key` (without the prefix): its bytes and TTL; `None` when there is none.
     pub async fn get(&self, key: &[u8]) -> Result<Option<StoredEntry>, TierError> {
-        let redis_key = self.prefix.key(key);
+        let redis_key = self.redis_key(key);
         let mut pipe = redis::pipe();
         pipe.add_command(commands::get(&redis_key)).add_command(commands::pttl(&redis_key));
         let (value, ttl): (Option<Bytes>, i64) = self.conn.query_pipe("inspect get", &pipe).await?;
