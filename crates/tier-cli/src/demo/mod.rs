@@ -139,11 +139,11 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
             .prefix(args.redis_prefix.as_bytes())
             .build()
             .await
-            .context(|| "Redis tier".into())?;
+            .map_err(|e| crate::redis::setup_error("Redis tier", &e))?;
         let backplane = tier_redis::RedisBackplane::builder(conn.clone())
             .build()
             .await
-            .context(|| "Redis backplane".into())?;
+            .map_err(|e| crate::redis::setup_error("Redis backplane", &e))?;
         let generations = tier_redis::RedisGenerations::new(conn).cached_with(&backplane);
         builder = builder
             .tier(
@@ -290,7 +290,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             redis: args
                 .redis
                 .as_ref()
-                .map(|u| u.0.iter().map(|u| crate::redis::redacted(u)).collect()),
+                .map(|u| u.0.iter().map(|u| tier_redis::redact_url(u)).collect()),
             metrics_addr: args.metrics_addr.map(|a| a.to_string()),
             fail_safe_seconds: args.fail_safe.as_secs_f64(),
             early_refresh_beta: args.early_refresh,
