@@ -75,6 +75,19 @@ pub fn redis_urls(s: &str) -> Result<RedisUrls, String> {
     Ok(RedisUrls(urls))
 }
 
+/// `--disk-bytes`: at least two segments of the smallest size.
+fn disk_bytes(s: &str) -> Result<u64, String> {
+    const MIN: u64 = 2 * tier_disk::MIN_SEGMENT_SIZE;
+    let v: u64 = s.parse().map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
+    if v < MIN {
+        return Err(format!(
+            "{v} is too small: a disk tier needs at least {MIN} bytes (two segments of {})",
+            tier_disk::MIN_SEGMENT_SIZE
+        ));
+    }
+    Ok(v)
+}
+
 /// `tier demo`.
 #[derive(Debug, Args, Clone)]
 pub struct DemoArgs {
@@ -118,8 +131,8 @@ pub struct DemoArgs {
     /// Disk tier directory (default: a temporary directory, removed at the end).
     #[arg(long)]
     pub disk: Option<PathBuf>,
-    /// Disk tier capacity in bytes.
-    #[arg(long, default_value_t = 256 << 20)]
+    /// Disk tier capacity in bytes (at least 131072: two segments of 64 KiB).
+    #[arg(long, default_value_t = 256 << 20, value_parser = disk_bytes)]
     pub disk_bytes: u64,
     /// Add a Redis tier (L3) and the invalidation backplane: `redis://127.0.0.1:6379/`, or
     /// comma-separated node URLs of a Cluster (a single Cluster node URL is detected too).

@@ -151,6 +151,21 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "response body is not UTF-8".into())
 }
 
+/// The figures of a scraped body: an empty body, or one without a single sample, is an error
+/// (a Prometheus endpoint of a service using tier is never empty), and so is any line that is
+/// not Prometheus text.
+fn figures_of(url: &str, body: &str) -> Result<Figures> {
+    let samples = crate::promtext::parse(body)
+        .map_err(|e| CliError::runtime(format!("{url}: not Prometheus text: {e}")))?;
+    if samples.is_empty() {
+        let what = if body.trim().is_empty() { "empty response" } else { "no samples" };
+        return Err(CliError::runtime(format!(
+            "{url}: {what} (is this the metrics endpoint of a service using tier?)"
+        )));
+    }
+    Ok(Figures::from_samples(&samples))
+}
+
 /// What `tier stats --json` prints per scrape.
 #[derive(Debug, Serialize)]
 pub struct StatsReport {
@@ -270,8 +285,7 @@ pub async fn run(args: StatsArgs) -> Result<()> {
     loop {
         let body = scrape(&ep).await?;
         let at = Instant::now();
-        let mut figures = Figures::from_text(&body)
-            .map_err(|e| CliError::runtime(format!("{url}: not Prometheus text: {e}")))?;
+        let mut figures = figures_of(&url, &body)?;
         if let Some(only) = &args.cache {
             figures.caches.retain(|name, _| name == only);
         }
@@ -326,6 +340,14 @@ mod tests {
         assert!(parse_endpoint("https://x:1/").is_err());
         assert!(parse_endpoint("http:///x").is_err());
         assert!(parse_endpoint("x:99999").is_err());
+    }
+
+    #[test]
+    fn bodies_without_samples_are_errors() {
+        assert!(figures_of("u", "").is_err());
+        assert!(figures_of("u", "# HELP x y\n").is_err());
+        assert!(figures_of("u", "<html>\n").is_err());
+        assert!(figures_of("u", "other_metric 1\n").is_ok());
     }
 
     #[test]

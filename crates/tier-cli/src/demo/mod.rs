@@ -96,14 +96,18 @@ fn figures(handle: &PrometheusHandle, cache: &str) -> CacheFigures {
     Figures::from_text(&text).ok().and_then(|mut f| f.caches.remove(cache)).unwrap_or_default()
 }
 
-/// A disk tier sized for the demo: segments of 1/32 of the capacity, between 64 KiB and 8 MiB.
+/// A disk tier sized for the demo: segments of 1/32 of the capacity, between 64 KiB and 8 MiB
+/// (`--disk-bytes` is at least two of the smallest, so the capacity is never raised).
 fn open_disk(dir: &PathBuf, capacity: u64) -> Result<DiskTier> {
-    let segment = (capacity / 32).clamp(64 << 10, 8 << 20) & !7;
-    DiskTier::builder(dir)
-        .capacity_bytes(capacity.max(2 * segment))
-        .segment_size(segment)
-        .build()
-        .context(|| format!("open disk tier {}", dir.display()))
+    let segment = (capacity / 32).clamp(tier_disk::MIN_SEGMENT_SIZE, 8 << 20) & !7;
+    DiskTier::builder(dir).capacity_bytes(capacity).segment_size(segment).build().map_err(|e| {
+        let message = format!("open disk tier {}: {}", dir.display(), chain(&e));
+        match e {
+            // What the flags asked for (e.g. a --disk-bytes of more segments than allowed).
+            tier_disk::DiskError::Config(_) => CliError::usage(message),
+            _ => CliError::runtime(message),
+        }
+    })
 }
 
 /// Build the hierarchy described by `args`. Returns the cache and the tier names, top first.
