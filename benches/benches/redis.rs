@@ -107,7 +107,7 @@ fn envelope(id: u64) -> Entry {
 fn l3_hit(c: &mut Criterion, rt: &Runtime) {
     let (tier, cache, mut raw) = rt.block_on(async {
         let conn = RedisConnection::standalone(server_url()).connect().await.unwrap();
-        let tier = RedisTier::builder().connection(conn).prefix("bench:l3:").build().await.unwrap();
+        let tier = RedisTier::builder(conn).prefix("bench:l3:").build().await.unwrap();
         let cache: Cache<User> = Cache::builder("bench")
             .tier(
                 tier.clone(),
@@ -152,8 +152,11 @@ fn l3_hit(c: &mut Criterion, rt: &Runtime) {
 
 fn batch(c: &mut Criterion, rt: &Runtime) {
     let (tier, keys) = rt.block_on(async {
-        let tier =
-            RedisTier::builder().url(server_url()).prefix("bench:batch:").build().await.unwrap();
+        let tier = RedisTier::builder(RedisConnection::standalone(server_url()))
+            .prefix("bench:batch:")
+            .build()
+            .await
+            .unwrap();
         let keys: Vec<Bytes> = (0..100).map(|i| Bytes::from(format!("user:{i}"))).collect();
         tier.insert_many(
             keys.iter().enumerate().map(|(i, k)| (k.clone(), envelope(i as u64))).collect(),
@@ -216,8 +219,11 @@ where
 
 fn paired_summary(rt: &Runtime) {
     rt.block_on(async {
-        let tier =
-            RedisTier::builder().url(server_url()).prefix("bench:paired:").build().await.unwrap();
+        let tier = RedisTier::builder(RedisConnection::standalone(server_url()))
+            .prefix("bench:paired:")
+            .build()
+            .await
+            .unwrap();
         let cache: Cache<User> = Cache::builder("bench-paired")
             .tier(
                 tier.clone(),

@@ -63,17 +63,29 @@ fn positive_f64(s: &str) -> Result<f64, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrls(pub Vec<String>);
 
-/// A Redis URL, or several comma-separated node URLs of one Cluster.
+/// A Redis URL, or several comma-separated node URLs of one Cluster. They are checked when
+/// connecting (a bad one is a usage error then): an error here would be printed by clap with
+/// the value, password and all.
 pub fn redis_urls(s: &str) -> Result<RedisUrls, String> {
     let urls: Vec<String> =
         s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
     if urls.is_empty() {
         return Err("empty Redis URL".into());
     }
-    for u in &urls {
-        crate::redis::check_url(u)?;
-    }
     Ok(RedisUrls(urls))
+}
+
+/// `--disk-bytes`: at least two segments of the smallest size.
+fn disk_bytes(s: &str) -> Result<u64, String> {
+    const MIN: u64 = 2 * tier_disk::MIN_SEGMENT_SIZE;
+    let v: u64 = s.parse().map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
+    if v < MIN {
+        return Err(format!(
+            "{v} is too small: a disk tier needs at least {MIN} bytes (two segments of {})",
+            tier_disk::MIN_SEGMENT_SIZE
+        ));
+    }
+    Ok(v)
 }
 
 /// `tier demo`.
@@ -119,8 +131,8 @@ pub struct DemoArgs {
     /// Disk tier directory (default: a temporary directory, removed at the end).
     #[arg(long)]
     pub disk: Option<PathBuf>,
-    /// Disk tier capacity in bytes.
-    #[arg(long, default_value_t = 256 << 20)]
+    /// Disk tier capacity in bytes (at least 131072: two segments of 64 KiB).
+    #[arg(long, default_value_t = 256 << 20, value_parser = disk_bytes)]
     pub disk_bytes: u64,
     /// Add a Redis tier (L3) and the invalidation backplane: `redis://127.0.0.1:6379/`, or
     /// comma-separated node URLs of a Cluster (a single Cluster node URL is detected too).

@@ -41,24 +41,22 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
             )));
         }
     }
-    let urls = &args.redis.0;
-    let conn = crate::redis::connection(urls).await?;
+    let conn = crate::redis::connection(&args.redis.0).await?;
     let backplane = RedisBackplane::builder(conn.clone())
         .build()
         .await
-        .map_err(|e| CliError::runtime(format!("Redis backplane: {}", chain(&e))))?;
+        .map_err(|e| crate::redis::setup_error("Redis backplane", &e))?;
     let channel = backplane.channel().to_string();
     let backplane = Arc::new(backplane);
-    let tier = RedisTier::builder()
-        .connection(conn.clone())
+    let tier = RedisTier::builder(conn.clone())
         .prefix(args.prefix.as_bytes())
         .retry_capacity(0)
         .build()
         .await
-        .map_err(|e| CliError::runtime(format!("Redis tier: {}", chain(&e))))?;
+        .map_err(|e| crate::redis::setup_error("Redis tier", &e))?;
     // A hierarchy of the Redis tier alone: its invalidations are exactly a service's.
     let cache: Cache<serde_json::Value> = Cache::builder(args.cache.clone())
-        .tier(tier, TierPolicy::fresh(std::time::Duration::from_secs(1)).no_breaker())
+        .tier(tier.clone(), TierPolicy::fresh(std::time::Duration::from_secs(1)).no_breaker())
         .generations(Arc::new(RedisGenerations::new(conn)))
         .backplane(backplane.clone(), ReconnectPolicy::Clear)
         .build()
@@ -94,18 +92,17 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         out.target = args.cache.clone();
         out.namespace_version = Some(cache.keys().version());
     } else if args.all {
-        // Only this cache's keys: the tier's own `clear` would remove every key under the
-        // prefix, other caches' included.
-        let mut under = args.prefix.as_bytes().to_vec();
-        under.extend_from_slice(args.cache.as_bytes());
-        under.push(b':');
-        let removed = crate::redis::unlink_under(urls, &under).await?;
+        // Only this cache's keys (`Cache::key` puts `NAME:` first): the tier's own `clear`
+        // would remove every key under the prefix, other caches' included.
+        let under = format!("{}:", args.cache);
+        let removed =
+            tier.clear_prefix(under.as_bytes()).await.map_err(|e| fail("everything", &e))?;
         backplane
             .publish(&args.cache, &Invalidation::Clear)
             .await
             .map_err(|e| fail("everything", &e))?;
         out.kind = "clear";
-        out.target = String::from_utf8_lossy(&under).into_owned() + "*";
+        out.target = String::from_utf8_lossy(&tier.redis_key(under.as_bytes())).into_owned() + "*";
         out.removed_keys = Some(removed);
     } else {
         return Err(CliError::usage(

@@ -44,6 +44,15 @@ fn parse_line(line: &str) -> Result<Sample, String> {
     if name.is_empty() {
         return Err("no metric name".into());
     }
+    let valid = |i: usize, c: char| {
+        c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+    };
+    if !name.chars().enumerate().all(|(i, c)| valid(i, c)) {
+        return Err(format!(
+            "{:?} is not a metric name",
+            name.chars().take(40).collect::<String>()
+        ));
+    }
     let mut rest = &line[name_end..];
     let mut labels = BTreeMap::new();
     if let Some(body) = rest.strip_prefix('{') {

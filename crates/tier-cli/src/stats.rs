@@ -21,31 +21,59 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest response accepted.
 const MAX_BODY: usize = 64 << 20;
 
-/// Where to scrape: host:port and path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where to scrape: host:port and path, and the credentials to send.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// `host:port`.
     pub authority: String,
     /// Path and query, starting with `/`.
     pub path: String,
+    /// The `Authorization` header's value (`Basic ...`) when the URL has `user:password@`.
+    authorization: Option<String>,
 }
 
-/// `http://host:port/path`, `host:port/path` or `host:port` (path `/metrics`).
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("authorization", &self.authorization.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// The URL as shown: `http://host:port/path`, never the credentials.
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.authority, self.path)
+    }
+}
+
+/// `http://[user:password@]host:port/path`, `host:port/path` or `host:port` (path `/metrics`).
+/// Credentials (percent-encoded in the URL where needed) are sent as Basic authorization.
+/// Errors never repeat the credentials.
 pub fn parse_endpoint(url: &str) -> std::result::Result<Endpoint, String> {
+    let shown = tier_redis::redact_url(url);
     let rest = if let Some(r) = url.strip_prefix("http://") {
         r
     } else if url.contains("://") {
-        return Err(format!("unsupported URL {url:?}: only http:// is supported"));
+        return Err(format!("unsupported URL {shown:?}: only http:// is supported"));
     } else {
         url
+    };
+    // The userinfo ends at the last `@` (a password may hold `/`, `@` or `:` unencoded).
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/metrics"),
     };
     if authority.is_empty() {
-        return Err(format!("invalid metrics URL {url:?}: no host"));
+        return Err(format!("invalid metrics URL {shown:?}: no host"));
     }
+    let authorization = userinfo.map(basic_authorization);
     let authority =
         if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
             && !authority.ends_with(']')
@@ -55,14 +83,25 @@ pub fn parse_endpoint(url: &str) -> std::result::Result<Endpoint, String> {
             format!("{authority}:80")
         };
     if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_err()) {
-        return Err(format!("invalid metrics URL {url:?}: bad port"));
+        return Err(format!("invalid metrics URL {shown:?}: bad port"));
     }
-    Ok(Endpoint { authority, path: path.to_string() })
+    Ok(Endpoint { authority, path: path.to_string(), authorization })
+}
+
+/// `Basic base64(user:password)` of a URL's userinfo, percent-decoded.
+fn basic_authorization(userinfo: &str) -> String {
+    use base64::Engine as _;
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+    let mut credentials = decode(user);
+    credentials.push(b':');
+    credentials.extend(decode(password));
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials))
 }
 
 /// GET the endpoint; the body as text.
 pub async fn scrape(ep: &Endpoint) -> Result<String> {
-    let what = format!("scrape http://{}{}", ep.authority, ep.path);
+    let what = format!("scrape {}", ep.url());
     tokio::time::timeout(SCRAPE_TIMEOUT, get(ep))
         .await
         .map_err(|_| CliError::runtime(format!("{what}: timed out after {SCRAPE_TIMEOUT:?}")))?
@@ -72,8 +111,10 @@ pub async fn scrape(ep: &Endpoint) -> Result<String> {
 async fn get(ep: &Endpoint) -> std::result::Result<String, String> {
     let mut stream = TcpStream::connect(&ep.authority).await.map_err(|e| e.to_string())?;
     let host = ep.authority.trim_end_matches(":80");
+    let authorization =
+        ep.authorization.as_ref().map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: text/plain\r\nUser-Agent: tier-cli\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: text/plain\r\nUser-Agent: tier-cli\r\n{authorization}Connection: close\r\n\r\n",
         ep.path
     );
     stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -149,6 +190,21 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<String, String> {
         }
     };
     String::from_utf8(bytes).map_err(|_| "response body is not UTF-8".into())
+}
+
+/// The figures of a scraped body: an empty body, or one without a single sample, is an error
+/// (a Prometheus endpoint of a service using tier is never empty), and so is any line that is
+/// not Prometheus text.
+fn figures_of(url: &str, body: &str) -> Result<Figures> {
+    let samples = crate::promtext::parse(body)
+        .map_err(|e| CliError::runtime(format!("{url}: not Prometheus text: {e}")))?;
+    if samples.is_empty() {
+        let what = if body.trim().is_empty() { "empty response" } else { "no samples" };
+        return Err(CliError::runtime(format!(
+            "{url}: {what} (is this the metrics endpoint of a service using tier?)"
+        )));
+    }
+    Ok(Figures::from_samples(&samples))
 }
 
 /// What `tier stats --json` prints per scrape.
@@ -262,7 +318,7 @@ fn text(report: &StatsReport) -> String {
 /// Run `tier stats`.
 pub async fn run(args: StatsArgs) -> Result<()> {
     let ep = parse_endpoint(&args.metrics).map_err(CliError::usage)?;
-    let url = format!("http://{}{}", ep.authority, ep.path);
+    let url = ep.url();
     let mut previous: Option<(Figures, Instant)> = None;
     let mut scrapes = 0u64;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -270,8 +326,7 @@ pub async fn run(args: StatsArgs) -> Result<()> {
     loop {
         let body = scrape(&ep).await?;
         let at = Instant::now();
-        let mut figures = Figures::from_text(&body)
-            .map_err(|e| CliError::runtime(format!("{url}: not Prometheus text: {e}")))?;
+        let mut figures = figures_of(&url, &body)?;
         if let Some(only) = &args.cache {
             figures.caches.retain(|name, _| name == only);
         }
@@ -326,6 +381,27 @@ mod tests {
         assert!(parse_endpoint("https://x:1/").is_err());
         assert!(parse_endpoint("http:///x").is_err());
         assert!(parse_endpoint("x:99999").is_err());
+    }
+
+    #[test]
+    fn credentials_are_sent_never_shown() {
+        let e = parse_endpoint("http://me:p%40ss/w:rd@127.0.0.1:9/m").unwrap();
+        assert_eq!((e.authority.as_str(), e.path.as_str()), ("127.0.0.1:9", "/m"));
+        // base64("me:p@ss/w:rd")
+        assert_eq!(e.authorization.as_deref(), Some("Basic bWU6cEBzcy93OnJk"));
+        assert_eq!(e.url(), "http://127.0.0.1:9/m");
+        assert!(!format!("{e:?}").contains("bWU6"), "{e:?}");
+        let err = parse_endpoint("http://me:s3cret@127.0.0.1:99999/").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(parse_endpoint("127.0.0.1:9").unwrap().authorization.is_none());
+    }
+
+    #[test]
+    fn bodies_without_samples_are_errors() {
+        assert!(figures_of("u", "").is_err());
+        assert!(figures_of("u", "# HELP x y\n").is_err());
+        assert!(figures_of("u", "<html>\n").is_err());
+        assert!(figures_of("u", "other_metric 1\n").is_ok());
     }
 
     #[test]

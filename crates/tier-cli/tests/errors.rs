@@ -89,3 +89,34 @@ fn help_documents_exit_codes() {
         assert!(help.contains(sub), "{sub} missing in help");
     }
 }
+
+#[test]
+fn a_disk_capacity_a_disk_tier_cannot_have_is_a_usage_error() {
+    for bytes in ["0", "1", "131071"] {
+        let line = fails(cmd().args(["demo", "--duration", "100ms", "--disk-bytes", bytes]), 2);
+        assert!(line.contains("--disk-bytes"), "{line}");
+    }
+    // More segments than a disk tier may hold: the flag is wrong too.
+    let line = fails(
+        cmd().args(["demo", "--duration", "100ms", "--disk-bytes", "18446744073709551615"]),
+        2,
+    );
+    assert!(line.contains("capacity_bytes"), "{line}");
+}
+
+#[test]
+fn a_metrics_body_that_is_empty_or_not_prometheus_is_an_error() {
+    for (what, body) in [
+        ("empty", ""),
+        ("blank", " \r\n\n"),
+        ("html", "<!DOCTYPE html>\n<html><body>It works!</body></html>\n"),
+        ("json", "{\"status\":\"ok\"}\n"),
+        ("plain text", "OK\n"),
+        ("words", "hello world\n"),
+    ] {
+        let (addr, server) = common::http_server(1, "200 OK", body, None);
+        let line = fails(cmd().args(["stats", "--metrics", &addr]), 1);
+        assert!(line.contains(&addr), "{what}: {line}");
+        server.join().unwrap();
+    }
+}

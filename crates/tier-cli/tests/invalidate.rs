@@ -1,25 +1,44 @@
 //! `tier invalidate` against the real Redis (standalone and Cluster): removed from Redis and
-//! published on the backplane.
+//! published on the backplane, in the library's wire format (a `RedisBackplane` receives it).
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{cluster_urls, fails, json, redis_url, runtime, tier, unique};
-use futures::StreamExt;
 use serde_json::{json as j, Value};
-use tier_core::{Cache, TierPolicy};
-use tier_redis::{RedisConnection, RedisTier};
+use tier_core::{Backplane, BackplaneEvent, Cache, Invalidation, TierPolicy};
+use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisTier};
+use tokio::sync::broadcast;
+
+async fn connect(urls: &[String]) -> RedisConnection {
+    RedisConnection::detect(urls.to_vec()).connect().await.unwrap()
+}
 
 async fn cache(urls: &[String], prefix: &str, name: &str) -> Cache<Value> {
-    let conn = if urls.len() > 1 {
-        RedisConnection::cluster(urls.to_vec()).connect().await.unwrap()
-    } else {
-        RedisConnection::standalone(urls[0].clone()).connect().await.unwrap()
-    };
-    let tier = RedisTier::builder().connection(conn).prefix(prefix).build().await.unwrap();
+    let tier = RedisTier::builder(connect(urls).await).prefix(prefix).build().await.unwrap();
     Cache::builder(name).tier(tier, TierPolicy::fresh(Duration::from_secs(60))).build().unwrap()
+}
+
+/// Listen on the default backplane channel, as every instance of a service does.
+async fn listen(urls: &[String]) -> (RedisBackplane, broadcast::Receiver<BackplaneEvent>) {
+    let backplane = RedisBackplane::builder(connect(urls).await).build().await.unwrap();
+    let events = backplane.subscribe();
+    (backplane, events)
+}
+
+/// The next invalidation of `cache` (other caches' are skipped: tests run in parallel).
+async fn next_of(events: &mut broadcast::Receiver<BackplaneEvent>, cache: &str) -> Invalidation {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        match event.expect("an invalidation within 10 s") {
+            Ok(BackplaneEvent::Invalidate { cache: c, what }) if c == cache => return what,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(e) => panic!("backplane closed: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -32,10 +51,7 @@ fn key_is_removed_and_published() {
         let c = cache(std::slice::from_ref(&url), &prefix, &name).await;
         c.insert(c.key("1"), j!(1)).await.unwrap();
         c.insert(c.key("2"), j!(2)).await.unwrap();
-        // Listen on the backplane channel like every instance does.
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let mut pubsub = client.get_async_pubsub().await.unwrap();
-        pubsub.subscribe("tier:invalidations").await.unwrap();
+        let (_backplane, mut events) = listen(std::slice::from_ref(&url)).await;
 
         let out = json(tier().args([
             "invalidate",
@@ -52,15 +68,8 @@ fn key_is_removed_and_published() {
         assert_eq!(out["kind"], "key");
         assert_eq!(out["target"], format!("{name}:0:1"));
 
-        let msg = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
-            .await
-            .unwrap()
-            .unwrap();
-        let payload: Vec<u8> = msg.get_payload().unwrap();
-        assert!(
-            payload.windows(name.len()).any(|w| w == name.as_bytes()),
-            "message does not name the cache"
-        );
+        let key = Bytes::from(format!("{name}:0:1"));
+        assert_eq!(next_of(&mut events, &name).await, Invalidation::Key(key));
         assert!(c.get(c.key("1")).await.is_none());
         assert!(c.get(c.key("2")).await.is_some());
     });
@@ -80,6 +89,7 @@ fn tag_namespace_and_all() {
             c.insert(c.key(i.to_string()), j!(i)).await.unwrap();
         }
         o.insert(o.key("x"), j!("kept")).await.unwrap();
+        let (_backplane, mut events) = listen(std::slice::from_ref(&url)).await;
 
         let base = [
             "invalidate",
@@ -93,10 +103,13 @@ fn tag_namespace_and_all() {
         ];
         let tag = format!("{}-tag", unique("t"));
         json(tier().args(base).args(["--tag", &tag]));
+        assert_eq!(next_of(&mut events, &name).await, Invalidation::Tag(tag.as_str().into()));
         let client = redis::Client::open(url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let generation_key =
+            RedisGenerations::new(connect(std::slice::from_ref(&url)).await).redis_key(&tag);
         let generation: u64 =
-            redis::cmd("GET").arg(format!("tier-gen:{tag}")).query_async(&mut conn).await.unwrap();
+            redis::cmd("GET").arg(generation_key).query_async(&mut conn).await.unwrap();
         assert_eq!(generation, 1);
 
         assert_eq!(json(tier().args(base).arg("--namespace"))["namespace_version"], 1);
@@ -105,6 +118,10 @@ fn tag_namespace_and_all() {
 
         let out = json(tier().args(base).arg("--all"));
         assert_eq!(out["removed_keys"], 5, "{out}");
+        assert_eq!(out["target"], format!("{prefix}{name}:*"), "{out}");
+        assert_eq!(next_of(&mut events, &name).await, Invalidation::Namespace(1));
+        assert_eq!(next_of(&mut events, &name).await, Invalidation::Namespace(2));
+        assert_eq!(next_of(&mut events, &name).await, Invalidation::Clear);
         assert!(o.get(o.key("x")).await.is_some(), "another cache's keys must stay");
         assert!(c.get(c.key("0")).await.is_none());
     });

@@ -20,7 +20,7 @@ fn fill(urls: &[String], prefix: &str) {
         } else {
             RedisConnection::standalone(urls[0].clone()).connect().await.unwrap()
         };
-        let tier = RedisTier::builder().connection(conn).prefix(prefix).build().await.unwrap();
+        let tier = RedisTier::builder(conn).prefix(prefix).build().await.unwrap();
         let cache: Cache<Value> = Cache::builder("shop")
             .tier(tier, TierPolicy::fresh(Duration::from_secs(60)).stale(Duration::from_secs(600)))
             .build()

@@ -12,15 +12,14 @@ use tier_core::{Backplane, BackplaneEvent, Invalidation, TierError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::connection::RedisConnection;
-use crate::error::SetupError;
+use crate::commands;
+use crate::connection::{ConnectionSource, RedisConnection, Route};
+use crate::error::{RedisCause, SetupError};
+use crate::keys::DEFAULT_CHANNEL;
 use crate::metrics::{
     BACKPLANE_CONNECTED, BACKPLANE_ERRORS, BACKPLANE_MESSAGES, BACKPLANE_RECONNECTS,
 };
 use crate::wire::{WireMessage, WireWhat};
-
-/// Default channel name.
-pub const DEFAULT_CHANNEL: &str = "tier:invalidations";
 
 /// Something in this crate that must see backplane events before the hierarchy does
 /// (the generation cache).
@@ -32,7 +31,7 @@ pub(crate) trait EventHook: Send + Sync {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisBackplaneBuilder {
-    conn: RedisConnection,
+    connection: ConnectionSource,
     channel: String,
     node_id: Option<String>,
     capacity: usize,
@@ -68,7 +67,8 @@ impl RedisBackplaneBuilder {
         self
     }
 
-    /// Subscribe (waiting for the first subscription to be confirmed) and start the receive loop.
+    /// Connect (unless given a connection), subscribe (waiting for the first subscription to be
+    /// confirmed) and start the receive loop.
     pub async fn build(self) -> Result<RedisBackplane, SetupError> {
         if self.channel.is_empty() {
             return Err(SetupError::Config("the backplane channel name is empty".into()));
@@ -76,12 +76,13 @@ impl RedisBackplaneBuilder {
         if self.capacity == 0 || self.ping_interval.is_zero() {
             return Err(SetupError::Config("capacity and ping interval must be positive".into()));
         }
-        let clients = self.conn.node_clients().to_vec();
+        let conn = self.connection.connect().await?;
+        let clients = conn.node_clients().to_vec();
         // Cluster: the first node that answers (any node relays every PUBLISH).
         let mut first = None;
         let mut last_error = None;
         for client in &clients {
-            match subscribe(client, &self.channel, self.conn.op_timeout()).await {
+            match subscribe(client, &self.channel, conn.op_timeout()).await {
                 Ok(pubsub) => {
                     first = Some(pubsub);
                     break;
@@ -96,7 +97,10 @@ impl RedisBackplaneBuilder {
                     "no node to subscribe on",
                 ))
             });
-            return Err(SetupError::Subscribe { channel: self.channel, source });
+            return Err(SetupError::Subscribe {
+                channel: self.channel,
+                source: RedisCause::new(source),
+            });
         };
         crate::metrics::describe();
         let (tx, _) = broadcast::channel(self.capacity);
@@ -113,11 +117,11 @@ impl RedisBackplaneBuilder {
             shared.clone(),
             clients,
             first,
-            self.conn.op_timeout(),
+            conn.op_timeout(),
             self.ping_interval,
         ));
         let (outgoing, rx) = mpsc::channel(self.capacity);
-        let publisher = tokio::spawn(publish_loop(shared.clone(), self.conn, rx));
+        let publisher = tokio::spawn(publish_loop(shared.clone(), conn, rx));
         Ok(RedisBackplane {
             shared,
             outgoing,
@@ -269,7 +273,7 @@ async fn publish_loop(
 ) {
     let mut seq: u64 = 0;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut node: Option<(String, u16)> = None;
+    let mut node: Option<Route> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pipe = redis::pipe();
         let mut replies = Vec::with_capacity(batch.len());
@@ -284,7 +288,7 @@ async fn publish_loop(
             };
             match rmp_serde::to_vec_named(&msg) {
                 Ok(payload) => {
-                    pipe.cmd("PUBLISH").arg(&shared.channel).arg(payload).ignore();
+                    commands::publish(&mut pipe, &shared.channel, payload);
                     replies.push(out.reply);
                 }
                 Err(e) => {
@@ -299,16 +303,12 @@ async fn publish_loop(
         if replies.is_empty() {
             continue;
         }
-        if conn.is_cluster() && node.is_none() {
-            node = conn.masters().await.ok().and_then(|mut m| {
-                m.sort();
-                m.into_iter().next()
-            });
+        if node.is_none() {
+            // The first master by address (`routes` are sorted); the server when standalone.
+            node = conn.routes().await.ok().and_then(|routes| routes.into_iter().next());
         }
         let result = match &node {
-            Some((host, port)) => {
-                conn.query_pipe_node("publish", host, *port, &pipe).await.map(drop)
-            }
+            Some(route) => conn.pipe_on("publish", route, &pipe).await.map(drop),
             None => conn.query_pipe::<()>("publish", &pipe).await,
         };
         if result.is_err() {
@@ -407,11 +407,13 @@ impl std::fmt::Debug for RedisBackplane {
 }
 
 impl RedisBackplane {
-    /// A builder publishing through `conn` and subscribing on a dedicated connection to the
-    /// same server (or to one node of the same cluster).
-    pub fn builder(conn: RedisConnection) -> RedisBackplaneBuilder {
+    /// A builder publishing through `connection` — a [`RedisConnection`] or a
+    /// [`RedisConnectionBuilder`](crate::RedisConnectionBuilder) that `build()` connects — and
+    /// subscribing on a dedicated connection to the same server (or to one node of the same
+    /// cluster).
+    pub fn builder(connection: impl Into<ConnectionSource>) -> RedisBackplaneBuilder {
         RedisBackplaneBuilder {
-            conn,
+            connection: connection.into(),
             channel: DEFAULT_CHANNEL.into(),
             node_id: None,
             capacity: 4096,

@@ -1,11 +1,19 @@
 //! The crate's setup error, and how redis errors become [`TierError`]s.
+//!
+//! Every error of this crate is one line: redis-rs's own messages can span lines (a reply from a
+//! server that is not Redis is quoted line by line), so they reach our errors as a
+//! [`RedisCause`], which says the same on one line and keeps the original.
+
+use std::fmt;
 
 use tier_core::{TierError, TierErrorKind};
 
 /// What can go wrong while configuring or connecting (builders, `connect`).
 ///
 /// Errors of the running tier are [`TierError`]s (the hierarchy's currency); this type is only for
-/// the set-up steps a service performs at start.
+/// the set-up steps a service performs at start. Its `Display` is one line, with the cause's
+/// own line after a colon; the cause is also [`source()`](std::error::Error::source). URLs in
+/// it are redacted ([`redact_url`](crate::redact_url)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
@@ -13,20 +21,21 @@ pub enum SetupError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A URL could not be parsed.
-    #[error("invalid Redis URL {url:?}: {source}")]
+    #[error("invalid Redis URL {url}: {source}")]
     Url {
-        /// The URL as given (password redacted).
+        /// The URL as given, redacted.
         url: String,
         /// What redis-rs said.
-        source: redis::RedisError,
+        source: RedisCause,
     },
-    /// The first connection could not be made (refused, timed out, authentication failed).
+    /// The first connection could not be made (refused, timed out, authentication failed, not
+    /// a Redis server).
     #[error("cannot connect to {target}: {source}")]
     Connect {
-        /// What we tried to reach (`redis://host:port/` or `cluster of N nodes`).
+        /// What we tried to reach (the redacted URL, or `cluster of N node URLs`).
         target: String,
         /// What redis-rs said.
-        source: redis::RedisError,
+        source: RedisCause,
     },
     /// The backplane could not subscribe to its channel.
     #[error("cannot subscribe to channel {channel:?}: {source}")]
@@ -34,25 +43,72 @@ pub enum SetupError {
         /// The channel.
         channel: String,
         /// What redis-rs said.
-        source: redis::RedisError,
+        source: RedisCause,
     },
 }
 
-/// Strip the password from a URL for messages (`redis://user:secret@host` → `redis://user:***@host`).
-pub(crate) fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
-        }
-        None => url.to_string(),
+/// A redis-rs error, shown on one line: line breaks and other control characters of its
+/// message become spaces, and a message longer than 300 characters is cut. It ends the chain of
+/// [`source()`](std::error::Error::source)s (redis-rs's own causes can span lines); the error
+/// itself, with its kind and causes, is [`redis_error`](Self::redis_error).
+#[derive(Debug, Clone)]
+pub struct RedisCause {
+    line: String,
+    error: redis::RedisError,
+}
+
+/// The longest message a [`RedisCause`] shows (characters).
+const MAX_CAUSE_CHARS: usize = 300;
+
+impl RedisCause {
+    /// Wrap `error`.
+    pub fn new(error: redis::RedisError) -> Self {
+        Self { line: one_line(&error.to_string(), MAX_CAUSE_CHARS), error }
     }
+
+    /// The error redis-rs returned (for [`redis::RedisError::kind`] and its predicates).
+    pub fn redis_error(&self) -> &redis::RedisError {
+        &self.error
+    }
+}
+
+impl From<redis::RedisError> for RedisCause {
+    fn from(error: redis::RedisError) -> Self {
+        Self::new(error)
+    }
+}
+
+impl fmt::Display for RedisCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line)
+    }
+}
+
+impl std::error::Error for RedisCause {}
+
+/// `text` on one line: every run of whitespace or control characters becomes one space, the
+/// ends are trimmed, and at most `max` characters are kept (then `…`).
+fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max + 3));
+    let mut gap = false;
+    let mut kept = 0usize;
+    for c in text.chars() {
+        if c.is_whitespace() || c.is_control() {
+            gap = !out.is_empty();
+            continue;
+        }
+        if kept >= max {
+            out.push('…');
+            return out;
+        }
+        if gap {
+            out.push(' ');
+            gap = false;
+        }
+        out.push(c);
+        kept += 1;
+    }
+    out
 }
 
 /// Map a redis-rs error to the tier error kind the breaker understands.
@@ -91,7 +147,7 @@ pub(crate) fn tier_error(op: &str, err: redis::RedisError) -> TierError {
             _ => TierErrorKind::Other,
         }
     };
-    TierError::with_source(kind, format!("redis {op}"), err)
+    TierError::with_source(kind, format!("redis {op}"), RedisCause::new(err))
 }
 
 /// The error of an operation that did not finish within the connection's operation timeout.
@@ -99,17 +155,31 @@ pub(crate) fn timeout_error(op: &str, after: std::time::Duration) -> TierError {
     TierError::new(TierErrorKind::Timeout, format!("redis {op} took longer than {after:?}"))
 }
 
+/// A reply that is not what the command returns.
+pub(crate) fn reply_error(what: &str, err: impl fmt::Display) -> TierError {
+    TierError::new(
+        TierErrorKind::Other,
+        format!("{what} reply: {}", one_line(&err.to_string(), MAX_CAUSE_CHARS)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn redact_hides_passwords_only() {
-        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
-        assert_eq!(redact("redis://h:1/"), "redis://h:1/");
-        assert_eq!(redact("rediss://u:p@ss@h/"), "rediss://u:***@h/");
-        assert_eq!(redact("nonsense"), "nonsense");
+    fn causes_are_one_line() {
+        let multi = redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "Parse error at 1",
+            "Unexpected `84`\r\nUnexpected `72`\n\t".to_string(),
+        ));
+        let cause = RedisCause::new(multi);
+        assert_eq!(cause.to_string(), "Parse error at 1 - Parse: Unexpected `84` Unexpected `72`");
+        assert_eq!(one_line(" a \u{7}\u{1b}b\n", 10), "a b");
+        assert_eq!(one_line(&"x".repeat(400), 300).chars().count(), 301);
+        let err = tier_error("get", redis::RedisError::from((redis::ErrorKind::Parse, "a\nb")));
+        assert!(!err.to_string().contains('\n'), "{err}");
     }
 
     #[test]

@@ -6,15 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tier_core::{BackplaneEvent, GenerationStore, Invalidation, TierError};
 
 use crate::backplane::{EventHook, RedisBackplane};
+use crate::commands;
 use crate::connection::RedisConnection;
-use crate::tier::full_key;
+use crate::keys::{KeyPrefix, DEFAULT_GENERATION_PREFIX};
 
-/// Default prefix of generation keys.
-pub const DEFAULT_GENERATION_PREFIX: &str = "tier-gen:";
 /// Default longest time a cached generation is trusted.
 pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
 const MAX_CACHED_TAGS: usize = 100_000;
@@ -38,14 +36,14 @@ const MAX_CACHED_TAGS: usize = 100_000;
 #[derive(Clone)]
 pub struct RedisGenerations {
     conn: RedisConnection,
-    prefix: Bytes,
+    prefix: KeyPrefix,
     cache: Option<Arc<GenerationCache>>,
 }
 
 impl std::fmt::Debug for RedisGenerations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisGenerations")
-            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .field("prefix", &self.prefix)
             .field("cached", &self.cache.is_some())
             .finish()
     }
@@ -91,14 +89,14 @@ impl EventHook for GenerationCache {
 impl RedisGenerations {
     /// Generations on `conn`, under the prefix `"tier-gen:"`, not cached.
     pub fn new(conn: RedisConnection) -> Self {
-        Self { conn, prefix: Bytes::from_static(DEFAULT_GENERATION_PREFIX.as_bytes()), cache: None }
+        Self { conn, prefix: KeyPrefix::from_static(DEFAULT_GENERATION_PREFIX), cache: None }
     }
 
     /// Prefix of generation keys; keep it apart from the tier's prefix (the tier's `clear` would
     /// otherwise reset generations). Default: `"tier-gen:"`.
     #[must_use]
     pub fn prefix(mut self, prefix: impl AsRef<[u8]>) -> Self {
-        self.prefix = Bytes::copy_from_slice(prefix.as_ref());
+        self.prefix = KeyPrefix::new(prefix);
         self
     }
 
@@ -126,7 +124,7 @@ impl RedisGenerations {
 
     /// The Redis key of `tag`'s generation.
     pub fn redis_key(&self, tag: &str) -> Vec<u8> {
-        full_key(&self.prefix, tag.as_bytes())
+        self.prefix.key(tag.as_bytes())
     }
 
     async fn read(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
@@ -174,9 +172,8 @@ impl GenerationStore for RedisGenerations {
     }
 
     async fn bump(&self, tag: &str) -> Result<u64, TierError> {
-        let mut cmd = redis::cmd("INCR");
-        cmd.arg(self.redis_key(tag));
-        let g: u64 = self.conn.query("generation bump", &cmd).await?;
+        let g: u64 =
+            self.conn.query("generation bump", &commands::incr(&self.redis_key(tag))).await?;
         if let Some(cache) = &self.cache {
             // Our own bump is not delivered back by the backplane: drop the old value here.
             cache.forget(Some(tag));

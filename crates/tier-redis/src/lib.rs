@@ -12,19 +12,36 @@
 //!   reconnect loop that tells the hierarchy when messages may have been missed.
 //! - [`RedisLock`] — the fleet-wide stampede lock (`SET NX PX` + compare-and-delete).
 //!
-//! All four share one [`RedisConnection`] (standalone `ConnectionManager` or cluster-async
+//! - [`RedisInspector`] — a read-only view of the entries under a prefix, for tools.
+//!
+//! All of them share one [`RedisConnection`] (standalone `ConnectionManager` or cluster-async
 //! client: multiplexed, reconnected automatically, every call bounded by connect + response
-//! timeout).
+//! timeout). The builders of the tier and the backplane take either a connection or a
+//! [`RedisConnectionBuilder`] ([`ConnectionSource`]), so URLs and timeouts are set in one place:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tier_redis::SetupError> {
+//! use std::time::Duration;
+//! use tier_redis::{RedisConnection, RedisTier};
+//! let conn = RedisConnection::standalone("redis://127.0.0.1:6379/")
+//!     .response_timeout(Duration::from_millis(100));
+//! let tier = RedisTier::builder(conn).prefix("app:users:").build().await?;
+//! # Ok(()) }
+//! ```
 //!
 //! ## Keys
 //! Data keys are `tier prefix + key` (default prefix `"tier:"`), generations
-//! `"tier-gen:" + tag`, locks `"tier-lock:" + key`. Keep the three prefixes apart (none a prefix
-//! of another): the tier's `clear` removes everything under its own prefix, with `SCAN`+`UNLINK`.
+//! `"tier-gen:" + tag`, locks `"tier-lock:" + key`; the [`keys`] module has the whole layout.
+//! Keep the prefixes apart (none a prefix of another): the tier's `clear` removes everything
+//! under its own prefix, with `SCAN`+`UNLINK`.
 //!
-//! ## Errors
+//! ## Errors and secrets
 //! Set-up (builders, connect) returns [`SetupError`]. Running operations return
 //! [`tier_core::TierError`]: connection problems are `Unavailable`, timeouts `Timeout`, foreign
 //! bytes under the prefix `Decode` — the hierarchy's breaker and metrics know what to do with each.
+//! Both are one line whatever redis-rs said (its message, folded onto one line, is the cause: a
+//! [`RedisCause`]). A URL is only ever printed through [`redact_url`] — errors, logs, `Debug` —
+//! which removes its userinfo, whatever that contains.
 //!
 //! ## Redis Cluster: a lost master
 //! The hierarchy's circuit breaker is one per tier. When a master of a Cluster is lost with no
@@ -59,24 +76,32 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backplane;
+mod commands;
 mod connection;
 mod error;
 mod generations;
+mod inspect;
+pub mod keys;
 mod lock;
 pub mod metrics;
+mod redact;
 mod retry;
 mod stats;
 mod tier;
 mod wire;
 
-pub use backplane::{RedisBackplane, RedisBackplaneBuilder, DEFAULT_CHANNEL};
+pub use backplane::{RedisBackplane, RedisBackplaneBuilder};
 pub use connection::{
-    RedisConnection, RedisConnectionBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
+    ConnectionSource, RedisConnection, RedisConnectionBuilder, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT,
 };
-pub use error::SetupError;
-pub use generations::{RedisGenerations, DEFAULT_CACHE_MAX_AGE, DEFAULT_GENERATION_PREFIX};
-pub use lock::{RedisLock, DEFAULT_LOCK_PREFIX};
-pub use tier::{RedisTier, RedisTierBuilder, DEFAULT_PREFIX, DEFAULT_RETRY_CAPACITY};
+pub use error::{RedisCause, SetupError};
+pub use generations::{RedisGenerations, DEFAULT_CACHE_MAX_AGE};
+pub use inspect::{RedisInspector, StoredEntry, StoredKey};
+pub use keys::{DEFAULT_CHANNEL, DEFAULT_GENERATION_PREFIX, DEFAULT_LOCK_PREFIX, DEFAULT_PREFIX};
+pub use lock::RedisLock;
+pub use redact::redact_url;
+pub use tier::{RedisTier, RedisTierBuilder, DEFAULT_RETRY_CAPACITY};
 
 /// The README's example, compiled as a doctest so that it cannot rot.
 #[doc = include_str!("../README.md")]

@@ -4,23 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tier_core::{DistributedLock, LockToken, TierError};
 
+use crate::commands;
 use crate::connection::RedisConnection;
-use crate::tier::full_key;
-
-/// Default prefix of lock keys.
-pub const DEFAULT_LOCK_PREFIX: &str = "tier-lock:";
-
-/// Deletes the lock only when it still holds our token.
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-else
-    return 0
-end
-"#;
+use crate::keys::{KeyPrefix, DEFAULT_LOCK_PREFIX};
 
 /// A distributed lock per cache key: `SET prefix+key token NX PX ttl`, released by a
 /// compare-and-delete Lua script.
@@ -45,13 +33,13 @@ end
 #[derive(Clone)]
 pub struct RedisLock {
     conn: RedisConnection,
-    prefix: Bytes,
+    prefix: KeyPrefix,
     release: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLock").field("prefix", &String::from_utf8_lossy(&self.prefix)).finish()
+        f.debug_struct("RedisLock").field("prefix", &self.prefix).finish()
     }
 }
 
@@ -60,8 +48,8 @@ impl RedisLock {
     pub fn new(conn: RedisConnection) -> Self {
         Self {
             conn,
-            prefix: Bytes::from_static(DEFAULT_LOCK_PREFIX.as_bytes()),
-            release: Arc::new(redis::Script::new(RELEASE)),
+            prefix: KeyPrefix::from_static(DEFAULT_LOCK_PREFIX),
+            release: Arc::new(redis::Script::new(commands::LOCK_RELEASE)),
         }
     }
 
@@ -69,13 +57,13 @@ impl RedisLock {
     /// otherwise remove held locks). Default: `"tier-lock:"`.
     #[must_use]
     pub fn prefix(mut self, prefix: impl AsRef<[u8]>) -> Self {
-        self.prefix = Bytes::copy_from_slice(prefix.as_ref());
+        self.prefix = KeyPrefix::new(prefix);
         self
     }
 
     /// The Redis key of the lock for `key`.
     pub fn redis_key(&self, key: &[u8]) -> Vec<u8> {
-        full_key(&self.prefix, key)
+        self.prefix.key(key)
     }
 }
 
@@ -88,8 +76,7 @@ impl DistributedLock for RedisLock {
     async fn try_acquire(&self, key: &[u8], ttl: Duration) -> Result<Option<LockToken>, TierError> {
         let token = new_token();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.redis_key(key)).arg(&token).arg("NX").arg("PX").arg(ttl_ms);
+        let cmd = commands::lock_acquire(&self.redis_key(key), &token, ttl_ms);
         let reply: Option<String> = self.conn.query("lock acquire", &cmd).await?;
         Ok(reply.map(|_| LockToken(token)))
     }

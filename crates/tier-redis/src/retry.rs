@@ -20,39 +20,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::commands::{self, Write};
 use crate::connection::RedisConnection;
+use crate::keys::KeyPrefix;
 use crate::metrics::{Labels, RETRY_QUEUE, WRITE_RETRIES};
-
-/// A write that failed and waits for another try.
-#[derive(Debug, Clone)]
-pub(crate) enum PendingOp {
-    /// `SET key envelope PX (stale_until - now)`.
-    Set { envelope: Bytes, stale_until: u64 },
-    /// `DEL key`.
-    Remove,
-}
-
-/// The command that performs `op` on `full_key` now (a write already past `stale_until` becomes
-/// a `DEL`).
-pub(crate) fn write_cmd(full_key: &[u8], op: &PendingOp, now: u64) -> redis::Cmd {
-    match op {
-        PendingOp::Set { envelope, stale_until } if *stale_until > now => {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(full_key).arg(envelope.as_ref()).arg("PX").arg(*stale_until - now);
-            cmd
-        }
-        // Expired already: storing it would be wrong, leaving an older value would be too.
-        PendingOp::Set { .. } | PendingOp::Remove => {
-            let mut cmd = redis::cmd("DEL");
-            cmd.arg(full_key);
-            cmd
-        }
-    }
-}
 
 #[derive(Default)]
 struct State {
-    ops: HashMap<Bytes, PendingOp>,
+    ops: HashMap<Bytes, Write>,
     order: VecDeque<Bytes>,
     /// The key the worker is writing now; it keeps its place in the capacity until done.
     in_flight: Option<Bytes>,
@@ -96,7 +71,7 @@ impl RetryQueue {
     }
 
     /// Queue `op` on `key` (the key without prefix).
-    pub(crate) fn push(&self, key: Bytes, op: PendingOp) {
+    pub(crate) fn push(&self, key: Bytes, op: Write) {
         let (outcome, len) = {
             let mut st = self.state();
             if let Some(slot) = st.ops.get_mut(&key) {
@@ -136,12 +111,18 @@ impl RetryQueue {
         self.gauge(len);
     }
 
-    /// The tier was cleared: nothing that waited is wanted any more.
-    pub(crate) fn cancel_all(&self) {
+    /// The keys starting with `prefix` were cleared (every key, for an empty prefix): what
+    /// waited for them is not wanted any more.
+    pub(crate) fn cancel_under(&self, prefix: &[u8]) {
         let len = {
             let mut st = self.state();
-            st.ops.clear();
-            st.order.clear();
+            if prefix.is_empty() {
+                st.ops.clear();
+                st.order.clear();
+            } else {
+                st.ops.retain(|k, _| !k.starts_with(prefix));
+                // Keys in `order` without an op are skipped by `pop`.
+            }
             st.len()
         };
         self.gauge(len);
@@ -154,7 +135,7 @@ impl RetryQueue {
 
     /// Take the oldest op; it stays counted (in flight) until [`Self::done`] or
     /// [`Self::requeue`].
-    fn pop(&self) -> Option<(Bytes, PendingOp)> {
+    fn pop(&self) -> Option<(Bytes, Write)> {
         let mut st = self.state();
         while let Some(key) = st.order.pop_front() {
             if let Some(op) = st.ops.remove(&key) {
@@ -172,7 +153,7 @@ impl RetryQueue {
 
     /// Put back the in-flight op whose retry failed, unless a newer one arrived meanwhile (its
     /// place in the capacity was kept, so it always fits).
-    fn requeue(&self, key: Bytes, op: PendingOp) {
+    fn requeue(&self, key: Bytes, op: Write) {
         let mut st = self.state();
         st.in_flight = None;
         if !st.ops.contains_key(&key) {
@@ -186,7 +167,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The worker: drains the queue, one key at a time, backing off while Redis keeps failing.
-pub(crate) async fn run(queue: Arc<RetryQueue>, conn: RedisConnection, prefix: Bytes) {
+pub(crate) async fn run(queue: Arc<RetryQueue>, conn: RedisConnection, prefix: KeyPrefix) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let Some((key, op)) = queue.pop() else {
@@ -194,12 +175,11 @@ pub(crate) async fn run(queue: Arc<RetryQueue>, conn: RedisConnection, prefix: B
             continue;
         };
         let now = tier_core::now_ms();
-        // An expired write becomes a DEL (`write_cmd`): an older value of the key may have
-        // reached Redis after all (a command that timed out on our side can still be delivered),
-        // and it must not stay in place of the newer, expired one.
-        let expired = matches!(&op, PendingOp::Set { stale_until, .. } if *stale_until <= now);
-        let full = crate::tier::full_key(&prefix, &key);
-        let cmd = write_cmd(&full, &op, now);
+        // An expired write becomes a DEL (`commands::write`): an older value of the key may
+        // have reached Redis after all (a command that timed out on our side can still be
+        // delivered), and it must not stay in place of the newer, expired one.
+        let expired = op.expired_at(now);
+        let cmd = commands::write(&prefix.key(&key), &op, now);
         match conn.query::<redis::Value>("retry write", &cmd).await {
             Ok(_) => {
                 queue.done();
@@ -226,8 +206,8 @@ mod tests {
         RetryQueue::new(capacity, Arc::new(RwLock::new(Labels::default())))
     }
 
-    fn set(stale_until: u64) -> PendingOp {
-        PendingOp::Set { envelope: Bytes::from_static(b"x"), stale_until }
+    fn set(stale_until: u64) -> Write {
+        Write::Set { envelope: Bytes::from_static(b"x"), stale_until }
     }
 
     #[test]
@@ -235,16 +215,23 @@ mod tests {
         let q = queue(2);
         q.push(Bytes::from_static(b"a"), set(1));
         q.push(Bytes::from_static(b"a"), set(2)); // replaces
-        q.push(Bytes::from_static(b"b"), PendingOp::Remove);
+        q.push(Bytes::from_static(b"b"), Write::Remove);
         q.push(Bytes::from_static(b"c"), set(3)); // full: dropped
         assert_eq!(q.len(), 2);
         let (k, op) = q.pop().expect("a");
         assert_eq!(&k[..], b"a");
-        assert!(matches!(op, PendingOp::Set { stale_until: 2, .. }));
+        assert!(matches!(op, Write::Set { stale_until: 2, .. }));
         q.cancel(b"b");
         assert!(q.pop().is_none());
         q.push(Bytes::from_static(b"d"), set(4));
-        q.cancel_all();
+        q.push(Bytes::from_static(b"ef"), set(4));
+        q.cancel_under(b"e");
+        let (k, _) = q.pop().expect("d is not under e");
+        assert_eq!(&k[..], b"d");
+        q.done();
+        assert!(q.pop().is_none());
+        q.push(Bytes::from_static(b"g"), set(5));
+        q.cancel_under(b"");
         assert!(q.pop().is_none());
     }
 
@@ -255,12 +242,12 @@ mod tests {
         q.push(Bytes::from("b"), set(u64::MAX));
         let (key, old) = q.pop().expect("a is taken");
         assert_eq!(key, Bytes::from("a"));
-        q.push(Bytes::from("a"), PendingOp::Remove); // full, but it is the in-flight key
+        q.push(Bytes::from("a"), Write::Remove); // full, but it is the in-flight key
         assert_eq!(q.len(), 2, "counted once");
         q.requeue(key, old); // the older op fails: the newer one stays
         let mut popped = Vec::new();
         while let Some((k, op)) = q.pop() {
-            popped.push((k, matches!(op, PendingOp::Remove)));
+            popped.push((k, matches!(op, Write::Remove)));
             q.done();
         }
         assert_eq!(popped, vec![(Bytes::from("b"), false), (Bytes::from("a"), true)]);
@@ -275,15 +262,7 @@ mod tests {
         q.push(Bytes::from_static(b"a"), set(9));
         q.requeue(k, op);
         let (_, op) = q.pop().expect("a again");
-        assert!(matches!(op, PendingOp::Set { stale_until: 9, .. }));
+        assert!(matches!(op, Write::Set { stale_until: 9, .. }));
         assert!(q.pop().is_none());
-    }
-
-    #[test]
-    fn expired_writes_become_deletes() {
-        let cmd = write_cmd(b"k", &set(10), 20);
-        assert_eq!(cmd.args_iter().count(), 2);
-        let cmd = write_cmd(b"k", &set(30), 20);
-        assert_eq!(cmd.args_iter().count(), 5);
     }
 }

@@ -12,9 +12,11 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use redis::Value;
-use tier_core::{TierError, TierErrorKind, TierStats};
+use tier_core::{TierError, TierStats};
 
-use crate::connection::RedisConnection;
+use crate::commands;
+use crate::connection::{RedisConnection, Route};
+use crate::error::reply_error;
 use crate::metrics::Labels;
 
 /// How often the server figures are read.
@@ -56,30 +58,15 @@ fn info_field(info: &str, field: &str) -> u64 {
 }
 
 fn text(v: Value) -> Result<String, TierError> {
-    redis::from_redis_value(v)
-        .map_err(|e| TierError::new(TierErrorKind::Other, format!("INFO reply: {e}")))
+    redis::from_redis_value(v).map_err(|e| reply_error("INFO", e))
 }
 
-async fn sample_node(
-    conn: &RedisConnection,
-    node: Option<(&str, u16)>,
-) -> Result<Sample, TierError> {
-    let run = |args: &[&str]| {
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        async move {
-            match node {
-                Some((host, port)) => conn.query_node("server stats", host, port, cmd).await,
-                None => conn.query::<Value>("server stats", &cmd).await,
-            }
-        }
-    };
-    let keys: u64 = redis::from_redis_value(run(&["DBSIZE"]).await?)
-        .map_err(|e| TierError::new(TierErrorKind::Other, format!("DBSIZE reply: {e}")))?;
-    let memory = text(run(&["INFO", "memory"]).await?)?;
-    let stats = text(run(&["INFO", "stats"]).await?)?;
+async fn sample_node(conn: &RedisConnection, route: &Route) -> Result<Sample, TierError> {
+    let op = "server stats";
+    let keys: u64 = redis::from_redis_value(conn.query_on(op, route, commands::dbsize()).await?)
+        .map_err(|e| reply_error("DBSIZE", e))?;
+    let memory = text(conn.query_on(op, route, commands::info("memory")).await?)?;
+    let stats = text(conn.query_on(op, route, commands::info("stats")).await?)?;
     Ok(Sample {
         keys,
         used_memory: info_field(&memory, "used_memory"),
@@ -89,14 +76,11 @@ async fn sample_node(
     })
 }
 
+/// The figures of the server, or the sums over the masters of a Cluster.
 async fn sample(conn: &RedisConnection) -> Result<Sample, TierError> {
-    let masters = conn.masters().await?;
-    if masters.is_empty() {
-        return sample_node(conn, None).await;
-    }
     let mut sum = Sample::default();
-    for (host, port) in &masters {
-        let s = sample_node(conn, Some((host, *port))).await?;
+    for route in &conn.routes().await? {
+        let s = sample_node(conn, route).await?;
         sum.keys += s.keys;
         sum.used_memory += s.used_memory;
         sum.maxmemory += s.maxmemory;

@@ -1,114 +1,43 @@
 //! [`RedisTier`]: the shared L3 tier.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tier_core::{Entry, Lookup, Storage, Tier, TierContext, TierError, TierErrorKind, TierStats};
 use tokio::task::JoinHandle;
 
-use crate::connection::{slot, RedisConnection};
+use crate::commands::{self, Write};
+use crate::connection::{by_slot, slot, ConnectionSource, RedisConnection};
 use crate::error::SetupError;
+use crate::keys::{KeyPrefix, DEFAULT_PREFIX};
 use crate::metrics::Labels;
-use crate::retry::{self, write_cmd, PendingOp, RetryQueue};
+use crate::retry::{self, RetryQueue};
 
-/// Default key prefix.
-pub const DEFAULT_PREFIX: &str = "tier:";
 /// Default capacity of the write retry queue (keys).
 pub const DEFAULT_RETRY_CAPACITY: usize = 10_000;
-/// Keys per `SCAN` step of [`Tier::clear`].
-const SCAN_COUNT: usize = 1000;
-
-pub(crate) fn full_key(prefix: &[u8], key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + key.len());
-    k.extend_from_slice(prefix);
-    k.extend_from_slice(key);
-    k
-}
-
-/// `prefix` as a `SCAN MATCH` pattern matching every key that starts with it.
-pub(crate) fn prefix_pattern(prefix: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(prefix.len() + 2);
-    for &b in prefix {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            p.push(b'\\');
-        }
-        p.push(b);
-    }
-    p.push(b'*');
-    p
-}
-
-#[derive(Debug, Clone)]
-enum Source {
-    None,
-    Url(String),
-    Cluster(Vec<String>),
-    Connection(RedisConnection),
-}
 
 /// Builds a [`RedisTier`]; see [`RedisTier::builder`].
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisTierBuilder {
-    source: Source,
-    prefix: Bytes,
+    connection: ConnectionSource,
+    prefix: KeyPrefix,
     name: String,
-    connect_timeout: Duration,
-    response_timeout: Duration,
     retry_capacity: usize,
 }
 
 impl RedisTierBuilder {
-    /// A standalone server: `redis://[user][:password@]host[:port][/db]` (`rediss://` with the
-    /// `tls` feature).
-    pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.source = Source::Url(url.into());
-        self
-    }
-
-    /// A Redis Cluster, reached through any of these node URLs.
-    pub fn cluster<I, S>(mut self, urls: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.source = Source::Cluster(urls.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// An existing connection (shared with generations, lock, backplane or other tiers). The
-    /// builder's timeouts are then those the connection was made with.
-    pub fn connection(mut self, connection: RedisConnection) -> Self {
-        self.source = Source::Connection(connection);
-        self
-    }
-
     /// Prefix of every key this tier stores. Give each hierarchy its own (e.g. `"app:users:"`):
     /// [`Tier::clear`] removes every key under it. Default: `"tier:"`.
     pub fn prefix(mut self, prefix: impl AsRef<[u8]>) -> Self {
-        self.prefix = Bytes::copy_from_slice(prefix.as_ref());
+        self.prefix = KeyPrefix::new(prefix);
         self
     }
 
     /// The tier's name (default `tier` metric label). Default: `"redis"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
-        self
-    }
-
-    /// Connect timeout. Default: 1 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Response timeout of one command. Default: 500 ms. (The hierarchy's per-tier timeout is
-    /// usually much shorter; this one bounds direct use and background retries.)
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
         self
     }
 
@@ -121,28 +50,7 @@ impl RedisTierBuilder {
 
     /// Connect (unless given a connection) and start the retry worker.
     pub async fn build(self) -> Result<RedisTier, SetupError> {
-        let conn = match self.source {
-            Source::None => {
-                return Err(SetupError::Config(
-                    "RedisTier needs .url(..), .cluster(..) or .connection(..)".into(),
-                ))
-            }
-            Source::Connection(c) => c,
-            Source::Url(url) => {
-                RedisConnection::standalone(url)
-                    .connect_timeout(self.connect_timeout)
-                    .response_timeout(self.response_timeout)
-                    .connect()
-                    .await?
-            }
-            Source::Cluster(urls) => {
-                RedisConnection::cluster(urls)
-                    .connect_timeout(self.connect_timeout)
-                    .response_timeout(self.response_timeout)
-                    .connect()
-                    .await?
-            }
-        };
+        let conn = self.connection.connect().await?;
         crate::metrics::describe();
         let labels =
             Arc::new(RwLock::new(Labels { cache: String::new(), tier: self.name.clone() }));
@@ -193,25 +101,24 @@ impl Drop for AbortOnDrop {
 /// - `get_many` is one `MGET` (standalone) or one `MGET` per hash slot, sent concurrently
 ///   (Cluster); `insert_many` is one pipeline, or one per slot.
 /// - [`Tier::clear`] removes the keys under the prefix with `SCAN` + `UNLINK` (never `KEYS`), on
-///   every master of a Cluster.
-/// - A write or remove that fails is returned as an error *and* queued for a background retry
+///   every master of a Cluster; [`clear_prefix`](Self::clear_prefix) does the same for the keys
+///   that start with a given key prefix.
+/// - Every write (`insert`, `insert_many`, `remove`, the background retry) is one command built
+///   in one place; one that fails is returned as an error *and* queued for a background retry
 ///   (bounded, deduplicated per key; see the crate docs for the metrics).
 /// - Every call is bounded by the connection's operation timeout (connect + response timeout).
 ///
 /// ```no_run
 /// use std::time::Duration;
 /// use tier_core::{Codec, Entry, Meta, Tier};
-/// use tier_redis::RedisTier;
+/// use tier_redis::{RedisConnection, RedisTier};
 ///
 /// #[tokio::main]
 /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     let tier = RedisTier::builder()
-///         .url("redis://:secret@127.0.0.1:6379/")
-///         .prefix("myapp:users:")
+///     let connection = RedisConnection::standalone("redis://:secret@127.0.0.1:6379/")
 ///         .connect_timeout(Duration::from_millis(500))
-///         .response_timeout(Duration::from_millis(100))
-///         .build()
-///         .await?;
+///         .response_timeout(Duration::from_millis(100));
+///     let tier = RedisTier::builder(connection).prefix("myapp:users:").build().await?;
 ///
 ///     let now = tier_core::now_ms();
 ///     let meta = Meta { created_at: now, fresh_until: now + 60_000, stale_until: now + 600_000, ..Meta::default() };
@@ -228,7 +135,7 @@ pub struct RedisTier {
 
 struct Inner {
     conn: RedisConnection,
-    prefix: Bytes,
+    prefix: KeyPrefix,
     name: String,
     labels: Arc<RwLock<Labels>>,
     retry: Option<Arc<RetryQueue>>,
@@ -245,21 +152,21 @@ impl std::fmt::Debug for RedisTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisTier")
             .field("name", &self.inner.name)
-            .field("prefix", &String::from_utf8_lossy(&self.inner.prefix))
+            .field("prefix", &self.inner.prefix)
             .field("connection", &self.inner.conn)
             .finish()
     }
 }
 
 impl RedisTier {
-    /// A builder; set a URL, cluster URLs or a connection, then `build().await`.
-    pub fn builder() -> RedisTierBuilder {
+    /// A builder on `connection`: a [`RedisConnection`] (shared with generations, lock,
+    /// backplane or other tiers), or a [`RedisConnectionBuilder`](crate::RedisConnectionBuilder)
+    /// that [`build`](RedisTierBuilder::build) connects, with its URLs and timeouts.
+    pub fn builder(connection: impl Into<ConnectionSource>) -> RedisTierBuilder {
         RedisTierBuilder {
-            source: Source::None,
-            prefix: Bytes::from_static(DEFAULT_PREFIX.as_bytes()),
+            connection: connection.into(),
+            prefix: KeyPrefix::from_static(DEFAULT_PREFIX),
             name: "redis".into(),
-            connect_timeout: crate::connection::DEFAULT_CONNECT_TIMEOUT,
-            response_timeout: crate::connection::DEFAULT_RESPONSE_TIMEOUT,
             retry_capacity: DEFAULT_RETRY_CAPACITY,
         }
     }
@@ -272,12 +179,12 @@ impl RedisTier {
 
     /// The key prefix.
     pub fn prefix(&self) -> &[u8] {
-        &self.inner.prefix
+        self.inner.prefix.as_bytes()
     }
 
     /// The Redis key under which `key` is stored (prefix + key).
     pub fn redis_key(&self, key: &[u8]) -> Vec<u8> {
-        full_key(&self.inner.prefix, key)
+        self.inner.prefix.key(key)
     }
 
     /// Keys whose failed write waits for a background retry.
@@ -285,23 +192,22 @@ impl RedisTier {
         self.inner.retry.as_ref().map_or(0, |q| q.len())
     }
 
-    fn op_for(entry: &Entry) -> Result<PendingOp, TierError> {
+    /// Remove every entry of this tier whose key starts with `key_prefix` (`SCAN` + `UNLINK`
+    /// on every master; never `KEYS`), e.g. one cache's keys (`"users:"`) among those of
+    /// several under the tier's prefix, and drop their pending retries. Returns how many keys
+    /// were removed. An empty `key_prefix` is [`Tier::clear`].
+    pub async fn clear_prefix(&self, key_prefix: &[u8]) -> Result<u64, TierError> {
+        if let Some(q) = &self.inner.retry {
+            q.cancel_under(key_prefix);
+        }
+        self.inner.conn.unlink_matching(&self.inner.prefix.pattern(key_prefix)).await
+    }
+
+    fn set_for(entry: &Entry) -> Result<Write, TierError> {
         let envelope = entry.envelope().ok_or_else(|| {
             TierError::new(TierErrorKind::Rejected, "the Redis tier stores envelopes, not objects")
         })?;
-        Ok(PendingOp::Set { envelope: envelope.clone(), stale_until: entry.meta.stale_until })
-    }
-
-    fn written(&self, key: &[u8]) {
-        if let Some(q) = &self.inner.retry {
-            q.cancel(key);
-        }
-    }
-
-    fn failed(&self, key: Bytes, op: PendingOp) {
-        if let Some(q) = &self.inner.retry {
-            q.push(key, op);
-        }
+        Ok(Write::Set { envelope: envelope.clone(), stale_until: entry.meta.stale_until })
     }
 
     fn classify(value: Option<Bytes>, now: u64) -> Result<Lookup, TierError> {
@@ -311,68 +217,50 @@ impl RedisTier {
         }
     }
 
-    /// Run `pipe` (standalone: all at once; Cluster: grouped by slot, concurrently) for the
-    /// `(key, op)` pairs; on failure every op of the failed group is queued for retry.
-    async fn write_ops(&self, ops: Vec<(Bytes, PendingOp)>) -> Result<(), TierError> {
+    /// The write path: perform `writes` (one command each, [`commands::write`]) — one command
+    /// alone, several in one pipeline (standalone) or one pipeline per hash slot, sent
+    /// concurrently (Cluster). A key written cancels its pending retry; every write of a group
+    /// that failed is queued for retry, and the first error is returned.
+    async fn write(&self, writes: Vec<(Bytes, Write)>) -> Result<(), TierError> {
         let now = tier_core::now_ms();
-        let groups: Vec<Vec<(Bytes, PendingOp)>> = if self.inner.conn.is_cluster() {
-            let mut by_slot: HashMap<u16, Vec<(Bytes, PendingOp)>> = HashMap::new();
-            for (k, op) in ops {
-                by_slot.entry(slot(&self.redis_key(&k))).or_default().push((k, op));
-            }
-            by_slot.into_values().collect()
+        let groups = if self.inner.conn.is_cluster() && writes.len() > 1 {
+            by_slot(writes, |(k, _)| slot(&self.redis_key(k)))
         } else {
-            vec![ops]
+            vec![writes]
         };
         let results = futures::future::join_all(groups.into_iter().map(|group| async move {
-            let mut pipe = redis::pipe();
-            for (k, op) in &group {
-                pipe.add_command(write_cmd(&self.redis_key(k), op, now)).ignore();
-            }
-            let r = self.inner.conn.query_pipe::<()>("insert_many", &pipe).await;
-            (group, r)
+            let result = match &group[..] {
+                [(key, write)] => {
+                    let cmd = commands::write(&self.redis_key(key), write, now);
+                    self.inner.conn.query::<()>("write", &cmd).await
+                }
+                group => {
+                    let mut pipe = redis::pipe();
+                    for (key, write) in group {
+                        pipe.add_command(commands::write(&self.redis_key(key), write, now))
+                            .ignore();
+                    }
+                    self.inner.conn.query_pipe::<()>("write", &pipe).await
+                }
+            };
+            (group, result)
         }))
         .await;
         let mut first_err = None;
-        for (group, r) in results {
-            match r {
-                Ok(()) => group.iter().for_each(|(k, _)| self.written(k)),
+        for (group, result) in results {
+            let Some(queue) = &self.inner.retry else {
+                first_err = first_err.or(result.err());
+                continue;
+            };
+            match result {
+                Ok(()) => group.iter().for_each(|(k, _)| queue.cancel(k)),
                 Err(e) => {
-                    for (k, op) in group {
-                        self.failed(k, op);
-                    }
+                    group.into_iter().for_each(|(k, w)| queue.push(k, w));
                     first_err.get_or_insert(e);
                 }
             }
         }
         first_err.map_or(Ok(()), Err)
-    }
-
-    async fn clear_node(&self, node: Option<(&str, u16)>) -> Result<(), TierError> {
-        let pattern = prefix_pattern(&self.inner.prefix);
-        let mut cursor: u64 = 0;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT);
-            let reply = match node {
-                Some((host, port)) => {
-                    self.inner.conn.query_node("clear scan", host, port, scan).await?
-                }
-                None => self.inner.conn.query("clear scan", &scan).await?,
-            };
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)
-                .map_err(|e| TierError::new(TierErrorKind::Other, format!("SCAN reply: {e}")))?;
-            if !keys.is_empty() {
-                let mut unlink = redis::cmd("UNLINK");
-                unlink.arg(keys);
-                // In a Cluster the client splits a multi-slot UNLINK by slot.
-                self.inner.conn.query::<()>("clear unlink", &unlink).await?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
     }
 }
 
@@ -387,9 +275,8 @@ impl Tier for RedisTier {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.redis_key(key));
-        let value: Option<Bytes> = self.inner.conn.query("get", &cmd).await?;
+        let value: Option<Bytes> =
+            self.inner.conn.query("get", &commands::get(&self.redis_key(key))).await?;
         Self::classify(value, tier_core::now_ms())
     }
 
@@ -401,63 +288,26 @@ impl Tier for RedisTier {
     }
 
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
-        let op = Self::op_for(&entry)?;
-        let cmd = write_cmd(&self.redis_key(&key), &op, tier_core::now_ms());
-        match self.inner.conn.query::<()>("insert", &cmd).await {
-            Ok(()) => {
-                self.written(&key);
-                Ok(())
-            }
-            Err(e) => {
-                self.failed(key, op);
-                Err(e)
-            }
-        }
+        self.write(vec![(key, Self::set_for(&entry)?)]).await
     }
 
     async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let ops = entries
+        let writes = entries
             .iter()
-            .map(|(k, e)| Ok((k.clone(), Self::op_for(e)?)))
+            .map(|(k, e)| Ok((k.clone(), Self::set_for(e)?)))
             .collect::<Result<Vec<_>, TierError>>()?;
-        self.write_ops(ops).await
+        self.write(writes).await
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.redis_key(key));
-        match self.inner.conn.query::<()>("remove", &cmd).await {
-            Ok(()) => {
-                self.written(key);
-                Ok(())
-            }
-            Err(e) => {
-                self.failed(Bytes::copy_from_slice(key), PendingOp::Remove);
-                Err(e)
-            }
-        }
+        self.write(vec![(Bytes::copy_from_slice(key), Write::Remove)]).await
     }
 
     async fn clear(&self) -> Result<(), TierError> {
-        if let Some(q) = &self.inner.retry {
-            q.cancel_all();
-        }
-        if self.inner.conn.is_cluster() {
-            let masters = self.inner.conn.masters().await?;
-            if masters.is_empty() {
-                return Err(TierError::new(TierErrorKind::Unavailable, "no cluster masters known"));
-            }
-            let results = futures::future::join_all(
-                masters.iter().map(|(h, p)| self.clear_node(Some((h.as_str(), *p)))),
-            )
-            .await;
-            results.into_iter().collect()
-        } else {
-            self.clear_node(None).await
-        }
+        self.clear_prefix(b"").await.map(drop)
     }
 
     fn is_shared(&self) -> bool {
@@ -478,16 +328,5 @@ impl Tier for RedisTier {
         for cause in ["capacity", "expired"] {
             metrics::counter!(tier_core::metrics::TIER_EVICTIONS, "cache" => ctx.cache.clone(), "tier" => ctx.tier.clone(), "cause" => cause).increment(0);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns_escape_glob_characters() {
-        assert_eq!(prefix_pattern(b"app:users:"), b"app:users:*".to_vec());
-        assert_eq!(prefix_pattern(b"a*b?[c]\\"), b"a\\*b\\?\\[c\\]\\\\*".to_vec());
     }
 }

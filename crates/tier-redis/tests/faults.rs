@@ -18,7 +18,7 @@ async fn tier_at(url: &str, response: Duration) -> RedisTier {
         .connect()
         .await
         .unwrap();
-    RedisTier::builder().connection(conn).prefix(unique_prefix("faults")).build().await.unwrap()
+    RedisTier::builder(conn).prefix(unique_prefix("faults")).build().await.unwrap()
 }
 
 fn addr(server: &OwnRedis) -> SocketAddr {
@@ -101,8 +101,7 @@ async fn retry_queue_is_bounded_and_drops_expired_writes() {
         .connect()
         .await
         .unwrap();
-    let t = RedisTier::builder()
-        .connection(conn)
+    let t = RedisTier::builder(conn)
         .prefix(unique_prefix("bounded"))
         .retry_capacity(3)
         .build()

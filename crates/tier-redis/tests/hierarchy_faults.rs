@@ -19,7 +19,7 @@ async fn l3_only(
     breaker: BreakerConfig,
 ) -> (Cache<String>, RedisTier) {
     let conn = connect_quick(RedisConnection::standalone(url)).await;
-    let l3 = RedisTier::builder().connection(conn).prefix(prefix).build().await.unwrap();
+    let l3 = RedisTier::builder(conn).prefix(prefix).build().await.unwrap();
     let cache = Cache::builder("faults")
         .tier(
             l3.clone(),

@@ -39,12 +39,7 @@ async fn slow_redis_never_delays_a_get_past_the_tier_timeout() {
     let timeout = Duration::from_millis(50);
     let slack = Duration::from_millis(5);
     let conn = connect_quick(RedisConnection::standalone(proxy.url())).await;
-    let l3 = RedisTier::builder()
-        .connection(conn.clone())
-        .prefix(unique_prefix("slow"))
-        .build()
-        .await
-        .unwrap();
+    let l3 = RedisTier::builder(conn.clone()).prefix(unique_prefix("slow")).build().await.unwrap();
     // A breaker that stays closed: every get below really waits on the slow tier.
     let patient = BreakerConfig {
         consecutive_failures: 1000,
@@ -98,12 +93,7 @@ async fn slow_redis_never_delays_a_get_past_the_tier_timeout() {
 
     // With an in-process L1 above the slow L3 (the usual hierarchy), the flight's second look
     // reads only L1, and the L3 write happens after the answer: one timeout at most.
-    let l3 = RedisTier::builder()
-        .connection(conn)
-        .prefix(unique_prefix("slow-l1"))
-        .build()
-        .await
-        .unwrap();
+    let l3 = RedisTier::builder(conn).prefix(unique_prefix("slow-l1")).build().await.unwrap();
     let layered: Cache<String> = Cache::builder("latency-l1")
         .tier(
             tier_memory::MemoryTier::builder().build(),

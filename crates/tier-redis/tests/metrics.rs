@@ -63,7 +63,11 @@ async fn metrics_have_their_names_and_labels() {
 
     // Decode errors of the Redis tier are counted by the hierarchy with tier="redis".
     let url = standalone_url();
-    let l3 = RedisTier::builder().url(&url).prefix(unique_prefix("metrics")).build().await.unwrap();
+    let l3 = RedisTier::builder(RedisConnection::standalone(&url))
+        .prefix(unique_prefix("metrics"))
+        .build()
+        .await
+        .unwrap();
     let cache: Cache<String> = Cache::builder("metrics")
         .tier(l3.clone(), TierPolicy::fresh(Duration::from_secs(60)))
         .build()
@@ -109,12 +113,7 @@ async fn metrics_have_their_names_and_labels() {
         .connect()
         .await
         .unwrap();
-    let l3 = RedisTier::builder()
-        .connection(via_proxy)
-        .prefix(unique_prefix("retry"))
-        .build()
-        .await
-        .unwrap();
+    let l3 = RedisTier::builder(via_proxy).prefix(unique_prefix("retry")).build().await.unwrap();
     let cache: Cache<String> = Cache::builder("retrying")
         .tier(l3.clone(), TierPolicy::fresh(Duration::from_secs(60)).name("l3"))
         .build()

@@ -26,12 +26,7 @@ async fn conn(mode: Mode) -> RedisConnection {
 }
 
 async fn tier(mode: Mode, name: &str) -> RedisTier {
-    RedisTier::builder()
-        .connection(conn(mode).await)
-        .prefix(unique_prefix(name))
-        .build()
-        .await
-        .unwrap()
+    RedisTier::builder(conn(mode).await).prefix(unique_prefix(name)).build().await.unwrap()
 }
 
 /// Write raw bytes under the tier's key, behind its back.
@@ -231,22 +226,32 @@ async fn auth_in_the_url() {
         .await
         .unwrap();
     let url = format!("redis://:s3cret@127.0.0.1:{}/", server.port);
-    let t = RedisTier::builder().url(&url).build().await.unwrap();
+    let t = RedisTier::builder(RedisConnection::standalone(&url)).build().await.unwrap();
     t.insert(key("k"), entry("v", 1000, 1000)).await.unwrap();
     assert!(t.get(b"k").await.unwrap().is_hit());
     let wrong = format!("redis://:nope@127.0.0.1:{}/", server.port);
-    let err = RedisTier::builder().url(&wrong).build().await.expect_err("wrong password");
-    assert!(err.to_string().contains("***"), "password redacted: {err}");
+    let err = RedisTier::builder(RedisConnection::standalone(&wrong))
+        .build()
+        .await
+        .expect_err("wrong password");
+    assert!(err.to_string().contains("redis://***@127.0.0.1"), "password redacted: {err}");
     assert!(!err.to_string().contains("nope"), "password redacted: {err}");
 }
 
 #[tokio::test]
 async fn setup_errors_are_clear() {
-    let err = RedisTier::builder().build().await.expect_err("no url");
-    assert!(err.to_string().contains("url"), "{err}");
-    let err = RedisTier::builder().url("not a url").build().await.expect_err("bad url");
+    let no_urls = RedisConnection::cluster(Vec::<String>::new());
+    let err = RedisTier::builder(no_urls).build().await.expect_err("no url");
+    assert!(err.to_string().contains("URL"), "{err}");
+    let err = RedisTier::builder(RedisConnection::standalone("not a url"))
+        .build()
+        .await
+        .expect_err("bad url");
     assert!(err.to_string().contains("invalid Redis URL"), "{err}");
     // Nothing listens on port 1.
-    let err = RedisTier::builder().url("redis://127.0.0.1:1/").build().await.expect_err("refused");
+    let err = RedisTier::builder(RedisConnection::standalone("redis://127.0.0.1:1/"))
+        .build()
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("cannot connect"), "{err}");
 }

@@ -96,14 +96,18 @@ fn figures(handle: &PrometheusHandle, cache: &str) -> CacheFigures {
     Figures::from_text(&text).ok().and_then(|mut f| f.caches.remove(cache)).unwrap_or_default()
 }
 
-/// A disk tier sized for the demo: segments of 1/32 of the capacity, between 64 KiB and 8 MiB.
+/// A disk tier sized for the demo: segments of 1/32 of the capacity, between 64 KiB and 8 MiB
+/// (`--disk-bytes` is at least two of the smallest, so the capacity is never raised).
 fn open_disk(dir: &PathBuf, capacity: u64) -> Result<DiskTier> {
-    let segment = (capacity / 32).clamp(64 << 10, 8 << 20) & !7;
-    DiskTier::builder(dir)
-        .capacity_bytes(capacity.max(2 * segment))
-        .segment_size(segment)
-        .build()
-        .context(|| format!("open disk tier {}", dir.display()))
+    let segment = (capacity / 32).clamp(tier_disk::MIN_SEGMENT_SIZE, 8 << 20) & !7;
+    DiskTier::builder(dir).capacity_bytes(capacity).segment_size(segment).build().map_err(|e| {
+        let message = format!("open disk tier {}: {}", dir.display(), chain(&e));
+        match e {
+            // What the flags asked for (e.g. a --disk-bytes of more segments than allowed).
+            tier_disk::DiskError::Config(_) => CliError::usage(message),
+            _ => CliError::runtime(message),
+        }
+    })
 }
 
 /// Build the hierarchy described by `args`. Returns the cache and the tier names, top first.
@@ -135,16 +139,15 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
     }
     if let Some(urls) = &args.redis {
         let conn = crate::redis::connection(&urls.0).await?;
-        let tier = tier_redis::RedisTier::builder()
-            .connection(conn.clone())
+        let tier = tier_redis::RedisTier::builder(conn.clone())
             .prefix(args.redis_prefix.as_bytes())
             .build()
             .await
-            .context(|| "Redis tier".into())?;
+            .map_err(|e| crate::redis::setup_error("Redis tier", &e))?;
         let backplane = tier_redis::RedisBackplane::builder(conn.clone())
             .build()
             .await
-            .context(|| "Redis backplane".into())?;
+            .map_err(|e| crate::redis::setup_error("Redis backplane", &e))?;
         let generations = tier_redis::RedisGenerations::new(conn).cached_with(&backplane);
         builder = builder
             .tier(
@@ -291,7 +294,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             redis: args
                 .redis
                 .as_ref()
-                .map(|u| u.0.iter().map(|u| crate::redis::redacted(u)).collect()),
+                .map(|u| u.0.iter().map(|u| tier_redis::redact_url(u)).collect()),
             metrics_addr: args.metrics_addr.map(|a| a.to_string()),
             fail_safe_seconds: args.fail_safe.as_secs_f64(),
             early_refresh_beta: args.early_refresh,

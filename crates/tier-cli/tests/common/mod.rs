@@ -82,3 +82,44 @@ pub fn runtime() -> tokio::runtime::Runtime {
 pub fn text(cmd: &mut Command) -> String {
     String::from_utf8(succeed(cmd).stdout).unwrap()
 }
+
+/// A loopback HTTP server that answers `requests` requests with `status` and `body`, then stops.
+/// With `basic_auth` (the expected `Authorization` header value), a request without it gets
+/// 401. Returns the address (`127.0.0.1:port`) and a handle giving the requests it read.
+pub fn http_server(
+    requests: usize,
+    status: &'static str,
+    body: &'static str,
+    basic_auth: Option<String>,
+) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..requests {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match sock.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&request).into_owned();
+            let authorized = basic_auth.as_ref().is_none_or(|want| {
+                request.lines().any(|l| l.eq_ignore_ascii_case(&format!("authorization: {want}")))
+            });
+            let (status, body) = if authorized { (status, body) } else { ("401 Unauthorized", "") };
+            let _ = write!(
+                sock,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            seen.push(request);
+        }
+        seen
+    });
+    (addr, handle)
+}

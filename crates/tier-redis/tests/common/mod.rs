@@ -16,8 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// A RedisTier on `conn` storing its entries under `{prefix}data:` (the rest of the prefix is
 /// left to the test's lock, generations or backplane).
 pub async fn data_tier(conn: &tier_redis::RedisConnection, prefix: &str) -> tier_redis::RedisTier {
-    tier_redis::RedisTier::builder()
-        .connection(conn.clone())
+    tier_redis::RedisTier::builder(conn.clone())
         .prefix(format!("{prefix}data:"))
         .build()
         .await
@@ -164,7 +163,7 @@ where
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
@@ -229,8 +228,11 @@ impl OwnRedis {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
                 if s.write_all(b"PING\r\n").is_ok() {
+                    // A server started with `--requirepass` answers NOAUTH: it is up too.
                     let mut buf = [0u8; 7];
-                    if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                    if s.read_exact(&mut buf).is_ok()
+                        && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
+                    {
                         return true;
                     }
                 }

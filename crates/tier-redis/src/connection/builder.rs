@@ -1,0 +1,268 @@
+//! [`RedisConnectionBuilder`]: URLs and timeouts, then `connect`; and [`ConnectionSource`], what
+//! the other builders of the crate take.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::IntoConnectionInfo;
+
+use super::{Conn, Inner, RedisConnection};
+use crate::error::{RedisCause, SetupError};
+use crate::redact::redact_url;
+
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default response timeout.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub(super) enum Target {
+    Standalone(String),
+    Cluster(Vec<String>),
+    /// One URL: standalone or a Cluster node, as the server says; several: Cluster nodes.
+    Detect(Vec<String>),
+}
+
+/// Builds a [`RedisConnection`]. Obtained from [`RedisConnection::standalone`],
+/// [`RedisConnection::cluster`] or [`RedisConnection::detect`]; give it to
+/// [`RedisTier::builder`](crate::RedisTier::builder) or
+/// [`RedisBackplane::builder`](crate::RedisBackplane::builder) to connect there, or call
+/// [`connect`](Self::connect).
+///
+/// Its `Debug` shows the URLs redacted ([`redact_url`](crate::redact_url)).
+#[derive(Clone)]
+#[must_use]
+pub struct RedisConnectionBuilder {
+    target: Target,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    reconnect_retries: usize,
+}
+
+impl std::fmt::Debug for RedisConnectionBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, urls) = match &self.target {
+            Target::Standalone(url) => ("standalone", std::slice::from_ref(url)),
+            Target::Cluster(urls) => ("cluster", &urls[..]),
+            Target::Detect(urls) => ("detect", &urls[..]),
+        };
+        let urls: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("RedisConnectionBuilder")
+            .field("target", &kind)
+            .field("urls", &urls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("reconnect_retries", &self.reconnect_retries)
+            .finish()
+    }
+}
+
+impl RedisConnectionBuilder {
+    pub(super) fn new(target: Target) -> Self {
+        Self {
+            target,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            reconnect_retries: 2,
+        }
+    }
+
+    /// How long one connection attempt may take. Default: 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the server may take to answer one command. Default: 500 ms. (The hierarchy's
+    /// per-tier timeout is usually much shorter; this one bounds direct use and background
+    /// work such as retries.)
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How many times a lost connection is retried (with exponential backoff from 50 ms up to
+    /// 500 ms) before the waiting commands fail; the next command starts a new attempt.
+    /// Default: 2.
+    pub fn reconnect_retries(mut self, retries: usize) -> Self {
+        self.reconnect_retries = retries;
+        self
+    }
+
+    /// Connect. Fails when a URL is invalid, a timeout is zero or the server (for Cluster: the
+    /// cluster) cannot be reached within connect + response timeout.
+    pub async fn connect(self) -> Result<RedisConnection, SetupError> {
+        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
+            return Err(SetupError::Config("timeouts must be positive".into()));
+        }
+        // A sum past `Duration::MAX` is as good as no bound.
+        let op_timeout = self.connect_timeout.saturating_add(self.response_timeout);
+        match &self.target {
+            Target::Standalone(url) => self.standalone(url, op_timeout).await,
+            Target::Cluster(urls) => self.cluster(urls, op_timeout).await,
+            Target::Detect(urls) => match &urls[..] {
+                [] => Err(no_urls()),
+                [url] if !is_cluster_node(url, op_timeout).await? => {
+                    self.standalone(url, op_timeout).await
+                }
+                urls => self.cluster(urls, op_timeout).await,
+            },
+        }
+    }
+
+    async fn standalone(
+        &self,
+        url: &str,
+        op_timeout: Duration,
+    ) -> Result<RedisConnection, SetupError> {
+        let client = open_client(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(self.reconnect_retries)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let target = redact_url(url);
+        let connecting = ConnectionManager::new_with_config(client.clone(), config);
+        let manager = bounded_connect(&target, op_timeout, connecting).await?;
+        Ok(RedisConnection {
+            inner: Arc::new(Inner {
+                conn: Conn::Standalone(manager),
+                nodes: vec![client],
+                targets: vec![target],
+                op_timeout,
+            }),
+        })
+    }
+
+    async fn cluster(
+        &self,
+        urls: &[String],
+        op_timeout: Duration,
+    ) -> Result<RedisConnection, SetupError> {
+        let first = urls.first().ok_or_else(no_urls)?;
+        let mut infos = Vec::with_capacity(urls.len());
+        let mut nodes = Vec::with_capacity(urls.len());
+        for url in urls {
+            infos.push(url.as_str().into_connection_info().map_err(|e| url_error(url, e))?);
+            nodes.push(open_client(url)?);
+        }
+        let client = ClusterClientBuilder::new(infos)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.response_timeout)
+            .retries(u32::try_from(self.reconnect_retries).unwrap_or(u32::MAX))
+            .min_retry_wait(50)
+            .max_retry_wait(500)
+            .build()
+            .map_err(|e| url_error(first, e))?;
+        let target = format!("cluster of {} node URLs", urls.len());
+        let conn = bounded_connect(&target, op_timeout, client.get_async_connection()).await?;
+        Ok(RedisConnection {
+            inner: Arc::new(Inner {
+                conn: Conn::Cluster(conn),
+                nodes,
+                targets: urls.iter().map(|u| redact_url(u)).collect(),
+                op_timeout,
+            }),
+        })
+    }
+}
+
+/// Does the server at `url` say it is a Cluster node (`INFO cluster`: `cluster_enabled:1`)?
+async fn is_cluster_node(url: &str, op_timeout: Duration) -> Result<bool, SetupError> {
+    let client = open_client(url)?;
+    let target = redact_url(url);
+    let asking = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        crate::commands::info("cluster").query_async::<String>(&mut conn).await
+    };
+    let info = bounded_connect(&target, op_timeout, asking).await?;
+    Ok(info.lines().any(|l| l.trim() == "cluster_enabled:1"))
+}
+
+async fn bounded_connect<T>(
+    target: &str,
+    after: Duration,
+    connecting: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, SetupError> {
+    match tokio::time::timeout(after, connecting).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(SetupError::Connect { target: target.to_string(), source: e.into() }),
+        Err(_) => Err(SetupError::Connect {
+            target: target.to_string(),
+            source: RedisCause::new(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {after:?}"),
+            ))),
+        }),
+    }
+}
+
+fn no_urls() -> SetupError {
+    SetupError::Config("a connection needs at least one node URL".into())
+}
+
+fn url_error(url: &str, e: redis::RedisError) -> SetupError {
+    SetupError::Url { url: redact_url(url), source: e.into() }
+}
+
+fn open_client(url: &str) -> Result<redis::Client, SetupError> {
+    redis::Client::open(url).map_err(|e| url_error(url, e))
+}
+
+/// Where a builder of this crate gets its connection: an existing [`RedisConnection`] (shared
+/// with the other parts of the crate and other tiers), or a [`RedisConnectionBuilder`] that the
+/// builder's `build()` connects. Both convert into it, so a builder takes either:
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tier_redis::SetupError> {
+/// use std::time::Duration;
+/// use tier_redis::{RedisConnection, RedisTier};
+/// // Connect for this tier alone:
+/// let tier = RedisTier::builder(
+///     RedisConnection::standalone("redis://127.0.0.1:6379/").response_timeout(Duration::from_millis(100)),
+/// )
+/// .build()
+/// .await?;
+/// // Share one connection:
+/// let conn = RedisConnection::cluster(["redis://10.0.0.1:7000/"]).connect().await?;
+/// let users = RedisTier::builder(conn.clone()).prefix("app:users:").build().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub enum ConnectionSource {
+    /// An existing connection.
+    Connection(RedisConnection),
+    /// A connection made when the builder builds.
+    Builder(RedisConnectionBuilder),
+}
+
+impl ConnectionSource {
+    /// The connection: the one given, or a new one.
+    pub async fn connect(self) -> Result<RedisConnection, SetupError> {
+        match self {
+            Self::Connection(c) => Ok(c),
+            Self::Builder(b) => b.connect().await,
+        }
+    }
+}
+
+impl From<RedisConnection> for ConnectionSource {
+    fn from(c: RedisConnection) -> Self {
+        Self::Connection(c)
+    }
+}
+
+impl From<&RedisConnection> for ConnectionSource {
+    fn from(c: &RedisConnection) -> Self {
+        Self::Connection(c.clone())
+    }
+}
+
+impl From<RedisConnectionBuilder> for ConnectionSource {
+    fn from(b: RedisConnectionBuilder) -> Self {
+        Self::Builder(b)
+    }
+}

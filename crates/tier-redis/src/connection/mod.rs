@@ -1,0 +1,341 @@
+//! [`RedisConnection`]: one handle to a standalone server or a Redis Cluster, shared by the tier,
+//! the generations, the lock and the backplane.
+//!
+//! Standalone goes through redis-rs's `ConnectionManager` (one multiplexed connection, reconnected
+//! automatically); Cluster through the cluster-async client (a multiplexed connection per node,
+//! slot map refreshed on `MOVED`). Every operation is bounded by the *operation timeout*
+//! (connect timeout + response timeout), so a call never hangs on a reconnect.
+//!
+//! The Cluster's topology (hash slots, masters, per-node routing) is in `cluster`; building a
+//! connection in `builder`.
+
+mod builder;
+mod cluster;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tier_core::{TierError, TierErrorKind};
+
+pub use builder::{
+    ConnectionSource, RedisConnectionBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
+};
+pub(crate) use cluster::{by_slot, slot, Route};
+
+use crate::commands;
+use crate::error::{reply_error, tier_error, timeout_error};
+use builder::Target;
+
+/// A connection to a standalone Redis or a Redis Cluster. Cheap to clone (an `Arc`); clones share
+/// the underlying connections.
+///
+/// URLs are redis-rs URLs: `redis://[user][:password@]host[:port][/db]`, `rediss://` for TLS
+/// (cargo feature `tls`). A password with characters that end a part of a URL (`/`, `@`, `:`,
+/// `?`, `#`) is percent-encoded in it (`%2F`, ...). Whatever the URL holds, this crate prints it
+/// only redacted ([`redact_url`](crate::redact_url)): in errors, logs and `Debug`.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tier_redis::SetupError> {
+/// use std::time::Duration;
+/// use tier_redis::RedisConnection;
+/// let standalone = RedisConnection::standalone("redis://:secret@127.0.0.1:6379/")
+///     .connect_timeout(Duration::from_millis(500))
+///     .connect()
+///     .await?;
+/// let cluster = RedisConnection::cluster(["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"])
+///     .connect()
+///     .await?;
+/// assert!(cluster.is_cluster() && !standalone.is_cluster());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisConnection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    /// One client per configured node URL: the backplane's dedicated pub/sub connections.
+    nodes: Vec<redis::Client>,
+    /// The configured URLs, redacted (for `Debug` and reports).
+    targets: Vec<String>,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("cluster", &self.is_cluster())
+            .field("urls", &self.inner.targets)
+            .field("op_timeout", &self.inner.op_timeout)
+            .finish()
+    }
+}
+
+impl RedisConnection {
+    /// A standalone server at `url`.
+    pub fn standalone(url: impl Into<String>) -> RedisConnectionBuilder {
+        RedisConnectionBuilder::new(Target::Standalone(url.into()))
+    }
+
+    /// A Redis Cluster reached through any of `urls` (the rest of the topology is discovered).
+    pub fn cluster<I, S>(urls: I) -> RedisConnectionBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisConnectionBuilder::new(Target::Cluster(urls.into_iter().map(Into::into).collect()))
+    }
+
+    /// A standalone server or a Cluster, whichever it is: several URLs are nodes of one
+    /// Cluster; one URL is asked (`INFO cluster`) whether it is a Cluster node. For tools
+    /// that take "a Redis URL" from an operator; a service knows what it connects to.
+    pub fn detect<I, S>(urls: I) -> RedisConnectionBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisConnectionBuilder::new(Target::Detect(urls.into_iter().map(Into::into).collect()))
+    }
+
+    /// Is this a Redis Cluster?
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.conn, Conn::Cluster(_))
+    }
+
+    /// The bound of every operation: connect timeout + response timeout.
+    pub fn op_timeout(&self) -> Duration {
+        self.inner.op_timeout
+    }
+
+    /// The URLs this connection was made with, redacted.
+    pub fn urls(&self) -> &[String] {
+        &self.inner.targets
+    }
+
+    /// Clients of the configured node URLs (for dedicated pub/sub connections).
+    pub(crate) fn node_clients(&self) -> &[redis::Client] {
+        &self.inner.nodes
+    }
+
+    /// A handle for one operation (clones of the multiplexed connection).
+    pub(crate) fn conn(&self) -> Conn {
+        self.inner.conn.clone()
+    }
+
+    /// Run `fut` under the operation timeout, mapping errors.
+    pub(crate) async fn bounded<T>(
+        &self,
+        op: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, TierError> {
+        match tokio::time::timeout(self.inner.op_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(tier_error(op, e)),
+            Err(_) => Err(timeout_error(op, self.inner.op_timeout)),
+        }
+    }
+
+    /// Run one command.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        cmd: &Cmd,
+    ) -> Result<T, TierError> {
+        let mut conn = self.conn();
+        self.bounded(op, cmd.query_async(&mut conn)).await
+    }
+
+    /// Run a pipeline (standalone: any keys; Cluster: keys of one slot).
+    pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        pipe: &Pipeline,
+    ) -> Result<T, TierError> {
+        let mut conn = self.conn();
+        self.bounded(op, pipe.query_async(&mut conn)).await
+    }
+
+    /// `MGET` of `keys`, in order: one command on a standalone server, one per hash slot (sent
+    /// concurrently) on a Cluster.
+    pub(crate) async fn mget<T>(&self, op: &str, keys: &[Vec<u8>]) -> Result<Vec<T>, TierError>
+    where
+        T: redis::FromRedisValue + Default + Clone,
+    {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<T> = if self.is_cluster() {
+            let groups = by_slot((0..keys.len()).collect(), |&i| slot(&keys[i]));
+            let replies = futures::future::try_join_all(groups.into_iter().map(|idx| {
+                let cmd = commands::mget(idx.iter().map(|&i| &keys[i][..]));
+                async move {
+                    let got: Vec<T> = self.query(op, &cmd).await?;
+                    if got.len() != idx.len() {
+                        return Err(short_reply(got.len(), idx.len()));
+                    }
+                    Ok((idx, got))
+                }
+            }))
+            .await?;
+            let mut values = vec![T::default(); keys.len()];
+            for (idx, got) in replies {
+                for (i, v) in idx.into_iter().zip(got) {
+                    values[i] = v;
+                }
+            }
+            values
+        } else {
+            self.query(op, &commands::mget(keys.iter().map(|k| &k[..]))).await?
+        };
+        if values.len() != keys.len() {
+            return Err(short_reply(values.len(), keys.len()));
+        }
+        Ok(values)
+    }
+
+    /// Where per-node work goes: the server, or every master of the Cluster (sorted by address).
+    pub(crate) async fn routes(&self) -> Result<Vec<Route>, TierError> {
+        if !self.is_cluster() {
+            return Ok(vec![Route::Server]);
+        }
+        let slots: Value = self.query("cluster slots", &commands::cluster_slots()).await?;
+        let masters = cluster::masters(slots);
+        if masters.is_empty() {
+            return Err(TierError::new(TierErrorKind::Unavailable, "no cluster masters known"));
+        }
+        Ok(masters)
+    }
+
+    /// Run `cmd` on one node.
+    pub(crate) async fn query_on(
+        &self,
+        op: &str,
+        route: &Route,
+        cmd: Cmd,
+    ) -> Result<Value, TierError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        match (self.conn(), route) {
+            (Conn::Cluster(mut c), Route::Master { host, port }) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                self.bounded(op, c.route_command(cmd, routing)).await
+            }
+            _ => self.query(op, &cmd).await,
+        }
+    }
+
+    /// Run `pipe` on one node (its keys must live there).
+    pub(crate) async fn pipe_on(
+        &self,
+        op: &str,
+        route: &Route,
+        pipe: &Pipeline,
+    ) -> Result<Vec<Value>, TierError> {
+        use redis::cluster_routing::SingleNodeRoutingInfo;
+        match (self.conn(), route) {
+            (Conn::Cluster(mut c), Route::Master { host, port }) => {
+                let route = SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port };
+                let count = pipe.cmd_iter().count();
+                self.bounded(op, c.route_pipeline(pipe.clone(), 0, count, route)).await
+            }
+            _ => self.query_pipe(op, pipe).await,
+        }
+    }
+
+    /// `SCAN` (never `KEYS`) the keys of one node matching `pattern`, a batch at a time.
+    pub(crate) fn scan<'a>(&'a self, route: &'a Route, pattern: &'a [u8]) -> Scan<'a> {
+        Scan { conn: self, route, pattern, cursor: Some(0) }
+    }
+
+    /// Remove every key matching `pattern` (`SCAN` + `UNLINK`), on every master of a Cluster
+    /// (concurrently). Returns how many keys were removed.
+    pub(crate) async fn unlink_matching(&self, pattern: &[u8]) -> Result<u64, TierError> {
+        let routes = self.routes().await?;
+        let removed = futures::future::try_join_all(routes.iter().map(|route| async move {
+            let mut removed = 0u64;
+            let mut scan = self.scan(route, pattern);
+            while let Some(keys) = scan.next().await? {
+                for count in self.pipe_on("unlink", route, &commands::unlink(&keys)).await? {
+                    removed += redis::from_redis_value::<u64>(count)
+                        .map_err(|e| reply_error("UNLINK", e))?;
+                }
+            }
+            Ok::<u64, TierError>(removed)
+        }))
+        .await?;
+        Ok(removed.into_iter().sum())
+    }
+}
+
+/// A `SCAN` of one node in progress; see [`RedisConnection::scan`].
+pub(crate) struct Scan<'a> {
+    conn: &'a RedisConnection,
+    route: &'a Route,
+    pattern: &'a [u8],
+    /// The next cursor; `None` once the scan is complete.
+    cursor: Option<u64>,
+}
+
+impl Scan<'_> {
+    /// The next non-empty batch of keys; `None` when the scan is complete.
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<Vec<u8>>>, TierError> {
+        while let Some(cursor) = self.cursor {
+            let cmd = commands::scan(cursor, self.pattern);
+            let reply = self.conn.query_on("scan", self.route, cmd).await?;
+            let (next, keys): (u64, Vec<Vec<u8>>) =
+                redis::from_redis_value(reply).map_err(|e| reply_error("SCAN", e))?;
+            self.cursor = (next != 0).then_some(next);
+            if !keys.is_empty() {
+                return Ok(Some(keys));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn short_reply(got: usize, want: usize) -> TierError {
+    TierError::new(TierErrorKind::Other, format!("MGET answered {got} values for {want} keys"))
+}
+
+/// A standalone or cluster connection; implements redis-rs's `ConnectionLike` so that commands,
+/// pipelines and scripts run the same on both.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
