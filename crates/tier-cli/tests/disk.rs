@@ -148,3 +148,40 @@ fn demo_on_a_locked_directory_is_a_one_line_error() {
     assert!(line.contains("locked"), "{line}");
     drop(live);
 }
+
+#[test]
+fn verify_reports_a_deleted_segment() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let disk = DiskTier::builder(dir.path())
+            .capacity_bytes(4 << 20)
+            .segment_size(64 << 10)
+            .build()
+            .unwrap();
+        let cache: Cache<Value> = Cache::builder("shop")
+            .tier(disk, TierPolicy::fresh(Duration::from_secs(60)).stale(Duration::from_secs(600)))
+            .build()
+            .unwrap();
+        for i in 0..400 {
+            cache
+                .insert(cache.key(format!("item:{i}")), j!({"pad": "x".repeat(500)}))
+                .await
+                .unwrap();
+        }
+    });
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 4, "{segments:?}");
+    std::fs::remove_file(&segments[1]).unwrap();
+    let out = tier().args(["disk", "verify", "--json"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["clean"], false, "{report}");
+    let line = fails(tier().args(["disk", "verify"]).arg(dir.path()), 3);
+    assert!(line.contains("missing"), "{line}");
+}

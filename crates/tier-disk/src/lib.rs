@@ -78,24 +78,37 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod config;
+mod dir;
 mod error;
+mod flush;
 mod format;
 mod index;
 mod inspect;
 mod metrics;
-mod recovery;
+mod open;
+mod replay;
 mod report;
+mod scan;
 mod segment;
+mod state;
 mod store;
+mod survey;
 mod tier;
+mod writer;
 
-pub use builder::{DiskTierBuilder, FlushPolicy, RecoveryMode, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+pub use builder::DiskTierBuilder;
+pub use config::{FlushPolicy, RecoveryMode, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+pub use dir::LOCK_FILE;
 pub use error::DiskError;
 pub use format::{RecordKind, MAX_KEY_LEN};
 pub use inspect::DiskInspector;
 pub use metrics::{
-    DECODE_ERRORS, EVICTIONS, RECOVERY_BYTES, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS,
+    RECOVERY_BYTES, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS, RECOVERY_SUSPECT,
 };
-pub use report::{DiskStats, RawRecord, RecordInfo, RecoveryReport, SegmentDamage, VerifyReport};
-pub use segment::LOCK_FILE;
+pub use report::{
+    DiskStats, RawRecord, RecordInfo, RecoveryReport, SegmentDamage, StateReport, StrayFile,
+    VerifyReport,
+};
+pub use state::{DiskState, MAX_STATE_BYTES, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_LEN};
 pub use tier::DiskTier;

@@ -10,10 +10,9 @@ use std::os::unix::fs::FileExt;
 use bytes::Bytes;
 use common::{entry, segment_files, value_for};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tier_core::metrics::{TIER_DECODE_ERRORS as DECODE_ERRORS, TIER_EVICTIONS as EVICTIONS};
 use tier_core::{Tier, TierContext};
-use tier_disk::{
-    DiskTier, DECODE_ERRORS, EVICTIONS, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS,
-};
+use tier_disk::{DiskTier, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS};
 
 type Snapshot = Vec<(
     metrics_util::CompositeKey,
