@@ -18,7 +18,7 @@ use crate::error::DiskError;
 
 /// Name of the lock file in a disk-tier directory.
 pub const LOCK_FILE: &str = "LOCK";
-const SEGMENT_SUFFIX: &str = ".seg";
+pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 /// What a file that is not a valid segment is renamed to, after its name.
 pub(crate) const SET_ASIDE_SUFFIX: &str = ".damaged";
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use bytes::Bytes;
 use tier_core::now_ms;
 
-use crate::dir::{parse_segment_name, segment_file_name, Dir, SET_ASIDE_SUFFIX};
+use crate::dir::{parse_segment_name, segment_file_name, Dir, LOCK_FILE, SET_ASIDE_SUFFIX};
 use crate::error::DiskError;
 use crate::format::{
     check_record, envelope_created_at, record_key, record_value, Pos, RecordHeader, RecordKind,
@@ -113,6 +113,15 @@ impl DiskInspector {
             .map(|s| StrayFile { name: s.name.clone(), reason: s.reason.clone() })
             .collect();
         strays.extend(set_aside_earlier(&dir)?);
+        strays.extend(not_regular(&dir, LOCK_FILE, "the tier refuses to open the directory")?);
+        let state = match state {
+            None if !found.segments.is_empty() => Some(StateReport {
+                lost: true,
+                problem: Some("missing, while segments exist".into()),
+                ..StateReport::default()
+            }),
+            other => other,
+        };
         let mut me = Self {
             dir,
             segs: found.segments,
@@ -267,6 +276,17 @@ impl DiskInspector {
             strays: self.strays.clone(),
             state: self.state.clone(),
         })
+    }
+}
+
+/// `name` as a stray when it exists but is not a regular file.
+fn not_regular(dir: &Dir, name: &str, what: &str) -> Result<Option<StrayFile>, DiskError> {
+    match dir.file_type(name).map_err(|e| DiskError::io("stat", dir.join(name), e))? {
+        None | Some(rustix::fs::FileType::RegularFile) => Ok(None),
+        Some(t) => Ok(Some(StrayFile {
+            name: name.into(),
+            reason: format!("is {}, not a regular file: {what}", crate::dir::describe(t)),
+        })),
     }
 }
 

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::config::{MAX_ID_SPAN, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
-use crate::dir::{parse_segment_name, Dir, OpenError};
+use crate::dir::{parse_segment_name, Dir, OpenError, SEGMENT_SUFFIX};
 use crate::error::DiskError;
 use crate::format::{parse_segment_header, SegmentHeader, RECORD_ALIGN, SEGMENT_HEADER_LEN};
 
@@ -77,11 +77,20 @@ fn header_of(file: &File) -> std::io::Result<Vec<u8>> {
 /// Look at every file of `dir` named like a segment. `high_water` is the newest segment id the
 /// state file says was ever created (a zeroed file at or below it is damage, not a crash).
 pub(crate) fn survey(dir: &Dir, high_water: Option<u32>) -> Result<Survey, DiskError> {
-    let mut named: Vec<(u32, String)> =
-        dir.names()?.into_iter().filter_map(|n| parse_segment_name(&n).map(|id| (id, n))).collect();
+    let mut named = Vec::new();
+    let mut strays = Vec::new();
+    for name in dir.names()? {
+        match parse_segment_name(&name) {
+            Some(id) => named.push((id, name)),
+            None if name.ends_with(SEGMENT_SUFFIX) => {
+                let reason = "named like a segment, but not `{id:08x}.seg`: ignored".into();
+                strays.push(Stray { name, id: u32::MAX, reason, action: Action::Skip });
+            }
+            None => {}
+        }
+    }
     named.sort_unstable();
     let mut segments = Vec::new();
-    let mut strays = Vec::new();
     let mut zeroed = Vec::new();
     for (id, name) in named {
         let stray = |reason: String, action| Stray { name: name.clone(), id, reason, action };
@@ -152,7 +161,7 @@ pub(crate) fn survey(dir: &Dir, high_water: Option<u32>) -> Result<Survey, DiskE
             strays.push(Stray { name, id, reason, action: Action::SetAside });
         }
     }
-    strays.sort_by_key(|s| s.id);
+    strays.sort_by(|a, b| (a.id, &a.name).cmp(&(b.id, &b.name)));
     Ok(Survey { segments, strays })
 }
 
