@@ -598,3 +598,101 @@ fn the_damage_suite() {
         n / 2
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// What "suspect" means to a reader, and the recovery modes.
+
+/// `a` in the oldest segment, then enough to rotate, then a tombstone in the newest segment,
+/// whose CRC is then broken: the lost tombstone could have removed `a`, so `a` is suspect.
+fn suspect_a(dir: &Path) {
+    let rt = common::runtime();
+    let tier = builder(dir).build().unwrap();
+    rt.block_on(async {
+        tier.insert(Bytes::from_static(b"a"), entry(&value_for("a", 1, 100), 600_000))
+            .await
+            .unwrap();
+        for i in 0..200 {
+            tier.insert(Bytes::from(key(i)), entry(&value_for(&key(i), 1, 600), 600_000))
+                .await
+                .unwrap();
+        }
+        tier.remove(key(199).as_bytes()).await.unwrap();
+    });
+    drop(tier);
+    let tomb = DiskInspector::open(dir)
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap())
+        .find(|r| r.kind == RecordKind::Tombstone)
+        .unwrap();
+    flip(&segment_path(dir, tomb.segment), tomb.offset + 20, 3);
+}
+
+#[test]
+fn a_suspect_entry_is_stale_for_the_tier_and_the_hierarchy() {
+    let dir = tempfile::tempdir().unwrap();
+    suspect_a(dir.path());
+    common::runtime().block_on(suspect_is_stale(dir.path()));
+}
+
+async fn suspect_is_stale(dir: &Path) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use tier_core::{Cache, FailSafe, TierPolicy};
+
+    let tier = Arc::new(builder(dir).build().unwrap());
+    assert!(tier.recovery_report().suspect > 0, "{:?}", tier.recovery_report());
+    let got = tier.get(b"a").await.unwrap();
+    let Lookup::Stale(e) = &got else { panic!("a suspect entry must be stale: {got:?}") };
+    assert!(e.meta.fresh_until <= tier_core::now_ms());
+    assert_eq!(decoded(&got).as_deref(), Some(value_for("a", 1, 100).as_str()));
+    assert!(tier.get_raw(b"a").unwrap().info.suspect);
+
+    let cache = Cache::<String>::builder("suspect")
+        .tier_arc(Arc::clone(&tier) as Arc<dyn Tier>, TierPolicy::fresh(Duration::from_secs(600)))
+        .fail_safe(FailSafe::up_to(Duration::from_secs(3600)))
+        .build()
+        .unwrap();
+    // The origin is down: fail-safe serves the suspect value, as stale.
+    let failed = cache
+        .get_or_load("a", || async {
+            Err::<Option<String>, _>(std::io::Error::other("origin down"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.as_deref().map(String::as_str), Some(value_for("a", 1, 100).as_str()));
+    // The origin is up: it is asked (the suspect value is never fresh), and its answer replaces it.
+    let loads = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&loads);
+    let fresh = cache
+        .get_or_load_with("a", &tier_core::CallOptions::default(), move || async move {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(Some("a|2|reloaded".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(fresh.as_deref().map(String::as_str), Some("a|2|reloaded"));
+    assert_eq!(loads.load(Ordering::Relaxed), 1);
+    assert!(tier.get(b"a").await.unwrap().is_hit(), "the reloaded value is fresh again");
+}
+
+#[test]
+fn drop_suspect_drops_and_strict_refuses_only_damage_not_recorded_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    suspect_a(dir.path());
+    let err = builder(dir.path()).recovery(RecoveryMode::Strict).build().expect_err("strict");
+    assert!(matches!(err, DiskError::Corrupt { .. }), "{err}");
+    {
+        let tier = builder(dir.path()).recovery(RecoveryMode::DropSuspect).build().unwrap();
+        let r = tier.recovery_report();
+        assert!(r.corrupt == 1 && r.suspect > 0 && r.damage[0].suspect, "{r:?}");
+        let rt = common::runtime();
+        assert!(matches!(rt.block_on(tier.get(b"a")).unwrap(), Lookup::Miss));
+    }
+    // Recorded now: strict opens it, and what damage made suspect stays suspect.
+    let tier = builder(dir.path()).recovery(RecoveryMode::Strict).build().expect("recorded damage");
+    let r = tier.recovery_report();
+    assert!(r.corrupt == 0 && r.known_damage == 1 && r.suspect > 0, "{r:?}");
+    let rt = common::runtime();
+    assert!(matches!(rt.block_on(tier.get(b"a")).unwrap(), Lookup::Stale(_)));
+}

@@ -260,6 +260,7 @@ async fn every_flush_policy_releases_the_lock_on_drop() {
     let dir = tempfile::tempdir().expect("tempdir");
     for policy in [
         tier_disk::FlushPolicy::None,
+        tier_disk::FlushPolicy::Always,
         tier_disk::FlushPolicy::OnClose,
         tier_disk::FlushPolicy::Periodic(std::time::Duration::from_millis(1)),
     ] {
