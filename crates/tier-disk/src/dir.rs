@@ -284,6 +284,9 @@ fn check_regular(file: File) -> Result<File, OpenError> {
     }
 }
 
+/// How long a held lock is tried again before the open fails with `Locked`.
+pub(crate) const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The directory's exclusive lock: `flock(LOCK_EX | LOCK_NB)` on `LOCK`, held while this value
 /// lives (closing the file releases it). The lock file names the owner's pid.
 #[derive(Debug)]
@@ -292,16 +295,30 @@ pub(crate) struct DirLock {
 }
 
 impl DirLock {
-    /// Take the lock or fail at once with [`DiskError::Locked`].
+    /// Take the lock or fail with [`DiskError::Locked`].
+    ///
+    /// A `flock` belongs to the open file, which a child process shares from `fork` until it
+    /// `exec`s: a lock just released by this process can look held for that instant when
+    /// another thread spawns a process. So a held lock is tried again for up to
+    /// [`LOCK_PATIENCE`] before the answer is `Locked`.
     pub fn acquire(dir: &Dir) -> Result<Self, DiskError> {
         let file = dir.open_or_create(LOCK_FILE, "the lock file must be a regular file")?;
         let path = dir.join(LOCK_FILE);
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => {
-                return Err(DiskError::Locked { owner: dir.lock_owner(), lock: path })
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        let mut pause = std::time::Duration::from_micros(500);
+        loop {
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    // Nothing signals the end of another process's fork-to-exec window.
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
+                }
+                Err(Errno::WOULDBLOCK) => {
+                    return Err(DiskError::Locked { owner: dir.lock_owner(), lock: path })
+                }
+                Err(e) => return Err(DiskError::io("lock", path, errno(e))),
             }
-            Err(e) => return Err(DiskError::io("lock", path, errno(e))),
         }
         // Name ourselves as the owner (for the error another opener gets, and for the CLI).
         let pid = std::process::id().to_string();

@@ -203,7 +203,9 @@ fn with_state(n: u64) -> tempfile::TempDir {
 }
 
 fn reopen_state(dir: &Path) -> (bool, usize, tier_disk::StateReport) {
-    let tier = builder(dir).build().expect("a damaged state file never stops the open");
+    let tier = builder(dir)
+        .build()
+        .unwrap_or_else(|e| panic!("a damaged state file never stops the open: {e}"));
     let st = tier.state();
     for (k, v) in st.entries() {
         let text = std::str::from_utf8(&k).unwrap();
