@@ -210,6 +210,9 @@ pub(crate) fn findings(
                 }
             }
             None => match first_nonzero(&c.file, e.end.max(SEGMENT_HEADER_LEN as u64), limit) {
+                // A whole record right where the scan ended: appended by a live writer since
+                // (only the read-only inspector can see that), not damage.
+                Ok(Some(at)) if Some(c.id) == newest && appended(c, e.end, at) => {}
                 Ok(Some(at)) => out.push(lost(
                     c.id,
                     e.end,
@@ -230,6 +233,21 @@ pub(crate) fn findings(
         }
     }
     out
+}
+
+/// True when a valid record starts at `end`, the first non-zero byte `at` being in its header.
+fn appended(c: &Candidate, end: u64, at: u64) -> bool {
+    if at >= end + crate::format::RECORD_HEADER_LEN as u64 {
+        return false;
+    }
+    let mut head = [0u8; crate::format::RECORD_HEADER_LEN];
+    let Ok(()) = std::os::unix::fs::FileExt::read_exact_at(&c.file, &mut head, end) else {
+        return false;
+    };
+    let Some(len) = crate::format::claimed_len(&head) else { return false };
+    let mut rec = vec![0u8; len];
+    std::os::unix::fs::FileExt::read_exact_at(&c.file, &mut rec, end).is_ok()
+        && matches!(crate::format::check_record(&rec, 0, true), Ok(Some(_)))
 }
 
 /// When the bad record at `at` looks like a write cut short by a crash — zeros from the first
