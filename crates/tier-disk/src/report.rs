@@ -109,7 +109,8 @@ pub struct DiskStats {
     /// Of those, entries already past `stale_until` (inspector only; a live tier drops them
     /// lazily and reports 0).
     pub expired_entries: u64,
-    /// Of those, entries that damage could have superseded (served only as stale).
+    /// Of those, entries that damage could have superseded, served only as stale (inspector
+    /// only; a live tier reports 0, see [`RecoveryReport::suspect`]).
     pub suspect_entries: u64,
     /// Capacity the tier was built with (0 from the inspector, which does not know it).
     pub capacity_bytes: u64,
