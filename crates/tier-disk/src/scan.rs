@@ -46,8 +46,8 @@ pub(crate) struct End {
     pub records: u64,
 }
 
-/// Read `[at, at + len)` of `file`, fewer bytes at its end.
-fn read_at_most(file: &File, at: u64, len: usize) -> io::Result<Vec<u8>> {
+/// Read `[at, at + len)` of `file` with `pread`, fewer bytes at its end.
+pub(crate) fn read_at_most(file: &File, at: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut got = 0usize;
     while got < len {

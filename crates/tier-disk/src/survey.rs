@@ -5,12 +5,12 @@
 //! never costs a valid segment, never stops an open and never uses up the id space.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use crate::config::{MAX_ID_SPAN, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
 use crate::dir::{parse_segment_name, Dir, OpenError, SEGMENT_SUFFIX};
 use crate::error::DiskError;
 use crate::format::{parse_segment_header, SegmentHeader, RECORD_ALIGN, SEGMENT_HEADER_LEN};
+use crate::scan::read_at_most;
 
 /// A segment file with a valid header.
 pub(crate) struct Candidate {
@@ -59,21 +59,6 @@ pub(crate) struct Survey {
     pub strays: Vec<Stray>,
 }
 
-fn header_of(file: &File) -> std::io::Result<Vec<u8>> {
-    let mut head = vec![0u8; SEGMENT_HEADER_LEN];
-    let mut got = 0;
-    while got < head.len() {
-        match file.read_at(&mut head[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    head.truncate(got);
-    Ok(head)
-}
-
 /// Look at every file of `dir` named like a segment. `high_water` is the newest segment id the
 /// state file says was ever created (a zeroed file at or below it is damage, not a crash).
 pub(crate) fn survey(dir: &Dir, high_water: Option<u32>) -> Result<Survey, DiskError> {
@@ -111,7 +96,10 @@ pub(crate) fn survey(dir: &Dir, high_water: Option<u32>) -> Result<Survey, DiskE
                 continue;
             }
         };
-        let (len, head) = match file.metadata().and_then(|m| Ok((m.len(), header_of(&file)?))) {
+        let (len, head) = match file
+            .metadata()
+            .and_then(|m| Ok((m.len(), read_at_most(&file, 0, SEGMENT_HEADER_LEN)?)))
+        {
             Ok(x) => x,
             Err(e) => {
                 strays.push(stray(format!("cannot be read ({e}): skipped"), Action::Skip));

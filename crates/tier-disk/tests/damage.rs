@@ -454,9 +454,9 @@ fn cases(p: &Pristine) -> Vec<(String, Expect, Damage)> {
             std::os::unix::fs::symlink(d.join("nowhere"), seg_file(d, newest + 1)).unwrap();
         }),
     ));
-    for (name, file) in [("LOCK", "LOCK"), ("STATE", "STATE")] {
+    for file in ["LOCK", "STATE"] {
         v.push((
-            format!("{name} a symlink"),
+            format!("{file} a symlink"),
             Expect::Refused,
             Box::new(move |d, _| {
                 let outside = d.with_extension(format!("{file}-target"));
@@ -466,7 +466,7 @@ fn cases(p: &Pristine) -> Vec<(String, Expect, Damage)> {
             }),
         ));
         v.push((
-            format!("{name} a FIFO"),
+            format!("{file} a FIFO"),
             Expect::Refused,
             Box::new(move |d, _| {
                 std::fs::remove_file(d.join(file)).unwrap();
@@ -474,7 +474,7 @@ fn cases(p: &Pristine) -> Vec<(String, Expect, Damage)> {
             }),
         ));
         v.push((
-            format!("{name} a directory"),
+            format!("{file} a directory"),
             Expect::Refused,
             Box::new(move |d, _| {
                 std::fs::remove_file(d.join(file)).unwrap();

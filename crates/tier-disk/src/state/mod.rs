@@ -367,10 +367,8 @@ fn parse_file(file: &File) -> std::io::Result<(Parsed, StateReport)> {
         };
         Parsed { problem: Some(problem), ..Parsed::default() }
     } else {
-        let mut bytes = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
-        let n = read_fully(file, &mut bytes)?;
-        bytes.truncate(n);
-        file::parse(&bytes)
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        file::parse(&crate::scan::read_at_most(file, 0, len)?)
     };
     let report = StateReport {
         present: true,
@@ -386,19 +384,6 @@ fn parse_file(file: &File) -> std::io::Result<(Parsed, StateReport)> {
         newest_segment: parsed.high_water,
     };
     Ok((parsed, report))
-}
-
-fn read_fully(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Write a new state file holding `map` and rename it over the old one (synced first, so that
