@@ -244,3 +244,36 @@ fn a_full_tmpfs_fails_writes_at_rotation_not_mid_segment() {
     fill(fs.path(), "filler");
     run_child("reopen_of_a_full_tmpfs_never_sigbus", &dir);
 }
+
+#[test]
+fn a_lost_state_file_on_a_full_tmpfs_does_not_stop_the_open() {
+    let Some(fs) = Tmpfs::mount(4 << 20) else { return };
+    let dir = fs.path().join("tier");
+    let rt = common::runtime();
+    {
+        let tier = builder(&dir).build().unwrap();
+        rt.block_on(async {
+            for i in 0..20 {
+                let v = value_for(&key(i), 1, 500);
+                tier.insert(Bytes::from(key(i)), entry(&v, 600_000)).await.unwrap();
+            }
+        });
+        tier.state().put(b"gen:a", b"1").unwrap();
+    }
+    std::fs::remove_file(dir.join("STATE")).unwrap();
+    fill(fs.path(), "filler");
+    let tier = builder(&dir).build().expect("opens on a full disk without its state file");
+    assert!(tier.state().was_lost());
+    let err = tier.state().put(b"gen:a", b"2").expect_err("no room to write the state");
+    assert!(matches!(err, tier_disk::DiskError::Io { .. }), "{err}");
+    rt.block_on(async {
+        let v = decoded(&tier.get(key(3).as_bytes()).await.unwrap()).expect("reads go on");
+        assert!(check_value(&key(3), &v).is_some());
+    });
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    tier.state().put(b"gen:a", b"3").expect("room again: the state file is rewritten");
+    drop(tier);
+    let tier = builder(&dir).build().unwrap();
+    assert_eq!(tier.state().get(b"gen:a").as_deref(), Some(&b"3"[..]));
+    assert!(tier.state().was_lost(), "the loss stays reported until cleared");
+}

@@ -70,7 +70,9 @@ pub struct DiskState {
 }
 
 struct Writer {
-    file: File,
+    /// `None` when the file could not be rewritten at open (a full disk): every write tries
+    /// again first, and fails until it can.
+    file: Option<File>,
     /// Where the next record goes (the valid length of the file).
     len: u64,
     /// Bytes the live pairs take in a batch.
@@ -112,26 +114,37 @@ impl DiskState {
         let mut lost = parsed.lost;
         let problem = parsed.problem.clone();
         let file = match (file, &problem) {
-            (Some(file), None) => file,
+            (Some(file), None) => Some(file),
             (Some(file), Some(p)) if p.torn => {
                 // An unacknowledged write cut short: drop its bytes so that appends follow the
                 // last valid record.
                 file.set_len(parsed.valid_end).map_err(|e| io("truncate", &dir, e))?;
-                file
+                Some(file)
             }
             (found, _) => {
                 // Missing, or damaged past what a crash can do: what was acknowledged may be
                 // gone (a missing file matters only when there is something to be suspect of).
                 lost |= found.is_some() || segments_exist;
-                rewrite(&dir, &parsed.map, lost, parsed.high_water)?
+                match rewrite(&dir, &parsed.map, lost, parsed.high_water) {
+                    Ok(file) => Some(file),
+                    Err(e) => {
+                        // Not the open's failure: reads go on; writes retry the rewrite.
+                        tracing::warn!(error = %e, "disk tier: could not rewrite the state file; writes to the state fail until it can be");
+                        None
+                    }
+                }
             }
         };
         if lost && !parsed.lost {
             tracing::warn!(dir = %dir.path().display(), problem = ?report.problem, "disk tier: the state file was lost or damaged; what depends on it must treat the disk's entries as suspect");
         }
         report.lost = lost;
+        let len = match &file {
+            Some(f) => f.metadata().map_err(|e| io("stat", &dir, e))?.len(),
+            None => 0,
+        };
         let writer = Writer {
-            len: file.metadata().map_err(|e| io("stat", &dir, e))?.len(),
+            len,
             file,
             live: parsed.live,
             high_water: parsed.high_water,
@@ -237,8 +250,8 @@ impl DiskState {
     /// `fdatasync` the file when written since the last sync.
     pub(crate) fn sync(&self) -> Result<(), DiskError> {
         let mut w = self.lock();
-        if w.dirty {
-            w.file.sync_data().map_err(|e| io("fsync", &self.dir, e))?;
+        if let (true, Some(file)) = (w.dirty, &w.file) {
+            file.sync_data().map_err(|e| io("fsync", &self.dir, e))?;
             w.dirty = false;
         }
         Ok(())
@@ -256,12 +269,15 @@ impl DiskState {
             }
         }
         let mut w = self.lock();
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let mut next = Parsed { live: w.live, ..Parsed::default() };
-        // What the batch does to the live size, applied to a scratch copy of the touched keys.
-        for (k, _) in ops {
-            if let Some((key, v)) = map.get_key_value(*k) {
-                next.map.insert(key.clone(), v.clone());
+        // What the batch does to the live size, applied to a scratch copy of the touched keys
+        // (only writers change the map, and they hold the writer's lock).
+        {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            for (k, _) in ops {
+                if let Some((key, v)) = map.get_key_value(*k) {
+                    next.map.insert(key.clone(), v.clone());
+                }
             }
         }
         for (k, v) in ops {
@@ -280,6 +296,7 @@ impl DiskState {
             }
         });
         self.append(&mut w, &rec)?;
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         for (k, v) in ops {
             match v {
                 Some(v) => map.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)),
@@ -294,17 +311,30 @@ impl DiskState {
 
     /// Append a record at the end of the valid part; undo a partial write.
     fn append(&self, w: &mut Writer, rec: &[u8]) -> Result<(), DiskError> {
-        if let Err(e) = w.file.write_all_at(rec, w.len) {
-            let _ = w.file.set_len(w.len);
-            return Err(io("append to", &self.dir, e));
+        let file = match w.file.take() {
+            Some(file) => file,
+            None => {
+                let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+                let file = rewrite(&self.dir, &map, self.was_lost(), w.high_water)?;
+                w.len = file.metadata().map_err(|e| io("stat", &self.dir, e))?.len();
+                file
+            }
+        };
+        let written = file.write_all_at(rec, w.len);
+        if written.is_err() {
+            let _ = file.set_len(w.len);
         }
-        w.len += rec.len() as u64;
-        w.dirty = true;
-        if self.flush == FlushPolicy::Always {
-            w.file.sync_data().map_err(|e| io("fsync", &self.dir, e))?;
-            w.dirty = false;
-        }
-        Ok(())
+        let synced = written.and_then(|()| {
+            w.len += rec.len() as u64;
+            w.dirty = true;
+            if self.flush == FlushPolicy::Always {
+                file.sync_data()?;
+                w.dirty = false;
+            }
+            Ok(())
+        });
+        w.file = Some(file);
+        synced.map_err(|e| io("append to", &self.dir, e))
     }
 
     /// Rewrite the file to its live size when it has grown several times past it.
@@ -317,7 +347,7 @@ impl DiskState {
         match rewrite(&self.dir, &map, self.was_lost(), w.high_water) {
             Ok(file) => {
                 w.len = file.metadata().map(|m| m.len()).unwrap_or(w.len);
-                w.file = file;
+                w.file = Some(file);
                 w.dirty = false;
                 w.compact_after = 0;
             }
