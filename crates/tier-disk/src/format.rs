@@ -19,7 +19,8 @@
 //! All integers are little endian. The previous segment id (bytes 20..28) names the segment
 //! that was the newest when this one was created (its own id when there was none), so that a
 //! skipped id is not mistaken for a missing segment; segments written before it existed have
-//! zeros there, and then their predecessor is taken to be `id - 1`. A suspect record's value is
+//! zeros there, and a gap before one of them is not judged (the version that wrote them left
+//! gaps where it deleted an empty segment). A suspect record's value is
 //! the position (segment id u32, offset u32) before which every record is suspect.
 
 /// Bytes of the segment header; the first record starts here.

@@ -10,7 +10,7 @@
 //! **What damage means.** Records are written in order, so a record that is lost could have
 //! replaced or removed any record written before it. Whenever a record may have been lost —
 //! a torn or corrupt record, non-zero bytes after the written part, a truncated file, a
-//! missing segment (ids are sequential, and each header names its predecessor), missing newest
+//! missing segment (each header names its predecessor, so a gap it does not explain), missing newest
 //! segments (the state file names the newest ever created) — every entry written before that
 //! point is *suspect*. The exception is a write that a crash cut short: the last record of the
 //! newest segment, zeros from a page boundary inside it to the end of the segment (a write is
@@ -171,7 +171,9 @@ pub(crate) fn findings(
     };
     for pair in segments.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
-        let prev = b.header.prev.unwrap_or(b.id.wrapping_sub(1));
+        // A header written before predecessors were named cannot tell a missing segment from
+        // an empty one that an earlier version deleted at open (it left such gaps): not judged.
+        let Some(prev) = b.header.prev else { continue };
         if prev > a.id {
             let reason = format!("segments {:08x}..={prev:08x} are missing", a.id + 1);
             out.push(Finding {

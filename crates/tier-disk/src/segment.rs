@@ -186,7 +186,8 @@ impl Segment {
 pub(crate) fn reserve(file: &File, offset: u64, len: u64) -> io::Result<bool> {
     match rustix::fs::fallocate(file, FallocateFlags::empty(), offset, len) {
         Ok(()) => Ok(true),
-        Err(Errno::OPNOTSUPP | Errno::NOSYS) => {
+        // Not supported here (EINVAL: not for this file system or this kind of file).
+        Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
             let end = offset + len;
             if file.metadata()?.len() < end {
                 file.set_len(end)?;

@@ -696,3 +696,37 @@ fn drop_suspect_drops_and_strict_refuses_only_damage_not_recorded_yet() {
     let rt = common::runtime();
     assert!(matches!(rt.block_on(tier.get(b"a")).unwrap(), Lookup::Stale(_)));
 }
+
+#[test]
+fn a_gap_left_by_the_previous_version_is_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    history(dir.path());
+    let ids: Vec<u32> = common::segment_files(dir.path())
+        .iter()
+        .map(|p| u32::from_str_radix(p.file_stem().unwrap().to_str().unwrap(), 16).unwrap())
+        .collect();
+    assert!(ids.len() >= 4);
+    // The previous version wrote headers without the predecessor, and at open deleted an empty
+    // newest segment and went on with the next id: renumber the last segments one id up, every
+    // header in the old format.
+    let skip_from = ids[ids.len() / 2];
+    for &id in ids.iter().rev() {
+        let mut bytes = std::fs::read(segment_path(dir.path(), id)).unwrap();
+        let new_id = if id >= skip_from { id + 1 } else { id };
+        bytes[8..12].copy_from_slice(&new_id.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..16]);
+        bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+        bytes[20..32].fill(0);
+        std::fs::remove_file(segment_path(dir.path(), id)).unwrap();
+        std::fs::write(segment_path(dir.path(), new_id), &bytes).unwrap();
+    }
+    // Its state file did not exist either.
+    std::fs::remove_file(dir.path().join("STATE")).unwrap();
+    assert!(DiskInspector::open(dir.path()).unwrap().damage().is_empty());
+    let tier = builder(dir.path()).build().unwrap();
+    let r = tier.recovery_report();
+    assert!(r.corrupt == 0 && r.suspect == 0 && r.damage.is_empty(), "{r:?}");
+    drop(tier);
+    let (older, resurrected, wrong) = violations(dir.path());
+    assert_eq!((older, resurrected, wrong), (0, 0, 0));
+}
