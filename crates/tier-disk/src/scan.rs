@@ -13,8 +13,12 @@ use crate::format::{
     check_record, claimed_len, Damage, Scanned, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
-/// Bytes read at a time (a record longer than this is read whole).
+/// Bytes read at a time, at most (a record longer than this is read whole)...
 const CHUNK: usize = 1 << 20;
+/// ...starting from this, doubling while records keep coming: the unwritten tail of a segment
+/// is not read in bulk.
+const FIRST_CHUNK: usize = 64 << 10;
+const PAGE: u64 = 4096;
 
 /// Bytes `[base, base + buf.len())` of a segment and the valid records that lie whole in them
 /// (their offsets are offsets in the segment).
@@ -66,6 +70,8 @@ pub(crate) fn read_at_most(file: &File, at: u64, len: usize) -> io::Result<Vec<u
 struct Walk<'a> {
     file: &'a File,
     limit: u64,
+    /// How much the next read takes (before the record that needs it).
+    next: usize,
     chunk: Chunk,
     emit: &'a mut dyn FnMut(Chunk),
 }
@@ -78,9 +84,11 @@ impl Walk<'_> {
         if self.chunk.base <= pos && want <= have {
             return Ok(());
         }
-        let len = usize::try_from(self.limit.saturating_sub(pos))
-            .unwrap_or(usize::MAX)
-            .min(len.max(CHUNK));
+        // Reads end on a page boundary: a page read in part would look like written data to
+        // `SEEK_DATA` afterwards (see `first_nonzero`).
+        let end = (pos + len.max(self.next) as u64).next_multiple_of(PAGE).min(self.limit);
+        let len = usize::try_from(end.saturating_sub(pos)).unwrap_or(usize::MAX);
+        self.next = (self.next * 2).min(CHUNK);
         let buf = read_at_most(self.file, pos, len)?;
         let done =
             std::mem::replace(&mut self.chunk, Chunk { base: pos, buf, records: Vec::new() });
@@ -102,8 +110,17 @@ impl Walk<'_> {
 /// Scan the records of `file` from the first one up to `limit` (the file's length or the
 /// segment's size, the smaller), checking each record's CRC with `verify`.
 pub(crate) fn scan_file(file: &File, limit: u64, verify: bool, emit: &mut dyn FnMut(Chunk)) -> End {
+    // The reads are large already; the kernel's read-ahead would only pull the unwritten tail
+    // of a segment into the page cache (as zeros, which `SEEK_DATA` then takes for data).
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random);
+    let end = scan_records(file, limit, verify, emit);
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Normal);
+    end
+}
+
+fn scan_records(file: &File, limit: u64, verify: bool, emit: &mut dyn FnMut(Chunk)) -> End {
     let empty = Chunk { base: 0, buf: Vec::new(), records: Vec::new() };
-    let mut walk = Walk { file, limit, chunk: empty, emit };
+    let mut walk = Walk { file, limit, next: FIRST_CHUNK, chunk: empty, emit };
     let mut pos = SEGMENT_HEADER_LEN as u64;
     let mut records = 0u64;
     let read_error = |pos: u64, e: io::Error| Damage {
@@ -146,8 +163,20 @@ pub(crate) fn scan_file(file: &File, limit: u64, verify: bool, emit: &mut dyn Fn
 
 /// The first offset in `[from, limit)` of `file` holding a non-zero byte. Holes are skipped
 /// with `SEEK_DATA` where the file system has it, so the unwritten tail of a segment costs
-/// nothing to check.
+/// little to check. (A reserved but unwritten range is a hole to `SEEK_DATA` only where no page
+/// of it is cached, which reading it makes them: reads stop at 64 KiB boundaries without
+/// read-ahead, and the seek from there skips what was never read.)
 pub(crate) fn first_nonzero(file: &File, from: u64, limit: u64) -> io::Result<Option<u64>> {
+    // No read-ahead while checking: pages read ahead would be cached zeros, which `SEEK_DATA`
+    // takes for data.
+    let advise = |a| rustix::fs::fadvise(file, 0, None, a);
+    let _ = advise(rustix::fs::Advice::Random);
+    let found = first_nonzero_from(file, from, limit);
+    let _ = advise(rustix::fs::Advice::Normal);
+    found
+}
+
+fn first_nonzero_from(file: &File, from: u64, limit: u64) -> io::Result<Option<u64>> {
     let mut pos = from;
     while pos < limit {
         match rustix::fs::seek(file, SeekFrom::Data(pos)) {
@@ -156,8 +185,8 @@ pub(crate) fn first_nonzero(file: &File, from: u64, limit: u64) -> io::Result<Op
             Err(rustix::io::Errno::NXIO) => return Ok(None), // nothing but holes after `pos`
             Err(_) => {}                                     // no SEEK_DATA here: read it all
         }
-        let len = usize::try_from(limit - pos).unwrap_or(usize::MAX).min(CHUNK);
-        let buf = read_at_most(file, pos, len)?;
+        let end = ((pos / FIRST_CHUNK as u64 + 1) * FIRST_CHUNK as u64).min(limit);
+        let buf = read_at_most(file, pos, usize::try_from(end - pos).unwrap_or(usize::MAX))?;
         if buf.is_empty() {
             return Ok(None);
         }

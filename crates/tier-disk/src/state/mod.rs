@@ -121,10 +121,21 @@ impl DiskState {
                 file.set_len(parsed.valid_end).map_err(|e| io("truncate", &dir, e))?;
                 Some(file)
             }
+            (None, _) => {
+                // Missing: lost when there is something to be suspect of. Nothing is replaced,
+                // so the new file is written in place (synced per the policy).
+                lost |= segments_exist;
+                match create(&dir, lost, flush) {
+                    Ok(file) => Some(file),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "disk tier: could not create the state file; writes to the state fail until it can be");
+                        None
+                    }
+                }
+            }
             (found, _) => {
-                // Missing, or damaged past what a crash can do: what was acknowledged may be
-                // gone (a missing file matters only when there is something to be suspect of).
-                lost |= found.is_some() || segments_exist;
+                // Damaged past what a crash can do: what was acknowledged may be gone.
+                lost |= found.is_some();
                 match rewrite(&dir, &parsed.map, lost, parsed.high_water) {
                     Ok(file) => Some(file),
                     Err(e) => {
@@ -414,6 +425,23 @@ fn parse_file(file: &File) -> std::io::Result<(Parsed, StateReport)> {
         newest_segment: parsed.high_water,
     };
     Ok((parsed, report))
+}
+
+/// Create a state file where there is none: empty, with the "lost" mark when `lost`.
+fn create(dir: &Dir, lost: bool, flush: FlushPolicy) -> Result<File, DiskError> {
+    let file = dir.create_file(STATE_FILE).map_err(|e| io("create", dir, e))?;
+    let written = file.write_all_at(&file::image(&HashMap::new(), lost, None), 0).and_then(|()| {
+        if flush == FlushPolicy::Always {
+            file.sync_data()?;
+            dir.sync()?;
+        }
+        Ok(())
+    });
+    if let Err(e) = written {
+        let _ = dir.remove(STATE_FILE);
+        return Err(io("write", dir, e));
+    }
+    Ok(file)
 }
 
 /// Write a new state file holding `map` and rename it over the old one (synced first, so that
