@@ -20,6 +20,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+/// The state's keys and values (seeded per process: keys come from the application).
+pub(crate) type Map = HashMap<Bytes, Bytes, foldhash::fast::RandomState>;
+
 /// The state file's name.
 pub(crate) const STATE_FILE: &str = "STATE";
 /// Where a new state file is written before it is renamed over the old one.
@@ -105,7 +108,7 @@ pub(crate) struct Problem {
 /// What a state file holds.
 #[derive(Debug, Default)]
 pub(crate) struct Parsed {
-    pub map: HashMap<Bytes, Bytes>,
+    pub map: Map,
     /// Bytes the live pairs take in a batch.
     pub live: u64,
     /// The sticky "lost" mark is set.
@@ -123,15 +126,21 @@ impl Parsed {
 
     /// Apply a put (`Some` value) or a remove of `key`.
     pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.apply_bytes(Bytes::copy_from_slice(key), value.map(Bytes::copy_from_slice));
+    }
+
+    /// [`apply`](Self::apply), taking the key and value as they are (slices of the file read).
+    fn apply_bytes(&mut self, key: Bytes, value: Option<Bytes>) {
+        let key_len = key.len();
         let old = match value {
             Some(v) => {
-                self.live += pair_len(key, v);
-                self.map.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(v))
+                self.live += pair_len(&key, &v);
+                self.map.insert(key, v)
             }
-            None => self.map.remove(key),
+            None => self.map.remove(&key),
         };
         if let Some(old) = old {
-            self.live = self.live.saturating_sub(pair_len(key, &old));
+            self.live = self.live.saturating_sub((PAIR_OVERHEAD + key_len + old.len()) as u64);
         }
     }
 }
@@ -162,8 +171,9 @@ fn batch(body: &[u8]) -> Option<Vec<Op<'_>>> {
     Some(out)
 }
 
-/// Replay a whole state file's bytes.
-pub(crate) fn parse(bytes: &[u8]) -> Parsed {
+/// Replay a whole state file's bytes. Keys and values are slices of `file` (no copy each).
+pub(crate) fn parse(file: Bytes) -> Parsed {
+    let bytes = &file[..];
     let mut p = Parsed::default();
     let len = bytes.len();
     let cut_by_crash = (len as u64).is_multiple_of(PAGE);
@@ -201,7 +211,12 @@ pub(crate) fn parse(bytes: &[u8]) -> Parsed {
         let body = &rec[RECORD_HEADER_LEN..];
         match (rec[8], body.len()) {
             (BATCH, _) => match batch(body) {
-                Some(pairs) => pairs.into_iter().for_each(|(k, v)| p.apply(k, v)),
+                Some(pairs) => {
+                    let view = |part: &[u8]| file.slice_ref(part);
+                    for (k, v) in pairs {
+                        p.apply_bytes(view(k), v.map(view));
+                    }
+                }
                 None => {
                     p.stop(at, "malformed batch record".into(), false);
                     break;
@@ -226,7 +241,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Parsed {
 }
 
 /// A whole file holding `map` (one batch), the "lost" mark and the high-water segment id.
-pub(crate) fn image(map: &HashMap<Bytes, Bytes>, lost: bool, high_water: Option<u32>) -> Vec<u8> {
+pub(crate) fn image(map: &Map, lost: bool, high_water: Option<u32>) -> Vec<u8> {
     let mut out = header().to_vec();
     if lost {
         encode(&mut out, LOST, |_| {});
@@ -259,13 +274,13 @@ mod tests {
     #[test]
     fn last_write_wins_and_removes_stick() {
         let f = file(&[(b"a", Some(b"1")), (b"b", Some(b"2")), (b"a", Some(b"3")), (b"b", None)]);
-        let p = parse(&f);
+        let p = parse(f.clone().into());
         assert_eq!(p.problem, None);
         assert_eq!(p.map.len(), 1);
         assert_eq!(p.map.get(&b"a"[..]).map(|v| &v[..]), Some(&b"3"[..]));
         assert_eq!(p.live, pair_len(b"a", b"3"));
         assert_eq!(p.valid_end, f.len() as u64);
-        let again = parse(&image(&p.map, true, Some(7)));
+        let again = parse(image(&p.map, true, Some(7)).into());
         assert_eq!((again.map, again.lost, again.high_water), (p.map, true, Some(7)));
     }
 
@@ -279,7 +294,7 @@ mod tests {
             ends.push(file(&ops[..n]).len());
         }
         for cut in 0..f.len() {
-            let p = parse(&f[..cut]);
+            let p = parse(Bytes::copy_from_slice(&f[..cut]));
             assert_eq!(p.problem.is_none(), ends.contains(&cut), "cut at {cut}");
             assert!(p.valid_end <= cut.max(FILE_HEADER_LEN) as u64);
         }
@@ -287,7 +302,7 @@ mod tests {
             for bit in 0..8 {
                 let mut g = f.clone();
                 g[at] ^= 1 << bit;
-                let p = parse(&g);
+                let p = parse(g.into());
                 assert!(p.problem.as_ref().is_some_and(|pr| !pr.torn), "flip at {at}");
             }
         }

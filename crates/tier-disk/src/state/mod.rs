@@ -4,7 +4,6 @@
 
 mod file;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +19,7 @@ use crate::config::FlushPolicy;
 use crate::dir::{describe, Dir};
 use crate::error::DiskError;
 use crate::report::StateReport;
-use file::{Op, Parsed, FILE_HEADER_LEN, MAX_FILE_BYTES, STATE_TMP};
+use file::{Map, Op, Parsed, FILE_HEADER_LEN, MAX_FILE_BYTES, STATE_TMP};
 
 /// A state file is rewritten (compacted) once it is this many times its live size...
 const COMPACT_RATIO: u64 = 4;
@@ -64,7 +63,7 @@ const COMPACT_MIN: u64 = 1 << 20;
 pub struct DiskState {
     dir: Arc<Dir>,
     flush: FlushPolicy,
-    map: RwLock<HashMap<Bytes, Bytes>>,
+    map: RwLock<Map>,
     writer: Mutex<Writer>,
     lost: AtomicBool,
 }
@@ -409,7 +408,7 @@ fn parse_file(file: &File) -> std::io::Result<(Parsed, StateReport)> {
         Parsed { problem: Some(problem), ..Parsed::default() }
     } else {
         let len = usize::try_from(len).map_err(std::io::Error::other)?;
-        file::parse(&crate::scan::read_at_most(file, 0, len)?)
+        file::parse(crate::scan::read_at_most(file, 0, len)?.into())
     };
     let report = StateReport {
         present: true,
@@ -430,7 +429,7 @@ fn parse_file(file: &File) -> std::io::Result<(Parsed, StateReport)> {
 /// Create a state file where there is none: empty, with the "lost" mark when `lost`.
 fn create(dir: &Dir, lost: bool, flush: FlushPolicy) -> Result<File, DiskError> {
     let file = dir.create_file(STATE_FILE).map_err(|e| io("create", dir, e))?;
-    let written = file.write_all_at(&file::image(&HashMap::new(), lost, None), 0).and_then(|()| {
+    let written = file.write_all_at(&file::image(&Map::default(), lost, None), 0).and_then(|()| {
         if flush == FlushPolicy::Always {
             file.sync_data()?;
             dir.sync()?;
@@ -446,12 +445,7 @@ fn create(dir: &Dir, lost: bool, flush: FlushPolicy) -> Result<File, DiskError> 
 
 /// Write a new state file holding `map` and rename it over the old one (synced first, so that
 /// a crash leaves the old file or the new one, whole). Returns the new file, open.
-fn rewrite(
-    dir: &Dir,
-    map: &HashMap<Bytes, Bytes>,
-    lost: bool,
-    high_water: Option<u32>,
-) -> Result<File, DiskError> {
+fn rewrite(dir: &Dir, map: &Map, lost: bool, high_water: Option<u32>) -> Result<File, DiskError> {
     let _ = dir.remove(STATE_TMP);
     let file = dir.create_file(STATE_TMP).map_err(|e| io("create", dir, e))?;
     let written = file
