@@ -48,9 +48,10 @@ struct Slot {
 ///   appends past a segment's valid part and never rewrites bytes below it, so a record found
 ///   valid stays valid. Which record is live for a key is decided at `open`.
 /// - The one thing a live writer can make it see is the newest segment ending in a record being
-///   written at that instant: that shows as damage at the tail of the newest segment (the live
-///   tier itself never serves it). A newest segment whose header is not written yet is skipped.
-///   Records written after `open` may or may not be listed.
+///   written at that instant: that shows as damage at the tail of the newest segment, with the
+///   entries before it suspect (the live tier itself never serves that record, and sees no
+///   damage). A newest segment whose header is not written yet is skipped. Records written
+///   after `open` may or may not be listed.
 pub struct DiskInspector {
     dir: Dir,
     segs: Vec<Candidate>,

@@ -53,9 +53,9 @@
 //!   *suspect*: served only as [`Lookup::Stale`](tier_core::Lookup::Stale) (its `fresh_until`
 //!   moved to the open), never as fresh, until written again; or dropped, with
 //!   [`RecoveryMode::DropSuspect`]. A suspect marker record keeps that across opens (the damage
-//!   is counted once). The one exception is the last record of the newest segment with zeros
-//!   from a page boundary inside it to the end: a write cut short by a crash (a write is cut
-//!   only between pages), never acknowledged, so it replaced nothing.
+//!   is counted once). A write cut short by a crash is treated alike: it cannot be told for sure
+//!   from a damaged record that was acknowledged (a crash rarely cuts a write: only between the
+//!   pages of one).
 //! - **Bounded size: the directory never holds more than `capacity + one segment`** of segment
 //!   files. A new segment is created first, then the oldest ones are reclaimed (FIFO) until the
 //!   count fits the capacity again. Reclaim copies hot entries forward, never suspect ones.

@@ -62,13 +62,8 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
         }
     }
     let all = findings(&found.segments, &replayed.ends, high_water);
-    // A segment with damage is never written to again (what follows the damage is not read),
-    // except after a last write cut short, once sealed.
-    let damaged: Vec<u32> = all
-        .iter()
-        .filter(|f| !matches!(f.seal, Some(Seal::Zero { .. })))
-        .map(|f| f.damage.segment)
-        .collect();
+    // A segment with damage is never written to again (what follows the damage is not read).
+    let damaged: Vec<u32> = all.iter().map(|f| f.damage.segment).collect();
     let known = |f: &Finding| f.suspect_before.is_some() && f.suspect_before <= replayed.marker;
     let (known, new): (Vec<Finding>, Vec<Finding>) = all.into_iter().partition(known);
     if cfg.recovery == RecoveryMode::Strict {
@@ -79,7 +74,7 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     let threshold = suspect_before(&new).max(replayed.marker);
     report.suspect = settle_suspects(&cfg, &index, &segments, threshold);
     settle_strays(&dir, &found.strays, &mut report);
-    let sealed_newest = seal(&dir, &new, found.segments.last().map(|c| c.id));
+    seal(&dir, &new);
     if let Some(c) = cleared_in {
         for seg in segments.all().into_iter().filter(|s| s.id < c) {
             segments.remove(seg.id);
@@ -95,7 +90,6 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     let newest_end = replayed.ends.last().map(|e| e.end).unwrap_or(0);
     let reuse = reusable.filter(|id| {
         Some(*id) == newest
-            && sealed_newest
             && !damaged.contains(id)
             && threshold.is_none_or(|t| t <= Pos::at(*id, newest_end))
     });
@@ -263,39 +257,22 @@ fn set_aside(dir: &Dir, name: &str) -> std::io::Result<String> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no free name")))
 }
 
-/// Seal the damage that lost nothing, so that it is not found again. True unless sealing the
-/// newest segment failed (then it is not written to again).
-fn seal(dir: &Dir, found: &[Finding], newest: Option<u32>) -> bool {
-    let mut newest_ok = true;
-    for seal in found.iter().filter_map(|f| f.seal) {
-        let (seg, done) = match seal {
-            Seal::Zero { seg, from, to } => (
-                seg,
-                rewrite(dir, seg, |f| {
-                    use std::os::unix::fs::FileExt;
-                    let len =
-                        usize::try_from(to.saturating_sub(from)).map_err(std::io::Error::other)?;
-                    f.write_all_at(&vec![0u8; len], from)
-                }),
-            ),
-            Seal::Resize { seg, to } => (
-                seg,
-                rewrite(dir, seg, |f| {
-                    let len = f.metadata()?.len();
-                    if len < to {
-                        reserve(f, len, to - len).map(|_| ())
-                    } else {
-                        f.set_len(to)
-                    }
-                }),
-            ),
-        };
+/// Seal the damage that lost nothing (a segment file of the wrong length), so that it is not
+/// found again; a failure is logged (it is found, and counted, again next time).
+fn seal(dir: &Dir, found: &[Finding]) {
+    for Seal::Resize { seg, to } in found.iter().filter_map(|f| f.seal) {
+        let done = rewrite(dir, seg, |f| {
+            let len = f.metadata()?.len();
+            if len < to {
+                reserve(f, len, to - len).map(|_| ())
+            } else {
+                f.set_len(to)
+            }
+        });
         if let Err(e) = done {
             tracing::warn!(segment = seg, error = %e, "disk tier: could not seal damage; it is found again at the next open");
-            newest_ok &= Some(seg) != newest;
         }
     }
-    newest_ok
 }
 
 /// Open segment `seg` for writing (as a regular file, never through a link) and run `f` on it.

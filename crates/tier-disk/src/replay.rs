@@ -10,11 +10,11 @@
 //! **What damage means.** Records are written in order, so a record that is lost could have
 //! replaced or removed any record written before it. Whenever a record may have been lost —
 //! a torn or corrupt record, non-zero bytes after the written part, a truncated file, a
-//! missing segment (each header names its predecessor, so a gap it does not explain), missing newest
-//! segments (the state file names the newest ever created) — every entry written before that
-//! point is *suspect*. The exception is a write that a crash cut short: the last record of the
-//! newest segment, zeros from a page boundary inside it to the end of the segment (a write is
-//! cut only between pages). It was never acknowledged, so it replaced nothing; it is dropped.
+//! missing segment (each header names its predecessor, so a gap it does not explain), missing
+//! newest segments (the state file names the newest ever created) — every entry written before
+//! that point is *suspect*. That holds for the last record of the newest segment too: a write
+//! cut short by a crash (never acknowledged) cannot be told for sure from a damaged record that
+//! was, so it is treated alike (a crash rarely cuts a write: only between pages of one).
 
 use std::sync::mpsc;
 
@@ -138,8 +138,6 @@ pub(crate) fn replay(segments: &[Candidate], now: u64, target: &mut dyn Target) 
 /// How to make damage that lost nothing stop showing (only the live tier does it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Seal {
-    /// Write zeros over `[from, to)` of segment `seg` (an interrupted last write).
-    Zero { seg: u32, from: u64, to: u64 },
     /// Give segment `seg`'s file the length its header names.
     Resize { seg: u32, to: u64 },
 }
@@ -152,9 +150,6 @@ pub(crate) struct Finding {
     pub suspect_before: Option<Pos>,
     pub seal: Option<Seal>,
 }
-
-/// Bytes of a page: a write is cut short by a crash only between pages.
-const PAGE: u64 = 4096;
 
 /// The damage the scans of `segments` (ended as in `ends`) show, with missing segments:
 /// between two segments, and after the newest when the state says `high_water` was created.
@@ -198,19 +193,7 @@ pub(crate) fn findings(
             seal: Some(seal),
         };
         match &e.damage {
-            Some(d) => {
-                let at = d.offset as u64;
-                let torn = (Some(c.id) == newest && c.len == size)
-                    .then(|| cut_by_crash(c, at, e.claimed_end))
-                    .flatten();
-                match torn {
-                    Some(to) => out.push(sealed(
-                        format!("{} (the last write, cut short by a crash: dropped)", d.reason),
-                        Seal::Zero { seg: c.id, from: at, to },
-                    )),
-                    None => out.push(lost(c.id, at, d.reason.clone())),
-                }
-            }
+            Some(d) => out.push(lost(c.id, d.offset as u64, d.reason.clone())),
             None => match first_nonzero(&c.file, e.end.max(SEGMENT_HEADER_LEN as u64), limit) {
                 // A whole record right where the scan ended: appended by a live writer since
                 // (only the read-only inspector can see that), not damage.
@@ -250,16 +233,6 @@ fn appended(c: &Candidate, end: u64, at: u64) -> bool {
     let mut rec = vec![0u8; len];
     std::os::unix::fs::FileExt::read_exact_at(&c.file, &mut rec, end).is_ok()
         && matches!(crate::format::check_record(&rec, 0, true), Ok(Some(_)))
-}
-
-/// When the bad record at `at` looks like a write cut short by a crash — zeros from the first
-/// page boundary inside it to the end of the segment — where those zeros start.
-fn cut_by_crash(c: &Candidate, at: u64, claimed_end: Option<u64>) -> Option<u64> {
-    let page = (at / PAGE + 1) * PAGE;
-    let end = claimed_end.unwrap_or(0).max(at + crate::format::RECORD_HEADER_LEN as u64);
-    let limit = c.limit();
-    (page < end && page <= limit && matches!(first_nonzero(&c.file, page, limit), Ok(None)))
-        .then_some(page.min(limit))
 }
 
 /// Entries before this are suspect: the latest of the findings' positions.

@@ -17,8 +17,8 @@ pub struct SegmentDamage {
     /// What was wrong.
     pub reason: String,
     /// Records may have been lost here, so every entry written before this point is suspect
-    /// (served only as stale). False for damage that lost nothing written (a write cut short
-    /// by a crash, a file grown or shrunk past its written part).
+    /// (served only as stale). False for damage that lost nothing written (a segment file
+    /// grown or shrunk past its written part).
     pub suspect: bool,
 }
 

@@ -44,8 +44,6 @@ pub(crate) struct End {
     pub end: u64,
     /// Set when the scan stopped on a torn or corrupt record (or a read error) at `end`.
     pub damage: Option<Damage>,
-    /// Where the bad record would end, when its header could be read.
-    pub claimed_end: Option<u64>,
     /// Valid records.
     pub records: u64,
 }
@@ -127,30 +125,24 @@ fn scan_records(file: &File, limit: u64, verify: bool, emit: &mut dyn FnMut(Chun
         offset: pos as usize,
         reason: format!("read error: {e}"),
     };
-    let (damage, claimed_end) = loop {
+    let damage = loop {
         if let Err(e) = walk.cover(pos, RECORD_HEADER_LEN) {
-            break (Some(read_error(pos, e)), None);
+            break Some(read_error(pos, e));
         }
         let claimed = claimed_len(walk.from(pos));
         if let Some(n) = claimed {
             if let Err(e) = walk.cover(pos, n) {
-                break (Some(read_error(pos, e)), None);
+                break Some(read_error(pos, e));
             }
         }
         match check_record(walk.from(pos), 0, verify) {
-            Ok(None) => break (None, None),
+            Ok(None) => break None,
             Ok(Some(h)) => {
                 walk.chunk.records.push(Scanned { offset: pos as usize, header: h });
                 records += 1;
                 pos += h.record_len() as u64;
             }
-            Err(d) => {
-                let reason = d.reason;
-                break (
-                    Some(Damage { offset: pos as usize, reason }),
-                    claimed.map(|n| pos + n as u64),
-                );
-            }
+            Err(d) => break Some(Damage { offset: pos as usize, reason: d.reason }),
         }
     };
     let last =
@@ -158,7 +150,7 @@ fn scan_records(file: &File, limit: u64, verify: bool, emit: &mut dyn FnMut(Chun
     if !last.records.is_empty() {
         (walk.emit)(last);
     }
-    End { end: pos.min(limit.max(SEGMENT_HEADER_LEN as u64)), damage, claimed_end, records }
+    End { end: pos.min(limit.max(SEGMENT_HEADER_LEN as u64)), damage, records }
 }
 
 /// The first offset in `[from, limit)` of `file` holding a non-zero byte. Holes are skipped
@@ -235,12 +227,11 @@ mod tests {
             assert_eq!(end.records as usize, n);
             assert!(end.damage.is_none());
             assert_eq!(end.end as usize, seg.len());
-            // Cut inside the last record: damage there, claiming past the cut.
+            // Cut inside the last record: damage there.
             let at = *want.last().expect("a record") as u64;
             let cut = at as usize + 33; // inside its key
             let end = scan_file(&file, cut as u64, true, &mut |_| {});
             assert_eq!(end.damage.map(|d| d.offset as u64), Some(at));
-            assert!(end.claimed_end.is_some_and(|c| c > cut as u64));
         }
     }
 
