@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
-use tier_disk::{DiskInspector, RecordInfo, RecordKind, LOCK_FILE};
+use tier_disk::{
+    DiskInspector, RecordInfo, RecordKind, SegmentDamage, StateReport, StrayFile, LOCK_FILE,
+};
 
 use crate::cli::DiskCommand;
 use crate::demo::report::count;
@@ -25,7 +27,11 @@ fn open(dir: &Path) -> Result<DiskInspector> {
     }
     let inspector = DiskInspector::open(dir)
         .map_err(|e| CliError::runtime(format!("inspect {}: {}", dir.display(), chain(&e))))?;
-    if inspector.stats().segments == 0 && !dir.join(LOCK_FILE).exists() {
+    let empty = inspector.stats().segments == 0
+        && inspector.strays().is_empty()
+        && inspector.state().is_none()
+        && std::fs::symlink_metadata(dir.join(LOCK_FILE)).is_err();
+    if empty {
         return Err(CliError::runtime(format!(
             "{} is not a disk tier directory (no segment files, no {LOCK_FILE} file)",
             dir.display()
@@ -46,6 +52,8 @@ fn kind_name(k: RecordKind) -> &'static str {
         RecordKind::Value => "value",
         RecordKind::Tombstone => "tombstone",
         RecordKind::Clear => "clear",
+        RecordKind::Suspect => "suspect",
+        _ => "other",
     }
 }
 
@@ -73,9 +81,12 @@ struct StatsOut {
     dead_bytes: u64,
     entries: u64,
     expired_entries: u64,
+    suspect_entries: u64,
     oldest_created_at: Option<u64>,
     newest_created_at: Option<u64>,
     damage: Vec<DamageOut>,
+    strays: Vec<StrayOut>,
+    state: Option<StateOut>,
     by_prefix: BTreeMap<String, PrefixOut>,
 }
 
@@ -90,6 +101,68 @@ struct DamageOut {
     segment: u32,
     offset: u64,
     reason: String,
+    /// Entries written before this point are served only as stale.
+    suspect: bool,
+}
+
+impl From<&SegmentDamage> for DamageOut {
+    fn from(d: &SegmentDamage) -> Self {
+        Self { segment: d.segment, offset: d.offset, reason: d.reason.clone(), suspect: d.suspect }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct StrayOut {
+    name: String,
+    reason: String,
+}
+
+impl From<&StrayFile> for StrayOut {
+    fn from(s: &StrayFile) -> Self {
+        Self { name: s.name.clone(), reason: s.reason.clone() }
+    }
+}
+
+/// The state file (`DiskState`) of the directory.
+#[derive(Debug, Serialize)]
+struct StateOut {
+    entries: u64,
+    live_bytes: u64,
+    file_bytes: u64,
+    lost: bool,
+    problem: Option<String>,
+    intact: bool,
+}
+
+impl From<&StateReport> for StateOut {
+    fn from(s: &StateReport) -> Self {
+        Self {
+            entries: s.entries,
+            live_bytes: s.live_bytes,
+            file_bytes: s.file_bytes,
+            lost: s.lost,
+            problem: s.problem.clone(),
+            intact: !s.lost && (s.problem.is_none() || s.interrupted_write),
+        }
+    }
+}
+
+/// One line about the state file.
+fn state_line(s: &Option<StateOut>) -> String {
+    match s {
+        None => "none".into(),
+        Some(s) => {
+            let mut line =
+                format!("{} keys, {} bytes of file", count(s.entries), count(s.file_bytes));
+            if s.lost {
+                line.push_str(", LOST (entries on disk are suspect until the owner clears it)");
+            }
+            if let Some(p) = &s.problem {
+                line.push_str(&format!(", {p}"));
+            }
+            line
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +177,7 @@ struct RecordOut {
     stale_until: u64,
     compressed: bool,
     negative: bool,
+    suspect: bool,
 }
 
 impl From<&RecordInfo> for RecordOut {
@@ -119,6 +193,7 @@ impl From<&RecordInfo> for RecordOut {
             stale_until: r.stale_until,
             compressed: r.envelope_flags & 1 != 0,
             negative: r.envelope_flags & 2 != 0,
+            suspect: r.suspect,
         }
     }
 }
@@ -141,6 +216,9 @@ struct VerifyOut {
     records: u64,
     bytes: u64,
     damage: Vec<DamageOut>,
+    suspect_entries: u64,
+    strays: Vec<StrayOut>,
+    state: Option<StateOut>,
 }
 
 /// Run a `tier disk` subcommand.
@@ -178,13 +256,12 @@ fn stats(dir: &Path, json: bool) -> Result<()> {
         dead_bytes: s.dead_bytes,
         entries: s.entries,
         expired_entries: s.expired_entries,
+        suspect_entries: s.suspect_entries,
         oldest_created_at: s.oldest_created_at,
         newest_created_at: s.newest_created_at,
-        damage: ins
-            .damage()
-            .iter()
-            .map(|d| DamageOut { segment: d.segment, offset: d.offset, reason: d.reason.clone() })
-            .collect(),
+        damage: ins.damage().iter().map(DamageOut::from).collect(),
+        strays: ins.strays().iter().map(StrayOut::from).collect(),
+        state: ins.state().map(StateOut::from),
         by_prefix,
     };
     if json {
@@ -215,10 +292,12 @@ fn stats(dir: &Path, json: bool) -> Result<()> {
         }
     );
     println!(
-        "entries       {} ({} past stale_until)",
+        "entries       {} ({} past stale_until, {} suspect: served only as stale)",
         count(out.entries),
-        count(out.expired_entries)
+        count(out.expired_entries),
+        count(out.suspect_entries)
     );
+    println!("state file    {}", state_line(&out.state));
     if let (Some(a), Some(b)) = (out.oldest_created_at, out.newest_created_at) {
         println!("created       oldest {}, newest {}", relative(a), relative(b));
     }
@@ -231,12 +310,21 @@ fn stats(dir: &Path, json: bool) -> Result<()> {
     if out.damage.is_empty() {
         println!("damage        none found");
     } else {
-        println!("damage        {} segment(s) (run `tier disk verify`)", out.damage.len());
-        for d in &out.damage {
-            println!("  segment {:08x} at offset {}: {}", d.segment, d.offset, d.reason);
-        }
+        println!("damage        {} place(s) (run `tier disk verify`)", out.damage.len());
+        print_damage(&out.damage, "  ");
+    }
+    for st in &out.strays {
+        println!("stray file    {}: {}", st.name, st.reason);
     }
     Ok(())
+}
+
+fn print_damage(damage: &[DamageOut], indent: &str) {
+    for d in damage {
+        let suspect =
+            if d.suspect { " (entries written before it: served only as stale)" } else { "" };
+        println!("{indent}segment {:08x} at offset {}: {}{suspect}", d.segment, d.offset, d.reason);
+    }
 }
 
 fn ls(dir: &Path, prefix: &str, all: bool, limit: usize, json: bool) -> Result<()> {
@@ -275,6 +363,9 @@ fn ls(dir: &Path, prefix: &str, all: bool, limit: usize, json: bool) -> Result<(
         }
         if r.negative {
             flags.push("negative");
+        }
+        if r.suspect {
+            flags.push("suspect");
         }
         let until = if r.kind == "value" { relative(r.stale_until) } else { "-".into() };
         println!(
@@ -342,11 +433,10 @@ fn verify(dir: &Path, json: bool) -> Result<()> {
         segments: r.segments,
         records: r.records,
         bytes: r.bytes,
-        damage: r
-            .damage
-            .iter()
-            .map(|d| DamageOut { segment: d.segment, offset: d.offset, reason: d.reason.clone() })
-            .collect(),
+        damage: r.damage.iter().map(DamageOut::from).collect(),
+        suspect_entries: r.suspect_entries,
+        strays: r.strays.iter().map(StrayOut::from).collect(),
+        state: r.state.as_ref().map(StateOut::from),
     };
     if json {
         print_json(&out)?;
@@ -357,20 +447,39 @@ fn verify(dir: &Path, json: bool) -> Result<()> {
             count(out.records),
             count(out.bytes)
         );
-        for d in &out.damage {
-            println!("damage: segment {:08x} at offset {}: {}", d.segment, d.offset, d.reason);
+        print_damage(&out.damage, "damage: ");
+        for st in &out.strays {
+            println!("stray: {}: {}", st.name, st.reason);
         }
+        if out.suspect_entries > 0 {
+            println!("suspect: {} entries are served only as stale", count(out.suspect_entries));
+        }
+        println!("state file: {}", state_line(&out.state));
         if out.clean {
-            println!("ok: every record's CRC matches");
+            println!("ok: every record's CRC matches, no segment is missing");
         }
     }
     if out.clean {
-        Ok(())
-    } else {
-        Err(CliError::damage(format!(
-            "{} damaged segment(s) in {} (records after the damage in those segments are not served)",
-            out.damage.len(),
-            dir.display()
-        )))
+        return Ok(());
     }
+    let mut what = Vec::new();
+    if let Some(d) = out.damage.first() {
+        what.push(format!(
+            "{} damaged or missing place(s), first: segment {:08x} at offset {}: {}",
+            out.damage.len(),
+            d.segment,
+            d.offset,
+            d.reason
+        ));
+    }
+    if out.suspect_entries > 0 {
+        what.push(format!("{} suspect entries", out.suspect_entries));
+    }
+    if !out.strays.is_empty() {
+        what.push(format!("{} stray file(s)", out.strays.len()));
+    }
+    if out.state.as_ref().is_some_and(|s| !s.intact) {
+        what.push("state file lost or damaged".into());
+    }
+    Err(CliError::damage(format!("{} in {}: {}", "damage", dir.display(), what.join("; "))))
 }

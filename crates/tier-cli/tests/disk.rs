@@ -47,6 +47,8 @@ fn stats_ls_get_verify_of_a_directory() {
     assert_eq!(stats["by_prefix"]["shop:0:"]["entries"], 3, "{stats}");
     assert!(stats["live_bytes"].as_u64().unwrap() > 0);
     assert!(stats["damage"].as_array().unwrap().is_empty());
+    assert_eq!(stats["state"]["intact"], true, "{stats}");
+    assert_eq!(stats["suspect_entries"], 0, "{stats}");
     let stats_text = text(tier().args(["disk", "stats"]).arg(dir.path()));
     assert!(stats_text.contains("entries") && stats_text.contains("shop:0:"), "{stats_text}");
 
@@ -147,4 +149,59 @@ fn demo_on_a_locked_directory_is_a_one_line_error() {
     let line = fails(tier().args(["demo", "--duration", "1s", "--disk"]).arg(dir.path()), 1);
     assert!(line.contains("locked"), "{line}");
     drop(live);
+}
+
+#[test]
+fn verify_reports_a_deleted_segment() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let disk = DiskTier::builder(dir.path())
+            .capacity_bytes(4 << 20)
+            .segment_size(64 << 10)
+            .build()
+            .unwrap();
+        let cache: Cache<Value> = Cache::builder("shop")
+            .tier(disk, TierPolicy::fresh(Duration::from_secs(60)).stale(Duration::from_secs(600)))
+            .build()
+            .unwrap();
+        for i in 0..400 {
+            cache
+                .insert(cache.key(format!("item:{i}")), j!({"pad": "x".repeat(500)}))
+                .await
+                .unwrap();
+        }
+    });
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 4, "{segments:?}");
+    std::fs::remove_file(&segments[1]).unwrap();
+    let out = tier().args(["disk", "verify", "--json"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["clean"], false, "{report}");
+    let line = fails(tier().args(["disk", "verify"]).arg(dir.path()), 3);
+    assert!(line.contains("missing"), "{line}");
+}
+
+#[test]
+fn verify_reports_a_lost_state_file_and_a_stray() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    drop(fill(&rt, dir.path()));
+    std::fs::remove_file(dir.path().join("STATE")).unwrap();
+    std::fs::write(dir.path().join("00ffffff.seg"), [7u8; 100]).unwrap();
+    let out = tier().args(["disk", "verify", "--json"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["state"]["lost"], true, "{report}");
+    assert_eq!(report["strays"][0]["name"], "00ffffff.seg", "{report}");
+    let line = fails(tier().args(["disk", "verify"]).arg(dir.path()), 3);
+    assert!(line.contains("state file") && line.contains("stray"), "{line}");
+    let text = text(tier().args(["disk", "stats"]).arg(dir.path()));
+    assert!(text.contains("LOST") && text.contains("00ffffff.seg"), "{text}");
 }

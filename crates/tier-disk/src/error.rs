@@ -31,9 +31,24 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
+    /// The directory, or a file the tier must use in it, cannot be trusted: a directory that
+    /// others can write or that another user owns, or a `LOCK` or `STATE` that is a symbolic
+    /// link or not a regular file. The message names the problem and the fix.
+    #[error("{} {problem}; {fix}", path.display())]
+    Unsafe {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// The builder's settings are not valid.
     #[error("invalid disk tier configuration: {0}")]
     Config(String),
+    /// A key, a value or the state file would pass its bound (see [`DiskState`](crate::DiskState)).
+    #[error("disk tier: {0}")]
+    TooLarge(String),
     /// [`RecoveryMode::Strict`](crate::RecoveryMode::Strict) found a torn or corrupt record.
     #[error("corrupt record in segment {segment} at offset {offset}: {reason}")]
     Corrupt {
@@ -51,6 +66,14 @@ impl DiskError {
         Self::Io { what, path: path.into(), source }
     }
 
+    pub(crate) fn unsafe_path(
+        path: impl Into<PathBuf>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self::Unsafe { path: path.into(), problem: problem.into(), fix: fix.into() }
+    }
+
     /// True when the directory is held by another owner.
     pub fn is_locked(&self) -> bool {
         matches!(self, Self::Locked { .. })
@@ -60,7 +83,8 @@ impl DiskError {
 impl From<DiskError> for TierError {
     fn from(e: DiskError) -> Self {
         let kind = match &e {
-            DiskError::Config(_) => TierErrorKind::Rejected,
+            DiskError::Config(_) | DiskError::Unsafe { .. } => TierErrorKind::Rejected,
+            DiskError::TooLarge(_) => TierErrorKind::TooLarge,
             DiskError::Corrupt { .. } => TierErrorKind::Decode,
             DiskError::Locked { .. } | DiskError::Io { .. } => TierErrorKind::Io,
         };

@@ -3,19 +3,25 @@
 //! ```text
 //! segment file  = segment header (32 bytes) | record | record | ... | zeros
 //! segment header: 0 magic b"TIERSEG1" | 8 segment id u32 | 12 segment size u32
-//!                 | 16 crc32 of bytes 0..16 | 20 zero padding to 32
+//!                 | 16 crc32 of bytes 0..16 | 20 previous segment id u32 | 24 crc32 of bytes 0..24
+//!                 | 28 zero padding to 32
 //! record        = record header (32 bytes) | key | value | zero padding to a multiple of 8
 //! record header:
 //!    0  4 crc32 over header bytes 4..32 + key + value
 //!    4  1 marker 0xD5 (a zero byte here is the end of the written part)
-//!    5  1 flags: bits 0-1 kind (0 value, 1 tombstone, 2 clear), bits 2-3 envelope flags
+//!    5  1 flags: bits 0-1 kind (0 value, 1 tombstone, 2 clear, 3 suspect), bits 2-3 envelope flags
 //!    6  2 key length (u16)
 //!    8  4 value length (u32)
 //!   12  4 reserved (0)
 //!   16  8 key hash (u64)
-//!   24  8 stale_until (Unix ms; 0 for tombstones and clear records)
+//!   24  8 stale_until (Unix ms; 0 for tombstones, clear and suspect records)
 //! ```
-//! All integers are little endian.
+//! All integers are little endian. The previous segment id (bytes 20..28) names the segment
+//! that was the newest when this one was created (its own id when there was none), so that a
+//! skipped id is not mistaken for a missing segment; segments written before it existed have
+//! zeros there, and a gap before one of them is not judged (the version that wrote them left
+//! gaps where it deleted an empty segment). A suspect record's value is
+//! the position (segment id u32, offset u32) before which every record is suspect.
 
 /// Bytes of the segment header; the first record starts here.
 pub const SEGMENT_HEADER_LEN: usize = 32;
@@ -31,6 +37,7 @@ const RECORD_MARKER: u8 = 0xD5;
 
 /// What a record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RecordKind {
     /// A key and its envelope.
     Value,
@@ -38,6 +45,10 @@ pub enum RecordKind {
     Tombstone,
     /// Everything written before this record is gone (`clear`).
     Clear,
+    /// Damage was found when the directory was opened: every record before the position this
+    /// record names may have been replaced or removed by a record that was lost, and is served
+    /// only as stale (the record makes that survive later opens).
+    Suspect,
 }
 
 impl RecordKind {
@@ -46,14 +57,15 @@ impl RecordKind {
             Self::Value => 0,
             Self::Tombstone => 1,
             Self::Clear => 2,
+            Self::Suspect => 3,
         }
     }
-    fn from_bits(b: u8) -> Option<Self> {
+    fn from_bits(b: u8) -> Self {
         match b & 0b11 {
-            0 => Some(Self::Value),
-            1 => Some(Self::Tombstone),
-            2 => Some(Self::Clear),
-            _ => None,
+            0 => Self::Value,
+            1 => Self::Tombstone,
+            2 => Self::Clear,
+            _ => Self::Suspect,
         }
     }
 }
@@ -112,19 +124,67 @@ pub fn fmix64(mut h: u64) -> u64 {
     h
 }
 
-/// The segment header of segment `id`, `size` bytes long.
-pub fn segment_header(id: u32, size: u32) -> [u8; SEGMENT_HEADER_LEN] {
+/// A place in the log: records are ordered by segment id, then offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pos {
+    /// The segment id.
+    pub seg: u32,
+    /// Byte offset in the segment.
+    pub offset: u32,
+}
+
+impl Pos {
+    /// The start of segment `seg`.
+    pub fn start(seg: u32) -> Self {
+        Self { seg, offset: 0 }
+    }
+
+    /// `offset` in segment `seg` (offsets past 4 GiB, which segments never reach, saturate).
+    pub fn at(seg: u32, offset: u64) -> Self {
+        Self { seg, offset: u32::try_from(offset).unwrap_or(u32::MAX) }
+    }
+
+    /// The 8 bytes of a suspect record's value.
+    pub fn to_bytes(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&self.seg.to_le_bytes());
+        b[4..].copy_from_slice(&self.offset.to_le_bytes());
+        b
+    }
+
+    /// Parse a suspect record's value.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        (b.len() == 8).then(|| Self { seg: u32_at(b, 0), offset: u32_at(b, 4) })
+    }
+}
+
+/// What a segment header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The segment id.
+    pub id: u32,
+    /// The segment's size in bytes.
+    pub size: u32,
+    /// The segment that was the newest when this one was created, when the header says so.
+    pub prev: Option<u32>,
+}
+
+/// The segment header of segment `id`, `size` bytes long, created after segment `prev`.
+pub fn segment_header(id: u32, size: u32, prev: Option<u32>) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..8].copy_from_slice(SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&id.to_le_bytes());
     h[12..16].copy_from_slice(&size.to_le_bytes());
     let crc = crc32fast::hash(&h[..16]);
     h[16..20].copy_from_slice(&crc.to_le_bytes());
+    h[20..24].copy_from_slice(&prev.unwrap_or(id).to_le_bytes());
+    let crc = crc32fast::hash(&h[..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Check a segment header; returns the id and size it names.
-pub fn parse_segment_header(bytes: &[u8]) -> Result<(u32, u32), String> {
+/// Check a segment header.
+pub fn parse_segment_header(bytes: &[u8]) -> Result<SegmentHeader, String> {
     let h = bytes.get(..SEGMENT_HEADER_LEN).ok_or("file shorter than a segment header")?;
     if &h[..8] != SEGMENT_MAGIC {
         return Err("not a tier segment (bad magic)".into());
@@ -132,7 +192,15 @@ pub fn parse_segment_header(bytes: &[u8]) -> Result<(u32, u32), String> {
     if crc32fast::hash(&h[..16]) != u32_at(h, 16) {
         return Err("segment header checksum mismatch".into());
     }
-    Ok((u32_at(h, 8), u32_at(h, 12)))
+    let id = u32_at(h, 8);
+    let prev = if h[20..32].iter().all(|b| *b == 0) {
+        None // written before the header named its predecessor
+    } else if crc32fast::hash(&h[..24]) != u32_at(h, 24) || h[28..32].iter().any(|b| *b != 0) {
+        return Err("segment header checksum mismatch (previous segment id)".into());
+    } else {
+        Some(u32_at(h, 20)).filter(|p| *p != id)
+    };
+    Ok(SegmentHeader { id, size: u32_at(h, 12), prev })
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -184,6 +252,16 @@ pub struct Damage {
     pub reason: String,
 }
 
+/// The whole length (padding included) the record header at the start of `h` claims, when
+/// its marker and kind are valid; `None` for anything else (zeros, garbage, too short).
+pub fn claimed_len(h: &[u8]) -> Option<usize> {
+    let h = h.get(..RECORD_HEADER_LEN)?;
+    if h[4] != RECORD_MARKER {
+        return None;
+    }
+    Some(align(RECORD_HEADER_LEN + u16_at(h, 6) as usize + u32_at(h, 8) as usize))
+}
+
 /// Parse the record header at `offset` of `seg` (the readable part of a segment) and check the
 /// record: lengths inside `seg`, and with `verify` its CRC and key hash. `Ok(None)` is the clean
 /// end of the written part (a zero marker byte, or no room for another header).
@@ -208,8 +286,10 @@ pub fn check_record(
     if h[4] != RECORD_MARKER {
         return Err(damage(format!("bad record marker {:#04x}", h[4])));
     }
-    let kind = RecordKind::from_bits(h[5])
-        .ok_or_else(|| damage(format!("bad record flags {:#04x}", h[5])))?;
+    if h[5] >> 4 != 0 || u32_at(h, 12) != 0 {
+        return Err(damage(format!("bad record flags {:#04x}", h[5])));
+    }
+    let kind = RecordKind::from_bits(h[5]);
     let header = RecordHeader {
         kind,
         envelope_flags: (h[5] >> 2) & 0b11,
@@ -249,9 +329,9 @@ pub struct Scanned {
     pub header: RecordHeader,
 }
 
-/// Walk the records of a segment's bytes (header included) from the first record. Yields valid
-/// records; after the iterator ends, [`Scan::end`] is where the valid part ends and
-/// [`Scan::damage`] says whether it ended on a torn or corrupt record.
+/// Walk the records of a segment's bytes (header included) from the first record, in memory
+/// (the validated, readable part of a live segment). Yields valid records; after the iterator
+/// ends, [`Scan::damage`] says whether it ended on a torn or corrupt record.
 pub struct Scan<'a> {
     seg: &'a [u8],
     at: usize,
@@ -265,13 +345,6 @@ pub struct Scan<'a> {
 /// were verified before, such as the readable part of a live segment).
 pub fn scan(seg: &[u8], verify: bool) -> Scan<'_> {
     Scan { seg, at: SEGMENT_HEADER_LEN, verify, done: seg.len() < SEGMENT_HEADER_LEN, damage: None }
-}
-
-impl Scan<'_> {
-    /// Where the valid, written part of the segment ends.
-    pub fn end(&self) -> usize {
-        self.at.min(self.seg.len())
-    }
 }
 
 impl Iterator for Scan<'_> {
@@ -322,7 +395,7 @@ mod tests {
 
     #[test]
     fn record_roundtrip_and_damage() {
-        let mut seg = segment_header(7, 4096).to_vec();
+        let mut seg = segment_header(7, 4096, Some(6)).to_vec();
         let mut rec = Vec::new();
         encode_record(&mut rec, RecordKind::Value, 2, b"key", b"value bytes", 99);
         assert_eq!(rec.len() % RECORD_ALIGN, 0);
@@ -330,7 +403,17 @@ mod tests {
         encode_record(&mut rec, RecordKind::Tombstone, 0, b"key", b"", 0);
         seg.extend_from_slice(&rec);
         seg.extend_from_slice(&[0u8; 100]);
-        assert_eq!(parse_segment_header(&seg), Ok((7, 4096)));
+        assert_eq!(
+            parse_segment_header(&seg),
+            Ok(SegmentHeader { id: 7, size: 4096, prev: Some(6) })
+        );
+        let first = segment_header(0, 4096, None);
+        assert_eq!(parse_segment_header(&first).map(|h| h.prev), Ok(None));
+        let mut old = first;
+        old[20..].fill(0); // a header written before the predecessor was named
+        assert_eq!(parse_segment_header(&old).map(|h| h.prev), Ok(None));
+        old[22] = 1;
+        assert!(parse_segment_header(&old).is_err());
         let mut s = scan(&seg, true);
         let items: Vec<_> = s.by_ref().collect();
         assert_eq!(items.len(), 2);

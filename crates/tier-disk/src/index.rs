@@ -2,8 +2,10 @@
 //!
 //! 256 shards chosen by the hash's top 8 bits; inside a shard the next 48 bits are the key, and
 //! the value is 48 bits: the segment's id modulo 2^16 (live segment ids always span fewer than
-//! 2^16 consecutive ids, see `Store::enforce_capacity`), the record's offset in 8-byte units
-//! (segments are at most 1 GiB) and a "hit since written" bit. With hashbrown's one control byte
+//! 2^16 consecutive ids, see `Writer::enforce_capacity`), the record's offset in 8-byte units
+//! (segments are at most 1 GiB, 27 bits), a "hit since written" bit and a "suspect" bit (damage
+//! found at open may have lost a record that replaced or removed this one: serve it only as
+//! stale). With hashbrown's one control byte
 //! per bucket and its 7/8 load factor that is 13 bytes per bucket: 15 to 30 bytes per entry.
 //!
 //! The full key stays on disk and is compared on every read, so two keys with the same 56-bit
@@ -22,21 +24,25 @@ use crate::format::{fmix64, RECORD_ALIGN};
 const SHARD_BITS: u32 = 8;
 const SHARDS: usize = 1 << SHARD_BITS;
 const HIT: u16 = 1 << 15;
+const SUSPECT: u16 = 1 << 14;
+/// The bits of `Slot::hi` that hold offset bits 16..27.
+const OFFSET_HI: u16 = 0x07FF;
 
 /// Where a record is: segment id (low 16 bits) and byte offset (a multiple of 8, below 1 GiB),
 /// plus a "hit since written" bit used to give hot entries a second chance when their segment
-/// is reclaimed.
+/// is reclaimed, and a "suspect" bit (served only as stale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
     pub seg: u16,
     pub offset: u32,
     pub hit: bool,
+    pub suspect: bool,
 }
 
 impl Loc {
-    /// A location without the hit bit.
+    /// A location without the hit and suspect bits.
     pub fn new(seg: u32, offset: u32) -> Self {
-        Self { seg: seg as u16, offset, hit: false }
+        Self { seg: seg as u16, offset, hit: false, suspect: false }
     }
     /// True when both name the same record (hit bit ignored).
     pub fn same_place(self, other: Loc) -> bool {
@@ -44,8 +50,8 @@ impl Loc {
     }
 }
 
-/// A slot's value: `hi` = hit bit | offset/8 bits 16..27, `seg` = segment id mod 2^16,
-/// `lo` = offset/8 bits 0..16. Only `hi`'s hit bit changes under a read lock.
+/// A slot's value: `hi` = hit bit | suspect bit | offset/8 bits 16..27, `seg` = segment id mod
+/// 2^16, `lo` = offset/8 bits 0..16. Only `hi`'s hit bit changes under a read lock.
 struct Slot {
     hi: AtomicU16,
     seg: u16,
@@ -55,13 +61,16 @@ struct Slot {
 impl Slot {
     fn new(loc: Loc) -> Self {
         let units = loc.offset / RECORD_ALIGN as u32;
-        let hi = ((units >> 16) as u16 & 0x7FFF) | if loc.hit { HIT } else { 0 };
+        let hi = ((units >> 16) as u16 & OFFSET_HI)
+            | if loc.hit { HIT } else { 0 }
+            | if loc.suspect { SUSPECT } else { 0 };
         Self { hi: AtomicU16::new(hi), seg: loc.seg, lo: units as u16 }
     }
     fn loc(&self) -> Loc {
         let hi = self.hi.load(Ordering::Relaxed);
-        let units = (u32::from(hi & 0x7FFF) << 16) | u32::from(self.lo);
-        Loc { seg: self.seg, offset: units * RECORD_ALIGN as u32, hit: hi & HIT != 0 }
+        let units = (u32::from(hi & OFFSET_HI) << 16) | u32::from(self.lo);
+        let offset = units * RECORD_ALIGN as u32;
+        Loc { seg: self.seg, offset, hit: hi & HIT != 0, suspect: hi & SUSPECT != 0 }
     }
 }
 
@@ -187,6 +196,38 @@ impl Index {
         }
     }
 
+    /// Mark suspect every entry whose location `before` says so; returns how many it marked
+    /// (not counting those already suspect).
+    pub fn mark_suspect(&self, before: impl Fn(Loc) -> bool) -> u64 {
+        let mut n = 0;
+        for s in self.shards.iter() {
+            let s = s.read().unwrap_or_else(|e| e.into_inner());
+            for slot in s.values() {
+                let loc = slot.loc();
+                if !loc.suspect && before(loc) {
+                    slot.hi.fetch_or(SUSPECT, Ordering::Relaxed);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Remove every entry whose location `drop` says so; `gone` is told each one.
+    pub fn remove_where(&self, drop: impl Fn(Loc) -> bool, mut gone: impl FnMut(Loc)) {
+        for s in self.shards.iter() {
+            let mut s = s.write().unwrap_or_else(|e| e.into_inner());
+            s.retain(|_, slot| {
+                let loc = slot.loc();
+                let keep = !drop(loc);
+                if !keep {
+                    gone(loc);
+                }
+                keep
+            });
+        }
+    }
+
     /// Drop everything.
     pub fn clear(&self) {
         for s in self.shards.iter() {
@@ -218,9 +259,10 @@ mod tests {
     fn pack_roundtrip_and_conditional_updates() {
         assert_eq!(std::mem::size_of::<(Key, Slot)>(), 12);
         for loc in [
-            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: true },
-            Loc { seg: 0, offset: 0, hit: false },
-            Loc { seg: 7, offset: 123_456 * 8, hit: false },
+            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: true, suspect: true },
+            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: false, suspect: false },
+            Loc { seg: 0, offset: 0, hit: false, suspect: true },
+            Loc { seg: 7, offset: 123_456 * 8, hit: true, suspect: false },
         ] {
             assert_eq!(Slot::new(loc).loc(), loc);
         }
@@ -235,5 +277,15 @@ mod tests {
         assert!(!idx.remove_if(42, a));
         assert!(idx.remove_if(42, b));
         assert_eq!(idx.len(), 0);
+        for h in 0..100u64 {
+            idx.insert(h << 40, Loc::new(h as u32 % 4, 64));
+        }
+        assert_eq!(idx.mark_suspect(|l| l.seg < 2), 50);
+        assert_eq!(idx.mark_suspect(|l| l.seg < 2), 0, "already suspect");
+        assert!(idx.get(0, false).is_some_and(|l| l.suspect));
+        assert!(idx.get(3 << 40, false).is_some_and(|l| !l.suspect));
+        let mut gone = 0;
+        idx.remove_where(|l| l.suspect, |_| gone += 1);
+        assert_eq!((gone, idx.len()), (50, 50));
     }
 }

@@ -1,35 +1,64 @@
 //! # tier-disk
 //!
 //! The disk tier (L2) of `tier`: [`DiskTier`], a crash-safe, bounded, log-structured store of
-//! envelopes in a directory of fixed-size, memory-mapped segment files; and [`DiskInspector`],
-//! a read-only view of such a directory for tools.
+//! envelopes in a directory of fixed-size, memory-mapped segment files, with a small durable
+//! key/value [`DiskState`] beside it; and [`DiskInspector`], a read-only view of such a
+//! directory for tools.
 //!
 //! ## Layout
 //!
-//! A directory holds `LOCK` (the exclusive `flock`, naming the owner's pid) and segment files
-//! `{id:08x}.seg`, ids growing in write order. A segment is a 32-byte header then records
-//! `header (crc32, kind, key length, value length, key hash, stale_until) | key | envelope`,
-//! 8-byte aligned; the CRC covers header, key and envelope. Records are appended with `pwrite`;
-//! the mapping is only ever read. The index maps a key's hash to (segment, offset): 12 bytes per
-//! slot (15 to 30 bytes per entry with the hash table's overhead), with the key kept on disk and
-//! compared on every read.
+//! A directory holds `LOCK` (the exclusive `flock`, naming the owner's pid), `STATE` (the
+//! [`DiskState`] file) and segment files `{id:08x}.seg`, ids growing in write order. A segment
+//! is a 32-byte header (naming its id, its size and the segment that was the newest when it was
+//! created) then records `header (crc32, kind, key length, value length, key hash, stale_until)
+//! | key | envelope`, 8-byte aligned; the CRC covers header, key and envelope. Kinds: value,
+//! tombstone, clear marker, suspect marker. Records are appended with `pwrite`; the mapping is
+//! only ever read. The index maps a key's hash to (segment, offset): 12 bytes per slot (15 to
+//! 30 bytes per entry with the hash table's overhead), with the key kept on disk and compared
+//! on every read.
+//!
+//! ## Modules
+//!
+//! `config` (what the builder builds) → `open` (the open sequence) uses `dir` (the directory
+//! and its files), `survey` (which files are segments), `scan` (reading a segment file),
+//! `replay` (the one rule for what records and damage mean, shared with `inspect`), `state`,
+//! and builds a `store` (index, `segment` registry, read path) and a `writer` (append, rotate,
+//! reclaim). `tier` puts them behind the [`Tier`](tier_core::Tier) trait.
 //!
 //! ## Invariants
 //!
 //! - **A record is visible only once whole.** Its bytes (CRC included) are written first, then
 //!   the segment's readable length is published, then the index points at it. Readers only read
-//!   below the readable length, so no reader sees a torn record.
-//! - **Nothing is read outside what was validated.** Recovery checks every record's CRC before
-//!   publishing a segment's readable length; mappings never extend past a file's length, and no
-//!   file is ever truncated (segments are created whole and unlinked whole), so a read through a
-//!   mapping cannot SIGBUS. Appends are system calls, so a full disk is an error, not a SIGBUS.
+//!   below the readable length, so no reader sees a torn record. A write that fails part way is
+//!   overwritten with zeros, so no half record is left after the written part.
+//! - **Nothing is read outside what was validated; no SIGBUS.** Recovery and the inspector read
+//!   segment files with `pread` (a hole reads as zeros, even on a full tmpfs), never through a
+//!   mapping. Only records so validated, and records this process wrote whole, are read through
+//!   the mapping: pages that exist. Mappings never extend past a file's length, and the tier
+//!   never truncates a segment it maps. Appends are system calls, so a full disk is an error.
+//! - **A full disk shows at rotation.** Segments are reserved whole with `fallocate` when
+//!   created (sparse where the file system lacks it); a full disk fails the creation of the next
+//!   segment — an `Io` error for that write, and every later write tries again — never a write
+//!   in the middle of a segment, and never the open of a directory already in use (its lock and
+//!   state files exist): it opens and serves what it holds.
 //! - **Never served: a torn, corrupt, foreign-key or expired record.** Recovery stops a
 //!   segment's scan at its first bad record (counted, never indexed); reads compare the full
 //!   key and (by default) re-check the CRC; entries past `stale_until` are a miss and are
 //!   dropped from the index, never re-inserted when their segment is reclaimed.
+//! - **Damage never brings back what a later write replaced or removed.** A lost record could
+//!   have replaced or removed any record written before it. So when a record may have been lost
+//!   — a torn or corrupt record, data after a segment's written part, a truncated segment, a
+//!   missing segment (ids are sequential and each header names its predecessor; the state file
+//!   names the newest segment ever created) — every entry written before that point is
+//!   *suspect*: served only as [`Lookup::Stale`](tier_core::Lookup::Stale) (its `fresh_until`
+//!   moved to the open), never as fresh, until written again; or dropped, with
+//!   [`RecoveryMode::DropSuspect`]. A suspect marker record keeps that across opens (the damage
+//!   is counted once). A write cut short by a crash is treated alike: it cannot be told for sure
+//!   from a damaged record that was acknowledged (a crash rarely cuts a write: only between the
+//!   pages of one).
 //! - **Bounded size: the directory never holds more than `capacity + one segment`** of segment
 //!   files. A new segment is created first, then the oldest ones are reclaimed (FIFO) until the
-//!   count fits the capacity again.
+//!   count fits the capacity again. Reclaim copies hot entries forward, never suspect ones.
 //! - **A reclaimed segment stays readable for readers that already hold it**: each segment is
 //!   an `Arc`; reclaim removes it from the index and the registry, then unlinks the file; the
 //!   mapping lives until the last reader drops its `Arc`.
@@ -37,24 +66,31 @@
 //!   for a key replaces an earlier one, a tombstone (`remove`) or an expired record deletes it,
 //!   a clear marker (`clear`) deletes everything before it. A reclaimed entry copied forward is
 //!   appended after everything else, so it stays the last write for its key.
-//! - **One owner.** `flock(LOCK_EX | LOCK_NB)` on `LOCK`; a second opener, in this process or
-//!   another, gets [`DiskError::Locked`] naming the lock file. Files are 0600, a created
-//!   directory 0700.
+//! - **One owner, its files only.** `flock(LOCK_EX | LOCK_NB)` on `LOCK`; a second opener, in
+//!   this process or another, gets [`DiskError::Locked`]. The directory must be owned by the
+//!   process's user and writable by no one else ([`DiskError::Unsafe`] otherwise, with the fix).
+//!   Every file is reached relative to the directory's descriptor, never through a symbolic link
+//!   (`O_NOFOLLOW`), and opened only when it is a regular file (`O_NONBLOCK`, then `fstat`), so
+//!   a planted link, FIFO or device is never followed, written through nor waited on. A file
+//!   named like a segment that is not a valid one is skipped (not a regular file) or set aside
+//!   (renamed `*.damaged`), never a reason to delete a valid segment or to refuse the open.
+//!   Files are 0600, a created directory 0700.
 //!
 //! ## Blocking
 //!
 //! Tier calls do their file I/O inline: a hit is a read from a mapping of a page-cache-warm
-//! file (well under a microsecond for 1 KiB), an insert one `pwrite` into the page cache. Moving
-//! each call to `spawn_blocking` was measured to cost ~15–30 µs, many times the work it moves,
-//! so it is not done. Opening (recovery) and segment rotation do more; open from a blocking
-//! context on a busy runtime.
+//! file (well under a microsecond for 1 KiB), an insert one `pwrite` into the page cache (plus
+//! an `fdatasync` with [`FlushPolicy::Always`]). Moving each call to `spawn_blocking` was
+//! measured to cost ~15–30 µs, many times the work it moves, so it is not done. Opening
+//! (recovery) and segment rotation do more; open from a blocking context on a busy runtime.
 //!
 //! ## Inspection
 //!
 //! [`DiskInspector::open`] gives tools a read-only view (stats, records, one key's raw envelope,
-//! a CRC check of everything) of a directory, without its lock, even while a live `DiskTier`
-//! holds it; its docs say what it guarantees. A live tier gives the same figures cheaply through
-//! [`DiskTier::disk_stats`], [`DiskTier::get_raw`] and [`DiskTier::recovery_report`].
+//! a check of everything: CRCs, missing segments, strays, the state file) of a directory,
+//! without its lock, even while a live `DiskTier` holds it; its docs say what it guarantees. A
+//! live tier gives the same figures cheaply through [`DiskTier::disk_stats`],
+//! [`DiskTier::get_raw`] and [`DiskTier::recovery_report`].
 //!
 //! ## Metrics
 //!
@@ -64,38 +100,53 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `tier_evictions_total` | counter | cache, tier, cause = `capacity` / `expired` | entries dropped by segment reclaim (`capacity`), or found past `stale_until` on read or reclaim (`expired`) |
-//! | `tier_decode_errors_total` | counter | cache, tier | torn/corrupt records the tier found itself: at recovery (added on attach) and CRC mismatches on read |
+//! | `tier_decode_errors_total` | counter | cache, tier | damage the tier found itself: at recovery (added on attach) and CRC mismatches on read |
 //! | `tier_disk_recovery_records_total` | counter | cache, tier | valid records scanned at open |
-//! | `tier_disk_recovery_corrupt_total` | counter | cache, tier | torn/corrupt records and unreadable segments found at open |
+//! | `tier_disk_recovery_corrupt_total` | counter | cache, tier | damage found at open (torn or corrupt records, missing segments, strays set aside), each counted once |
+//! | `tier_disk_recovery_suspect_total` | counter | cache, tier | entries found at open that damage could have superseded (served only as stale, or dropped) |
 //! | `tier_disk_recovery_bytes_total` | counter | cache, tier | bytes scanned at open |
 //! | `tier_disk_recovery_seconds` | gauge | cache, tier | how long the last open took |
 //!
-//! Recovery runs before the tier knows its labels, so the recovery figures are emitted once, on
-//! the first `attach`; [`DiskTier::recovery_report`] has them in any case. The gauges
-//! `tier_entries`, `tier_bytes` (segment file bytes) and `tier_capacity_bytes` come from
+//! The first two are tier-core's names ([`tier_core::metrics`]). Recovery runs before the tier
+//! knows its labels, so the recovery figures are emitted once, on the first `attach`;
+//! [`DiskTier::recovery_report`] has them in any case. The gauges `tier_entries`, `tier_bytes`
+//! (segment file bytes) and `tier_capacity_bytes` come from
 //! [`Tier::stats`](tier_core::Tier::stats) through the hierarchy.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod config;
+mod dir;
 mod error;
+mod flush;
 mod format;
 mod index;
 mod inspect;
 mod metrics;
-mod recovery;
+mod open;
+mod replay;
 mod report;
+mod scan;
 mod segment;
+mod state;
 mod store;
+mod survey;
 mod tier;
+mod writer;
 
-pub use builder::{DiskTierBuilder, FlushPolicy, RecoveryMode, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+pub use builder::DiskTierBuilder;
+pub use config::{FlushPolicy, RecoveryMode, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+pub use dir::LOCK_FILE;
 pub use error::DiskError;
 pub use format::{RecordKind, MAX_KEY_LEN};
 pub use inspect::DiskInspector;
 pub use metrics::{
-    DECODE_ERRORS, EVICTIONS, RECOVERY_BYTES, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS,
+    RECOVERY_BYTES, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS, RECOVERY_SUSPECT,
 };
-pub use report::{DiskStats, RawRecord, RecordInfo, RecoveryReport, SegmentDamage, VerifyReport};
-pub use segment::LOCK_FILE;
+pub use report::{
+    DiskStats, RawRecord, RecordInfo, RecoveryReport, SegmentDamage, StateReport, StrayFile,
+    VerifyReport,
+};
+pub use state::{DiskState, MAX_STATE_BYTES, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_LEN};
 pub use tier::DiskTier;

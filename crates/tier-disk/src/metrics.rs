@@ -1,25 +1,25 @@
 //! Metric names and handles (see the crate docs for the table).
+//!
+//! The tier also records tier-core's `tier_evictions_total` (cause `capacity` or `expired`) and
+//! `tier_decode_errors_total` (damage it found itself), under tier-core's names.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use metrics::{counter, gauge, Counter, Unit};
+use tier_core::metrics::{TIER_DECODE_ERRORS, TIER_EVICTIONS};
 use tier_core::TierContext;
 
 use crate::report::RecoveryReport;
-
-/// `tier_evictions_total{cache,tier,cause}`: cause `capacity` (reclaimed with its segment) or
-/// `expired` (past `stale_until`, found on read or on reclaim).
-pub const EVICTIONS: &str = "tier_evictions_total";
-/// `tier_decode_errors_total{cache,tier}`: torn or corrupt records found by the tier itself
-/// (recovery, or a CRC mismatch on read).
-pub const DECODE_ERRORS: &str = "tier_decode_errors_total";
 /// `tier_disk_recovery_records_total{cache,tier}`: valid records scanned when the directory was
 /// opened.
 pub const RECOVERY_RECORDS: &str = "tier_disk_recovery_records_total";
-/// `tier_disk_recovery_corrupt_total{cache,tier}`: torn or corrupt records (and unreadable
-/// segments) found when the directory was opened.
+/// `tier_disk_recovery_corrupt_total{cache,tier}`: damage found when the directory was opened
+/// (torn or corrupt records, missing segments, stray files set aside), each counted once.
 pub const RECOVERY_CORRUPT: &str = "tier_disk_recovery_corrupt_total";
+/// `tier_disk_recovery_suspect_total{cache,tier}`: entries found at open that damage could have
+/// superseded, served only as stale (or dropped).
+pub const RECOVERY_SUSPECT: &str = "tier_disk_recovery_suspect_total";
 /// `tier_disk_recovery_bytes_total{cache,tier}`: bytes scanned when the directory was opened.
 pub const RECOVERY_BYTES: &str = "tier_disk_recovery_bytes_total";
 /// `tier_disk_recovery_seconds{cache,tier}` (gauge): how long the last open took.
@@ -44,11 +44,11 @@ impl Handles {
     }
 
     fn new(cache: &str, tier: &str) -> Self {
-        let evicted = |cause: &'static str| counter!(EVICTIONS, "cache" => cache.to_string(), "tier" => tier.to_string(), "cause" => cause);
+        let evicted = |cause: &'static str| counter!(TIER_EVICTIONS, "cache" => cache.to_string(), "tier" => tier.to_string(), "cause" => cause);
         Self {
             evicted_capacity: evicted("capacity"),
             evicted_expired: evicted("expired"),
-            decode_errors: counter!(DECODE_ERRORS, "cache" => cache.to_string(), "tier" => tier.to_string()),
+            decode_errors: counter!(TIER_DECODE_ERRORS, "cache" => cache.to_string(), "tier" => tier.to_string()),
         }
     }
 }
@@ -83,7 +83,8 @@ impl Metrics {
         counter!(RECOVERY_RECORDS, &labels[..]).increment(report.records);
         counter!(RECOVERY_CORRUPT, &labels[..]).increment(report.corrupt);
         counter!(RECOVERY_BYTES, &labels[..]).increment(report.bytes_scanned);
-        counter!(DECODE_ERRORS, &labels[..]).increment(report.corrupt);
+        counter!(RECOVERY_SUSPECT, &labels[..]).increment(report.suspect);
+        counter!(TIER_DECODE_ERRORS, &labels[..]).increment(report.corrupt);
         gauge!(RECOVERY_SECONDS, &labels[..]).set(report.duration.as_secs_f64());
     }
 }
@@ -97,7 +98,12 @@ fn describe() {
     metrics::describe_counter!(
         RECOVERY_CORRUPT,
         Unit::Count,
-        "Torn or corrupt records found when a disk tier was opened."
+        "Damage found when a disk tier was opened (torn or corrupt records, missing segments, stray files)."
+    );
+    metrics::describe_counter!(
+        RECOVERY_SUSPECT,
+        Unit::Count,
+        "Entries found when a disk tier was opened that damage could have superseded (served only as stale)."
     );
     metrics::describe_counter!(
         RECOVERY_BYTES,

@@ -6,15 +6,51 @@ use bytes::Bytes;
 
 use crate::format::RecordKind;
 
-/// A torn or corrupt record (or an unreadable segment) found by a scan.
+/// Damage found in a directory: a torn or corrupt record, data after the written part, a
+/// missing segment, a file of the wrong length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentDamage {
-    /// The segment id.
+    /// The segment id (for missing segments: the first one missing).
     pub segment: u32,
-    /// Byte offset in the segment file where the valid part ends (0: the segment header).
+    /// Byte offset in the segment file where the valid part ends (0: the whole segment).
     pub offset: u64,
     /// What was wrong.
     pub reason: String,
+    /// Records may have been lost here, so every entry written before this point is suspect
+    /// (served only as stale). False for damage that lost nothing written (a segment file
+    /// grown or shrunk past its written part).
+    pub suspect: bool,
+}
+
+/// A file named like a segment that is not one of the directory's segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrayFile {
+    /// Its name in the directory (as found).
+    pub name: String,
+    /// What it is and what was done with it: skipped (not a regular file), set aside (renamed
+    /// to `<name>.damaged`), or deleted (a segment whose creation a crash cut short).
+    pub reason: String,
+}
+
+/// What was found of the state file ([`DiskState`](crate::DiskState)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateReport {
+    /// The file existed.
+    pub present: bool,
+    /// Keys it holds (after replay).
+    pub entries: u64,
+    /// Bytes its live keys and values take.
+    pub live_bytes: u64,
+    /// The file's length.
+    pub file_bytes: u64,
+    /// The state was lost or damaged (see [`DiskState::was_lost`](crate::DiskState::was_lost)).
+    pub lost: bool,
+    /// Why replay stopped early, or that the file was missing.
+    pub problem: Option<String>,
+    /// The problem is a write cut short by a crash (nothing acknowledged was lost).
+    pub interrupted_write: bool,
+    /// The newest segment id the tier recorded creating (missing newer segments are damage).
+    pub newest_segment: Option<u32>,
 }
 
 /// What opening a directory found (also emitted as metrics, see the crate docs).
@@ -22,7 +58,7 @@ pub struct SegmentDamage {
 pub struct RecoveryReport {
     /// Segments scanned (valid header).
     pub segments: u32,
-    /// Valid records scanned (values, tombstones, clear markers).
+    /// Valid records scanned (values, tombstones, clear and suspect markers).
     pub records: u64,
     /// Index entries after recovery.
     pub entries: u64,
@@ -30,15 +66,26 @@ pub struct RecoveryReport {
     pub tombstones: u64,
     /// Value records dropped because they were already past `stale_until`.
     pub expired: u64,
-    /// Torn or corrupt records and unreadable segments: each ended a segment's scan.
+    /// Damage found by this open (not seen by an earlier one): each item of `damage`, plus each
+    /// stray file set aside.
     pub corrupt: u64,
-    /// Where each of those was.
+    /// Where each new piece of damage was.
     pub damage: Vec<SegmentDamage>,
-    /// Segment files deleted on open (unreadable header, empty, before a `clear`, discard
-    /// mode, over capacity).
+    /// Damage an earlier open already found and recorded (its suspect entries are still
+    /// suspect).
+    pub known_damage: u64,
+    /// Entries that damage could have superseded: served only as stale, or dropped with
+    /// [`RecoveryMode::DropSuspect`](crate::RecoveryMode::DropSuspect).
+    pub suspect: u64,
+    /// Files named like segments that are not segments of this directory.
+    pub strays: Vec<StrayFile>,
+    /// Segment files deleted on open (discard mode, over capacity, before a `clear`, a creation
+    /// cut short).
     pub deleted_segments: u32,
     /// Bytes read and checked.
     pub bytes_scanned: u64,
+    /// The state file.
+    pub state: StateReport,
     /// How long opening took.
     pub duration: Duration,
 }
@@ -62,6 +109,9 @@ pub struct DiskStats {
     /// Of those, entries already past `stale_until` (inspector only; a live tier drops them
     /// lazily and reports 0).
     pub expired_entries: u64,
+    /// Of those, entries that damage could have superseded, served only as stale (inspector
+    /// only; a live tier reports 0, see [`RecoveryReport::suspect`]).
+    pub suspect_entries: u64,
     /// Capacity the tier was built with (0 from the inspector, which does not know it).
     pub capacity_bytes: u64,
     /// The oldest and newest segment ids.
@@ -82,9 +132,9 @@ pub struct RecordInfo {
     pub segment: u32,
     /// Byte offset in the segment file.
     pub offset: u64,
-    /// Value, tombstone or clear marker.
+    /// Value, tombstone, clear or suspect marker.
     pub kind: RecordKind,
-    /// The key (empty for a clear marker).
+    /// The key (empty for a clear or suspect marker).
     pub key: Bytes,
     /// Length of the envelope (0 for tombstones).
     pub value_len: u32,
@@ -96,6 +146,8 @@ pub struct RecordInfo {
     pub envelope_flags: u8,
     /// True when this is the record the index would serve for its key (the last write).
     pub live: bool,
+    /// True when damage could have superseded this record: it is served only as stale.
+    pub suspect: bool,
 }
 
 /// One key's record with its raw envelope bytes.
@@ -107,7 +159,8 @@ pub struct RawRecord {
     pub envelope: Bytes,
 }
 
-/// The result of checking every record's CRC.
+/// The result of checking a whole directory: every record's CRC, missing segments, strays and
+/// the state file.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
     /// Segments checked.
@@ -116,13 +169,26 @@ pub struct VerifyReport {
     pub records: u64,
     /// Bytes checked.
     pub bytes: u64,
-    /// Each segment whose scan ended on a torn or corrupt record, or that could not be read.
+    /// Each piece of damage (a torn or corrupt record, data after the written part, a missing
+    /// segment, a file of the wrong length), whether or not the live tier already recorded it.
     pub damage: Vec<SegmentDamage>,
+    /// Entries served only as stale because damage could have superseded them.
+    pub suspect_entries: u64,
+    /// Files named like segments that are not segments of this directory.
+    pub strays: Vec<StrayFile>,
+    /// The state file (`None` when there is none).
+    pub state: Option<StateReport>,
 }
 
 impl VerifyReport {
-    /// No damage found.
+    /// Nothing wrong: no damage, no suspect entry, no stray, and a state file that is intact.
     pub fn is_clean(&self) -> bool {
         self.damage.is_empty()
+            && self.suspect_entries == 0
+            && self.strays.is_empty()
+            && self
+                .state
+                .as_ref()
+                .is_none_or(|s| !s.lost && (s.problem.is_none() || s.interrupted_write))
     }
 }

@@ -1,59 +1,35 @@
-//! Segment files: creation (0600, sparse, fixed size), read-only mappings, and the directory's
-//! exclusive lock.
+//! Segment files of a live tier (created reserved and whole, mapped read-only, appended with
+//! `pwrite`), the registry of the live ones, and their live-bytes accounting.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use memmap2::{Mmap, MmapOptions};
+use rustix::fs::FallocateFlags;
+use rustix::io::Errno;
 
-use crate::error::DiskError;
-use crate::format::{segment_header, SEGMENT_HEADER_LEN};
-
-/// Name of the lock file in a disk-tier directory.
-pub const LOCK_FILE: &str = "LOCK";
-const SEGMENT_SUFFIX: &str = ".seg";
-
-/// The file name of segment `id`: `{id:08x}.seg` (so that names sort in write order).
-pub fn segment_file_name(id: u32) -> String {
-    format!("{id:08x}{SEGMENT_SUFFIX}")
-}
-
-/// Segment ids and paths found in `dir`, in write (id) order. Other files are ignored.
-pub fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, DiskError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| DiskError::io("read directory", dir, e))?;
-    let mut out = Vec::new();
-    for ent in rd {
-        let ent = ent.map_err(|e| DiskError::io("read directory", dir, e))?;
-        let name = ent.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(hex) = name.strip_suffix(SEGMENT_SUFFIX) else { continue };
-        if hex.len() != 8 {
-            continue;
-        }
-        if let Ok(id) = u32::from_str_radix(hex, 16) {
-            out.push((id, ent.path()));
-        }
-    }
-    out.sort_unstable_by_key(|(id, _)| *id);
-    Ok(out)
-}
+use crate::dir::{segment_file_name, Dir};
+use crate::format::{check_record, segment_header, RecordHeader, SEGMENT_HEADER_LEN};
+use crate::index::Loc;
 
 /// One segment file of a live tier: its read-only mapping and how much of it is written.
 ///
 /// Invariant: `readable()` never exceeds the mapped length, and every byte below it was written
-/// (and, for the active segment, checksummed) before `readable()` moved past it. Nothing ever
-/// writes below `readable()` again, and the file is never truncated while this handle lives.
-pub struct Segment {
+/// and validated (checksummed at recovery, or written whole by this process) before
+/// `readable()` moved past it, so a read below it never touches a page that was not written
+/// (no SIGBUS, even on a full tmpfs). Nothing ever writes below `readable()` again, and this
+/// crate never truncates a segment file while this handle lives.
+pub(crate) struct Segment {
     pub id: u32,
-    pub path: PathBuf,
     file: File,
     map: Mmap,
     readable: AtomicU64,
     /// Written since the last fsync.
-    pub dirty: AtomicBool,
+    dirty: AtomicBool,
     /// Bytes of records the index points at.
     pub live_bytes: AtomicU64,
     /// Records the index points at.
@@ -64,55 +40,50 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Create segment `id` of `size` bytes in `dir`: 0600, header written, extended (sparse) to
-    /// `size`, then mapped read-only. Appends go through `pwrite` ([`Segment::write_at`]), so a
-    /// full disk is an `ENOSPC`/`EFBIG` error from a system call, never a SIGBUS from a store
-    /// into a mapping; reading a hole of the sparse file is zeros, never a SIGBUS.
-    pub fn create(dir: &Path, id: u32, size: u64) -> std::io::Result<Self> {
-        let path = dir.join(segment_file_name(id));
-        let file =
-            OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+    /// Create segment `id` of `size` bytes in `dir` (0600, never through a link), created after
+    /// segment `prev`: reserved whole with `fallocate` where the file system has it (so a full
+    /// disk fails here, at rotation, and never in the middle of the segment), else extended
+    /// sparse; then the header is written and the file mapped read-only. Appends go through
+    /// `pwrite` ([`Segment::write_at`]), so a full disk is an error from a system call, never
+    /// a SIGBUS from a store into a mapping.
+    pub fn create(dir: &Dir, id: u32, size: u64, prev: Option<u32>) -> io::Result<Self> {
+        let name = segment_file_name(id);
+        let file = dir.create_file(&name)?;
         let made = (|| {
-            file.set_len(size)?;
-            let size32 = u32::try_from(size).map_err(std::io::Error::other)?;
-            write_all_at(&file, &segment_header(id, size32), 0)?;
-            Self::map(id, path.clone(), file, size, SEGMENT_HEADER_LEN as u64)
+            reserve(&file, 0, size)?;
+            let size32 = u32::try_from(size).map_err(io::Error::other)?;
+            file.write_all_at(&segment_header(id, size32, prev), 0)?;
+            Self::with_file(id, file, size, SEGMENT_HEADER_LEN as u64)
         })();
         if made.is_err() {
-            let _ = std::fs::remove_file(&path);
+            let _ = dir.remove(&name);
         }
         made
     }
 
-    /// Open an existing segment read-only for recovery; maps `min(file length, max_len)` bytes.
-    pub fn open(id: u32, path: PathBuf, max_len: u64) -> std::io::Result<Self> {
-        let file = OpenOptions::new().read(true).open(&path)?;
-        let len = file.metadata()?.len().min(max_len);
-        Self::map(id, path, file, len, 0)
-    }
-
-    fn map(id: u32, path: PathBuf, file: File, len: u64, readable: u64) -> std::io::Result<Self> {
-        if len < SEGMENT_HEADER_LEN as u64 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{len} bytes, shorter than a segment header"),
+    /// A live segment over an opened segment file, mapping `map_len` bytes of it, with
+    /// `readable` bytes already validated.
+    pub fn with_file(id: u32, file: File, map_len: u64, readable: u64) -> io::Result<Self> {
+        if map_len < SEGMENT_HEADER_LEN as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{map_len} bytes, shorter than a segment header"),
             ));
         }
-        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        let len = usize::try_from(map_len).map_err(io::Error::other)?;
         let map = {
             // SAFETY: the mapping is read-only and covers at most the file's length as measured
             // (or as just set) by us. The directory lock keeps other cooperating processes out,
             // and this crate never truncates a segment file: it only creates and unlinks whole
-            // files, and an unlinked file stays valid for as long as it is mapped. So no page of
-            // the mapping can lie beyond the end of the file (no SIGBUS).
+            // files, and an unlinked file stays valid for as long as it is mapped. Reads only
+            // go below `readable`, over pages that were written (see the type's invariant).
             unsafe { MmapOptions::new().len(len).map(&file)? }
         };
         Ok(Self {
             id,
-            path,
             file,
             map,
-            readable: AtomicU64::new(readable),
+            readable: AtomicU64::new(readable.min(map_len)),
             dirty: AtomicBool::new(false),
             live_bytes: AtomicU64::new(0),
             live_entries: AtomicU64::new(0),
@@ -121,7 +92,12 @@ impl Segment {
         })
     }
 
-    /// Bytes mapped (the file's size at creation or open).
+    /// The file name.
+    pub fn name(&self) -> String {
+        segment_file_name(self.id)
+    }
+
+    /// Bytes mapped (the segment's size).
     pub fn size(&self) -> u64 {
         self.map.len() as u64
     }
@@ -143,23 +119,29 @@ impl Segment {
         &self.map[..end]
     }
 
-    /// The whole mapping (for recovery, which validates before publishing).
-    pub fn mapped(&self) -> &[u8] {
-        &self.map
-    }
-
-    /// Append `buf` at `offset` with `pwrite`.
-    pub fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    /// Append `buf` at `offset` with `pwrite`. A write that fails part way is undone as far as
+    /// it can be (zeros written back), so no half record is left after the written part.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if offset.saturating_add(buf.len() as u64) > self.size() {
-            return Err(std::io::Error::other("write past the end of the segment"));
+            return Err(io::Error::other("write past the end of the segment"));
         }
-        write_all_at(&self.file, buf, offset)?;
         self.dirty.store(true, Ordering::Release);
+        if let Err(e) = self.file.write_all_at(buf, offset) {
+            self.zero(offset, buf.len());
+            return Err(e);
+        }
         Ok(())
     }
 
+    /// Best effort: write zeros over `[offset, offset + len)` (after a failed or unsynced write).
+    pub fn zero(&self, offset: u64, len: usize) {
+        if let Err(e) = self.file.write_all_at(&vec![0u8; len], offset) {
+            tracing::debug!(segment = self.id, offset, error = %e, "disk tier: could not zero a failed write");
+        }
+    }
+
     /// `fdatasync` when written since the last sync.
-    pub fn sync(&self) -> std::io::Result<()> {
+    pub fn sync(&self) -> io::Result<()> {
         if self.dirty.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.file.sync_data() {
                 self.dirty.store(true, Ordering::Release);
@@ -169,72 +151,122 @@ impl Segment {
         Ok(())
     }
 
+    /// Reserve the unwritten rest of the segment (a segment reopened for writes).
+    pub fn reserve_rest(&self) -> io::Result<bool> {
+        let at = self.readable();
+        reserve(&self.file, at, self.size().saturating_sub(at).max(1))
+    }
+
     /// Note a value record's `created_at`.
     pub fn note_created(&self, created_at: u64) {
         self.oldest.fetch_min(created_at, Ordering::Relaxed);
         self.newest.fetch_max(created_at, Ordering::Relaxed);
     }
-}
 
-fn write_all_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.write_all_at(buf, offset)
-}
-
-/// Create `dir` (and missing parents) with mode 0700. An existing directory is left as it is.
-pub fn create_dir(dir: &Path) -> Result<(), DiskError> {
-    if dir.is_dir() {
-        return Ok(());
+    /// Count a record the index now points at.
+    pub fn count(&self, record_len: u64) {
+        self.live_bytes.fetch_add(record_len, Ordering::Relaxed);
+        self.live_entries.fetch_add(1, Ordering::Relaxed);
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| DiskError::io("create directory", dir, e))?;
-    // The umask may have cleared bits we asked for; it cannot have added any, but be exact.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| DiskError::io("set permissions of", dir, e))
+
+    /// Uncount a record the index no longer points at.
+    pub fn forget(&self, h: &RecordHeader) {
+        let len = h.record_len() as u64;
+        let _ = self
+            .live_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(len)));
+        let _ = self
+            .live_entries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+    }
 }
 
-/// The directory's exclusive lock: `flock(LOCK_EX | LOCK_NB)` on `dir/LOCK`, held while this
-/// value lives (closing the file releases it). The lock file names the owner's pid.
-pub struct DirLock {
-    _file: File,
-}
-
-impl DirLock {
-    /// Take the lock or fail at once with [`DiskError::Locked`].
-    pub fn acquire(dir: &Path) -> Result<Self, DiskError> {
-        let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| DiskError::io("open lock file", &path, e))?;
-        // SAFETY: `flock` only reads its two integer arguments; the descriptor is valid and
-        // open for the duration of the call (owned by `file`).
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(DiskError::Locked { owner: read_owner(&path), lock: path });
+/// Reserve `[offset, offset + len)` of `file` (and extend it to there): `fallocate` where the
+/// file system has it, else a sparse extension. True when the space is reserved.
+pub(crate) fn reserve(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    match rustix::fs::fallocate(file, FallocateFlags::empty(), offset, len) {
+        Ok(()) => Ok(true),
+        // Not supported here (EINVAL: not for this file system or this kind of file).
+        Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+            let end = offset + len;
+            if file.metadata()?.len() < end {
+                file.set_len(end)?;
             }
-            return Err(DiskError::io("lock", &path, err));
+            Ok(false)
         }
-        // Name ourselves as the owner (for the error another opener gets, and for the CLI).
-        let pid = std::process::id().to_string();
-        let named = file.set_len(0).and_then(|()| write_all_at(&file, pid.as_bytes(), 0));
-        if let Err(e) = named {
-            tracing::warn!(error = %e, lock = %path.display(), "could not write pid to lock file");
-        }
-        Ok(Self { _file: file })
+        Err(e) => Err(io::Error::from_raw_os_error(e.raw_os_error())),
     }
 }
 
-/// The pid written in a lock file, if readable.
-pub fn read_owner(lock: &Path) -> Option<u32> {
-    std::fs::read_to_string(lock).ok()?.trim().parse().ok()
+/// The segments of a live tier, by id (ids grow in write order) and by id modulo 2^16 (what
+/// the index stores; unique because live ids span fewer than 2^16 ids).
+#[derive(Default)]
+pub(crate) struct Segments(RwLock<SegmentMaps>);
+
+#[derive(Default)]
+struct SegmentMaps {
+    by_id: BTreeMap<u32, Arc<Segment>>,
+    by_slot: HashMap<u16, Arc<Segment>>,
+}
+
+impl Segments {
+    fn map(&self) -> RwLockReadGuard<'_, SegmentMaps> {
+        // Poison only means a panic elsewhere while held; the maps are always consistent.
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn map_mut(&self) -> RwLockWriteGuard<'_, SegmentMaps> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+    /// The live segment whose id is `slot` modulo 2^16.
+    pub fn get(&self, slot: u16) -> Option<Arc<Segment>> {
+        self.map().by_slot.get(&slot).cloned()
+    }
+    pub fn insert(&self, seg: Arc<Segment>) {
+        let mut m = self.map_mut();
+        m.by_slot.insert(seg.id as u16, Arc::clone(&seg));
+        m.by_id.insert(seg.id, seg);
+    }
+    pub fn remove(&self, id: u32) -> Option<Arc<Segment>> {
+        let mut m = self.map_mut();
+        let seg = m.by_id.remove(&id)?;
+        if m.by_slot.get(&(id as u16)).is_some_and(|s| s.id == id) {
+            m.by_slot.remove(&(id as u16));
+        }
+        Some(seg)
+    }
+    pub fn len(&self) -> usize {
+        self.map().by_id.len()
+    }
+    pub fn oldest(&self) -> Option<Arc<Segment>> {
+        self.map().by_id.values().next().cloned()
+    }
+    pub fn all(&self) -> Vec<Arc<Segment>> {
+        self.map().by_id.values().cloned().collect()
+    }
+    /// The full id of each live segment, by the 16 bits the index keeps.
+    pub fn ids_by_slot(&self) -> HashMap<u16, u32> {
+        self.map().by_slot.iter().map(|(slot, s)| (*slot, s.id)).collect()
+    }
+
+    /// The header of the record at `loc`, with its segment (within the readable part).
+    pub fn record_at(&self, loc: Loc) -> Option<(Arc<Segment>, RecordHeader)> {
+        let seg = self.get(loc.seg)?;
+        let h = check_record(seg.bytes(), loc.offset as usize, false).ok()??;
+        Some((seg, h))
+    }
+
+    /// Live accounting for a record the index no longer points at.
+    pub fn forget(&self, loc: Loc) {
+        if let Some((seg, h)) = self.record_at(loc) {
+            seg.forget(&h);
+        }
+    }
+
+    /// Forget every segment's live figures (after a clear marker).
+    pub fn forget_all(&self) {
+        for s in self.all() {
+            s.live_bytes.store(0, Ordering::Relaxed);
+            s.live_entries.store(0, Ordering::Relaxed);
+        }
+    }
 }

@@ -1,29 +1,30 @@
 //! [`DiskTier`]: the [`Tier`] implementation and its own methods.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tier_core::{Entry, Lookup, Storage, Tier, TierContext, TierError, TierErrorKind, TierStats};
 
 use crate::builder::DiskTierBuilder;
+use crate::config::{Config, FlushPolicy};
+use crate::dir::DirLock;
 use crate::error::DiskError;
+use crate::flush::spawn_flusher;
 use crate::format::RecordKind;
-use crate::index::Index;
-use crate::recovery::recover;
 use crate::report::{DiskStats, RawRecord, RecordInfo, RecoveryReport};
-use crate::segment::{create_dir, DirLock};
-use crate::store::{Segments, Store, Writer};
+use crate::state::DiskState;
+use crate::store::Store;
+use crate::writer::Writer;
 
 /// The disk tier (L2): log-structured, memory-mapped segment files in one directory, with an
 /// in-memory index, bounded capacity and crash recovery. Stores envelopes
-/// ([`Storage::Envelopes`]).
+/// ([`Storage::Envelopes`]). It also keeps a small durable key/value [`DiskState`].
 ///
-/// Dropping the last handle syncs (per the [`FlushPolicy`](crate::FlushPolicy)) and releases
-/// the directory's lock. Calls do short blocking file I/O inline (a `pwrite` into the page
-/// cache, a read from a mapping): no `spawn_blocking` per call, which would cost more than the
-/// I/O it moves.
+/// Dropping the last handle syncs (per the [`FlushPolicy`]) and releases the directory's
+/// lock. Calls do short blocking file I/O inline (a `pwrite` into the page cache, a read from a
+/// mapping): no `spawn_blocking` per call, which would cost more than the I/O it moves.
 ///
 /// ```
 /// use bytes::Bytes;
@@ -53,7 +54,36 @@ use crate::store::{Segments, Store, Writer};
 /// }
 /// ```
 pub struct DiskTier {
-    store: Arc<Store>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    writer: Writer,
+    state: Arc<DiskState>,
+    report: RecoveryReport,
+    flusher: Option<mpsc::Sender<()>>,
+    _lock: DirLock,
+}
+
+impl Inner {
+    fn flush(&self) -> Result<(), TierError> {
+        for seg in self.store.segments.all() {
+            seg.sync().map_err(|e| TierError::io("disk tier: fsync", e))?;
+        }
+        self.state.sync().map_err(TierError::from)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.flusher.take(); // stops the background flusher
+        if self.store.cfg.flush != FlushPolicy::None {
+            if let Err(e) = self.flush() {
+                tracing::warn!(error = %e, "disk tier: final fsync failed");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -73,56 +103,61 @@ impl DiskTier {
         Self::builder(dir).build()
     }
 
-    pub(crate) fn from_builder(cfg: DiskTierBuilder) -> Result<Self, DiskError> {
-        let started = std::time::Instant::now();
-        create_dir(&cfg.dir)?;
-        let lock = DirLock::acquire(&cfg.dir)?;
-        let index = Index::default();
-        let segments = Arc::new(Segments::default());
-        let (mut report, next_id) = recover(&cfg, &index, &segments)?;
-        let active = crate::segment::Segment::create(&cfg.dir, next_id, cfg.segment_size)
-            .map_err(|e| DiskError::io("create segment in", &cfg.dir, e))?;
-        let active = Arc::new(active);
-        segments.insert(Arc::clone(&active));
-        let next_id = next_id.checked_add(1).ok_or_else(|| {
-            DiskError::Config("segment ids exhausted; clear the directory".into())
-        })?;
+    pub(crate) fn with_config(cfg: Config) -> Result<Self, DiskError> {
         let dir = cfg.dir.clone();
-        let before = segments.len();
-        report.duration = started.elapsed();
-        let store = Store::new(cfg, index, segments, Writer { active, next_id }, report, lock)
-            .map_err(|e| DiskError::io("start flusher for", &dir, e))?;
-        store.enforce_capacity();
-        let mut store = store;
-        store.report.deleted_segments += (before - store.segments.len()) as u32;
-        store.report.entries = store.index.len() as u64;
-        Ok(Self { store: Arc::new(store) })
+        let flush = cfg.flush;
+        let opened = crate::open::open(cfg)?;
+        let flusher = match flush {
+            FlushPolicy::Periodic(every) => Some(
+                spawn_flusher(
+                    Arc::downgrade(&opened.store.segments),
+                    Arc::downgrade(&opened.state),
+                    every,
+                )
+                .map_err(|e| DiskError::io("start flusher for", &dir, e))?,
+            ),
+            _ => None,
+        };
+        let inner = Inner {
+            store: opened.store,
+            writer: opened.writer,
+            state: opened.state,
+            report: opened.report,
+            flusher,
+            _lock: opened.lock,
+        };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The directory.
     pub fn dir(&self) -> &Path {
-        &self.store.cfg.dir
+        &self.inner.store.cfg.dir
     }
 
     /// What opening the directory found.
     pub fn recovery_report(&self) -> &RecoveryReport {
-        &self.store.report
+        &self.inner.report
+    }
+
+    /// The tier's durable key/value state (see [`DiskState`]).
+    pub fn state(&self) -> &DiskState {
+        &self.inner.state
     }
 
     /// Figures from the tier's counters (cheap; no scan).
     pub fn disk_stats(&self) -> DiskStats {
-        self.store.stats()
+        self.inner.store.stats()
     }
 
-    /// Heap bytes held by the in-memory index (16-byte slots plus hash table control bytes).
+    /// Heap bytes held by the in-memory index (12-byte slots plus hash table control bytes).
     pub fn index_bytes(&self) -> usize {
-        self.store.index.heap_bytes()
+        self.inner.store.index.heap_bytes()
     }
 
     /// The raw envelope `key` has on disk, with its record's figures, even when expired
     /// (its CRC is checked; no hit is recorded).
     pub fn get_raw(&self, key: &[u8]) -> Option<RawRecord> {
-        let (seg, loc, h, envelope) = self.store.get_raw(key)?;
+        let (seg, loc, h, envelope) = self.inner.store.get_raw(key)?;
         Some(RawRecord {
             info: RecordInfo {
                 segment: seg,
@@ -134,14 +169,15 @@ impl DiskTier {
                 stale_until: h.stale_until,
                 envelope_flags: h.envelope_flags,
                 live: true,
+                suspect: loc.suspect,
             },
             envelope,
         })
     }
 
-    /// fsync every segment written since its last sync.
+    /// fsync every segment written since its last sync, and the state file.
     pub fn flush(&self) -> Result<(), TierError> {
-        self.store.flush()
+        self.inner.flush()
     }
 }
 
@@ -154,7 +190,7 @@ fn envelope_of(entry: &Entry) -> Result<&Bytes, TierError> {
 #[async_trait]
 impl Tier for DiskTier {
     fn name(&self) -> &str {
-        &self.store.cfg.name
+        &self.inner.store.cfg.name
     }
 
     fn storage(&self) -> Storage {
@@ -162,27 +198,27 @@ impl Tier for DiskTier {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
-        self.store.get(key)
+        self.inner.store.get(key)
     }
 
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
-        self.store.insert(&key, envelope_of(&entry)?)
+        self.inner.writer.insert(&self.inner.store, &key, envelope_of(&entry)?)
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
-        self.store.remove(key)
+        self.inner.writer.remove(&self.inner.store, key)
     }
 
     async fn clear(&self) -> Result<(), TierError> {
-        self.store.clear()
+        self.inner.writer.clear(&self.inner.store)
     }
 
     fn stats(&self) -> TierStats {
-        let s = self.store.stats();
+        let s = self.inner.store.stats();
         TierStats { entries: s.entries, bytes: s.file_bytes, capacity_bytes: s.capacity_bytes }
     }
 
     fn attach(&self, ctx: &TierContext) {
-        self.store.metrics.attach(ctx, &self.store.report);
+        self.inner.store.metrics.attach(ctx, &self.inner.report);
     }
 }

@@ -10,10 +10,9 @@ use std::os::unix::fs::FileExt;
 use bytes::Bytes;
 use common::{entry, segment_files, value_for};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tier_core::metrics::{TIER_DECODE_ERRORS as DECODE_ERRORS, TIER_EVICTIONS as EVICTIONS};
 use tier_core::{Tier, TierContext};
-use tier_disk::{
-    DiskTier, DECODE_ERRORS, EVICTIONS, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS,
-};
+use tier_disk::{DiskTier, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS, RECOVERY_SUSPECT};
 
 type Snapshot = Vec<(
     metrics_util::CompositeKey,
@@ -77,6 +76,9 @@ fn recovery_damage_and_evictions_are_counted_with_the_attach_labels() {
     assert_eq!(value(&snap, RECOVERY_CORRUPT, &labels), Some(1.0));
     assert_eq!(value(&snap, RECOVERY_RECORDS, &labels), Some(report.records as f64));
     assert_eq!(value(&snap, DECODE_ERRORS, &labels), Some(1.0));
+    // The damage could have lost records that replaced the entries before it: suspect.
+    assert!(report.suspect > 0, "{report:?}");
+    assert_eq!(value(&snap, RECOVERY_SUSPECT, &labels), Some(report.suspect as f64));
     assert!(value(&snap, RECOVERY_SECONDS, &labels).is_some());
     let capacity =
         value(&snap, EVICTIONS, &[("cache", "users"), ("tier", "l2"), ("cause", "capacity")]);

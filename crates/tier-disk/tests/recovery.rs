@@ -260,6 +260,7 @@ async fn every_flush_policy_releases_the_lock_on_drop() {
     let dir = tempfile::tempdir().expect("tempdir");
     for policy in [
         tier_disk::FlushPolicy::None,
+        tier_disk::FlushPolicy::Always,
         tier_disk::FlushPolicy::OnClose,
         tier_disk::FlushPolicy::Periodic(std::time::Duration::from_millis(1)),
     ] {
@@ -342,4 +343,29 @@ async fn a_segment_cut_short_while_being_created_is_not_damage() {
     let tier = small(dir.path()).build().expect("reopen");
     assert_eq!(tier.recovery_report().corrupt, 0, "{:?}", tier.recovery_report());
     assert!(tier.get(key(1).as_bytes()).await.expect("get").is_hit());
+}
+
+#[test]
+fn reopening_while_another_thread_spawns_processes_is_never_locked() {
+    // A child shares the parent's open files from fork to exec, the lock file's too: right after
+    // a drop, the lock can look held by such a child for an instant.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("true").status();
+                n += 1;
+            }
+            n
+        })
+    };
+    for round in 0..300 {
+        let tier = small(dir.path()).build();
+        assert!(tier.is_ok(), "round {round}: {:?}", tier.err());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(spawner.join().expect("spawner") > 0);
 }
