@@ -150,6 +150,15 @@ pub(crate) fn tier_error(op: &str, err: redis::RedisError) -> TierError {
     TierError::with_source(kind, format!("redis {op}"), RedisCause::new(err))
 }
 
+/// Did the server answer that it does not know the command (`ERR unknown command ...`)?
+pub(crate) fn is_unknown_command(e: &TierError) -> bool {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<RedisCause>()).is_some_and(|c| {
+        let err = c.redis_error();
+        err.code() == Some("ERR")
+            && err.detail().is_some_and(|d| d.to_ascii_lowercase().contains("unknown command"))
+    })
+}
+
 /// The error of an operation that did not finish within the connection's operation timeout.
 pub(crate) fn timeout_error(op: &str, after: std::time::Duration) -> TierError {
     TierError::new(TierErrorKind::Timeout, format!("redis {op} took longer than {after:?}"))

@@ -24,7 +24,7 @@ use tier_core::{TierError, TierErrorKind};
 pub use builder::{
     ConnectionSource, RedisConnectionBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
 };
-pub(crate) use cluster::{by_slot, slot, Route};
+pub(crate) use cluster::{by_slot, slot, Route, SLOTS};
 
 use crate::commands;
 use crate::error::{reply_error, tier_error, timeout_error};
@@ -133,11 +133,7 @@ impl RedisConnection {
         op: &str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, TierError> {
-        match tokio::time::timeout(self.inner.op_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(tier_error(op, e)),
-            Err(_) => Err(timeout_error(op, self.inner.op_timeout)),
-        }
+        bounded_by(self.inner.op_timeout, op, fut).await
     }
 
     /// Run one command.
@@ -146,8 +142,18 @@ impl RedisConnection {
         op: &str,
         cmd: &Cmd,
     ) -> Result<T, TierError> {
+        self.query_within(self.inner.op_timeout, op, cmd).await
+    }
+
+    /// Run one command within `bound` (at most the operation timeout).
+    pub(crate) async fn query_within<T: redis::FromRedisValue>(
+        &self,
+        bound: Duration,
+        op: &str,
+        cmd: &Cmd,
+    ) -> Result<T, TierError> {
         let mut conn = self.conn();
-        self.bounded(op, cmd.query_async(&mut conn)).await
+        bounded_by(bound.min(self.inner.op_timeout), op, cmd.query_async(&mut conn)).await
     }
 
     /// Run a pipeline (standalone: any keys; Cluster: keys of one slot).
@@ -156,13 +162,36 @@ impl RedisConnection {
         op: &str,
         pipe: &Pipeline,
     ) -> Result<T, TierError> {
+        self.query_pipe_within(self.inner.op_timeout, op, pipe).await
+    }
+
+    /// Run a pipeline within `bound` (at most the operation timeout).
+    pub(crate) async fn query_pipe_within<T: redis::FromRedisValue>(
+        &self,
+        bound: Duration,
+        op: &str,
+        pipe: &Pipeline,
+    ) -> Result<T, TierError> {
         let mut conn = self.conn();
-        self.bounded(op, pipe.query_async(&mut conn)).await
+        bounded_by(bound.min(self.inner.op_timeout), op, pipe.query_async(&mut conn)).await
     }
 
     /// `MGET` of `keys`, in order: one command on a standalone server, one per hash slot (sent
     /// concurrently) on a Cluster.
     pub(crate) async fn mget<T>(&self, op: &str, keys: &[Vec<u8>]) -> Result<Vec<T>, TierError>
+    where
+        T: redis::FromRedisValue + Default + Clone,
+    {
+        self.mget_within(self.inner.op_timeout, op, keys).await
+    }
+
+    /// [`mget`](Self::mget), each command within `bound` (at most the operation timeout).
+    pub(crate) async fn mget_within<T>(
+        &self,
+        bound: Duration,
+        op: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<T>, TierError>
     where
         T: redis::FromRedisValue + Default + Clone,
     {
@@ -174,7 +203,7 @@ impl RedisConnection {
             let replies = futures::future::try_join_all(groups.into_iter().map(|idx| {
                 let cmd = commands::mget(idx.iter().map(|&i| &keys[i][..]));
                 async move {
-                    let got: Vec<T> = self.query(op, &cmd).await?;
+                    let got: Vec<T> = self.query_within(bound, op, &cmd).await?;
                     if got.len() != idx.len() {
                         return Err(short_reply(got.len(), idx.len()));
                     }
@@ -190,7 +219,7 @@ impl RedisConnection {
             }
             values
         } else {
-            self.query(op, &commands::mget(keys.iter().map(|k| &k[..]))).await?
+            self.query_within(bound, op, &commands::mget(keys.iter().map(|k| &k[..]))).await?
         };
         if values.len() != keys.len() {
             return Err(short_reply(values.len(), keys.len()));
@@ -198,13 +227,22 @@ impl RedisConnection {
         Ok(values)
     }
 
+    /// The Cluster's slot ranges with the master serving each (`CLUSTER SLOTS`, asked of any
+    /// node); empty for a standalone server.
+    pub(crate) async fn slot_ranges(&self) -> Result<Vec<(u16, u16, Route)>, TierError> {
+        if !self.is_cluster() {
+            return Ok(Vec::new());
+        }
+        let slots: Value = self.query("cluster slots", &commands::cluster_slots()).await?;
+        Ok(cluster::slot_ranges(slots))
+    }
+
     /// Where per-node work goes: the server, or every master of the Cluster (sorted by address).
     pub(crate) async fn routes(&self) -> Result<Vec<Route>, TierError> {
         if !self.is_cluster() {
             return Ok(vec![Route::Server]);
         }
-        let slots: Value = self.query("cluster slots", &commands::cluster_slots()).await?;
-        let masters = cluster::masters(slots);
+        let masters = cluster::masters(self.slot_ranges().await?);
         if masters.is_empty() {
             return Err(TierError::new(TierErrorKind::Unavailable, "no cluster masters known"));
         }
@@ -300,7 +338,20 @@ impl Scan<'_> {
     }
 }
 
-fn short_reply(got: usize, want: usize) -> TierError {
+/// Run `fut` within `bound`, mapping errors.
+async fn bounded_by<T>(
+    bound: Duration,
+    op: &str,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, TierError> {
+    match tokio::time::timeout(bound, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(tier_error(op, e)),
+        Err(_) => Err(timeout_error(op, bound)),
+    }
+}
+
+pub(crate) fn short_reply(got: usize, want: usize) -> TierError {
     TierError::new(TierErrorKind::Other, format!("MGET answered {got} values for {want} keys"))
 }
 

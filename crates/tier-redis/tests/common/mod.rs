@@ -168,6 +168,13 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// The server binary the tests start servers of their own with: `TIER_TEST_REDIS_SERVER`
+/// (scripts/redis-env exports the flavour's: `redis-server` or `valkey-server`), else
+/// `redis-server` on PATH.
+pub fn server_binary() -> String {
+    std::env::var("TIER_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
 /// A redis-server of this test's own (for killing and restarting), on a free loopback port,
 /// killed by PID when dropped.
 pub struct OwnRedis {
@@ -206,7 +213,7 @@ impl OwnRedis {
     }
 
     fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
+        let child = Command::new(server_binary())
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
@@ -216,7 +223,7 @@ impl OwnRedis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run redis-server (is it on PATH?): {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {} (is it on PATH?): {e}", server_binary()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -241,6 +248,23 @@ impl OwnRedis {
         }
         self.kill();
         false
+    }
+
+    /// SIGSTOP the server (by PID): its connections stay open and nothing answers, as with a
+    /// host that is cut off without a reset.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT the server paused by [`OwnRedis::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let ok = Command::new("kill").arg(sig).arg(pid.to_string()).status().unwrap().success();
+        assert!(ok, "kill {sig} {pid} failed");
     }
 
     /// SIGKILL the server (by PID) and wait for it.
