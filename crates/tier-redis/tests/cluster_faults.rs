@@ -21,7 +21,6 @@ use common::*;
 use tier_core::{BreakerState, Cache, Tier, TierErrorKind, TierPolicy};
 use tier_redis::{RedisConnection, RedisTier};
 
-const SLOTS: u16 = 16384;
 /// The hierarchy's timeout around the Redis tier.
 const TIMEOUT: Duration = Duration::from_millis(150);
 /// What a lost master's key may cost once its breaker is open (the acceptance bound).
@@ -32,66 +31,6 @@ const BACK_WITHIN: Duration = Duration::from_secs(20);
 /// The tests of this file measure latencies: one at a time (the 16 callers of one would be
 /// the other's noise).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Three cluster-enabled servers of the test's own, each holding a third of the slots.
-async fn own_cluster() -> Vec<OwnRedis> {
-    let args = [
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        "nodes.conf",
-        "--cluster-node-timeout",
-        "500",
-        "--cluster-require-full-coverage",
-        "no",
-    ];
-    let nodes: Vec<OwnRedis> = (0..3).map(|_| OwnRedis::start_with(&args)).collect();
-    let mut first_node = raw(&nodes[0].url()).await;
-    for (i, node) in nodes.iter().enumerate() {
-        let mut c = raw(&node.url()).await;
-        let (first, last) = slot_range(i);
-        let _: () = redis::cmd("CLUSTER")
-            .arg("ADDSLOTSRANGE")
-            .arg(first)
-            .arg(last)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        if i > 0 {
-            let _: () = redis::cmd("CLUSTER")
-                .arg("MEET")
-                .arg("127.0.0.1")
-                .arg(node.port)
-                .query_async(&mut first_node)
-                .await
-                .unwrap();
-        }
-    }
-    for node in &nodes {
-        let url = node.url();
-        eventually(Duration::from_secs(20), "cluster_state:ok on every node", || {
-            let url = url.clone();
-            async move { cluster_ok(&url).await }
-        })
-        .await;
-    }
-    nodes
-}
-
-/// The slots of master `i` of 3.
-fn slot_range(i: usize) -> (u16, u16) {
-    let third = SLOTS / 3;
-    let first = third * i as u16;
-    (first, if i == 2 { SLOTS - 1 } else { first + third - 1 })
-}
-
-async fn cluster_ok(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else { return false };
-    let Ok(mut c) = client.get_multiplexed_async_connection().await else { return false };
-    let info: redis::RedisResult<String> =
-        redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await;
-    info.is_ok_and(|i| i.contains("cluster_state:ok"))
-}
 
 /// A cache over the Cluster's Redis tier alone, with the hierarchy's default breaker and a
 /// timeout of [`TIMEOUT`].
@@ -106,7 +45,7 @@ struct Setup {
 
 impl Setup {
     async fn new(name: &str, on_lost: usize, on_others: usize) -> Self {
-        let nodes = own_cluster().await;
+        let nodes = own_cluster(3).await;
         let urls: Vec<String> = nodes.iter().map(OwnRedis::url).collect();
         let conn = connect_quick(RedisConnection::cluster(urls.clone())).await;
         let l3 = data_tier(&conn, &unique_prefix(name)).await;
@@ -116,7 +55,7 @@ impl Setup {
             .unwrap();
         // The cluster says where each id lives.
         let mut admin = raw(&urls[0]).await;
-        let (first, last) = slot_range(1);
+        let (first, last) = slot_range(1, 3);
         let (mut lost, mut healthy) = (Vec::new(), Vec::new());
         for i in 0.. {
             if lost.len() == on_lost && healthy.len() == on_others {

@@ -63,8 +63,10 @@ pub(crate) fn by_slot<T>(items: Vec<T>, key_of: impl Fn(&T) -> u16) -> Vec<Vec<T
 
 /// The slot ranges of a `CLUSTER SLOTS` reply with the master serving each: `(first, last,
 /// master)`, in the order of the reply. Ranges that are not well formed (a slot past 16383, a
-/// port past 65535, a missing master) are left out.
-pub(crate) fn slot_ranges(slots: Value) -> Vec<(u16, u16, Route)> {
+/// port past 65535, a missing master) are left out. A master announced without a host (an
+/// empty string or nil: "the endpoint this request went to", as a node that never met another
+/// says of itself) is on `asked_host`.
+pub(crate) fn slot_ranges(slots: Value, asked_host: &str) -> Vec<(u16, u16, Route)> {
     let mut out = Vec::new();
     let Value::Array(ranges) = slots else { return out };
     for range in ranges {
@@ -78,8 +80,10 @@ pub(crate) fn slot_ranges(slots: Value) -> Vec<(u16, u16, Route)> {
         let host = match master.first() {
             Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
             Some(Value::SimpleString(s)) => s.clone(),
+            Some(Value::Nil) => String::new(),
             _ => continue,
         };
+        let host = if host.is_empty() { asked_host.to_string() } else { host };
         let Some(Value::Int(port)) = master.get(1) else { continue };
         let Ok(port) = u16::try_from(*port) else { continue };
         if first <= last {
@@ -129,13 +133,13 @@ mod tests {
             range(300, 399, node("10.0.0.3", 70000)),
         ]);
         assert_eq!(
-            masters(slot_ranges(reply)),
+            masters(slot_ranges(reply, "")),
             [
                 Route::Master { host: "10.0.0.1".into(), port: 7000 },
                 Route::Master { host: "10.0.0.2".into(), port: 7001 },
             ]
         );
-        assert!(masters(slot_ranges(Value::Nil)).is_empty());
+        assert!(masters(slot_ranges(Value::Nil, "")).is_empty());
     }
 
     #[test]
@@ -153,11 +157,18 @@ mod tests {
             range(9, 3, node("10.0.0.1", 7000)),     // backwards
             range(-1, 3, node("10.0.0.1", 7000)),    // negative
             Value::Array(vec![Value::Int(0), Value::Int(1)]), // no master
+            range(200, 299, node("", 7002)),         // "the node you asked"
+            range(300, 399, Value::Array(vec![Value::Nil, Value::Int(7003)])),
         ]);
         let m = |host: &str, port| Route::Master { host: host.into(), port };
         assert_eq!(
-            slot_ranges(reply),
-            [(0, 99, m("10.0.0.2", 7001)), (100, 16383, m("10.0.0.1", 7000))]
+            slot_ranges(reply, "10.0.0.7"),
+            [
+                (0, 99, m("10.0.0.2", 7001)),
+                (100, 16383, m("10.0.0.1", 7000)),
+                (200, 299, m("10.0.0.7", 7002)),
+                (300, 399, m("10.0.0.7", 7003)),
+            ]
         );
     }
 

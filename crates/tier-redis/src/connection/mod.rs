@@ -234,7 +234,14 @@ impl RedisConnection {
             return Ok(Vec::new());
         }
         let slots: Value = self.query("cluster slots", &commands::cluster_slots()).await?;
-        Ok(cluster::slot_ranges(slots))
+        // A node that met no other does not know its own address: it is the one we were given.
+        let asked = self.inner.nodes.first().map_or("", |c| match c.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+                host.as_str()
+            }
+            _ => "",
+        });
+        Ok(cluster::slot_ranges(slots, asked))
     }
 
     /// Where per-node work goes: the server, or every master of the Cluster (sorted by address).

@@ -379,3 +379,67 @@ async fn wait_cut(generation: &AtomicU64, gen: u64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// `n` cluster-enabled servers of the test's own (masters, no replicas), each holding its share
+/// of the slots ([`slot_range`]), with `cluster-require-full-coverage no` (the masters left
+/// keep serving their slots when one is lost) and a 500 ms node timeout.
+pub async fn own_cluster(n: usize) -> Vec<OwnRedis> {
+    let args = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "500",
+        "--cluster-require-full-coverage",
+        "no",
+    ];
+    let nodes: Vec<OwnRedis> = (0..n).map(|_| OwnRedis::start_with(&args)).collect();
+    let mut first_node = raw(&nodes[0].url()).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = raw(&node.url()).await;
+        let (first, last) = slot_range(i, n);
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(first)
+            .arg(last)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if i > 0 {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(node.port)
+                .query_async(&mut first_node)
+                .await
+                .unwrap();
+        }
+    }
+    for node in &nodes {
+        let url = node.url();
+        eventually(Duration::from_secs(20), "cluster_state:ok on every node", || {
+            let url = url.clone();
+            async move { cluster_ok(&url).await }
+        })
+        .await;
+    }
+    nodes
+}
+
+/// The slots of master `i` of `n`.
+pub fn slot_range(i: usize, n: usize) -> (u16, u16) {
+    const SLOTS: usize = 16384;
+    let share = SLOTS / n;
+    let first = share * i;
+    let last = if i + 1 == n { SLOTS - 1 } else { first + share - 1 };
+    (first as u16, last as u16)
+}
+
+async fn cluster_ok(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else { return false };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else { return false };
+    let info: redis::RedisResult<String> =
+        redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await;
+    info.is_ok_and(|i| i.contains("cluster_state:ok"))
+}
