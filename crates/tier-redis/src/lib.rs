@@ -120,7 +120,7 @@ pub use connection::{
 };
 pub use error::{RedisCause, SetupError};
 pub use generations::{RedisGenerations, DEFAULT_CACHE_MAX_AGE};
-pub use inspect::{RedisInspector, StoredEntry, StoredKey};
+pub use inspect::{NodeHealth, RedisInspector, StoredEntry, StoredKey};
 pub use keys::{DEFAULT_CHANNEL, DEFAULT_GENERATION_PREFIX, DEFAULT_LOCK_PREFIX, DEFAULT_PREFIX};
 pub use lock::RedisLock;
 pub use nodes::{default_node_breaker, DEADLINE_MARGIN, MIN_REFRESH_GAP, REFRESH_INTERVAL};

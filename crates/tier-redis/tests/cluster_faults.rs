@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use tier_core::{BreakerState, Cache, Tier, TierErrorKind, TierPolicy};
-use tier_redis::{RedisConnection, RedisTier};
+use tier_redis::{RedisConnection, RedisInspector, RedisTier};
 
 /// The hierarchy's timeout around the Redis tier.
 const TIMEOUT: Duration = Duration::from_millis(150);
@@ -182,6 +182,13 @@ async fn a_killed_master_takes_out_its_own_keys_and_nothing_else() {
     }
     for id in &s.healthy {
         assert!(Tier::get(&s.l3, &s.cache.key(id)).await.unwrap().is_hit(), "{id} is up");
+    }
+    // What a tool shows meanwhile: the lost master does not answer its PING, the others do.
+    let health = RedisInspector::new(s.l3.connection().clone(), "").node_health().await.unwrap();
+    let lost_node = format!("127.0.0.1:{}", s.nodes[1].port);
+    assert_eq!(health.len(), 3);
+    for h in &health {
+        assert_eq!(h.ping.is_err(), h.node == lost_node, "{h:?}");
     }
     let started = Instant::now();
     let e = Tier::get(&s.l3, &s.cache.key(&s.lost[0])).await.unwrap_err();
