@@ -102,6 +102,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod acl;
 mod backplane;
 mod commands;
 mod connection;

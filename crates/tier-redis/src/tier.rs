@@ -330,18 +330,29 @@ impl RedisTier {
         let Some((nodes, master)) =
             self.inner.nodes.as_ref().and_then(|n| Some((n, n.master_of(slot(redis_key))?)))
         else {
-            return call(bound).await;
+            return call(bound).await.map_err(|e| self.acl_needs(e));
         };
         if !always {
             nodes.admit(&master, batch.unwrap_or(1))?;
         }
-        let result = nodes.record(&master, call(bound).await);
+        let result = nodes.record(&master, call(bound).await.map_err(|e| self.acl_needs(e)));
         if let (Err(e), Some(keys)) = (&result, batch) {
             if e.is_partial() {
                 nodes.skipped(&master, "failed", keys);
             }
         }
         result
+    }
+
+    /// An error refused by the user's ACL, with the key pattern and the commands the tier needs.
+    fn acl_needs(&self, e: TierError) -> TierError {
+        crate::error::with_acl_needs(e, || {
+            let prefix = String::from_utf8_lossy(self.prefix()).into_owned();
+            let rules = crate::acl::rules(&[&prefix], &[]);
+            let allowed: Vec<&str> =
+                rules.iter().map(String::as_str).filter(|r| r.starts_with(['~', '+'])).collect();
+            format!("{} (tier_redis::acl::rules)", allowed.join(" "))
+        })
     }
 
     /// `MGET` of `keys` on a Cluster with per-master breakers: one per hash slot, sent
