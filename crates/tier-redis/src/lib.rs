@@ -52,10 +52,12 @@
 //! `CLUSTER SLOTS` (read at build, every [`REFRESH_INTERVAL`], and soon after a call fails):
 //! - a key whose master's breaker is open answers
 //!   [`CircuitOpen`](tier_core::TierErrorKind::CircuitOpen) at once — the hierarchy goes on to
-//!   the next tier or the loader without waiting — and so does its write; a removal is still
-//!   sent (it must not be skipped silently). A background task probes the master (`PING`) once
-//!   per cool-down and closes its breaker when it answers: no caller waits for a lost master,
-//!   not even as a probe;
+//!   the next tier or the loader without waiting — and so does its write; a removal is not
+//!   sent either, but it is not skipped silently: it fails (`Unavailable`) and waits in the
+//!   retry queue until the master is back (the retry worker sends nothing to a master that is
+//!   out). A background task probes the master (`PING`, on a connection of its own) once per
+//!   cool-down and closes its breaker when it answers: no caller waits for a lost master, not
+//!   even as a probe;
 //! - a master's failures are returned [`partial`](tier_core::TierError::partial): the
 //!   hierarchy's breaker of the whole tier does not count them, so the healthy masters' keys
 //!   stay L3 hits with the default [`BreakerConfig`](tier_core::BreakerConfig) of the hierarchy

@@ -192,16 +192,32 @@ impl Nodes {
         }
     }
 
-    /// Refuse a call of `keys` keys to `master` unless its breaker is closed.
-    pub(crate) fn admit(&self, master: &Master, keys: usize) -> Result<(), TierError> {
+    /// Refuse a call of `keys` keys to `master` unless its breaker is closed: with
+    /// `CircuitOpen` (the hierarchy skips the tier for these keys), or — a `removal`, which must
+    /// not pass for done — with a partial `Unavailable` error (the write path queues it).
+    pub(crate) fn admit(
+        &self,
+        master: &Master,
+        keys: usize,
+        removal: bool,
+    ) -> Result<(), TierError> {
         if master.state() == BreakerState::Closed {
             return Ok(());
         }
         self.skipped(master, "open", keys);
-        Err(TierError::new(
-            TierErrorKind::CircuitOpen,
-            format!("the circuit breaker of Redis Cluster master {} is open", master.address),
-        ))
+        let open =
+            format!("the circuit breaker of Redis Cluster master {} is open", master.address);
+        Err(if removal {
+            TierError::new(TierErrorKind::Unavailable, format!("{open}: removal not sent"))
+                .partial()
+        } else {
+            TierError::new(TierErrorKind::CircuitOpen, open)
+        })
+    }
+
+    /// Is the master of `slot` known and its breaker not closed? (Then nothing is sent there.)
+    pub(crate) fn is_out(&self, slot: u16) -> bool {
+        self.master_of(slot).is_some_and(|m| m.state() != BreakerState::Closed)
     }
 
     /// Count `keys` keys that `master` did not answer, for `reason` (`open`, `failed`).
@@ -425,7 +441,7 @@ mod tests {
         let n = nodes();
         n.install(vec![(0, 16383, m(1))]);
         let master = n.master_of(7).unwrap();
-        assert!(n.admit(&master, 1).is_ok());
+        assert!(n.admit(&master, 1, false).is_ok());
         let e = n.record::<()>(&master, Err(TierError::new(TierErrorKind::Timeout, "slow")));
         let e = e.unwrap_err();
         assert!(e.is_partial() && !e.is_tier_failure() && e.is_timeout());
@@ -435,9 +451,14 @@ mod tests {
         for _ in 0..5 {
             let _ = n.record::<()>(&master, Err(TierError::new(TierErrorKind::Unavailable, "x")));
         }
-        let refused = n.admit(&master, 1).unwrap_err();
+        let refused = n.admit(&master, 1, false).unwrap_err();
         assert_eq!(refused.kind(), TierErrorKind::CircuitOpen);
         assert!(refused.to_string().contains("10.0.0.1:1"), "{refused}");
+        assert!(n.is_out(7));
+        // A removal is not skipped silently: an error the hierarchy does not take for "skipped".
+        let removal = n.admit(&master, 1, true).unwrap_err();
+        assert_eq!(removal.kind(), TierErrorKind::Unavailable);
+        assert!(removal.is_partial(), "{removal:?}");
     }
 
     #[test]

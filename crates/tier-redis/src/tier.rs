@@ -88,16 +88,17 @@ impl RedisTierBuilder {
         crate::metrics::describe();
         let labels =
             Arc::new(RwLock::new(Labels { cache: String::new(), tier: self.name.clone() }));
-        let (retry, worker) = if self.retry_capacity > 0 {
-            let queue = Arc::new(RetryQueue::new(self.retry_capacity, labels.clone()));
-            let worker = tokio::spawn(retry::run(queue.clone(), conn.clone(), self.prefix.clone()));
-            (Some(queue), Some(worker))
-        } else {
-            (None, None)
-        };
         let (nodes, nodes_task) = match self.node_breaker {
             Some(cfg) if conn.is_cluster() => start_nodes(cfg, &conn, &labels).await,
             _ => (None, None),
+        };
+        let (retry, worker) = if self.retry_capacity > 0 {
+            let queue = Arc::new(RetryQueue::new(self.retry_capacity, labels.clone()));
+            let worker =
+                retry::run(queue.clone(), conn.clone(), self.prefix.clone(), nodes.clone());
+            (Some(queue), Some(tokio::spawn(worker)))
+        } else {
+            (None, None)
         };
         let stats = Arc::new(crate::stats::ServerStats::default());
         let poller =
@@ -312,13 +313,14 @@ impl RedisTier {
 
     /// Run `call` (given its bound) for keys living on the master of `redis_key`'s slot, under
     /// that master's breaker (Cluster, see `crate::nodes`): refused at once while it is not
-    /// closed (unless `always`: removals must not be skipped), its outcome recorded there, a
-    /// failure returned partial. `batch`: the number of keys, when they are part of a batch (a
-    /// failure of theirs is counted). Without per-master breakers, `call` runs as is.
+    /// closed (`CircuitOpen`; a removal with an error that is not, see [`Nodes::admit`]), its
+    /// outcome recorded there, a failure returned partial. `batch`: the number of keys, when
+    /// they are part of a batch (a failure of theirs is counted). Without per-master breakers,
+    /// `call` runs as is.
     async fn on_master<T, F, Fut>(
         &self,
         redis_key: &[u8],
-        always: bool,
+        removal: bool,
         batch: Option<usize>,
         call: F,
     ) -> Result<T, TierError>
@@ -332,9 +334,7 @@ impl RedisTier {
         else {
             return call(bound).await.map_err(|e| self.acl_needs(e));
         };
-        if !always {
-            nodes.admit(&master, batch.unwrap_or(1))?;
-        }
+        nodes.admit(&master, batch.unwrap_or(1), removal)?;
         let result = nodes.record(&master, call(bound).await.map_err(|e| self.acl_needs(e)));
         if let (Err(e), Some(keys)) = (&result, batch) {
             if e.is_partial() {
@@ -399,12 +399,13 @@ impl RedisTier {
 
     /// The write path: perform `writes` (one command each, [`commands::write`]) — one command
     /// alone, several in one pipeline (standalone) or one pipeline per hash slot, sent
-    /// concurrently (Cluster), each under its master's breaker (`always`: also when it is open
-    /// — removals). A key written cancels its pending retry; every write of a group that failed
-    /// is queued for retry, and the first failure is returned; the writes of a master whose
-    /// breaker is open are not made (nor queued), and are an error (`CircuitOpen`) only when no
-    /// write was made at all.
-    async fn write(&self, writes: Vec<(Bytes, Write)>, always: bool) -> Result<(), TierError> {
+    /// concurrently (Cluster), each under its master's breaker. A key written cancels its
+    /// pending retry; every write of a group that failed is queued for retry, and the first
+    /// failure is returned; the values for a master whose breaker is open are not written (nor
+    /// queued), and are an error (`CircuitOpen`) only when nothing was written at all. A
+    /// `removal` for such a master is not sent either, but queued and returned as a failure
+    /// (it must not be skipped silently; sending it would only wait for the lost master).
+    async fn write(&self, writes: Vec<(Bytes, Write)>, removal: bool) -> Result<(), TierError> {
         let now = tier_core::now_ms();
         let batch = (writes.len() > 1).then_some(());
         let groups = if self.inner.conn.is_cluster() && writes.len() > 1 {
@@ -417,7 +418,7 @@ impl RedisTier {
             let keys = batch.map(|()| group.len());
             let writes = &group;
             let result = self
-                .on_master(&self.redis_key(first), always, keys, |bound| async move {
+                .on_master(&self.redis_key(first), removal, keys, |bound| async move {
                     match &writes[..] {
                         [(key, write)] => {
                             let cmd = commands::write(&self.redis_key(key), write, now);
@@ -511,8 +512,6 @@ impl Tier for RedisTier {
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
-        // Removal must not be skipped silently: it goes to its master also while that
-        // master's breaker is open.
         self.write(vec![(Bytes::copy_from_slice(key), Write::Remove)], true).await
     }
 

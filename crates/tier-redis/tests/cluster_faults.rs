@@ -223,6 +223,13 @@ async fn a_killed_master_takes_out_its_own_keys_and_nothing_else() {
     let entries = entries.map(|(id, k)| (k.clone(), entry(&format!("v:{id}"), 600_000, 600_000)));
     s.l3.insert_many(entries.collect()).await.unwrap();
     assert_eq!(s.l3.pending_retries(), 0, "skipped writes are not queued");
+    // A removal is not skipped silently: it fails at once (nothing is sent to the lost master)
+    // and waits for a retry, which is made once the master is back.
+    let started = Instant::now();
+    let e = s.l3.remove(&s.cache.key(&s.lost[0])).await.unwrap_err();
+    assert!(e.kind() == TierErrorKind::Unavailable && e.is_partial(), "{e:?}");
+    assert!(started.elapsed() < OPEN_COST, "{:?}", started.elapsed());
+    assert_eq!(s.l3.pending_retries(), 1);
 
     // Through the hierarchy, while the master is down: the lost keys go to the loader at once,
     // the others stay L3 hits, the whole tier's breaker stays closed.
@@ -260,6 +267,8 @@ async fn a_killed_master_takes_out_its_own_keys_and_nothing_else() {
     // Back (same port, same nodes.conf: same node, same slots, no data).
     s.nodes[1].restart();
     let back = s.comes_back().await;
+    eventually(BACK_WITHIN, "the queued removal is sent", || async { s.l3.pending_retries() == 0 })
+        .await;
     eprintln!("killed master: all L3 hits {back:?} after it returned");
     assert_eq!(s.tier_breaker(), BreakerState::Closed);
 }
@@ -318,7 +327,8 @@ async fn a_silent_master_is_answered_before_the_hierarchy_timeout_under_concurre
         healthy_cost.extend(h_cost);
         lost_cost.extend(l_cost);
     }
-    assert_eq!(s.lost_breaker(), BreakerState::Open, "opened within {:?}", paused_at.elapsed());
+    // Open, or half-open while the background probe waits for the paused master.
+    assert_ne!(s.lost_breaker(), BreakerState::Closed, "opened within {:?}", paused_at.elapsed());
     let hits = 1.0 - healthy_loaded as f64 / healthy as f64;
     assert!(hits >= 0.99, "{healthy_loaded} of {healthy} healthy gets were loaded");
     assert!(!lost_cost.is_empty());

@@ -130,6 +130,13 @@ impl RedisConnectionBuilder {
         }
     }
 
+    /// Connections to single Cluster nodes made like the first of `clients` (its credentials,
+    /// database and TLS), with this builder's timeouts.
+    fn node_conns(&self, clients: &[redis::Client]) -> super::node::NodeConns {
+        let template = clients.first().map(|c| c.get_connection_info().clone());
+        super::node::NodeConns::new(template, self.connect_timeout, self.response_timeout)
+    }
+
     fn urls(&self) -> &[String] {
         match &self.target {
             Target::Standalone(url) => std::slice::from_ref(url),
@@ -156,6 +163,7 @@ impl RedisConnectionBuilder {
         Ok(RedisConnection {
             inner: Arc::new(Inner {
                 conn: Conn::Standalone(manager),
+                node_conns: self.node_conns(&[]),
                 nodes: vec![client],
                 targets: vec![target],
                 op_timeout,
@@ -188,6 +196,7 @@ impl RedisConnectionBuilder {
         Ok(RedisConnection {
             inner: Arc::new(Inner {
                 conn: Conn::Cluster(conn),
+                node_conns: self.node_conns(&nodes),
                 nodes,
                 targets: urls.iter().map(|u| redact_url(u)).collect(),
                 op_timeout,

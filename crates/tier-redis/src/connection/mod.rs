@@ -11,6 +11,7 @@
 
 mod builder;
 mod cluster;
+mod node;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ struct Inner {
     /// The configured URLs, redacted (for `Debug` and reports).
     targets: Vec<String>,
     op_timeout: Duration,
+    /// Connections of our own to single Cluster nodes (see `node`).
+    node_conns: node::NodeConns,
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -256,39 +259,40 @@ impl RedisConnection {
         Ok(masters)
     }
 
-    /// Run `cmd` on one node.
+    /// Run `cmd` on one node (a Cluster node through a connection of our own: see `node`).
     pub(crate) async fn query_on(
         &self,
         op: &str,
         route: &Route,
         cmd: Cmd,
     ) -> Result<Value, TierError> {
-        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-        match (self.conn(), route) {
-            (Conn::Cluster(mut c), Route::Master { host, port }) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                });
-                self.bounded(op, c.route_command(cmd, routing)).await
+        match route {
+            Route::Master { .. } if self.is_cluster() => {
+                let on_node = self
+                    .inner
+                    .node_conns
+                    .run(route, |mut c| async move { cmd.query_async(&mut c).await });
+                self.bounded(op, on_node).await
             }
             _ => self.query(op, &cmd).await,
         }
     }
 
-    /// Run `pipe` on one node (its keys must live there).
+    /// Run `pipe` on one node (its keys must live there; a Cluster node through a connection
+    /// of our own: see `node`).
     pub(crate) async fn pipe_on(
         &self,
         op: &str,
         route: &Route,
         pipe: &Pipeline,
     ) -> Result<Vec<Value>, TierError> {
-        use redis::cluster_routing::SingleNodeRoutingInfo;
-        match (self.conn(), route) {
-            (Conn::Cluster(mut c), Route::Master { host, port }) => {
-                let route = SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port };
-                let count = pipe.cmd_iter().count();
-                self.bounded(op, c.route_pipeline(pipe.clone(), 0, count, route)).await
+        match route {
+            Route::Master { .. } if self.is_cluster() => {
+                let on_node = self
+                    .inner
+                    .node_conns
+                    .run(route, |mut c| async move { pipe.query_async(&mut c).await });
+                self.bounded(op, on_node).await
             }
             _ => self.query_pipe(op, pipe).await,
         }
