@@ -94,6 +94,8 @@
 //! backplane and lock) and how to run the tests against real servers.
 //!
 //! ## Features
+//! - `test-util` — [`testing`]: servers and a Cluster of a test's own (kill, pause, restart),
+//!   for tests and benches.
 //! - `tls` — `rediss://` URLs through rustls (redis-rs's `tokio-rustls-comp`). The application
 //!   installs a rustls `CryptoProvider` at start (e.g.
 //!   `rustls::crypto::ring::default_provider().install_default()`); without one, `connect`
@@ -118,6 +120,9 @@ mod nodes;
 mod redact;
 mod retry;
 mod stats;
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 mod tier;
 mod wire;
 
