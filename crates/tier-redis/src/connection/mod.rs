@@ -136,7 +136,25 @@ impl RedisConnection {
         op: &str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, TierError> {
-        bounded_by(self.inner.op_timeout, op, fut).await
+        self.bounded_by(Some(self.inner.op_timeout), op, fut).await
+    }
+
+    /// Run `fut` within `bound` (at most the operation timeout; `None`: no timer of ours),
+    /// mapping errors.
+    async fn bounded_by<T>(
+        &self,
+        bound: Option<Duration>,
+        op: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, TierError> {
+        let Some(bound) = bound.map(|b| b.min(self.inner.op_timeout)) else {
+            return fut.await.map_err(|e| tier_error(op, e));
+        };
+        match tokio::time::timeout(bound, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(tier_error(op, e)),
+            Err(_) => Err(timeout_error(op, bound)),
+        }
     }
 
     /// Run one command.
@@ -145,18 +163,19 @@ impl RedisConnection {
         op: &str,
         cmd: &Cmd,
     ) -> Result<T, TierError> {
-        self.query_within(self.inner.op_timeout, op, cmd).await
+        self.query_within(Some(self.inner.op_timeout), op, cmd).await
     }
 
-    /// Run one command within `bound` (at most the operation timeout).
+    /// Run one command within `bound` (at most the operation timeout); `None`: no bound of ours
+    /// (the caller's bounds it; redis-rs's response timeout still applies).
     pub(crate) async fn query_within<T: redis::FromRedisValue>(
         &self,
-        bound: Duration,
+        bound: Option<Duration>,
         op: &str,
         cmd: &Cmd,
     ) -> Result<T, TierError> {
         let mut conn = self.conn();
-        bounded_by(bound.min(self.inner.op_timeout), op, cmd.query_async(&mut conn)).await
+        self.bounded_by(bound, op, cmd.query_async(&mut conn)).await
     }
 
     /// Run a pipeline (standalone: any keys; Cluster: keys of one slot).
@@ -165,18 +184,18 @@ impl RedisConnection {
         op: &str,
         pipe: &Pipeline,
     ) -> Result<T, TierError> {
-        self.query_pipe_within(self.inner.op_timeout, op, pipe).await
+        self.query_pipe_within(Some(self.inner.op_timeout), op, pipe).await
     }
 
-    /// Run a pipeline within `bound` (at most the operation timeout).
+    /// Run a pipeline within `bound` (as [`query_within`](Self::query_within)).
     pub(crate) async fn query_pipe_within<T: redis::FromRedisValue>(
         &self,
-        bound: Duration,
+        bound: Option<Duration>,
         op: &str,
         pipe: &Pipeline,
     ) -> Result<T, TierError> {
         let mut conn = self.conn();
-        bounded_by(bound.min(self.inner.op_timeout), op, pipe.query_async(&mut conn)).await
+        self.bounded_by(bound, op, pipe.query_async(&mut conn)).await
     }
 
     /// `MGET` of `keys`, in order: one command on a standalone server, one per hash slot (sent
@@ -185,13 +204,13 @@ impl RedisConnection {
     where
         T: redis::FromRedisValue + Default + Clone,
     {
-        self.mget_within(self.inner.op_timeout, op, keys).await
+        self.mget_within(Some(self.inner.op_timeout), op, keys).await
     }
 
-    /// [`mget`](Self::mget), each command within `bound` (at most the operation timeout).
+    /// [`mget`](Self::mget), each command within `bound` (as [`query_within`](Self::query_within)).
     pub(crate) async fn mget_within<T>(
         &self,
-        bound: Duration,
+        bound: Option<Duration>,
         op: &str,
         keys: &[Vec<u8>],
     ) -> Result<Vec<T>, TierError>
@@ -346,19 +365,6 @@ impl Scan<'_> {
             }
         }
         Ok(None)
-    }
-}
-
-/// Run `fut` within `bound`, mapping errors.
-async fn bounded_by<T>(
-    bound: Duration,
-    op: &str,
-    fut: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, TierError> {
-    match tokio::time::timeout(bound, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(tier_error(op, e)),
-        Err(_) => Err(timeout_error(op, bound)),
     }
 }
 
