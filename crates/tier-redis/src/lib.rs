@@ -73,10 +73,22 @@
 //!
 //! Measured by `tests/cluster_faults.rs` (three masters, one killed or paused with SIGSTOP,
 //! the hierarchy's default breaker and a 150 ms timeout): the healthy masters' keys stayed L3
-//! hits (0 of ~5 500 gets went to the origin; 0 of ~22 000 with 16 callers), a lost key cost
-//! ~60 µs (p50) once its master's breaker was open instead of the tier's timeout, the breaker of
-//! the whole tier stayed closed, and every key was an L3 hit again within 1–3 s of the master's
-//! return. `tier_redis_node_breaker_state{node}` shows each master's breaker.
+//! hits (0 of 3 000–7 000 gets went to the origin; with 16 callers and a paused master, 0 of
+//! 10 000–22 000 in most runs, a handful in some, see below), a lost key cost 60–100 µs (p50)
+//! once its master's breaker was open instead of the tier's timeout, the breaker of the whole
+//! tier stayed closed, and every key was an L3 hit again 0.7–2.6 s after the master returned.
+//! The `redis_fleet` bench (16 callers, a 50 ms timeout): 0 origin calls per second of the
+//! healthy masters' keys during the outage, against ~120 000 without per-master breakers (the
+//! breaker of the whole tier opens, and every key goes to the origin).
+//! `tier_redis_node_breaker_state{node}` shows each master's breaker.
+//!
+//! The cluster client of redis-rs, when it has lost its connection to a node and a command is
+//! routed to that node, reconnects to every initial node and holds *all* its traffic meanwhile
+//! (up to connect + response timeout with a node that hangs). The tier sends nothing to a master
+//! whose breaker is open and does its per-node work (probes, `SCAN`, `INFO`) on connections of
+//! its own, so this happens once, when a master is lost (before its breaker opens); the healthy
+//! masters' calls that time out in that moment count against their own breakers (rarely enough
+//! to open one). Keep the connect timeout of a Cluster short.
 //!
 //! A whole Cluster down opens every master's breaker: every call then answers `CircuitOpen` at
 //! once (the hierarchy's breaker of the whole tier, which counts only failures that no master's
