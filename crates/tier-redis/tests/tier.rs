@@ -254,6 +254,15 @@ async fn setup_errors_are_clear() {
         .await
         .expect_err("refused");
     assert!(err.to_string().contains("cannot connect"), "{err}");
+    // A per-master breaker that cannot run is refused before connecting.
+    let busy_loop =
+        tier_core::BreakerConfig { cooldown: Duration::ZERO, ..tier_redis::default_node_breaker() };
+    let err = RedisTier::builder(RedisConnection::cluster(["redis://127.0.0.1:1/"]))
+        .node_breaker(busy_loop)
+        .build()
+        .await
+        .expect_err("zero cool-down");
+    assert!(err.to_string().contains("cooldown"), "{err}");
 }
 
 #[tokio::test]
