@@ -28,29 +28,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
+use tier_benches::{user, User};
 use tier_core::{Cache, Codec, Entry, Meta, Tier, TierPolicy};
 use tier_redis::{RedisConnection, RedisTier};
 use tokio::runtime::Runtime;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-    email: String,
-    roles: Vec<String>,
-    bio: String,
-}
-
-fn user(id: u64) -> User {
-    User {
-        id,
-        name: format!("user {id}"),
-        email: format!("user{id}@example.invalid"),
-        roles: vec!["reader".into(), "writer".into()],
-        bio: "x".repeat(120),
-    }
-}
 
 /// A redis-server of the bench's own, killed by PID when dropped.
 struct OwnServer(Child);

@@ -20,29 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use tier_benches::{user, User};
 use tier_core::{BreakerState, Cache, TierPolicy};
 use tier_redis::testing::{own_cluster, slot_range, OwnRedis};
 use tier_redis::{RedisConnection, RedisTier};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-    email: String,
-    roles: Vec<String>,
-    bio: String,
-}
-
-fn user(id: u64) -> User {
-    User {
-        id,
-        name: format!("user {id}"),
-        email: format!("user{id}@example.invalid"),
-        roles: vec!["reader".into(), "writer".into()],
-        bio: "x".repeat(120),
-    }
-}
 
 const KEYS: u64 = 1000;
 
@@ -103,6 +84,12 @@ where
     ops as f64 / took.as_secs_f64()
 }
 
+/// A cache with `tier` as its only tier: the hierarchy's default breaker, a 50 ms timeout.
+fn l3_cache(name: &str, tier: &RedisTier) -> Arc<Cache<User>> {
+    let policy = TierPolicy::fresh(Duration::from_secs(3600)).timeout(Duration::from_millis(50));
+    Arc::new(Cache::builder(name).tier(tier.clone(), policy).build().unwrap())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -110,15 +97,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 async fn throughput(label: &str, conn: RedisConnection, raw: Raw) {
     let tier = RedisTier::builder(conn).prefix("bench:fleet:").build().await.unwrap();
-    let cache: Arc<Cache<User>> = Arc::new(
-        Cache::builder("bench-fleet")
-            .tier(
-                tier.clone(),
-                TierPolicy::fresh(Duration::from_secs(3600)).timeout(Duration::from_millis(50)),
-            )
-            .build()
-            .unwrap(),
-    );
+    let cache = l3_cache("bench-fleet", &tier);
     let keys: Arc<Vec<Bytes>> =
         Arc::new((0..KEYS).map(|i| cache.key(format!("user:{i}"))).collect());
     let redis_keys: Arc<Vec<Vec<u8>>> = Arc::new(keys.iter().map(|k| tier.redis_key(k)).collect());
@@ -171,15 +150,7 @@ async fn outage(node_breakers: bool, for_: Duration) {
         builder = builder.no_node_breakers();
     }
     let tier = builder.build().await.unwrap();
-    let cache: Arc<Cache<User>> = Arc::new(
-        Cache::builder("bench-outage")
-            .tier(
-                tier.clone(),
-                TierPolicy::fresh(Duration::from_secs(3600)).timeout(Duration::from_millis(50)),
-            )
-            .build()
-            .unwrap(),
-    );
+    let cache = l3_cache("bench-outage", &tier);
     let keys: Vec<Bytes> = (0..300).map(|i| cache.key(format!("user:{i}"))).collect();
     // The cluster says where each key lives.
     let (first, last) = slot_range(1, 3);

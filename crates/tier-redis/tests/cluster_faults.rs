@@ -148,6 +148,35 @@ async fn pass(cache: &Cache<String>, ids: &[String]) -> (Vec<String>, Vec<Durati
     (loaded, took)
 }
 
+/// The acceptance figures of an outage, printed: at least 99 % of the `healthy` gets of the
+/// masters that are up were L3 hits (`loaded` went to the origin), and a lost key cost at most
+/// [`OPEN_COST`] (p99) with its master's breaker open — or, on a machine so busy that an L3 hit
+/// takes longer, no more than a hit did meanwhile — never the timeout.
+fn outage_figures(
+    what: &str,
+    healthy: usize,
+    loaded: usize,
+    hit_cost: &mut [Duration],
+    lost_cost: &mut [Duration],
+) {
+    assert!(!lost_cost.is_empty(), "{what}: no lost key was read with its breaker open");
+    let p99 = quantile(lost_cost, 0.99);
+    let hit_p99 = quantile(hit_cost, 0.99);
+    eprintln!(
+        "{what}: {healthy} healthy gets (p99 {hit_p99:?}), {loaded} loaded; {} lost-key gets \
+         with its breaker open, p50 {:?}, p99 {p99:?}, max {:?}",
+        lost_cost.len(),
+        quantile(lost_cost, 0.5),
+        quantile(lost_cost, 1.0)
+    );
+    let hits = 1.0 - loaded as f64 / healthy as f64;
+    assert!(hits >= 0.99, "{what}: {loaded} of {healthy} healthy gets were loaded");
+    assert!(
+        p99 <= OPEN_COST.max(hit_p99),
+        "{what}: a lost key costs {p99:?} (p99) with its master's breaker open; a hit {hit_p99:?}"
+    );
+}
+
 /// The `q`-quantile of `d` (0.0–1.0).
 fn quantile(d: &mut [Duration], q: f64) -> Duration {
     d.sort();
@@ -246,23 +275,7 @@ async fn a_killed_master_takes_out_its_own_keys_and_nothing_else() {
         lost_cost.extend(took);
         assert_eq!(s.tier_breaker(), BreakerState::Closed, "the whole tier's breaker");
     }
-    let hits = 1.0 - healthy_loaded as f64 / healthy_gets as f64;
-    assert!(hits >= 0.99, "{healthy_loaded} of {healthy_gets} healthy gets were loaded");
-    let p99 = quantile(&mut lost_cost, 0.99);
-    let hit_p99 = quantile(&mut hit_cost, 0.99);
-    eprintln!(
-        "killed master: {healthy_gets} healthy gets (p99 {hit_p99:?}), {healthy_loaded} loaded; \
-         {} lost-key gets, p50 {:?}, p99 {p99:?}, max {:?}",
-        lost_cost.len(),
-        quantile(&mut lost_cost, 0.5),
-        quantile(&mut lost_cost, 1.0)
-    );
-    // The bound, unless the machine is so busy that an L3 hit takes longer: a lost key never
-    // costs more than a hit does meanwhile, and never the timeout.
-    assert!(
-        p99 <= OPEN_COST.max(hit_p99),
-        "a lost key costs {p99:?} (p99) with its master's breaker open; a hit {hit_p99:?}"
-    );
+    outage_figures("killed master", healthy_gets, healthy_loaded, &mut hit_cost, &mut lost_cost);
 
     // Back (same port, same nodes.conf: same node, same slots, no data).
     s.nodes[1].restart();
@@ -329,24 +342,9 @@ async fn a_silent_master_is_answered_before_the_hierarchy_timeout_under_concurre
     }
     // Open, or half-open while the background probe waits for the paused master.
     assert_ne!(s.lost_breaker(), BreakerState::Closed, "opened within {:?}", paused_at.elapsed());
-    let hits = 1.0 - healthy_loaded as f64 / healthy as f64;
-    assert!(hits >= 0.99, "{healthy_loaded} of {healthy} healthy gets were loaded");
-    assert!(!lost_cost.is_empty());
-    // 16 callers on two worker threads queue behind each other: a lost key must cost no more
-    // than an L3 hit does meanwhile (or the bound), never the timeout.
-    let p99 = quantile(&mut lost_cost, 0.99);
-    let hit_p99 = quantile(&mut healthy_cost, 0.99);
-    eprintln!(
-        "paused master, 16 callers: {healthy} healthy gets (p99 {hit_p99:?}), {healthy_loaded} \
-         loaded; {} lost-key gets with its breaker open, p50 {:?}, p99 {p99:?}, max {:?}",
-        lost_cost.len(),
-        quantile(&mut lost_cost, 0.5),
-        quantile(&mut lost_cost, 1.0)
-    );
-    assert!(
-        p99 <= OPEN_COST.max(hit_p99),
-        "a lost key costs {p99:?} (p99) with its master's breaker open; a hit {hit_p99:?}"
-    );
+    // (16 callers on two worker threads queue behind each other: hits take longer too.)
+    let what = "paused master, 16 callers";
+    outage_figures(what, healthy, healthy_loaded, &mut healthy_cost, &mut lost_cost);
 
     s.nodes[1].resume();
     let back = s.comes_back().await;
