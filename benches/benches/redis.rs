@@ -1,7 +1,19 @@
 //! The Redis tier beside its peer, in the same run:
 //! - `redis/l3_hit`: an L3 hit through the tier (and through `Cache::get` with Redis as the only
-//!   tier) vs a raw redis-rs `GET` of the same bytes on the same kind of connection.
+//!   tier) vs a raw redis-rs `GET` of the same bytes on the same kind of connection, and vs that
+//!   `GET` plus the decoding of the value (`raw_get_decode`: the work of `Cache::get` without
+//!   the hierarchy).
 //! - `redis/batch_100`: `get_many` of 100 keys vs 100 sequential `get`s.
+//!
+//! Everything runs on a current-thread runtime: the caller and the connection's driver task on
+//! one thread, as a request handler and its connection on one worker. On the multi-thread
+//! runtime this bench used before (`block_on` on the main thread, one worker driving the
+//! connection), each GET paid two cross-thread wake-ups; on a loaded 2-core machine their
+//! latency came in phases (17 µs or 75–150 µs per GET for seconds at a time) and landed on
+//! whichever side ran then — the "raw GET slows down beside the tier" of earlier figures.
+//!
+//! The anchor, a raw GET in a process of its own: `cargo bench -p tier-benches --bench redis --
+//! l3_hit/raw_redis_get`.
 //!
 //! Needs a redis-server: uses `TIER_BENCH_REDIS_URL` (or `TIER_TEST_REDIS_URL`) when set, otherwise
 //! starts its own `redis-server` from PATH on a free loopback port and kills it (by PID) at the end.
@@ -16,29 +28,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
+use tier_benches::{user, User};
 use tier_core::{Cache, Codec, Entry, Meta, Tier, TierPolicy};
 use tier_redis::{RedisConnection, RedisTier};
 use tokio::runtime::Runtime;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-    email: String,
-    roles: Vec<String>,
-    bio: String,
-}
-
-fn user(id: u64) -> User {
-    User {
-        id,
-        name: format!("user {id}"),
-        email: format!("user{id}@example.invalid"),
-        roles: vec!["reader".into(), "writer".into()],
-        bio: "x".repeat(120),
-    }
-}
 
 /// A redis-server of the bench's own, killed by PID when dropped.
 struct OwnServer(Child);
@@ -141,6 +134,13 @@ fn l3_hit(c: &mut Criterion, rt: &Runtime) {
             }
         })
     });
+    g.bench_function("raw_get_decode", |b| {
+        b.to_async(rt).iter(|| {
+            let mut raw = raw.clone();
+            let k = redis_key.clone();
+            async move { assert_eq!(decoded(raw.get(k).await.unwrap()).id, 1) }
+        })
+    });
     g.bench_function("tier_get", |b| {
         b.to_async(rt).iter(|| async { assert!(tier.get(&cache_key).await.unwrap().is_hit()) })
     });
@@ -148,6 +148,13 @@ fn l3_hit(c: &mut Criterion, rt: &Runtime) {
         b.to_async(rt).iter(|| async { assert!(cache.get(&cache_key).await.is_some()) })
     });
     g.finish();
+}
+
+/// The value of an envelope read by a raw GET.
+fn decoded(bytes: Option<Bytes>) -> User {
+    let bytes = bytes.expect("stored");
+    let (meta, at) = tier_core::envelope::decode_meta(&bytes).unwrap();
+    tier_core::envelope::decode_value::<User>(&bytes, &meta, at).unwrap().expect("a value")
 }
 
 fn batch(c: &mut Criterion, rt: &Runtime) {
@@ -252,6 +259,27 @@ fn paired_summary(rt: &Runtime) {
             raw_get,
         )
         .await;
+        let raw_get_decode = || {
+            let mut raw = raw.clone();
+            let k = redis_key.clone();
+            async move { assert_eq!(decoded(raw.get(k).await.unwrap()).id, 1) }
+        };
+        paired(
+            "cache_get / raw_get_decode",
+            20_000,
+            1,
+            || async { assert!(cache.get(&key).await.is_some()) },
+            raw_get_decode,
+        )
+        .await;
+        paired(
+            "tier_get / raw_redis_get",
+            20_000,
+            1,
+            || async { assert!(tier.get(&key).await.unwrap().is_hit()) },
+            raw_get,
+        )
+        .await;
 
         let keys: Vec<Bytes> = (0..100).map(|i| Bytes::from(format!("user:{i}"))).collect();
         tier.insert_many(
@@ -281,8 +309,8 @@ fn paired_summary(rt: &Runtime) {
 }
 
 fn main() {
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // One thread: see the module docs.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))

@@ -243,11 +243,16 @@ pub struct RedisTarget {
 /// `tier redis ...`.
 #[derive(Debug, Subcommand)]
 pub enum RedisCommand {
-    /// Entries under the prefix: count, bytes, TTLs, by cache namespace.
+    /// The masters (slots, a PING each) and the entries under the prefix: count, bytes, TTLs,
+    /// by cache namespace.
     Stats {
         /// Where.
         #[command(flatten)]
         target: RedisTarget,
+        /// A service's metrics endpoint (as `tier stats --metrics` takes it): show the state of
+        /// its circuit breaker of each Cluster master (`tier_redis_node_breaker_state`).
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// List entries under the prefix with their TTL and size.
     Ls {

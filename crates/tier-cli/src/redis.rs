@@ -120,7 +120,7 @@ fn ttl_text(ttl: Option<u64>) -> String {
 /// Run a `tier redis` subcommand.
 pub async fn run(cmd: RedisCommand) -> Result<()> {
     match cmd {
-        RedisCommand::Stats { target } => stats(target).await,
+        RedisCommand::Stats { target, metrics } => stats(target, metrics.as_deref()).await,
         RedisCommand::Ls { target, key_prefix, limit } => ls(target, &key_prefix, limit).await,
         RedisCommand::Get { target, key } => get(target, &key).await,
     }
@@ -136,7 +136,17 @@ struct GroupOut {
 struct StatsOut {
     cluster: bool,
     nodes: Vec<String>,
+    /// Each master (or the server): slots, PING, and the breaker states a service reports.
+    masters: Vec<MasterOut>,
     prefix: String,
+    /// The listing's figures; absent when a node did not answer the SCAN (`scan_error`).
+    #[serde(flatten)]
+    entries: Option<EntriesOut>,
+    scan_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct EntriesOut {
     entries: u64,
     bytes: u64,
     states: BTreeMap<&'static str, u64>,
@@ -147,24 +157,52 @@ struct StatsOut {
     by_prefix: BTreeMap<String, GroupOut>,
 }
 
-async fn stats(t: RedisTarget) -> Result<()> {
-    let inspector = inspector(&t).await?;
-    let nodes = inspector.nodes().await.map_err(failed)?;
-    let (entries, _) = scan(&inspector, b"", usize::MAX).await?;
+#[derive(Debug, Serialize)]
+struct MasterOut {
+    node: String,
+    slots: u32,
+    /// Round trip of a PING from here, in microseconds; `null` when it failed.
+    ping_us: Option<u64>,
+    ping_error: Option<String>,
+    /// With `--metrics`: the service's breakers of this master (one per cache and tier).
+    breakers: Vec<BreakerOut>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+struct BreakerOut {
+    cache: String,
+    tier: String,
+    /// `closed`, `half_open` or `open`.
+    state: &'static str,
+}
+
+/// The service's per-master breaker states, by node, from its metrics.
+async fn breakers_of(metrics: &str) -> Result<BTreeMap<String, Vec<BreakerOut>>> {
+    let samples = crate::stats::scrape_samples(metrics).await?;
+    let mut out: BTreeMap<String, Vec<BreakerOut>> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.name == tier_redis::metrics::NODE_BREAKER_STATE) {
+        let label = |l: &str| s.labels.get(l).cloned().unwrap_or_default();
+        out.entry(label("node")).or_default().push(BreakerOut {
+            cache: label("cache"),
+            tier: label("tier"),
+            state: crate::promtext::breaker_name(Some(s.value)),
+        });
+    }
+    Ok(out)
+}
+
+fn entries_out(entries: &[EntryOut]) -> EntriesOut {
     let mut states = BTreeMap::new();
     let mut by_prefix: BTreeMap<String, GroupOut> = BTreeMap::new();
     let mut ttls: Vec<u64> = entries.iter().filter_map(|e| e.ttl_ms).collect();
     ttls.sort_unstable();
-    for e in &entries {
+    for e in entries {
         *states.entry(e.state).or_default() += 1;
         let g = by_prefix.entry(crate::disk::key_group(e.key.as_bytes())).or_default();
         g.entries += 1;
         g.bytes += e.bytes;
     }
-    let out = StatsOut {
-        cluster: inspector.connection().is_cluster(),
-        nodes,
-        prefix: t.prefix.clone(),
+    EntriesOut {
         entries: entries.len() as u64,
         bytes: entries.iter().map(|e| e.bytes).sum(),
         states,
@@ -173,34 +211,99 @@ async fn stats(t: RedisTarget) -> Result<()> {
         ttl_p50_ms: ttls.get(ttls.len() / 2).copied(),
         ttl_max_ms: ttls.last().copied(),
         by_prefix,
+    }
+}
+
+async fn stats(t: RedisTarget, metrics: Option<&str>) -> Result<()> {
+    let inspector = inspector(&t).await?;
+    let health = inspector.node_health().await.map_err(failed)?;
+    let mut breakers = match metrics {
+        Some(m) => breakers_of(m).await?,
+        None => BTreeMap::new(),
+    };
+    let mut masters: Vec<MasterOut> = health
+        .into_iter()
+        .map(|h| MasterOut {
+            breakers: breakers.remove(&h.node).unwrap_or_default(),
+            node: h.node,
+            slots: h.slots,
+            ping_us: h.ping.as_ref().ok().map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            ping_error: h.ping.err().map(|e| chain(&e)),
+        })
+        .collect();
+    // Masters the service knows that the topology does not name (any more).
+    masters.extend(breakers.into_iter().map(|(node, breakers)| MasterOut {
+        node,
+        slots: 0,
+        ping_us: None,
+        ping_error: Some("not a master of this topology".into()),
+        breakers,
+    }));
+    let (entries, scan_error) = match scan(&inspector, b"", usize::MAX).await {
+        Ok((entries, _)) => (Some(entries_out(&entries)), None),
+        Err(e) => (None, Some(e)),
+    };
+    let out = StatsOut {
+        cluster: inspector.connection().is_cluster(),
+        nodes: masters
+            .iter()
+            .filter(|m| m.slots > 0 || !inspector.connection().is_cluster())
+            .map(|m| m.node.clone())
+            .collect(),
+        masters,
+        prefix: t.prefix.clone(),
+        entries,
+        scan_error: scan_error.as_ref().map(|e| e.to_string()),
     };
     if t.json {
-        return print_json(&out);
+        print_json(&out)?;
+    } else {
+        print_stats(&out);
     }
+    // The masters were shown; a listing that could not be made is still a failure.
+    scan_error.map_or(Ok(()), Err)
+}
+
+fn print_stats(out: &StatsOut) {
     println!(
         "{} {}",
         if out.cluster { "cluster, masters" } else { "server" },
         out.nodes.join(", ")
     );
+    for m in &out.masters {
+        let ping = match (&m.ping_us, &m.ping_error) {
+            (Some(us), _) => format!("ping {}", crate::duration::short(Duration::from_micros(*us))),
+            (None, Some(e)) => format!("DOWN: {e}"),
+            (None, None) => "-".into(),
+        };
+        let slots = if out.cluster { format!("{:>5} slots  ", m.slots) } else { String::new() };
+        let breakers: Vec<String> =
+            m.breakers.iter().map(|b| format!("{}/{} {}", b.cache, b.tier, b.state)).collect();
+        let breakers = if breakers.is_empty() {
+            String::new()
+        } else {
+            format!("  breaker {}", breakers.join(", "))
+        };
+        println!("  {:<24} {slots}{ping}{breakers}", m.node);
+    }
     println!("prefix      {:?}", out.prefix);
-    println!("entries     {} ({} bytes of values)", count(out.entries), count(out.bytes));
-    let states: Vec<String> =
-        out.states.iter().map(|(s, n)| format!("{s} {}", count(*n))).collect();
+    let Some(e) = &out.entries else { return };
+    println!("entries     {} ({} bytes of values)", count(e.entries), count(e.bytes));
+    let states: Vec<String> = e.states.iter().map(|(s, n)| format!("{s} {}", count(*n))).collect();
     println!("state       {}", if states.is_empty() { "-".into() } else { states.join(", ") });
     println!(
         "ttl         min {}, median {}, max {}; {} without expiry",
-        ttl_text(out.ttl_min_ms),
-        ttl_text(out.ttl_p50_ms),
-        ttl_text(out.ttl_max_ms),
-        count(out.without_ttl)
+        ttl_text(e.ttl_min_ms),
+        ttl_text(e.ttl_p50_ms),
+        ttl_text(e.ttl_max_ms),
+        count(e.without_ttl)
     );
-    if !out.by_prefix.is_empty() {
+    if !e.by_prefix.is_empty() {
         println!("by prefix");
-        for (p, g) in &out.by_prefix {
+        for (p, g) in &e.by_prefix {
             println!("  {p:<30} {:>10} entries {:>14} bytes", count(g.entries), count(g.bytes));
         }
     }
-    Ok(())
 }
 
 async fn ls(t: RedisTarget, key_prefix: &str, limit: usize) -> Result<()> {

@@ -192,10 +192,10 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "response body is not UTF-8".into())
 }
 
-/// The figures of a scraped body: an empty body, or one without a single sample, is an error
+/// The samples of a scraped body: an empty body, or one without a single sample, is an error
 /// (a Prometheus endpoint of a service using tier is never empty), and so is any line that is
 /// not Prometheus text.
-fn figures_of(url: &str, body: &str) -> Result<Figures> {
+fn samples_of(url: &str, body: &str) -> Result<Vec<crate::promtext::Sample>> {
     let samples = crate::promtext::parse(body)
         .map_err(|e| CliError::runtime(format!("{url}: not Prometheus text: {e}")))?;
     if samples.is_empty() {
@@ -204,7 +204,17 @@ fn figures_of(url: &str, body: &str) -> Result<Figures> {
             "{url}: {what} (is this the metrics endpoint of a service using tier?)"
         )));
     }
-    Ok(Figures::from_samples(&samples))
+    Ok(samples)
+}
+
+fn figures_of(url: &str, body: &str) -> Result<Figures> {
+    Ok(Figures::from_samples(&samples_of(url, body)?))
+}
+
+/// Scrape the metrics endpoint `metrics` (as `tier stats --metrics` takes it) once: its samples.
+pub async fn scrape_samples(metrics: &str) -> Result<Vec<crate::promtext::Sample>> {
+    let ep = parse_endpoint(metrics).map_err(CliError::usage)?;
+    samples_of(&ep.url(), &scrape(&ep).await?)
 }
 
 /// What `tier stats --json` prints per scrape.

@@ -54,9 +54,18 @@ fn check(urls: Vec<String>, url_arg: &str) {
     assert_eq!(stats["by_prefix"]["shop:0:"]["entries"], expected, "{stats}");
     assert_eq!(stats["without_ttl"], if standalone { 1 } else { 0 }, "{stats}");
     assert!(stats["ttl_max_ms"].as_i64().unwrap() > 500_000, "{stats}");
+    let masters = stats["masters"].as_array().unwrap();
     if !standalone {
         assert_eq!(stats["nodes"].as_array().unwrap().len(), 3, "{stats}");
+        assert_eq!(masters.len(), 3, "{stats}");
+        let slots: u64 = masters.iter().map(|m| m["slots"].as_u64().unwrap()).sum();
+        assert_eq!(slots, 16384, "{stats}");
+    } else {
+        assert_eq!(masters.len(), 1, "{stats}");
     }
+    assert!(masters.iter().all(|m| m["ping_us"].as_u64().is_some()), "every node answers: {stats}");
+    let stats_text = text(tier().args(["redis", "stats", url_arg, "--prefix", &prefix]));
+    assert!(stats_text.contains("ping "), "{stats_text}");
 
     let ls = json(tier().args([
         "redis",
@@ -154,4 +163,45 @@ fn unreachable_or_bad_urls_are_one_line_errors() {
     assert!(line.contains("cannot connect"), "{line}");
     let line = fails(tier().args(["redis", "ls", "http://127.0.0.1:1/"]), 2);
     assert!(line.contains("invalid Redis URL"), "{line}");
+}
+
+#[test]
+fn stats_shows_a_services_breaker_of_each_master() {
+    let urls: Vec<String> = cluster_urls().split(',').map(String::from).collect();
+    let master = urls[0].trim_start_matches("redis://").trim_end_matches('/').to_string();
+    // A service's metrics: its breaker of the first master is open, and it knows a master the
+    // topology does not (any more).
+    let body = format!(
+        "# TYPE tier_redis_node_breaker_state gauge\n\
+         tier_redis_node_breaker_state{{cache=\"shop\",tier=\"redis\",node=\"{master}\"}} 2\n\
+         tier_redis_node_breaker_state{{cache=\"shop\",tier=\"redis\",node=\"10.9.9.9:7000\"}} 0\n"
+    );
+    let (addr, _server) = common::http_server(2, "200 OK", Box::leak(body.into_boxed_str()), None);
+    let prefix = format!("{}:", unique("tier-cli-breakers"));
+    let stats = json(tier().args([
+        "redis",
+        "stats",
+        &cluster_urls(),
+        "--prefix",
+        &prefix,
+        "--metrics",
+        &addr,
+        "--json",
+    ]));
+    let masters = stats["masters"].as_array().unwrap();
+    let of = |node: &str| masters.iter().find(|m| m["node"] == node).cloned().unwrap_or_default();
+    assert_eq!(of(&master)["breakers"], j!([{"cache": "shop", "tier": "redis", "state": "open"}]));
+    assert_eq!(of("10.9.9.9:7000")["ping_error"], "not a master of this topology", "{stats}");
+    let others: Vec<&Value> = masters.iter().filter(|m| m["node"] != master.as_str()).collect();
+    assert!(others.iter().filter(|m| m["slots"] != 0).all(|m| m["breakers"] == j!([])));
+    let text = text(tier().args([
+        "redis",
+        "stats",
+        &cluster_urls(),
+        "--prefix",
+        &prefix,
+        "--metrics",
+        &addr,
+    ]));
+    assert!(text.contains(&master) && text.contains("breaker shop/redis open"), "{text}");
 }

@@ -413,6 +413,52 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
+    /// A tier whose every call fails with `error`.
+    struct Failing(TierError);
+
+    #[async_trait]
+    impl Tier for Failing {
+        fn name(&self) -> &str {
+            "failing"
+        }
+        fn storage(&self) -> crate::entry::Storage {
+            crate::entry::Storage::Envelopes
+        }
+        async fn get(&self, _key: &[u8]) -> Result<Lookup, TierError> {
+            Err(self.0.clone())
+        }
+        async fn insert(&self, _key: Bytes, _entry: Entry) -> Result<(), TierError> {
+            Err(self.0.clone())
+        }
+        async fn remove(&self, _key: &[u8]) -> Result<(), TierError> {
+            Err(self.0.clone())
+        }
+        async fn clear(&self) -> Result<(), TierError> {
+            Err(self.0.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_of_a_part_of_the_tier_do_not_open_it() {
+        let timeout = TierError::new(TierErrorKind::Timeout, "one master is slow");
+        assert!(timeout.is_tier_failure());
+        let partial = timeout.clone().partial();
+        assert!(partial.is_partial() && !partial.is_tier_failure());
+        assert_eq!(partial.kind(), TierErrorKind::Timeout, "the kind is kept");
+
+        let tier = BreakerTier::new(Arc::new(Failing(partial)), cfg());
+        for _ in 0..50 {
+            assert_eq!(tier.get(b"k").await.err().map(|e| e.kind()), Some(TierErrorKind::Timeout));
+        }
+        assert_eq!(tier.breaker().state(), BreakerState::Closed);
+
+        let tier = BreakerTier::new(Arc::new(Failing(timeout)), cfg());
+        for _ in 0..3 {
+            let _ = tier.get(b"k").await;
+        }
+        assert_eq!(tier.breaker().state(), BreakerState::Open, "the same failure, whole: opens");
+    }
+
     #[test]
     fn ratio_over_window_opens() {
         let b = CircuitBreaker::new(BreakerConfig { consecutive_failures: 1000, ..cfg() });

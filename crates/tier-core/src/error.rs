@@ -59,12 +59,14 @@ pub struct TierError {
     kind: TierErrorKind,
     message: Arc<str>,
     source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
+    /// A failure of one part of the tier, counted by that part's own breaker.
+    partial: bool,
 }
 
 impl TierError {
     /// An error of `kind` with a message giving context.
     pub fn new(kind: TierErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: Arc::from(message.into()), source: None }
+        Self { kind, message: Arc::from(message.into()), source: None, partial: false }
     }
 
     /// An error of `kind` with context and the underlying cause.
@@ -73,7 +75,12 @@ impl TierError {
         message: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
-        Self { kind, message: Arc::from(message.into()), source: Some(Arc::from(source.into())) }
+        Self {
+            kind,
+            message: Arc::from(message.into()),
+            source: Some(Arc::from(source.into())),
+            partial: false,
+        }
     }
 
     /// Shorthand for a [`TierErrorKind::Decode`] error.
@@ -101,16 +108,32 @@ impl TierError {
         &self.message
     }
 
+    /// Mark this as the failure of one part of the tier — one master of a Redis Cluster — that
+    /// the tier counts against a breaker of that part's own: the kind stays what it is (metrics
+    /// still say `timeout` or `error`), but the tier as a whole is not sick, so the hierarchy's
+    /// breaker does not count it ([`is_tier_failure`](Self::is_tier_failure) is false).
+    pub fn partial(mut self) -> Self {
+        self.partial = true;
+        self
+    }
+
+    /// True for the failure of one part of the tier (see [`partial`](Self::partial)).
+    pub fn is_partial(&self) -> bool {
+        self.partial
+    }
+
     /// True when the failure says the tier is sick (it counts against the circuit breaker):
-    /// unavailable, timeout, I/O or other. A bad value, an open breaker or a disabled tier is not.
+    /// unavailable, timeout, I/O or other, unless it is the failure of one part of the tier
+    /// ([`partial`](Self::partial)). A bad value, an open breaker or a disabled tier is not.
     pub fn is_tier_failure(&self) -> bool {
-        matches!(
-            self.kind,
-            TierErrorKind::Unavailable
-                | TierErrorKind::Timeout
-                | TierErrorKind::Io
-                | TierErrorKind::Other
-        )
+        !self.partial
+            && matches!(
+                self.kind,
+                TierErrorKind::Unavailable
+                    | TierErrorKind::Timeout
+                    | TierErrorKind::Io
+                    | TierErrorKind::Other
+            )
     }
 
     /// True for a timeout.

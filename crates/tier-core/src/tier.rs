@@ -20,13 +20,20 @@ pub struct TierStats {
     pub capacity_bytes: u64,
 }
 
-/// Where a tier is mounted: the labels its own metrics carry.
+/// Where a tier is mounted: the labels its own metrics carry, and the hierarchy's bound on each
+/// of its calls.
 #[derive(Debug, Clone)]
 pub struct TierContext {
     /// The hierarchy's name (`cache` label).
     pub cache: String,
     /// The tier's name in the hierarchy (`tier` label).
     pub tier: String,
+    /// The per-call timeout the hierarchy puts around the tier ([`TierPolicy::timeout`](crate::TierPolicy::timeout)),
+    /// counted against the tier's breaker when it fires. A tier made of parts that keep breakers
+    /// of their own (the masters of a Redis Cluster) answers for a slow part before it, with a
+    /// [`partial`](crate::TierError::partial) error, so that one slow part does not open the
+    /// breaker of the whole tier.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// One level of the hierarchy: memory, disk, Redis, or a wrapper around one of them.

@@ -61,7 +61,7 @@ fn recovery_damage_and_evictions_are_counted_with_the_attach_labels() {
     let tier = build().build().unwrap();
     let report = tier.recovery_report().clone();
     assert_eq!(report.corrupt, 1);
-    tier.attach(&TierContext { cache: "users".into(), tier: "l2".into() });
+    tier.attach(&TierContext { cache: "users".into(), tier: "l2".into(), timeout: None });
     rt.block_on(async {
         // Write well past the capacity: segments are reclaimed, their entries evicted.
         for i in 0..2000 {

@@ -151,7 +151,7 @@ async fn capacity_is_bounded_in_bytes_and_evictions_are_counted() {
     let snapshotter = recorder.snapshotter();
     recorder.install().unwrap();
     let tier = MemoryTier::builder().max_bytes(100_000).build();
-    tier.attach(&TierContext { cache: "c".into(), tier: "memory".into() });
+    tier.attach(&TierContext { cache: "c".into(), tier: "memory".into(), timeout: None });
     for i in 0..1000u32 {
         tier.insert(Bytes::from(format!("key:{i}")), entry(60_000, 60_000, 900)).await.unwrap();
     }

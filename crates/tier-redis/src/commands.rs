@@ -134,6 +134,11 @@ pub(crate) fn info(section: &str) -> Cmd {
     redis::cmd("INFO").arg(section).clone()
 }
 
+/// `PING`.
+pub(crate) fn ping() -> Cmd {
+    redis::cmd("PING")
+}
+
 /// `DBSIZE`.
 pub(crate) fn dbsize() -> Cmd {
     redis::cmd("DBSIZE")

@@ -118,8 +118,16 @@ fn one_line(text: &str, max: usize) -> String {
 ///   (a failover), no connection to a node → [`TierErrorKind::Unavailable`];
 /// - client-side misuse (bad arguments) → [`TierErrorKind::Rejected`];
 /// - anything else (authentication, permissions, unexpected replies, OOM) →
-///   [`TierErrorKind::Other`], which also counts against the breaker.
+///   [`TierErrorKind::Other`], which also counts against the breaker. A refusal by the user's
+///   ACL (`NOPERM`) says so and points to [`crate::acl`].
 pub(crate) fn tier_error(op: &str, err: redis::RedisError) -> TierError {
+    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) {
+        return TierError::with_source(
+            TierErrorKind::Other,
+            format!("redis {op}: refused by the Redis user's ACL (tier_redis::acl lists what this crate needs)"),
+            RedisCause::new(err),
+        );
+    }
     use redis::{ErrorKind, ServerErrorKind};
     let kind = if err.is_timeout() {
         TierErrorKind::Timeout
@@ -148,6 +156,33 @@ pub(crate) fn tier_error(op: &str, err: redis::RedisError) -> TierError {
         }
     };
     TierError::with_source(kind, format!("redis {op}"), RedisCause::new(err))
+}
+
+/// `e` refused by the user's ACL, said with what the tier needs (`needs`, e.g. its key
+/// pattern); any other error as it is.
+pub(crate) fn with_acl_needs(e: TierError, needs: impl FnOnce() -> String) -> TierError {
+    let Some(cause) = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<RedisCause>())
+    else {
+        return e;
+    };
+    if cause.redis_error().kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) {
+        return e;
+    }
+    let op = e.message().split(':').next().unwrap_or("redis");
+    TierError::with_source(
+        e.kind(),
+        format!("{op}: refused by the Redis user's ACL, which must allow {}", needs()),
+        cause.clone(),
+    )
+}
+
+/// Did the server answer that it does not know the command (`ERR unknown command ...`)?
+pub(crate) fn is_unknown_command(e: &TierError) -> bool {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<RedisCause>()).is_some_and(|c| {
+        let err = c.redis_error();
+        err.code() == Some("ERR")
+            && err.detail().is_some_and(|d| d.to_ascii_lowercase().contains("unknown command"))
+    })
 }
 
 /// The error of an operation that did not finish within the connection's operation timeout.

@@ -41,6 +41,18 @@ pub struct StoredEntry {
     pub ttl: Option<Duration>,
 }
 
+/// How one node answers: for tools that show an outage (which master is out).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeHealth {
+    /// A master's `host:port`, or the standalone server's (redacted) URL.
+    pub node: String,
+    /// Hash slots it serves (0 for a standalone server).
+    pub slots: u32,
+    /// The round trip of a `PING`, or why there was none.
+    pub ping: Result<Duration, TierError>,
+}
+
 /// A read-only view of the keys under a [`RedisTier`](crate::RedisTier)'s prefix: it lists them
 /// with `SCAN` (never `KEYS`) on every master, a batch at a time, reads each one's TTL, size and
 /// envelope header in one pipeline per batch, and reads single entries. It writes nothing, so it
@@ -91,6 +103,34 @@ impl RedisInspector {
     /// server (its redacted URL).
     pub async fn nodes(&self) -> Result<Vec<String>, TierError> {
         Ok(self.conn.routes().await?.iter().map(|r| self.name_of(r)).collect())
+    }
+
+    /// Every master of a Cluster (from `CLUSTER SLOTS`, asked of any node that answers) or the
+    /// standalone server, sorted, with the slots it serves and a `PING` of it (sent to all at
+    /// once, each within the connection's operation timeout). Fails only when the topology
+    /// cannot be read.
+    pub async fn node_health(&self) -> Result<Vec<NodeHealth>, TierError> {
+        let (routes, slots): (Vec<Route>, Vec<u32>) = if self.conn.is_cluster() {
+            let ranges = self.conn.slot_ranges().await?;
+            let mut held: std::collections::BTreeMap<Route, u32> = Default::default();
+            for (first, last, route) in ranges {
+                *held.entry(route).or_default() += u32::from(last - first) + 1;
+            }
+            held.into_iter().unzip()
+        } else {
+            (vec![Route::Server], vec![0])
+        };
+        let pings = futures::future::join_all(routes.iter().map(|route| async move {
+            let started = std::time::Instant::now();
+            self.conn.query_on("ping", route, commands::ping()).await.map(|_| started.elapsed())
+        }))
+        .await;
+        Ok(routes
+            .iter()
+            .zip(slots)
+            .zip(pings)
+            .map(|((route, slots), ping)| NodeHealth { node: self.name_of(route), slots, ping })
+            .collect())
     }
 
     fn name_of(&self, route: &Route) -> String {

@@ -4,6 +4,9 @@
 //! |---|---|---|
 //! | `tier_redis_write_retries_total` | counter | cache, tier, outcome = queued / replaced / written / failed / dropped_full / expired |
 //! | `tier_redis_retry_queue` | gauge | cache, tier |
+//! | `tier_redis_node_breaker_state` | gauge 0 closed / 1 half-open / 2 open | cache, tier, node (a Cluster master's `host:port`) |
+//! | `tier_redis_node_skipped_total` | counter | cache, tier, node, reason = open / failed |
+//! | `tier_redis_topology_refreshes_total` | counter | cache, tier, result = ok / error / unsupported |
 //! | `tier_backplane_messages_total` | counter | channel, direction = sent / received |
 //! | `tier_backplane_errors_total` | counter | channel, kind = publish / decode / gap |
 //! | `tier_backplane_reconnects_total` | counter | channel |
@@ -23,6 +26,18 @@ use std::sync::RwLock;
 pub const WRITE_RETRIES: &str = "tier_redis_write_retries_total";
 /// Gauge: keys waiting in the retry queue.
 pub const RETRY_QUEUE: &str = "tier_redis_retry_queue";
+/// Gauge: the state of a Redis Cluster master's circuit breaker inside the tier (0 closed,
+/// 1 half-open, 2 open), by `node` (`host:port`). A master that left the topology reports 0.
+pub const NODE_BREAKER_STATE: &str = "tier_redis_node_breaker_state";
+/// Counter: keys not answered by their Cluster master, by `node` and `reason`: `open` (its
+/// breaker was open: a single-key call answered `CircuitOpen`, a batch's keys were misses or
+/// were not written) or `failed` (a batch's keys whose master's call failed: misses, or writes
+/// queued for retry).
+pub const NODE_SKIPPED: &str = "tier_redis_node_skipped_total";
+/// Counter: reads of the Cluster's slot → master map, by `result` (`ok`, `error`,
+/// `unsupported`: the server does not tell its topology, and the tier has no per-master
+/// breakers).
+pub const TOPOLOGY_REFRESHES: &str = "tier_redis_topology_refreshes_total";
 /// Counter: backplane messages, by `direction` (`sent`, `received`; own messages are not counted
 /// as received).
 pub const BACKPLANE_MESSAGES: &str = "tier_backplane_messages_total";
@@ -50,6 +65,20 @@ pub fn describe() {
         RETRY_QUEUE,
         Unit::Count,
         "Keys whose failed Redis write waits for a retry."
+    );
+    metrics::describe_gauge!(
+        NODE_BREAKER_STATE,
+        "Circuit breaker state of each Redis Cluster master inside the tier (0 closed, 1 half-open, 2 open)."
+    );
+    metrics::describe_counter!(
+        NODE_SKIPPED,
+        Unit::Count,
+        "Keys not answered by their Redis Cluster master, by reason (open breaker, failed call in a batch)."
+    );
+    metrics::describe_counter!(
+        TOPOLOGY_REFRESHES,
+        Unit::Count,
+        "Reads of the Redis Cluster slot map, by result (ok, error, unsupported)."
     );
     metrics::describe_counter!(
         BACKPLANE_MESSAGES,

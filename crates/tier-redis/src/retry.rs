@@ -167,13 +167,26 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The worker: drains the queue, one key at a time, backing off while Redis keeps failing.
-pub(crate) async fn run(queue: Arc<RetryQueue>, conn: RedisConnection, prefix: KeyPrefix) {
+/// A key whose Cluster master's breaker is open waits at the back of the queue without being
+/// sent (sending it would only wait for the lost master, and make the cluster client reconnect
+/// meanwhile).
+pub(crate) async fn run(
+    queue: Arc<RetryQueue>,
+    conn: RedisConnection,
+    prefix: KeyPrefix,
+    nodes: Option<Arc<crate::nodes::Nodes>>,
+) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let Some((key, op)) = queue.pop() else {
             queue.notify.notified().await;
             continue;
         };
+        if nodes.as_ref().is_some_and(|n| n.is_out(crate::connection::slot(&prefix.key(&key)))) {
+            queue.requeue(key, op);
+            tokio::time::sleep(MIN_BACKOFF).await;
+            continue;
+        }
         let now = tier_core::now_ms();
         // An expired write becomes a DEL (`commands::write`): an older value of the key may
         // have reached Redis after all (a command that timed out on our side can still be

@@ -1,17 +1,23 @@
 //! [`RedisTier`]: the shared L3 tier.
 
+use std::future::Future;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::{Entry, Lookup, Storage, Tier, TierContext, TierError, TierErrorKind, TierStats};
+use tier_core::{
+    BreakerConfig, BreakerState, Entry, Lookup, Storage, Tier, TierContext, TierError,
+    TierErrorKind, TierStats,
+};
 use tokio::task::JoinHandle;
 
 use crate::commands::{self, Write};
-use crate::connection::{by_slot, slot, ConnectionSource, RedisConnection};
+use crate::connection::{by_slot, short_reply, slot, ConnectionSource, RedisConnection};
 use crate::error::SetupError;
 use crate::keys::{KeyPrefix, DEFAULT_PREFIX};
 use crate::metrics::Labels;
+use crate::nodes::{self, Deadline, Nodes, RefreshError};
 use crate::retry::{self, RetryQueue};
 
 /// Default capacity of the write retry queue (keys).
@@ -25,6 +31,7 @@ pub struct RedisTierBuilder {
     prefix: KeyPrefix,
     name: String,
     retry_capacity: usize,
+    node_breaker: Option<BreakerConfig>,
 }
 
 impl RedisTierBuilder {
@@ -48,16 +55,48 @@ impl RedisTierBuilder {
         self
     }
 
-    /// Connect (unless given a connection) and start the retry worker.
+    /// The circuit breaker of each Redis Cluster master (see the crate docs, "Redis Cluster: a
+    /// lost master"): a master whose breaker is open answers its keys with
+    /// [`CircuitOpen`](TierErrorKind::CircuitOpen) at once, and its failures do not count
+    /// against the hierarchy's breaker of the whole tier. Not used with a standalone server.
+    /// [`build`](RedisTierBuilder::build) refuses a cool-down under 10 ms (it is the background
+    /// probe's period) and a `failure_ratio` outside (0, 1]. Default:
+    /// [`default_node_breaker`](crate::default_node_breaker) (tier-core's default breaker with
+    /// a 1 s cool-down).
+    pub fn node_breaker(mut self, config: BreakerConfig) -> Self {
+        self.node_breaker = Some(config);
+        self
+    }
+
+    /// No breaker per Cluster master: a lost master's keys fail (each within the tier's
+    /// timeout) and count against the hierarchy's breaker of the whole tier, as a standalone
+    /// server's would. Default: a breaker per master ([`node_breaker`](Self::node_breaker)).
+    pub fn no_node_breakers(mut self) -> Self {
+        self.node_breaker = None;
+        self
+    }
+
+    /// Connect (unless given a connection), read the Cluster's topology, start the retry
+    /// worker. Fails on a node breaker setting that cannot run (see
+    /// [`node_breaker`](Self::node_breaker)) and when the connection cannot be made; a
+    /// topology that cannot be read yet is read again in the background.
     pub async fn build(self) -> Result<RedisTier, SetupError> {
+        if let Some(cfg) = &self.node_breaker {
+            nodes::check_config(cfg).map_err(SetupError::Config)?;
+        }
         let conn = self.connection.connect().await?;
         crate::metrics::describe();
         let labels =
             Arc::new(RwLock::new(Labels { cache: String::new(), tier: self.name.clone() }));
+        let (nodes, nodes_task) = match self.node_breaker {
+            Some(cfg) if conn.is_cluster() => start_nodes(cfg, &conn, &labels).await,
+            _ => (None, None),
+        };
         let (retry, worker) = if self.retry_capacity > 0 {
             let queue = Arc::new(RetryQueue::new(self.retry_capacity, labels.clone()));
-            let worker = tokio::spawn(retry::run(queue.clone(), conn.clone(), self.prefix.clone()));
-            (Some(queue), Some(worker))
+            let worker =
+                retry::run(queue.clone(), conn.clone(), self.prefix.clone(), nodes.clone());
+            (Some(queue), Some(tokio::spawn(worker)))
         } else {
             (None, None)
         };
@@ -74,9 +113,43 @@ impl RedisTierBuilder {
                 worker: AbortOnDrop(worker),
                 stats,
                 poller: AbortOnDrop(Some(poller)),
+                nodes,
+                nodes_task: AbortOnDrop(nodes_task),
+                deadline: Deadline::default(),
             }),
         })
     }
+}
+
+/// The per-master breakers of a Cluster tier and their background task (topology reads,
+/// probes); none when the server does not tell its topology (said once in the log).
+async fn start_nodes(
+    cfg: BreakerConfig,
+    conn: &RedisConnection,
+    labels: &Arc<RwLock<Labels>>,
+) -> (Option<Arc<Nodes>>, Option<JoinHandle<()>>) {
+    let nodes = Arc::new(Nodes::new(cfg, labels.clone()));
+    let first_read = match nodes.refresh_from(conn).await {
+        Ok(()) => nodes::REFRESH_INTERVAL,
+        Err(RefreshError::Unsupported(e)) => {
+            tracing::warn!(error = %e, "the Redis server does not tell its Cluster topology: one circuit breaker for the whole tier, none per master");
+            return (None, None);
+        }
+        Err(RefreshError::Failed(e)) => {
+            tracing::debug!(error = %e, "Redis Cluster topology not read yet; reading it in the background");
+            nodes::MIN_REFRESH_GAP
+        }
+    };
+    let task = tokio::spawn(nodes::run(nodes.clone(), conn.clone(), first_read));
+    (Some(nodes), Some(task))
+}
+
+/// What a call does, for its bound and for a master whose breaker is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    Removal,
 }
 
 struct AbortOnDrop(Option<JoinHandle<()>>);
@@ -106,7 +179,15 @@ impl Drop for AbortOnDrop {
 /// - Every write (`insert`, `insert_many`, `remove`, the background retry) is one command built
 ///   in one place; one that fails is returned as an error *and* queued for a background retry
 ///   (bounded, deduplicated per key; see the crate docs for the metrics).
-/// - Every call is bounded by the connection's operation timeout (connect + response timeout).
+/// - Every call is bounded by the connection's operation timeout (connect + response timeout)
+///   and, when the hierarchy mounts the tier with a timeout, ends
+///   [`DEADLINE_MARGIN`](crate::DEADLINE_MARGIN) before it (so that a failed write is still
+///   queued for retry, and a slow Cluster master is that master's failure).
+/// - In a Cluster, each master has a circuit breaker of its own
+///   ([`node_breaker`](RedisTierBuilder::node_breaker)): the keys of a master that is out
+///   answer [`CircuitOpen`](TierErrorKind::CircuitOpen) at once and the other masters' keys
+///   are not affected; see the crate docs, "Redis Cluster: a lost master", for what batches
+///   answer.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -146,6 +227,12 @@ struct Inner {
     stats: Arc<crate::stats::ServerStats>,
     #[allow(dead_code)]
     poller: AbortOnDrop,
+    /// The breaker of each Cluster master; `None` for a standalone server or when turned off.
+    nodes: Option<Arc<Nodes>>,
+    #[allow(dead_code)]
+    nodes_task: AbortOnDrop,
+    /// Each call ends a little before the hierarchy's timeout (set when mounted).
+    deadline: Deadline,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -168,7 +255,15 @@ impl RedisTier {
             prefix: KeyPrefix::from_static(DEFAULT_PREFIX),
             name: "redis".into(),
             retry_capacity: DEFAULT_RETRY_CAPACITY,
+            node_breaker: Some(nodes::default_node_breaker()),
         }
+    }
+
+    /// Each Cluster master (`host:port`) with the state of its breaker, sorted by address;
+    /// empty for a standalone server or without per-master breakers
+    /// ([`no_node_breakers`](RedisTierBuilder::no_node_breakers)).
+    pub fn node_breakers(&self) -> Vec<(String, BreakerState)> {
+        self.inner.nodes.as_ref().map_or_else(Vec::new, |n| n.states())
     }
 
     /// The connection, to share with [`RedisGenerations`](crate::RedisGenerations),
@@ -217,50 +312,171 @@ impl RedisTier {
         }
     }
 
+    /// The bound of one call (of a `read` or a write): a little below the hierarchy's timeout
+    /// when mounted with one, so that the tier's answer comes first (a Cluster master's failure
+    /// is the master's, a failed write is queued for retry), and never more than the
+    /// connection's own. `None` for a read of a standalone server mounted with a timeout: the
+    /// hierarchy's timer bounds it and there is nothing to attribute or queue, so a timer of
+    /// ours would only cost (~5 % of an L3 hit each).
+    fn bound(&self, read: bool) -> Option<Duration> {
+        let op = self.inner.conn.op_timeout();
+        match self.inner.deadline.get() {
+            Some(_) if read && self.inner.nodes.is_none() && !self.inner.conn.is_cluster() => None,
+            Some(d) => Some(d.min(op)),
+            None => Some(op),
+        }
+    }
+
+    /// Run `call` (given its bound) for keys living on the master of `redis_key`'s slot, under
+    /// that master's breaker (Cluster, see `crate::nodes`): refused at once while it is not
+    /// closed (`CircuitOpen`; a removal with an error that is not, see `Nodes::admit`), its
+    /// outcome recorded there, a failure returned partial. `batch`: the number of keys, when
+    /// they are part of a batch (a failure of theirs is counted). Without per-master breakers,
+    /// `call` runs as is.
+    async fn on_master<T, F, Fut>(
+        &self,
+        redis_key: &[u8],
+        op: Op,
+        batch: Option<usize>,
+        call: F,
+    ) -> Result<T, TierError>
+    where
+        F: FnOnce(Option<Duration>) -> Fut,
+        Fut: Future<Output = Result<T, TierError>>,
+    {
+        let bound = self.bound(op == Op::Read);
+        let Some((nodes, master)) =
+            self.inner.nodes.as_ref().and_then(|n| Some((n, n.master_of(slot(redis_key))?)))
+        else {
+            return call(bound).await.map_err(|e| self.acl_needs(e));
+        };
+        nodes.admit(&master, batch.unwrap_or(1), op == Op::Removal)?;
+        let result = nodes.record(&master, call(bound).await.map_err(|e| self.acl_needs(e)));
+        if let (Err(e), Some(keys)) = (&result, batch) {
+            if e.is_partial() {
+                nodes.skipped(&master, "failed", keys);
+            }
+        }
+        result
+    }
+
+    /// An error refused by the user's ACL, with the key pattern and the commands the tier needs.
+    fn acl_needs(&self, e: TierError) -> TierError {
+        crate::error::with_acl_needs(e, || {
+            let prefix = String::from_utf8_lossy(self.prefix()).into_owned();
+            let rules = crate::acl::rules(&[&prefix], &[]);
+            let allowed: Vec<&str> =
+                rules.iter().map(String::as_str).filter(|r| r.starts_with(['~', '+'])).collect();
+            format!("{} (tier_redis::acl::rules)", allowed.join(" "))
+        })
+    }
+
+    /// `MGET` of `keys` on a Cluster with per-master breakers: one per hash slot, sent
+    /// concurrently, each under its master's breaker. The keys of a master that is open or
+    /// fails are misses (counted in `tier_redis_node_skipped_total`); the call fails only when
+    /// no master answered (with a master's failure, else `CircuitOpen`).
+    async fn mget_by_master(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, TierError> {
+        let groups = by_slot((0..keys.len()).collect(), |&i: &usize| slot(&keys[i]));
+        let replies = futures::future::join_all(groups.into_iter().map(|idx| async move {
+            let cmd = commands::mget(idx.iter().map(|&i| &keys[i][..]));
+            let n = idx.len();
+            let got = self
+                .on_master(&keys[idx[0]], Op::Read, Some(n), |bound| async move {
+                    let got: Vec<Option<Bytes>> =
+                        self.inner.conn.query_within(bound, "get_many", &cmd).await?;
+                    if got.len() != n {
+                        return Err(short_reply(got.len(), n));
+                    }
+                    Ok(got)
+                })
+                .await;
+            (idx, got)
+        }))
+        .await;
+        let mut values = vec![None; keys.len()];
+        let (mut answered, mut failure, mut open) = (false, None, None);
+        for (idx, got) in replies {
+            match got {
+                Ok(got) => {
+                    answered = true;
+                    for (i, v) in idx.into_iter().zip(got) {
+                        values[i] = v;
+                    }
+                }
+                Err(e) if e.kind() == TierErrorKind::CircuitOpen => open = open.or(Some(e)),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        match failure.or(open) {
+            Some(e) if !answered => Err(e),
+            _ => Ok(values),
+        }
+    }
+
     /// The write path: perform `writes` (one command each, [`commands::write`]) — one command
     /// alone, several in one pipeline (standalone) or one pipeline per hash slot, sent
-    /// concurrently (Cluster). A key written cancels its pending retry; every write of a group
-    /// that failed is queued for retry, and the first error is returned.
-    async fn write(&self, writes: Vec<(Bytes, Write)>) -> Result<(), TierError> {
+    /// concurrently (Cluster), each under its master's breaker. A key written cancels its
+    /// pending retry; every write of a group that failed is queued for retry, and the first
+    /// failure is returned; the values for a master whose breaker is open are not written (nor
+    /// queued), and are an error (`CircuitOpen`) only when nothing was written at all. A
+    /// removal ([`Op::Removal`]) for such a master is not sent either, but queued and returned as a failure
+    /// (it must not be skipped silently; sending it would only wait for the lost master).
+    async fn write(&self, writes: Vec<(Bytes, Write)>, op: Op) -> Result<(), TierError> {
         let now = tier_core::now_ms();
+        let batch = (writes.len() > 1).then_some(());
         let groups = if self.inner.conn.is_cluster() && writes.len() > 1 {
             by_slot(writes, |(k, _)| slot(&self.redis_key(k)))
         } else {
             vec![writes]
         };
         let results = futures::future::join_all(groups.into_iter().map(|group| async move {
-            let result = match &group[..] {
-                [(key, write)] => {
-                    let cmd = commands::write(&self.redis_key(key), write, now);
-                    self.inner.conn.query::<()>("write", &cmd).await
-                }
-                group => {
-                    let mut pipe = redis::pipe();
-                    for (key, write) in group {
-                        pipe.add_command(commands::write(&self.redis_key(key), write, now))
-                            .ignore();
+            let Some((first, _)) = group.first() else { return (group, Ok(())) };
+            let keys = batch.map(|()| group.len());
+            let writes = &group;
+            let result = self
+                .on_master(&self.redis_key(first), op, keys, |bound| async move {
+                    match &writes[..] {
+                        [(key, write)] => {
+                            let cmd = commands::write(&self.redis_key(key), write, now);
+                            self.inner.conn.query_within::<()>(bound, "write", &cmd).await
+                        }
+                        group => {
+                            let mut pipe = redis::pipe();
+                            for (key, write) in group {
+                                pipe.add_command(commands::write(&self.redis_key(key), write, now))
+                                    .ignore();
+                            }
+                            self.inner.conn.query_pipe_within::<()>(bound, "write", &pipe).await
+                        }
                     }
-                    self.inner.conn.query_pipe::<()>("write", &pipe).await
-                }
-            };
+                })
+                .await;
             (group, result)
         }))
         .await;
-        let mut first_err = None;
+        let (mut written, mut failure, mut open) = (false, None, None);
         for (group, result) in results {
-            let Some(queue) = &self.inner.retry else {
-                first_err = first_err.or(result.err());
-                continue;
-            };
             match result {
-                Ok(()) => group.iter().for_each(|(k, _)| queue.cancel(k)),
+                Ok(()) => {
+                    written = true;
+                    if let Some(queue) = &self.inner.retry {
+                        group.iter().for_each(|(k, _)| queue.cancel(k));
+                    }
+                }
+                Err(e) if e.kind() == TierErrorKind::CircuitOpen => open = open.or(Some(e)),
                 Err(e) => {
-                    group.into_iter().for_each(|(k, w)| queue.push(k, w));
-                    first_err.get_or_insert(e);
+                    if let Some(queue) = &self.inner.retry {
+                        group.into_iter().for_each(|(k, w)| queue.push(k, w));
+                    }
+                    failure = failure.or(Some(e));
                 }
             }
         }
-        first_err.map_or(Ok(()), Err)
+        match (failure, open) {
+            (Some(e), _) => Err(e),
+            (None, Some(e)) if !written => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -275,20 +491,29 @@ impl Tier for RedisTier {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
-        let value: Option<Bytes> =
-            self.inner.conn.query("get", &commands::get(&self.redis_key(key))).await?;
+        let redis_key = self.redis_key(key);
+        let cmd = commands::get(&redis_key);
+        let value: Option<Bytes> = self
+            .on_master(&redis_key, Op::Read, None, |bound| {
+                self.inner.conn.query_within(bound, "get", &cmd)
+            })
+            .await?;
         Self::classify(value, tier_core::now_ms())
     }
 
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
         let full: Vec<Vec<u8>> = keys.iter().map(|k| self.redis_key(k)).collect();
-        let values: Vec<Option<Bytes>> = self.inner.conn.mget("get_many", &full).await?;
+        let values: Vec<Option<Bytes>> = if self.inner.nodes.is_some() && !full.is_empty() {
+            self.mget_by_master(&full).await?
+        } else {
+            self.inner.conn.mget_within(self.bound(true), "get_many", &full).await?
+        };
         let now = tier_core::now_ms();
         values.into_iter().map(|v| Self::classify(v, now)).collect()
     }
 
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
-        self.write(vec![(key, Self::set_for(&entry)?)]).await
+        self.write(vec![(key, Self::set_for(&entry)?)], Op::Write).await
     }
 
     async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
@@ -299,11 +524,11 @@ impl Tier for RedisTier {
             .iter()
             .map(|(k, e)| Ok((k.clone(), Self::set_for(e)?)))
             .collect::<Result<Vec<_>, TierError>>()?;
-        self.write(writes).await
+        self.write(writes, Op::Write).await
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
-        self.write(vec![(Bytes::copy_from_slice(key), Write::Remove)]).await
+        self.write(vec![(Bytes::copy_from_slice(key), Write::Remove)], Op::Removal).await
     }
 
     async fn clear(&self) -> Result<(), TierError> {
@@ -322,8 +547,12 @@ impl Tier for RedisTier {
 
     fn attach(&self, ctx: &TierContext) {
         crate::metrics::describe();
-        let mut labels = self.inner.labels.write().unwrap_or_else(|p| p.into_inner());
-        *labels = Labels { cache: ctx.cache.clone(), tier: ctx.tier.clone() };
+        *self.inner.labels.write().unwrap_or_else(|p| p.into_inner()) =
+            Labels { cache: ctx.cache.clone(), tier: ctx.tier.clone() };
+        self.inner.deadline.set(ctx.timeout);
+        if let Some(nodes) = &self.inner.nodes {
+            nodes.label_gauges();
+        }
         // The eviction series exist from the start (at 0), before the first server poll.
         for cause in ["capacity", "expired"] {
             metrics::counter!(tier_core::metrics::TIER_EVICTIONS, "cache" => ctx.cache.clone(), "tier" => ctx.tier.clone(), "cause" => cause).increment(0);

@@ -129,4 +129,32 @@ async fn metrics_have_their_names_and_labels() {
     assert_eq!(seen.counter(&snap, names::WRITE_RETRIES, &written), 1);
     let queue = id(names::RETRY_QUEUE, &[("cache", "retrying"), ("tier", "l3")]);
     assert!(seen.keys.contains(&queue), "{:?}", seen.keys);
+
+    // Per-master breakers of a Cluster (one master of the test's own, to lose it): a state per
+    // master once mounted, keys refused while it is open, topology reads.
+    let mut nodes = own_cluster(1).await;
+    let conn = connect_quick(RedisConnection::cluster([nodes[0].url()])).await;
+    let l3 = data_tier(&conn, &unique_prefix("nodes")).await;
+    let cache: Cache<String> = Cache::builder("nodes")
+        .tier(l3.clone(), TierPolicy::fresh(Duration::from_secs(60)).name("l3"))
+        .build()
+        .unwrap();
+    let node = format!("127.0.0.1:{}", nodes[0].port);
+    let state =
+        id(names::NODE_BREAKER_STATE, &[("cache", "nodes"), ("tier", "l3"), ("node", &node)]);
+    seen.update(&snap);
+    assert!(seen.keys.contains(&state), "{state} not in {:?}", seen.keys);
+    let refreshed = [("cache", ""), ("tier", "redis"), ("result", "ok")];
+    assert_eq!(seen.counter(&snap, names::TOPOLOGY_REFRESHES, &refreshed), 1, "read at build");
+    nodes[0].kill();
+    eventually(Duration::from_secs(10), "the master's breaker opens", || async {
+        let _ = cache.get(&cache.key("k")).await;
+        l3.node_breakers() == [(node.clone(), tier_core::BreakerState::Open)]
+    })
+    .await;
+    assert!(cache.get(&cache.key("k")).await.is_none());
+    let skipped = [("cache", "nodes"), ("tier", "l3"), ("node", &node), ("reason", "open")];
+    assert!(seen.counter(&snap, names::NODE_SKIPPED, &skipped) >= 1);
+    seen.update(&snap);
+    assert_eq!(seen.gauges.get(&state), Some(&2.0), "open");
 }

@@ -254,4 +254,30 @@ async fn setup_errors_are_clear() {
         .await
         .expect_err("refused");
     assert!(err.to_string().contains("cannot connect"), "{err}");
+    // A per-master breaker that cannot run is refused before connecting.
+    let busy_loop =
+        tier_core::BreakerConfig { cooldown: Duration::ZERO, ..tier_redis::default_node_breaker() };
+    let err = RedisTier::builder(RedisConnection::cluster(["redis://127.0.0.1:1/"]))
+        .node_breaker(busy_loop)
+        .build()
+        .await
+        .expect_err("zero cool-down");
+    assert!(err.to_string().contains("cooldown"), "{err}");
+}
+
+#[tokio::test]
+async fn a_cluster_of_one_node_that_does_not_know_its_address() {
+    // A node that met no other announces its slots with an empty host ("the node you asked"):
+    // per-node work (clear's SCAN + UNLINK, the per-master breakers) goes to the URL given.
+    let nodes = own_cluster(1).await;
+    let t = RedisTier::builder(RedisConnection::cluster([nodes[0].url()]))
+        .prefix(unique_prefix("one-node"))
+        .build()
+        .await
+        .unwrap();
+    let master = format!("127.0.0.1:{}", nodes[0].port);
+    assert_eq!(t.node_breakers(), [(master, tier_core::BreakerState::Closed)]);
+    t.insert(key("k"), entry("v", 60_000, 60_000)).await.unwrap();
+    t.clear().await.unwrap();
+    assert!(matches!(t.get(b"k").await.unwrap(), Lookup::Miss));
 }

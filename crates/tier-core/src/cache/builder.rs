@@ -210,7 +210,11 @@ impl<V: CacheValue> CacheBuilder<V> {
             }
             let storage = tier.storage();
             let shared = tier.is_shared();
-            tier.attach(&TierContext { cache: self.name.clone(), tier: name.clone() });
+            tier.attach(&TierContext {
+                cache: self.name.clone(),
+                tier: name.clone(),
+                timeout: policy.timeout,
+            });
             let mut wrapped = tier;
             if let Some(t) = policy.timeout {
                 wrapped = Arc::new(TimeoutTier::new(wrapped, t));

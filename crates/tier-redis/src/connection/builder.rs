@@ -39,6 +39,9 @@ pub struct RedisConnectionBuilder {
     connect_timeout: Duration,
     response_timeout: Duration,
     reconnect_retries: usize,
+    /// PEM file of the CA certificates `rediss://` servers are verified against.
+    #[cfg(feature = "tls")]
+    tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RedisConnectionBuilder {
@@ -55,7 +58,7 @@ impl std::fmt::Debug for RedisConnectionBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("reconnect_retries", &self.reconnect_retries)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,7 +69,21 @@ impl RedisConnectionBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             reconnect_retries: 2,
+            #[cfg(feature = "tls")]
+            tls_ca_file: None,
         }
+    }
+
+    /// Verify `rediss://` servers against the CA certificates in this PEM file (one or more
+    /// certificates), instead of the system's trust store: a private CA. The file is read by
+    /// [`connect`](Self::connect); one that cannot be read or holds no certificate fails it.
+    /// The server's certificate must name the host of the URL (e.g. `IP:127.0.0.1` for
+    /// `rediss://127.0.0.1:6380/`). Default: the system's trust store. Cargo feature `tls`.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
     }
 
     /// How long one connection attempt may take. Default: 1 s.
@@ -99,16 +116,31 @@ impl RedisConnectionBuilder {
         }
         // A sum past `Duration::MAX` is as good as no bound.
         let op_timeout = self.connect_timeout.saturating_add(self.response_timeout);
+        let tls = Tls::of(&self)?;
         match &self.target {
-            Target::Standalone(url) => self.standalone(url, op_timeout).await,
-            Target::Cluster(urls) => self.cluster(urls, op_timeout).await,
+            Target::Standalone(url) => self.standalone(url, op_timeout, &tls).await,
+            Target::Cluster(urls) => self.cluster(urls, op_timeout, &tls).await,
             Target::Detect(urls) => match &urls[..] {
                 [] => Err(no_urls()),
-                [url] if !is_cluster_node(url, op_timeout).await? => {
-                    self.standalone(url, op_timeout).await
+                [url] if !is_cluster_node(url, op_timeout, &tls).await? => {
+                    self.standalone(url, op_timeout, &tls).await
                 }
-                urls => self.cluster(urls, op_timeout).await,
+                urls => self.cluster(urls, op_timeout, &tls).await,
             },
+        }
+    }
+
+    /// Connections to single Cluster nodes made like the first of `clients` (its credentials,
+    /// database and TLS), with this builder's timeouts.
+    fn node_conns(&self, clients: &[redis::Client]) -> super::node::NodeConns {
+        let template = clients.first().map(|c| c.get_connection_info().clone());
+        super::node::NodeConns::new(template, self.connect_timeout, self.response_timeout)
+    }
+
+    fn urls(&self) -> &[String] {
+        match &self.target {
+            Target::Standalone(url) => std::slice::from_ref(url),
+            Target::Cluster(urls) | Target::Detect(urls) => urls,
         }
     }
 
@@ -116,8 +148,9 @@ impl RedisConnectionBuilder {
         &self,
         url: &str,
         op_timeout: Duration,
+        tls: &Tls,
     ) -> Result<RedisConnection, SetupError> {
-        let client = open_client(url)?;
+        let client = tls.client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout))
@@ -130,6 +163,7 @@ impl RedisConnectionBuilder {
         Ok(RedisConnection {
             inner: Arc::new(Inner {
                 conn: Conn::Standalone(manager),
+                node_conns: self.node_conns(&[]),
                 nodes: vec![client],
                 targets: vec![target],
                 op_timeout,
@@ -141,27 +175,28 @@ impl RedisConnectionBuilder {
         &self,
         urls: &[String],
         op_timeout: Duration,
+        tls: &Tls,
     ) -> Result<RedisConnection, SetupError> {
         let first = urls.first().ok_or_else(no_urls)?;
         let mut infos = Vec::with_capacity(urls.len());
         let mut nodes = Vec::with_capacity(urls.len());
         for url in urls {
             infos.push(url.as_str().into_connection_info().map_err(|e| url_error(url, e))?);
-            nodes.push(open_client(url)?);
+            nodes.push(tls.client(url)?);
         }
-        let client = ClusterClientBuilder::new(infos)
+        let builder = ClusterClientBuilder::new(infos)
             .connection_timeout(self.connect_timeout)
             .response_timeout(self.response_timeout)
             .retries(u32::try_from(self.reconnect_retries).unwrap_or(u32::MAX))
             .min_retry_wait(50)
-            .max_retry_wait(500)
-            .build()
-            .map_err(|e| url_error(first, e))?;
+            .max_retry_wait(500);
+        let client = tls.cluster(builder).build().map_err(|e| url_error(first, e))?;
         let target = format!("cluster of {} node URLs", urls.len());
         let conn = bounded_connect(&target, op_timeout, client.get_async_connection()).await?;
         Ok(RedisConnection {
             inner: Arc::new(Inner {
                 conn: Conn::Cluster(conn),
+                node_conns: self.node_conns(&nodes),
                 nodes,
                 targets: urls.iter().map(|u| redact_url(u)).collect(),
                 op_timeout,
@@ -171,8 +206,8 @@ impl RedisConnectionBuilder {
 }
 
 /// Does the server at `url` say it is a Cluster node (`INFO cluster`: `cluster_enabled:1`)?
-async fn is_cluster_node(url: &str, op_timeout: Duration) -> Result<bool, SetupError> {
-    let client = open_client(url)?;
+async fn is_cluster_node(url: &str, op_timeout: Duration, tls: &Tls) -> Result<bool, SetupError> {
+    let client = tls.client(url)?;
     let target = redact_url(url);
     let asking = async {
         let mut conn = client.get_multiplexed_async_connection().await?;
@@ -208,8 +243,83 @@ fn url_error(url: &str, e: redis::RedisError) -> SetupError {
     SetupError::Url { url: redact_url(url), source: e.into() }
 }
 
-fn open_client(url: &str) -> Result<redis::Client, SetupError> {
-    redis::Client::open(url).map_err(|e| url_error(url, e))
+/// How clients are made: with the CA certificates of
+/// [`tls_ca_file`](RedisConnectionBuilder::tls_ca_file), or plain.
+struct Tls {
+    #[cfg(feature = "tls")]
+    certs: Option<redis::TlsCertificates>,
+}
+
+impl Tls {
+    /// Read the CA file, if any; check that TLS can run when a URL asks for it.
+    fn of(builder: &RedisConnectionBuilder) -> Result<Self, SetupError> {
+        let wants_tls = builder
+            .urls()
+            .iter()
+            .any(|u| u.get(..9).is_some_and(|s| s.eq_ignore_ascii_case("rediss://")));
+        #[cfg(feature = "tls")]
+        {
+            if wants_tls && rustls::crypto::CryptoProvider::get_default().is_none() {
+                return Err(SetupError::Config(
+                    "rediss:// needs a rustls CryptoProvider installed by the application at \
+                     start, e.g. rustls::crypto::ring::default_provider().install_default()"
+                        .into(),
+                ));
+            }
+            let certs = match &builder.tls_ca_file {
+                None => None,
+                Some(path) => Some(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(read_ca_file(path)?),
+                }),
+            };
+            Ok(Self { certs })
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            if wants_tls {
+                return Err(SetupError::Config(
+                    "rediss:// URLs need tier-redis's cargo feature `tls`".into(),
+                ));
+            }
+            Ok(Self {})
+        }
+    }
+
+    fn client(&self, url: &str) -> Result<redis::Client, SetupError> {
+        #[cfg(feature = "tls")]
+        if let Some(certs) = &self.certs {
+            return redis::Client::build_with_tls(url, certs.clone())
+                .map_err(|e| url_error(url, e));
+        }
+        redis::Client::open(url).map_err(|e| url_error(url, e))
+    }
+
+    fn cluster(&self, builder: ClusterClientBuilder) -> ClusterClientBuilder {
+        #[cfg(feature = "tls")]
+        if let Some(certs) = &self.certs {
+            return builder.certs(certs.clone());
+        }
+        builder
+    }
+}
+
+/// The PEM text of a CA file with at least one certificate.
+#[cfg(feature = "tls")]
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, SetupError> {
+    use rustls::pki_types::pem::PemObject;
+    let shown = path.display();
+    let pem = std::fs::read(path)
+        .map_err(|e| SetupError::Config(format!("cannot read the TLS CA file {shown}: {e}")))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            SetupError::Config(format!("TLS CA file {shown}: not PEM certificates: {e}"))
+        })?;
+    if certs.is_empty() {
+        return Err(SetupError::Config(format!("TLS CA file {shown} holds no certificate")));
+    }
+    Ok(pem)
 }
 
 /// Where a builder of this crate gets its connection: an existing [`RedisConnection`] (shared

@@ -7,7 +7,7 @@ use redis::Value;
 
 /// Where a command that concerns one node (`SCAN`, `INFO`, `DBSIZE`, a pipeline of keys found
 /// on it) is sent.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Route {
     /// The standalone server.
     Server,
@@ -25,9 +25,12 @@ impl Route {
     }
 }
 
+/// Hash slots of a Redis Cluster.
+pub(crate) const SLOTS: u16 = 16384;
+
 /// The Redis Cluster hash slot of `key` (CRC16/XMODEM of the key or of its `{hash tag}`, mod 16384).
 pub(crate) fn slot(key: &[u8]) -> u16 {
-    crc16(hash_tag(key).unwrap_or(key)) % 16384
+    crc16(hash_tag(key).unwrap_or(key)) % SLOTS
 }
 
 fn hash_tag(key: &[u8]) -> Option<&[u8]> {
@@ -58,26 +61,43 @@ pub(crate) fn by_slot<T>(items: Vec<T>, key_of: impl Fn(&T) -> u16) -> Vec<Vec<T
     groups.into_values().collect()
 }
 
-/// The masters named by a `CLUSTER SLOTS` reply, each once, sorted.
-pub(crate) fn masters(slots: Value) -> Vec<Route> {
-    let mut masters: Vec<Route> = Vec::new();
-    let Value::Array(ranges) = slots else { return masters };
+/// The slot ranges of a `CLUSTER SLOTS` reply with the master serving each: `(first, last,
+/// master)`, in the order of the reply. Ranges that are not well formed (a slot past 16383, a
+/// port past 65535, a missing master) are left out. A master announced without a host (an
+/// empty string or nil: "the endpoint this request went to", as a node that never met another
+/// says of itself) is on `asked_host`.
+pub(crate) fn slot_ranges(slots: Value, asked_host: &str) -> Vec<(u16, u16, Route)> {
+    let mut out = Vec::new();
+    let Value::Array(ranges) = slots else { return out };
     for range in ranges {
         let Value::Array(parts) = range else { continue };
+        let slot_at = |i: usize| match parts.get(i) {
+            Some(Value::Int(n)) => u16::try_from(*n).ok().filter(|s| *s < SLOTS),
+            _ => None,
+        };
+        let (Some(first), Some(last)) = (slot_at(0), slot_at(1)) else { continue };
         let Some(Value::Array(master)) = parts.get(2) else { continue };
         let host = match master.first() {
             Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
             Some(Value::SimpleString(s)) => s.clone(),
+            Some(Value::Nil) => String::new(),
             _ => continue,
         };
+        let host = if host.is_empty() { asked_host.to_string() } else { host };
         let Some(Value::Int(port)) = master.get(1) else { continue };
         let Ok(port) = u16::try_from(*port) else { continue };
-        let route = Route::Master { host, port };
-        if !masters.contains(&route) {
-            masters.push(route);
+        if first <= last {
+            out.push((first, last, Route::Master { host, port }));
         }
     }
+    out
+}
+
+/// The masters of `ranges` ([`slot_ranges`]), each once, sorted.
+pub(crate) fn masters(ranges: Vec<(u16, u16, Route)>) -> Vec<Route> {
+    let mut masters: Vec<Route> = ranges.into_iter().map(|(_, _, m)| m).collect();
     masters.sort();
+    masters.dedup();
     masters
 }
 
@@ -113,13 +133,43 @@ mod tests {
             range(300, 399, node("10.0.0.3", 70000)),
         ]);
         assert_eq!(
-            masters(reply),
+            masters(slot_ranges(reply, "")),
             [
                 Route::Master { host: "10.0.0.1".into(), port: 7000 },
                 Route::Master { host: "10.0.0.2".into(), port: 7001 },
             ]
         );
-        assert!(masters(Value::Nil).is_empty());
+        assert!(masters(slot_ranges(Value::Nil, "")).is_empty());
+    }
+
+    #[test]
+    fn slot_ranges_of_a_slots_reply() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![Value::BulkString(host.as_bytes().to_vec()), Value::Int(port)])
+        };
+        let range = |from: i64, to: i64, master: Value| {
+            Value::Array(vec![Value::Int(from), Value::Int(to), master])
+        };
+        let reply = Value::Array(vec![
+            range(0, 99, node("10.0.0.2", 7001)),
+            range(100, 16383, node("10.0.0.1", 7000)),
+            range(5, 16384, node("10.0.0.1", 7000)), // past the last slot
+            range(9, 3, node("10.0.0.1", 7000)),     // backwards
+            range(-1, 3, node("10.0.0.1", 7000)),    // negative
+            Value::Array(vec![Value::Int(0), Value::Int(1)]), // no master
+            range(200, 299, node("", 7002)),         // "the node you asked"
+            range(300, 399, Value::Array(vec![Value::Nil, Value::Int(7003)])),
+        ]);
+        let m = |host: &str, port| Route::Master { host: host.into(), port };
+        assert_eq!(
+            slot_ranges(reply, "10.0.0.7"),
+            [
+                (0, 99, m("10.0.0.2", 7001)),
+                (100, 16383, m("10.0.0.1", 7000)),
+                (200, 299, m("10.0.0.7", 7002)),
+                (300, 399, m("10.0.0.7", 7003)),
+            ]
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod builder;
 mod cluster;
+mod node;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use tier_core::{TierError, TierErrorKind};
 pub use builder::{
     ConnectionSource, RedisConnectionBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
 };
-pub(crate) use cluster::{by_slot, slot, Route};
+pub(crate) use cluster::{by_slot, slot, Route, SLOTS};
 
 use crate::commands;
 use crate::error::{reply_error, tier_error, timeout_error};
@@ -64,6 +65,8 @@ struct Inner {
     /// The configured URLs, redacted (for `Debug` and reports).
     targets: Vec<String>,
     op_timeout: Duration,
+    /// Connections of our own to single Cluster nodes (see `node`).
+    node_conns: node::NodeConns,
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -133,10 +136,24 @@ impl RedisConnection {
         op: &str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, TierError> {
-        match tokio::time::timeout(self.inner.op_timeout, fut).await {
+        self.bounded_by(Some(self.inner.op_timeout), op, fut).await
+    }
+
+    /// Run `fut` within `bound` (at most the operation timeout; `None`: no timer of ours),
+    /// mapping errors.
+    async fn bounded_by<T>(
+        &self,
+        bound: Option<Duration>,
+        op: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, TierError> {
+        let Some(bound) = bound.map(|b| b.min(self.inner.op_timeout)) else {
+            return fut.await.map_err(|e| tier_error(op, e));
+        };
+        match tokio::time::timeout(bound, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(tier_error(op, e)),
-            Err(_) => Err(timeout_error(op, self.inner.op_timeout)),
+            Err(_) => Err(timeout_error(op, bound)),
         }
     }
 
@@ -146,8 +163,19 @@ impl RedisConnection {
         op: &str,
         cmd: &Cmd,
     ) -> Result<T, TierError> {
+        self.query_within(Some(self.inner.op_timeout), op, cmd).await
+    }
+
+    /// Run one command within `bound` (at most the operation timeout); `None`: no bound of ours
+    /// (the caller's bounds it; redis-rs's response timeout still applies).
+    pub(crate) async fn query_within<T: redis::FromRedisValue>(
+        &self,
+        bound: Option<Duration>,
+        op: &str,
+        cmd: &Cmd,
+    ) -> Result<T, TierError> {
         let mut conn = self.conn();
-        self.bounded(op, cmd.query_async(&mut conn)).await
+        self.bounded_by(bound, op, cmd.query_async(&mut conn)).await
     }
 
     /// Run a pipeline (standalone: any keys; Cluster: keys of one slot).
@@ -156,13 +184,36 @@ impl RedisConnection {
         op: &str,
         pipe: &Pipeline,
     ) -> Result<T, TierError> {
+        self.query_pipe_within(Some(self.inner.op_timeout), op, pipe).await
+    }
+
+    /// Run a pipeline within `bound` (as [`query_within`](Self::query_within)).
+    pub(crate) async fn query_pipe_within<T: redis::FromRedisValue>(
+        &self,
+        bound: Option<Duration>,
+        op: &str,
+        pipe: &Pipeline,
+    ) -> Result<T, TierError> {
         let mut conn = self.conn();
-        self.bounded(op, pipe.query_async(&mut conn)).await
+        self.bounded_by(bound, op, pipe.query_async(&mut conn)).await
     }
 
     /// `MGET` of `keys`, in order: one command on a standalone server, one per hash slot (sent
     /// concurrently) on a Cluster.
     pub(crate) async fn mget<T>(&self, op: &str, keys: &[Vec<u8>]) -> Result<Vec<T>, TierError>
+    where
+        T: redis::FromRedisValue + Default + Clone,
+    {
+        self.mget_within(Some(self.inner.op_timeout), op, keys).await
+    }
+
+    /// [`mget`](Self::mget), each command within `bound` (as [`query_within`](Self::query_within)).
+    pub(crate) async fn mget_within<T>(
+        &self,
+        bound: Option<Duration>,
+        op: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<T>, TierError>
     where
         T: redis::FromRedisValue + Default + Clone,
     {
@@ -174,7 +225,7 @@ impl RedisConnection {
             let replies = futures::future::try_join_all(groups.into_iter().map(|idx| {
                 let cmd = commands::mget(idx.iter().map(|&i| &keys[i][..]));
                 async move {
-                    let got: Vec<T> = self.query(op, &cmd).await?;
+                    let got: Vec<T> = self.query_within(bound, op, &cmd).await?;
                     if got.len() != idx.len() {
                         return Err(short_reply(got.len(), idx.len()));
                     }
@@ -190,7 +241,7 @@ impl RedisConnection {
             }
             values
         } else {
-            self.query(op, &commands::mget(keys.iter().map(|k| &k[..]))).await?
+            self.query_within(bound, op, &commands::mget(keys.iter().map(|k| &k[..]))).await?
         };
         if values.len() != keys.len() {
             return Err(short_reply(values.len(), keys.len()));
@@ -198,52 +249,69 @@ impl RedisConnection {
         Ok(values)
     }
 
+    /// The Cluster's slot ranges with the master serving each (`CLUSTER SLOTS`, asked of any
+    /// node); empty for a standalone server.
+    pub(crate) async fn slot_ranges(&self) -> Result<Vec<(u16, u16, Route)>, TierError> {
+        if !self.is_cluster() {
+            return Ok(Vec::new());
+        }
+        let slots: Value = self.query("cluster slots", &commands::cluster_slots()).await?;
+        // A node that met no other does not know its own address: it is the one we were given.
+        let asked = self.inner.nodes.first().map_or("", |c| match c.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+                host.as_str()
+            }
+            _ => "",
+        });
+        Ok(cluster::slot_ranges(slots, asked))
+    }
+
     /// Where per-node work goes: the server, or every master of the Cluster (sorted by address).
     pub(crate) async fn routes(&self) -> Result<Vec<Route>, TierError> {
         if !self.is_cluster() {
             return Ok(vec![Route::Server]);
         }
-        let slots: Value = self.query("cluster slots", &commands::cluster_slots()).await?;
-        let masters = cluster::masters(slots);
+        let masters = cluster::masters(self.slot_ranges().await?);
         if masters.is_empty() {
             return Err(TierError::new(TierErrorKind::Unavailable, "no cluster masters known"));
         }
         Ok(masters)
     }
 
-    /// Run `cmd` on one node.
+    /// Run `cmd` on one node (a Cluster node through a connection of our own: see `node`).
     pub(crate) async fn query_on(
         &self,
         op: &str,
         route: &Route,
         cmd: Cmd,
     ) -> Result<Value, TierError> {
-        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-        match (self.conn(), route) {
-            (Conn::Cluster(mut c), Route::Master { host, port }) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                });
-                self.bounded(op, c.route_command(cmd, routing)).await
+        match route {
+            Route::Master { .. } if self.is_cluster() => {
+                let on_node = self
+                    .inner
+                    .node_conns
+                    .run(route, |mut c| async move { cmd.query_async(&mut c).await });
+                self.bounded(op, on_node).await
             }
             _ => self.query(op, &cmd).await,
         }
     }
 
-    /// Run `pipe` on one node (its keys must live there).
+    /// Run `pipe` on one node (its keys must live there; a Cluster node through a connection
+    /// of our own: see `node`).
     pub(crate) async fn pipe_on(
         &self,
         op: &str,
         route: &Route,
         pipe: &Pipeline,
     ) -> Result<Vec<Value>, TierError> {
-        use redis::cluster_routing::SingleNodeRoutingInfo;
-        match (self.conn(), route) {
-            (Conn::Cluster(mut c), Route::Master { host, port }) => {
-                let route = SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port };
-                let count = pipe.cmd_iter().count();
-                self.bounded(op, c.route_pipeline(pipe.clone(), 0, count, route)).await
+        match route {
+            Route::Master { .. } if self.is_cluster() => {
+                let on_node = self
+                    .inner
+                    .node_conns
+                    .run(route, |mut c| async move { pipe.query_async(&mut c).await });
+                self.bounded(op, on_node).await
             }
             _ => self.query_pipe(op, pipe).await,
         }
@@ -300,7 +368,7 @@ impl Scan<'_> {
     }
 }
 
-fn short_reply(got: usize, want: usize) -> TierError {
+pub(crate) fn short_reply(got: usize, want: usize) -> TierError {
     TierError::new(TierErrorKind::Other, format!("MGET answered {got} values for {want} keys"))
 }
 

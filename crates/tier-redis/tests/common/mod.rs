@@ -1,9 +1,8 @@
 //! Shared helpers of the Redis integration tests: where the servers are, unique prefixes,
-//! envelopes, a redis-server of the test's own and a fault-injecting TCP proxy.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! envelopes, a fault-injecting TCP proxy; servers of the test's own are `tier_redis::testing`'s.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,8 @@ use bytes::Bytes;
 use tier_core::{Codec, Entry, Meta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+pub use tier_redis::testing::{free_port, own_cluster, server_binary, slot_range, OwnRedis};
 
 /// A RedisTier on `conn` storing its entries under `{prefix}data:` (the rest of the prefix is
 /// left to the test's lock, generations or backplane).
@@ -160,114 +161,6 @@ where
         }
         assert!(start.elapsed() < within, "{what}: not within {within:?}");
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A redis-server of this test's own (for killing and restarting), on a free loopback port,
-/// killed by PID when dropped.
-pub struct OwnRedis {
-    pub port: u16,
-    dir: std::path::PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    pub fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    /// Start one with these extra redis-server arguments (kept for [`OwnRedis::restart`]).
-    pub fn start_with(args: &[&str]) -> Self {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let dir = std::env::temp_dir().join(format!(
-            "tier-redis-test-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        for _ in 0..20 {
-            let port = free_port();
-            let mut me = Self { port, dir: dir.clone(), args: args.clone(), child: None };
-            if me.spawn() {
-                return me;
-            }
-        }
-        panic!("could not start an own redis-server (is redis-server on PATH?)");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run redis-server (is it on PATH?): {e}"));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return false; // exited: port taken
-            }
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::{Read, Write};
-                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-                if s.write_all(b"PING\r\n").is_ok() {
-                    // A server started with `--requirepass` answers NOAUTH: it is up too.
-                    let mut buf = [0u8; 7];
-                    if s.read_exact(&mut buf).is_ok()
-                        && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
-                    {
-                        return true;
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.kill();
-        false
-    }
-
-    /// SIGKILL the server (by PID) and wait for it.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Start it again on the same port.
-    pub fn restart(&mut self) {
-        self.kill();
-        for _ in 0..50 {
-            if self.spawn() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("could not restart redis-server on port {}", self.port);
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -1,0 +1,90 @@
+//! The Redis ACL a service's user needs for this crate: the commands it sends and the key and
+//! channel patterns of its prefixes, in one place (extend [`COMMANDS`] when a part of the crate
+//! starts sending a command).
+//!
+//! ```
+//! use tier_redis::acl;
+//! let rules = acl::rules(&["app:users:", "tier-gen:", "tier-lock:"], &["tier:invalidations"]);
+//! // ACL SETUSER app on >secret <rules...>
+//! assert_eq!(rules[..3], ["resetkeys", "~app:users:*", "~tier-gen:*"]);
+//! assert!(rules.contains(&"&tier:invalidations".to_string()));
+//! assert!(rules.contains(&"+get".to_string()) && rules.contains(&"+cluster|slots".to_string()));
+//! ```
+//!
+//! Tested with a user that has exactly these rules (`tests/acl.rs`, standalone and Cluster):
+//! the tier, generations, lock and backplane work; a user without one of them gets errors that
+//! say which (the server names the command; the tier adds the key pattern it needs). Not in the
+//! list: `AUTH` (always allowed), `CLIENT SETINFO` (sent by redis-rs at connect, its refusal is
+//! ignored), `SELECT` (only when the URL names a database other than 0: add `+select`).
+
+use crate::keys::scan_pattern;
+
+/// Every command the crate's parts send, as ACL rule names (`+name`):
+/// - [`RedisTier`](crate::RedisTier): reads (`get`, `mget`), the write path (`set`, `del`),
+///   `clear` (`scan`, `unlink`), the server figures of `stats()` (`info`, `dbsize`: without
+///   them the figures stay 0), the per-master probes (`ping`);
+/// - a Cluster's topology, for the client and the per-master breakers (`cluster|slots`);
+/// - [`RedisGenerations`](crate::RedisGenerations) (`incr`, `mget`);
+/// - [`RedisLock`](crate::RedisLock): `set` with `NX PX`, and the compare-and-delete script
+///   (`evalsha`, `script|load` when the server does not know it yet);
+/// - [`RedisBackplane`](crate::RedisBackplane) (`publish`, `subscribe`, `ping` on the
+///   subscription).
+pub const COMMANDS: &[&str] = &[
+    "get",
+    "mget",
+    "set",
+    "del",
+    "scan",
+    "unlink",
+    "info",
+    "dbsize",
+    "ping",
+    "cluster|slots",
+    "incr",
+    "evalsha",
+    "script|load",
+    "publish",
+    "subscribe",
+];
+
+/// What [`RedisInspector`](crate::RedisInspector) (the `tier redis` command) sends besides
+/// [`COMMANDS`]: TTLs, sizes and envelope headers of a listing.
+pub const INSPECT_COMMANDS: &[&str] = &["pttl", "strlen", "getrange"];
+
+/// The `ACL SETUSER` rules of a user restricted to the keys under `key_prefixes` (each one's
+/// glob characters escaped, then `*`) and to the pub/sub `channels` (escaped, exact), allowed
+/// [`COMMANDS`] and nothing else: `resetkeys ~p1* … resetchannels &c1 … -@all +get …`.
+pub fn rules(key_prefixes: &[&str], channels: &[&str]) -> Vec<String> {
+    rules_with(key_prefixes, channels, COMMANDS)
+}
+
+/// [`rules`] with these commands.
+pub fn rules_with(key_prefixes: &[&str], channels: &[&str], commands: &[&str]) -> Vec<String> {
+    let mut out = vec!["resetkeys".to_string()];
+    for p in key_prefixes {
+        out.push(format!("~{}", String::from_utf8_lossy(&scan_pattern(p.as_bytes()))));
+    }
+    out.push("resetchannels".into());
+    for c in channels {
+        let mut pattern = scan_pattern(c.as_bytes());
+        pattern.pop(); // exact: no trailing `*`
+        out.push(format!("&{}", String::from_utf8_lossy(&pattern)));
+    }
+    out.push("-@all".into());
+    out.extend(commands.iter().map(|c| format!("+{c}")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_are_escaped() {
+        let r = rules(&["a*b:"], &["ch[1]"]);
+        assert_eq!(r[..4], ["resetkeys", "~a\\*b:*", "resetchannels", "&ch\\[1\\]"]);
+        assert_eq!(r[4], "-@all");
+        assert_eq!(r.len(), 5 + COMMANDS.len());
+        assert_eq!(rules_with(&[], &[], &["get"]), ["resetkeys", "resetchannels", "-@all", "+get"]);
+    }
+}
