@@ -1,27 +1,26 @@
 //! [`CacheBuilder`]: tiers, policies and options of a hierarchy.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{
-    Cache, CacheValue, Categories, EarlyRefresh, FailSafe, Inner, Layer, Options, Stripe, STRIPES,
-};
+use super::background;
+use super::handle::Cache;
+use super::hierarchy::{Categories, Hierarchy, Parts};
+use super::options::{CacheValue, EarlyRefresh, FailSafe, Options};
+use super::tiers::{Level, Tiers, MAX_TIERS};
 use crate::backplane::{Backplane, ReconnectPolicy};
 use crate::breaker::BreakerTier;
 use crate::entry::Storage;
 use crate::envelope::Codec;
 use crate::error::CacheError;
 use crate::generations::{GenerationStore, LocalGenerations};
-use crate::key::KeyBuilder;
 use crate::lock::{DistributedLock, LockOptions};
-use crate::metrics::{CacheMetrics, TierMetrics};
-use crate::policy::BackfillPolicy;
-use crate::sketch::{FrequencySketch, HotKeys};
+use crate::metrics::TierMetrics;
+use crate::policy::{BackfillPolicy, TierPolicy};
+use crate::sketch::FrequencySketch;
 use crate::tier::{Tier, TierContext};
 use crate::timeout::TimeoutTier;
-use crate::TierPolicy;
 
 /// Builds a [`Cache`]. Tiers are read in the order they are added (the first is L1).
 #[must_use]
@@ -29,43 +28,29 @@ pub struct CacheBuilder<V> {
     name: String,
     tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
     codec: Codec,
-    fail_safe: Option<FailSafe>,
-    soft_timeout: Option<Duration>,
-    hard_timeout: Option<Duration>,
-    early_refresh: Option<EarlyRefresh>,
-    stale_while_revalidate: bool,
-    sync_backfill: bool,
+    opts: Options,
     generations: Option<Arc<dyn GenerationStore>>,
     backplane: Option<(Arc<dyn Backplane>, ReconnectPolicy)>,
     lock: Option<(Arc<dyn DistributedLock>, LockOptions)>,
     categories: Option<Categories>,
     hot_keys: usize,
-    hot_key_sample: u64,
     gauge_interval: Duration,
-    max_pending_backfills: usize,
     _v: PhantomData<fn() -> V>,
 }
 
 impl<V: CacheValue> CacheBuilder<V> {
-    pub(crate) fn new(name: String) -> Self {
+    pub(super) fn new(name: String) -> Self {
         Self {
             name,
             tiers: Vec::new(),
             codec: Codec::default(),
-            fail_safe: None,
-            soft_timeout: None,
-            hard_timeout: None,
-            early_refresh: None,
-            stale_while_revalidate: false,
-            sync_backfill: false,
+            opts: Options::default(),
             generations: None,
             backplane: None,
             lock: None,
             categories: None,
             hot_keys: 32,
-            hot_key_sample: 64,
             gauge_interval: Duration::from_secs(1),
-            max_pending_backfills: 1024,
             _v: PhantomData,
         }
     }
@@ -84,46 +69,46 @@ impl<V: CacheValue> CacheBuilder<V> {
 
     /// Serve stale values when the loader fails. Default: off.
     pub fn fail_safe(mut self, fail_safe: FailSafe) -> Self {
-        self.fail_safe = Some(fail_safe);
+        self.opts.fail_safe = Some(fail_safe);
         self
     }
 
     /// When a stale value exists and the load takes longer than this, answer with the stale
     /// value and let the load finish in the background. Default: none.
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
-        self.soft_timeout = Some(timeout);
+        self.opts.soft_timeout = Some(timeout);
         self
     }
 
     /// Give up a load after this long (a loader error for fail-safe purposes). Default: none.
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
-        self.hard_timeout = Some(timeout);
+        self.opts.hard_timeout = Some(timeout);
         self
     }
 
     /// Refresh fresh entries in the background before they expire. Default: off.
     pub fn early_refresh(mut self, refresh: EarlyRefresh) -> Self {
-        self.early_refresh = Some(refresh);
+        self.opts.early_refresh = Some(refresh);
         self
     }
 
     /// Answer a stale hit at once and refresh it in the background. Default: off.
     pub fn stale_while_revalidate(mut self, yes: bool) -> Self {
-        self.stale_while_revalidate = yes;
+        self.opts.stale_while_revalidate = yes;
         self
     }
 
     /// Backfill before answering instead of in the background (deterministic, slower).
     /// Default: false (backfill never delays the answer).
     pub fn synchronous_backfill(mut self, yes: bool) -> Self {
-        self.sync_backfill = yes;
+        self.opts.sync_backfill = yes;
         self
     }
 
     /// At most this many background backfills at once; more are skipped (load shedding, counted
     /// in `cache_backfills_shed_total`). Default: 1024.
     pub fn max_pending_backfills(mut self, n: usize) -> Self {
-        self.max_pending_backfills = n;
+        self.opts.max_pending_backfills = n;
         self
     }
 
@@ -177,7 +162,7 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// division). Default: 32 keys, 1 in 64.
     pub fn hot_keys(mut self, capacity: usize, sample_one_in: u64) -> Self {
         self.hot_keys = capacity;
-        self.hot_key_sample = sample_one_in.max(1).checked_next_power_of_two().unwrap_or(1 << 63);
+        self.opts.hot_key_sample = sample_one_in;
         self
     }
 
@@ -189,18 +174,18 @@ impl<V: CacheValue> CacheBuilder<V> {
         if self.tiers.is_empty() {
             return Err(CacheError::Config("a cache needs at least one tier".into()));
         }
-        if self.tiers.len() > 64 {
-            return Err(CacheError::Config("at most 64 tiers".into()));
+        if self.tiers.len() > MAX_TIERS {
+            return Err(CacheError::Config(format!("at most {MAX_TIERS} tiers")));
         }
         if self.name.is_empty() {
             return Err(CacheError::Config("a cache needs a name".into()));
         }
         let categories: Vec<&'static str> =
             self.categories.as_ref().map(|c| c.names.clone()).unwrap_or_default();
-        let mut layers = Vec::with_capacity(self.tiers.len());
+        let mut levels: Vec<Level> = Vec::with_capacity(self.tiers.len());
         for (tier, policy) in self.tiers {
             let name = policy.name.clone().unwrap_or_else(|| tier.name().to_string());
-            if layers.iter().any(|l: &Layer| l.name == name) {
+            if levels.iter().any(|l| l.name() == name) {
                 return Err(CacheError::Config(format!(
                     "two tiers named {name:?}: name one with TierPolicy::name"
                 )));
@@ -208,83 +193,61 @@ impl<V: CacheValue> CacheBuilder<V> {
             if policy.ttl.fresh.is_zero() {
                 return Err(CacheError::Config(format!("tier {name}: fresh lifetime is zero")));
             }
-            let storage = tier.storage();
-            let shared = tier.is_shared();
-            tier.attach(&TierContext { cache: self.name.clone(), tier: name.clone() });
-            let mut wrapped = tier;
-            if let Some(t) = policy.timeout {
-                wrapped = Arc::new(TimeoutTier::new(wrapped, t));
-            }
-            let metrics = TierMetrics::new(&self.name, &name, &categories);
-            let mut breaker = None;
-            let breaker_cfg = match (policy.breaker_by_storage, storage) {
-                (true, Storage::Objects) if !shared => None,
-                _ => policy.breaker,
-            };
-            if let Some(cfg) = breaker_cfg {
-                let b = BreakerTier::new(wrapped, cfg);
-                b.breaker().set_gauge(metrics.breaker.clone());
-                breaker = Some(b.breaker().clone());
-                wrapped = Arc::new(b);
-            } else {
-                metrics.breaker.set(0.0);
-            }
-            let frequency = match policy.backfill {
-                BackfillPolicy::OnHits(_) => Some(FrequencySketch::new(4096)),
-                _ => None,
-            };
-            layers.push(Layer {
-                tier: wrapped,
-                breaker,
-                name,
-                policy,
-                storage,
-                shared,
-                enabled: AtomicBool::new(true),
-                metrics,
-                frequency,
-            });
+            levels.push(mount(&self.name, tier, name, policy, &categories));
         }
         crate::metrics::describe();
-        let cache_metrics = CacheMetrics::new(&self.name);
-        cache_metrics
-            .register_event_series(&layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>());
         let (backplane, reconnect) = match self.backplane {
             Some((b, r)) => (Some(b), r),
             None => (None, ReconnectPolicy::default()),
         };
-        let inner = Arc::new(Inner {
-            keys: KeyBuilder::new(self.name.as_str()),
-            name: Arc::from(self.name.as_str()),
-            layers,
+        let hierarchy = Arc::new(Hierarchy::new(Parts {
+            name: self.name,
+            tiers: Tiers::new(levels),
             codec: self.codec,
-            opts: Options {
-                fail_safe: self.fail_safe,
-                soft_timeout: self.soft_timeout,
-                hard_timeout: self.hard_timeout,
-                early_refresh: self.early_refresh,
-                stale_while_revalidate: self.stale_while_revalidate,
-                sync_backfill: self.sync_backfill,
-                reconnect,
-                hot_key_sample: self.hot_key_sample,
-                max_pending_backfills: self.max_pending_backfills,
-            },
-            flights: Mutex::new(Default::default()),
-            flight_ids: AtomicU64::new(0),
+            opts: Options { reconnect, ..self.opts }.checked()?,
             generations: self.generations.unwrap_or_else(|| Arc::new(LocalGenerations::new())),
             backplane,
             lock: self.lock,
-            bypass: AtomicBool::new(false),
-            suspect_before: AtomicU64::new(0),
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
-            metrics: cache_metrics,
-            hot: HotKeys::new(self.hot_keys),
-            backfills_pending: Default::default(),
             categories: self.categories,
-            tasks: Mutex::new(Vec::new()),
-        });
-        let cache = Cache { inner };
-        cache.start_background(self.gauge_interval);
-        Ok(cache)
+            hot_keys: self.hot_keys,
+        }));
+        background::start(&hierarchy, self.gauge_interval);
+        Ok(Cache::from_hierarchy(hierarchy))
     }
+}
+
+/// Mount `tier` as tier `name` of cache `cache`: tell it its labels, wrap it in its policy's
+/// timeout and breaker, make its metric handles.
+fn mount(
+    cache: &str,
+    tier: Arc<dyn Tier>,
+    name: String,
+    policy: TierPolicy,
+    categories: &[&'static str],
+) -> Level {
+    let (storage, shared) = (tier.storage(), tier.is_shared());
+    tier.attach(&TierContext { cache: cache.to_string(), tier: name.clone() });
+    let mut wrapped = tier;
+    if let Some(t) = policy.timeout {
+        wrapped = Arc::new(TimeoutTier::new(wrapped, t));
+    }
+    let metrics = TierMetrics::new(cache, &name, categories);
+    let mut breaker = None;
+    let breaker_cfg = match (policy.breaker_by_storage, storage) {
+        (true, Storage::Objects) if !shared => None,
+        _ => policy.breaker,
+    };
+    if let Some(cfg) = breaker_cfg {
+        let b = BreakerTier::new(wrapped, cfg);
+        b.breaker().set_gauge(metrics.breaker.clone());
+        breaker = Some(b.breaker().clone());
+        wrapped = Arc::new(b);
+    } else {
+        metrics.breaker.set(0.0);
+    }
+    let frequency = match policy.backfill {
+        BackfillPolicy::OnHits(_) => Some(FrequencySketch::new(4096)),
+        _ => None,
+    };
+    Level::new(wrapped, breaker, name, policy, metrics, frequency)
 }
