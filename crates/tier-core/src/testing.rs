@@ -308,3 +308,78 @@ impl crate::Backplane for LocalBackplane {
         self.tx.subscribe()
     }
 }
+
+/// A fleet lock held in this process ([`crate::DistributedLock`]): what several hierarchies of
+/// one test share to stand for instances of a fleet. Counts the attempts to take it.
+#[derive(Default)]
+pub struct LocalLock {
+    held: Mutex<HashMap<Bytes, (String, std::time::Instant)>>,
+    next: AtomicU64,
+    attempts: AtomicU64,
+    changed: Notify,
+}
+
+impl LocalLock {
+    /// A lock nobody holds.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Attempts to take the lock of any key so far.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::SeqCst)
+    }
+
+    /// Is the lock of `key` held (and not expired) now?
+    pub fn is_held(&self, key: &[u8]) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(key).is_some_and(|(_, until)| *until > std::time::Instant::now())
+    }
+
+    /// Wait until at least `n` attempts were made.
+    pub async fn attempted(&self, n: u64) {
+        loop {
+            let changed = self.changed.notified();
+            if self.attempts() >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+#[async_trait]
+impl crate::DistributedLock for LocalLock {
+    async fn try_acquire(
+        &self,
+        key: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<Option<crate::LockToken>, TierError> {
+        let now = std::time::Instant::now();
+        let token = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            match held.get(key) {
+                Some((_, until)) if *until > now => None,
+                _ => {
+                    let token = format!("t{}", self.next.fetch_add(1, Ordering::SeqCst));
+                    let until = now
+                        .checked_add(ttl)
+                        .unwrap_or(now + std::time::Duration::from_secs(86_400 * 365));
+                    held.insert(Bytes::copy_from_slice(key), (token.clone(), until));
+                    Some(crate::LockToken(token))
+                }
+            }
+        };
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        Ok(token)
+    }
+
+    async fn release(&self, key: &[u8], token: &crate::LockToken) -> Result<(), TierError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.get(key).is_some_and(|(t, _)| *t == token.0) {
+            held.remove(key);
+        }
+        Ok(())
+    }
+}

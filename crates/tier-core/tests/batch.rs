@@ -1,5 +1,6 @@
 //! The batch read (`get_many_or_load`) keeps the rules of the single-key read: the same
-//! usability rule (suspect entries are not fresh; fail-safe's age limit).
+//! usability rule (suspect entries are not fresh; fail-safe's age limit), single-flight per key
+//! shared with `get_or_load`, and the fleet lock for its misses.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use tier_core::testing::{LocalBackplaneHub, MapTier};
-use tier_core::{now_ms, Cache, CacheError, FailSafe, ReconnectPolicy, Tier};
+use tier_core::testing::{LocalBackplaneHub, LocalLock, MapTier};
+use tier_core::{now_ms, Cache, CacheError, FailSafe, LockOptions, ReconnectPolicy, Tier};
 use tier_memory::MemoryTier;
 use tokio::sync::Notify;
 
@@ -42,6 +43,18 @@ fn batch_loader(
             }
             Ok(keys.iter().filter_map(|k| values.get(k).map(|v| (k.clone(), v.clone()))).collect())
         })
+    }
+}
+
+async fn wait_for_waiters(cache: &Cache<String>, key: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.load_waiters(key) < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} wait for {key}",
+            cache.load_waiters(key)
+        );
+        tokio::task::yield_now().await;
     }
 }
 
@@ -99,4 +112,110 @@ async fn batch_fail_safe_keeps_the_stale_age_limit() {
             assert!(r.is_err(), "stale beyond max_stale_age ({max_stale_age:?}) served: {r:?}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_joins_a_load_in_flight_and_loads_only_the_others() {
+    let cache: Cache<String> =
+        Cache::builder("t").tier(MemoryTier::builder().build(), exact(MINUTE)).build().unwrap();
+    let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let single = {
+        let (cache, started, gate) = (cache.clone(), started.clone(), gate.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load("a", move || async move {
+                    started.notify_one();
+                    gate.notified().await;
+                    Ok::<_, std::io::Error>(Some("A".to_string()))
+                })
+                .await
+        })
+    };
+    started.notified().await;
+    let asked = Arc::default();
+    let batch = {
+        let cache = cache.clone();
+        let loader = batch_loader(&asked, None, &[("a", "A from the batch"), ("b", "B")]);
+        tokio::spawn(async move { cache.get_many_or_load(&["a", "b"], loader).await })
+    };
+    wait_for_waiters(&cache, "a", 2).await;
+    gate.notify_one();
+    assert_eq!(single.await.unwrap().unwrap().as_deref().map(String::as_str), Some("A"));
+    assert_eq!(strs(&batch.await.unwrap().unwrap()), vec![Some("A"), Some("B")]);
+    assert_eq!(*asked.lock().unwrap(), vec![vec![Bytes::from("b")]], "only b was loaded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_key_read_joins_the_batch_in_flight() {
+    let cache: Cache<String> =
+        Cache::builder("t").tier(MemoryTier::builder().build(), exact(MINUTE)).build().unwrap();
+    let gate = Arc::new(Notify::new());
+    let asked = Arc::default();
+    let batch = {
+        let cache = cache.clone();
+        let loader = batch_loader(&asked, Some(gate.clone()), &[("a", "A"), ("b", "B")]);
+        tokio::spawn(async move { cache.get_many_or_load(&["a", "b"], loader).await })
+    };
+    wait_for_waiters(&cache, "a", 1).await;
+    let calls = Calls::default();
+    let single = {
+        let cache = cache.clone();
+        let loader = loader(&calls, "not called");
+        tokio::spawn(async move { cache.get_or_load("a", loader).await })
+    };
+    wait_for_waiters(&cache, "a", 2).await;
+    gate.notify_one();
+    assert_eq!(strs(&batch.await.unwrap().unwrap()), vec![Some("A"), Some("B")]);
+    assert_eq!(single.await.unwrap().unwrap().as_deref().map(String::as_str), Some("A"));
+    assert_eq!(calls.get(), 0, "the single read was answered by the batch's load");
+    assert_eq!(asked.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_misses_take_the_fleet_lock_and_wait_for_its_holder() {
+    let shared = Arc::new(MapTier::shared("l3"));
+    let lock = Arc::new(LocalLock::new());
+    let instance = || -> Cache<String> {
+        Cache::builder("users")
+            .tier(MemoryTier::builder().build(), exact(MINUTE))
+            .tier(shared.clone(), exact(MINUTE))
+            .distributed_lock(lock.clone(), LockOptions::default())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (instance(), instance());
+
+    // Another instance holds the lock of k (it is loading k): the batch waits for its value.
+    let token = tier_core::DistributedLock::try_acquire(&*lock, b"k", MINUTE).await.unwrap();
+    let token = token.expect("the lock is free");
+    let asked = Arc::default();
+    let batch = {
+        let a = a.clone();
+        let loader = batch_loader(&asked, None, &[("k", "loaded by a")]);
+        tokio::spawn(async move { a.get_many_or_load(&["k"], loader).await })
+    };
+    tokio::time::timeout(Duration::from_secs(5), lock.attempted(2))
+        .await
+        .expect("the batch never asked for the lock of its miss");
+    b.insert("k", "loaded by b".into()).await.unwrap();
+    tier_core::DistributedLock::release(&*lock, b"k", &token).await.unwrap();
+    assert_eq!(strs(&batch.await.unwrap().unwrap()), vec![Some("loaded by b")]);
+    assert!(asked.lock().unwrap().is_empty(), "the batch waited for the holder's value");
+
+    // A batch that loads holds the lock of each key it loads while its loader runs.
+    let gate = Arc::new(Notify::new());
+    let batch = {
+        let a = a.clone();
+        let loader = batch_loader(&asked, Some(gate.clone()), &[("x", "X"), ("y", "Y")]);
+        tokio::spawn(async move { a.get_many_or_load(&["x", "y"], loader).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while asked.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the loader never ran");
+        tokio::task::yield_now().await;
+    }
+    assert!(lock.is_held(b"x") && lock.is_held(b"y"), "the batch's keys are locked while it loads");
+    gate.notify_one();
+    assert_eq!(strs(&batch.await.unwrap().unwrap()), vec![Some("X"), Some("Y")]);
+    assert!(!lock.is_held(b"x") && !lock.is_held(b"y"), "and released after");
 }

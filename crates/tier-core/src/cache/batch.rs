@@ -10,10 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::handle::Cache;
-use super::lifetime::new_meta;
 use super::load::BatchLoader;
 use super::options::CacheValue;
-use super::rule::stale_servable;
 use super::tiers::TierSet;
 use crate::error::{BoxError, CacheError};
 
@@ -43,7 +41,7 @@ impl<V: CacheValue> Cache<V> {
         let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
         let loader = BatchLoader::new(loader);
         if hierarchy.bypassed() {
-            let mut found = hierarchy.load_many_bypassing(keys.clone(), loader).await.0?;
+            let mut found = hierarchy.load_many_bypassing(keys.clone(), loader).await?;
             return Ok(keys.iter().map(|k| found.remove(k).map(Arc::new)).collect());
         }
         let seqs: Vec<u64> = keys.iter().map(|k| hierarchy.stripes().seq(k)).collect();
@@ -65,30 +63,16 @@ impl<V: CacheValue> Cache<V> {
         if missing.is_empty() {
             return Ok(answers.into_iter().flatten().collect());
         }
-        let wanted = missing.iter().map(|(_, key, _)| key.clone()).collect();
-        let (mut outcome, cost) = hierarchy.load_many_bypassing(wanted, loader).await;
-        let now = crate::time::now_ms();
-        for (i, key, stale) in missing {
-            answers[i] = Some(match &mut outcome {
-                Ok(found) => {
-                    let value = found.remove(&key).map(Arc::new);
-                    let meta = new_meta(value.is_none(), None, cost);
-                    let entries =
-                        hierarchy.entries().of_value(value.as_ref(), &meta, TierSet::EMPTY)?;
-                    hierarchy.writer().write_if_unchanged(&key, seqs[i], entries).await;
-                    value
-                }
-                Err(e) => match stale {
-                    Some(s)
-                        if hierarchy.opts().fail_safe.is_some()
-                            && stale_servable(&s.entry.meta, now, hierarchy.opts().fail_safe) =>
-                    {
-                        hierarchy.metrics().stale_served.increment(1);
-                        s.value
-                    }
-                    _ => return Err(e.clone()),
-                },
-            });
+        let waiters = hierarchy.join_or_load_many(
+            missing.iter().map(|(_, key, stale)| (key.clone(), stale.clone())).collect(),
+            loader,
+        );
+        let waits = missing
+            .iter()
+            .zip(waiters)
+            .map(|((_, _, stale), waiter)| hierarchy.wait(waiter, stale.as_ref()));
+        for ((i, _, _), answer) in missing.iter().zip(futures::future::join_all(waits).await) {
+            answers[*i] = Some(answer?);
         }
         Ok(answers.into_iter().flatten().collect())
     }

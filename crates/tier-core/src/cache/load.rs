@@ -67,6 +67,8 @@ impl<V: CacheValue> BatchLoader<V> {
 pub(super) enum Origin<V> {
     /// One key: its loader and the tags of its value.
     One(Loader<V>, Vec<Arc<str>>),
+    /// Many keys in one loader call.
+    Many(BatchLoader<V>),
 }
 
 /// An origin's answer, as `cache_loads_total` counts it.
@@ -139,6 +141,31 @@ impl<V: CacheValue> Hierarchy<V> {
                 waiter
             }
         }
+    }
+
+    /// Join the flights of the keys already loading, and start one for each of the others, all
+    /// loaded by one call of `loader`. Returns a waiter per key, in order.
+    pub fn join_or_load_many(
+        self: &Arc<Self>,
+        keys: Vec<(Bytes, Option<Found<V>>)>,
+        loader: BatchLoader<V>,
+    ) -> Vec<Waiter<V>> {
+        let mut waiters = Vec::with_capacity(keys.len());
+        let mut jobs = Vec::new();
+        for (key, stale) in keys {
+            let seq = self.stripes().seq(&key);
+            match self.flights().join_or_start(&key, seq, self.metrics()) {
+                Joined::Running(waiter) => waiters.push(waiter),
+                Joined::Started(waiter, publisher) => {
+                    waiters.push(waiter);
+                    jobs.push(Job { publisher, stale, skip: TierSet::EMPTY });
+                }
+            }
+        }
+        if !jobs.is_empty() {
+            self.spawn_run(jobs, Origin::Many(loader), true);
+        }
+        waiters
     }
 
     /// What a caller waiting on `waiter` is answered (see [`Waiter::answer`]).
@@ -232,6 +259,7 @@ impl<V: CacheValue> Hierarchy<V> {
     async fn load(&self, jobs: &[Job<V>], origin: Origin<V>) {
         let tags = match &origin {
             Origin::One(_, tags) => tags.as_slice(),
+            Origin::Many(_) => &[],
         };
         let stamps = match tags::stamp(self.generations(), tags).await {
             Ok(stamps) => stamps,
@@ -265,12 +293,20 @@ impl<V: CacheValue> Hierarchy<V> {
     async fn ask(
         &self,
         origin: Origin<V>,
-        _jobs: &[Job<V>],
+        jobs: &[Job<V>],
     ) -> (Result<Vec<Option<Arc<V>>>, CacheError>, Duration) {
         match origin {
             Origin::One(loader, _) => {
                 let (outcome, cost) = self.call_origin((loader.0)()).await;
                 (outcome.map(|value| vec![value.map(Arc::new)]), cost)
+            }
+            Origin::Many(loader) => {
+                let keys = jobs.iter().map(|job| job.key().clone()).collect();
+                let (outcome, cost) = self.call_origin((loader.0)(keys)).await;
+                let values = |mut found: HashMap<Bytes, V>| {
+                    jobs.iter().map(|job| found.remove(job.key()).map(Arc::new)).collect()
+                };
+                (outcome.map(values), cost)
             }
         }
     }
@@ -353,8 +389,8 @@ impl<V: CacheValue> Hierarchy<V> {
         &self,
         keys: Vec<Bytes>,
         loader: BatchLoader<V>,
-    ) -> (Result<HashMap<Bytes, V>, CacheError>, Duration) {
-        self.call_origin((loader.0)(keys)).await
+    ) -> Result<HashMap<Bytes, V>, CacheError> {
+        self.call_origin((loader.0)(keys)).await.0
     }
 
     /// Take the fleet-wide lock, or wait (polling the tiers with backoff) for the holder's value.
