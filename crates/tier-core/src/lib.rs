@@ -14,6 +14,7 @@ pub mod envelope;
 mod error;
 mod generations;
 mod key;
+mod layer;
 mod lock;
 pub mod metrics;
 mod policy;
@@ -26,7 +27,10 @@ mod time;
 mod timeout;
 
 pub use backplane::{Backplane, BackplaneEvent, Invalidation, ReconnectPolicy};
-pub use breaker::{BreakerConfig, BreakerState, BreakerTier, CircuitBreaker, Outcome};
+pub use breaker::{
+    Breaker, BreakerConfig, BreakerLayer, BreakerState, BreakerTier, CircuitBreaker, Outcome,
+    Permit,
+};
 pub use cache::{
     Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, TierInfo, WarmProgress,
     WarmReport,
@@ -36,12 +40,13 @@ pub use envelope::{Codec, Meta, TagStamp};
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};
 pub use generations::{GenerationStore, LocalGenerations};
 pub use key::{KeyBuilder, MAX_ID_LEN};
+pub use layer::{Mount, TierLayer};
 pub use lock::{DistributedLock, LockOptions, LockToken};
 pub use policy::{BackfillPolicy, TierPolicy, TtlPolicy};
 pub use sketch::{FrequencySketch, HotKeys};
 pub use tier::{Tier, TierContext, TierStats};
 pub use time::{after_ms, now_ms};
-pub use timeout::TimeoutTier;
+pub use timeout::{TimeoutLayer, TimeoutTier};
 
 /// The README's example, compiled and run as a doctest so that it cannot rot.
 #[doc = include_str!("../../../README.md")]

@@ -1,8 +1,12 @@
-//! Per-tier policy: lifetimes, timeout, breaker, admission, backfill.
+//! Per-tier policy: lifetimes, admission, backfill, and the layers (timeout, circuit breaker,
+//! your own) the tier is mounted in.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::breaker::BreakerConfig;
+use crate::breaker::{Breaker, BreakerLayer};
+use crate::layer::TierLayer;
+use crate::timeout::TimeoutLayer;
 
 /// When a hit in a lower tier is copied into this tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -13,7 +17,8 @@ pub enum BackfillPolicy {
     Always,
     /// Never copy up (the tier is filled by loads and inserts only).
     Never,
-    /// Copy up after `n` hits of the key below within a sliding window (frequency sketch).
+    /// Copy up after `n` hits of the key below within a sliding window (frequency sketch);
+    /// `OnHits(0)` and `OnHits(1)` copy every hit.
     OnHits(u32),
     /// Copy up only values of at most this many bytes (large values stay low).
     MaxSize(u32),
@@ -21,6 +26,7 @@ pub enum BackfillPolicy {
 
 /// Lifetimes of entries in one tier: fresh, then stale, then gone; each jittered.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct TtlPolicy {
     /// How long an entry is served as fresh.
     pub fresh: Duration,
@@ -40,31 +46,21 @@ pub struct TtlPolicy {
 ///     .timeout(Duration::from_millis(5))
 ///     .max_value_size(64 << 10)
 ///     .backfill(BackfillPolicy::OnHits(2));
-/// assert_eq!(p.ttl.fresh, Duration::from_secs(60));
+/// assert_eq!(p.ttl().fresh, Duration::from_secs(60));
+/// // The tier is wrapped in its timeout, then in its breaker.
+/// let layers: Vec<_> = p.layers().iter().map(|l| l.name()).collect();
+/// assert_eq!(layers, ["timeout", "breaker"]);
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct TierPolicy {
-    /// Lifetimes.
-    pub ttl: TtlPolicy,
-    /// Per-call timeout; `None` = no timeout. Default: `None`.
-    pub timeout: Option<Duration>,
-    /// Circuit breaker settings; `None` = no breaker. Default: [`BreakerConfig::default`] for
-    /// tiers that store envelopes (disk, Redis: they can be slow, down or broken); none for
-    /// in-process object tiers, which cannot be down (set one with [`TierPolicy::breaker`]).
-    pub breaker: Option<BreakerConfig>,
-    /// True until [`TierPolicy::breaker`] or [`TierPolicy::no_breaker`] is called: the builder
-    /// then picks the default above by the tier's storage.
-    pub breaker_by_storage: bool,
-    /// Largest encoded value this tier admits, in bytes. Default: unlimited.
-    pub max_value_size: Option<u32>,
-    /// When hits below are copied into this tier. Default: [`BackfillPolicy::Always`].
-    pub backfill: BackfillPolicy,
-    /// Lifetime of negative entries (the origin said "none"); capped by `ttl`. Default: 30 s fresh,
-    /// no stale.
-    pub negative_ttl: Duration,
-    /// The `tier` metric label; default: the tier's own name.
-    pub name: Option<String>,
+    pub(crate) ttl: TtlPolicy,
+    pub(crate) max_value_size: Option<u32>,
+    pub(crate) backfill: BackfillPolicy,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) name: Option<String>,
+    /// The wrappers, innermost first.
+    layers: Vec<Arc<dyn TierLayer>>,
 }
 
 impl TierPolicy {
@@ -72,14 +68,22 @@ impl TierPolicy {
     pub fn fresh(fresh: Duration) -> Self {
         Self {
             ttl: TtlPolicy { fresh, stale: Duration::ZERO, jitter: 0.1 },
-            timeout: None,
-            breaker: Some(BreakerConfig::default()),
-            breaker_by_storage: true,
             max_value_size: None,
             backfill: BackfillPolicy::Always,
             negative_ttl: Duration::from_secs(30),
             name: None,
+            layers: vec![Arc::new(BreakerLayer(Breaker::ByStorage))],
         }
+    }
+
+    /// The lifetimes.
+    pub fn ttl(&self) -> &TtlPolicy {
+        &self.ttl
+    }
+
+    /// The layers the tier is mounted in, innermost first.
+    pub fn layers(&self) -> &[Arc<dyn TierLayer>] {
+        &self.layers
     }
 
     /// How long after fresh an entry may be served as stale. Default: 0.
@@ -94,24 +98,38 @@ impl TierPolicy {
         self
     }
 
-    /// Per-call timeout. Default: none.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
+    /// Per-call timeout: the tier is wrapped in a [`TimeoutTier`](crate::TimeoutTier), inside
+    /// its breaker (a timeout counts as a failure). Default: none.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.with_layer(Arc::new(TimeoutLayer(timeout)), Place::Innermost)
     }
 
-    /// Circuit breaker settings. Default: [`BreakerConfig::default`] for envelope tiers, none
-    /// for in-process object tiers.
-    pub fn breaker(mut self, config: BreakerConfig) -> Self {
-        self.breaker = Some(config);
-        self.breaker_by_storage = false;
-        self
+    /// The circuit breaker: [`Breaker::ByStorage`] (the default: one for envelope and shared
+    /// tiers, none for in-process object tiers), [`Breaker::Off`], or a [`BreakerConfig`]
+    /// (`Breaker::On`) whatever the tier.
+    ///
+    /// [`BreakerConfig`]: crate::BreakerConfig
+    pub fn breaker(self, breaker: impl Into<Breaker>) -> Self {
+        self.with_layer(Arc::new(BreakerLayer(breaker.into())), Place::Outermost)
     }
 
-    /// No circuit breaker, whatever the tier.
-    pub fn no_breaker(mut self) -> Self {
-        self.breaker = None;
-        self.breaker_by_storage = false;
+    /// No circuit breaker, whatever the tier (`breaker(Breaker::Off)`).
+    pub fn no_breaker(self) -> Self {
+        self.breaker(Breaker::Off)
+    }
+
+    /// Wrap the tier in `layer` too, outside the layers already set (a layer of the same name
+    /// is replaced where it is).
+    pub fn layer(self, layer: impl TierLayer) -> Self {
+        self.with_layer(Arc::new(layer), Place::Outermost)
+    }
+
+    fn with_layer(mut self, layer: Arc<dyn TierLayer>, place: Place) -> Self {
+        match self.layers.iter().position(|l| l.name() == layer.name()) {
+            Some(i) => self.layers[i] = layer,
+            None if place == Place::Innermost => self.layers.insert(0, layer),
+            None => self.layers.push(layer),
+        }
         self
     }
 
@@ -127,7 +145,8 @@ impl TierPolicy {
         self
     }
 
-    /// Lifetime of negative entries. Default: 30 s.
+    /// Lifetime of negative entries (the origin said "none"); capped by the fresh lifetime.
+    /// Default: 30 s fresh, no stale.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
         self
@@ -138,4 +157,11 @@ impl TierPolicy {
         self.name = Some(name.into());
         self
     }
+}
+
+/// Where a new layer goes.
+#[derive(PartialEq, Eq)]
+enum Place {
+    Innermost,
+    Outermost,
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::breaker::BreakerState;
 use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::TierError;
 
@@ -27,6 +28,13 @@ pub struct TierContext {
     pub cache: String,
     /// The tier's name in the hierarchy (`tier` label).
     pub tier: String,
+}
+
+impl TierContext {
+    /// Tier `tier` of hierarchy `cache`.
+    pub fn new(cache: impl Into<String>, tier: impl Into<String>) -> Self {
+        Self { cache: cache.into(), tier: tier.into() }
+    }
 }
 
 /// One level of the hierarchy: memory, disk, Redis, or a wrapper around one of them.
@@ -104,12 +112,26 @@ pub trait Tier: Send + Sync + 'static {
     /// Called once when the tier is mounted in a hierarchy, so that its own metrics
     /// (evictions, decode errors found while scanning, ...) carry the right labels.
     fn attach(&self, _ctx: &TierContext) {}
+
+    /// The state of the circuit breaker in front of this tier, when it has one (a
+    /// [`BreakerTier`](crate::BreakerTier) says; wrappers pass it through). Default: `None`.
+    fn breaker_state(&self) -> Option<BreakerState> {
+        None
+    }
 }
 
 /// The methods a wrapper around a tier in `self.inner` passes through unchanged: `name`,
-/// `storage`, `stats`, `is_shared`, `attach` (inside an `impl Tier`).
+/// `storage`, `stats`, `is_shared`, `attach`, `breaker_state` (inside an `impl Tier`); a
+/// wrapper that is a breaker answers `breaker_state` itself with
+/// `forward_tier_info!(except breaker_state)`.
 macro_rules! forward_tier_info {
     () => {
+        $crate::tier::forward_tier_info!(except breaker_state);
+        fn breaker_state(&self) -> Option<$crate::breaker::BreakerState> {
+            self.inner.breaker_state()
+        }
+    };
+    (except breaker_state) => {
         fn name(&self) -> &str {
             self.inner.name()
         }
@@ -167,5 +189,8 @@ impl<T: Tier + ?Sized> Tier for Arc<T> {
     }
     fn attach(&self, ctx: &TierContext) {
         (**self).attach(ctx);
+    }
+    fn breaker_state(&self) -> Option<BreakerState> {
+        (**self).breaker_state()
     }
 }

@@ -10,17 +10,15 @@ use super::hierarchy::{Categories, Hierarchy, Parts};
 use super::options::{CacheValue, EarlyRefresh, FailSafe, Options};
 use super::tiers::{Level, Tiers, MAX_TIERS};
 use crate::backplane::{Backplane, ReconnectPolicy};
-use crate::breaker::BreakerTier;
-use crate::entry::Storage;
 use crate::envelope::Codec;
 use crate::error::CacheError;
 use crate::generations::{GenerationStore, LocalGenerations};
+use crate::layer::Mount;
 use crate::lock::{DistributedLock, LockOptions};
 use crate::metrics::TierMetrics;
 use crate::policy::{BackfillPolicy, TierPolicy};
 use crate::sketch::FrequencySketch;
 use crate::tier::{Tier, TierContext};
-use crate::timeout::TimeoutTier;
 
 /// Builds a [`Cache`]. Tiers are read in the order they are added (the first is L1).
 #[must_use]
@@ -217,7 +215,7 @@ impl<V: CacheValue> CacheBuilder<V> {
 }
 
 /// Mount `tier` as tier `name` of cache `cache`: tell it its labels, wrap it in its policy's
-/// timeout and breaker, make its metric handles.
+/// layers (innermost first), make its metric handles.
 fn mount(
     cache: &str,
     tier: Arc<dyn Tier>,
@@ -225,29 +223,17 @@ fn mount(
     policy: TierPolicy,
     categories: &[&'static str],
 ) -> Level {
-    let (storage, shared) = (tier.storage(), tier.is_shared());
-    tier.attach(&TierContext { cache: cache.to_string(), tier: name.clone() });
-    let mut wrapped = tier;
-    if let Some(t) = policy.timeout {
-        wrapped = Arc::new(TimeoutTier::new(wrapped, t));
-    }
+    let ctx = TierContext::new(cache, name.as_str());
+    tier.attach(&ctx);
+    let mount = Mount::new(&ctx, tier.storage(), tier.is_shared());
+    let wrapped = policy.layers().iter().fold(tier, |tier, layer| layer.wrap(tier, &mount));
     let metrics = TierMetrics::new(cache, &name, categories);
-    let mut breaker = None;
-    let breaker_cfg = match (policy.breaker_by_storage, storage) {
-        (true, Storage::Objects) if !shared => None,
-        _ => policy.breaker,
-    };
-    if let Some(cfg) = breaker_cfg {
-        let b = BreakerTier::new(wrapped, cfg);
-        b.breaker().set_gauge(metrics.breaker.clone());
-        breaker = Some(b.breaker().clone());
-        wrapped = Arc::new(b);
-    } else {
+    if wrapped.breaker_state().is_none() {
         metrics.breaker.set(0.0);
     }
     let frequency = match policy.backfill {
         BackfillPolicy::OnHits(_) => Some(FrequencySketch::new(4096)),
         _ => None,
     };
-    Level::new(wrapped, breaker, name, policy, metrics, frequency)
+    Level::new(wrapped, name, policy, metrics, frequency)
 }

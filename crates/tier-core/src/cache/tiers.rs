@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::options::CallOptions;
-use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::breaker::BreakerState;
 use crate::entry::Storage;
 use crate::error::{TierError, TierErrorKind};
 use crate::metrics::{LookupResult, TierMetrics, OBJECT_TIER_TIMING_SAMPLE};
@@ -81,7 +81,6 @@ pub struct TierInfo {
 /// One tier as mounted in a hierarchy.
 pub(super) struct Level {
     tier: Arc<dyn Tier>,
-    breaker: Option<Arc<CircuitBreaker>>,
     name: String,
     policy: TierPolicy,
     storage: Storage,
@@ -95,7 +94,6 @@ impl Level {
     /// A mounted tier: `tier` is already wrapped in its layers.
     pub fn new(
         tier: Arc<dyn Tier>,
-        breaker: Option<Arc<CircuitBreaker>>,
         name: String,
         policy: TierPolicy,
         metrics: TierMetrics,
@@ -103,7 +101,7 @@ impl Level {
     ) -> Self {
         let (storage, shared) = (tier.storage(), tier.is_shared());
         let enabled = AtomicBool::new(true);
-        Self { tier, breaker, name, policy, storage, shared, enabled, metrics, frequency }
+        Self { tier, name, policy, storage, shared, enabled, metrics, frequency }
     }
 
     /// The tier, wrapped in its layers.
@@ -177,7 +175,7 @@ impl Level {
             storage: self.storage,
             shared: self.shared,
             enabled: self.enabled(),
-            breaker: self.breaker.as_ref().map(|b| b.state()),
+            breaker: self.tier.breaker_state(),
             stats: self.tier.stats(),
         }
     }
