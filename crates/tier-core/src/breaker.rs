@@ -22,21 +22,40 @@ use crate::layer::{Mount, TierLayer};
 use crate::metrics::TIER_BREAKER_STATE;
 use crate::tier::Tier;
 
-/// Breaker settings.
+/// Breaker settings. The cache builder refuses a `failure_ratio` outside `(0, 1]` (or NaN) and
+/// a zero `window`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
-    /// Open at this failure ratio over the window. Default: 0.5.
+    /// Open at this failure ratio over the window. Range: `(0, 1]`. Default: 0.5.
     pub failure_ratio: f64,
     /// ... once the window holds at least this many calls. Default: 20.
     pub min_requests: u32,
-    /// Length of the rolling window. Default: 10 s.
+    /// Length of the rolling window (ten buckets of a tenth each, at least 1 ms). Range: more
+    /// than zero. Default: 10 s.
     pub window: Duration,
-    /// Or open after this many failures in a row. Default: 5.
+    /// Or open after this many failures in a row (0 counts as 1). Default: 5.
     pub consecutive_failures: u32,
-    /// How long it stays open before probing. Default: 5 s.
+    /// How long it stays open before probing (any; zero probes at once). Default: 5 s.
     pub cooldown: Duration,
-    /// Probes allowed at once in half-open, and successes needed to close. Default: 3.
+    /// Probes allowed at once in half-open, and successes needed to close (0 counts as 1).
+    /// Default: 3.
     pub probes: u32,
+}
+
+impl BreakerConfig {
+    /// Why these settings are refused, if they are.
+    fn check(&self) -> Result<(), String> {
+        if !(self.failure_ratio > 0.0 && self.failure_ratio <= 1.0) {
+            return Err(format!(
+                "breaker failure_ratio must be in (0, 1], not {}",
+                self.failure_ratio
+            ));
+        }
+        if self.window.is_zero() {
+            return Err("breaker window is zero".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for BreakerConfig {
@@ -83,6 +102,11 @@ impl BreakerState {
 }
 
 const BUCKETS: usize = 10;
+
+/// `d` in milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 #[derive(Default)]
 struct Bucket {
@@ -184,7 +208,7 @@ impl CircuitBreaker {
             BreakerState::Closed => Permit::Granted,
             BreakerState::Open => {
                 let since = self.now_ms().saturating_sub(self.opened_at_ms.load(Ordering::Acquire));
-                if since < self.cfg.cooldown.as_millis() as u64 {
+                if since < millis(self.cfg.cooldown) {
                     return Permit::Denied;
                 }
                 if self
@@ -268,7 +292,7 @@ impl CircuitBreaker {
     }
 
     fn bucket_ms(&self) -> u64 {
-        (self.cfg.window.as_millis() as u64 / BUCKETS as u64).max(1)
+        (millis(self.cfg.window) / BUCKETS as u64).max(1)
     }
 
     fn bucket(&self) -> &Bucket {
@@ -430,6 +454,13 @@ pub struct BreakerLayer(pub Breaker);
 impl TierLayer for BreakerLayer {
     fn name(&self) -> &'static str {
         "breaker"
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match self.0 {
+            Breaker::On(config) => config.check(),
+            Breaker::ByStorage | Breaker::Off => Ok(()),
+        }
     }
 
     fn wrap(&self, tier: Arc<dyn Tier>, mount: &Mount<'_>) -> Arc<dyn Tier> {

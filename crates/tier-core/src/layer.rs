@@ -60,6 +60,12 @@ pub trait TierLayer: fmt::Debug + Send + Sync + 'static {
     /// where it is).
     fn name(&self) -> &'static str;
 
+    /// Why this layer's settings are out of range, if they are: the cache builder refuses them
+    /// with [`CacheError::Config`](crate::CacheError::Config) naming the tier. Default: fine.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// `tier` wrapped in this layer (or `tier` itself, when the layer does not apply to it).
     fn wrap(&self, tier: Arc<dyn Tier>, mount: &Mount<'_>) -> Arc<dyn Tier>;
 }

@@ -64,7 +64,8 @@ pub struct TierPolicy {
 }
 
 impl TierPolicy {
-    /// A policy whose entries are fresh for `fresh` (everything else default).
+    /// A policy whose entries are fresh for `fresh` (everything else default). Range: more than
+    /// zero (the builder refuses zero); `Duration::MAX` never expires (instants saturate).
     pub fn fresh(fresh: Duration) -> Self {
         Self {
             ttl: TtlPolicy { fresh, stale: Duration::ZERO, jitter: 0.1 },
@@ -86,20 +87,45 @@ impl TierPolicy {
         &self.layers
     }
 
-    /// How long after fresh an entry may be served as stale. Default: 0.
+    /// Why this policy is refused, if it is (the builder names the tier).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.ttl.fresh.is_zero() {
+            return Err("fresh lifetime is zero".into());
+        }
+        if !(0.0..=1.0).contains(&self.ttl.jitter) {
+            return Err(format!("jitter must be in 0.0..=1.0, not {}", self.ttl.jitter));
+        }
+        if self.max_value_size == Some(0) {
+            return Err("max_value_size is 0: the tier would admit nothing (switch a tier off \
+                        with Cache::set_tier_enabled)"
+                .into());
+        }
+        if self.name.as_deref() == Some("") {
+            return Err("the tier name is empty".into());
+        }
+        for layer in &self.layers {
+            layer.check().map_err(|e| format!("{} layer: {e}", layer.name()))?;
+        }
+        Ok(())
+    }
+
+    /// How long after fresh an entry may be served as stale. Any duration (instants saturate).
+    /// Default: 0.
     pub fn stale(mut self, stale: Duration) -> Self {
         self.ttl.stale = stale;
         self
     }
 
-    /// Relative jitter of lifetimes (0.0–1.0). Default: 0.1.
+    /// Relative jitter of lifetimes. Range: 0.0–1.0 (the builder refuses NaN and anything
+    /// outside). Default: 0.1.
     pub fn jitter(mut self, jitter: f64) -> Self {
         self.ttl.jitter = jitter;
         self
     }
 
     /// Per-call timeout: the tier is wrapped in a [`TimeoutTier`](crate::TimeoutTier), inside
-    /// its breaker (a timeout counts as a failure). Default: none.
+    /// its breaker (a timeout counts as a failure). Range: more than zero (the builder refuses
+    /// zero); `Duration::MAX` is no timeout. Default: none.
     pub fn timeout(self, timeout: Duration) -> Self {
         self.with_layer(Arc::new(TimeoutLayer(timeout)), Place::Innermost)
     }
@@ -133,7 +159,8 @@ impl TierPolicy {
         self
     }
 
-    /// Largest value admitted, in encoded bytes. Default: unlimited.
+    /// Largest value admitted, in encoded bytes. Range: at least 1 (the builder refuses 0).
+    /// Default: unlimited.
     pub fn max_value_size(mut self, bytes: u32) -> Self {
         self.max_value_size = Some(bytes);
         self
@@ -146,13 +173,13 @@ impl TierPolicy {
     }
 
     /// Lifetime of negative entries (the origin said "none"); capped by the fresh lifetime.
-    /// Default: 30 s fresh, no stale.
+    /// Any duration (zero: negative answers are not cached). Default: 30 s fresh, no stale.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
         self
     }
 
-    /// The `tier` metric label. Default: the tier's own name.
+    /// The `tier` metric label. Range: not empty. Default: the tier's own name.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self

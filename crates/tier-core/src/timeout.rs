@@ -40,13 +40,21 @@ impl TimeoutTier {
     }
 }
 
-/// The timeout layer: wraps a tier in a [`TimeoutTier`].
+/// The timeout layer: wraps a tier in a [`TimeoutTier`]. The cache builder refuses a zero
+/// timeout (no call could ever answer); `Duration::MAX` is no timeout.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutLayer(pub Duration);
 
 impl TierLayer for TimeoutLayer {
     fn name(&self) -> &'static str {
         "timeout"
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.0.is_zero() {
+            return Err("the timeout is zero: no call could ever answer".into());
+        }
+        Ok(())
     }
 
     fn wrap(&self, tier: Arc<dyn Tier>, _mount: &Mount<'_>) -> Arc<dyn Tier> {

@@ -65,26 +65,29 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Serve stale values when the loader fails. Default: off.
+    /// Serve stale values when the loader fails (any durations; see [`FailSafe`]). Default: off.
     pub fn fail_safe(mut self, fail_safe: FailSafe) -> Self {
         self.opts.fail_safe = Some(fail_safe);
         self
     }
 
     /// When a stale value exists and the load takes longer than this, answer with the stale
-    /// value and let the load finish in the background. Default: none.
+    /// value and let the load finish in the background. Any duration (zero answers the stale
+    /// value at once; `Duration::MAX` never). Default: none.
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
         self.opts.soft_timeout = Some(timeout);
         self
     }
 
-    /// Give up a load after this long (a loader error for fail-safe purposes). Default: none.
+    /// Give up a load after this long (a loader error for fail-safe purposes). Range: more than
+    /// zero (the builder refuses zero); `Duration::MAX` is no limit. Default: none.
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
         self.opts.hard_timeout = Some(timeout);
         self
     }
 
-    /// Refresh fresh entries in the background before they expire. Default: off.
+    /// Refresh fresh entries in the background before they expire (ranges: see
+    /// [`EarlyRefresh`]; the builder refuses values outside them). Default: off.
     pub fn early_refresh(mut self, refresh: EarlyRefresh) -> Self {
         self.opts.early_refresh = Some(refresh);
         self
@@ -104,13 +107,15 @@ impl<V: CacheValue> CacheBuilder<V> {
     }
 
     /// At most this many background backfills at once; more are skipped (load shedding, counted
-    /// in `cache_backfills_shed_total`). Default: 1024.
+    /// in `cache_backfills_shed_total`). Any count (0 skips every background backfill;
+    /// synchronous backfill is not shed). Default: 1024.
     pub fn max_pending_backfills(mut self, n: usize) -> Self {
         self.opts.max_pending_backfills = n;
         self
     }
 
-    /// Payloads of at least this many bytes are lz4-compressed when it helps. Default: 1024.
+    /// Payloads of at least this many bytes are lz4-compressed when it helps. Any size
+    /// (`usize::MAX` never compresses). Default: 1024.
     pub fn compress_threshold(mut self, bytes: usize) -> Self {
         self.codec.compress_threshold = bytes;
         self
@@ -132,7 +137,8 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// One instance of the fleet loads a cold key; the others wait for it. Default: none.
+    /// One instance of the fleet loads a cold key; the others wait for it (ranges: see
+    /// [`LockOptions`]; the builder refuses values outside them). Default: none.
     pub fn distributed_lock(
         mut self,
         lock: Arc<dyn DistributedLock>,
@@ -157,42 +163,26 @@ impl<V: CacheValue> CacheBuilder<V> {
 
     /// How many hot keys the top-k sketch keeps, and one access in how many is recorded
     /// (rounded up to a power of two, so that the hit path draws it with a mask, not a
-    /// division). Default: 32 keys, 1 in 64.
+    /// division). Any values: a capacity of 0 counts as 1 (its counters stay bounded whatever
+    /// the capacity), a sample of 0 as 1, one above 2^63 as 2^63. Default: 32 keys, 1 in 64.
     pub fn hot_keys(mut self, capacity: usize, sample_one_in: u64) -> Self {
         self.hot_keys = capacity;
         self.opts.hot_key_sample = sample_one_in;
         self
     }
 
-    /// Build the hierarchy. Fails on an empty or ambiguous configuration.
+    /// Build the hierarchy. Fails with [`CacheError::Config`] on an empty or ambiguous
+    /// configuration, or a setting out of its documented range (the message names it).
     ///
     /// When called inside a tokio runtime it starts background tasks (gauges, backplane
     /// listener); they end when the last clone of the cache is dropped.
     pub fn build(self) -> Result<Cache<V>, CacheError> {
-        if self.tiers.is_empty() {
-            return Err(CacheError::Config("a cache needs at least one tier".into()));
-        }
-        if self.tiers.len() > MAX_TIERS {
-            return Err(CacheError::Config(format!("at most {MAX_TIERS} tiers")));
-        }
-        if self.name.is_empty() {
-            return Err(CacheError::Config("a cache needs a name".into()));
-        }
+        let names = self.check()?;
         let categories: Vec<&'static str> =
             self.categories.as_ref().map(|c| c.names.clone()).unwrap_or_default();
-        let mut levels: Vec<Level> = Vec::with_capacity(self.tiers.len());
-        for (tier, policy) in self.tiers {
-            let name = policy.name.clone().unwrap_or_else(|| tier.name().to_string());
-            if levels.iter().any(|l| l.name() == name) {
-                return Err(CacheError::Config(format!(
-                    "two tiers named {name:?}: name one with TierPolicy::name"
-                )));
-            }
-            if policy.ttl.fresh.is_zero() {
-                return Err(CacheError::Config(format!("tier {name}: fresh lifetime is zero")));
-            }
-            levels.push(mount(&self.name, tier, name, policy, &categories));
-        }
+        let levels = (self.tiers.into_iter().zip(names))
+            .map(|((tier, policy), name)| mount(&self.name, tier, name, policy, &categories))
+            .collect();
         crate::metrics::describe();
         let (backplane, reconnect) = match self.backplane {
             Some((b, r)) => (Some(b), r),
@@ -211,6 +201,38 @@ impl<V: CacheValue> CacheBuilder<V> {
         }));
         background::start(&hierarchy, self.gauge_interval);
         Ok(Cache::from_hierarchy(hierarchy))
+    }
+
+    /// The tiers' names, or why the configuration is refused.
+    fn check(&self) -> Result<Vec<String>, CacheError> {
+        let refuse = |why: String| Err(CacheError::Config(why));
+        if self.tiers.is_empty() {
+            return refuse("a cache needs at least one tier".into());
+        }
+        if self.tiers.len() > MAX_TIERS {
+            return refuse(format!("at most {MAX_TIERS} tiers"));
+        }
+        if self.name.is_empty() {
+            return refuse("a cache needs a name".into());
+        }
+        if let Some(Err(why)) = self.lock.as_ref().map(|(_, opts)| opts.check()) {
+            return refuse(why);
+        }
+        let mut names: Vec<String> = Vec::with_capacity(self.tiers.len());
+        for (tier, policy) in &self.tiers {
+            let name = policy.name.clone().unwrap_or_else(|| tier.name().to_string());
+            if name.is_empty() {
+                return refuse("a tier has no name: name it with TierPolicy::name".into());
+            }
+            if names.contains(&name) {
+                return refuse(format!("two tiers named {name:?}: name one with TierPolicy::name"));
+            }
+            if let Err(why) = policy.check() {
+                return refuse(format!("tier {name}: {why}"));
+            }
+            names.push(name);
+        }
+        Ok(names)
     }
 }
 

@@ -16,14 +16,15 @@ use crate::error::CacheError;
 use crate::policy::TierPolicy;
 use crate::time::{after_ms, now_ms, rand_unit};
 
-/// `d` scaled by a random factor in `[1 - jitter, 1 + jitter]`; `jitter` is clamped to `[0, 1]`.
+/// `d` scaled by a random factor in `[1 - jitter, 1 + jitter]`, saturating at `Duration::MAX`;
+/// `jitter` is clamped to `[0, 1]` (NaN counts as 0: the builder refuses both anyway).
 pub(super) fn jittered(d: Duration, jitter: f64) -> Duration {
-    let j = jitter.clamp(0.0, 1.0);
+    let j = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
     if j == 0.0 || d.is_zero() {
         return d;
     }
-    let factor = 1.0 - j + 2.0 * j * rand_unit();
-    d.mul_f64(factor.max(0.0))
+    let factor = (1.0 - j + 2.0 * j * rand_unit()).max(0.0);
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 /// Lifetime of a new entry under `policy` from `now`, jittered: (fresh_until, stale_until).
@@ -191,5 +192,15 @@ mod tests {
         }
         assert!(seen.len() > 100, "jitter should spread values, got {}", seen.len());
         assert_eq!(jittered(d, 0.0), d);
+    }
+
+    #[test]
+    fn jitter_saturates_and_ignores_nan() {
+        // A factor above 1 saturates at MAX instead of panicking.
+        for j in [0.1, 1.0, 5.0, f64::INFINITY] {
+            let _ = jittered(Duration::MAX, j);
+        }
+        assert!(jittered(Duration::MAX, 0.1) >= Duration::from_secs(u64::MAX / 10 * 8));
+        assert_eq!(jittered(Duration::from_secs(7), f64::NAN), Duration::from_secs(7));
     }
 }

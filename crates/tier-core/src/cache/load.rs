@@ -396,7 +396,8 @@ impl<V: CacheValue> Hierarchy<V> {
     /// Take the fleet-wide lock, or wait (polling the tiers with backoff) for the holder's value.
     async fn lock_or_wait(&self, key: &Bytes, skip: TierSet) -> Locked<V> {
         let Some((lock, opts)) = self.lock() else { return Locked::Without };
-        let deadline = Instant::now() + opts.wait;
+        // A wait too long to be an instant is no deadline at all.
+        let deadline = Instant::now().checked_add(opts.wait);
         let mut poll = opts.first_poll;
         loop {
             match lock.try_acquire(key, opts.ttl).await {
@@ -407,13 +408,13 @@ impl<V: CacheValue> Hierarchy<V> {
                     return Locked::Without;
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
                 tracing::debug!(cache = %self.name(), "lock wait over: loading without it");
                 return Locked::Without;
             }
-            tokio::time::sleep(poll.min(deadline - now)).await;
-            poll = (poll * 2).min(opts.max_poll);
+            tokio::time::sleep(left.map_or(poll, |left| poll.min(left))).await;
+            poll = poll.saturating_mul(2).min(opts.max_poll);
             if let Some(value) = self.fresh_value(key, skip, Counting::Quiet).await {
                 return Locked::Appeared(value);
             }

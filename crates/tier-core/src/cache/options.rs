@@ -48,13 +48,29 @@ impl FailSafe {
 #[non_exhaustive]
 pub enum EarlyRefresh {
     /// XFetch (Vattani et al.): refresh when `now - load_cost × beta × ln(rand) ≥ fresh_until`.
-    /// `beta = 1.0` is the paper's optimum; larger refreshes earlier.
+    /// `beta = 1.0` is the paper's optimum; larger refreshes earlier. Range: finite, ≥ 0
+    /// (the builder refuses NaN, ∞ and negative values).
     XFetch {
         /// Eagerness.
         beta: f64,
     },
-    /// Refresh once this fraction of the fresh lifetime has passed (e.g. 0.8).
+    /// Refresh once this fraction of the fresh lifetime has passed (e.g. 0.8). Range: 0.0–1.0
+    /// (the builder refuses NaN and values outside it).
     Ahead(f64),
+}
+
+impl EarlyRefresh {
+    fn check(self) -> Result<Self, CacheError> {
+        match self {
+            Self::XFetch { beta } if !(beta.is_finite() && beta >= 0.0) => Err(CacheError::Config(
+                format!("early refresh: XFetch beta must be finite and >= 0, not {beta}"),
+            )),
+            Self::Ahead(ratio) if !(0.0..=1.0).contains(&ratio) => Err(CacheError::Config(
+                format!("early refresh: the refresh-ahead ratio must be in 0.0..=1.0, not {ratio}"),
+            )),
+            ok => Ok(ok),
+        }
+    }
 }
 
 /// Options of one call.
@@ -132,6 +148,12 @@ impl Default for Options {
 impl Options {
     /// These options, or the first one out of its documented range.
     pub fn checked(mut self) -> Result<Self, CacheError> {
+        if self.hard_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(CacheError::Config(
+                "the hard timeout is zero: no load could ever finish".into(),
+            ));
+        }
+        self.early_refresh = self.early_refresh.map(EarlyRefresh::check).transpose()?;
         self.hot_key_sample =
             self.hot_key_sample.max(1).checked_next_power_of_two().unwrap_or(1 << 63);
         Ok(self)
