@@ -1,5 +1,9 @@
-//! Test helpers (feature `test-util`): a plain in-memory envelope tier and a wrapper that
-//! fails, stalls or counts calls on command. For testing faults, not for production.
+//! Test helpers (feature `test-util`): a plain in-memory envelope tier, a wrapper that fails,
+//! stalls or counts calls on command, an in-process backplane and fleet lock, and the
+//! [`conformance`] kit that checks any tier against the `Tier` contract. For tests, not for
+//! production.
+
+pub mod conformance;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
