@@ -19,6 +19,7 @@ mod lock;
 pub mod metrics;
 mod policy;
 mod sketch;
+pub mod spi;
 #[cfg(any(test, feature = "test-util"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
