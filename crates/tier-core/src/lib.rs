@@ -48,8 +48,3 @@ pub use sketch::{FrequencySketch, HotKeys};
 pub use tier::{Tier, TierContext, TierStats};
 pub use time::{after_ms, now_ms};
 pub use timeout::{TimeoutLayer, TimeoutTier};
-
-/// The README's example, compiled and run as a doctest so that it cannot rot.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
