@@ -17,7 +17,8 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use tier_core::{Cache, Codec, Entry, Meta, Tier, TierPolicy};
+use tier_core::spi::{Codec, Entry, Meta, Tier};
+use tier_core::{Cache, TierPolicy};
 use tier_redis::{RedisConnection, RedisTier};
 use tokio::runtime::Runtime;
 
@@ -94,7 +95,7 @@ fn server_url() -> &'static str {
 }
 
 fn envelope(id: u64) -> Entry {
-    let now = tier_core::now_ms();
+    let now = tier_core::spi::now_ms();
     let meta = Meta {
         created_at: now,
         fresh_until: now + 3_600_000,

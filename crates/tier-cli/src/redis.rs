@@ -259,7 +259,7 @@ async fn scan(
     limit: usize,
 ) -> Result<(Vec<EntryOut>, bool)> {
     let pattern = glob_escape(match_prefix);
-    let now = tier_core::now_ms();
+    let now = tier_core::spi::now_ms();
     let mut out = Vec::new();
     let mut more = false;
     for (node, conn) in &mut nodes.masters {
@@ -273,7 +273,7 @@ async fn scan(
                     .cmd("GETRANGE")
                     .arg(k)
                     .arg(0)
-                    .arg(tier_core::envelope::HEADER_LEN as i64 - 1);
+                    .arg(tier_core::spi::envelope::HEADER_LEN as i64 - 1);
             }
             let answers: Vec<redis::Value> = pipeline(conn, node, &pipe, "pipeline").await?;
             for (k, a) in keys.iter().zip(answers.chunks(3)) {
@@ -286,7 +286,7 @@ async fn scan(
                     a.get(1).and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(0);
                 let head: Vec<u8> =
                     a.get(2).and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or_default();
-                let times = tier_core::envelope::peek_times(&head).ok();
+                let times = tier_core::spi::envelope::peek_times(&head).ok();
                 let state = match times {
                     None => "not_an_envelope",
                     Some((fresh, _)) if now < fresh => "fresh",

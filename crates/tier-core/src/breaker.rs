@@ -20,7 +20,7 @@ use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::{TierError, TierErrorKind};
 use crate::layer::{Mount, TierLayer};
 use crate::metrics::TIER_BREAKER_STATE;
-use crate::tier::Tier;
+use crate::tier::{BreakerState, Tier};
 
 /// Breaker settings. The cache builder refuses a `failure_ratio` outside `(0, 1]` (or NaN) and
 /// a zero `window`.
@@ -67,36 +67,6 @@ impl Default for BreakerConfig {
             consecutive_failures: 5,
             cooldown: Duration::from_secs(5),
             probes: 3,
-        }
-    }
-}
-
-/// The breaker's state; the value of the `tier_breaker_state` gauge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed = 0,
-    /// A few probes go through.
-    HalfOpen = 1,
-    /// No call goes through.
-    Open = 2,
-}
-
-impl BreakerState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => Self::Closed,
-            1 => Self::HalfOpen,
-            _ => Self::Open,
-        }
-    }
-
-    /// `closed`, `half_open`, `open`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::HalfOpen => "half_open",
-            Self::Open => "open",
         }
     }
 }

@@ -116,7 +116,7 @@ impl Lookup {
 /// so that a hit clones one pointer) and hands it out from [`Tier::get_ready`]: an [`Entry`] of
 /// [`Value::Object`] without the enum (72 bytes instead of 88 on a 64-bit target).
 ///
-/// [`Tier::get_ready`]: crate::Tier::get_ready
+/// [`Tier::get_ready`]: crate::spi::Tier::get_ready
 #[derive(Clone)]
 pub struct ObjectEntry {
     /// Times, flags and tags.
@@ -140,7 +140,7 @@ impl ObjectEntry {
         Entry { meta: self.meta.clone(), value: Value::Object(self.value.clone()), size: self.size }
     }
 
-    /// What [`Tier::get_ready`](crate::Tier::get_ready) answers for this entry at `now`
+    /// What [`Tier::get_ready`](crate::spi::Tier::get_ready) answers for this entry at `now`
     /// (Unix ms): `Fresh` when fresh and untagged, `Miss` past `stale_until`, else `Ask`.
     #[inline]
     pub fn ready_at(self: Arc<Self>, now: u64) -> ReadyLookup {
@@ -165,7 +165,7 @@ impl std::fmt::Debug for ObjectEntry {
 
 /// What a tier answers without waiting ([`Tier::get_ready`]).
 ///
-/// [`Tier::get_ready`]: crate::Tier::get_ready
+/// [`Tier::get_ready`]: crate::spi::Tier::get_ready
 #[derive(Debug, Clone)]
 pub enum ReadyLookup {
     /// A fresh entry without tags, holding a decoded object (the `Arc` the tier holds: a hit
@@ -174,6 +174,6 @@ pub enum ReadyLookup {
     /// Nothing servable under this key (absent, or past its `stale_until`).
     Miss,
     /// Anything else (stale, tagged, an envelope, an error, a tier that cannot answer at once):
-    /// ask [`Tier::get`](crate::Tier::get).
+    /// ask [`Tier::get`](crate::spi::Tier::get).
     Ask,
 }

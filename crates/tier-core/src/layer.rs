@@ -36,7 +36,8 @@ impl<'a> Mount<'a> {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use tier_core::{Mount, Tier, TierLayer, TierPolicy};
+/// use tier_core::spi::{Mount, Tier, TierLayer};
+/// use tier_core::TierPolicy;
 ///
 /// /// Hands the tier back unwrapped (a real layer returns a wrapper that is a `Tier`).
 /// #[derive(Debug)]

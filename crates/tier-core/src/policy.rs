@@ -123,7 +123,7 @@ impl TierPolicy {
         self
     }
 
-    /// Per-call timeout: the tier is wrapped in a [`TimeoutTier`](crate::TimeoutTier), inside
+    /// Per-call timeout: the tier is wrapped in a [`TimeoutTier`](crate::spi::TimeoutTier), inside
     /// its breaker (a timeout counts as a failure). Range: more than zero (the builder refuses
     /// zero); `Duration::MAX` is no timeout. Default: none.
     pub fn timeout(self, timeout: Duration) -> Self {

@@ -254,7 +254,7 @@ impl Tier for FaultyTier {
     }
 }
 
-type EventSender = tokio::sync::broadcast::Sender<crate::BackplaneEvent>;
+type EventSender = tokio::sync::broadcast::Sender<crate::backplane::BackplaneEvent>;
 
 /// An in-process backplane hub: every [`LocalBackplane`] made by one hub hears the others.
 /// For tests of the hierarchy's backplane handling (the Redis backplane is the real one).
@@ -289,17 +289,21 @@ pub struct LocalBackplane {
 impl LocalBackplane {
     /// Tell this node's subscribers that the connection was lost and is back.
     pub fn simulate_reconnect(&self) {
-        let _ = self.tx.send(crate::BackplaneEvent::Reconnected);
+        let _ = self.tx.send(crate::backplane::BackplaneEvent::Reconnected);
     }
 }
 
 #[async_trait]
-impl crate::Backplane for LocalBackplane {
-    async fn publish(&self, cache: &str, what: &crate::Invalidation) -> Result<(), TierError> {
+impl crate::backplane::Backplane for LocalBackplane {
+    async fn publish(
+        &self,
+        cache: &str,
+        what: &crate::backplane::Invalidation,
+    ) -> Result<(), TierError> {
         let nodes = self.hub.nodes.lock().unwrap_or_else(|p| p.into_inner());
         for (id, tx) in nodes.iter() {
             if *id != self.id {
-                let _ = tx.send(crate::BackplaneEvent::Invalidate {
+                let _ = tx.send(crate::backplane::BackplaneEvent::Invalidate {
                     cache: cache.to_string(),
                     what: what.clone(),
                 });
@@ -308,12 +312,12 @@ impl crate::Backplane for LocalBackplane {
         Ok(())
     }
 
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::BackplaneEvent> {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::backplane::BackplaneEvent> {
         self.tx.subscribe()
     }
 }
 
-/// A fleet lock held in this process ([`crate::DistributedLock`]): what several hierarchies of
+/// A fleet lock held in this process ([`DistributedLock`](crate::spi::DistributedLock)): what several hierarchies of
 /// one test share to stand for instances of a fleet. Counts the attempts to take it.
 #[derive(Default)]
 pub struct LocalLock {
@@ -353,12 +357,12 @@ impl LocalLock {
 }
 
 #[async_trait]
-impl crate::DistributedLock for LocalLock {
+impl crate::lock::DistributedLock for LocalLock {
     async fn try_acquire(
         &self,
         key: &[u8],
         ttl: std::time::Duration,
-    ) -> Result<Option<crate::LockToken>, TierError> {
+    ) -> Result<Option<crate::lock::LockToken>, TierError> {
         let now = std::time::Instant::now();
         let token = {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -370,7 +374,7 @@ impl crate::DistributedLock for LocalLock {
                         .checked_add(ttl)
                         .unwrap_or(now + std::time::Duration::from_secs(86_400 * 365));
                     held.insert(Bytes::copy_from_slice(key), (token.clone(), until));
-                    Some(crate::LockToken(token))
+                    Some(crate::lock::LockToken(token))
                 }
             }
         };
@@ -379,7 +383,7 @@ impl crate::DistributedLock for LocalLock {
         Ok(token)
     }
 
-    async fn release(&self, key: &[u8], token: &crate::LockToken) -> Result<(), TierError> {
+    async fn release(&self, key: &[u8], token: &crate::lock::LockToken) -> Result<(), TierError> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if held.get(key).is_some_and(|(t, _)| *t == token.0) {
             held.remove(key);

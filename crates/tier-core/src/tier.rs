@@ -5,7 +5,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::breaker::BreakerState;
 use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::TierError;
 
@@ -21,8 +20,39 @@ pub struct TierStats {
     pub capacity_bytes: u64,
 }
 
+/// The breaker's state; the value of the `tier_breaker_state` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed = 0,
+    /// A few probes go through.
+    HalfOpen = 1,
+    /// No call goes through.
+    Open = 2,
+}
+
+impl BreakerState {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Closed,
+            1 => Self::HalfOpen,
+            _ => Self::Open,
+        }
+    }
+
+    /// `closed`, `half_open`, `open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::HalfOpen => "half_open",
+            Self::Open => "open",
+        }
+    }
+}
+
 /// Where a tier is mounted: the labels its own metrics carry.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TierContext {
     /// The hierarchy's name (`cache` label).
     pub cache: String,
@@ -61,7 +91,7 @@ pub trait Tier: Send + Sync + 'static {
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError>;
 
     /// Answer a lookup without waiting, when this tier can (an in-process tier holding
-    /// objects): a fresh untagged entry as the [`ObjectEntry`](crate::ObjectEntry) it holds,
+    /// objects): a fresh untagged entry as the [`ObjectEntry`](crate::spi::ObjectEntry) it holds,
     /// a miss, or [`ReadyLookup::Ask`] for anything else ("ask [`get`](Tier::get)"). The
     /// hierarchy tries this first for its first tier, so an L1 hit costs no future, no
     /// allocation and no [`Entry`]. Must agree with `get`: `Fresh` only for what `get` would
@@ -114,7 +144,7 @@ pub trait Tier: Send + Sync + 'static {
     fn attach(&self, _ctx: &TierContext) {}
 
     /// The state of the circuit breaker in front of this tier, when it has one (a
-    /// [`BreakerTier`](crate::BreakerTier) says; wrappers pass it through). Default: `None`.
+    /// [`BreakerTier`](crate::spi::BreakerTier) says; wrappers pass it through). Default: `None`.
     fn breaker_state(&self) -> Option<BreakerState> {
         None
     }
@@ -127,7 +157,7 @@ pub trait Tier: Send + Sync + 'static {
 macro_rules! forward_tier_info {
     () => {
         $crate::tier::forward_tier_info!(except breaker_state);
-        fn breaker_state(&self) -> Option<$crate::breaker::BreakerState> {
+        fn breaker_state(&self) -> Option<$crate::tier::BreakerState> {
             self.inner.breaker_state()
         }
     };

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use tier_core::spi::{now_ms, Tier};
 use tier_core::testing::{LocalBackplaneHub, LocalLock, MapTier};
-use tier_core::{now_ms, Cache, CacheError, FailSafe, LockOptions, ReconnectPolicy, Tier};
+use tier_core::{Cache, CacheError, FailSafe, LockOptions, ReconnectPolicy};
 use tier_memory::MemoryTier;
 use tokio::sync::Notify;
 
@@ -186,7 +187,7 @@ async fn batch_misses_take_the_fleet_lock_and_wait_for_its_holder() {
     let (a, b) = (instance(), instance());
 
     // Another instance holds the lock of k (it is loading k): the batch waits for its value.
-    let token = tier_core::DistributedLock::try_acquire(&*lock, b"k", MINUTE).await.unwrap();
+    let token = tier_core::spi::DistributedLock::try_acquire(&*lock, b"k", MINUTE).await.unwrap();
     let token = token.expect("the lock is free");
     let asked = Arc::default();
     let batch = {
@@ -198,7 +199,7 @@ async fn batch_misses_take_the_fleet_lock_and_wait_for_its_holder() {
         .await
         .expect("the batch never asked for the lock of its miss");
     b.insert("k", "loaded by b".into()).await.unwrap();
-    tier_core::DistributedLock::release(&*lock, b"k", &token).await.unwrap();
+    tier_core::spi::DistributedLock::release(&*lock, b"k", &token).await.unwrap();
     assert_eq!(strs(&batch.await.unwrap().unwrap()), vec![Some("loaded by b")]);
     assert!(asked.lock().unwrap().is_empty(), "the batch waited for the holder's value");
 

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tier_core::spi::{BreakerTier, TimeoutTier};
 use tier_core::testing::{conformance, FaultyTier, MapTier};
-use tier_core::{BreakerConfig, BreakerTier, TimeoutTier};
+use tier_core::BreakerConfig;
 
 #[tokio::test]
 async fn the_map_tier_and_the_wrappers_keep_the_tier_contract() {
@@ -33,7 +34,8 @@ async fn the_map_tier_and_the_wrappers_keep_the_tier_contract() {
 async fn the_kit_catches_a_tier_that_serves_expired_entries() {
     use async_trait::async_trait;
     use bytes::Bytes;
-    use tier_core::{Entry, Lookup, Storage, Tier, TierError};
+    use tier_core::spi::{Entry, Lookup, Tier};
+    use tier_core::{Storage, TierError};
 
     struct Careless(MapTier);
     #[async_trait]

@@ -7,10 +7,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use tier_core::spi::{Mount, Tier, TierLayer};
 use tier_core::testing::{Fault, FaultHandle, FaultyTier, MapTier};
-use tier_core::{
-    Breaker, BreakerConfig, BreakerState, Cache, Mount, Storage, Tier, TierErrorKind, TierLayer,
-};
+use tier_core::{Breaker, BreakerConfig, BreakerState, Cache, Storage, TierErrorKind};
 use tier_memory::MemoryTier;
 
 /// Wraps the tier in a [`FaultyTier`] and keeps its handle and what the mount said.

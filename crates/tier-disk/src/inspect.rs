@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use tier_core::now_ms;
+use tier_core::spi::now_ms;
 
 use crate::builder::MAX_SEGMENT_SIZE;
 use crate::error::DiskError;

@@ -58,8 +58,8 @@
 //!
 //! ## Metrics
 //!
-//! Through the `metrics` facade, labelled with the [`TierContext`](tier_core::TierContext)
-//! given to [`Tier::attach`](tier_core::Tier::attach) (`cache=""`, `tier=<name>` before that):
+//! Through the `metrics` facade, labelled with the [`TierContext`](tier_core::spi::TierContext)
+//! given to [`Tier::attach`](tier_core::spi::Tier::attach) (`cache=""`, `tier=<name>` before that):
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
@@ -73,7 +73,7 @@
 //! Recovery runs before the tier knows its labels, so the recovery figures are emitted once, on
 //! the first `attach`; [`DiskTier::recovery_report`] has them in any case. The gauges
 //! `tier_entries`, `tier_bytes` (segment file bytes) and `tier_capacity_bytes` come from
-//! [`Tier::stats`](tier_core::Tier::stats) through the hierarchy.
+//! [`Tier::stats`](tier_core::spi::Tier::stats) through the hierarchy.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use metrics::{counter, gauge, Counter, Unit};
-use tier_core::TierContext;
+use tier_core::spi::TierContext;
 
 use crate::report::RecoveryReport;
 

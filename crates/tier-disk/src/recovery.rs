@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use tier_core::now_ms;
+use tier_core::spi::now_ms;
 
 use crate::builder::{DiskTierBuilder, RecoveryMode, MAX_SEGMENT_SIZE};
 use crate::error::DiskError;

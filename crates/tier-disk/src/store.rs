@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tier_core::{now_ms, Entry, Lookup, TierError, TierErrorKind};
+use tier_core::spi::{now_ms, Entry, Lookup};
+use tier_core::{TierError, TierErrorKind};
 
 use crate::builder::{DiskTierBuilder, FlushPolicy};
 use crate::format::{
@@ -188,7 +189,7 @@ impl Store {
 
     /// Append a value record for `key`.
     pub fn insert(&self, key: &[u8], envelope: &[u8]) -> Result<(), TierError> {
-        let (_, stale_until) = tier_core::envelope::peek_times(envelope)?;
+        let (_, stale_until) = tier_core::spi::envelope::peek_times(envelope)?;
         if stale_until <= now_ms() {
             // Already gone: storing it would only shadow nothing; drop what was there.
             return self.remove(key);

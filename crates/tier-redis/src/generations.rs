@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::{BackplaneEvent, GenerationStore, Invalidation, TierError};
+use tier_core::spi::{BackplaneEvent, GenerationStore, Invalidation};
+use tier_core::TierError;
 
 use crate::backplane::{EventHook, RedisBackplane};
 use crate::connection::RedisConnection;

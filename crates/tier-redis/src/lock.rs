@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::{DistributedLock, LockToken, TierError};
+use tier_core::spi::{DistributedLock, LockToken};
+use tier_core::TierError;
 
 use crate::connection::RedisConnection;
 use crate::tier::full_key;
@@ -34,7 +35,7 @@ end
 /// ```no_run
 /// # async fn demo(conn: tier_redis::RedisConnection) -> Result<(), tier_core::TierError> {
 /// use std::time::Duration;
-/// use tier_core::DistributedLock;
+/// use tier_core::spi::DistributedLock;
 /// let lock = tier_redis::RedisLock::new(conn);
 /// if let Some(token) = lock.try_acquire(b"user:1", Duration::from_secs(10)).await? {
 ///     // ... load ...

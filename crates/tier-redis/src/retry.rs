@@ -193,7 +193,7 @@ pub(crate) async fn run(queue: Arc<RetryQueue>, conn: RedisConnection, prefix: B
             queue.notify.notified().await;
             continue;
         };
-        let now = tier_core::now_ms();
+        let now = tier_core::spi::now_ms();
         // An expired write becomes a DEL (`write_cmd`): an older value of the key may have
         // reached Redis after all (a command that timed out on our side can still be delivered),
         // and it must not stay in place of the newer, expired one.

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::{Entry, Lookup, Storage, Tier, TierContext, TierError, TierErrorKind, TierStats};
+use tier_core::spi::{Entry, Lookup, Tier, TierContext};
+use tier_core::{Storage, TierError, TierErrorKind, TierStats};
 use tokio::task::JoinHandle;
 
 use crate::connection::{slot, RedisConnection};
@@ -200,7 +201,7 @@ impl Drop for AbortOnDrop {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tier_core::{Codec, Entry, Meta, Tier};
+/// use tier_core::spi::{Codec, Entry, Meta, Tier};
 /// use tier_redis::RedisTier;
 ///
 /// #[tokio::main]
@@ -213,7 +214,7 @@ impl Drop for AbortOnDrop {
 ///         .build()
 ///         .await?;
 ///
-///     let now = tier_core::now_ms();
+///     let now = tier_core::spi::now_ms();
 ///     let meta = Meta { created_at: now, fresh_until: now + 60_000, stale_until: now + 600_000, ..Meta::default() };
 ///     let envelope = Codec::default().encode(&meta, Some(&"Ada".to_string()))?;
 ///     tier.insert("user:1".into(), Entry::from_envelope(envelope)?).await?;
@@ -314,7 +315,7 @@ impl RedisTier {
     /// Run `pipe` (standalone: all at once; Cluster: grouped by slot, concurrently) for the
     /// `(key, op)` pairs; on failure every op of the failed group is queued for retry.
     async fn write_ops(&self, ops: Vec<(Bytes, PendingOp)>) -> Result<(), TierError> {
-        let now = tier_core::now_ms();
+        let now = tier_core::spi::now_ms();
         let groups: Vec<Vec<(Bytes, PendingOp)>> = if self.inner.conn.is_cluster() {
             let mut by_slot: HashMap<u16, Vec<(Bytes, PendingOp)>> = HashMap::new();
             for (k, op) in ops {
@@ -390,19 +391,19 @@ impl Tier for RedisTier {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.redis_key(key));
         let value: Option<Bytes> = self.inner.conn.query("get", &cmd).await?;
-        Self::classify(value, tier_core::now_ms())
+        Self::classify(value, tier_core::spi::now_ms())
     }
 
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
         let full: Vec<Vec<u8>> = keys.iter().map(|k| self.redis_key(k)).collect();
         let values: Vec<Option<Bytes>> = self.inner.conn.mget("get_many", &full).await?;
-        let now = tier_core::now_ms();
+        let now = tier_core::spi::now_ms();
         values.into_iter().map(|v| Self::classify(v, now)).collect()
     }
 
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
         let op = Self::op_for(&entry)?;
-        let cmd = write_cmd(&self.redis_key(&key), &op, tier_core::now_ms());
+        let cmd = write_cmd(&self.redis_key(&key), &op, tier_core::spi::now_ms());
         match self.inner.conn.query::<()>("insert", &cmd).await {
             Ok(()) => {
                 self.written(&key);

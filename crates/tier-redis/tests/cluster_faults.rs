@@ -14,7 +14,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tier_core::{BreakerConfig, BreakerState, Cache, Tier, TierErrorKind, TierPolicy};
+use tier_core::spi::Tier;
+use tier_core::{BreakerConfig, BreakerState, Cache, TierErrorKind, TierPolicy};
 use tier_redis::RedisConnection;
 
 const SLOTS: u16 = 16384;

@@ -6,8 +6,8 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use tier_core::spi::Tier;
 use tier_core::testing::conformance;
-use tier_core::Tier;
 use tier_redis::{RedisConnection, RedisTier};
 
 async fn keeps_the_contract(conn: RedisConnection, name: &str) {

@@ -96,7 +96,7 @@ impl<V: CacheValue> Hierarchy<V> {
     }
 
     /// The L1 fast path, without a future: a fresh, untagged hit in the first tier when it holds
-    /// objects and can answer at once ([`Tier::get_ready`](crate::Tier::get_ready)); otherwise
+    /// objects and can answer at once ([`Tier::get_ready`](crate::spi::Tier::get_ready)); otherwise
     /// the tier to walk on from. A counted hit is counted and sampled for the hot keys here, a
     /// miss of tier 0 is counted here; anything else is read again by the general walk, which
     /// first takes the key's write sequence.

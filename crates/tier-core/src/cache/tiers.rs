@@ -6,13 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::options::CallOptions;
-use crate::breaker::BreakerState;
 use crate::entry::Storage;
 use crate::error::{TierError, TierErrorKind};
 use crate::metrics::{LookupResult, TierMetrics, OBJECT_TIER_TIMING_SAMPLE};
 use crate::policy::TierPolicy;
 use crate::sketch::FrequencySketch;
-use crate::tier::{Tier, TierStats};
+use crate::tier::{BreakerState, Tier, TierStats};
 
 /// The most tiers a hierarchy may have (a [`TierSet`] is 64 bits).
 pub(super) const MAX_TIERS: usize = 64;
