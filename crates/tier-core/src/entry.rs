@@ -4,6 +4,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 
 use crate::envelope::{self, Meta};
 use crate::error::TierError;
@@ -63,6 +64,28 @@ impl Entry {
         match &self.value {
             Value::Envelope(b) => Some(b),
             Value::Object(_) => None,
+        }
+    }
+
+    /// The value as a `V`, whatever the form: an object downcast, an envelope decoded; `None`
+    /// for a negative entry. An object of another type, or bytes that do not decode as a `V`,
+    /// are a [`Decode`](crate::TierErrorKind::Decode) error.
+    pub fn decode<V: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+    ) -> Result<Option<Arc<V>>, TierError> {
+        if self.meta.negative {
+            return Ok(None);
+        }
+        match &self.value {
+            Value::Object(any) => any
+                .clone()
+                .downcast::<V>()
+                .map(Some)
+                .map_err(|_| TierError::decode("the object tier holds a value of another type")),
+            Value::Envelope(bytes) => {
+                let (meta, at) = envelope::decode_meta(bytes)?;
+                Ok(envelope::decode_value::<V>(bytes, &meta, at)?.map(Arc::new))
+            }
         }
     }
 

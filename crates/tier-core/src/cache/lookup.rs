@@ -13,9 +13,7 @@ use super::options::CacheValue;
 use super::rule::{usability, Found, Placement, TagVerdict, Usability};
 use super::tags;
 use super::tiers::{Level, TierSet};
-use crate::entry::{Entry, Lookup, ReadyLookup, Value};
-use crate::envelope;
-use crate::error::TierError;
+use crate::entry::{Lookup, ReadyLookup};
 use crate::metrics::{LookupResult, OBJECT_TIER_TIMING_SAMPLE};
 use crate::time::now_ms;
 
@@ -58,24 +56,6 @@ pub(super) enum Ready<V> {
 pub(super) enum Counting {
     Counted,
     Quiet,
-}
-
-/// Decode the value of an entry of either form. Negative entries decode to `None`.
-fn decode<V: CacheValue>(entry: &Entry) -> Result<Option<Arc<V>>, TierError> {
-    if entry.meta.negative {
-        return Ok(None);
-    }
-    match &entry.value {
-        Value::Object(any) => any
-            .clone()
-            .downcast::<V>()
-            .map(Some)
-            .map_err(|_| TierError::decode("object tier holds a value of another type")),
-        Value::Envelope(bytes) => {
-            let (meta, at) = envelope::decode_meta(bytes)?;
-            Ok(envelope::decode_value::<V>(bytes, &meta, at)?.map(Arc::new))
-        }
-    }
 }
 
 impl<V: CacheValue> Hierarchy<V> {
@@ -216,7 +196,7 @@ impl<V: CacheValue> Hierarchy<V> {
             Usability::Stale => LookupResult::Stale,
             Usability::Unusable => return (LookupResult::Miss, None),
         };
-        match decode::<V>(&entry) {
+        match entry.decode::<V>() {
             Ok(value) => (result, Some((Found { level: i, seq, entry, value }, usable))),
             Err(e) => (level.read_failed(self.name(), &e), None),
         }

@@ -172,20 +172,8 @@ fn entry_for(tier: &dyn Tier, meta: Meta, value: Option<&str>) -> Entry {
 
 /// The string an entry holds (`None` for a negative entry), or why it cannot be read.
 fn value_of(entry: &Entry) -> Result<Option<String>, String> {
-    if entry.meta.negative {
-        return Ok(None);
-    }
-    match &entry.value {
-        Value::Object(any) => any
-            .clone()
-            .downcast::<String>()
-            .map(|v| Some((*v).clone()))
-            .map_err(|_| "the object read back is not the String stored".to_string()),
-        Value::Envelope(bytes) => {
-            let (meta, at) = envelope::decode_meta(bytes).map_err(|e| e.to_string())?;
-            envelope::decode_value::<String>(bytes, &meta, at).map_err(|e| e.to_string())
-        }
-    }
+    let value = entry.decode::<String>().map_err(|e| e.to_string())?;
+    Ok(value.map(|v| (*v).clone()))
 }
 
 async fn put(tier: &dyn Tier, key: &str, entry: Entry) -> Outcome {
