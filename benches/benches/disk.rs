@@ -20,7 +20,7 @@ use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
     HybridCachePolicy,
 };
-use tier_core::{now_ms, Codec, Entry, Meta, Tier};
+use tier_core::spi::{now_ms, Codec, Entry, Meta, Tier};
 use tier_disk::{DiskTier, FlushPolicy};
 
 const SIZES: [(usize, &str, u64); 2] = [(1 << 10, "1KiB", 8192), (16 << 10, "16KiB", 2048)];

@@ -29,7 +29,8 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use redis::AsyncCommands;
 use tier_benches::{user, User};
-use tier_core::{Cache, Codec, Entry, Meta, Tier, TierPolicy};
+use tier_core::spi::{Codec, Entry, Meta, Tier};
+use tier_core::{Cache, TierPolicy};
 use tier_redis::{RedisConnection, RedisTier};
 use tokio::runtime::Runtime;
 
@@ -87,7 +88,7 @@ fn server_url() -> &'static str {
 }
 
 fn envelope(id: u64) -> Entry {
-    let now = tier_core::now_ms();
+    let now = tier_core::spi::now_ms();
     let meta = Meta {
         created_at: now,
         fresh_until: now + 3_600_000,
@@ -153,8 +154,8 @@ fn l3_hit(c: &mut Criterion, rt: &Runtime) {
 /// The value of an envelope read by a raw GET.
 fn decoded(bytes: Option<Bytes>) -> User {
     let bytes = bytes.expect("stored");
-    let (meta, at) = tier_core::envelope::decode_meta(&bytes).unwrap();
-    tier_core::envelope::decode_value::<User>(&bytes, &meta, at).unwrap().expect("a value")
+    let (meta, at) = tier_core::spi::envelope::decode_meta(&bytes).unwrap();
+    tier_core::spi::envelope::decode_value::<User>(&bytes, &meta, at).unwrap().expect("a value")
 }
 
 fn batch(c: &mut Criterion, rt: &Runtime) {

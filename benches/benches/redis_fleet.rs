@@ -47,8 +47,8 @@ impl Raw {
             Self::Cluster(c) => cmd.query_async(c).await.unwrap(),
         };
         let bytes = bytes.expect("stored");
-        let (meta, at) = tier_core::envelope::decode_meta(&bytes).unwrap();
-        tier_core::envelope::decode_value::<User>(&bytes, &meta, at).unwrap().expect("a value")
+        let (meta, at) = tier_core::spi::envelope::decode_meta(&bytes).unwrap();
+        tier_core::spi::envelope::decode_value::<User>(&bytes, &meta, at).unwrap().expect("a value")
     }
 }
 

@@ -3,8 +3,8 @@
 //! as JSON when it maps to JSON, or as a hex preview otherwise.
 
 use serde::Serialize;
-use tier_core::envelope::{decode_meta, decode_value, FLAG_COMPRESSED};
-use tier_core::now_ms;
+use tier_core::spi::envelope::{decode_meta, decode_value, FLAG_COMPRESSED};
+use tier_core::spi::now_ms;
 
 use crate::duration::short;
 

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use tier_core::{Backplane, Cache, Invalidation, ReconnectPolicy, TierPolicy};
+use tier_core::spi::{Backplane, Invalidation};
+use tier_core::{Cache, ReconnectPolicy, TierPolicy};
 use tier_redis::{RedisBackplane, RedisGenerations, RedisTier};
 
 use crate::cli::InvalidateArgs;

@@ -95,7 +95,7 @@ async fn scan(
     limit: usize,
 ) -> Result<(Vec<EntryOut>, bool)> {
     let (keys, more) = inspector.keys(key_prefix, limit).await.map_err(failed)?;
-    let now = tier_core::now_ms();
+    let now = tier_core::spi::now_ms();
     Ok((keys.into_iter().map(|k| EntryOut::of(k, now)).collect(), more))
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{cluster_urls, fails, json, redis_url, runtime, tier, unique};
 use serde_json::{json as j, Value};
-use tier_core::{Backplane, BackplaneEvent, Cache, Invalidation, TierPolicy};
+use tier_core::spi::{Backplane, BackplaneEvent, Invalidation};
+use tier_core::{Cache, TierPolicy};
 use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisTier};
 use tokio::sync::broadcast;
 

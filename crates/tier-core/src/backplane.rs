@@ -1,7 +1,7 @@
 //! The backplane: how an invalidation on one instance reaches every other instance.
 //!
 //! The hierarchy publishes every invalidation; it consumes [`BackplaneEvent`]s and applies them to
-//! its *local* tiers (those whose [`Tier::is_shared`](crate::Tier) is false). After a disconnect
+//! its *local* tiers (those whose [`Tier::is_shared`](crate::spi::Tier) is false). After a disconnect
 //! an instance cannot know what it missed: the backplane sends [`BackplaneEvent::Reconnected`] and
 //! the hierarchy clears its local tiers or marks them stale, as configured
 //! ([`ReconnectPolicy`]).

@@ -16,25 +16,46 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::entry::{Entry, Lookup, ReadyLookup};
+use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::{TierError, TierErrorKind};
-use crate::tier::Tier;
+use crate::layer::{Mount, TierLayer};
+use crate::metrics::TIER_BREAKER_STATE;
+use crate::tier::{BreakerState, Tier};
 
-/// Breaker settings.
+/// Breaker settings. The cache builder refuses a `failure_ratio` outside `(0, 1]` (or NaN) and
+/// a zero `window`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
-    /// Open at this failure ratio over the window. Default: 0.5.
+    /// Open at this failure ratio over the window. Range: `(0, 1]`. Default: 0.5.
     pub failure_ratio: f64,
     /// ... once the window holds at least this many calls. Default: 20.
     pub min_requests: u32,
-    /// Length of the rolling window. Default: 10 s.
+    /// Length of the rolling window (ten buckets of a tenth each, at least 1 ms). Range: more
+    /// than zero. Default: 10 s.
     pub window: Duration,
-    /// Or open after this many failures in a row. Default: 5.
+    /// Or open after this many failures in a row (0 counts as 1). Default: 5.
     pub consecutive_failures: u32,
-    /// How long it stays open before probing. Default: 5 s.
+    /// How long it stays open before probing (any; zero probes at once). Default: 5 s.
     pub cooldown: Duration,
-    /// Probes allowed at once in half-open, and successes needed to close. Default: 3.
+    /// Probes allowed at once in half-open, and successes needed to close (0 counts as 1).
+    /// Default: 3.
     pub probes: u32,
+}
+
+impl BreakerConfig {
+    /// Why these settings are refused, if they are.
+    fn check(&self) -> Result<(), String> {
+        if !(self.failure_ratio > 0.0 && self.failure_ratio <= 1.0) {
+            return Err(format!(
+                "breaker failure_ratio must be in (0, 1], not {}",
+                self.failure_ratio
+            ));
+        }
+        if self.window.is_zero() {
+            return Err("breaker window is zero".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for BreakerConfig {
@@ -50,37 +71,12 @@ impl Default for BreakerConfig {
     }
 }
 
-/// The breaker's state; the value of the `tier_breaker_state` gauge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed = 0,
-    /// A few probes go through.
-    HalfOpen = 1,
-    /// No call goes through.
-    Open = 2,
-}
-
-impl BreakerState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => Self::Closed,
-            1 => Self::HalfOpen,
-            _ => Self::Open,
-        }
-    }
-
-    /// `closed`, `half_open`, `open`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::HalfOpen => "half_open",
-            Self::Open => "open",
-        }
-    }
-}
-
 const BUCKETS: usize = 10;
+
+/// `d` in milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 #[derive(Default)]
 struct Bucket {
@@ -107,6 +103,25 @@ impl std::fmt::Debug for CircuitBreaker {
             .field("state", &self.state())
             .field("cfg", &self.cfg)
             .finish()
+    }
+}
+
+/// What [`CircuitBreaker::try_acquire`] says of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Permit {
+    /// The breaker is closed: the call goes through.
+    Granted,
+    /// The breaker is half-open: the call goes through as one of its probes.
+    Probe,
+    /// The breaker is open (or every probe is taken): do not call the tier.
+    Denied,
+}
+
+impl Permit {
+    /// May the call go through?
+    pub fn is_granted(self) -> bool {
+        self != Self::Denied
     }
 }
 
@@ -157,14 +172,14 @@ impl CircuitBreaker {
         tracing::debug!(state = s.as_str(), "circuit breaker state changed");
     }
 
-    /// May a call go through now? `Some(probe)` when yes (`probe` = this call is a half-open probe).
-    pub fn try_acquire(&self) -> Option<bool> {
+    /// May a call go through now? Record its outcome with [`CircuitBreaker::record`].
+    pub fn try_acquire(&self) -> Permit {
         match self.state() {
-            BreakerState::Closed => Some(false),
+            BreakerState::Closed => Permit::Granted,
             BreakerState::Open => {
                 let since = self.now_ms().saturating_sub(self.opened_at_ms.load(Ordering::Acquire));
-                if since < self.cfg.cooldown.as_millis() as u64 {
-                    return None;
+                if since < millis(self.cfg.cooldown) {
+                    return Permit::Denied;
                 }
                 if self
                     .state
@@ -188,19 +203,22 @@ impl CircuitBreaker {
         }
     }
 
-    fn try_probe(&self) -> Option<bool> {
+    fn try_probe(&self) -> Permit {
         let n = self.probes_in_flight.fetch_add(1, Ordering::AcqRel);
         if n < self.cfg.probes.max(1) {
-            Some(true)
+            Permit::Probe
         } else {
             self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
-            None
+            Permit::Denied
         }
     }
 
-    /// Record the outcome of a call let through (`probe` as returned by `try_acquire`).
-    pub fn record(&self, probe: bool, outcome: Outcome) {
-        if probe {
+    /// Record the outcome of a call let through with `permit` (a denied call records nothing).
+    pub fn record(&self, permit: Permit, outcome: Outcome) {
+        if permit == Permit::Denied {
+            return;
+        }
+        if permit == Permit::Probe {
             self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
             if self.state() != BreakerState::HalfOpen {
                 return;
@@ -244,7 +262,7 @@ impl CircuitBreaker {
     }
 
     fn bucket_ms(&self) -> u64 {
-        (self.cfg.window.as_millis() as u64 / BUCKETS as u64).max(1)
+        (millis(self.cfg.window) / BUCKETS as u64).max(1)
     }
 
     fn bucket(&self) -> &Bucket {
@@ -306,25 +324,29 @@ impl BreakerTier {
     where
         F: std::future::Future<Output = Result<T, TierError>>,
     {
-        let Some(probe) = self.breaker.try_acquire() else {
+        let permit = self.breaker.try_acquire();
+        if !permit.is_granted() {
             return Err(TierError::new(
                 TierErrorKind::CircuitOpen,
                 format!("circuit breaker of tier {} is open", self.inner.name()),
             ));
-        };
+        }
         let result = call.await;
         let outcome = match &result {
             Err(e) if e.is_tier_failure() => Outcome::Failure,
             _ => Outcome::Success,
         };
-        self.breaker.record(probe, outcome);
+        self.breaker.record(permit, outcome);
         result
     }
 }
 
 #[async_trait]
 impl Tier for BreakerTier {
-    crate::tier::forward_tier_info!();
+    crate::tier::forward_tier_info!(except breaker_state);
+    fn breaker_state(&self) -> Option<BreakerState> {
+        Some(self.breaker.state())
+    }
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         self.guarded(self.inner.get(key)).await
     }
@@ -337,7 +359,7 @@ impl Tier for BreakerTier {
         }
         let result = self.inner.get_ready(key);
         if !matches!(result, ReadyLookup::Ask) {
-            self.breaker.record(false, Outcome::Success);
+            self.breaker.record(Permit::Granted, Outcome::Success);
         }
         result
     }
@@ -360,6 +382,67 @@ impl Tier for BreakerTier {
     }
 }
 
+/// Whether a tier gets a circuit breaker, and which: the breaker setting of a
+/// [`TierPolicy`](crate::TierPolicy).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum Breaker {
+    /// [`BreakerConfig::default`] for tiers that store envelopes or are shared (disk, Redis:
+    /// they can be slow, down or broken); none for in-process object tiers, which cannot be
+    /// down. Default.
+    #[default]
+    ByStorage,
+    /// No breaker, whatever the tier.
+    Off,
+    /// This breaker, whatever the tier.
+    On(BreakerConfig),
+}
+
+impl From<BreakerConfig> for Breaker {
+    fn from(config: BreakerConfig) -> Self {
+        Self::On(config)
+    }
+}
+
+impl Breaker {
+    /// The breaker a tier mounted so gets, if any.
+    pub fn config_for(self, storage: Storage, shared: bool) -> Option<BreakerConfig> {
+        match self {
+            Self::ByStorage if storage == Storage::Objects && !shared => None,
+            Self::ByStorage => Some(BreakerConfig::default()),
+            Self::Off => None,
+            Self::On(config) => Some(config),
+        }
+    }
+}
+
+/// The circuit-breaker layer: wraps a tier in a [`BreakerTier`] as its [`Breaker`] setting says,
+/// with the breaker's state reported in `tier_breaker_state{cache, tier}`.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerLayer(pub Breaker);
+
+impl TierLayer for BreakerLayer {
+    fn name(&self) -> &'static str {
+        "breaker"
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match self.0 {
+            Breaker::On(config) => config.check(),
+            Breaker::ByStorage | Breaker::Off => Ok(()),
+        }
+    }
+
+    fn wrap(&self, tier: Arc<dyn Tier>, mount: &Mount<'_>) -> Arc<dyn Tier> {
+        let Some(config) = self.0.config_for(mount.storage, mount.shared) else { return tier };
+        let wrapped = BreakerTier::new(tier, config);
+        let ctx = mount.context;
+        let gauge = metrics::gauge!(TIER_BREAKER_STATE, "cache" => ctx.cache.clone(), "tier" => ctx.tier.clone());
+        wrapped.breaker().set_gauge(gauge);
+        Arc::new(wrapped)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,36 +462,44 @@ mod tests {
     fn opens_after_consecutive_failures_and_closes_after_probes() {
         let b = CircuitBreaker::new(BreakerConfig { cooldown: Duration::from_secs(3600), ..cfg() });
         for _ in 0..2 {
-            let p = b.try_acquire().expect("closed");
+            let p = b.try_acquire();
+            assert_eq!(p, Permit::Granted, "closed");
             b.record(p, Outcome::Failure);
         }
         assert_eq!(b.state(), BreakerState::Closed);
-        let p = b.try_acquire().expect("closed");
+        let p = b.try_acquire();
+        assert_eq!(p, Permit::Granted, "closed");
         b.record(p, Outcome::Failure);
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(b.try_acquire().is_none(), "open breaker lets nothing through during cool-down");
+        assert_eq!(
+            b.try_acquire(),
+            Permit::Denied,
+            "open breaker lets nothing through during cool-down"
+        );
     }
 
     #[test]
     fn half_open_limits_probes_and_a_failure_reopens() {
         let b = CircuitBreaker::new(cfg());
         for _ in 0..3 {
-            let p = b.try_acquire().expect("closed");
+            let p = b.try_acquire();
+            assert_eq!(p, Permit::Granted, "closed");
             b.record(p, Outcome::Failure);
         }
         assert_eq!(b.state(), BreakerState::Open);
         // cool-down is 0: next acquire moves to half-open.
-        let p1 = b.try_acquire().expect("probe 1");
-        let p2 = b.try_acquire().expect("probe 2");
-        assert!(p1 && p2);
+        let (p1, p2) = (b.try_acquire(), b.try_acquire());
+        assert_eq!((p1, p2), (Permit::Probe, Permit::Probe));
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.try_acquire().is_none(), "only two probes at once");
-        b.record(true, Outcome::Success);
-        b.record(true, Outcome::Failure);
+        assert_eq!(b.try_acquire(), Permit::Denied, "only two probes at once");
+        b.record(Permit::Probe, Outcome::Success);
+        b.record(Permit::Probe, Outcome::Failure);
         assert_eq!(b.state(), BreakerState::Open);
-        let p = b.try_acquire().expect("probe");
+        let p = b.try_acquire();
+        assert_eq!(p, Permit::Probe);
         b.record(p, Outcome::Success);
-        let p = b.try_acquire().expect("probe");
+        let p = b.try_acquire();
+        assert_eq!(p, Permit::Probe);
         b.record(p, Outcome::Success);
         assert_eq!(b.state(), BreakerState::Closed);
     }
@@ -463,7 +554,8 @@ mod tests {
     fn ratio_over_window_opens() {
         let b = CircuitBreaker::new(BreakerConfig { consecutive_failures: 1000, ..cfg() });
         for i in 0..10 {
-            let p = b.try_acquire().expect("closed");
+            let p = b.try_acquire();
+            assert_eq!(p, Permit::Granted, "closed");
             b.record(p, if i % 2 == 0 { Outcome::Success } else { Outcome::Failure });
         }
         assert_eq!(b.state(), BreakerState::Open, "5 of 10 failed = 0.5");

@@ -4,6 +4,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 
 use crate::envelope::{self, Meta};
 use crate::error::TierError;
@@ -66,6 +67,28 @@ impl Entry {
         }
     }
 
+    /// The value as a `V`, whatever the form: an object downcast, an envelope decoded; `None`
+    /// for a negative entry. An object of another type, or bytes that do not decode as a `V`,
+    /// are a [`Decode`](crate::TierErrorKind::Decode) error.
+    pub fn decode<V: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+    ) -> Result<Option<Arc<V>>, TierError> {
+        if self.meta.negative {
+            return Ok(None);
+        }
+        match &self.value {
+            Value::Object(any) => any
+                .clone()
+                .downcast::<V>()
+                .map(Some)
+                .map_err(|_| TierError::decode("the object tier holds a value of another type")),
+            Value::Envelope(bytes) => {
+                let (meta, at) = envelope::decode_meta(bytes)?;
+                Ok(envelope::decode_value::<V>(bytes, &meta, at)?.map(Arc::new))
+            }
+        }
+    }
+
     /// Classify this entry at `now` (Unix ms).
     pub fn lookup_at(self, now: u64) -> Lookup {
         if self.meta.is_fresh(now) {
@@ -116,7 +139,7 @@ impl Lookup {
 /// so that a hit clones one pointer) and hands it out from [`Tier::get_ready`]: an [`Entry`] of
 /// [`Value::Object`] without the enum (72 bytes instead of 88 on a 64-bit target).
 ///
-/// [`Tier::get_ready`]: crate::Tier::get_ready
+/// [`Tier::get_ready`]: crate::spi::Tier::get_ready
 #[derive(Clone)]
 pub struct ObjectEntry {
     /// Times, flags and tags.
@@ -140,7 +163,7 @@ impl ObjectEntry {
         Entry { meta: self.meta.clone(), value: Value::Object(self.value.clone()), size: self.size }
     }
 
-    /// What [`Tier::get_ready`](crate::Tier::get_ready) answers for this entry at `now`
+    /// What [`Tier::get_ready`](crate::spi::Tier::get_ready) answers for this entry at `now`
     /// (Unix ms): `Fresh` when fresh and untagged, `Miss` past `stale_until`, else `Ask`.
     #[inline]
     pub fn ready_at(self: Arc<Self>, now: u64) -> ReadyLookup {
@@ -165,7 +188,7 @@ impl std::fmt::Debug for ObjectEntry {
 
 /// What a tier answers without waiting ([`Tier::get_ready`]).
 ///
-/// [`Tier::get_ready`]: crate::Tier::get_ready
+/// [`Tier::get_ready`]: crate::spi::Tier::get_ready
 #[derive(Debug, Clone)]
 pub enum ReadyLookup {
     /// A fresh entry without tags, holding a decoded object (the `Arc` the tier holds: a hit
@@ -174,6 +197,6 @@ pub enum ReadyLookup {
     /// Nothing servable under this key (absent, or past its `stale_until`).
     Miss,
     /// Anything else (stale, tagged, an envelope, an error, a tier that cannot answer at once):
-    /// ask [`Tier::get`](crate::Tier::get).
+    /// ask [`Tier::get`](crate::spi::Tier::get).
     Ask,
 }

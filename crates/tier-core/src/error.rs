@@ -53,7 +53,7 @@ impl TierErrorKind {
     }
 }
 
-/// An error returned by a [`Tier`](crate::Tier).
+/// An error returned by a [`Tier`](crate::spi::Tier).
 #[derive(Debug, Clone)]
 pub struct TierError {
     kind: TierErrorKind,

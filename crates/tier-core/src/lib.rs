@@ -1,8 +1,16 @@
 //! # tier-core
 //!
-//! The hierarchy of `tier`: the [`Tier`] trait, the entry [`envelope`], per-tier policies, the
-//! circuit breaker and timeout wrappers, tag generations, the backplane and lock interfaces.
-//! No Redis, no mmap, no moka in here: tiers plug in through the trait.
+//! The hierarchy of `tier`: [`Cache`] and its builder, per-tier policies and their layers
+//! (timeout, circuit breaker), single-flight, fail-safe, tags and namespaces, the fleet-state
+//! interfaces (generations, backplane, lock), metric names. No Redis, no mmap, no moka in here:
+//! tiers plug in through the `Tier` trait.
+//!
+//! The crate serves two audiences:
+//! - **a service** builds a [`Cache`]: everything it needs is at this crate's root (most
+//!   services depend on the `tier` crate instead, which re-exports it with the tiers);
+//! - **a tier author** implements `Tier` (or a backplane, a generation store, a lock, a layer):
+//!   [`spi`] has the trait and what goes with it, [`testing`] (feature `test-util`) the
+//!   conformance kit that checks a tier against the contract.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -10,14 +18,16 @@ mod backplane;
 mod breaker;
 mod cache;
 mod entry;
-pub mod envelope;
+mod envelope;
 mod error;
 mod generations;
 mod key;
+mod layer;
 mod lock;
 pub mod metrics;
 mod policy;
 mod sketch;
+pub mod spi;
 #[cfg(any(test, feature = "test-util"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
@@ -25,25 +35,15 @@ mod tier;
 mod time;
 mod timeout;
 
-pub use backplane::{Backplane, BackplaneEvent, Invalidation, ReconnectPolicy};
-pub use breaker::{BreakerConfig, BreakerState, BreakerTier, CircuitBreaker, Outcome};
+pub use backplane::ReconnectPolicy;
+pub use breaker::{Breaker, BreakerConfig};
 pub use cache::{
     Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, TierInfo, WarmProgress,
     WarmReport,
 };
-pub use entry::{Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Value};
-pub use envelope::{Codec, Meta, TagStamp};
+pub use entry::Storage;
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};
-pub use generations::{GenerationStore, LocalGenerations};
 pub use key::{KeyBuilder, MAX_ID_LEN};
-pub use lock::{DistributedLock, LockOptions, LockToken};
+pub use lock::LockOptions;
 pub use policy::{BackfillPolicy, TierPolicy, TtlPolicy};
-pub use sketch::{FrequencySketch, HotKeys};
-pub use tier::{Tier, TierContext, TierStats};
-pub use time::{after_ms, now_ms};
-pub use timeout::TimeoutTier;
-
-/// The README's example, compiled and run as a doctest so that it cannot rot.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
+pub use tier::{BreakerState, TierStats};

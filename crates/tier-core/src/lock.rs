@@ -22,18 +22,35 @@ pub trait DistributedLock: Send + Sync + 'static {
     async fn release(&self, key: &[u8], token: &LockToken) -> Result<(), TierError>;
 }
 
-/// How a hierarchy uses its distributed lock.
+/// How a hierarchy uses its distributed lock. The cache builder refuses a zero `ttl`,
+/// `first_poll` or `max_poll`.
 #[derive(Debug, Clone, Copy)]
 pub struct LockOptions {
-    /// How long the lock is held at most (the loader must finish within it). Default: 10 s.
+    /// How long the lock is held at most (the loader must finish within it). Range: more than
+    /// zero. Default: 10 s.
     pub ttl: Duration,
-    /// How long an instance that did not get the lock waits for the value before loading itself.
-    /// Default: 5 s.
+    /// How long an instance that did not get the lock waits for the value before loading itself
+    /// (zero: it tries the lock once; a wait too long to be an instant has no end). Default: 5 s.
     pub wait: Duration,
-    /// First poll interval while waiting; doubled up to `max_poll`. Default: 5 ms.
+    /// First poll interval while waiting; doubled up to `max_poll`. Range: more than zero.
+    /// Default: 5 ms.
     pub first_poll: Duration,
-    /// Longest poll interval. Default: 100 ms.
+    /// Longest poll interval. Range: more than zero. Default: 100 ms.
     pub max_poll: Duration,
+}
+
+impl LockOptions {
+    /// Why these options are refused, if they are.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for (name, d) in
+            [("ttl", self.ttl), ("first_poll", self.first_poll), ("max_poll", self.max_poll)]
+        {
+            if d.is_zero() {
+                return Err(format!("lock option {name} is zero"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for LockOptions {

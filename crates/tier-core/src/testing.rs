@@ -1,5 +1,9 @@
-//! Test helpers (feature `test-util`): a plain in-memory envelope tier and a wrapper that
-//! fails, stalls or counts calls on command. For testing faults, not for production.
+//! Test helpers (feature `test-util`): a plain in-memory envelope tier, a wrapper that fails,
+//! stalls or counts calls on command, an in-process backplane and fleet lock, and the
+//! [`conformance`] kit that checks any tier against the `Tier` contract. For tests, not for
+//! production.
+
+pub mod conformance;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -250,7 +254,7 @@ impl Tier for FaultyTier {
     }
 }
 
-type EventSender = tokio::sync::broadcast::Sender<crate::BackplaneEvent>;
+type EventSender = tokio::sync::broadcast::Sender<crate::backplane::BackplaneEvent>;
 
 /// An in-process backplane hub: every [`LocalBackplane`] made by one hub hears the others.
 /// For tests of the hierarchy's backplane handling (the Redis backplane is the real one).
@@ -285,17 +289,21 @@ pub struct LocalBackplane {
 impl LocalBackplane {
     /// Tell this node's subscribers that the connection was lost and is back.
     pub fn simulate_reconnect(&self) {
-        let _ = self.tx.send(crate::BackplaneEvent::Reconnected);
+        let _ = self.tx.send(crate::backplane::BackplaneEvent::Reconnected);
     }
 }
 
 #[async_trait]
-impl crate::Backplane for LocalBackplane {
-    async fn publish(&self, cache: &str, what: &crate::Invalidation) -> Result<(), TierError> {
+impl crate::backplane::Backplane for LocalBackplane {
+    async fn publish(
+        &self,
+        cache: &str,
+        what: &crate::backplane::Invalidation,
+    ) -> Result<(), TierError> {
         let nodes = self.hub.nodes.lock().unwrap_or_else(|p| p.into_inner());
         for (id, tx) in nodes.iter() {
             if *id != self.id {
-                let _ = tx.send(crate::BackplaneEvent::Invalidate {
+                let _ = tx.send(crate::backplane::BackplaneEvent::Invalidate {
                     cache: cache.to_string(),
                     what: what.clone(),
                 });
@@ -304,7 +312,82 @@ impl crate::Backplane for LocalBackplane {
         Ok(())
     }
 
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::BackplaneEvent> {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::backplane::BackplaneEvent> {
         self.tx.subscribe()
+    }
+}
+
+/// A fleet lock held in this process ([`DistributedLock`](crate::spi::DistributedLock)): what several hierarchies of
+/// one test share to stand for instances of a fleet. Counts the attempts to take it.
+#[derive(Default)]
+pub struct LocalLock {
+    held: Mutex<HashMap<Bytes, (String, std::time::Instant)>>,
+    next: AtomicU64,
+    attempts: AtomicU64,
+    changed: Notify,
+}
+
+impl LocalLock {
+    /// A lock nobody holds.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Attempts to take the lock of any key so far.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::SeqCst)
+    }
+
+    /// Is the lock of `key` held (and not expired) now?
+    pub fn is_held(&self, key: &[u8]) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(key).is_some_and(|(_, until)| *until > std::time::Instant::now())
+    }
+
+    /// Wait until at least `n` attempts were made.
+    pub async fn attempted(&self, n: u64) {
+        loop {
+            let changed = self.changed.notified();
+            if self.attempts() >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+#[async_trait]
+impl crate::lock::DistributedLock for LocalLock {
+    async fn try_acquire(
+        &self,
+        key: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<Option<crate::lock::LockToken>, TierError> {
+        let now = std::time::Instant::now();
+        let token = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            match held.get(key) {
+                Some((_, until)) if *until > now => None,
+                _ => {
+                    let token = format!("t{}", self.next.fetch_add(1, Ordering::SeqCst));
+                    let until = now
+                        .checked_add(ttl)
+                        .unwrap_or(now + std::time::Duration::from_secs(86_400 * 365));
+                    held.insert(Bytes::copy_from_slice(key), (token.clone(), until));
+                    Some(crate::lock::LockToken(token))
+                }
+            }
+        };
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        Ok(token)
+    }
+
+    async fn release(&self, key: &[u8], token: &crate::lock::LockToken) -> Result<(), TierError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.get(key).is_some_and(|(t, _)| *t == token.0) {
+            held.remove(key);
+        }
+        Ok(())
     }
 }

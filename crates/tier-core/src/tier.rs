@@ -20,9 +20,40 @@ pub struct TierStats {
     pub capacity_bytes: u64,
 }
 
+/// The breaker's state; the value of the `tier_breaker_state` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed = 0,
+    /// A few probes go through.
+    HalfOpen = 1,
+    /// No call goes through.
+    Open = 2,
+}
+
+impl BreakerState {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Closed,
+            1 => Self::HalfOpen,
+            _ => Self::Open,
+        }
+    }
+
+    /// `closed`, `half_open`, `open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::HalfOpen => "half_open",
+            Self::Open => "open",
+        }
+    }
+}
+
 /// Where a tier is mounted: the labels its own metrics carry, and the hierarchy's bound on each
 /// of its calls.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TierContext {
     /// The hierarchy's name (`cache` label).
     pub cache: String,
@@ -34,6 +65,13 @@ pub struct TierContext {
     /// [`partial`](crate::TierError::partial) error, so that one slow part does not open the
     /// breaker of the whole tier.
     pub timeout: Option<std::time::Duration>,
+}
+
+impl TierContext {
+    /// Tier `tier` of hierarchy `cache`.
+    pub fn new(cache: impl Into<String>, tier: impl Into<String>) -> Self {
+        Self { cache: cache.into(), tier: tier.into(), timeout: None }
+    }
 }
 
 /// One level of the hierarchy: memory, disk, Redis, or a wrapper around one of them.
@@ -60,7 +98,7 @@ pub trait Tier: Send + Sync + 'static {
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError>;
 
     /// Answer a lookup without waiting, when this tier can (an in-process tier holding
-    /// objects): a fresh untagged entry as the [`ObjectEntry`](crate::ObjectEntry) it holds,
+    /// objects): a fresh untagged entry as the [`ObjectEntry`](crate::spi::ObjectEntry) it holds,
     /// a miss, or [`ReadyLookup::Ask`] for anything else ("ask [`get`](Tier::get)"). The
     /// hierarchy tries this first for its first tier, so an L1 hit costs no future, no
     /// allocation and no [`Entry`]. Must agree with `get`: `Fresh` only for what `get` would
@@ -111,12 +149,26 @@ pub trait Tier: Send + Sync + 'static {
     /// Called once when the tier is mounted in a hierarchy, so that its own metrics
     /// (evictions, decode errors found while scanning, ...) carry the right labels.
     fn attach(&self, _ctx: &TierContext) {}
+
+    /// The state of the circuit breaker in front of this tier, when it has one (a
+    /// [`BreakerTier`](crate::spi::BreakerTier) says; wrappers pass it through). Default: `None`.
+    fn breaker_state(&self) -> Option<BreakerState> {
+        None
+    }
 }
 
 /// The methods a wrapper around a tier in `self.inner` passes through unchanged: `name`,
-/// `storage`, `stats`, `is_shared`, `attach` (inside an `impl Tier`).
+/// `storage`, `stats`, `is_shared`, `attach`, `breaker_state` (inside an `impl Tier`); a
+/// wrapper that is a breaker answers `breaker_state` itself with
+/// `forward_tier_info!(except breaker_state)`.
 macro_rules! forward_tier_info {
     () => {
+        $crate::tier::forward_tier_info!(except breaker_state);
+        fn breaker_state(&self) -> Option<$crate::tier::BreakerState> {
+            self.inner.breaker_state()
+        }
+    };
+    (except breaker_state) => {
         fn name(&self) -> &str {
             self.inner.name()
         }
@@ -174,5 +226,8 @@ impl<T: Tier + ?Sized> Tier for Arc<T> {
     }
     fn attach(&self, ctx: &TierContext) {
         (**self).attach(ctx);
+    }
+    fn breaker_state(&self) -> Option<BreakerState> {
+        (**self).breaker_state()
     }
 }

@@ -1,4 +1,5 @@
-//! Wall-clock time as Unix milliseconds (the unit of every instant in an envelope), and jitter.
+//! Wall-clock time as Unix milliseconds (the unit of every instant in an envelope), a monotonic
+//! clock, and a cheap random generator.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,32 +75,9 @@ pub(crate) fn rand_unit() -> f64 {
     ((rand_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
 }
 
-/// `d` scaled by a random factor in `[1 - jitter, 1 + jitter]`; `jitter` is clamped to `[0, 1]`.
-pub(crate) fn jittered(d: Duration, jitter: f64) -> Duration {
-    let j = jitter.clamp(0.0, 1.0);
-    if j == 0.0 || d.is_zero() {
-        return d;
-    }
-    let factor = 1.0 - j + 2.0 * j * rand_unit();
-    d.mul_f64(factor.max(0.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_stays_within_bounds_and_varies() {
-        let d = Duration::from_secs(100);
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..1000 {
-            let j = jittered(d, 0.1);
-            assert!(j >= Duration::from_secs(90) && j <= Duration::from_secs(110), "{j:?}");
-            seen.insert(j.as_millis());
-        }
-        assert!(seen.len() > 100, "jitter should spread values, got {}", seen.len());
-        assert_eq!(jittered(d, 0.0), d);
-    }
 
     #[test]
     fn unit_is_in_range() {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::entry::{Entry, Lookup, ReadyLookup};
 use crate::error::{TierError, TierErrorKind};
+use crate::layer::{Mount, TierLayer};
 use crate::tier::Tier;
 
 /// A tier whose every call is bounded by a timeout; a late answer is
@@ -36,6 +37,32 @@ impl TimeoutTier {
                 format!("{op} on tier {} took longer than {:?}", self.inner.name(), self.timeout),
             )),
         }
+    }
+}
+
+/// The timeout layer: wraps a tier in a [`TimeoutTier`]. The cache builder refuses a zero
+/// timeout (no call could ever answer); `Duration::MAX` is no timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer(pub Duration);
+
+impl TierLayer for TimeoutLayer {
+    fn name(&self) -> &'static str {
+        "timeout"
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.0.is_zero() {
+            return Err("the timeout is zero: no call could ever answer".into());
+        }
+        Ok(())
+    }
+
+    fn call_timeout(&self) -> Option<Duration> {
+        Some(self.0)
+    }
+
+    fn wrap(&self, tier: Arc<dyn Tier>, _mount: &Mount<'_>) -> Arc<dyn Tier> {
+        Arc::new(TimeoutTier::new(tier, self.0))
     }
 }
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tier_core::spi::Tier;
 use tier_core::testing::{LocalBackplane, LocalBackplaneHub, MapTier};
-use tier_core::{Cache, ReconnectPolicy, Tier};
+use tier_core::{Cache, ReconnectPolicy};
 use tier_memory::MemoryTier;
 
 fn instance(

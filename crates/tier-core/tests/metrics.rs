@@ -60,7 +60,7 @@ async fn the_design_metrics_are_emitted_with_their_labels() {
     cache.set_tier_enabled("memory", false);
     cache.get(&k).await.unwrap(); // skipped, disk hit
     cache.set_tier_enabled("memory", true);
-    tier_core::Tier::clear(&*l1).await.unwrap();
+    tier_core::spi::Tier::clear(&*l1).await.unwrap();
     cache.get(&k).await.unwrap(); // memory miss, disk hit, backfill
     cache.get(cache.key("bad")).await; // decode error in disk: a miss
     cache.invalidate(&k).await.unwrap();

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tier_core::spi::{now_ms, Tier};
 use tier_core::testing::{Fault, FaultyTier, MapTier};
 use tier_core::{
-    now_ms, BreakerConfig, BreakerState, Cache, CacheBuilder, CallOptions, FailSafe, Tier,
-    TierErrorKind,
+    BreakerConfig, BreakerState, Cache, CacheBuilder, CallOptions, FailSafe, TierErrorKind,
 };
 use tier_memory::MemoryTier;
 

@@ -63,7 +63,7 @@ impl DiskTierBuilder {
         self
     }
 
-    /// The tier's name ([`Tier::name`](tier_core::Tier::name), the default `tier` label).
+    /// The tier's name ([`Tier::name`](tier_core::spi::Tier::name), the default `tier` label).
     /// Default: `"disk"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.cfg.name = name.into();

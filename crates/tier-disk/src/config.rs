@@ -45,7 +45,7 @@ pub enum RecoveryMode {
     /// is counted in the [`RecoveryReport`](crate::RecoveryReport) and is never served. Damage
     /// that may have lost records (a bad record, data after the written part, a missing
     /// segment) makes every entry those records could have replaced or removed *suspect*: it is
-    /// served only as stale ([`Lookup::Stale`](tier_core::Lookup::Stale)), never as fresh, until
+    /// served only as stale ([`Lookup::Stale`](tier_core::spi::Lookup::Stale)), never as fresh, until
     /// it is written again. Default.
     #[default]
     Recover,

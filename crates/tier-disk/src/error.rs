@@ -1,5 +1,5 @@
 //! The crate's own error type, for opening and inspecting a directory.
-//! Operations of the [`Tier`](tier_core::Tier) trait return [`TierError`] instead.
+//! Operations of the [`Tier`](tier_core::spi::Tier) trait return [`TierError`] instead.
 
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bytes::Bytes;
-use tier_core::now_ms;
+use tier_core::spi::now_ms;
 
 use crate::dir::{parse_segment_name, segment_file_name, Dir, LOCK_FILE, SET_ASIDE_SUFFIX};
 use crate::error::DiskError;

@@ -23,7 +23,7 @@
 //! and its files), `survey` (which files are segments), `scan` (reading a segment file),
 //! `replay` (the one rule for what records and damage mean, shared with `inspect`), `state`,
 //! and builds a `store` (index, `segment` registry, read path) and a `writer` (append, rotate,
-//! reclaim). `tier` puts them behind the [`Tier`](tier_core::Tier) trait.
+//! reclaim). `tier` puts them behind the [`Tier`](tier_core::spi::Tier) trait.
 //!
 //! ## Invariants
 //!
@@ -50,7 +50,7 @@
 //!   — a torn or corrupt record, data after a segment's written part, a truncated segment, a
 //!   missing segment (ids are sequential and each header names its predecessor; the state file
 //!   names the newest segment ever created) — every entry written before that point is
-//!   *suspect*: served only as [`Lookup::Stale`](tier_core::Lookup::Stale) (its `fresh_until`
+//!   *suspect*: served only as [`Lookup::Stale`](tier_core::spi::Lookup::Stale) (its `fresh_until`
 //!   moved to the open), never as fresh, until written again; or dropped, with
 //!   [`RecoveryMode::DropSuspect`]. A suspect marker record keeps that across opens (the damage
 //!   is counted once). A write cut short by a crash is treated alike: it cannot be told for sure
@@ -94,8 +94,8 @@
 //!
 //! ## Metrics
 //!
-//! Through the `metrics` facade, labelled with the [`TierContext`](tier_core::TierContext)
-//! given to [`Tier::attach`](tier_core::Tier::attach) (`cache=""`, `tier=<name>` before that):
+//! Through the `metrics` facade, labelled with the [`TierContext`](tier_core::spi::TierContext)
+//! given to [`Tier::attach`](tier_core::spi::Tier::attach) (`cache=""`, `tier=<name>` before that):
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
@@ -111,7 +111,7 @@
 //! knows its labels, so the recovery figures are emitted once, on the first `attach`;
 //! [`DiskTier::recovery_report`] has them in any case. The gauges `tier_entries`, `tier_bytes`
 //! (segment file bytes) and `tier_capacity_bytes` come from
-//! [`Tier::stats`](tier_core::Tier::stats) through the hierarchy.
+//! [`Tier::stats`](tier_core::spi::Tier::stats) through the hierarchy.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -8,7 +8,7 @@ use std::sync::RwLock;
 
 use metrics::{counter, gauge, Counter, Unit};
 use tier_core::metrics::{TIER_DECODE_ERRORS, TIER_EVICTIONS};
-use tier_core::TierContext;
+use tier_core::spi::TierContext;
 
 use crate::report::RecoveryReport;
 /// `tier_disk_recovery_records_total{cache,tier}`: valid records scanned when the directory was

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tier_core::now_ms;
+use tier_core::spi::now_ms;
 
 use crate::config::{Config, RecoveryMode};
 use crate::dir::{parse_segment_name, Dir, DirLock, SET_ASIDE_SUFFIX};

@@ -155,7 +155,7 @@ pub struct RecordInfo {
 pub struct RawRecord {
     /// Where and what.
     pub info: RecordInfo,
-    /// The envelope as stored (decode it with `tier_core::envelope`).
+    /// The envelope as stored (decode it with `tier_core::spi::envelope`).
     pub envelope: Bytes,
 }
 

@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tier_core::envelope::{peek_times, with_times};
-use tier_core::{now_ms, Entry, Lookup, TierError};
+use tier_core::spi::envelope::{peek_times, with_times};
+use tier_core::spi::{now_ms, Entry, Lookup};
+use tier_core::TierError;
 
 use crate::config::Config;
 use crate::format::{

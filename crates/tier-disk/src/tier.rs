@@ -5,7 +5,8 @@ use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::{Entry, Lookup, Storage, Tier, TierContext, TierError, TierErrorKind, TierStats};
+use tier_core::spi::{Entry, Lookup, Tier, TierContext};
+use tier_core::{Storage, TierError, TierErrorKind, TierStats};
 
 use crate::builder::DiskTierBuilder;
 use crate::config::{Config, FlushPolicy};
@@ -28,7 +29,7 @@ use crate::writer::Writer;
 ///
 /// ```
 /// use bytes::Bytes;
-/// use tier_core::{now_ms, Codec, Entry, Meta, Tier};
+/// use tier_core::spi::{now_ms, Codec, Entry, Meta, Tier};
 /// use tier_disk::DiskTier;
 ///
 /// #[tokio::main]

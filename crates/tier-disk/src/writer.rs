@@ -8,7 +8,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tier_core::{now_ms, TierError, TierErrorKind};
+use tier_core::spi::now_ms;
+use tier_core::{TierError, TierErrorKind};
 
 use crate::config::{FlushPolicy, MAX_ID_SPAN};
 use crate::dir::Dir;
@@ -57,7 +58,7 @@ impl Writer {
 
     /// Append a value record for `key`.
     pub fn insert(&self, s: &Store, key: &[u8], envelope: &[u8]) -> Result<(), TierError> {
-        let (_, stale_until) = tier_core::envelope::peek_times(envelope)?;
+        let (_, stale_until) = tier_core::spi::envelope::peek_times(envelope)?;
         if stale_until <= now_ms() {
             // Already gone: storing it would only shadow nothing; drop what was there.
             return self.remove(s, key);

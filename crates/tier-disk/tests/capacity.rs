@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::{check_value, decoded, entry, segment_bytes, value_for};
 use rand::{Rng, SeedableRng};
-use tier_core::Tier;
+use tier_core::spi::Tier;
 use tier_disk::DiskTier;
 
 const SEGMENT: u64 = 256 << 10;

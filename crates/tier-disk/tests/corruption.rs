@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::{decoded, entry, segment_files, value_for};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
-use tier_core::{Lookup, Tier};
+use tier_core::spi::{Lookup, Tier};
 use tier_disk::{DiskError, DiskInspector, DiskTier, RecoveryMode};
 
 const KEYS: usize = 1500;

@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use common::{check_value, decoded, entry, value_for};
 use rand::{Rng, SeedableRng};
-use tier_core::Tier;
+use tier_core::spi::Tier;
 use tier_disk::{DiskInspector, DiskTier, FlushPolicy};
 
 const ENV: &str = "TIER_DISK_CRASH_WRITER";

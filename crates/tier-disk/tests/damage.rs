@@ -10,7 +10,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use common::{check_value, decoded, entry, value_for};
-use tier_core::{Lookup, Tier};
+use tier_core::spi::{Lookup, Tier};
 use tier_disk::{DiskInspector, DiskTier, RecordKind};
 
 const KEYS: usize = 300;
@@ -644,7 +644,7 @@ async fn suspect_is_stale(dir: &Path) {
     assert!(tier.recovery_report().suspect > 0, "{:?}", tier.recovery_report());
     let got = tier.get(b"a").await.unwrap();
     let Lookup::Stale(e) = &got else { panic!("a suspect entry must be stale: {got:?}") };
-    assert!(e.meta.fresh_until <= tier_core::now_ms());
+    assert!(e.meta.fresh_until <= tier_core::spi::now_ms());
     assert_eq!(decoded(&got).as_deref(), Some(value_for("a", 1, 100).as_str()));
     assert!(tier.get_raw(b"a").unwrap().info.suspect);
 

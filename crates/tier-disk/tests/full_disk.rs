@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{check_value, decoded, entry, value_for};
+use tier_core::spi::Tier;
 use tier_core::testing::MapTier;
-use tier_core::{Cache, Tier, TierErrorKind, TierPolicy};
+use tier_core::{Cache, TierErrorKind, TierPolicy};
 use tier_disk::DiskTier;
 
 const ENV: &str = "TIER_DISK_FULL_CHILD";

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{check_value, decoded, entry, segment_files, value_for};
-use tier_core::Tier;
+use tier_core::spi::Tier;
 use tier_disk::{DiskInspector, DiskTier};
 
 /// Every open must finish within this (a FIFO opened for reading would block forever).

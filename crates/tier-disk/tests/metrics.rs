@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::{entry, segment_files, value_for};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tier_core::metrics::{TIER_DECODE_ERRORS as DECODE_ERRORS, TIER_EVICTIONS as EVICTIONS};
-use tier_core::{Tier, TierContext};
+use tier_core::spi::{Tier, TierContext};
 use tier_disk::{DiskTier, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS, RECOVERY_SUSPECT};
 
 type Snapshot = Vec<(
@@ -61,7 +61,7 @@ fn recovery_damage_and_evictions_are_counted_with_the_attach_labels() {
     let tier = build().build().unwrap();
     let report = tier.recovery_report().clone();
     assert_eq!(report.corrupt, 1);
-    tier.attach(&TierContext { cache: "users".into(), tier: "l2".into(), timeout: None });
+    tier.attach(&TierContext::new("users", "l2"));
     rt.block_on(async {
         // Write well past the capacity: segments are reclaimed, their entries evicted.
         for i in 0..2000 {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{check_value, decoded, entry, segment_bytes, value_for};
-use tier_core::{Lookup, Storage, Tier, TierErrorKind};
+use tier_core::spi::{Lookup, Tier};
+use tier_core::{Storage, TierErrorKind};
 use tier_disk::{DiskError, DiskInspector, DiskTier, RecordKind, RecoveryMode};
 
 fn small(dir: &std::path::Path) -> tier_disk::DiskTierBuilder {
@@ -95,8 +96,8 @@ async fn expired_entries_are_never_returned_nor_recovered() {
         tier.insert(Bytes::from_static(b"long2"), entry("x", 600_000)).await.expect("insert");
         tier.insert(Bytes::from_static(b"long2"), entry("x", 0)).await.expect("insert expired");
         assert!(matches!(tier.get(b"long2").await.expect("get"), Lookup::Miss));
-        let until = tier_core::now_ms() + 40;
-        while tier_core::now_ms() < until {
+        let until = tier_core::spi::now_ms() + 40;
+        while tier_core::spi::now_ms() < until {
             std::thread::yield_now(); // waiting for wall-clock expiry, not for another task
         }
         assert!(matches!(tier.get(b"short").await.expect("get"), Lookup::Miss));
@@ -142,9 +143,9 @@ async fn oversize_keys_and_values_are_too_large_errors() {
     assert_eq!(err.kind(), TierErrorKind::TooLarge);
     assert!(matches!(tier.get(&long_key).await.expect("get"), Lookup::Miss));
     // Not an envelope: a decode error, nothing stored.
-    let foreign = tier_core::Entry {
-        meta: tier_core::Meta::default(),
-        value: tier_core::Value::Envelope(Bytes::from_static(b"{\"json\":true}")),
+    let foreign = tier_core::spi::Entry {
+        meta: tier_core::spi::Meta::default(),
+        value: tier_core::spi::Value::Envelope(Bytes::from_static(b"{\"json\":true}")),
         size: 13,
     };
     let err = tier.insert(Bytes::from_static(b"j"), foreign).await.expect_err("foreign");
@@ -293,14 +294,14 @@ async fn reclaim_gives_hot_entries_a_second_chance_but_never_expired_ones() {
                 .expect("insert")
         }
     };
-    let short_until = tier_core::now_ms() + 500;
+    let short_until = tier_core::spi::now_ms() + 500;
     put("hot", 600_000).await;
     put("hot-short", 500).await;
     put("cold", 600_000).await;
     let first = tier.disk_stats().oldest_segment.expect("a segment");
     assert!(tier.get(b"hot").await.expect("get").is_hit());
     assert!(tier.get(b"hot-short").await.expect("get").is_hit());
-    while tier_core::now_ms() <= short_until {
+    while tier_core::spi::now_ms() <= short_until {
         std::thread::yield_now(); // waiting for wall-clock expiry, not for another task
     }
     // Fill until the first segment is reclaimed.

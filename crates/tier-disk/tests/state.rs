@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use bytes::Bytes;
 use common::entry;
 use rand::{Rng, SeedableRng};
-use tier_core::Tier;
+use tier_core::spi::Tier;
 use tier_disk::{DiskError, DiskTier, FlushPolicy, MAX_STATE_VALUE_LEN};
 
 const CHILD: &str = "TIER_DISK_STATE_WRITER";

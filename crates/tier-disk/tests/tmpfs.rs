@@ -16,7 +16,8 @@ use std::process::Command;
 
 use bytes::Bytes;
 use common::{check_value, decoded, entry, value_for};
-use tier_core::{Tier, TierErrorKind};
+use tier_core::spi::Tier;
+use tier_core::TierErrorKind;
 use tier_disk::DiskTier;
 
 const CHILD: &str = "TIER_DISK_TMPFS_CHILD";

@@ -7,7 +7,7 @@
 //! await. `moka::future::Cache` would make every L1 hit build and poll a future of several
 //! hundred bytes; the benches measure the difference (`cargo bench -p tier-benches --bench memory`).
 //!
-//! - Holds decoded values ([`Value::Object`](tier_core::Value::Object), an `Arc<V>` behind
+//! - Holds decoded values ([`Value::Object`](tier_core::spi::Value::Object), an `Arc<V>` behind
 //!   `Any`): a hit hands back the stored `Arc` — no decode, no copy of the value. Each key holds
 //!   an `Arc<`[`ObjectEntry`]`>` (moka clones what it holds on every hit: a pointer, not an
 //!   88-byte [`Entry`]), and a fresh untagged hit hands that `Arc` to the hierarchy as it is
@@ -37,9 +37,8 @@ use foldhash::quality::SeedableRandomState;
 use foldhash::SharedSeed;
 use moka::notification::RemovalCause;
 use moka::Expiry;
-use tier_core::{
-    Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Tier, TierContext, TierError, TierStats,
-};
+use tier_core::spi::{Entry, Lookup, ObjectEntry, ReadyLookup, Tier, TierContext};
+use tier_core::{Storage, TierError, TierStats};
 
 /// Bytes added to each entry's weight for moka's and our bookkeeping.
 pub const ENTRY_OVERHEAD: u32 = 96;
@@ -68,7 +67,7 @@ impl Expiry<Bytes, Arc<ObjectEntry>> for StaleUntil {
 }
 
 fn until(entry: &ObjectEntry) -> Duration {
-    Duration::from_millis(entry.meta.stale_until.saturating_sub(tier_core::now_ms()))
+    Duration::from_millis(entry.meta.stale_until.saturating_sub(tier_core::spi::now_ms()))
 }
 
 /// The key hasher of a new tier: foldhash, with its shared and per-tier seeds drawn from std's
@@ -136,8 +135,7 @@ impl MemoryTierBuilder {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tier_core::{Cache, TierPolicy};
-/// use tier_memory::MemoryTier;
+/// use tier::{Cache, MemoryTier, TierPolicy};
 ///
 /// #[tokio::main]
 /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -169,7 +167,7 @@ impl MemoryTier {
 
     fn lookup(&self, key: &[u8]) -> Lookup {
         match self.cache.get(key) {
-            Some(entry) => entry.to_entry().lookup_at(tier_core::now_ms()),
+            Some(entry) => entry.to_entry().lookup_at(tier_core::spi::now_ms()),
             None => Lookup::Miss,
         }
     }
@@ -191,7 +189,7 @@ impl Tier for MemoryTier {
 
     fn get_ready(&self, key: &[u8]) -> ReadyLookup {
         match self.cache.get(key) {
-            Some(entry) => entry.ready_at(tier_core::now_ms()),
+            Some(entry) => entry.ready_at(tier_core::spi::now_ms()),
             None => ReadyLookup::Miss,
         }
     }
@@ -203,7 +201,7 @@ impl Tier for MemoryTier {
                 entry.size, self.max_bytes
             )));
         }
-        let expired = entry.meta.stale_until <= tier_core::now_ms();
+        let expired = entry.meta.stale_until <= tier_core::spi::now_ms();
         let Some(entry) = ObjectEntry::from_entry(entry) else {
             return Err(TierError::new(
                 tier_core::TierErrorKind::Rejected,

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tier_core::{
-    now_ms, BreakerConfig, BreakerState, BreakerTier, Entry, Lookup, Meta, Outcome, ReadyLookup,
-    TagStamp, Tier, TierContext, TierErrorKind, Value,
+use tier_core::spi::{
+    now_ms, BreakerTier, Entry, Lookup, Meta, Outcome, ReadyLookup, TagStamp, Tier, TierContext,
+    Value,
 };
+use tier_core::{BreakerConfig, BreakerState, TierErrorKind};
 use tier_memory::MemoryTier;
 
 fn entry(fresh_in: u64, stale_in: u64, size: u32) -> Entry {
@@ -109,8 +110,9 @@ async fn get_ready_agrees_with_get() {
 }
 
 fn record_failure(tier: &BreakerTier) {
-    let probe = tier.breaker().try_acquire().expect("the breaker lets the call through");
-    tier.breaker().record(probe, Outcome::Failure);
+    let permit = tier.breaker().try_acquire();
+    assert!(permit.is_granted(), "the breaker lets the call through");
+    tier.breaker().record(permit, Outcome::Failure);
 }
 
 /// Behind a breaker, a ready answer counts as a success; an open breaker answers `Ask` even for
@@ -151,7 +153,7 @@ async fn capacity_is_bounded_in_bytes_and_evictions_are_counted() {
     let snapshotter = recorder.snapshotter();
     recorder.install().unwrap();
     let tier = MemoryTier::builder().max_bytes(100_000).build();
-    tier.attach(&TierContext { cache: "c".into(), tier: "memory".into(), timeout: None });
+    tier.attach(&TierContext::new("c", "memory"));
     for i in 0..1000u32 {
         tier.insert(Bytes::from(format!("key:{i}")), entry(60_000, 60_000, 900)).await.unwrap();
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use tier_core::{Backplane, BackplaneEvent, Invalidation, TierError};
+use tier_core::spi::{Backplane, BackplaneEvent, Invalidation};
+use tier_core::TierError;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tier_core::{BackplaneEvent, GenerationStore, Invalidation, TierError};
+use tier_core::spi::{BackplaneEvent, GenerationStore, Invalidation};
+use tier_core::TierError;
 
 use crate::backplane::{EventHook, RedisBackplane};
 use crate::commands;

@@ -146,7 +146,7 @@ impl RedisInspector {
         limit: usize,
     ) -> Result<(Vec<StoredKey>, bool), TierError> {
         let pattern = self.prefix.pattern(key_prefix);
-        let head = tier_core::envelope::HEADER_LEN;
+        let head = tier_core::spi::envelope::HEADER_LEN;
         let mut out = Vec::new();
         for route in &self.conn.routes().await? {
             let node = self.name_of(route);
@@ -187,7 +187,7 @@ impl RedisInspector {
             node: node.to_string(),
             ttl,
             bytes,
-            times: tier_core::envelope::peek_times(&head).ok(),
+            times: tier_core::spi::envelope::peek_times(&head).ok(),
         }))
     }
 

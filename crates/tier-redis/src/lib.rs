@@ -65,9 +65,9 @@
 //!   healthy masters' keys go to the origin too);
 //! - a call ends [`DEADLINE_MARGIN`] before the hierarchy's timeout (learned when the tier is
 //!   mounted): a master that hangs is the master's timeout, not the whole tier's;
-//! - batches: [`get_many`](tier_core::Tier::get_many) answers the keys of a master that is open
+//! - batches: [`get_many`](tier_core::spi::Tier::get_many) answers the keys of a master that is open
 //!   or fails as misses (counted in `tier_redis_node_skipped_total`), and fails only when no
-//!   master answered; [`insert_many`](tier_core::Tier::insert_many) writes to the masters that
+//!   master answered; [`insert_many`](tier_core::spi::Tier::insert_many) writes to the masters that
 //!   are up, skips (does not queue) the writes of an open master, and fails only when a write
 //!   failed (queued for retry) or when every master was open.
 //!

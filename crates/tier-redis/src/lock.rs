@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tier_core::{DistributedLock, LockToken, TierError};
+use tier_core::spi::{DistributedLock, LockToken};
+use tier_core::TierError;
 
 use crate::commands;
 use crate::connection::RedisConnection;
@@ -22,7 +23,7 @@ use crate::keys::{KeyPrefix, DEFAULT_LOCK_PREFIX};
 /// ```no_run
 /// # async fn demo(conn: tier_redis::RedisConnection) -> Result<(), tier_core::TierError> {
 /// use std::time::Duration;
-/// use tier_core::DistributedLock;
+/// use tier_core::spi::DistributedLock;
 /// let lock = tier_redis::RedisLock::new(conn);
 /// if let Some(token) = lock.try_acquire(b"user:1", Duration::from_secs(10)).await? {
 ///     // ... load ...

@@ -32,7 +32,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use tier_core::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, TierError, TierErrorKind};
+use tier_core::spi::{CircuitBreaker, Outcome, Permit};
+use tier_core::{BreakerConfig, BreakerState, TierError, TierErrorKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -236,12 +237,12 @@ impl Nodes {
     ) -> Result<T, TierError> {
         match result {
             Err(e) if e.is_tier_failure() => {
-                master.breaker.record(false, Outcome::Failure);
+                master.breaker.record(Permit::Granted, Outcome::Failure);
                 self.refresh.notify_one();
                 Err(e.partial())
             }
             other => {
-                master.breaker.record(false, Outcome::Success);
+                master.breaker.record(Permit::Granted, Outcome::Success);
                 other
             }
         }
@@ -325,14 +326,14 @@ impl Nodes {
                 if master.state() == BreakerState::Closed {
                     break;
                 }
-                // `Some(true)`: a probe may go (the cool-down has passed); `None`: not yet.
-                let Some(true) = master.breaker.try_acquire() else {
+                // A probe may go once the cool-down has passed; anything else: not now.
+                let permit @ Permit::Probe = master.breaker.try_acquire() else {
                     out = true;
                     break;
                 };
                 let ping = conn.query_on("node probe", &master.route, commands::ping()).await;
                 let outcome = if ping.is_ok() { Outcome::Success } else { Outcome::Failure };
-                master.breaker.record(true, outcome);
+                master.breaker.record(permit, outcome);
                 if outcome == Outcome::Failure {
                     tracing::debug!(node = %master.address, "Redis Cluster master still out");
                     out = true;

@@ -187,7 +187,7 @@ pub(crate) async fn run(
             tokio::time::sleep(MIN_BACKOFF).await;
             continue;
         }
-        let now = tier_core::now_ms();
+        let now = tier_core::spi::now_ms();
         // An expired write becomes a DEL (`commands::write`): an older value of the key may
         // have reached Redis after all (a command that timed out on our side can still be
         // delivered), and it must not stay in place of the newer, expired one.

@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::{
-    BreakerConfig, BreakerState, Entry, Lookup, Storage, Tier, TierContext, TierError,
-    TierErrorKind, TierStats,
-};
+use tier_core::spi::{Entry, Lookup, Tier, TierContext};
+use tier_core::{BreakerConfig, BreakerState, Storage, TierError, TierErrorKind, TierStats};
 use tokio::task::JoinHandle;
 
 use crate::commands::{self, Write};
@@ -191,7 +189,7 @@ impl Drop for AbortOnDrop {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tier_core::{Codec, Entry, Meta, Tier};
+/// use tier_core::spi::{Codec, Entry, Meta, Tier};
 /// use tier_redis::{RedisConnection, RedisTier};
 ///
 /// #[tokio::main]
@@ -201,7 +199,7 @@ impl Drop for AbortOnDrop {
 ///         .response_timeout(Duration::from_millis(100));
 ///     let tier = RedisTier::builder(connection).prefix("myapp:users:").build().await?;
 ///
-///     let now = tier_core::now_ms();
+///     let now = tier_core::spi::now_ms();
 ///     let meta = Meta { created_at: now, fresh_until: now + 60_000, stale_until: now + 600_000, ..Meta::default() };
 ///     let envelope = Codec::default().encode(&meta, Some(&"Ada".to_string()))?;
 ///     tier.insert("user:1".into(), Entry::from_envelope(envelope)?).await?;
@@ -422,7 +420,7 @@ impl RedisTier {
     /// removal ([`Op::Removal`]) for such a master is not sent either, but queued and returned as a failure
     /// (it must not be skipped silently; sending it would only wait for the lost master).
     async fn write(&self, writes: Vec<(Bytes, Write)>, op: Op) -> Result<(), TierError> {
-        let now = tier_core::now_ms();
+        let now = tier_core::spi::now_ms();
         let batch = (writes.len() > 1).then_some(());
         let groups = if self.inner.conn.is_cluster() && writes.len() > 1 {
             by_slot(writes, |(k, _)| slot(&self.redis_key(k)))
@@ -498,7 +496,7 @@ impl Tier for RedisTier {
                 self.inner.conn.query_within(bound, "get", &cmd)
             })
             .await?;
-        Self::classify(value, tier_core::now_ms())
+        Self::classify(value, tier_core::spi::now_ms())
     }
 
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
@@ -508,7 +506,7 @@ impl Tier for RedisTier {
         } else {
             self.inner.conn.mget_within(self.bound(true), "get_many", &full).await?
         };
-        let now = tier_core::now_ms();
+        let now = tier_core::spi::now_ms();
         values.into_iter().map(|v| Self::classify(v, now)).collect()
     }
 

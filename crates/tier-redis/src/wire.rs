@@ -5,7 +5,7 @@
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tier_core::Invalidation;
+use tier_core::spi::Invalidation;
 
 /// One backplane message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tier_core::{Backplane, DistributedLock, GenerationStore, Invalidation, Tier};
+use tier_core::spi::{Backplane, DistributedLock, GenerationStore, Invalidation, Tier};
 use tier_redis::{acl, RedisBackplane, RedisConnection, RedisGenerations, RedisLock, RedisTier};
 
 /// ACL users of the test, deleted from every node when dropped (also when a test fails).

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use tier_core::{BreakerState, Cache, Tier, TierErrorKind, TierPolicy};
+use tier_core::spi::Tier;
+use tier_core::{BreakerState, Cache, TierErrorKind, TierPolicy};
 use tier_redis::{RedisConnection, RedisInspector, RedisTier};
 
 /// The hierarchy's timeout around the Redis tier.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis::AsyncCommands;
-use tier_core::{Lookup, Tier, TierErrorKind};
+use tier_core::spi::{Lookup, Tier};
+use tier_core::TierErrorKind;
 use tier_redis::{RedisConnection, RedisTier};
 
 async fn tier_at(url: &str, response: Duration) -> RedisTier {

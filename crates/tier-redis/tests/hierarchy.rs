@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tier_core::{Cache, Lookup, ReconnectPolicy, Tier, TierPolicy};
+use tier_core::spi::{Lookup, Tier};
+use tier_core::{Cache, ReconnectPolicy, TierPolicy};
 use tier_memory::MemoryTier;
 use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisTier};
 

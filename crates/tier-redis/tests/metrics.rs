@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use redis::AsyncCommands;
-use tier_core::{Backplane, BackplaneEvent, Cache, Invalidation, TierPolicy};
+use tier_core::spi::{Backplane, BackplaneEvent, Invalidation};
+use tier_core::{Cache, TierPolicy};
 use tier_redis::metrics as names;
 use tier_redis::{RedisBackplane, RedisConnection, RedisTier};
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use metrics_util::debugging::DebuggingRecorder;
-use tier_core::{Cache, DistributedLock, LockOptions, ReconnectPolicy, TierPolicy};
+use tier_core::spi::DistributedLock;
+use tier_core::{Cache, LockOptions, ReconnectPolicy, TierPolicy};
 use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisLock, RedisTier};
 
 /// The password, with every character that ends a part of a URL.
@@ -137,7 +138,7 @@ async fn a_planted_password_is_never_printed() {
     // failed cluster connects above, which log at TRACE only now and then.
     let cluster =
         RedisTier::builder(RedisConnection::cluster(cluster_urls())).build().await.unwrap();
-    tier_core::Tier::get(&cluster, b"secrets-trace").await.unwrap();
+    tier_core::spi::Tier::get(&cluster, b"secrets-trace").await.unwrap();
     drop(cluster);
 
     drop(cache);

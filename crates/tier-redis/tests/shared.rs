@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use tier_core::{Backplane, BackplaneEvent, DistributedLock, GenerationStore, Invalidation};
+use tier_core::spi::{Backplane, BackplaneEvent, DistributedLock, GenerationStore, Invalidation};
 use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisLock};
 use tokio::sync::broadcast;
 
@@ -210,7 +210,7 @@ async fn lock_is_exclusive(conn: RedisConnection, other: RedisConnection) {
     assert!(b.try_acquire(b"k", ttl).await.unwrap().is_none(), "held by a");
     assert!(a.try_acquire(b"k", ttl).await.unwrap().is_none(), "not reentrant");
     // A wrong token does not release it.
-    b.release(b"k", &tier_core::LockToken("not-the-token".into())).await.unwrap();
+    b.release(b"k", &tier_core::spi::LockToken("not-the-token".into())).await.unwrap();
     assert!(b.try_acquire(b"k", ttl).await.unwrap().is_none());
     a.release(b"k", &token).await.unwrap();
     let tb = b.try_acquire(b"k", ttl).await.unwrap().expect("released");

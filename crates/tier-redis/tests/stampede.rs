@@ -162,7 +162,7 @@ async fn locked_cache(url: &str, prefix: &str, wait: Duration) -> (Cache<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_reads_the_value_another_instance_wrote() {
-    use tier_core::DistributedLock;
+    use tier_core::spi::DistributedLock;
     let url = standalone_url();
     let prefix = unique_prefix("lock-appear");
     let (waiter, lock) = locked_cache(&url, &prefix, Duration::from_secs(5)).await;
@@ -189,7 +189,7 @@ async fn a_waiter_reads_the_value_another_instance_wrote() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_loads_itself_when_the_holder_never_delivers() {
-    use tier_core::DistributedLock;
+    use tier_core::spi::DistributedLock;
     let url = standalone_url();
     let prefix = unique_prefix("lock-dead");
     let wait = Duration::from_millis(300);

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use redis::AsyncCommands;
-use tier_core::{Entry, Lookup, Storage, Tier, TierErrorKind, Value};
+use tier_core::spi::{Entry, Lookup, Tier, Value};
+use tier_core::{Storage, TierErrorKind};
 use tier_redis::{RedisConnection, RedisTier};
 
 #[derive(Clone, Copy, Debug)]

@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use tier_core::Tier;
+use tier_core::spi::Tier;
 use tier_redis::{RedisConnection, RedisTier, SetupError};
 
 /// The TLS server and the CAs, or `None` (said on stderr) with the Valkey flavour, whose build

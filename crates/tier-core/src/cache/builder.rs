@@ -1,27 +1,24 @@
 //! [`CacheBuilder`]: tiers, policies and options of a hierarchy.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{
-    Cache, CacheValue, Categories, EarlyRefresh, FailSafe, Inner, Layer, Options, Stripe, STRIPES,
-};
+use super::background;
+use super::handle::Cache;
+use super::hierarchy::{Categories, Hierarchy, Parts};
+use super::options::{CacheValue, EarlyRefresh, FailSafe, Options};
+use super::tiers::{Level, Tiers, MAX_TIERS};
 use crate::backplane::{Backplane, ReconnectPolicy};
-use crate::breaker::BreakerTier;
-use crate::entry::Storage;
 use crate::envelope::Codec;
 use crate::error::CacheError;
 use crate::generations::{GenerationStore, LocalGenerations};
-use crate::key::KeyBuilder;
+use crate::layer::Mount;
 use crate::lock::{DistributedLock, LockOptions};
-use crate::metrics::{CacheMetrics, TierMetrics};
-use crate::policy::BackfillPolicy;
-use crate::sketch::{FrequencySketch, HotKeys};
+use crate::metrics::TierMetrics;
+use crate::policy::{BackfillPolicy, TierPolicy};
+use crate::sketch::FrequencySketch;
 use crate::tier::{Tier, TierContext};
-use crate::timeout::TimeoutTier;
-use crate::TierPolicy;
 
 /// Builds a [`Cache`]. Tiers are read in the order they are added (the first is L1).
 #[must_use]
@@ -29,43 +26,29 @@ pub struct CacheBuilder<V> {
     name: String,
     tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
     codec: Codec,
-    fail_safe: Option<FailSafe>,
-    soft_timeout: Option<Duration>,
-    hard_timeout: Option<Duration>,
-    early_refresh: Option<EarlyRefresh>,
-    stale_while_revalidate: bool,
-    sync_backfill: bool,
+    opts: Options,
     generations: Option<Arc<dyn GenerationStore>>,
     backplane: Option<(Arc<dyn Backplane>, ReconnectPolicy)>,
     lock: Option<(Arc<dyn DistributedLock>, LockOptions)>,
     categories: Option<Categories>,
     hot_keys: usize,
-    hot_key_sample: u64,
     gauge_interval: Duration,
-    max_pending_backfills: usize,
     _v: PhantomData<fn() -> V>,
 }
 
 impl<V: CacheValue> CacheBuilder<V> {
-    pub(crate) fn new(name: String) -> Self {
+    pub(super) fn new(name: String) -> Self {
         Self {
             name,
             tiers: Vec::new(),
             codec: Codec::default(),
-            fail_safe: None,
-            soft_timeout: None,
-            hard_timeout: None,
-            early_refresh: None,
-            stale_while_revalidate: false,
-            sync_backfill: false,
+            opts: Options::default(),
             generations: None,
             backplane: None,
             lock: None,
             categories: None,
             hot_keys: 32,
-            hot_key_sample: 64,
             gauge_interval: Duration::from_secs(1),
-            max_pending_backfills: 1024,
             _v: PhantomData,
         }
     }
@@ -82,52 +65,57 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Serve stale values when the loader fails. Default: off.
+    /// Serve stale values when the loader fails (any durations; see [`FailSafe`]). Default: off.
     pub fn fail_safe(mut self, fail_safe: FailSafe) -> Self {
-        self.fail_safe = Some(fail_safe);
+        self.opts.fail_safe = Some(fail_safe);
         self
     }
 
     /// When a stale value exists and the load takes longer than this, answer with the stale
-    /// value and let the load finish in the background. Default: none.
+    /// value and let the load finish in the background. Any duration (zero answers the stale
+    /// value at once; `Duration::MAX` never). Default: none.
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
-        self.soft_timeout = Some(timeout);
+        self.opts.soft_timeout = Some(timeout);
         self
     }
 
-    /// Give up a load after this long (a loader error for fail-safe purposes). Default: none.
+    /// Give up a load after this long (a loader error for fail-safe purposes). Range: more than
+    /// zero (the builder refuses zero); `Duration::MAX` is no limit. Default: none.
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
-        self.hard_timeout = Some(timeout);
+        self.opts.hard_timeout = Some(timeout);
         self
     }
 
-    /// Refresh fresh entries in the background before they expire. Default: off.
+    /// Refresh fresh entries in the background before they expire (ranges: see
+    /// [`EarlyRefresh`]; the builder refuses values outside them). Default: off.
     pub fn early_refresh(mut self, refresh: EarlyRefresh) -> Self {
-        self.early_refresh = Some(refresh);
+        self.opts.early_refresh = Some(refresh);
         self
     }
 
     /// Answer a stale hit at once and refresh it in the background. Default: off.
     pub fn stale_while_revalidate(mut self, yes: bool) -> Self {
-        self.stale_while_revalidate = yes;
+        self.opts.stale_while_revalidate = yes;
         self
     }
 
     /// Backfill before answering instead of in the background (deterministic, slower).
     /// Default: false (backfill never delays the answer).
     pub fn synchronous_backfill(mut self, yes: bool) -> Self {
-        self.sync_backfill = yes;
+        self.opts.sync_backfill = yes;
         self
     }
 
     /// At most this many background backfills at once; more are skipped (load shedding, counted
-    /// in `cache_backfills_shed_total`). Default: 1024.
+    /// in `cache_backfills_shed_total`). Any count (0 skips every background backfill;
+    /// synchronous backfill is not shed). Default: 1024.
     pub fn max_pending_backfills(mut self, n: usize) -> Self {
-        self.max_pending_backfills = n;
+        self.opts.max_pending_backfills = n;
         self
     }
 
-    /// Payloads of at least this many bytes are lz4-compressed when it helps. Default: 1024.
+    /// Payloads of at least this many bytes are lz4-compressed when it helps. Any size
+    /// (`usize::MAX` never compresses). Default: 1024.
     pub fn compress_threshold(mut self, bytes: usize) -> Self {
         self.codec.compress_threshold = bytes;
         self
@@ -149,7 +137,8 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// One instance of the fleet loads a cold key; the others wait for it. Default: none.
+    /// One instance of the fleet loads a cold key; the others wait for it (ranges: see
+    /// [`LockOptions`]; the builder refuses values outside them). Default: none.
     pub fn distributed_lock(
         mut self,
         lock: Arc<dyn DistributedLock>,
@@ -174,121 +163,100 @@ impl<V: CacheValue> CacheBuilder<V> {
 
     /// How many hot keys the top-k sketch keeps, and one access in how many is recorded
     /// (rounded up to a power of two, so that the hit path draws it with a mask, not a
-    /// division). Default: 32 keys, 1 in 64.
+    /// division). Any values: a capacity of 0 counts as 1 (its counters stay bounded whatever
+    /// the capacity), a sample of 0 as 1, one above 2^63 as 2^63. Default: 32 keys, 1 in 64.
     pub fn hot_keys(mut self, capacity: usize, sample_one_in: u64) -> Self {
         self.hot_keys = capacity;
-        self.hot_key_sample = sample_one_in.max(1).checked_next_power_of_two().unwrap_or(1 << 63);
+        self.opts.hot_key_sample = sample_one_in;
         self
     }
 
-    /// Build the hierarchy. Fails on an empty or ambiguous configuration.
+    /// Build the hierarchy. Fails with [`CacheError::Config`] on an empty or ambiguous
+    /// configuration, or a setting out of its documented range (the message names it).
     ///
     /// When called inside a tokio runtime it starts background tasks (gauges, backplane
     /// listener); they end when the last clone of the cache is dropped.
     pub fn build(self) -> Result<Cache<V>, CacheError> {
-        if self.tiers.is_empty() {
-            return Err(CacheError::Config("a cache needs at least one tier".into()));
-        }
-        if self.tiers.len() > 64 {
-            return Err(CacheError::Config("at most 64 tiers".into()));
-        }
-        if self.name.is_empty() {
-            return Err(CacheError::Config("a cache needs a name".into()));
-        }
+        let names = self.check()?;
         let categories: Vec<&'static str> =
             self.categories.as_ref().map(|c| c.names.clone()).unwrap_or_default();
-        let mut layers = Vec::with_capacity(self.tiers.len());
-        for (tier, policy) in self.tiers {
-            let name = policy.name.clone().unwrap_or_else(|| tier.name().to_string());
-            if layers.iter().any(|l: &Layer| l.name == name) {
-                return Err(CacheError::Config(format!(
-                    "two tiers named {name:?}: name one with TierPolicy::name"
-                )));
-            }
-            if policy.ttl.fresh.is_zero() {
-                return Err(CacheError::Config(format!("tier {name}: fresh lifetime is zero")));
-            }
-            let storage = tier.storage();
-            let shared = tier.is_shared();
-            tier.attach(&TierContext {
-                cache: self.name.clone(),
-                tier: name.clone(),
-                timeout: policy.timeout,
-            });
-            let mut wrapped = tier;
-            if let Some(t) = policy.timeout {
-                wrapped = Arc::new(TimeoutTier::new(wrapped, t));
-            }
-            let metrics = TierMetrics::new(&self.name, &name, &categories);
-            let mut breaker = None;
-            let breaker_cfg = match (policy.breaker_by_storage, storage) {
-                (true, Storage::Objects) if !shared => None,
-                _ => policy.breaker,
-            };
-            if let Some(cfg) = breaker_cfg {
-                let b = BreakerTier::new(wrapped, cfg);
-                b.breaker().set_gauge(metrics.breaker.clone());
-                breaker = Some(b.breaker().clone());
-                wrapped = Arc::new(b);
-            } else {
-                metrics.breaker.set(0.0);
-            }
-            let frequency = match policy.backfill {
-                BackfillPolicy::OnHits(_) => Some(FrequencySketch::new(4096)),
-                _ => None,
-            };
-            layers.push(Layer {
-                tier: wrapped,
-                breaker,
-                name,
-                policy,
-                storage,
-                shared,
-                enabled: AtomicBool::new(true),
-                metrics,
-                frequency,
-            });
-        }
+        let levels = (self.tiers.into_iter().zip(names))
+            .map(|((tier, policy), name)| mount(&self.name, tier, name, policy, &categories))
+            .collect();
         crate::metrics::describe();
-        let cache_metrics = CacheMetrics::new(&self.name);
-        cache_metrics
-            .register_event_series(&layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>());
         let (backplane, reconnect) = match self.backplane {
             Some((b, r)) => (Some(b), r),
             None => (None, ReconnectPolicy::default()),
         };
-        let inner = Arc::new(Inner {
-            keys: KeyBuilder::new(self.name.as_str()),
-            name: Arc::from(self.name.as_str()),
-            layers,
+        let hierarchy = Arc::new(Hierarchy::new(Parts {
+            name: self.name,
+            tiers: Tiers::new(levels),
             codec: self.codec,
-            opts: Options {
-                fail_safe: self.fail_safe,
-                soft_timeout: self.soft_timeout,
-                hard_timeout: self.hard_timeout,
-                early_refresh: self.early_refresh,
-                stale_while_revalidate: self.stale_while_revalidate,
-                sync_backfill: self.sync_backfill,
-                reconnect,
-                hot_key_sample: self.hot_key_sample,
-                max_pending_backfills: self.max_pending_backfills,
-            },
-            flights: Mutex::new(Default::default()),
-            flight_ids: AtomicU64::new(0),
+            opts: Options { reconnect, ..self.opts }.checked()?,
             generations: self.generations.unwrap_or_else(|| Arc::new(LocalGenerations::new())),
             backplane,
             lock: self.lock,
-            bypass: AtomicBool::new(false),
-            suspect_before: AtomicU64::new(0),
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
-            metrics: cache_metrics,
-            hot: HotKeys::new(self.hot_keys),
-            backfills_pending: Default::default(),
             categories: self.categories,
-            tasks: Mutex::new(Vec::new()),
-        });
-        let cache = Cache { inner };
-        cache.start_background(self.gauge_interval);
-        Ok(cache)
+            hot_keys: self.hot_keys,
+        }));
+        background::start(&hierarchy, self.gauge_interval);
+        Ok(Cache::from_hierarchy(hierarchy))
     }
+
+    /// The tiers' names, or why the configuration is refused.
+    fn check(&self) -> Result<Vec<String>, CacheError> {
+        let refuse = |why: String| Err(CacheError::Config(why));
+        if self.tiers.is_empty() {
+            return refuse("a cache needs at least one tier".into());
+        }
+        if self.tiers.len() > MAX_TIERS {
+            return refuse(format!("at most {MAX_TIERS} tiers"));
+        }
+        if self.name.is_empty() {
+            return refuse("a cache needs a name".into());
+        }
+        if let Some(Err(why)) = self.lock.as_ref().map(|(_, opts)| opts.check()) {
+            return refuse(why);
+        }
+        let mut names: Vec<String> = Vec::with_capacity(self.tiers.len());
+        for (tier, policy) in &self.tiers {
+            let name = policy.name.clone().unwrap_or_else(|| tier.name().to_string());
+            if name.is_empty() {
+                return refuse("a tier has no name: name it with TierPolicy::name".into());
+            }
+            if names.contains(&name) {
+                return refuse(format!("two tiers named {name:?}: name one with TierPolicy::name"));
+            }
+            if let Err(why) = policy.check() {
+                return refuse(format!("tier {name}: {why}"));
+            }
+            names.push(name);
+        }
+        Ok(names)
+    }
+}
+
+/// Mount `tier` as tier `name` of cache `cache`: tell it its labels, wrap it in its policy's
+/// layers (innermost first), make its metric handles.
+fn mount(
+    cache: &str,
+    tier: Arc<dyn Tier>,
+    name: String,
+    policy: TierPolicy,
+    categories: &[&'static str],
+) -> Level {
+    let mut ctx = TierContext::new(cache, name.as_str());
+    ctx.timeout = policy.call_timeout();
+    tier.attach(&ctx);
+    let mount = Mount::new(&ctx, tier.storage(), tier.is_shared());
+    let wrapped = policy.layers().iter().fold(tier, |tier, layer| layer.wrap(tier, &mount));
+    let metrics = TierMetrics::new(cache, &name, categories);
+    if wrapped.breaker_state().is_none() {
+        metrics.breaker.set(0.0);
+    }
+    let frequency = match policy.backfill {
+        BackfillPolicy::OnHits(_) => Some(FrequencySketch::new(4096)),
+        _ => None,
+    };
+    Level::new(wrapped, name, policy, metrics, frequency)
 }

@@ -1,31 +1,43 @@
-//! Loads: single-flight, the loader task, fail-safe, lifetimes of written entries, warm-up.
+//! The loader run: what a flight does once started, for one key (`get_or_load`, a refresh) or
+//! for many (`get_many_or_load`'s misses), in one sequence:
+//! 1. **look again** (the keys' values may have landed just before the flight started);
+//! 2. **the fleet lock**: take it per key, or wait for its holder's value to appear;
+//! 3. **stamp tags** before the origin is called (a tag invalidated during the load makes the
+//!    value born invalid);
+//! 4. **call the origin** once, under the hard timeout, counted in `cache_loads_total`;
+//! 5. **land**: write the in-process tiers, answer the waiters, write the other tiers — or, on
+//!    failure, re-stamp a servable stale value for fail-safe's throttle and answer the error
+//!    (errors are never cached); release the locks.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::sync::watch;
 
-use super::read::{Counting, Found};
-use super::{Cache, CacheValue, Inner};
-use crate::entry::{Entry, Storage, Value};
-use crate::envelope::{self, Meta, TagStamp};
+use super::flight::{Joined, LoadResult, Publisher, Waiter};
+use super::hierarchy::Hierarchy;
+use super::lifetime::new_meta;
+use super::lookup::Counting;
+use super::options::CacheValue;
+use super::rule::{stale_servable, Found};
+use super::tags;
+use super::tiers::TierSet;
+use crate::entry::Entry;
+use crate::envelope::Meta;
 use crate::error::{BoxError, CacheError};
 use crate::lock::LockToken;
-use crate::time::{after_ms, jittered, now_ms};
+use crate::time::now_ms;
 
-type LoadFuture<V> = Pin<Box<dyn Future<Output = Result<Option<V>, BoxError>> + Send>>;
+type LoadFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
-/// A type-erased loader.
-pub(crate) struct Loader<V>(Box<dyn FnOnce() -> LoadFuture<V> + Send>);
+/// A type-erased loader of one key.
+pub(super) struct Loader<V>(Box<dyn FnOnce() -> LoadFuture<Option<V>> + Send>);
 
 impl<V: CacheValue> Loader<V> {
-    pub(crate) fn new<F, Fut, E>(f: F) -> Self
+    pub fn new<F, Fut, E>(f: F) -> Self
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
@@ -35,577 +47,385 @@ impl<V: CacheValue> Loader<V> {
     }
 }
 
-pub(crate) type LoadResult<V> = Result<Option<Arc<V>>, CacheError>;
-type Slot<V> = Option<LoadResult<V>>;
+type LoadManyFn<V> = dyn FnOnce(Vec<Bytes>) -> LoadFuture<HashMap<Bytes, V>> + Send;
 
-/// A load in flight: its id, the receiver of its result, and how many callers wait for it.
-pub(crate) struct Flight<V> {
-    id: u64,
-    /// The key's write sequence when the flight started: a flight is joined only while it is
-    /// still the current one (no insert or invalidation of the key since), so nobody is handed
-    /// a value that was invalidated after it was loaded.
-    seq: u64,
-    rx: watch::Receiver<Slot<V>>,
-    pub waiters: Arc<AtomicUsize>,
-}
+/// A type-erased loader of many keys: the values it found, by key.
+pub(super) struct BatchLoader<V>(Box<LoadManyFn<V>>);
 
-/// In-flight loads by key.
-pub(crate) type Flights<V> = HashMap<Bytes, Flight<V>>;
-
-/// A caller's place in a flight: counted in [`Flight::waiters`] while it lives.
-pub(crate) struct Waiter<V> {
-    rx: watch::Receiver<Slot<V>>,
-    waiters: Arc<AtomicUsize>,
-}
-
-impl<V> Waiter<V> {
-    fn new(flight: &Flight<V>) -> Self {
-        flight.waiters.fetch_add(1, Ordering::SeqCst);
-        Self { rx: flight.rx.clone(), waiters: flight.waiters.clone() }
+impl<V: CacheValue> BatchLoader<V> {
+    pub fn new<F, Fut, E>(f: F) -> Self
+    where
+        F: FnOnce(Vec<Bytes>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<HashMap<Bytes, V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        Self(Box::new(move |keys| Box::pin(async move { f(keys).await.map_err(Into::into) })))
     }
 }
 
-impl<V> Drop for Waiter<V> {
-    fn drop(&mut self) {
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
+/// What a flight asks the origin.
+pub(super) enum Origin<V> {
+    /// One key: its loader and the tags of its value.
+    One(Loader<V>, Vec<Arc<str>>),
+    /// Many keys in one loader call.
+    Many(BatchLoader<V>),
+}
+
+/// An origin's answer, as `cache_loads_total` counts it.
+trait Answer {
+    /// `ok` (true) or `none`.
+    fn has_value(&self) -> bool;
+}
+
+impl<V> Answer for Option<V> {
+    fn has_value(&self) -> bool {
+        self.is_some()
     }
 }
 
-/// Removes a flight from the map when its task ends, however it ends (also on panic), so a dead
-/// flight never strands later callers.
-struct FlightGuard<V> {
-    inner: Weak<Inner<V>>,
-    key: Bytes,
-    id: u64,
-}
-
-impl<V> Drop for FlightGuard<V> {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            let mut flights = inner.flights.lock().unwrap_or_else(|p| p.into_inner());
-            if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
-                flights.remove(&self.key);
-            }
-        }
+impl<V> Answer for HashMap<Bytes, V> {
+    /// A batch load that answered is counted `ok`, whatever it found.
+    fn has_value(&self) -> bool {
+        true
     }
 }
 
-/// The sending end of a flight; the flight leaves the map when its task ends (after it wrote
-/// every tier), through the guard.
-struct Publisher<V> {
-    tx: watch::Sender<Slot<V>>,
-    _guard: FlightGuard<V>,
+/// One key a flight loads: the flight's publisher, the stale entry to fall back on, and the
+/// tiers the call skips.
+struct Job<V> {
+    publisher: Publisher<V>,
+    stale: Option<Found<V>>,
+    skip: TierSet,
 }
 
-impl<V> Publisher<V> {
-    fn publish(&self, result: LoadResult<V>) {
-        let _ = self.tx.send(Some(result));
+impl<V> Job<V> {
+    fn key(&self) -> &Bytes {
+        self.publisher.key()
     }
 }
 
-/// Progress of [`Cache::warm`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WarmProgress {
-    /// Keys done so far.
-    pub done: usize,
-    /// Keys in all.
-    pub total: usize,
+/// What the lock step said of a key.
+enum Locked<V> {
+    /// This instance holds the lock: load.
+    Held(LockToken),
+    /// The holder's value appeared in the tiers.
+    Appeared(Option<Arc<V>>),
+    /// No lock (none configured, unavailable, or the wait is over): load.
+    Without,
 }
 
-/// Outcome of [`Cache::warm`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WarmReport {
-    /// Keys that now have a value (loaded or already cached).
-    pub loaded: usize,
-    /// Keys the origin says do not exist.
-    pub none: usize,
-    /// Keys whose load failed.
-    pub failed: usize,
+/// A job after the look-again and lock steps.
+enum Prepared {
+    /// Its waiters have their answer.
+    Answered,
+    /// Load it (holding the lock when there is a token).
+    Load(Option<LockToken>),
 }
 
-impl<V: CacheValue> Inner<V> {
-    /// Join the flight of `key`, or start one. Returns the receiver of its result.
-    pub(crate) fn join_or_start(
+impl<V: CacheValue> Hierarchy<V> {
+    /// Join the flight of `key`, or start one that loads it with `loader`. Returns the waiter.
+    pub fn join_or_load(
         self: &Arc<Self>,
         key: Bytes,
         loader: Loader<V>,
         stale: Option<Found<V>>,
-        skip: u64,
+        skip: TierSet,
         tags: Vec<Arc<str>>,
     ) -> Waiter<V> {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(flight) = flights.get(&key) {
-            // A flight whose task died (loader panic) without a result is not joined: its
-            // guard is about to remove it; start a new one in its place.
-            let dead = flight.rx.has_changed().is_err() && flight.rx.borrow().is_none();
-            if !dead && flight.seq == self.seq(&key) {
-                self.metrics.coalesced.increment(1);
-                return Waiter::new(flight);
+        let seq = self.stripes().seq(&key);
+        match self.flights().join_or_start(&key, seq, self.metrics()) {
+            Joined::Running(waiter) => waiter,
+            Joined::Started(waiter, publisher) => {
+                let job = Job { publisher, stale, skip };
+                self.spawn_run(vec![job], Origin::One(loader, tags), true);
+                waiter
             }
         }
-        let id = self.flight_ids.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(None);
-        let seq = self.seq(&key);
-        let flight = Flight { id, seq, rx, waiters: Arc::default() };
-        let waiter = Waiter::new(&flight);
-        flights.insert(key.clone(), flight);
-        drop(flights);
-        let tx = Publisher {
-            tx,
-            _guard: FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id },
-        };
-        let inner = self.clone();
-        tokio::spawn(async move {
-            inner.run_flight(key, seq, tx, loader, stale, skip, tags, false).await;
-        });
-        waiter
+    }
+
+    /// Join the flights of the keys already loading, and start one for each of the others, all
+    /// loaded by one call of `loader`. Returns a waiter per key, in order.
+    pub fn join_or_load_many(
+        self: &Arc<Self>,
+        keys: Vec<(Bytes, Option<Found<V>>)>,
+        loader: BatchLoader<V>,
+    ) -> Vec<Waiter<V>> {
+        let mut waiters = Vec::with_capacity(keys.len());
+        let mut jobs = Vec::new();
+        for (key, stale) in keys {
+            let seq = self.stripes().seq(&key);
+            match self.flights().join_or_start(&key, seq, self.metrics()) {
+                Joined::Running(waiter) => waiters.push(waiter),
+                Joined::Started(waiter, publisher) => {
+                    waiters.push(waiter);
+                    jobs.push(Job { publisher, stale, skip: TierSet::EMPTY });
+                }
+            }
+        }
+        if !jobs.is_empty() {
+            self.spawn_run(jobs, Origin::Many(loader), true);
+        }
+        waiters
+    }
+
+    /// What a caller waiting on `waiter` is answered (see [`Waiter::answer`]).
+    pub async fn wait(&self, waiter: Waiter<V>, stale: Option<&Found<V>>) -> LoadResult<V> {
+        waiter.answer(stale, self.opts(), self.metrics(), self.name()).await
     }
 
     /// Start a background refresh of `key` unless a load of it is already in flight.
-    pub(crate) fn start_refresh(
+    pub fn start_refresh(
         self: &Arc<Self>,
         key: Bytes,
         loader: Loader<V>,
-        skip: u64,
+        skip: TierSet,
         tags: Vec<Arc<str>>,
     ) {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.contains_key(&key) {
-            return;
-        }
-        let id = self.flight_ids.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(None);
-        let seq = self.seq(&key);
-        flights.insert(key.clone(), Flight { id, seq, rx, waiters: Arc::default() });
-        drop(flights);
-        self.metrics.refreshes.increment(1);
-        let tx = Publisher {
-            tx,
-            _guard: FlightGuard { inner: Arc::downgrade(self), key: key.clone(), id },
-        };
-        let inner = self.clone();
+        let seq = self.stripes().seq(&key);
+        let Some(publisher) = self.flights().start_unless_running(&key, seq) else { return };
+        self.metrics().refreshes.increment(1);
+        self.spawn_run(
+            vec![Job { publisher, stale: None, skip }],
+            Origin::One(loader, tags),
+            false,
+        );
+    }
+
+    /// Run the flights of `jobs` in a task of their own (a caller that gives up strands nobody).
+    fn spawn_run(self: &Arc<Self>, jobs: Vec<Job<V>>, origin: Origin<V>, look_again: bool) {
+        let hierarchy = self.clone();
         tokio::spawn(async move {
-            inner.run_flight(key, seq, tx, loader, None, skip, tags, true).await;
+            let (jobs, tokens) = hierarchy.prepare_all(jobs, look_again).await;
+            if !jobs.is_empty() {
+                hierarchy.load(&jobs, origin).await;
+            }
+            for (job, token) in jobs.iter().zip(tokens) {
+                hierarchy.unlock(job.key(), token).await;
+            }
         });
     }
 
-    /// Wait for a flight's result; with a stale value and a soft timeout, answer stale when the
-    /// load is slow; on a load error, answer stale when fail-safe allows.
-    pub(crate) async fn wait(
+    /// The look-again and lock steps of every job at once; the jobs still to load, with their
+    /// lock tokens.
+    async fn prepare_all(
         &self,
-        mut waiter: Waiter<V>,
-        stale: Option<&Found<V>>,
-    ) -> LoadResult<V> {
-        let rx = &mut waiter.rx;
-        let result = {
-            let waiting = async {
-                match rx.wait_for(Option::is_some).await {
-                    Ok(slot) => slot.clone().unwrap_or_else(|| {
-                        Err(CacheError::LoadAborted("flight ended without a result".into()))
-                    }),
-                    Err(_) => Err(CacheError::LoadAborted("loader task ended".into())),
-                }
-            };
-            match (self.opts.soft_timeout, stale) {
-                (Some(soft), Some(stale)) if self.stale_servable(stale, now_ms()) => {
-                    match tokio::time::timeout(soft, waiting).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            self.metrics.stale_served.increment(1);
-                            return Ok(stale.value.clone());
-                        }
-                    }
-                }
-                _ => waiting.await,
-            }
-        };
-        match (result, stale) {
-            (Err(e), Some(stale))
-                if self.opts.fail_safe.is_some() && self.stale_servable(stale, now_ms()) =>
-            {
-                tracing::debug!(cache = %self.name, error = %e, "origin failed: serving stale value");
-                self.metrics.stale_served.increment(1);
-                Ok(stale.value.clone())
-            }
-            (r, _) => r,
-        }
+        jobs: Vec<Job<V>>,
+        look_again: bool,
+    ) -> (Vec<Job<V>>, Vec<Option<LockToken>>) {
+        let prepared =
+            futures::future::join_all(jobs.iter().map(|job| self.prepare(job, look_again))).await;
+        jobs.into_iter()
+            .zip(prepared)
+            .filter_map(|(job, p)| match p {
+                Prepared::Load(token) => Some((job, token)),
+                Prepared::Answered => None,
+            })
+            .unzip()
     }
 
-    /// May this stale entry still be served (before its `stale_until`, within fail-safe's age)?
-    fn stale_servable(&self, stale: &Found<V>, now: u64) -> bool {
-        let m = &stale.entry.meta;
-        let max_age = self.opts.fail_safe.map(|f| after_ms(m.fresh_until, f.max_stale_age));
-        m.is_alive(now) && max_age.is_none_or(|limit| now < limit)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn run_flight(
-        self: Arc<Self>,
-        key: Bytes,
-        seq: u64,
-        tx: Publisher<V>,
-        loader: Loader<V>,
-        stale: Option<Found<V>>,
-        skip: u64,
-        tags: Vec<Arc<str>>,
-        refresh: bool,
-    ) {
+    /// Look again, then take the fleet lock or wait for its holder's value.
+    async fn prepare(&self, job: &Job<V>, look_again: bool) -> Prepared {
+        let key = job.key();
         // A caller may have missed in the tiers just before a previous flight wrote them and
         // left the map. A flight writes the in-process tiers before it answers, so looking at
         // those again is enough (and costs no I/O: a slow remote tier is not waited on twice).
-        if !refresh {
-            if let Some(value) =
-                self.fresh_value(&key, skip | self.recheck_mask(), Counting::Quiet).await
-            {
-                tx.publish(Ok(value));
-                return;
+        if look_again {
+            let skip = job.skip.union(self.tiers().recheck_skips());
+            if let Some(value) = self.fresh_value(key, skip, Counting::Quiet).await {
+                job.publisher.publish(Ok(value));
+                return Prepared::Answered;
             }
         }
-        let token = match &self.lock {
-            Some((lock, _)) => match self.acquire_or_wait(&key, skip).await {
-                LockOutcome::Held(t) => {
-                    // The previous holder may have written the value and released the lock
-                    // just before we took it: look in the tiers before loading again.
-                    if let Some(value) = self.fresh_value(&key, skip, Counting::Quiet).await {
-                        if let Err(e) = lock.release(&key, &t).await {
-                            tracing::debug!(cache = %self.name, error = %e, "lock release failed (it expires)");
-                        }
-                        tx.publish(Ok(value));
-                        return;
-                    }
-                    Some(t)
+        match self.lock_or_wait(key, job.skip).await {
+            Locked::Held(token) => {
+                // The previous holder may have written the value and released the lock just
+                // before we took it: look in the tiers before loading again.
+                if let Some(value) = self.fresh_value(key, job.skip, Counting::Quiet).await {
+                    self.unlock(key, Some(token)).await;
+                    job.publisher.publish(Ok(value));
+                    return Prepared::Answered;
                 }
-                LockOutcome::Appeared(value) => {
-                    tx.publish(Ok(value));
-                    return;
-                }
-                LockOutcome::Proceed => None,
-            },
-            None => None,
+                Prepared::Load(Some(token))
+            }
+            Locked::Appeared(value) => {
+                job.publisher.publish(Ok(value));
+                Prepared::Answered
+            }
+            Locked::Without => Prepared::Load(None),
+        }
+    }
+
+    /// Stamp, call the origin, land every job's value (or fail them all).
+    async fn load(&self, jobs: &[Job<V>], origin: Origin<V>) {
+        let tags = match &origin {
+            Origin::One(_, tags) => tags.as_slice(),
+            Origin::Many(_) => &[],
         };
-        // Stamp tag generations before loading: a tag invalidated during the load makes the
-        // loaded value born invalid.
-        let stamps = match self.stamp(&tags).await {
-            Ok(s) => s,
+        let stamps = match tags::stamp(self.generations(), tags).await {
+            Ok(stamps) => stamps,
             Err(e) => {
-                tx.publish(Err(e));
+                jobs.iter().for_each(|job| job.publisher.publish(Err(e.clone())));
                 return;
             }
         };
+        let (outcome, cost) = self.ask(origin, jobs).await;
+        match outcome {
+            Ok(values) => {
+                let mut rest = Vec::with_capacity(jobs.len());
+                for (job, value) in jobs.iter().zip(values) {
+                    let meta = new_meta(value.is_none(), stamps.clone(), cost);
+                    rest.push(self.land_local(job, value, &meta).await);
+                }
+                for (job, entries) in jobs.iter().zip(rest) {
+                    let seq = job.publisher.seq();
+                    self.writer().write_if_unchanged(job.key(), seq, entries).await;
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    self.fail(job, e.clone()).await;
+                }
+            }
+        }
+    }
+
+    /// Call the origin for `jobs`: a value (or none) per job, in order, and what it cost.
+    async fn ask(
+        &self,
+        origin: Origin<V>,
+        jobs: &[Job<V>],
+    ) -> (Result<Vec<Option<Arc<V>>>, CacheError>, Duration) {
+        match origin {
+            Origin::One(loader, _) => {
+                let (outcome, cost) = self.call_origin((loader.0)()).await;
+                (outcome.map(|value| vec![value.map(Arc::new)]), cost)
+            }
+            Origin::Many(loader) => {
+                let keys = jobs.iter().map(|job| job.key().clone()).collect();
+                let (outcome, cost) = self.call_origin((loader.0)(keys)).await;
+                let values = |mut found: HashMap<Bytes, V>| {
+                    jobs.iter().map(|job| found.remove(job.key()).map(Arc::new)).collect()
+                };
+                (outcome.map(values), cost)
+            }
+        }
+    }
+
+    /// The one call of an origin: under the hard timeout, timed and counted.
+    async fn call_origin<T: Answer>(
+        &self,
+        load: LoadFuture<T>,
+    ) -> (Result<T, CacheError>, Duration) {
         let started = Instant::now();
-        let outcome = match self.opts.hard_timeout {
-            Some(hard) => match tokio::time::timeout(hard, (loader.0)()).await {
-                Ok(r) => r.map_err(|e| CacheError::Load(Arc::from(e))),
+        let failed = |e: BoxError| CacheError::Load(Arc::from(e));
+        let outcome = match self.opts().hard_timeout {
+            Some(hard) => match tokio::time::timeout(hard, load).await {
+                Ok(r) => r.map_err(failed),
                 Err(_) => Err(CacheError::LoadTimeout(hard)),
             },
-            None => (loader.0)().await.map_err(|e| CacheError::Load(Arc::from(e))),
+            None => load.await.map_err(failed),
         };
         let cost = started.elapsed();
-        self.metrics.load_duration.record(cost);
-        match outcome {
-            Ok(value) => {
-                let value = value.map(Arc::new);
-                if value.is_some() {
-                    self.metrics.loads_ok.increment(1);
-                } else {
-                    self.metrics.loads_none.increment(1);
+        let m = self.metrics();
+        m.load_duration.record(cost);
+        match &outcome {
+            Ok(answer) if answer.has_value() => m.loads_ok.increment(1),
+            Ok(_) => m.loads_none.increment(1),
+            Err(e) => {
+                match e {
+                    CacheError::LoadTimeout(_) => m.loads_timeout.increment(1),
+                    _ => m.loads_error.increment(1),
                 }
-                let meta = Meta {
-                    created_at: now_ms(),
-                    load_cost_us: u32::try_from(cost.as_micros()).unwrap_or(u32::MAX),
-                    negative: value.is_none(),
-                    tags: stamps,
-                    ..Meta::default()
-                };
-                match self.entries(value.as_ref(), &meta, skip) {
-                    Ok(entries) => {
-                        // The in-process tiers before the answer, the remote ones after it;
-                        // the flight stays joinable until both are written (see `recheck_mask`).
-                        let (objects, remote): (Vec<_>, Vec<_>) = entries
-                            .into_iter()
-                            .partition(|(j, _)| self.layers[*j].storage == Storage::Objects);
-                        self.write_if_unchanged(&key, seq, objects).await;
-                        tx.publish(Ok(value));
-                        self.write_if_unchanged(&key, seq, remote).await;
-                    }
-                    Err(e) => {
-                        tx.publish(Err(e));
-                    }
-                }
+                tracing::debug!(cache = %self.name(), error = %e, "load failed");
+            }
+        }
+        (outcome, cost)
+    }
+
+    /// Write a loaded value to the in-process tiers and answer the waiters; the entries of the
+    /// other tiers, to be written after (the flight stays joinable until both are written, see
+    /// [`Tiers::recheck_skips`](super::tiers::Tiers::recheck_skips)).
+    async fn land_local(
+        &self,
+        job: &Job<V>,
+        value: Option<Arc<V>>,
+        meta: &Meta,
+    ) -> Vec<(usize, Entry)> {
+        match self.entries().of_value(value.as_ref(), meta, job.skip) {
+            Ok(entries) => {
+                let (objects, remote): (Vec<_>, Vec<_>) =
+                    entries.into_iter().partition(|(j, _)| self.tiers().get(*j).holds_objects());
+                let seq = job.publisher.seq();
+                self.writer().write_if_unchanged(job.key(), seq, objects).await;
+                job.publisher.publish(Ok(value));
+                remote
             }
             Err(e) => {
-                match &e {
-                    CacheError::LoadTimeout(_) => self.metrics.loads_timeout.increment(1),
-                    _ => self.metrics.loads_error.increment(1),
-                }
-                tracing::debug!(cache = %self.name, error = %e, "load failed");
-                if let (Some(fs), Some(stale)) = (self.opts.fail_safe, &stale) {
-                    if self.stale_servable(stale, now_ms()) {
-                        self.throttle(&key, stale, fs.throttle, skip, stale.seq).await;
-                    }
-                }
-                tx.publish(Err(e));
-            }
-        }
-        if let (Some(token), Some((lock, _))) = (token, &self.lock) {
-            if let Err(e) = lock.release(&key, &token).await {
-                tracing::debug!(cache = %self.name, error = %e, "lock release failed (it expires)");
+                job.publisher.publish(Err(e));
+                Vec::new()
             }
         }
     }
 
-    /// Keep serving a stale value for `throttle` without calling the failing origin: re-stamp it
-    /// fresh in the local object tiers, never beyond its own `stale_until`.
-    async fn throttle(
-        &self,
-        key: &Bytes,
-        stale: &Found<V>,
-        throttle: Duration,
-        skip: u64,
-        seq: u64,
-    ) {
-        let now = now_ms();
-        let mut writes = Vec::new();
-        let m = &stale.entry.meta;
-        let fresh_until = after_ms(now, throttle).min(m.stale_until);
-        for (j, layer) in self.layers.iter().enumerate() {
-            if layer.storage != Storage::Objects
-                || layer.shared
-                || skip & (1 << j) != 0
-                || !layer.enabled()
-            {
-                continue;
-            }
-            if let Ok(entry) =
-                self.entry_for(j, stale.value.as_ref(), m, fresh_until, m.stale_until, None)
-            {
-                writes.push((j, entry));
+    /// A failed load: keep serving a servable stale value for fail-safe's throttle without
+    /// calling the failing origin, and answer the error.
+    async fn fail(&self, job: &Job<V>, e: CacheError) {
+        if let (Some(fs), Some(stale)) = (self.opts().fail_safe, &job.stale) {
+            if stale_servable(&stale.entry.meta, now_ms(), Some(fs)) {
+                let writes = self.entries().throttled(stale, fs.throttle, job.skip);
+                self.writer().write_if_unchanged(job.key(), stale.seq, writes).await;
             }
         }
-        self.write_if_unchanged(key, seq, writes).await;
-    }
-
-    async fn stamp(&self, tags: &[Arc<str>]) -> Result<Option<Arc<[TagStamp]>>, CacheError> {
-        if tags.is_empty() {
-            return Ok(None);
-        }
-        let generations = self
-            .generations
-            .current(tags)
-            .await
-            .map_err(|e| CacheError::Tier { tier: "generations".into(), source: e })?;
-        Ok(Some(
-            tags.iter()
-                .zip(generations)
-                .map(|(t, g)| TagStamp { tag: t.clone(), generation: g })
-                .collect(),
-        ))
-    }
-
-    /// Lifetime of a new entry in tier `j`, jittered: (fresh_until, stale_until).
-    pub(crate) fn lifetime(&self, j: usize, now: u64, negative: bool) -> (u64, u64) {
-        let p = &self.layers[j].policy;
-        if negative {
-            let fresh = jittered(p.negative_ttl.min(p.ttl.fresh), p.ttl.jitter);
-            let until = after_ms(now, fresh);
-            return (until, until);
-        }
-        let fresh_until = after_ms(now, jittered(p.ttl.fresh, p.ttl.jitter));
-        (fresh_until, after_ms(fresh_until, jittered(p.ttl.stale, p.ttl.jitter)))
-    }
-
-    /// The entry for tier `j` holding `value` with `meta`'s flags and tags and the given times.
-    /// `envelope` is an already encoded form to reuse (its times are rewritten).
-    pub(crate) fn entry_for(
-        &self,
-        j: usize,
-        value: Option<&Arc<V>>,
-        meta: &Meta,
-        fresh_until: u64,
-        stale_until: u64,
-        envelope: Option<&Bytes>,
-    ) -> Result<Entry, CacheError> {
-        let meta = Meta { fresh_until, stale_until, ..meta.clone() };
-        let bytes = match envelope {
-            Some(b) => envelope::with_times(b, fresh_until, stale_until)
-                .map_err(|e| CacheError::Encode(e.to_string()))?,
-            None => {
-                self.codec.encode(&meta, value.map(|v| v.as_ref())).map_err(CacheError::Encode)?
-            }
-        };
-        let size = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        let value = match self.layers[j].storage {
-            Storage::Envelopes => Value::Envelope(bytes),
-            Storage::Objects => match value {
-                Some(v) => Value::Object(v.clone()),
-                None => Value::Object(Arc::new(())),
-            },
-        };
-        Ok(Entry { meta, value, size })
-    }
-
-    /// Entries of a freshly loaded or inserted value for every enabled, admitting tier.
-    /// The value is encoded once; each tier gets its own (jittered) times.
-    pub(crate) fn entries(
-        &self,
-        value: Option<&Arc<V>>,
-        meta: &Meta,
-        skip: u64,
-    ) -> Result<Vec<(usize, Entry)>, CacheError> {
-        let encoded =
-            self.codec.encode(meta, value.map(|v| v.as_ref())).map_err(CacheError::Encode)?;
-        let now = meta.created_at;
-        let mut out = Vec::with_capacity(self.layers.len());
-        for (j, layer) in self.layers.iter().enumerate() {
-            if skip & (1 << j) != 0 || !layer.enabled() {
-                continue;
-            }
-            if layer.policy.max_value_size.is_some_and(|m| encoded.len() as u64 > u64::from(m)) {
-                continue;
-            }
-            let (fresh_until, stale_until) = self.lifetime(j, now, meta.negative);
-            out.push((
-                j,
-                self.entry_for(j, value, meta, fresh_until, stale_until, Some(&encoded))?,
-            ));
-        }
-        Ok(out)
-    }
-
-    /// Write entries to their tiers; returns the tiers written.
-    pub(crate) async fn write_layers(
-        &self,
-        key: &Bytes,
-        entries: Vec<(usize, Entry)>,
-    ) -> Vec<usize> {
-        let mut written = Vec::with_capacity(entries.len());
-        for (j, entry) in entries {
-            if self.write_one(j, key.clone(), entry).await.is_ok() {
-                written.push(j);
-            }
-        }
-        written
-    }
-
-    /// Write one entry, counting the result.
-    pub(crate) async fn write_one(
-        &self,
-        j: usize,
-        key: Bytes,
-        entry: Entry,
-    ) -> Result<(), crate::TierError> {
-        let layer = &self.layers[j];
-        let start = Instant::now();
-        let r = layer.tier.insert(key, entry).await;
-        layer.metrics.write_duration.record(start.elapsed());
-        match &r {
-            Ok(()) => layer.metrics.write_ok.increment(1),
-            Err(e) => match e.kind() {
-                crate::TierErrorKind::CircuitOpen | crate::TierErrorKind::Disabled => {
-                    layer.metrics.write_skipped.increment(1)
-                }
-                crate::TierErrorKind::Timeout => layer.metrics.write_timeout.increment(1),
-                _ => {
-                    layer.metrics.write_error.increment(1);
-                    tracing::debug!(cache = %self.name, tier = %layer.name, error = %e, "write failed");
-                }
-            },
-        }
-        r
+        job.publisher.publish(Err(e));
     }
 
     /// Call the origin directly: nothing is read from or written to any tier.
-    pub(crate) async fn load_bypassing(&self, loader: Loader<V>) -> LoadResult<V> {
-        let started = Instant::now();
-        let r = match self.opts.hard_timeout {
-            Some(hard) => match tokio::time::timeout(hard, (loader.0)()).await {
-                Ok(r) => r.map_err(|e| CacheError::Load(Arc::from(e))),
-                Err(_) => Err(CacheError::LoadTimeout(hard)),
-            },
-            None => (loader.0)().await.map_err(|e| CacheError::Load(Arc::from(e))),
-        };
-        self.metrics.load_duration.record(started.elapsed());
-        match &r {
-            Ok(Some(_)) => self.metrics.loads_ok.increment(1),
-            Ok(None) => self.metrics.loads_none.increment(1),
-            Err(CacheError::LoadTimeout(_)) => self.metrics.loads_timeout.increment(1),
-            Err(_) => self.metrics.loads_error.increment(1),
-        }
-        r.map(|v| v.map(Arc::new))
+    pub async fn load_bypassing(&self, loader: Loader<V>) -> LoadResult<V> {
+        self.call_origin((loader.0)()).await.0.map(|v| v.map(Arc::new))
+    }
+
+    /// Call a batch origin directly: nothing is read from or written to any tier.
+    pub async fn load_many_bypassing(
+        &self,
+        keys: Vec<Bytes>,
+        loader: BatchLoader<V>,
+    ) -> Result<HashMap<Bytes, V>, CacheError> {
+        self.call_origin((loader.0)(keys)).await.0
     }
 
     /// Take the fleet-wide lock, or wait (polling the tiers with backoff) for the holder's value.
-    async fn acquire_or_wait(&self, key: &Bytes, skip: u64) -> LockOutcome<V> {
-        let Some((lock, opts)) = &self.lock else { return LockOutcome::Proceed };
-        let deadline = Instant::now() + opts.wait;
+    async fn lock_or_wait(&self, key: &Bytes, skip: TierSet) -> Locked<V> {
+        let Some((lock, opts)) = self.lock() else { return Locked::Without };
+        // A wait too long to be an instant is no deadline at all.
+        let deadline = Instant::now().checked_add(opts.wait);
         let mut poll = opts.first_poll;
         loop {
             match lock.try_acquire(key, opts.ttl).await {
-                Ok(Some(token)) => return LockOutcome::Held(token),
+                Ok(Some(token)) => return Locked::Held(token),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::debug!(cache = %self.name, error = %e, "lock unavailable: loading without it");
-                    return LockOutcome::Proceed;
+                    tracing::debug!(cache = %self.name(), error = %e, "lock unavailable: loading without it");
+                    return Locked::Without;
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                tracing::debug!(cache = %self.name, "lock wait over: loading without it");
-                return LockOutcome::Proceed;
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                tracing::debug!(cache = %self.name(), "lock wait over: loading without it");
+                return Locked::Without;
             }
-            tokio::time::sleep(poll.min(deadline - now)).await;
-            poll = (poll * 2).min(opts.max_poll);
+            tokio::time::sleep(left.map_or(poll, |left| poll.min(left))).await;
+            poll = poll.saturating_mul(2).min(opts.max_poll);
             if let Some(value) = self.fresh_value(key, skip, Counting::Quiet).await {
-                return LockOutcome::Appeared(value);
+                return Locked::Appeared(value);
             }
         }
     }
-}
 
-enum LockOutcome<V> {
-    Held(LockToken),
-    Appeared(Option<Arc<V>>),
-    Proceed,
-}
-
-impl<V: CacheValue> Cache<V> {
-    /// Load `keys` with at most `concurrency` loads at once (start-up warming). Keys already
-    /// fresh in a tier are not loaded again. `progress` is called after each key.
-    pub async fn warm<I, K, F, Fut, E>(
-        &self,
-        keys: I,
-        concurrency: usize,
-        load: F,
-        progress: impl Fn(WarmProgress),
-    ) -> WarmReport
-    where
-        I: IntoIterator<Item = K>,
-        K: AsRef<[u8]>,
-        F: Fn(Bytes) -> Fut + Clone + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        let keys: Vec<Bytes> =
-            keys.into_iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
-        let total = keys.len();
-        let mut report = WarmReport::default();
-        let mut results = futures::stream::iter(keys)
-            .map(|key| {
-                let load = load.clone();
-                let k = key.clone();
-                async move { self.get_or_load(&key, move || load(k)).await }
-            })
-            .buffer_unordered(concurrency.max(1));
-        let mut done = 0;
-        while let Some(r) = results.next().await {
-            match r {
-                Ok(Some(_)) => report.loaded += 1,
-                Ok(None) => report.none += 1,
-                Err(_) => report.failed += 1,
-            }
-            done += 1;
-            progress(WarmProgress { done, total });
+    /// Release the fleet lock of `key` when held (a failed release is left to expire).
+    async fn unlock(&self, key: &Bytes, token: Option<LockToken>) {
+        let (Some(token), Some((lock, _))) = (token, self.lock()) else { return };
+        if let Err(e) = lock.release(key, &token).await {
+            tracing::debug!(cache = %self.name(), error = %e, "lock release failed (it expires)");
         }
-        report
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tier_core::{Cache, Codec, Entry, Meta, Tier, TierPolicy};
+use tier_core::spi::{Codec, Entry, Meta, Tier};
+use tier_core::{Cache, TierPolicy};
 
 pub const MINUTE: Duration = Duration::from_secs(60);
 
@@ -18,7 +19,7 @@ pub fn exact(fresh: Duration) -> TierPolicy {
 /// An envelope entry with the given absolute times.
 pub fn envelope_entry(value: &str, fresh_until: u64, stale_until: u64) -> Entry {
     let meta =
-        Meta { created_at: tier_core::now_ms(), fresh_until, stale_until, ..Meta::default() };
+        Meta { created_at: tier_core::spi::now_ms(), fresh_until, stale_until, ..Meta::default() };
     let bytes = Codec::default().encode(&meta, Some(&value.to_string())).expect("encode");
     Entry::from_envelope(bytes).expect("decode")
 }

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use tier_core::envelope::{decode_meta, decode_value};
-use tier_core::{now_ms, Codec, Entry, Lookup, Meta};
+use tier_core::spi::envelope::{decode_meta, decode_value};
+use tier_core::spi::{now_ms, Codec, Entry, Lookup, Meta};
 
 /// Never compress: values stay as large on disk as they look.
 pub const CODEC: Codec = Codec { compress_threshold: usize::MAX };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tier_core::{Codec, Entry, Meta};
+use tier_core::spi::{Codec, Entry, Meta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -127,7 +127,7 @@ pub async fn get(cache: &tier_core::Cache<String>, loads: &Loads, id: &str) -> S
 
 /// An envelope entry fresh for `fresh_ms` then stale until `stale_ms` from now.
 pub fn entry(value: &str, fresh_ms: i64, stale_ms: i64) -> Entry {
-    let now = tier_core::now_ms() as i64;
+    let now = tier_core::spi::now_ms() as i64;
     let meta = Meta {
         created_at: now as u64,
         fresh_until: (now + fresh_ms).max(0) as u64,
@@ -140,8 +140,8 @@ pub fn entry(value: &str, fresh_ms: i64, stale_ms: i64) -> Entry {
 /// The string value of an envelope entry.
 pub fn value_of(entry: &Entry) -> String {
     let bytes = entry.envelope().expect("envelope");
-    let (meta, at) = tier_core::envelope::decode_meta(bytes).unwrap();
-    tier_core::envelope::decode_value::<String>(bytes, &meta, at).unwrap().unwrap()
+    let (meta, at) = tier_core::spi::envelope::decode_meta(bytes).unwrap();
+    tier_core::spi::envelope::decode_value::<String>(bytes, &meta, at).unwrap().unwrap()
 }
 
 pub fn key(s: &str) -> Bytes {

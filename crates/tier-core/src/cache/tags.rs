@@ -1,0 +1,73 @@
+//! Tag stamps: what an entry is stamped with when it is written (a load stamps *before* its
+//! loader runs, so a tag invalidated during the load makes the value born invalid), and whether
+//! an entry's stamps are still current when it is read.
+
+use std::sync::Arc;
+
+use super::rule::TagVerdict;
+use crate::envelope::{Meta, TagStamp};
+use crate::error::CacheError;
+use crate::generations::GenerationStore;
+
+/// The generation-store tag that holds a namespace's version.
+pub(super) fn namespace_tag(cache: &str) -> String {
+    format!("\u{0}ns:{cache}")
+}
+
+/// A generation-store failure as the caller sees it.
+pub(super) fn store_failed(source: crate::error::TierError) -> CacheError {
+    CacheError::Tier { tier: "generations".into(), source }
+}
+
+/// A store that answered another number of generations than it was asked for.
+fn wrong_count(asked: usize, got: usize) -> crate::error::TierError {
+    crate::error::TierError::new(
+        crate::error::TierErrorKind::Other,
+        format!("asked for {asked} tag generations, the store answered {got}"),
+    )
+}
+
+/// The stamps of a value tagged `tags`: each tag with its current generation (`None` when
+/// untagged).
+pub(super) async fn stamp(
+    store: &dyn GenerationStore,
+    tags: &[Arc<str>],
+) -> Result<Option<Arc<[TagStamp]>>, CacheError> {
+    if tags.is_empty() {
+        return Ok(None);
+    }
+    let generations = store.current(tags).await.map_err(store_failed)?;
+    if generations.len() != tags.len() {
+        return Err(store_failed(wrong_count(tags.len(), generations.len())));
+    }
+    Ok(Some(
+        tags.iter()
+            .zip(generations)
+            .map(|(t, g)| TagStamp { tag: t.clone(), generation: g })
+            .collect(),
+    ))
+}
+
+/// Are the stamps of `meta` still their tags' current generations?
+pub(super) async fn verdict(store: &dyn GenerationStore, meta: &Meta, cache: &str) -> TagVerdict {
+    let tags = meta.tags();
+    if tags.is_empty() {
+        return TagVerdict::Untagged;
+    }
+    let names: Vec<Arc<str>> = tags.iter().map(|t| t.tag.clone()).collect();
+    match store.current(&names).await {
+        Ok(current) if current.len() != tags.len() => {
+            let e = wrong_count(tags.len(), current.len());
+            tracing::debug!(cache, error = %e, "tag generations unusable");
+            TagVerdict::Unknown
+        }
+        Ok(current) if tags.iter().zip(&current).all(|(t, g)| t.generation == *g) => {
+            TagVerdict::Current
+        }
+        Ok(_) => TagVerdict::Outdated,
+        Err(e) => {
+            tracing::debug!(cache, error = %e, "tag generations unavailable");
+            TagVerdict::Unknown
+        }
+    }
+}

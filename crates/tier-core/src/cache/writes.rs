@@ -1,0 +1,186 @@
+//! Tier writes: the one place where entries reach tiers and leave them, and the stripes that
+//! let invalidation win races.
+//!
+//! Keys are spread over [`STRIPES`] stripes, each a write sequence and a lock. `insert`,
+//! `invalidate` and `clear` hold the stripe exclusively and bump its sequence
+//! ([`Writer::write_through`], [`Writer::remove_everywhere`], [`Writer::clear_everywhere`]);
+//! background writers (a load's write-through, a backfill) hold it shared and write only if the
+//! sequence is still the one they saw before they read or loaded
+//! ([`Writer::write_if_unchanged`]). So once `invalidate(k)` returns, no tier holds a value of
+//! `k` written before it, and no tier is left with a value older than the last `insert(k)`.
+//! Removal goes lowest tier first, so an upper tier cannot be backfilled from a lower one in
+//! between.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::{RwLock, RwLockWriteGuard};
+
+use super::tiers::{ErrorClass, Tiers};
+use crate::entry::Entry;
+use crate::error::{CacheError, TierError};
+use crate::tier::Tier;
+
+/// How many stripes the key space is spread over.
+pub(super) const STRIPES: usize = 256;
+
+/// A share of the key space: a write sequence and a lock.
+#[derive(Default)]
+struct Stripe {
+    seq: AtomicU64,
+    lock: RwLock<()>,
+}
+
+/// The stripes of a hierarchy.
+pub(super) struct Stripes(Box<[Stripe]>);
+
+impl Default for Stripes {
+    fn default() -> Self {
+        Self((0..STRIPES).map(|_| Stripe::default()).collect())
+    }
+}
+
+impl Stripes {
+    fn of(&self, key: &[u8]) -> &Stripe {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in key {
+            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+        }
+        &self.0[h as usize % STRIPES]
+    }
+
+    /// The write sequence of `key`'s stripe.
+    pub fn seq(&self, key: &[u8]) -> u64 {
+        self.of(key).seq.load(Ordering::Acquire)
+    }
+
+    /// Mark a change of every key without waiting for writers (namespace moves, suspect marks:
+    /// writers that race simply write entries that are no longer reachable or fresh).
+    pub fn bump_all(&self) {
+        for s in self.0.iter() {
+            s.seq.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Hold `key`'s stripe exclusively and bump it.
+    async fn exclusive(&self, key: &[u8]) -> RwLockWriteGuard<'_, ()> {
+        let stripe = self.of(key);
+        let guard = stripe.lock.write().await;
+        stripe.seq.fetch_add(1, Ordering::AcqRel);
+        guard
+    }
+
+    /// Hold every stripe exclusively and bump them all (a clear).
+    async fn exclusive_all(&self) -> Vec<RwLockWriteGuard<'_, ()>> {
+        let mut guards = Vec::with_capacity(STRIPES);
+        for s in self.0.iter() {
+            guards.push(s.lock.write().await);
+            s.seq.fetch_add(1, Ordering::AcqRel);
+        }
+        guards
+    }
+}
+
+/// Keep the first real failure; a skipped tier (open breaker, disabled) is not one.
+fn first_failure(first: &mut Option<CacheError>, tier: &str, e: TierError) {
+    if first.is_none() && ErrorClass::of(&e) != ErrorClass::Skipped {
+        *first = Some(CacheError::Tier { tier: tier.to_string(), source: e });
+    }
+}
+
+/// Writes to the tiers of one hierarchy.
+pub(super) struct Writer<'a> {
+    pub cache: &'a str,
+    pub tiers: &'a Tiers,
+    pub stripes: &'a Stripes,
+}
+
+impl Writer<'_> {
+    /// Write one entry to tier `j`, counting the result.
+    async fn write_one(&self, j: usize, key: Bytes, entry: Entry) -> Result<(), TierError> {
+        let level = self.tiers.get(j);
+        let start = std::time::Instant::now();
+        let result = level.tier().insert(key, entry).await;
+        level.metrics().write_duration.record(start.elapsed());
+        level.count_write(self.cache, &result);
+        result
+    }
+
+    /// Write `entries` in the background of a read or load that saw sequence `seq`: only if no
+    /// insert or invalidation of the key came in between. Returns the tiers written.
+    pub async fn write_if_unchanged(
+        &self,
+        key: &Bytes,
+        seq: u64,
+        entries: Vec<(usize, Entry)>,
+    ) -> Vec<usize> {
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        let stripe = self.stripes.of(key);
+        let _shared = stripe.lock.read().await;
+        if stripe.seq.load(Ordering::Acquire) != seq {
+            return Vec::new();
+        }
+        let mut written = Vec::with_capacity(entries.len());
+        for (j, entry) in entries {
+            if self.write_one(j, key.clone(), entry).await.is_ok() {
+                written.push(j);
+            }
+        }
+        written
+    }
+
+    /// Write `entries` now (an insert): hold the key's stripe exclusively, bump it, try every
+    /// tier; returns the first failure.
+    pub async fn write_through(
+        &self,
+        key: &Bytes,
+        entries: Vec<(usize, Entry)>,
+    ) -> Result<(), CacheError> {
+        let _exclusive = self.stripes.exclusive(key).await;
+        let mut first = None;
+        for (j, entry) in entries {
+            if let Err(e) = self.write_one(j, key.clone(), entry).await {
+                first_failure(&mut first, self.tiers.get(j).name(), e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Remove a key from every tier, lowest first (only local tiers when `local_only`).
+    /// Returns the first failure; every tier is tried.
+    pub async fn remove_everywhere(&self, key: &Bytes, local_only: bool) -> Option<CacheError> {
+        let _exclusive = self.stripes.exclusive(key).await;
+        self.lowest_first(local_only, |tier| tier.remove(key)).await
+    }
+
+    /// Remove everything from every tier, lowest first (only local tiers when `local_only`).
+    /// Returns the first failure; every tier is tried.
+    pub async fn clear_everywhere(&self, local_only: bool) -> Option<CacheError> {
+        let _exclusive = self.stripes.exclusive_all().await;
+        self.lowest_first(local_only, |tier| tier.clear()).await
+    }
+
+    /// Run `op` on every tier (only local tiers when `local_only`), lowest first; the first
+    /// failure of an enabled tier.
+    async fn lowest_first<'t>(
+        &'t self,
+        local_only: bool,
+        op: impl Fn(&'t dyn Tier) -> BoxFuture<'t, Result<(), TierError>>,
+    ) -> Option<CacheError> {
+        let mut first = None;
+        for (_, level) in self.tiers.iter().rev() {
+            if local_only && level.is_shared() {
+                continue;
+            }
+            if let Err(e) = op(level.tier()).await {
+                if level.enabled() {
+                    first_failure(&mut first, level.name(), e);
+                }
+            }
+        }
+        first
+    }
+}

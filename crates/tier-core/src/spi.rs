@@ -1,0 +1,34 @@
+//! What a tier author needs: the [`Tier`] trait and what it reads and returns ([`Entry`],
+//! [`Lookup`], [`ReadyLookup`], [`ObjectEntry`], [`Storage`], [`TierError`]), the [`envelope`]
+//! codec of byte tiers, the fleet-state interfaces a shared store implements
+//! ([`GenerationStore`], [`Backplane`], [`DistributedLock`]), the layers a tier can be mounted
+//! in ([`TierLayer`], with the timeout and breaker wrappers), and the clock every envelope
+//! instant is read with ([`now_ms`]).
+//!
+//! A service that builds a [`Cache`](crate::Cache) needs none of this: the crate root (or the
+//! `tier` crate) has what it uses.
+
+pub use crate::backplane::{Backplane, BackplaneEvent, Invalidation};
+pub use crate::breaker::{BreakerLayer, BreakerTier, CircuitBreaker, Outcome, Permit};
+pub use crate::entry::{Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Value};
+pub use crate::envelope::{Codec, Meta, TagStamp};
+pub use crate::error::{TierError, TierErrorKind};
+pub use crate::generations::{GenerationStore, LocalGenerations};
+pub use crate::layer::{Mount, TierLayer};
+pub use crate::lock::{DistributedLock, LockToken};
+pub use crate::tier::{Tier, TierContext, TierStats};
+pub use crate::time::{after_ms, now_ms};
+pub use crate::timeout::{TimeoutLayer, TimeoutTier};
+
+/// The envelope: how an entry is stored in byte tiers (disk, Redis) — a fixed 40-byte header
+/// (magic and format version, flags, tag count, `created_at`, `fresh_until`, `stale_until`, load
+/// cost, payload length), the tag stamps, then the MessagePack payload, lz4-compressed when that
+/// saves space.
+///
+/// [`decode_meta`](envelope::decode_meta) accepts a buffer only when every length in it agrees
+/// with its size, so a truncated write, another service's JSON or an unknown version is a
+/// [`Decode`](TierErrorKind::Decode) error, never a panic or a wrong value;
+/// [`with_times`](envelope::with_times) rewrites the times without touching the payload.
+pub mod envelope {
+    pub use crate::envelope::*;
+}
