@@ -3,9 +3,11 @@
 //! 256 shards chosen by the hash's top 8 bits; inside a shard the next 48 bits are the key, and
 //! the value is 48 bits: the segment's id modulo 2^16 (live segment ids always span fewer than
 //! 2^16 consecutive ids, see `Writer::enforce_capacity`), the record's offset in 8-byte units
-//! (segments are at most 1 GiB, 27 bits), a "hit since written" bit and a "suspect" bit (damage
+//! (segments are at most 1 GiB, 27 bits), a "hit since written" bit, a "suspect" bit (damage
 //! found at open may have lost a record that replaced or removed this one: serve it only as
-//! stale). With hashbrown's one control byte
+//! stale) and, in 3 bits, how many 4 KiB pages the record spans (1 to 7; 0 for more), so that a
+//! read asks the kernel for the record's pages in one call, never more. With hashbrown's one
+//! control byte
 //! per bucket and its 7/8 load factor that is 13 bytes per bucket: 15 to 30 bytes per entry.
 //!
 //! The full key stays on disk and is compared on every read, so two keys with the same 56-bit
@@ -25,24 +27,41 @@ const SHARD_BITS: u32 = 8;
 const SHARDS: usize = 1 << SHARD_BITS;
 const HIT: u16 = 1 << 15;
 const SUSPECT: u16 = 1 << 14;
+/// The bits of `Slot::hi` that hold the pages a record spans.
+const SPAN_SHIFT: u32 = 11;
+const SPAN_MASK: u16 = 0b111 << SPAN_SHIFT;
+/// The page size reads are planned in (the kernel reads whole pages).
+pub const PAGE: u32 = 4096;
+/// The most pages a [`Loc`] can say a record spans (3 bits).
+pub const MAX_SPAN: u32 = 7;
 /// The bits of `Slot::hi` that hold offset bits 16..27.
 const OFFSET_HI: u16 = 0x07FF;
 
 /// Where a record is: segment id (low 16 bits) and byte offset (a multiple of 8, below 1 GiB),
 /// plus a "hit since written" bit used to give hot entries a second chance when their segment
-/// is reclaimed, and a "suspect" bit (served only as stale).
+/// is reclaimed, a "suspect" bit (served only as stale) and the pages the record spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
     pub seg: u16,
     pub offset: u32,
     pub hit: bool,
     pub suspect: bool,
+    /// How many pages (of [`PAGE`] bytes) the record spans, from the page holding its first
+    /// byte: 1 to [`MAX_SPAN`]; 0 when more, or not known.
+    pub span: u8,
 }
 
 impl Loc {
-    /// A location without the hit and suspect bits.
+    /// A location without the hit and suspect bits, and no span.
     pub fn new(seg: u32, offset: u32) -> Self {
-        Self { seg: seg as u16, offset, hit: false, suspect: false }
+        Self { seg: seg as u16, offset, hit: false, suspect: false, span: 0 }
+    }
+    /// The location of a record of `len` bytes (padding included) at `offset` of `seg`.
+    pub fn record(seg: u32, offset: u32, len: usize) -> Self {
+        let last = (u64::from(offset) + len.max(1) as u64 - 1) / u64::from(PAGE);
+        let pages = last - u64::from(offset / PAGE) + 1;
+        let span = if pages <= u64::from(MAX_SPAN) { pages as u8 } else { 0 };
+        Self { span, ..Self::new(seg, offset) }
     }
     /// True when both name the same record (hit bit ignored).
     pub fn same_place(self, other: Loc) -> bool {
@@ -50,7 +69,7 @@ impl Loc {
     }
 }
 
-/// A slot's value: `hi` = hit bit | suspect bit | offset/8 bits 16..27, `seg` = segment id mod
+/// A slot's value: `hi` = hit bit | suspect bit | span (3 bits) | offset/8 bits 16..27, `seg` = segment id mod
 /// 2^16, `lo` = offset/8 bits 0..16. Only `hi`'s hit bit changes under a read lock.
 struct Slot {
     hi: AtomicU16,
@@ -63,14 +82,16 @@ impl Slot {
         let units = loc.offset / RECORD_ALIGN as u32;
         let hi = ((units >> 16) as u16 & OFFSET_HI)
             | if loc.hit { HIT } else { 0 }
-            | if loc.suspect { SUSPECT } else { 0 };
+            | if loc.suspect { SUSPECT } else { 0 }
+            | (u16::from(loc.span) << SPAN_SHIFT) & SPAN_MASK;
         Self { hi: AtomicU16::new(hi), seg: loc.seg, lo: units as u16 }
     }
     fn loc(&self) -> Loc {
         let hi = self.hi.load(Ordering::Relaxed);
         let units = (u32::from(hi & OFFSET_HI) << 16) | u32::from(self.lo);
         let offset = units * RECORD_ALIGN as u32;
-        Loc { seg: self.seg, offset, hit: hi & HIT != 0, suspect: hi & SUSPECT != 0 }
+        let span = ((hi & SPAN_MASK) >> SPAN_SHIFT) as u8;
+        Loc { seg: self.seg, offset, hit: hi & HIT != 0, suspect: hi & SUSPECT != 0, span }
     }
 }
 
@@ -259,13 +280,19 @@ mod tests {
     fn pack_roundtrip_and_conditional_updates() {
         assert_eq!(std::mem::size_of::<(Key, Slot)>(), 12);
         for loc in [
-            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: true, suspect: true },
-            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: false, suspect: false },
-            Loc { seg: 0, offset: 0, hit: false, suspect: true },
-            Loc { seg: 7, offset: 123_456 * 8, hit: true, suspect: false },
+            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: true, suspect: true, span: 7 },
+            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: false, suspect: false, span: 0 },
+            Loc { seg: 0, offset: 0, hit: false, suspect: true, span: 1 },
+            Loc { seg: 7, offset: 123_456 * 8, hit: true, suspect: false, span: 5 },
         ] {
             assert_eq!(Slot::new(loc).loc(), loc);
         }
+        // Pages spanned, from the page of the first byte.
+        assert_eq!(Loc::record(1, 0, 4096).span, 1);
+        assert_eq!(Loc::record(1, 8, 4096).span, 2);
+        assert_eq!(Loc::record(1, 4088, 16).span, 2);
+        assert_eq!(Loc::record(1, 4096, 7 * 4096).span, 7);
+        assert_eq!(Loc::record(1, 4104, 7 * 4096).span, 0, "8 pages: not kept");
         let idx = Index::default();
         let a = Loc::new(1, 64);
         let b = Loc::new(2, 8);

@@ -31,11 +31,12 @@
 //!   the segment's readable length is published, then the index points at it. Readers only read
 //!   below the readable length, so no reader sees a torn record. A write that fails part way is
 //!   overwritten with zeros, so no half record is left after the written part.
-//! - **Nothing is read outside what was validated; no SIGBUS.** Recovery and the inspector read
-//!   segment files with `pread` (a hole reads as zeros, even on a full tmpfs), never through a
-//!   mapping. Only records so validated, and records this process wrote whole, are read through
-//!   the mapping: pages that exist. Mappings never extend past a file's length, and the tier
-//!   never truncates a segment it maps. Appends are system calls, so a full disk is an error.
+//! - **Nothing is read outside what was validated; no SIGBUS.** Recovery, the inspector and
+//!   lookups read segment files with `pread` (a hole reads as zeros, even on a full tmpfs).
+//!   Only records so validated, and records this process wrote whole, are read through the
+//!   mapping (by the writer: reclaim, removals): pages that exist. Mappings never extend past
+//!   a file's length, and the tier never truncates a segment it maps. Appends are system
+//!   calls, so a full disk is an error.
 //! - **A full disk shows at rotation.** Segments are reserved whole with `fallocate` when
 //!   created (sparse where the file system lacks it); a full disk fails the creation of the next
 //!   segment — an `Io` error for that write, and every later write tries again — never a write
@@ -78,11 +79,29 @@
 //!
 //! ## Blocking
 //!
-//! Tier calls do their file I/O inline: a hit is a read from a mapping of a page-cache-warm
-//! file (well under a microsecond for 1 KiB), an insert one `pwrite` into the page cache (plus
-//! an `fdatasync` with [`FlushPolicy::Always`]). Moving each call to `spawn_blocking` was
-//! measured to cost ~15–30 µs, many times the work it moves, so it is not done. Opening
-//! (recovery) and segment rotation do more; open from a blocking context on a busy runtime.
+//! No tier call waits for the device on the caller's thread (an async runtime's worker):
+//!
+//! - **Reads** use `pread` into a buffer, never the mapping (a page fault on a cold page holds
+//!   the thread for the whole device read). `preadv2(RWF_NOWAIT)` copies what the page cache
+//!   holds and never waits, so a warm hit is answered inline; the bytes it could not get are
+//!   read by one of the tier's read threads ([`DiskTierBuilder::read_threads`], behind a
+//!   bounded queue, [`DiskTierBuilder::read_queue`]); when those are full the lookup fails at
+//!   once with a partial `Timeout` (a miss of this tier for the hierarchy; its breaker does not
+//!   count it). The index keeps how many pages a record spans, so a read asks for the record's
+//!   pages and no more, and segment files are advised `POSIX_FADV_RANDOM` (mappings
+//!   `MADV_RANDOM`): a cold hit reads its pages from the device, not a read-ahead window. On a
+//!   file system without `RWF_NOWAIT`, tmpfs reads inline and any other goes to the threads.
+//! - **Writes** (insert, remove, clear) run in order on the tier's writer thread, which also
+//!   rotates segments (`fallocate`), reclaims the oldest one and syncs per the
+//!   [`FlushPolicy`]; a write returns once done and published. Its queue is bounded: a full
+//!   queue makes writers wait (asynchronously).
+//! - **Opening** (recovery) reads every segment: call [`DiskTierBuilder::build`] from a
+//!   blocking context on a busy runtime. [`DiskTier::flush`], [`DiskTier::get_raw`] and
+//!   dropping the tier (which finishes the writes sent, then syncs) are blocking calls too.
+//!
+//! Every hit costs one system call more than a read from a mapping (~0.3 µs for 1 KiB), and a
+//! write a hand-over to the writer thread and back; a cold hit costs its device read and two
+//! thread hand-overs, on no runtime thread.
 //!
 //! ## Inspection
 //!
@@ -106,6 +125,7 @@
 //! | `tier_disk_recovery_suspect_total` | counter | cache, tier | entries found at open that damage could have superseded (served only as stale, or dropped) |
 //! | `tier_disk_recovery_bytes_total` | counter | cache, tier | bytes scanned at open |
 //! | `tier_disk_recovery_seconds` | gauge | cache, tier | how long the last open took |
+//! | `tier_disk_reads_total` | counter | cache, tier, path = `page_cache` / `pool` / `rejected` | records read for lookups: inline from the page cache, on the read threads, or refused (threads and queue full: a timeout) |
 //!
 //! The first two are tier-core's names ([`tier_core::metrics`]). Recovery runs before the tier
 //! knows its labels, so the recovery figures are emitted once, on the first `attach`;
@@ -125,6 +145,8 @@ mod index;
 mod inspect;
 mod metrics;
 mod open;
+mod pool;
+mod read;
 mod replay;
 mod report;
 mod scan;
@@ -134,6 +156,7 @@ mod store;
 mod survey;
 mod tier;
 mod writer;
+mod writes;
 
 pub use builder::DiskTierBuilder;
 pub use config::{FlushPolicy, RecoveryMode, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
@@ -142,7 +165,7 @@ pub use error::DiskError;
 pub use format::{RecordKind, MAX_KEY_LEN};
 pub use inspect::DiskInspector;
 pub use metrics::{
-    RECOVERY_BYTES, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS, RECOVERY_SUSPECT,
+    READS, RECOVERY_BYTES, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS, RECOVERY_SUSPECT,
 };
 pub use report::{
     DiskStats, RawRecord, RecordInfo, RecoveryReport, SegmentDamage, StateReport, StrayFile,
