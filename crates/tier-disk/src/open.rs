@@ -60,6 +60,7 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     for (c, end) in found.segments.iter().zip(&replayed.ends) {
         if let Some(seg) = segments.get(c.id as u16) {
             seg.set_readable(end.end);
+            seg.advise_random(); // scanned in order; read at random from now on
         }
     }
     let all = findings(&found.segments, &replayed.ends, high_water);

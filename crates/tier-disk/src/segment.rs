@@ -53,7 +53,9 @@ impl Segment {
             reserve(&file, 0, size)?;
             let size32 = u32::try_from(size).map_err(io::Error::other)?;
             file.write_all_at(&segment_header(id, size32, prev), 0)?;
-            Self::with_file(id, file, size, SEGMENT_HEADER_LEN as u64)
+            let seg = Self::with_file(id, file, size, SEGMENT_HEADER_LEN as u64)?;
+            seg.advise_random();
+            Ok(seg)
         })();
         if made.is_err() {
             let _ = dir.remove(&name);
@@ -79,10 +81,6 @@ impl Segment {
             // go below `readable`, over pages that were written (see the type's invariant).
             unsafe { MmapOptions::new().len(len).map(&file)? }
         };
-        // Reads are random: a cold read must fetch its record's pages, not the device's
-        // read-ahead window (megabytes on some devices). Advice only: a failure changes nothing.
-        let _ = map.advise(Advice::Random);
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random);
         Ok(Self {
             id,
             file,
@@ -164,6 +162,15 @@ impl Segment {
         #[allow(clippy::unnecessary_cast)] // `f_type`'s type differs between targets
         rustix::fs::fstatfs(&self.file)
             .is_ok_and(|s| matches!(s.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC))
+    }
+
+    /// Tell the kernel that the segment is read at random from now on (lookups): a cold read
+    /// must fetch its record's pages, not the device's read-ahead window (megabytes on some
+    /// devices). Not before recovery has scanned it in order. Advice only: a failure changes
+    /// nothing.
+    pub fn advise_random(&self) {
+        let _ = self.map.advise(Advice::Random);
+        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::Random);
     }
 
     /// Tell the kernel the whole segment is about to be read in order (before a reclaim scans
