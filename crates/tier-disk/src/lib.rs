@@ -13,9 +13,9 @@
 //! created) then records `header (crc32, kind, key length, value length, key hash, stale_until)
 //! | key | envelope`, 8-byte aligned; the CRC covers header, key and envelope. Kinds: value,
 //! tombstone, clear marker, suspect marker. Records are appended with `pwrite`; the mapping is
-//! only ever read. The index maps a key's hash to (segment, offset): 12 bytes per slot (15 to
-//! 30 bytes per entry with the hash table's overhead), with the key kept on disk and compared
-//! on every read.
+//! only ever read. The index maps a key's hash to (segment, offset, length): 12 bytes per slot
+//! (15 to 30 bytes per entry with the hash table's overhead), with the key kept on disk and
+//! compared on every read.
 //!
 //! ## Modules
 //!
@@ -87,8 +87,8 @@
 //!   read by one of the tier's read threads ([`DiskTierBuilder::read_threads`], behind a
 //!   bounded queue, [`DiskTierBuilder::read_queue`]); when those are full the lookup fails at
 //!   once with a partial `Timeout` (a miss of this tier for the hierarchy; its breaker does not
-//!   count it). The index keeps how many pages a record spans, so a read asks for the record's
-//!   pages and no more, and segment files are advised `POSIX_FADV_RANDOM` (mappings
+//!   count it). The index keeps each record's length, so a read asks for the record's bytes
+//!   and no more, and segment files are advised `POSIX_FADV_RANDOM` (mappings
 //!   `MADV_RANDOM`): a cold hit reads its pages from the device, not a read-ahead window. On a
 //!   file system without `RWF_NOWAIT`, tmpfs reads inline and any other goes to the threads.
 //! - **Writes** (insert, remove, clear) run in order on the tier's writer thread, which also

@@ -6,9 +6,9 @@
 //! `preadv2(RWF_NOWAIT)`, which copies what the page cache holds and never waits: a warm hit
 //! is answered inline. Whatever is not cached goes to the [`ReadPool`]; a full pool is a
 //! `Timeout` error at once (the hierarchy reads it as a miss of this tier), counted in
-//! `tier_disk_reads_total{path="rejected"}`. The index says how many pages a record spans, so
-//! one call asks for exactly the record's pages; only a record of more than
-//! [`MAX_SPAN`] pages takes a second call, once its header says its length.
+//! `tier_disk_reads_total{path="rejected"}`. The index keeps the record's length (to 63 bytes
+//! more), so one call asks for the record's bytes and no more; only a record longer than the
+//! index can say ([`MAX_KNOWN_LEN`]) takes a second call, once its header says its length.
 
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -18,7 +18,7 @@ use tier_core::{TierError, TierErrorKind};
 use tokio::sync::oneshot;
 
 use crate::format::claimed_len;
-use crate::index::{Loc, MAX_SPAN, PAGE};
+use crate::index::{Loc, MAX_KNOWN_LEN};
 use crate::metrics::Metrics;
 use crate::pool::ReadPool;
 use crate::segment::Segment;
@@ -147,12 +147,11 @@ fn saturated() -> TierError {
     .partial()
 }
 
-/// Where the first read of the record at `loc` ends: the end of the last page it spans, or
-/// [`MAX_SPAN`] pages when the index does not say; never past the readable part.
+/// Where the first read of the record at `loc` ends: the end of the record when the index knows
+/// its length, else [`MAX_KNOWN_LEN`] bytes on; never past the readable part.
 fn planned_end(loc: Loc, readable: u64) -> u64 {
-    let first_page = u64::from(loc.offset / PAGE);
-    let pages = if loc.span == 0 { u64::from(MAX_SPAN) } else { u64::from(loc.span) };
-    ((first_page + pages) * u64::from(PAGE)).min(readable)
+    let len = if loc.len == 0 { MAX_KNOWN_LEN } else { loc.len };
+    (u64::from(loc.offset) + u64::from(len)).min(readable)
 }
 
 #[cfg(test)]
@@ -205,14 +204,13 @@ mod tests {
     }
 
     #[test]
-    fn a_read_asks_for_the_record_pages_only() {
-        // 100 bytes at 4000: pages 0 and 1.
-        assert_eq!(planned_end(Loc::record(1, 4000, 100), 1 << 20), 8192);
-        // Within one page.
-        assert_eq!(planned_end(Loc::record(1, 64, 100), 1 << 20), 4096);
+    fn a_read_asks_for_the_record_bytes_only() {
+        assert_eq!(planned_end(Loc::record(1, 4000, 104), 1 << 20), 4104);
+        // Long records: rounded up to 64 bytes.
+        assert_eq!(planned_end(Loc::record(1, 0, 16_440), 1 << 20), 16_448);
         // Never past the readable part.
-        assert_eq!(planned_end(Loc::record(1, 64, 100), 200), 200);
-        // Longer than the index can say: MAX_SPAN pages first.
-        assert_eq!(planned_end(Loc::record(1, 0, 1 << 20), 1 << 30), u64::from(MAX_SPAN * PAGE));
+        assert_eq!(planned_end(Loc::record(1, 64, 104), 100), 100);
+        // Longer than the index can say: MAX_KNOWN_LEN bytes first.
+        assert_eq!(planned_end(Loc::record(1, 0, 1 << 20), 1 << 30), u64::from(MAX_KNOWN_LEN));
     }
 }
