@@ -96,9 +96,9 @@ impl Store {
         let mut value = if header.value_len < SHARE_FROM {
             Bytes::copy_from_slice(&record[value_at..value_end])
         } else {
-            // Large: keep the buffer (header and key are a small part of it) rather than copy.
+            // Large: keep the buffer (header, key and at most 63 bytes more are a small part of
+            // it) rather than copy.
             record.truncate(value_end);
-            record.shrink_to_fit();
             Bytes::from(record).slice(value_at..value_end)
         };
         if loc.suspect {
