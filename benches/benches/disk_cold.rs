@@ -25,7 +25,7 @@
 //!
 //! Then **reopen**: a directory of `TIER_COLD_REOPEN_RECORDS` small records (128-byte values),
 //! opened with the page cache dropped (under a larger limit, so that the index fits), with the
-//! index bytes per entry; and opened again, warm.
+//! index bytes per entry; and opened again, with what the page cache kept.
 //!
 //! Knobs (environment): `TIER_COLD_LIMIT_MIB` (256), `TIER_COLD_DATA_MIB` (2304),
 //! `TIER_COLD_SECONDS` per read phase (4), `TIER_COLD_DIR` (the system's temporary
@@ -670,7 +670,7 @@ fn reopen(rt: &Runtime, k: &Knobs) {
         started.elapsed().as_secs_f64()
     );
     drop(tier);
-    for round in ["cold (page cache dropped)", "warm"] {
+    for round in ["cold (page cache dropped)", "again (what the page cache kept)"] {
         if round.starts_with("cold") {
             drop_cached(dir.path());
         }

@@ -91,7 +91,9 @@ impl DiskTierBuilder {
     /// lock, recover its records (per the [`RecoveryMode`]) and its state file, and get a
     /// segment ready for writes.
     ///
-    /// Blocking: recovery reads every segment (about 1 GiB/s with a warm page cache). From
+    /// Blocking: recovery reads every segment (about 1 GiB/s of large records with a warm page
+    /// cache; with small records the work per record dominates: 10M records of 128-byte values,
+    /// 2.1 GiB, took 32 s to reopen on a loaded 2-core machine, 3.2 µs a record). From
     /// async code on a busy runtime, consider `tokio::task::spawn_blocking`.
     pub fn build(self) -> Result<DiskTier, DiskError> {
         self.cfg.validate()?;
