@@ -79,6 +79,8 @@ pub struct CheckReport {
     pub stale_older: usize,
     /// Reads that returned an error.
     pub failed_reads: usize,
+    /// The failed reads by error (digits as `#`, cut at 100 characters), most first.
+    pub read_errors: Vec<(String, usize)>,
     /// Writes and invalidations whose cache call failed (not acknowledged: no promise).
     pub failed_writes: usize,
     /// Reads of a version no record names (its writer was killed before recording it).
@@ -120,14 +122,16 @@ pub fn check(records: &[Record], faults: &[Fault], versions: &[u64], delta_us: u
     let mut reads: Vec<&Record> = records.iter().filter(|r| r.op == Op::Read).collect();
     reads.sort_by_key(|r| r.start_us);
     report.reads = reads.len();
+    let mut read_errors: HashMap<String, usize> = HashMap::new();
     for read in reads {
         if read.stale {
             report.stale += 1;
         }
         let Some(key) = read.key else { continue };
         let found = match &read.outcome {
-            Outcome::Error(_) => {
+            Outcome::Error(e) => {
                 report.failed_reads += 1;
+                *read_errors.entry(error_class(e)).or_default() += 1;
                 continue;
             }
             Outcome::Ok => Some(ViolationKind::Garbled),
@@ -180,7 +184,28 @@ pub fn check(records: &[Record], faults: &[Fault], versions: &[u64], delta_us: u
             });
         }
     }
+    report.read_errors = most_first(read_errors);
     report
+}
+
+/// An error text with its numbers (ports, counts) as `#`, cut at 100 characters.
+fn error_class(e: &str) -> String {
+    let mut class = String::new();
+    for c in e.chars().take(100) {
+        if !c.is_ascii_digit() {
+            class.push(c);
+        } else if !class.ends_with('#') {
+            class.push('#');
+        }
+    }
+    class
+}
+
+/// Counts, most first (ties by name).
+fn most_first(counts: HashMap<String, usize>) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
 }
 
 /// The last fault that started before `at`, and how long before.
@@ -228,9 +253,7 @@ impl CheckReport {
         for v in &self.violations {
             *by.entry(v.bucket()).or_default() += 1;
         }
-        let mut by: Vec<(String, usize)> = by.into_iter().collect();
-        by.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        by
+        most_first(by)
     }
 }
 
@@ -252,6 +275,9 @@ impl fmt::Display for CheckReport {
         }
         for v in self.examples(5) {
             writeln!(f, "  e.g. {}", v.describe())?;
+        }
+        for (error, n) in self.read_errors.iter().take(5) {
+            writeln!(f, "  {n:>6}  failed reads: {error}")?;
         }
         Ok(())
     }

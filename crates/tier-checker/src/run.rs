@@ -99,6 +99,12 @@ pub async fn run(config: &RunConfig) -> Result<CheckReport, HarnessError> {
         tag_size: config.space.tag_size,
         seed: config.seed,
     };
+    let ports: Vec<String> = (0..redis.len())
+        .zip(redis.node_urls())
+        .map(|(i, url)| format!("server port {} behind proxy {url}\n", redis.port(i)))
+        .collect();
+    std::fs::write(dir.join("servers.txt"), ports.concat())
+        .context(|| "write servers.txt".into())?;
     let mut fleet = Fleet::start(args, &dir, config.nodes).await?;
 
     let mut injector = Injector::new();
@@ -140,6 +146,14 @@ pub async fn run(config: &RunConfig) -> Result<CheckReport, HarnessError> {
     fleet.check_alive()?;
     fleet.stop().await?;
 
+    let faults: Vec<String> = injector
+        .faults()
+        .iter()
+        .map(|f| serde_json::to_string(f).map(|line| line + "\n"))
+        .collect::<Result<_, _>>()
+        .context(|| "encode the faults".into())?;
+    std::fs::write(dir.join("faults.jsonl"), faults.concat())
+        .context(|| "write faults.jsonl".into())?;
     let versions = origin.versions(config.space).await?;
     let mut records = Vec::new();
     for path in fleet.histories() {

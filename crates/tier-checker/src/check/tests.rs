@@ -179,13 +179,21 @@ fn values_never_written_none_and_garbled_are_flagged() {
 fn failed_reads_are_counted_and_unrecorded_versions_not_judged() {
     let h = vec![
         read("b", 0, 10_000, Outcome::Error("tier generations failed: unavailable".into())),
+        read("b", 0, 15_000, Outcome::Error("master 127.0.0.1:7001 is open".into())),
         // v2 is in the origin but no record names it (its writer was killed mid-operation).
         read("b", 0, 20_000, v(2, "a")),
     ];
     let report = check(&h, &[], &[2], DELTA);
     assert_eq!(report.violations, vec![]);
-    assert_eq!((report.failed_reads, report.unrecorded), (1, 1));
-    assert!(report.figure_line().ends_with("failed_reads=1"));
+    assert_eq!((report.failed_reads, report.unrecorded), (2, 1));
+    assert_eq!(
+        report.read_errors,
+        vec![
+            ("master #.#.#.#:# is open".into(), 1),
+            ("tier generations failed: unavailable".into(), 1)
+        ]
+    );
+    assert!(report.figure_line().ends_with("failed_reads=2"));
 }
 
 #[test]
