@@ -247,6 +247,19 @@ impl CheckReport {
         )
     }
 
+    /// `Older` violations by how long after the acknowledgement the read started: up to
+    /// 250 ms (slow propagation), up to 1 s, longer (the old value stayed).
+    pub fn lags(&self) -> [usize; 3] {
+        let mut lags = [0; 3];
+        for v in &self.violations {
+            if let Some((x, _)) = &v.cause {
+                let lag = v.read.start_us.saturating_sub(x.end_us);
+                lags[usize::from(lag > 250_000) + usize::from(lag > 1_000_000)] += 1;
+            }
+        }
+        lags
+    }
+
     /// Violations per cause bucket, most first.
     pub fn breakdown(&self) -> Vec<(String, usize)> {
         let mut by: HashMap<String, usize> = HashMap::new();
@@ -269,6 +282,12 @@ impl fmt::Display for CheckReport {
             self.failed_writes,
             self.stale_older,
             self.unrecorded
+        )?;
+        let [near, mid, far] = self.lags();
+        writeln!(
+            f,
+            "  older reads by time since the acknowledgement: <=250 ms {near}, <=1 s {mid}, \
+             >1 s {far}"
         )?;
         for (bucket, n) in self.breakdown() {
             writeln!(f, "  {n:>6}  {bucket}")?;

@@ -13,7 +13,7 @@
 //! | [`check`] | the checker over merged histories, and its report |
 //! | [`space`], [`workload`], [`origin`] | the key space and values, a node's steps, the origin |
 //! | [`proxy`], [`servers`], [`nodes`], [`faults`] | the run's parts and the faults done to them |
-//! | [`run`] | one run, start to report |
+//! | [`mod@run`] | one run, start to report |
 
 pub mod check;
 pub mod error;

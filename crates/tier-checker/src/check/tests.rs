@@ -71,6 +71,7 @@ fn an_older_value_after_an_acknowledged_invalidation_is_flagged() {
     let (cause, version) = report.violations[0].cause.clone().unwrap();
     assert_eq!((cause.op, version), (Op::Invalidate, 3));
     assert!(report.to_string().contains("older after no fault / invalidate"));
+    assert_eq!(report.lags(), [0, 1, 0], "289 ms after the acknowledgement");
 }
 
 #[test]
