@@ -107,7 +107,7 @@ pub enum FaultKind {
     Kill,
     /// `CLIENT KILL TYPE pubsub` and `CLIENT KILL TYPE normal` on every cache Redis server.
     ClientKill,
-    /// A cache Redis server killed and restarted with its data (AOF, `appendfsync always`).
+    /// A cache Redis server killed and restarted with its data (its AOF).
     RedisRestart,
     /// A cache Redis server killed and restarted without its data.
     RedisRestartNopersist,
