@@ -138,8 +138,67 @@ async fn pipe(
             }
         }
     };
+    // The cut first: nothing that arrives after a drop is forwarded.
     tokio::select! {
-        _ = async { tokio::join!(read, write) } => {}
+        biased;
         _ = cut_off => {}
+        _ = async { tokio::join!(read, write) } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// An echo server on a free loopback port.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Send `ping` and read it back; `None` when the connection is closed.
+    async fn round_trip(s: &mut TcpStream) -> Option<Duration> {
+        let start = std::time::Instant::now();
+        s.write_all(b"ping").await.ok()?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.ok()?;
+        assert_eq!(&buf, b"ping");
+        Some(start.elapsed())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_proxy_forwards_delays_replies_and_drops_connections() {
+        let proxy = FaultProxy::start(echo().await).await.unwrap();
+        let to_proxy = || TcpStream::connect(("127.0.0.1", proxy.port()));
+        let mut s = to_proxy().await.unwrap();
+        assert!(round_trip(&mut s).await.is_some());
+
+        proxy.set_delay(Duration::from_millis(200));
+        let slow = round_trip(&mut s).await.unwrap();
+        assert!(slow >= Duration::from_millis(200), "{slow:?}");
+        proxy.set_delay(Duration::ZERO);
+        assert!(round_trip(&mut s).await.unwrap() < Duration::from_millis(200));
+
+        proxy.drop_all(true);
+        assert!(round_trip(&mut s).await.is_none(), "the open connection is dropped");
+        let mut refused = to_proxy().await.unwrap();
+        assert!(round_trip(&mut refused).await.is_none(), "a new one is closed at once");
+        proxy.accept();
+        let mut again = to_proxy().await.unwrap();
+        assert!(round_trip(&mut again).await.is_some());
     }
 }
