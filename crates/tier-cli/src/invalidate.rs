@@ -99,7 +99,7 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         let removed =
             tier.clear_prefix(under.as_bytes()).await.map_err(|e| fail("everything", &e))?;
         backplane
-            .publish(&args.cache, &Invalidation::Clear)
+            .publish(&args.cache, &Invalidation::Clear { at: tier_core::spi::now_ms() })
             .await
             .map_err(|e| fail("everything", &e))?;
         out.kind = "clear";

@@ -287,9 +287,11 @@ pub struct LocalBackplane {
 }
 
 impl LocalBackplane {
-    /// Tell this node's subscribers that the connection was lost and is back.
+    /// Tell this node's subscribers that messages may have been missed
+    /// ([`BackplaneEvent::Gap`](crate::spi::BackplaneEvent::Gap)), as a log-less backplane does
+    /// after its connection was lost and is back.
     pub fn simulate_reconnect(&self) {
-        let _ = self.tx.send(crate::backplane::BackplaneEvent::Reconnected);
+        let _ = self.tx.send(crate::backplane::BackplaneEvent::Gap);
     }
 }
 
@@ -299,17 +301,18 @@ impl crate::backplane::Backplane for LocalBackplane {
         &self,
         cache: &str,
         what: &crate::backplane::Invalidation,
-    ) -> Result<(), TierError> {
+    ) -> Result<Option<crate::backplane::LogPosition>, TierError> {
         let nodes = self.hub.nodes.lock().unwrap_or_else(|p| p.into_inner());
         for (id, tx) in nodes.iter() {
             if *id != self.id {
                 let _ = tx.send(crate::backplane::BackplaneEvent::Invalidate {
                     cache: cache.to_string(),
                     what: what.clone(),
+                    position: None,
                 });
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::backplane::BackplaneEvent> {

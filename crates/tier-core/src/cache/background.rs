@@ -47,11 +47,11 @@ fn listen<V: CacheValue>(
             let event = rx.recv().await;
             let Some(hierarchy) = weak.upgrade() else { return };
             match event {
-                Ok(BackplaneEvent::Invalidate { cache, what }) if cache == hierarchy.name() => {
+                Ok(BackplaneEvent::Invalidate { cache, what, .. }) if cache == hierarchy.name() => {
                     hierarchy.apply_remote(what).await;
                 }
-                Ok(BackplaneEvent::Invalidate { .. }) => {}
-                Ok(BackplaneEvent::Reconnected) => hierarchy.recover("backplane reconnected").await,
+                Ok(BackplaneEvent::Invalidate { .. } | BackplaneEvent::Confirmed { .. }) => {}
+                Ok(BackplaneEvent::Gap) => hierarchy.recover("backplane gap").await,
                 Err(RecvError::Lagged(n)) => {
                     let why = format!("{n} backplane messages dropped (slow consumer)");
                     hierarchy.recover(&why).await
@@ -72,12 +72,17 @@ impl<V: CacheValue> Hierarchy<V> {
                     tracing::warn!(cache = %self.name(), error = %e, "remote invalidation failed on a local tier");
                 }
             }
-            Invalidation::Tag(tag) => self.generations().remote_bump(&tag),
+            Invalidation::Written { key, .. } => {
+                if let Some(e) = self.writer().remove_everywhere(&key, true).await {
+                    tracing::warn!(cache = %self.name(), error = %e, "remote insert notice failed on a local tier");
+                }
+            }
+            Invalidation::Tag(tag) => self.generations().remote_bump(&tag, None),
             Invalidation::Namespace(v) => {
                 self.keys().set_version(v);
                 self.stripes().bump_all();
             }
-            Invalidation::Clear => {
+            Invalidation::Clear { .. } => {
                 if let Some(e) = self.writer().clear_everywhere(true).await {
                     tracing::warn!(cache = %self.name(), error = %e, "remote clear failed on a local tier");
                 }
@@ -96,7 +101,7 @@ impl<V: CacheValue> Hierarchy<V> {
                     tracing::warn!(cache = %self.name(), error = %e, "clearing local tiers failed");
                 }
             }
-            ReconnectPolicy::MarkStale => {
+            ReconnectPolicy::MarkStale | ReconnectPolicy::CatchUp => {
                 tracing::warn!(cache = %self.name(), reason = why, "backplane gap: local entries marked stale");
                 self.stripes().bump_all();
                 self.fleet().mark_local_suspect(now_ms());

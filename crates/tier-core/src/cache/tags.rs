@@ -27,8 +27,8 @@ fn wrong_count(asked: usize, got: usize) -> crate::error::TierError {
     )
 }
 
-/// The stamps of a value tagged `tags`: each tag with its current generation (`None` when
-/// untagged).
+/// The stamps of a value tagged `tags`: each tag with its current generation, created when
+/// missing (`None` when untagged).
 pub(super) async fn stamp(
     store: &dyn GenerationStore,
     tags: &[Arc<str>],
@@ -36,7 +36,7 @@ pub(super) async fn stamp(
     if tags.is_empty() {
         return Ok(None);
     }
-    let generations = store.current(tags).await.map_err(store_failed)?;
+    let generations = store.stamp(tags).await.map_err(store_failed)?;
     if generations.len() != tags.len() {
         return Err(store_failed(wrong_count(tags.len(), generations.len())));
     }
@@ -61,10 +61,13 @@ pub(super) async fn verdict(store: &dyn GenerationStore, meta: &Meta, cache: &st
             tracing::debug!(cache, error = %e, "tag generations unusable");
             TagVerdict::Unknown
         }
-        Ok(current) if tags.iter().zip(&current).all(|(t, g)| t.generation == *g) => {
-            TagVerdict::Current
+        Ok(current)
+            if tags.iter().zip(&current).any(|(t, g)| g.is_some_and(|g| g != t.generation)) =>
+        {
+            TagVerdict::Outdated
         }
-        Ok(_) => TagVerdict::Outdated,
+        Ok(current) if current.iter().all(Option::is_some) => TagVerdict::Current,
+        Ok(_) => TagVerdict::Unknown,
         Err(e) => {
             tracing::debug!(cache, error = %e, "tag generations unavailable");
             TagVerdict::Unknown

@@ -80,7 +80,7 @@ impl<V: CacheValue> Cache<V> {
         let hierarchy = self.hierarchy();
         let tag: Arc<str> = Arc::from(namespace_tag(hierarchy.name()));
         let versions = hierarchy.generations().current(&[tag]).await.map_err(store_failed)?;
-        hierarchy.keys().set_version(versions.first().copied().unwrap_or(0));
+        hierarchy.keys().set_version(versions.first().copied().flatten().unwrap_or(0));
         Ok(hierarchy.keys().version())
     }
 
@@ -89,7 +89,8 @@ impl<V: CacheValue> Cache<V> {
         let hierarchy = self.hierarchy();
         let cleared = hierarchy.writer().clear_everywhere(false).await;
         hierarchy.metrics().invalidation("clear", "local");
-        published(cleared, hierarchy.publish(Invalidation::Clear).await)
+        let at = crate::time::now_ms();
+        published(cleared, hierarchy.publish(Invalidation::Clear { at }).await)
     }
 }
 
@@ -112,6 +113,7 @@ impl<V> Hierarchy<V> {
             Some(b) => b
                 .publish(self.name(), &what)
                 .await
+                .map(|_| ())
                 .map_err(|e| CacheError::Tier { tier: "backplane".into(), source: e }),
         }
     }
