@@ -284,3 +284,21 @@ async fn namespace_versions_live_in_redis_and_reach_every_instance() {
     let c = instance(&url, &url, &prefix, &channel, ReconnectPolicy::Clear).await;
     assert_eq!(c.cache.sync_namespace().await.unwrap(), v);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_on_one_instance_drops_the_others_l1_copy_within_100ms() {
+    let (a, b) = pair(ReconnectPolicy::default()).await;
+    let k = a.cache.key("user:1");
+    a.cache.insert(&k, "v1".to_string()).await.unwrap();
+    read_into_l1(&b, &k).await;
+    let start = Instant::now();
+    a.cache.insert(&k, "v2".to_string()).await.unwrap();
+    let took = eventually(Duration::from_millis(100), "B serving v2", || async {
+        b.cache.get(&k).await.as_deref().map(String::as_str) == Some("v2")
+    })
+    .await;
+    eprintln!(
+        "insert on A → B serves the new value: {took:?} after A's insert ({:?} in all)",
+        start.elapsed()
+    );
+}
