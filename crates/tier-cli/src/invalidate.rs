@@ -61,6 +61,9 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         .tier(tier.clone(), TierPolicy::fresh(std::time::Duration::from_secs(1)).no_breaker())
         .generations(generations.clone())
         .backplane(backplane.clone(), ReconnectPolicy::Clear)
+        // A command waits for Redis as long as its connection does (a service's cache gives up
+        // after 100 ms and goes on without the shared state; this command has nothing else to do).
+        .fleet_state_timeout(std::time::Duration::from_secs(30))
         .build()
         .context(|| "build the cache".into())?;
     let version =
