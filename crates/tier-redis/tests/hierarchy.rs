@@ -64,6 +64,9 @@ async fn instance_on(
         .tier(l3.clone(), TierPolicy::fresh(HOUR).timeout(Duration::from_millis(500)))
         .generations(Arc::new(generations))
         .backplane(Arc::new(backplane.clone()), policy)
+        // The shared machine's load, not Redis, can take 100 ms: these tests are about
+        // propagation, not about degrading.
+        .fleet_state_timeout(Duration::from_secs(2))
         .synchronous_backfill(true)
         .build()
         .unwrap();
