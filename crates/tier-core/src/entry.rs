@@ -89,9 +89,11 @@ impl Entry {
         }
     }
 
-    /// Classify this entry at `now` (Unix ms).
+    /// Classify this entry at `now` (Unix ms). A tombstone is a miss.
     pub fn lookup_at(self, now: u64) -> Lookup {
-        if self.meta.is_fresh(now) {
+        if self.meta.tombstone {
+            Lookup::Miss
+        } else if self.meta.is_fresh(now) {
             Lookup::Hit(self)
         } else if self.meta.is_alive(now) {
             Lookup::Stale(self)

@@ -3,7 +3,8 @@
 //! ```text
 //! offset size field
 //!      0    4 magic  b"TIE1" (the last byte is the format version)
-//!      4    1 flags  bit 0 compressed (lz4 block, uncompressed length prefixed), bit 1 negative
+//!      4    1 flags  bit 0 compressed (lz4 block, uncompressed length prefixed), bit 1 negative,
+//!                    bit 2 written by an insert, bit 3 tombstone (a removal marker)
 //!      5    1 reserved (0)
 //!      6    2 tag count (u16, little endian)
 //!      8    8 created_at   (Unix ms)
@@ -37,7 +38,12 @@ pub const HEADER_LEN: usize = 40;
 pub const FLAG_COMPRESSED: u8 = 0b01;
 /// Flag: a negative entry (the origin said "no such value"); the payload is empty.
 pub const FLAG_NEGATIVE: u8 = 0b10;
-const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_NEGATIVE;
+/// Flag: written by an insert (wins a `created_at` tie in a compare-and-set write).
+pub const FLAG_INSERT: u8 = 0b100;
+/// Flag: a removal marker, created at the removal instant; a lookup of it is a miss, never a
+/// value.
+pub const FLAG_TOMBSTONE: u8 = 0b1000;
+const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_NEGATIVE | FLAG_INSERT | FLAG_TOMBSTONE;
 /// The most tags one entry may carry.
 pub const MAX_TAGS: usize = 64;
 /// The longest tag name in bytes.
@@ -65,6 +71,10 @@ pub struct Meta {
     pub load_cost_us: u32,
     /// The origin said the value does not exist.
     pub negative: bool,
+    /// Written by an insert (not a load or a backfill): wins a `created_at` tie.
+    pub insert: bool,
+    /// A removal marker (its `created_at` is the removal instant): a lookup of it is a miss.
+    pub tombstone: bool,
     /// Tags with their generations; `None` when untagged (no allocation).
     pub tags: Option<Arc<[TagStamp]>>,
 }
@@ -110,6 +120,12 @@ impl Codec {
             _ => Vec::new(),
         };
         let mut flags = if meta.negative { FLAG_NEGATIVE } else { 0 };
+        if meta.insert {
+            flags |= FLAG_INSERT;
+        }
+        if meta.tombstone {
+            flags |= FLAG_TOMBSTONE;
+        }
         let payload = if raw.len() >= self.compress_threshold {
             let compressed = lz4_flex::block::compress_prepend_size(&raw);
             if compressed.len() < raw.len() {
@@ -208,6 +224,8 @@ pub fn decode_meta(bytes: &[u8]) -> Result<(Meta, usize), TierError> {
         stale_until: read_u64(bytes, 24),
         load_cost_us: read_u32(bytes, 32),
         negative: flags & FLAG_NEGATIVE != 0,
+        insert: flags & FLAG_INSERT != 0,
+        tombstone: flags & FLAG_TOMBSTONE != 0,
         tags: None,
     };
     let payload_len = read_u32(bytes, 36) as usize;
@@ -285,7 +303,19 @@ mod tests {
             stale_until: 2000,
             load_cost_us: 7,
             negative: false,
+            insert: false,
+            tombstone: false,
             tags: Some(Arc::from(vec![TagStamp { tag: Arc::from("user:1"), generation: 3 }])),
+        }
+    }
+
+    #[test]
+    fn insert_and_tombstone_flags_roundtrip() {
+        for (insert, tombstone) in [(true, false), (false, true), (true, true)] {
+            let m = Meta { insert, tombstone, ..meta() };
+            let bytes = Codec::default().encode(&m, Some(&"v".to_string())).expect("encode");
+            let (back, _) = decode_meta(&bytes).expect("meta");
+            assert_eq!((back.insert, back.tombstone), (insert, tombstone));
         }
     }
 

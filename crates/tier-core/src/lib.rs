@@ -28,6 +28,7 @@ pub mod metrics;
 mod policy;
 mod sketch;
 pub mod spi;
+mod state;
 #[cfg(any(test, feature = "test-util"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;

@@ -1,21 +1,26 @@
 //! What a tier author needs: the [`Tier`] trait and what it reads and returns ([`Entry`],
 //! [`Lookup`], [`ReadyLookup`], [`ObjectEntry`], [`Storage`], [`TierError`]), the [`envelope`]
 //! codec of byte tiers, the fleet-state interfaces a shared store implements
-//! ([`GenerationStore`], [`Backplane`], [`DistributedLock`]), the layers a tier can be mounted
+//! ([`GenerationStore`], [`Backplane`], [`DistributedLock`]), the durable local state a tier
+//! can offer the hierarchy ([`StateStore`]), the layers a tier can be mounted
 //! in ([`TierLayer`], with the timeout and breaker wrappers), and the clock every envelope
 //! instant is read with ([`now_ms`]).
 //!
 //! A service that builds a [`Cache`](crate::Cache) needs none of this: the crate root (or the
 //! `tier` crate) has what it uses.
 
-pub use crate::backplane::{Backplane, BackplaneEvent, Invalidation};
+pub use crate::backplane::{Backplane, BackplaneEvent, Invalidation, LogPosition, Replay};
 pub use crate::breaker::{BreakerLayer, BreakerTier, CircuitBreaker, Outcome, Permit};
 pub use crate::entry::{Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Value};
 pub use crate::envelope::{Codec, Meta, TagStamp};
 pub use crate::error::{TierError, TierErrorKind};
-pub use crate::generations::{GenerationStore, LocalGenerations};
+pub use crate::generations::{fresh_generation_start, GenerationStore, LocalGenerations};
 pub use crate::layer::{Mount, TierLayer};
 pub use crate::lock::{DistributedLock, LockToken};
+pub use crate::state::{
+    floor_name, generation_name, get_u64, position_name, suspect_name, StateStore, FLOOR_PREFIX,
+    GENERATION_PREFIX, POSITION_PREFIX, SUSPECT_PREFIX,
+};
 pub use crate::tier::{Tier, TierContext, TierStats};
 pub use crate::time::{after_ms, now_ms};
 pub use crate::timeout::{TimeoutLayer, TimeoutTier};

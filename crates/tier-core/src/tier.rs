@@ -5,8 +5,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::backplane::Invalidation;
 use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::TierError;
+use crate::state::StateStore;
 
 /// Figures a tier reports about itself (for the `tier_entries`, `tier_bytes` and
 /// `tier_capacity_bytes` gauges and the CLI).
@@ -155,10 +157,23 @@ pub trait Tier: Send + Sync + 'static {
     fn breaker_state(&self) -> Option<BreakerState> {
         None
     }
+
+    /// The tier's durable local state, if it keeps one (the disk tier does): where the
+    /// hierarchy persists what it must not forget across restarts (see [`StateStore`]).
+    /// Default: `None`.
+    fn state_store(&self) -> Option<Arc<dyn StateStore>> {
+        None
+    }
+
+    /// An invalidation or insert notice (local or remote) was applied: a tier with pending
+    /// background writes (the Redis retry queue) drops the ones it makes obsolete.
+    /// Default: nothing.
+    fn observe(&self, _what: &Invalidation) {}
 }
 
 /// The methods a wrapper around a tier in `self.inner` passes through unchanged: `name`,
-/// `storage`, `stats`, `is_shared`, `attach`, `breaker_state` (inside an `impl Tier`); a
+/// `storage`, `stats`, `is_shared`, `attach`, `state_store`, `observe`, `breaker_state`
+/// (inside an `impl Tier`); a
 /// wrapper that is a breaker answers `breaker_state` itself with
 /// `forward_tier_info!(except breaker_state)`.
 macro_rules! forward_tier_info {
@@ -183,6 +198,12 @@ macro_rules! forward_tier_info {
         }
         fn attach(&self, ctx: &$crate::tier::TierContext) {
             self.inner.attach(ctx);
+        }
+        fn state_store(&self) -> Option<std::sync::Arc<dyn $crate::state::StateStore>> {
+            self.inner.state_store()
+        }
+        fn observe(&self, what: &$crate::backplane::Invalidation) {
+            self.inner.observe(what);
         }
     };
 }
@@ -229,5 +250,11 @@ impl<T: Tier + ?Sized> Tier for Arc<T> {
     }
     fn breaker_state(&self) -> Option<BreakerState> {
         (**self).breaker_state()
+    }
+    fn state_store(&self) -> Option<Arc<dyn StateStore>> {
+        (**self).state_store()
+    }
+    fn observe(&self, what: &Invalidation) {
+        (**self).observe(what);
     }
 }

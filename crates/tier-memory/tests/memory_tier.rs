@@ -63,6 +63,8 @@ async fn an_entry_comes_back_with_the_meta_it_went_in_with() {
         stale_until: now + 60_000 + 5_000_000_000,
         load_cost_us: 1234,
         negative: true,
+        insert: true,
+        tombstone: false,
         tags: Some(Arc::from(vec![TagStamp { tag: Arc::from("t"), generation: 7 }])),
     };
     let e = Entry { meta: meta.clone(), value: Value::Object(Arc::new(())), size: 77 };

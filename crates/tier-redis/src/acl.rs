@@ -24,7 +24,8 @@ use crate::keys::scan_pattern;
 ///   `clear` (`scan`, `unlink`), the server figures of `stats()` (`info`, `dbsize`: without
 ///   them the figures stay 0), the per-master probes (`ping`);
 /// - a Cluster's topology, for the client and the per-master breakers (`cluster|slots`);
-/// - [`RedisGenerations`](crate::RedisGenerations) (`incr`, `mget`);
+/// - [`RedisGenerations`](crate::RedisGenerations) (`mget`, `set` with `NX`, `get`, and the
+///   bump and floor scripts: `exists`, `incr`, `evalsha`, `script|load`);
 /// - [`RedisLock`](crate::RedisLock): `set` with `NX PX`, and the compare-and-delete script
 ///   (`evalsha`, `script|load` when the server does not know it yet);
 /// - [`RedisBackplane`](crate::RedisBackplane) (`publish`, `subscribe`, `ping` on the
@@ -41,6 +42,7 @@ pub const COMMANDS: &[&str] = &[
     "ping",
     "cluster|slots",
     "incr",
+    "exists",
     "evalsha",
     "script|load",
     "publish",

@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
-use tier_core::spi::{Backplane, BackplaneEvent, Invalidation};
+use tier_core::spi::{Backplane, BackplaneEvent, Invalidation, LogPosition};
 use tier_core::TierError;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -197,17 +196,12 @@ impl Shared {
                 channel = %self.channel, node = %msg.node,
                 "backplane messages from a node were lost; local tiers are treated as suspect"
             );
-            self.emit(BackplaneEvent::Reconnected);
+            self.emit(BackplaneEvent::Gap);
         }
         metrics::counter!(BACKPLANE_MESSAGES, "channel" => self.channel.clone(), "direction" => "received")
             .increment(1);
-        let what = match msg.what {
-            WireWhat::Key(k) => Invalidation::Key(Bytes::from(k.0)),
-            WireWhat::Tag(t) => Invalidation::Tag(Arc::from(t)),
-            WireWhat::Namespace(v) => Invalidation::Namespace(v),
-            WireWhat::Clear => Invalidation::Clear,
-        };
-        self.emit(BackplaneEvent::Invalidate { cache: msg.cache, what });
+        let what = msg.what.into_invalidation(tier_core::spi::now_ms());
+        self.emit(BackplaneEvent::Invalidate { cache: msg.cache, what, position: None });
     }
 }
 
@@ -359,7 +353,7 @@ async fn receive_loop(
                         channel = %channel, reconnects = n,
                         "backplane reconnected; invalidations may have been missed, local tiers are treated as suspect"
                     );
-                    shared.emit(BackplaneEvent::Reconnected);
+                    shared.emit(BackplaneEvent::Gap);
                     pump(&shared, pubsub, timeout, ping).await;
                     break;
                 }
@@ -380,12 +374,12 @@ async fn receive_loop(
 ///   cache name and the [`Invalidation`]. An instance ignores its own messages.
 /// - Subscription uses a dedicated connection (not the shared multiplexed one), watched by a
 ///   `PING` every `ping_interval`. When it is lost, a loop reconnects with backoff (20 ms up to
-///   2 s); once subscribed again it emits [`BackplaneEvent::Reconnected`], increments
+///   2 s); once subscribed again it emits [`BackplaneEvent::Gap`], increments
 ///   `tier_backplane_reconnects_total` and logs a warning.
 /// - One task publishes, numbering messages as it sends them in one pipeline, so a sender's
 ///   messages arrive in sequence order. A gap in a sender's sequence numbers (a lost message,
 ///   e.g. a publish that failed) is counted (`tier_backplane_errors_total{kind="gap"}`), logged,
-///   and also emitted as [`BackplaneEvent::Reconnected`]: the local tiers are suspect either way.
+///   and also emitted as [`BackplaneEvent::Gap`]: the local tiers are suspect either way.
 /// - Redis Cluster: `PUBLISH` goes through the cluster connection to any node, and the cluster
 ///   bus relays it to every node, so the subscription is a plain `SUBSCRIBE` on one node (the
 ///   configured node URLs in turn on reconnect). Sharded pub/sub is not used.
@@ -444,13 +438,21 @@ impl RedisBackplane {
 
 #[async_trait]
 impl Backplane for RedisBackplane {
-    async fn publish(&self, cache: &str, what: &Invalidation) -> Result<(), TierError> {
+    async fn publish(
+        &self,
+        cache: &str,
+        what: &Invalidation,
+    ) -> Result<Option<LogPosition>, TierError> {
+        let Some(wire) = WireWhat::of(what) else {
+            let why = format!("the backplane cannot send a {} invalidation", what.kind());
+            return Err(TierError::new(tier_core::TierErrorKind::Other, why));
+        };
         let (reply, answer) = oneshot::channel();
-        let msg = Outgoing { cache: cache.to_string(), what: WireWhat::from(what), reply };
+        let msg = Outgoing { cache: cache.to_string(), what: wire, reply };
         let closed =
             || TierError::new(tier_core::TierErrorKind::Unavailable, "backplane publisher stopped");
         self.outgoing.send(msg).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        answer.await.map_err(|_| closed())?.map(|()| None)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<BackplaneEvent> {

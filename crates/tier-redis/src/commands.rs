@@ -96,12 +96,33 @@ pub(crate) fn describe(keys: &[Vec<u8>], head: usize) -> Pipeline {
     pipe
 }
 
-/// `INCR key`.
-pub(crate) fn incr(key: &[u8]) -> Cmd {
-    let mut cmd = redis::cmd("INCR");
-    cmd.arg(key);
+/// `SET key value NX`: create a key that does not exist.
+pub(crate) fn set_nx(key: &[u8], value: u64) -> Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value).arg("NX");
     cmd
 }
+
+/// Bumps the generation `KEYS[1]`, starting a missing one at `ARGV[1]` (a fresh start) first.
+/// Returns the new generation as a string: generations pass 2^53, and a Lua number (a double)
+/// would round them.
+pub(crate) const GENERATION_BUMP: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('INCR', KEYS[1])
+return redis.call('GET', KEYS[1])
+"#;
+
+/// Raises the clear floor `KEYS[1]` to `ARGV[1]` when that is higher; returns the floor in force.
+pub(crate) const RAISE_FLOOR: &str = r#"
+local floor = redis.call('GET', KEYS[1])
+if (not floor) or tonumber(floor) < tonumber(ARGV[1]) then
+    redis.call('SET', KEYS[1], ARGV[1])
+    return ARGV[1]
+end
+return floor
+"#;
 
 /// `SET key token NX PX ttl_ms`: take a lock that nobody holds.
 pub(crate) fn lock_acquire(key: &[u8], token: &str, ttl_ms: u64) -> Cmd {

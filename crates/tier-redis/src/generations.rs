@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tier_core::spi::{BackplaneEvent, GenerationStore, Invalidation};
+use tier_core::spi::{fresh_generation_start, BackplaneEvent, GenerationStore, Invalidation};
 use tier_core::TierError;
 
 use crate::backplane::{EventHook, RedisBackplane};
@@ -20,7 +20,10 @@ const MAX_CACHED_TAGS: usize = 100_000;
 
 /// Tag generations in Redis: one integer key per tag (`prefix + tag`), bumped with `INCR`, read
 /// with `MGET` (one per hash slot in a Cluster). One `invalidate_tag` is one `INCR`, whatever the
-/// number of tagged entries, and reaches every instance.
+/// number of tagged entries, and reaches every instance. A missing key reads as unknown; a
+/// stamp creates it (`SET NX`) and a bump of a missing key starts it, both from
+/// [`fresh_generation_start`]. The clear floor of a cache is the key `prefix + "\0floor:" +
+/// cache`.
 ///
 /// Caching: without a backplane every [`current`](GenerationStore::current) reads Redis. With
 /// [`cached_with`](Self::cached_with) generations read from Redis are kept in process and
@@ -128,16 +131,34 @@ impl RedisGenerations {
         self.prefix.key(tag.as_bytes())
     }
 
-    async fn read(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
+    async fn read(&self, tags: &[Arc<str>]) -> Result<Vec<Option<u64>>, TierError> {
         let keys: Vec<Vec<u8>> = tags.iter().map(|t| self.redis_key(t)).collect();
-        let got: Vec<Option<u64>> = self.conn.mget("generations", &keys).await?;
-        Ok(got.into_iter().map(|g| g.unwrap_or(0)).collect())
+        self.conn.mget("generations", &keys).await
+    }
+
+    /// The Redis key of `cache`'s clear floor.
+    fn floor_key(&self, cache: &str) -> Vec<u8> {
+        self.prefix.key([b"\0floor:", cache.as_bytes()].concat().as_slice())
+    }
+
+    async fn script(
+        &self,
+        op: &str,
+        script: &str,
+        key: Vec<u8>,
+        arg: u64,
+    ) -> Result<u64, TierError> {
+        let script = redis::Script::new(script);
+        let mut invocation = script.key(key);
+        invocation.arg(arg);
+        let mut conn = self.conn.conn();
+        self.conn.bounded(op, invocation.invoke_async(&mut conn)).await
     }
 }
 
 #[async_trait]
 impl GenerationStore for RedisGenerations {
-    async fn current(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
+    async fn current(&self, tags: &[Arc<str>]) -> Result<Vec<Option<u64>>, TierError> {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
@@ -146,12 +167,12 @@ impl GenerationStore for RedisGenerations {
         {
             let map = cache.map();
             let now = Instant::now();
-            let cached: Option<Vec<u64>> = tags
+            let cached: Option<Vec<Option<u64>>> = tags
                 .iter()
                 .map(|t| {
                     map.get(t)
                         .filter(|(_, at)| now.duration_since(*at) < cache.max_age)
-                        .map(|(g, _)| *g)
+                        .map(|(g, _)| Some(*g))
                 })
                 .collect();
             if let Some(gens) = cached {
@@ -166,15 +187,46 @@ impl GenerationStore for RedisGenerations {
             }
             let now = Instant::now();
             for (t, g) in tags.iter().zip(&gens) {
-                map.insert(t.clone(), (*g, now));
+                // Only known generations are cached: a missing one may be created any moment.
+                if let Some(g) = g {
+                    map.insert(t.clone(), (*g, now));
+                }
             }
         }
         Ok(gens)
     }
 
+    async fn stamp(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
+        let mut gens = self.current(tags).await?;
+        let missing: Vec<usize> = (0..tags.len()).filter(|&i| gens[i].is_none()).collect();
+        if !missing.is_empty() {
+            for &i in &missing {
+                let cmd = commands::set_nx(&self.redis_key(&tags[i]), fresh_generation_start());
+                let _created: Option<String> = self.conn.query("generation start", &cmd).await?;
+            }
+            let names: Vec<Arc<str>> = missing.iter().map(|&i| tags[i].clone()).collect();
+            for (&i, g) in missing.iter().zip(self.read(&names).await?) {
+                gens[i] = g;
+            }
+        }
+        let vanished = || {
+            TierError::new(
+                tier_core::TierErrorKind::Other,
+                "a tag generation vanished right after it was created",
+            )
+        };
+        gens.into_iter().map(|g| g.ok_or_else(vanished)).collect()
+    }
+
     async fn bump(&self, tag: &str) -> Result<u64, TierError> {
-        let g: u64 =
-            self.conn.query("generation bump", &commands::incr(&self.redis_key(tag))).await?;
+        let g = self
+            .script(
+                "generation bump",
+                commands::GENERATION_BUMP,
+                self.redis_key(tag),
+                fresh_generation_start(),
+            )
+            .await?;
         if let Some(cache) = &self.cache {
             // Our own bump is not delivered back by the backplane: drop the old value here.
             cache.forget(Some(tag));
@@ -182,7 +234,17 @@ impl GenerationStore for RedisGenerations {
         Ok(g)
     }
 
-    fn remote_bump(&self, tag: &str) {
+    async fn floor(&self, cache: &str) -> Result<u64, TierError> {
+        let floor: Option<u64> =
+            self.conn.query("clear floor", &commands::get(&self.floor_key(cache))).await?;
+        Ok(floor.unwrap_or(0))
+    }
+
+    async fn raise_floor(&self, cache: &str, at: u64) -> Result<u64, TierError> {
+        self.script("clear floor raise", commands::RAISE_FLOOR, self.floor_key(cache), at).await
+    }
+
+    fn remote_bump(&self, tag: &str, _generation: Option<u64>) {
         // Redis already has the new generation: only the cached copy is out of date.
         if let Some(cache) = &self.cache {
             cache.forget(Some(tag));

@@ -28,16 +28,40 @@ pub(crate) enum WireWhat {
     Key(WireBytes),
     Tag(String),
     Namespace(u64),
+    /// A clear from a sender that did not say its floor (read as cleared when received).
     Clear,
+    /// An insert notice: the key and the written entry's `created_at`.
+    Written(WireBytes, u64),
+    /// A clear with its floor.
+    ClearAt(u64),
 }
 
-impl From<&Invalidation> for WireWhat {
-    fn from(what: &Invalidation) -> Self {
-        match what {
+impl WireWhat {
+    /// `what` on the wire; `None` for a kind this version cannot send.
+    pub(crate) fn of(what: &Invalidation) -> Option<Self> {
+        Some(match what {
             Invalidation::Key(k) => Self::Key(WireBytes(k.to_vec())),
+            Invalidation::Written { key, created_at } => {
+                Self::Written(WireBytes(key.to_vec()), *created_at)
+            }
             Invalidation::Tag(t) => Self::Tag(t.to_string()),
             Invalidation::Namespace(v) => Self::Namespace(*v),
-            Invalidation::Clear => Self::Clear,
+            Invalidation::Clear { at } => Self::ClearAt(*at),
+            _ => return None,
+        })
+    }
+
+    /// The invalidation this is, received at `now` (Unix ms).
+    pub(crate) fn into_invalidation(self, now: u64) -> Invalidation {
+        match self {
+            Self::Key(k) => Invalidation::Key(bytes::Bytes::from(k.0)),
+            Self::Written(k, created_at) => {
+                Invalidation::Written { key: bytes::Bytes::from(k.0), created_at }
+            }
+            Self::Tag(t) => Invalidation::Tag(std::sync::Arc::from(t)),
+            Self::Namespace(v) => Invalidation::Namespace(v),
+            Self::Clear => Invalidation::Clear { at: now },
+            Self::ClearAt(at) => Invalidation::Clear { at },
         }
     }
 }
@@ -92,6 +116,8 @@ mod tests {
             WireWhat::Tag("user:1".into()),
             WireWhat::Namespace(7),
             WireWhat::Clear,
+            WireWhat::Written(WireBytes(vec![1, 2]), 99),
+            WireWhat::ClearAt(1234),
         ] {
             let msg = WireMessage { v: 1, node: "n1".into(), seq: 42, cache: "users".into(), what };
             let bytes = rmp_serde::to_vec_named(&msg).expect("encode");

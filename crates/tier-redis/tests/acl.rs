@@ -131,10 +131,12 @@ async fn works_with_exactly_the_documented_rules(mode: Mode) {
     // Generations, lock, backplane.
     let generations = RedisGenerations::new(conn.clone()).prefix(&names.generations);
     let tags = [std::sync::Arc::from("users")];
-    let before = generations.current(&tags).await.unwrap();
+    let before = generations.stamp(&tags).await.unwrap();
     let bumped = generations.bump("users").await.unwrap();
     assert!(bumped > before[0]);
-    assert_eq!(generations.current(&tags).await.unwrap(), [bumped]);
+    assert_eq!(generations.current(&tags).await.unwrap(), [Some(bumped)]);
+    assert_eq!(generations.raise_floor("acl", 7).await.unwrap(), 7);
+    assert_eq!(generations.floor("acl").await.unwrap(), 7);
     let lock = RedisLock::new(conn.clone()).prefix(&names.locks);
     let token = lock.try_acquire(b"k", Duration::from_secs(5)).await.unwrap();
     lock.release(b"k", &token.expect("the lock is free")).await.unwrap();
@@ -145,7 +147,7 @@ async fn works_with_exactly_the_documented_rules(mode: Mode) {
         .await
         .unwrap();
     let mut rx = b.subscribe();
-    a.publish("acl", &Invalidation::Clear).await.unwrap();
+    a.publish("acl", &Invalidation::Clear { at: 1 }).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
 
     // The server figures (INFO, DBSIZE) are read in the background: the stats are filled.

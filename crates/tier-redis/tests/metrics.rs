@@ -87,7 +87,7 @@ async fn metrics_have_their_names_and_labels() {
     let a = RedisBackplane::builder(conn().await.unwrap()).channel(&channel).build().await.unwrap();
     let b = RedisBackplane::builder(conn().await.unwrap()).channel(&channel).build().await.unwrap();
     let mut b_rx = b.subscribe();
-    a.publish("metrics", &Invalidation::Clear).await.unwrap();
+    a.publish("metrics", &Invalidation::Clear { at: 1 }).await.unwrap();
     tokio::time::timeout(Duration::from_secs(1), b_rx.recv()).await.unwrap().unwrap();
     let sent = [("channel", channel.as_str()), ("direction", "sent")];
     let received = [("channel", channel.as_str()), ("direction", "received")];
@@ -100,7 +100,7 @@ async fn metrics_have_their_names_and_labels() {
 
     let _ = kill_pubsub(&server.url()).await;
     let event = tokio::time::timeout(Duration::from_secs(5), b_rx.recv()).await.unwrap().unwrap();
-    assert_eq!(event, BackplaneEvent::Reconnected);
+    assert_eq!(event, BackplaneEvent::Gap);
     eventually(Duration::from_secs(5), "both reconnected", || async { a.reconnects() == 1 }).await;
     let chan = [("channel", channel.as_str())];
     assert_eq!(seen.counter(&snap, names::BACKPLANE_RECONNECTS, &chan), 2);

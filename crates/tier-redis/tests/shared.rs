@@ -47,21 +47,31 @@ async fn backplane_delivers_to_others_only(a_conn: RedisConnection, b_conn: Redi
         Invalidation::Key(Bytes::from_static(b"user:\x00\xff1")),
         Invalidation::Tag(Arc::from("team:7")),
         Invalidation::Namespace(3),
-        Invalidation::Clear,
+        Invalidation::Clear { at: 17 },
+        Invalidation::Written { key: Bytes::from_static(b"k"), created_at: 5 },
     ];
     for what in &sent {
         let start = Instant::now();
         a.publish("users", what).await.unwrap();
         let got = next_event(&mut b_rx, Duration::from_millis(100)).await;
-        assert_eq!(got, BackplaneEvent::Invalidate { cache: "users".into(), what: what.clone() });
+        let expected = BackplaneEvent::Invalidate {
+            cache: "users".into(),
+            what: what.clone(),
+            position: None,
+        };
+        assert_eq!(got, expected);
         assert!(start.elapsed() < Duration::from_millis(100));
     }
     // A ignores its own messages: B's message is the first thing A hears.
-    b.publish("orders", &Invalidation::Clear).await.unwrap();
+    b.publish("orders", &Invalidation::Clear { at: 1 }).await.unwrap();
     let got = next_event(&mut a_rx, Duration::from_millis(500)).await;
     assert_eq!(
         got,
-        BackplaneEvent::Invalidate { cache: "orders".into(), what: Invalidation::Clear }
+        BackplaneEvent::Invalidate {
+            cache: "orders".into(),
+            what: Invalidation::Clear { at: 1 },
+            position: None
+        }
     );
     assert!(a_rx.try_recv().is_err());
 }
@@ -101,7 +111,7 @@ async fn backplane_reconnects_after_client_kill() {
     let killed = kill_pubsub(&server.url()).await;
     assert!(killed >= 2, "killed {killed}");
 
-    assert_eq!(next_event(&mut b_rx, Duration::from_secs(5)).await, BackplaneEvent::Reconnected);
+    assert_eq!(next_event(&mut b_rx, Duration::from_secs(5)).await, BackplaneEvent::Gap);
     assert_eq!(b.reconnects(), 1);
     // Messages flow again after the reconnect.
     eventually(Duration::from_secs(5), "a reconnected too", || async { a.reconnects() == 1 }).await;
@@ -110,7 +120,8 @@ async fn backplane_reconnects_after_client_kill() {
         next_event(&mut b_rx, Duration::from_millis(500)).await,
         BackplaneEvent::Invalidate {
             cache: "users".into(),
-            what: Invalidation::Tag(Arc::from("t"))
+            what: Invalidation::Tag(Arc::from("t")),
+            position: None,
         }
     );
 }
@@ -138,14 +149,18 @@ async fn backplane_survives_a_proxy_cut_and_reconnects_when_restored() {
 
     proxy.cut();
     // While cut, nothing arrives and no reconnect is announced.
-    a.publish("users", &Invalidation::Clear).await.unwrap();
+    a.publish("users", &Invalidation::Clear { at: 1 }).await.unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(300), b_rx.recv()).await.is_err());
     proxy.restore();
-    assert_eq!(next_event(&mut b_rx, Duration::from_secs(5)).await, BackplaneEvent::Reconnected);
+    assert_eq!(next_event(&mut b_rx, Duration::from_secs(5)).await, BackplaneEvent::Gap);
     a.publish("users", &Invalidation::Namespace(9)).await.unwrap();
     assert_eq!(
         next_event(&mut b_rx, Duration::from_millis(500)).await,
-        BackplaneEvent::Invalidate { cache: "users".into(), what: Invalidation::Namespace(9) }
+        BackplaneEvent::Invalidate {
+            cache: "users".into(),
+            what: Invalidation::Namespace(9),
+            position: None
+        }
     );
 }
 
@@ -160,23 +175,30 @@ async fn generations_are_shared(a_conn: RedisConnection, b_conn: RedisConnection
         .cached_with_max_age(&b_bp, Duration::from_secs(3600));
     let tags: Vec<Arc<str>> = (0..20).map(|i| Arc::from(format!("tag{i}"))).collect();
 
-    assert_eq!(b.current(&tags).await.unwrap(), vec![0; 20]);
-    assert_eq!(a.bump("tag3").await.unwrap(), 1);
-    assert_eq!(a.bump("tag3").await.unwrap(), 2);
-    assert_eq!(a.current(&tags[3..4]).await.unwrap(), vec![2]);
-    // B cached 0 for tag3: the backplane message drops it (the hierarchy publishes after a bump).
+    assert_eq!(b.current(&tags).await.unwrap(), vec![None; 20], "unknown until stamped");
+    let stamped = b.stamp(&tags).await.unwrap();
+    assert!(stamped.iter().all(|g| *g > 1 << 20), "fresh starts: {stamped:?}");
+    let known: Vec<Option<u64>> = stamped.iter().copied().map(Some).collect();
+    assert_eq!(a.current(&tags).await.unwrap(), known);
+    assert_eq!(b.current(&tags).await.unwrap(), known, "and b caches them");
+    assert_eq!(a.bump("tag3").await.unwrap(), stamped[3] + 1);
+    assert_eq!(a.bump("tag3").await.unwrap(), stamped[3] + 2);
+    assert_eq!(a.current(&tags[3..4]).await.unwrap(), vec![Some(stamped[3] + 2)]);
+    // B cached tag3's start: the backplane message drops it (the hierarchy publishes after a
+    // bump).
     let mut b_rx = b_bp.subscribe();
     a_bp.publish("users", &Invalidation::Tag(Arc::from("tag3"))).await.unwrap();
     next_event(&mut b_rx, Duration::from_millis(100)).await;
     let got = b.current(&tags).await.unwrap();
-    assert_eq!(got[3], 2);
-    assert_eq!(got.iter().filter(|g| **g == 0).count(), 19);
+    assert_eq!(got[3], Some(stamped[3] + 2));
+    assert_eq!(got.iter().zip(&stamped).filter(|(g, s)| **g == Some(**s)).count(), 19);
 
     // forget_cached drops everything (after a reconnect).
     a.bump("tag4").await.unwrap();
-    assert_eq!(b.current(&tags[4..5]).await.unwrap(), vec![0], "cached, no message was sent");
+    let cached = b.current(&tags[4..5]).await.unwrap();
+    assert_eq!(cached, vec![Some(stamped[4])], "cached, no message was sent");
     b.forget_cached();
-    assert_eq!(b.current(&tags[4..5]).await.unwrap(), vec![1]);
+    assert_eq!(b.current(&tags[4..5]).await.unwrap(), vec![Some(stamped[4] + 1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,9 +217,10 @@ async fn generations_uncached_read_redis_every_time() {
     let a = RedisGenerations::new(cluster().await).prefix(&prefix);
     let b = RedisGenerations::new(cluster().await).prefix(&prefix);
     let tags: Vec<Arc<str>> = vec![Arc::from("x"), Arc::from("y"), Arc::from("{z}")];
-    assert_eq!(b.current(&tags).await.unwrap(), vec![0, 0, 0]);
-    a.bump("y").await.unwrap();
-    assert_eq!(b.current(&tags).await.unwrap(), vec![0, 1, 0]);
+    assert_eq!(b.current(&tags).await.unwrap(), vec![None, None, None]);
+    let y = a.bump("y").await.unwrap();
+    assert!(y > 1 << 20, "a bump of a missing generation starts it fresh: {y}");
+    assert_eq!(b.current(&tags).await.unwrap(), vec![None, Some(y), None]);
     assert!(b.current(&[]).await.unwrap().is_empty());
 }
 
@@ -323,6 +346,7 @@ async fn lost_messages_are_a_gap_and_junk_is_ignored() {
     let tag = |t: &str| BackplaneEvent::Invalidate {
         cache: "users".into(),
         what: Invalidation::Tag(Arc::from(t)),
+        position: None,
     };
     let _: i64 =
         redis::cmd("PUBLISH").arg(&channel).arg(send(1, "a")).query_async(&mut raw).await.unwrap();
@@ -337,7 +361,7 @@ async fn lost_messages_are_a_gap_and_junk_is_ignored() {
     // Sequence 2 never arrives: a gap, announced like a reconnect, then the message itself.
     let _: i64 =
         redis::cmd("PUBLISH").arg(&channel).arg(send(3, "c")).query_async(&mut raw).await.unwrap();
-    assert_eq!(next_event(&mut b_rx, Duration::from_secs(1)).await, BackplaneEvent::Reconnected);
+    assert_eq!(next_event(&mut b_rx, Duration::from_secs(1)).await, BackplaneEvent::Gap);
     assert_eq!(next_event(&mut b_rx, Duration::from_secs(1)).await, tag("c"));
     let _: i64 =
         redis::cmd("PUBLISH").arg(&channel).arg(send(4, "d")).query_async(&mut raw).await.unwrap();
@@ -354,9 +378,13 @@ async fn backplane_subscribes_on_a_live_node_when_a_seed_is_down() {
     let b = RedisBackplane::builder(conn).channel(&channel).build().await.unwrap();
     let a = RedisBackplane::builder(cluster().await).channel(&channel).build().await.unwrap();
     let mut b_rx = b.subscribe();
-    a.publish("users", &Invalidation::Clear).await.unwrap();
+    a.publish("users", &Invalidation::Clear { at: 1 }).await.unwrap();
     assert_eq!(
         next_event(&mut b_rx, Duration::from_millis(500)).await,
-        BackplaneEvent::Invalidate { cache: "users".into(), what: Invalidation::Clear }
+        BackplaneEvent::Invalidate {
+            cache: "users".into(),
+            what: Invalidation::Clear { at: 1 },
+            position: None
+        }
     );
 }
