@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tier_core::{Cache, EarlyRefresh, FailSafe, ReconnectPolicy, TierPolicy};
 use tier_disk::DiskTier;
 use tier_memory::MemoryTier;
@@ -54,11 +54,8 @@ impl Interrupt {
 
 /// Install the global Prometheus recorder; serve it over HTTP when `addr` is given.
 fn install_metrics(addr: Option<SocketAddr>) -> Result<PrometheusHandle> {
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            tier_core::metrics::DURATION_BUCKETS,
-        )
+    // The buckets of every histogram, as a service gets them from `tier::prometheus`.
+    let builder = tier::prometheus::builder()
         .map_err(|e| CliError::runtime(format!("metrics buckets: {}", chain(&e))))?;
     let handle = match addr {
         Some(addr) => {
