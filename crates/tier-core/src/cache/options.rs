@@ -127,6 +127,8 @@ pub(super) struct Options {
     /// One access in this many is recorded in the hot keys; a power of two.
     pub hot_key_sample: u64,
     pub max_pending_backfills: usize,
+    /// How keys appear in `tracing` spans.
+    pub trace_keys: super::trace::TraceKeys,
 }
 
 impl Default for Options {
@@ -141,6 +143,7 @@ impl Default for Options {
             reconnect: ReconnectPolicy::default(),
             hot_key_sample: 64,
             max_pending_backfills: 1024,
+            trace_keys: super::trace::TraceKeys::default(),
         }
     }
 }
