@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
-use metrics::{counter, gauge, Counter, Unit};
-use tier_core::metrics::{TIER_DECODE_ERRORS, TIER_EVICTIONS};
+use metrics::{counter, gauge, Unit};
+use tier_core::metrics::{LazyCounter, TIER_DECODE_ERRORS, TIER_EVICTIONS};
 use tier_core::spi::TierContext;
 
 use crate::report::RecoveryReport;
@@ -25,11 +25,12 @@ pub const RECOVERY_BYTES: &str = "tier_disk_recovery_bytes_total";
 /// `tier_disk_recovery_seconds{cache,tier}` (gauge): how long the last open took.
 pub const RECOVERY_SECONDS: &str = "tier_disk_recovery_seconds";
 
-/// Counter handles with the tier's labels.
+/// Counter handles with the tier's labels (lazy: bound to the metrics recorder whenever the
+/// service installs it, before or after building its cache).
 pub(crate) struct Handles {
-    pub evicted_capacity: Counter,
-    pub evicted_expired: Counter,
-    pub decode_errors: Counter,
+    pub evicted_capacity: LazyCounter,
+    pub evicted_expired: LazyCounter,
+    pub decode_errors: LazyCounter,
 }
 
 impl Handles {
@@ -37,18 +38,22 @@ impl Handles {
     /// series labelled `cache=""` would stay at 0 forever beside the real one.
     fn detached() -> Self {
         Self {
-            evicted_capacity: Counter::noop(),
-            evicted_expired: Counter::noop(),
-            decode_errors: Counter::noop(),
+            evicted_capacity: LazyCounter::noop(),
+            evicted_expired: LazyCounter::noop(),
+            decode_errors: LazyCounter::noop(),
         }
     }
 
     fn new(cache: &str, tier: &str) -> Self {
-        let evicted = |cause: &'static str| counter!(TIER_EVICTIONS, "cache" => cache.to_string(), "tier" => tier.to_string(), "cause" => cause);
+        let labels = |cause: Option<&str>| {
+            let mut labels = vec![("cache", cache.to_string()), ("tier", tier.to_string())];
+            labels.extend(cause.map(|c| ("cause", c.to_string())));
+            labels
+        };
         Self {
-            evicted_capacity: evicted("capacity"),
-            evicted_expired: evicted("expired"),
-            decode_errors: counter!(TIER_DECODE_ERRORS, "cache" => cache.to_string(), "tier" => tier.to_string()),
+            evicted_capacity: LazyCounter::new(TIER_EVICTIONS, &labels(Some("capacity"))),
+            evicted_expired: LazyCounter::new(TIER_EVICTIONS, &labels(Some("expired"))),
+            decode_errors: LazyCounter::new(TIER_DECODE_ERRORS, &labels(None)),
         }
     }
 }

@@ -114,6 +114,13 @@ impl LazyCounter {
         }
     }
 
+    /// A counter that records nothing, ever (bound to no recorder).
+    pub fn noop() -> Self {
+        let handle = OnceLock::new();
+        let _ = handle.set(Counter::noop());
+        Self(Lazy { handle, key: Box::new(Key::from_static_name("")) })
+    }
+
     /// Whether it is bound to a recorder (it binds on this call when one is installed).
     pub fn bound(&self) -> bool {
         self.0.get().is_some()
