@@ -16,6 +16,10 @@
 //! | `cache_invalidations_total` | counter | cache, kind (key/tag/namespace/clear), source (local/backplane) |
 //! | `cache_backfills_shed_total` | counter | cache (backfills skipped by load shedding) |
 //!
+//! The hierarchy's handles are [`LazyCounter`]s, [`LazyGauge`]s and [`LazyHistogram`]s: made when
+//! a cache is built, and bound to the recorder when one is installed, before or after the build.
+//! Give the exporter the buckets of [`BUCKETS`] (the `tier` crate's `prometheus` feature does).
+//!
 //! Durations of in-process (object) tiers are sampled (1 call in [`OBJECT_TIER_TIMING_SAMPLE`])
 //! so that timing costs less than the hit it measures; counters are never sampled.
 
