@@ -3,16 +3,18 @@
 //! A `metrics` handle (`Counter`, ...) is resolved against the recorder installed when it is
 //! made, and a handle made before any recorder is installed records nothing, ever. The hierarchy
 //! makes its handles when a cache is built, so a service that installed its exporter after
-//! `Cache::build` lost every metric without a word. These handles are made the same way, but
-//! one made while no recorder is installed stays unbound and binds on its first use after one
-//! is: the recorder may be installed before or after the cache is built.
+//! `Cache::build` lost every metric without a word. These handles are made the same way, and
+//! one made while no recorder is installed binds again on its first use after one is: the
+//! recorder may be installed before or after the cache is built.
 //!
 //! "No recorder" is `metrics`' [`NoopRecorder`](metrics::NoopRecorder), which answers when
 //! neither a local nor a global recorder is set. `metrics` does not say which recorder answers,
-//! so a zero-sized recorder is taken for it: a recorder of no size holds no metric (it could
-//! only forward to global state of its own, and would be bound on first use instead of at
-//! build). A bound handle costs one atomic load more per use than a raw one; an unbound one also
-//! asks `metrics` for the current recorder (a thread-local and an atomic load).
+//! and the no-op recorder has no size, so a handle made under a recorder of no size keeps what
+//! that recorder gave (a zero-sized recorder of one's own, which forwards to statics, works as
+//! it did) and binds again once a recorder with a size answers. The one order that is not
+//! caught: a zero-sized recorder installed after the build. A bound handle costs one atomic load
+//! more per use than a raw one; an unbound one also asks `metrics` for the current recorder (a
+//! thread-local and an atomic load).
 
 use std::sync::OnceLock;
 
@@ -36,11 +38,15 @@ fn installed(recorder: &dyn Recorder) -> bool {
 /// A kind of `metrics` handle.
 trait Register: Sized {
     fn register(recorder: &dyn Recorder, key: &Key) -> Self;
+    fn noop() -> Self;
 }
 
 impl Register for Counter {
     fn register(recorder: &dyn Recorder, key: &Key) -> Self {
         recorder.register_counter(key, &METADATA)
+    }
+    fn noop() -> Self {
+        Counter::noop()
     }
 }
 
@@ -48,42 +54,67 @@ impl Register for Gauge {
     fn register(recorder: &dyn Recorder, key: &Key) -> Self {
         recorder.register_gauge(key, &METADATA)
     }
+    fn noop() -> Self {
+        Gauge::noop()
+    }
 }
 
 impl Register for Histogram {
     fn register(recorder: &dyn Recorder, key: &Key) -> Self {
         recorder.register_histogram(key, &METADATA)
     }
+    fn noop() -> Self {
+        Histogram::noop()
+    }
 }
 
-/// A handle and the key it binds with (boxed: a bound handle's hot part stays small).
+/// A handle, what a recorder of no size gave at the start, and the key it binds with (boxed:
+/// a bound handle's hot part stays small).
 struct Lazy<H> {
     handle: OnceLock<H>,
+    tentative: H,
     key: Box<Key>,
 }
 
 impl<H: Register> Lazy<H> {
     fn new(name: &'static str, labels: impl IntoLabels) -> Self {
-        let lazy = Self { handle: OnceLock::new(), key: Box::new(Key::from_parts(name, labels)) };
-        let _ = lazy.get();
-        lazy
+        let key = Box::new(Key::from_parts(name, labels));
+        let handle = OnceLock::new();
+        let tentative = metrics::with_recorder(|recorder| {
+            let registered = H::register(recorder, &key);
+            if installed(recorder) {
+                let _ = handle.set(registered);
+                H::noop()
+            } else {
+                registered
+            }
+        });
+        Self { handle, tentative, key }
     }
 
     #[inline]
-    fn get(&self) -> Option<&H> {
+    fn get(&self) -> &H {
         match self.handle.get() {
-            Some(handle) => Some(handle),
+            Some(handle) => handle,
             None => self.bind(),
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn bind(&self) -> Option<&H> {
+    fn bind(&self) -> &H {
         metrics::with_recorder(|recorder| {
-            installed(recorder)
-                .then(|| self.handle.get_or_init(|| H::register(recorder, &self.key)))
+            if installed(recorder) {
+                self.handle.get_or_init(|| H::register(recorder, &self.key))
+            } else {
+                &self.tentative
+            }
         })
+    }
+
+    fn bound(&self) -> bool {
+        let _ = self.get();
+        self.handle.get().is_some()
     }
 }
 
@@ -109,21 +140,19 @@ impl LazyCounter {
     /// Add `value`.
     #[inline]
     pub fn increment(&self, value: u64) {
-        if let Some(c) = self.0.get() {
-            c.increment(value);
-        }
+        self.0.get().increment(value);
     }
 
     /// A counter that records nothing, ever (bound to no recorder).
     pub fn noop() -> Self {
         let handle = OnceLock::new();
         let _ = handle.set(Counter::noop());
-        Self(Lazy { handle, key: Box::new(Key::from_static_name("")) })
+        Self(Lazy { handle, tentative: Counter::noop(), key: Box::new(Key::from_static_name("")) })
     }
 
     /// Whether it is bound to a recorder (it binds on this call when one is installed).
     pub fn bound(&self) -> bool {
-        self.0.get().is_some()
+        self.0.bound()
     }
 }
 
@@ -140,9 +169,7 @@ impl LazyGauge {
     /// Set it to `value`.
     #[inline]
     pub fn set<T: IntoF64>(&self, value: T) {
-        if let Some(g) = self.0.get() {
-            g.set(value);
-        }
+        self.0.get().set(value);
     }
 }
 
@@ -159,8 +186,6 @@ impl LazyHistogram {
     /// Record one sample.
     #[inline]
     pub fn record<T: IntoF64>(&self, value: T) {
-        if let Some(h) = self.0.get() {
-            h.record(value);
-        }
+        self.0.get().record(value);
     }
 }
