@@ -24,6 +24,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a workload against a memory + disk (+ Redis) hierarchy in front of a simulated origin.
+    ///
+    /// The report has one row per tier, then the requests (reads, failed reads, the rate
+    /// achieved against --rate, read latency p50/p99/p99.9), the origin's load and what the
+    /// hierarchy saved it. `--json` prints it as one document, described by the JSON Schema
+    /// `crates/tier-cli/schema/demo.schema.json` of the repository.
+    #[command(after_help = crate::demo::report::COLUMNS)]
     Demo(DemoArgs),
     /// Inspect a disk tier directory (read-only; works while a service holds it).
     #[command(subcommand)]
@@ -328,6 +334,14 @@ pub struct InvalidateArgs {
     /// Key prefix of the Redis tier.
     #[arg(long, default_value = "tier:")]
     pub prefix: String,
+    /// Key prefix of the tag generations and namespace versions (the service's
+    /// `RedisGenerations::prefix`).
+    #[arg(long, default_value = "tier-gen:")]
+    pub generation_prefix: String,
+    /// The backplane channel the service's instances listen on (its
+    /// `RedisBackplane::builder(..).channel(..)`).
+    #[arg(long, default_value = "tier:invalidations")]
+    pub channel: String,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

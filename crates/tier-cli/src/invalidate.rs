@@ -23,6 +23,10 @@ struct Out {
     target: String,
     /// The backplane channel the invalidation was published on.
     channel: String,
+    /// Clients subscribed to the channel when it was published (Redis's `PUBSUB NUMSUB`: the
+    /// instances that receive it); `null` when the server does not say (a Cluster, or the
+    /// user may not run `PUBSUB`).
+    subscribers: Option<u64>,
     /// Keys removed from Redis (`--all`).
     removed_keys: Option<u64>,
     /// The namespace version after the invalidation (`--key` and `--namespace`).
@@ -43,7 +47,11 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         }
     }
     let conn = crate::redis::connection(&args.redis.0).await?;
+    // Counted before this command's own backplane subscribes to the channel.
+    let subscribers =
+        if conn.is_cluster() { None } else { subscribers(&args.redis.0[0], &args.channel).await };
     let backplane = RedisBackplane::builder(conn.clone())
+        .channel(args.channel.clone())
         .build()
         .await
         .map_err(|e| crate::redis::setup_error("Redis backplane", &e))?;
@@ -55,7 +63,7 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         .build()
         .await
         .map_err(|e| crate::redis::setup_error("Redis tier", &e))?;
-    let generations = Arc::new(RedisGenerations::new(conn.clone()));
+    let generations = Arc::new(RedisGenerations::new(conn.clone()).prefix(&args.generation_prefix));
     // A hierarchy of the Redis tier alone: its invalidations are exactly a service's.
     let cache: Cache<serde_json::Value> = Cache::builder(args.cache.clone())
         .tier(tier.clone(), TierPolicy::fresh(std::time::Duration::from_secs(1)).no_breaker())
@@ -76,6 +84,7 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         kind: "key",
         target: String::new(),
         channel,
+        subscribers,
         removed_keys: None,
         namespace_version: None,
     };
@@ -140,7 +149,29 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
                 out.target
             ),
         };
-        println!("{done}; published on channel {:?} for every instance", out.channel);
+        let heard = match out.subscribers {
+            Some(0) => {
+                " — no instance listens on it: check --channel (the service's backplane channel)"
+                    .to_string()
+            }
+            Some(1) => ", which 1 instance listens on".to_string(),
+            Some(n) => format!(", which {n} instances listen on"),
+            None => " (the server does not say how many instances listen)".to_string(),
+        };
+        println!("{done}; published on channel {:?}{heard}", out.channel);
     }
     Ok(())
+}
+
+/// Clients subscribed to `channel` on the standalone Redis at `url` (`PUBSUB NUMSUB`); `None`
+/// when it cannot be asked (no answer in time, an ACL without `PUBSUB`).
+async fn subscribers(url: &str, channel: &str) -> Option<u64> {
+    let ask = async {
+        let client = redis::Client::open(url).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let (_, n): (String, u64) =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.ok()?;
+        Some(n)
+    };
+    tokio::time::timeout(crate::redis::RESPONSE_TIMEOUT, ask).await.ok().flatten()
 }

@@ -26,6 +26,14 @@ use crate::cli::{Cli, Command};
 use crate::error::{CliError, EXIT_USAGE};
 
 fn main() -> ExitCode {
+    // `tier … | head`: a reader that goes away ends the process quietly, as it does other Unix
+    // tools, instead of a panic in `println!` (Rust ignores SIGPIPE by default). Sockets are not
+    // affected: std and tokio send with MSG_NOSIGNAL.
+    // SAFETY: the first thing `main` does, before any thread exists; `SIG_DFL` is a valid
+    // disposition of SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // A bug must still be one line, not a backtrace (RUST_BACKTRACE may be set).
     std::panic::set_hook(Box::new(|info| {
         let what = info

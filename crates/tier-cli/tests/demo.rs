@@ -38,7 +38,7 @@ fn json_report_of_memory_and_disk() {
     let memory = &report["tiers"][0];
     assert!(memory["hits"].as_u64().unwrap() > 0, "{report}");
     assert!(memory["hit_ratio"].as_f64().unwrap() > 0.5, "{report}");
-    assert_eq!(memory["breaker"], "-");
+    assert_eq!(memory["breaker"], Value::Null, "no breaker: null, not \"-\"");
     assert_eq!(report["tiers"][1]["breaker"], "closed");
     assert!(report["origin"]["reads_without_origin"].as_u64().unwrap() > 0);
     assert!(!report["hot_keys"].as_array().unwrap().is_empty());
@@ -71,13 +71,13 @@ fn failing_origin_is_answered_from_stale_values() {
     let reads = report["requests"]["reads"].as_u64().unwrap();
     assert!(reads > 100, "{report}");
     assert_eq!(report["requests"]["answered"].as_u64().unwrap(), reads, "{report}");
-    assert_eq!(report["requests"]["errors"].as_u64().unwrap(), 0, "{report}");
+    assert_eq!(report["requests"]["failed_reads"].as_u64().unwrap(), 0, "{report}");
     let origin = &report["origin"];
     assert!(origin["calls"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(origin["calls"], origin["errors"], "{report}");
     assert!(origin["stale_served"].as_u64().unwrap() > 0, "{report}");
     let stale: u64 =
-        report["tiers"].as_array().unwrap().iter().map(|t| t["stale"].as_u64().unwrap()).sum();
+        report["tiers"].as_array().unwrap().iter().map(|t| t["stale_next"].as_u64().unwrap()).sum();
     assert!(stale > 0, "{report}");
 }
 
@@ -103,10 +103,10 @@ fn failed_reads_are_only_keys_invalidated_during_the_outage() {
     // "invalidated" is lock-free, so a write and an invalidation of one key racing with a read
     // can leave one unexplained failure in thousands: allow a sliver.)
     let (errors, explained) =
-        (r["errors"].as_u64().unwrap(), r["errors_invalidated_keys"].as_u64().unwrap());
+        (r["failed_reads"].as_u64().unwrap(), r["errors_invalidated_keys"].as_u64().unwrap());
     assert!(explained <= errors && errors - explained <= 2 + errors / 100, "{report}");
     assert_eq!(
-        r["answered"].as_u64().unwrap() + r["errors"].as_u64().unwrap(),
+        r["answered"].as_u64().unwrap() + r["failed_reads"].as_u64().unwrap(),
         r["reads"].as_u64().unwrap()
     );
     assert!(report["origin"]["stale_served"].as_u64().unwrap() > 0, "{report}");
@@ -121,7 +121,12 @@ fn text_report_has_the_tier_table() {
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
         "hits",
-        "stale",
+        "stale→next",
+        "tier-err",
+        "columns: hits = fresh hits",
+        "failed reads",
+        "asked for",
+        "p99.9",
         "misses",
         "timeouts",
         "p99",
@@ -231,4 +236,64 @@ fn metrics_are_served_while_it_runs() {
     assert!(out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["config"]["metrics_addr"], addr.as_str());
+}
+
+/// `crates/tier-cli/schema/demo.schema.json` describes `tier demo --json`: every report
+/// validates against it (with a warm-up and without, timeouts on and off), and the schema is
+/// strict enough to reject a field it does not document or a "-" where a number belongs.
+#[test]
+fn json_report_validates_against_its_schema() {
+    let schema: Value =
+        serde_json::from_str(include_str!("../schema/demo.schema.json")).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let check = |report: &Value| {
+        let errors: Vec<String> = validator
+            .iter_errors(report)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{report}");
+    };
+    let mut warm = tier();
+    warm.args(["demo", "--duration", "500ms", "--json"]);
+    let report = json(quick(&mut warm));
+    check(&report);
+    assert_eq!(report["config"]["tier_policies"][1]["timeout_seconds"], 0.05, "{report}");
+    assert!(report["requests"]["read_p999_seconds"].is_number(), "{report}");
+
+    let mut cold = tier();
+    cold.args(["demo", "--duration", "300ms", "--json", "--warm-up", "false"]);
+    cold.args(["--soft-timeout", "0", "--hard-timeout", "0", "--rate", "0"]);
+    let report = json(&mut cold);
+    check(&report);
+    assert_eq!(report["warm_up"], Value::Null, "{report}");
+    assert_eq!(report["config"]["soft_timeout_seconds"], Value::Null, "{report}");
+    assert_eq!(report["requests"]["target_ops_per_second"], Value::Null, "{report}");
+
+    let mut extra = report.clone();
+    extra["requests"]["undocumented"] = Value::from(1);
+    assert!(!validator.is_valid(&extra), "an undocumented field is rejected");
+    let mut dash = report;
+    dash["tiers"][0]["p50_seconds"] = Value::from("-");
+    assert!(!validator.is_valid(&dash), "\"-\" in place of a number is rejected");
+}
+
+/// `tier … | head`: the reader is gone when the report is written; the command ends quietly (no
+/// panic message), killed by SIGPIPE as other Unix tools are.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    const SIGPIPE: i32 = 13; // Linux
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tier"))
+        .args(["demo", "--duration", "200ms", "--keys", "100", "--workers", "2"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the pipe's read end before the report is printed (at the end of the run).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("internal error") && !stderr.contains("panick"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(SIGPIPE), "{:?}: {stderr}", out.status);
 }

@@ -184,3 +184,53 @@ fn needs_exactly_one_target() {
     assert!(line.contains("required"), "{line}");
     fails(tier().args(["invalidate", "--redis", &url, "--cache", "c", "--tag", "a", "--all"]), 2);
 }
+
+/// A service with its own channel and generation prefix is reached with `--channel` and
+/// `--generation-prefix`, and the report says how many instances listen on the channel: the
+/// two listening here, and none on a channel nobody listens on (the mistake that used to print
+/// "published … for every instance" while every instance kept the old value).
+#[test]
+fn custom_channel_and_generation_prefix_with_the_listeners_counted() {
+    let rt = runtime();
+    let url = redis_url();
+    let urls = std::slice::from_ref(&url);
+    let prefix = format!("{}:", unique("tier-cli-inv"));
+    let generations = format!("{}:", unique("tier-cli-gen"));
+    let channel = unique("tier-cli-channel");
+    let name = unique("shop");
+    rt.block_on(async {
+        let listener = || async {
+            let b = RedisBackplane::builder(connect(urls).await)
+                .channel(channel.clone())
+                .build()
+                .await
+                .unwrap();
+            let events = b.subscribe();
+            (b, events)
+        };
+        let (_a, mut events) = listener().await;
+        let (_b, _) = listener().await;
+        let tag = unique("t");
+        let args = |channel: &str| {
+            let mut args = vec!["invalidate", "--redis", url.as_str(), "--cache", name.as_str()];
+            args.extend(["--prefix", prefix.as_str(), "--generation-prefix", generations.as_str()]);
+            args.extend(["--channel", channel, "--tag", tag.as_str()]);
+            args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        let out = json(tier().args(args(&channel)).arg("--json"));
+        assert_eq!(out["channel"], channel.as_str());
+        assert_eq!(out["subscribers"], 2, "{out}");
+        assert_eq!(next_of(&mut events, &name).await, Invalidation::Tag(tag.as_str().into()));
+        let generation_key =
+            RedisGenerations::new(connect(urls).await).prefix(&generations).redis_key(&tag);
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let generation: Option<u64> =
+            redis::cmd("GET").arg(generation_key).query_async(&mut conn).await.unwrap();
+        assert_eq!(generation, Some(1), "the generation under --generation-prefix moved");
+
+        let nobody = unique("nobody-listens");
+        let text = String::from_utf8(tier().args(args(&nobody)).output().unwrap().stdout).unwrap();
+        assert!(text.contains("no instance listens on it"), "{text}");
+    });
+}

@@ -95,6 +95,8 @@ pub struct CircuitBreaker {
     probe_successes: AtomicU32,
     buckets: [Bucket; BUCKETS],
     on_change: std::sync::OnceLock<metrics::Gauge>,
+    /// The cache and tier it guards, for its events.
+    labels: std::sync::OnceLock<(String, String)>,
 }
 
 impl std::fmt::Debug for CircuitBreaker {
@@ -146,6 +148,7 @@ impl CircuitBreaker {
             probe_successes: AtomicU32::new(0),
             buckets: Default::default(),
             on_change: std::sync::OnceLock::new(),
+            labels: std::sync::OnceLock::new(),
         }
     }
 
@@ -153,6 +156,24 @@ impl CircuitBreaker {
     pub fn set_gauge(&self, gauge: metrics::Gauge) {
         gauge.set(self.state.load(Ordering::Relaxed) as f64);
         let _ = self.on_change.set(gauge);
+    }
+
+    /// Name the cache and tier (or part of a tier) it guards in its `tracing` events (target
+    /// `tier`): WARN when it opens, INFO when it half-opens or closes. The first call wins.
+    pub fn set_labels(&self, cache: impl Into<String>, tier: impl Into<String>) {
+        let _ = self.labels.set((cache.into(), tier.into()));
+    }
+
+    fn changed(&self, s: BreakerState) {
+        let (cache, tier) = self.labels.get().map_or(("", ""), |(c, t)| (c.as_str(), t.as_str()));
+        match s {
+            BreakerState::Open => {
+                tracing::warn!(target: "tier", cache, tier, state = s.as_str(), "circuit breaker opened: the tier is skipped")
+            }
+            _ => {
+                tracing::info!(target: "tier", cache, tier, state = s.as_str(), "circuit breaker state changed")
+            }
+        }
     }
 
     /// The current state.
@@ -169,7 +190,7 @@ impl CircuitBreaker {
         if let Some(g) = self.on_change.get() {
             g.set(s as u8 as f64);
         }
-        tracing::debug!(state = s.as_str(), "circuit breaker state changed");
+        self.changed(s);
     }
 
     /// May a call go through now? Record its outcome with [`CircuitBreaker::record`].
@@ -196,6 +217,7 @@ impl CircuitBreaker {
                     if let Some(g) = self.on_change.get() {
                         g.set(BreakerState::HalfOpen as u8 as f64);
                     }
+                    self.changed(BreakerState::HalfOpen);
                 }
                 self.try_probe()
             }
@@ -439,6 +461,7 @@ impl TierLayer for BreakerLayer {
         let ctx = mount.context;
         let gauge = metrics::gauge!(TIER_BREAKER_STATE, "cache" => ctx.cache.clone(), "tier" => ctx.tier.clone());
         wrapped.breaker().set_gauge(gauge);
+        wrapped.breaker().set_labels(ctx.cache.clone(), ctx.tier.clone());
         Arc::new(wrapped)
     }
 }

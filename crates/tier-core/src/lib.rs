@@ -39,8 +39,8 @@ mod timeout;
 pub use backplane::ReconnectPolicy;
 pub use breaker::{Breaker, BreakerConfig};
 pub use cache::{
-    Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, TierInfo, WarmProgress,
-    WarmReport,
+    Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, TierInfo, TraceKeys,
+    WarmProgress, WarmReport,
 };
 pub use entry::Storage;
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};

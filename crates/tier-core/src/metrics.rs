@@ -16,10 +16,22 @@
 //! | `cache_invalidations_total` | counter | cache, kind (key/tag/namespace/clear), source (local/backplane) |
 //! | `cache_backfills_shed_total` | counter | cache (backfills skipped by load shedding) |
 //!
+//! The hierarchy's handles are [`LazyCounter`]s, [`LazyGauge`]s and [`LazyHistogram`]s: made when
+//! a cache is built, and bound to the recorder when one is installed, before or after the build.
+//! Give the exporter the buckets of [`BUCKETS`] (the `tier` crate's `prometheus` feature does).
+//!
 //! Durations of in-process (object) tiers are sampled (1 call in [`OBJECT_TIER_TIMING_SAMPLE`])
 //! so that timing costs less than the hit it measures; counters are never sampled.
 
-use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics::{Counter, Label, Unit};
+
+mod lazy;
+
+pub use lazy::{recorder_installed, LazyCounter, LazyGauge, LazyHistogram};
+
+fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
+    pairs.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect()
+}
 
 /// `tier_requests_total`
 pub const TIER_REQUESTS: &str = "tier_requests_total";
@@ -66,10 +78,11 @@ pub const FLEET_STATE_UNAVAILABLE: &str = "tier_fleet_state_unavailable_total";
 /// give ~15 samples a second, over 200 per 15 s scrape.
 pub const OBJECT_TIER_TIMING_SAMPLE: u64 = 64;
 
-/// Histogram buckets (seconds) that resolve an L1 hit (~100 ns) up to a slow origin (~10 s).
-/// Give them to your exporter, e.g.
-/// `PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)`.
-pub const DURATION_BUCKETS: &[f64] = &[
+/// Histogram buckets (seconds) of `tier_op_duration_seconds`: an L1 hit (~100 ns) through a
+/// disk read (µs) and a Redis call (50 µs – 5 ms, in steps of 1.5–2×) to a tier timeout.
+/// [`BUCKETS`] pairs each histogram with its buckets; the `tier` crate's `prometheus` feature
+/// sets them on the exporter.
+pub const TIER_DURATION_BUCKETS: &[f64] = &[
     0.000_000_1,
     0.000_000_25,
     0.000_000_5,
@@ -79,12 +92,19 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.000_01,
     0.000_025,
     0.000_05,
+    0.000_075,
     0.000_1,
-    0.000_25,
+    0.000_15,
+    0.000_2,
+    0.000_3,
     0.000_5,
+    0.000_75,
     0.001,
-    0.002_5,
+    0.001_5,
+    0.002,
+    0.003,
     0.005,
+    0.007_5,
     0.01,
     0.025,
     0.05,
@@ -92,10 +112,27 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.25,
     0.5,
     1.0,
-    2.5,
-    5.0,
-    10.0,
 ];
+
+/// Histogram buckets (seconds) of `cache_load_duration_seconds`: origin calls, resolved in steps
+/// of 10–25 % from 1 to 200 ms (a 50 ms load lands in `(0.05, 0.06]`, not in `(0.05, 0.1]`), then
+/// coarser up to 10 s.
+pub const LOAD_DURATION_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.001_25, 0.001_5, 0.002, 0.002_5, 0.003, 0.004, 0.005,
+    0.006, 0.007, 0.008, 0.01, 0.012_5, 0.015, 0.017_5, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045,
+    0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.115, 0.13, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+];
+
+/// Buckets for every other duration histogram (names ending in `_seconds`): the tier buckets.
+pub const DURATION_BUCKETS: &[f64] = TIER_DURATION_BUCKETS;
+
+/// Each histogram of the hierarchy with the buckets that resolve it; give them to the exporter
+/// (`set_buckets_for_metric(Matcher::Full(name.into()), buckets)` for each, and
+/// [`DURATION_BUCKETS`] for names ending in `_seconds`), or use the `tier` crate's `prometheus`
+/// feature, which does.
+pub const BUCKETS: &[(&str, &[f64])] =
+    &[(TIER_OP_DURATION, TIER_DURATION_BUCKETS), (CACHE_LOAD_DURATION, LOAD_DURATION_BUCKETS)];
 
 /// Register help text and units of every metric with the installed recorder.
 /// Call it once after installing your exporter (the hierarchy also calls it when built).
@@ -172,22 +209,16 @@ pub(crate) enum LookupResult {
 const LOOKUP_RESULTS: [&str; 6] = ["hit", "stale", "miss", "error", "timeout", "skipped"];
 
 /// The `result` counters of one (tier, op, category).
-#[derive(Clone)]
-pub(crate) struct LookupCounters([Counter; 6]);
+pub(crate) struct LookupCounters([LazyCounter; 6]);
 
 impl LookupCounters {
     fn new(cache: &str, tier: &str, op: &'static str, category: Option<&str>) -> Self {
         Self(LOOKUP_RESULTS.map(|result| {
-            let mut labels = vec![
-                ("cache", cache.to_string()),
-                ("tier", tier.to_string()),
-                ("op", op.to_string()),
-                ("result", result.to_string()),
-            ];
+            let mut pairs = vec![("cache", cache), ("tier", tier), ("op", op), ("result", result)];
             if let Some(c) = category {
-                labels.push(("category", c.to_string()));
+                pairs.push(("category", c));
             }
-            metrics::counter!(TIER_REQUESTS, &labels)
+            LazyCounter::new(TIER_REQUESTS, labels(&pairs))
         }))
     }
 
@@ -200,73 +231,87 @@ impl LookupCounters {
 pub(crate) struct TierMetrics {
     /// `get` counters, one set per category (index 0 when no classifier).
     pub get: Vec<LookupCounters>,
-    pub write_ok: Counter,
-    pub write_error: Counter,
-    pub write_timeout: Counter,
-    pub write_skipped: Counter,
-    pub get_duration: Histogram,
-    pub write_duration: Histogram,
-    pub decode_errors: Counter,
-    pub entries: Gauge,
-    pub bytes: Gauge,
-    pub capacity: Gauge,
-    pub breaker: Gauge,
+    pub write_ok: LazyCounter,
+    pub write_error: LazyCounter,
+    pub write_timeout: LazyCounter,
+    pub write_skipped: LazyCounter,
+    pub get_duration: LazyHistogram,
+    pub write_duration: LazyHistogram,
+    pub decode_errors: LazyCounter,
+    pub entries: LazyGauge,
+    pub bytes: LazyGauge,
+    pub capacity: LazyGauge,
+    pub breaker: LazyGauge,
 }
 
 impl TierMetrics {
     pub(crate) fn new(cache: &str, tier: &str, categories: &[&'static str]) -> Self {
-        let labels = [("cache", cache.to_string()), ("tier", tier.to_string())];
+        let tier_labels = || labels(&[("cache", cache), ("tier", tier)]);
         let get = if categories.is_empty() {
             vec![LookupCounters::new(cache, tier, "get", None)]
         } else {
             categories.iter().map(|c| LookupCounters::new(cache, tier, "get", Some(c))).collect()
         };
-        let write = |result: &str| metrics::counter!(TIER_REQUESTS, "cache" => cache.to_string(), "tier" => tier.to_string(), "op" => "insert", "result" => result.to_string());
+        let write = |result: &str| {
+            let pairs = [("cache", cache), ("tier", tier), ("op", "insert"), ("result", result)];
+            LazyCounter::new(TIER_REQUESTS, labels(&pairs))
+        };
+        let duration = |op: &str| {
+            LazyHistogram::new(
+                TIER_OP_DURATION,
+                labels(&[("cache", cache), ("tier", tier), ("op", op)]),
+            )
+        };
         Self {
             get,
             write_ok: write("ok"),
             write_error: write("error"),
             write_timeout: write("timeout"),
             write_skipped: write("skipped"),
-            get_duration: metrics::histogram!(TIER_OP_DURATION, "cache" => cache.to_string(), "tier" => tier.to_string(), "op" => "get"),
-            write_duration: metrics::histogram!(TIER_OP_DURATION, "cache" => cache.to_string(), "tier" => tier.to_string(), "op" => "insert"),
-            decode_errors: metrics::counter!(TIER_DECODE_ERRORS, &labels),
-            entries: metrics::gauge!(TIER_ENTRIES, &labels),
-            bytes: metrics::gauge!(TIER_BYTES, &labels),
-            capacity: metrics::gauge!(TIER_CAPACITY_BYTES, &labels),
-            breaker: metrics::gauge!(TIER_BREAKER_STATE, &labels),
+            get_duration: duration("get"),
+            write_duration: duration("insert"),
+            decode_errors: LazyCounter::new(TIER_DECODE_ERRORS, tier_labels()),
+            entries: LazyGauge::new(TIER_ENTRIES, tier_labels()),
+            bytes: LazyGauge::new(TIER_BYTES, tier_labels()),
+            capacity: LazyGauge::new(TIER_CAPACITY_BYTES, tier_labels()),
+            breaker: LazyGauge::new(TIER_BREAKER_STATE, tier_labels()),
         }
     }
 }
 
 /// Handles of one hierarchy.
 pub(crate) struct CacheMetrics {
-    pub loads_ok: Counter,
-    pub loads_none: Counter,
-    pub loads_error: Counter,
-    pub loads_timeout: Counter,
-    pub load_duration: Histogram,
-    pub coalesced: Counter,
-    pub stale_served: Counter,
-    pub refreshes: Counter,
-    pub backfills_shed: Counter,
+    pub loads_ok: LazyCounter,
+    pub loads_none: LazyCounter,
+    pub loads_error: LazyCounter,
+    pub loads_timeout: LazyCounter,
+    pub load_duration: LazyHistogram,
+    pub coalesced: LazyCounter,
+    pub stale_served: LazyCounter,
+    pub refreshes: LazyCounter,
+    pub backfills_shed: LazyCounter,
     cache: String,
+    /// Whether the event series were registered with a recorder.
+    event_series: std::sync::atomic::AtomicBool,
 }
 
 impl CacheMetrics {
     pub(crate) fn new(cache: &str) -> Self {
-        let load = |result: &'static str| metrics::counter!(CACHE_LOADS, "cache" => cache.to_string(), "result" => result);
+        let load =
+            |result| LazyCounter::new(CACHE_LOADS, labels(&[("cache", cache), ("result", result)]));
+        let counter = |name| LazyCounter::new(name, labels(&[("cache", cache)]));
         Self {
             loads_ok: load("ok"),
             loads_none: load("none"),
             loads_error: load("error"),
             loads_timeout: load("timeout"),
-            load_duration: metrics::histogram!(CACHE_LOAD_DURATION, "cache" => cache.to_string()),
-            coalesced: metrics::counter!(CACHE_COALESCED, "cache" => cache.to_string()),
-            stale_served: metrics::counter!(CACHE_STALE_SERVED, "cache" => cache.to_string()),
-            refreshes: metrics::counter!(CACHE_REFRESHES, "cache" => cache.to_string()),
-            backfills_shed: metrics::counter!(CACHE_BACKFILLS_SHED, "cache" => cache.to_string()),
+            load_duration: LazyHistogram::new(CACHE_LOAD_DURATION, labels(&[("cache", cache)])),
+            coalesced: counter(CACHE_COALESCED),
+            stale_served: counter(CACHE_STALE_SERVED),
+            refreshes: counter(CACHE_REFRESHES),
+            backfills_shed: counter(CACHE_BACKFILLS_SHED),
             cache: cache.to_string(),
+            event_series: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -276,8 +321,17 @@ impl CacheMetrics {
     }
 
     /// Register every series that only moves on events (invalidations by kind and source,
-    /// backfills between each pair of tiers) at 0, so dashboards show 0 rather than no data.
-    pub(crate) fn register_event_series(&self, tiers: &[String]) {
+    /// backfills between each pair of tiers) at 0, so dashboards show 0 rather than no data, and
+    /// give the recorder the help texts ([`describe`]): once, with the first recorder seen (at
+    /// build, or from the gauge task when the recorder was installed after the build).
+    pub(crate) fn register_event_series(&self, tiers: impl FnOnce() -> Vec<String>) {
+        use std::sync::atomic::Ordering;
+        if self.event_series.load(Ordering::Relaxed) || !recorder_installed() {
+            return;
+        }
+        self.event_series.store(true, Ordering::Relaxed);
+        describe();
+        let tiers = tiers();
         for kind in ["key", "written", "tag", "namespace", "clear"] {
             for source in ["local", "backplane"] {
                 metrics::counter!(CACHE_INVALIDATIONS, "cache" => self.cache.clone(), "kind" => kind, "source" => source).increment(0);

@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
-use metrics::{counter, gauge, Counter, Unit};
-use tier_core::metrics::{TIER_DECODE_ERRORS, TIER_EVICTIONS};
+use metrics::{counter, gauge, Unit};
+use tier_core::metrics::{LazyCounter, TIER_DECODE_ERRORS, TIER_EVICTIONS};
 use tier_core::spi::TierContext;
 
 use crate::report::RecoveryReport;
@@ -30,14 +30,15 @@ pub const RECOVERY_SECONDS: &str = "tier_disk_recovery_seconds";
 /// the lookup failed with a timeout, which the hierarchy reads as a miss of this tier).
 pub const READS: &str = "tier_disk_reads_total";
 
-/// Counter handles with the tier's labels.
+/// Counter handles with the tier's labels (lazy: bound to the metrics recorder whenever the
+/// service installs it, before or after building its cache).
 pub(crate) struct Handles {
-    pub evicted_capacity: Counter,
-    pub evicted_expired: Counter,
-    pub decode_errors: Counter,
-    pub reads_cached: Counter,
-    pub reads_pool: Counter,
-    pub reads_rejected: Counter,
+    pub evicted_capacity: LazyCounter,
+    pub evicted_expired: LazyCounter,
+    pub decode_errors: LazyCounter,
+    pub reads_cached: LazyCounter,
+    pub reads_pool: LazyCounter,
+    pub reads_rejected: LazyCounter,
 }
 
 impl Handles {
@@ -45,25 +46,33 @@ impl Handles {
     /// series labelled `cache=""` would stay at 0 forever beside the real one.
     fn detached() -> Self {
         Self {
-            evicted_capacity: Counter::noop(),
-            evicted_expired: Counter::noop(),
-            decode_errors: Counter::noop(),
-            reads_cached: Counter::noop(),
-            reads_pool: Counter::noop(),
-            reads_rejected: Counter::noop(),
+            evicted_capacity: LazyCounter::noop(),
+            evicted_expired: LazyCounter::noop(),
+            decode_errors: LazyCounter::noop(),
+            reads_cached: LazyCounter::noop(),
+            reads_pool: LazyCounter::noop(),
+            reads_rejected: LazyCounter::noop(),
         }
     }
 
     fn new(cache: &str, tier: &str) -> Self {
-        let evicted = |cause: &'static str| counter!(TIER_EVICTIONS, "cache" => cache.to_string(), "tier" => tier.to_string(), "cause" => cause);
-        let reads = |path: &'static str| counter!(READS, "cache" => cache.to_string(), "tier" => tier.to_string(), "path" => path);
+        let labels = |cause: Option<&str>| {
+            let mut labels = vec![("cache", cache.to_string()), ("tier", tier.to_string())];
+            labels.extend(cause.map(|c| ("cause", c.to_string())));
+            labels
+        };
+        let path = |p: &str| {
+            let mut labels = labels(None);
+            labels.push(("path", p.to_string()));
+            labels
+        };
         Self {
-            evicted_capacity: evicted("capacity"),
-            evicted_expired: evicted("expired"),
-            decode_errors: counter!(TIER_DECODE_ERRORS, "cache" => cache.to_string(), "tier" => tier.to_string()),
-            reads_cached: reads("page_cache"),
-            reads_pool: reads("pool"),
-            reads_rejected: reads("rejected"),
+            evicted_capacity: LazyCounter::new(TIER_EVICTIONS, &labels(Some("capacity"))),
+            evicted_expired: LazyCounter::new(TIER_EVICTIONS, &labels(Some("expired"))),
+            decode_errors: LazyCounter::new(TIER_DECODE_ERRORS, &labels(None)),
+            reads_cached: LazyCounter::new(READS, &path("page_cache")),
+            reads_pool: LazyCounter::new(READS, &path("pool")),
+            reads_rejected: LazyCounter::new(READS, &path("rejected")),
         }
     }
 }

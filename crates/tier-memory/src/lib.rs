@@ -37,6 +37,7 @@ use foldhash::quality::SeedableRandomState;
 use foldhash::SharedSeed;
 use moka::notification::RemovalCause;
 use moka::Expiry;
+use tier_core::metrics::LazyCounter;
 use tier_core::spi::{Entry, Lookup, ObjectEntry, ReadyLookup, Tier, TierContext};
 use tier_core::{Storage, TierError, TierStats};
 
@@ -81,8 +82,8 @@ fn key_hasher() -> SeedableRandomState {
 
 #[derive(Default)]
 struct Evictions {
-    capacity: OnceLock<metrics::Counter>,
-    expired: OnceLock<metrics::Counter>,
+    capacity: OnceLock<LazyCounter>,
+    expired: OnceLock<LazyCounter>,
 }
 
 /// Builder of a [`MemoryTier`].
@@ -235,7 +236,12 @@ impl Tier for MemoryTier {
     }
 
     fn attach(&self, ctx: &TierContext) {
-        let counter = |cause: &'static str| metrics::counter!(tier_core::metrics::TIER_EVICTIONS, "cache" => ctx.cache.clone(), "tier" => ctx.tier.clone(), "cause" => cause);
+        // Lazy: bound to the metrics recorder whenever the service installs it.
+        let counter = |cause: &'static str| {
+            let labels =
+                [("cache", ctx.cache.clone()), ("tier", ctx.tier.clone()), ("cause", cause.into())];
+            LazyCounter::new(tier_core::metrics::TIER_EVICTIONS, &labels)
+        };
         let _ = self.evictions.capacity.set(counter("capacity"));
         let _ = self.evictions.expired.set(counter("expired"));
     }

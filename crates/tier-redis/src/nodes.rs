@@ -117,6 +117,8 @@ impl Master {
         }
         self.gauge.get_or_init(|| {
             self.breaker.set_gauge(metrics::gauge!(NODE_BREAKER_STATE, "cache" => labels.cache.clone(), "tier" => labels.tier.clone(), "node" => self.address.clone()));
+            // Its tracing events name the master: "redis master 10.0.0.5:6379".
+            self.breaker.set_labels(labels.cache.clone(), format!("{} master {}", labels.tier, self.address));
         });
     }
 }

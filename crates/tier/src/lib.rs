@@ -38,6 +38,8 @@
 //! - `redis` — `RedisTier`, `RedisBackplane`, `RedisGenerations`, `RedisLock` (the `redis`
 //!   module).
 //! - `tls` — `rediss://` URLs through rustls (implies `redis`).
+//! - `prometheus` — a Prometheus exporter set up for tier's metrics: buckets, upkeep, a handle
+//!   that renders `/metrics` for one's own router (the `prometheus` module).
 //! - `test-util` — tier-core's test helpers and conformance kit (the `testing` module).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -76,6 +78,10 @@ pub use tier_redis as redis;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisLock, RedisTier};
+
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub mod prometheus;
 
 /// The names most services use: `use tier::prelude::*;`.
 pub mod prelude {

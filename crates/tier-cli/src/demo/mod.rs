@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tier_core::{Cache, EarlyRefresh, FailSafe, ReconnectPolicy, TierPolicy};
 use tier_disk::DiskTier;
 use tier_memory::MemoryTier;
@@ -24,7 +24,7 @@ use tier_memory::MemoryTier;
 use crate::cli::DemoArgs;
 use crate::error::{chain, CliError, Context, Result};
 use crate::promtext::{CacheFigures, Figures};
-use report::{HotKey, Report, RunConfig, WarmUp};
+use report::{HotKey, Report, RunConfig, TierSetting, WarmUp};
 use workload::{Counters, Item, Mix, Origin, Shared, Zipf};
 
 /// SIGINT (Ctrl-C) and SIGTERM, listened to from the start: either ends the run early, and the
@@ -54,11 +54,8 @@ impl Interrupt {
 
 /// Install the global Prometheus recorder; serve it over HTTP when `addr` is given.
 fn install_metrics(addr: Option<SocketAddr>) -> Result<PrometheusHandle> {
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            tier_core::metrics::DURATION_BUCKETS,
-        )
+    // The buckets of every histogram, as a service gets them from `tier::prometheus`.
+    let builder = tier::prometheus::builder()
         .map_err(|e| CliError::runtime(format!("metrics buckets: {}", chain(&e))))?;
     let handle = match addr {
         Some(addr) => {
@@ -110,19 +107,47 @@ fn open_disk(dir: &PathBuf, capacity: u64) -> Result<DiskTier> {
     })
 }
 
+/// The demo's tiers and their policies, top first: the hierarchy is built from them and the
+/// report lists them.
+fn tier_settings(args: &DemoArgs) -> Vec<TierSetting> {
+    let tier = |name: &str, fresh: Duration, timeout: Option<Duration>, breaker| TierSetting {
+        name: name.to_string(),
+        fresh_seconds: fresh.as_secs_f64(),
+        stale_seconds: args.stale.as_secs_f64(),
+        timeout_seconds: timeout.map(|t| t.as_secs_f64()),
+        breaker,
+    };
+    let mut tiers = vec![
+        tier("memory", args.fresh, None, false),
+        tier("disk", args.fresh * 2, Some(Duration::from_millis(50)), true),
+    ];
+    if args.redis.is_some() {
+        tiers.push(tier("redis", args.fresh * 4, Some(Duration::from_millis(250)), true));
+    }
+    tiers
+}
+
+/// The policy of one tier of [`tier_settings`].
+fn policy(s: &TierSetting) -> TierPolicy {
+    let policy = TierPolicy::fresh(Duration::from_secs_f64(s.fresh_seconds))
+        .stale(Duration::from_secs_f64(s.stale_seconds));
+    let policy = match s.timeout_seconds {
+        Some(t) => policy.timeout(Duration::from_secs_f64(t)),
+        None => policy,
+    };
+    if s.breaker {
+        policy
+    } else {
+        policy.no_breaker()
+    }
+}
+
 /// Build the hierarchy described by `args`. Returns the cache and the tier names, top first.
 async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>> {
-    let fresh = args.fresh;
-    let stale = args.stale;
+    let settings = tier_settings(args);
     let mut builder = Cache::<Item>::builder(args.cache.clone())
-        .tier(
-            MemoryTier::builder().max_bytes(args.memory_bytes).build(),
-            TierPolicy::fresh(fresh).stale(stale).no_breaker(),
-        )
-        .tier(
-            open_disk(disk_dir, args.disk_bytes)?,
-            TierPolicy::fresh(fresh * 2).stale(stale).timeout(Duration::from_millis(50)),
-        )
+        .tier(MemoryTier::builder().max_bytes(args.memory_bytes).build(), policy(&settings[0]))
+        .tier(open_disk(disk_dir, args.disk_bytes)?, policy(&settings[1]))
         .hot_keys(64, 4);
     if args.early_refresh > 0.0 {
         builder = builder.early_refresh(EarlyRefresh::XFetch { beta: args.early_refresh });
@@ -150,10 +175,7 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
             .map_err(|e| crate::redis::setup_error("Redis backplane", &e))?;
         let generations = tier_redis::RedisGenerations::new(conn).cached_with(&backplane);
         builder = builder
-            .tier(
-                tier,
-                TierPolicy::fresh(fresh * 4).stale(stale).timeout(Duration::from_millis(250)),
-            )
+            .tier(tier, settings.get(2).map_or_else(|| TierPolicy::fresh(args.fresh * 4), policy))
             .generations(Arc::new(generations))
             .backplane(Arc::new(backplane), ReconnectPolicy::Clear);
     }
@@ -252,8 +274,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     shared.stop.store(true, Ordering::Relaxed);
     bar.set_prefix("stopping");
     bar.set_message("waiting for in-flight requests");
+    let mut latency = workload::latencies();
     for w in workers {
-        let _ = w.await;
+        if let Ok(h) = w.await {
+            // Same bounds in every worker: adding cannot fail.
+            let _ = latency.add(&h);
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
@@ -270,11 +296,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 elapsed,
             );
             // The breaker itself (the gauge says 0 for a tier without one).
-            row.breaker = info.breaker.map_or("-", |b| b.as_str()).to_string();
+            row.breaker = info.breaker.map(|b| b.as_str().to_string());
             row
         })
         .collect();
-    let requests = report::requests(&shared.counters, elapsed);
+    let requests = report::requests(&shared.counters, &latency, args.rate, elapsed);
     let origin_report =
         report::origin(&fig, &origin, calls_before, errors_before, requests.reads, elapsed);
     let report = Report {
@@ -299,6 +325,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             fail_safe_seconds: args.fail_safe.as_secs_f64(),
             early_refresh_beta: args.early_refresh,
             fresh_seconds: args.fresh.as_secs_f64(),
+            stale_seconds: args.stale.as_secs_f64(),
+            fail_safe_throttle_seconds: args.fail_safe_throttle.as_secs_f64(),
+            soft_timeout_seconds: (!args.soft_timeout.is_zero())
+                .then_some(args.soft_timeout.as_secs_f64()),
+            hard_timeout_seconds: (!args.hard_timeout.is_zero())
+                .then_some(args.hard_timeout.as_secs_f64()),
+            value_size: u64::from(args.value_size),
+            memory_bytes: args.memory_bytes,
+            disk_bytes: args.disk_bytes,
+            redis_prefix: args.redis.as_ref().map(|_| args.redis_prefix.clone()),
+            warm_up: args.warm_up,
+            top: args.top as u64,
+            tier_policies: tier_settings(&args),
         },
         warm_up,
         elapsed_seconds: elapsed,

@@ -5,11 +5,20 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::workload::{Counters, Origin};
 use crate::duration::{short, short_secs};
 use crate::promtext::{breaker_name, CacheFigures, TierFigures};
+
+/// What each column of the tier table counts (the text report and `tier demo --help` say it).
+pub const COLUMNS: &str = "\
+columns: hits = fresh hits, answered by this tier · stale→next = only a stale copy here (kept as
+the fallback), the next tier was asked · misses · tier-err = errors of the tier itself (the next
+tier was asked; failed reads are counted under requests) · timeouts · skipped = breaker open or
+tier disabled · hit% = hits / lookups that reached the tier (a stale copy is not a hit) ·
+p50/p99 = the tier's get latency · breaker = its state at the end (- without one)";
 
 /// The whole report (`tier demo --json` prints it as is).
 #[derive(Debug, Serialize)]
@@ -69,6 +78,43 @@ pub struct RunConfig {
     pub early_refresh_beta: f64,
     /// Fresh lifetime of the memory tier (disk ×2, Redis ×4).
     pub fresh_seconds: f64,
+    /// How long entries stay servable as stale after their fresh lifetime.
+    pub stale_seconds: f64,
+    /// After a failed load, serve stale without calling the origin for this long.
+    pub fail_safe_throttle_seconds: f64,
+    /// Soft timeout of a load (`null`: off).
+    pub soft_timeout_seconds: Option<f64>,
+    /// Hard timeout of a load (`null`: never).
+    pub hard_timeout_seconds: Option<f64>,
+    /// Payload bytes of each value.
+    pub value_size: u64,
+    /// Memory tier capacity in bytes.
+    pub memory_bytes: u64,
+    /// Disk tier capacity in bytes.
+    pub disk_bytes: u64,
+    /// Key prefix of the Redis tier (`null` without Redis).
+    pub redis_prefix: Option<String>,
+    /// Whether every key was loaded once before the measured run.
+    pub warm_up: bool,
+    /// Hot keys asked for.
+    pub top: u64,
+    /// Each tier as configured, top first.
+    pub tier_policies: Vec<TierSetting>,
+}
+
+/// One tier's policy in the demo.
+#[derive(Debug, Clone, Serialize)]
+pub struct TierSetting {
+    /// Tier name.
+    pub name: String,
+    /// Fresh lifetime.
+    pub fresh_seconds: f64,
+    /// Stale lifetime after it.
+    pub stale_seconds: f64,
+    /// Per-call timeout (`null`: none).
+    pub timeout_seconds: Option<f64>,
+    /// Whether a circuit breaker guards it.
+    pub breaker: bool,
 }
 
 /// The warm-up.
@@ -89,8 +135,8 @@ pub struct Requests {
     pub reads: u64,
     /// Reads answered with a value (fresh or stale).
     pub answered: u64,
-    /// Reads that failed (origin failed, nothing stale to serve).
-    pub errors: u64,
+    /// Reads that failed (origin failed, nothing stale to serve): what a caller saw fail.
+    pub failed_reads: u64,
     /// Of those, reads of keys invalidated (and not written again) during the run: no tier
     /// could hold even a stale value of them.
     pub errors_invalidated_keys: u64,
@@ -100,12 +146,22 @@ pub struct Requests {
     pub write_errors: u64,
     /// Invalidations.
     pub invalidations: u64,
-    /// All operations per second.
+    /// All operations per second (achieved).
     pub ops_per_second: f64,
+    /// Operations per second asked for (`--rate`; `null`: as fast as possible).
+    pub target_ops_per_second: Option<f64>,
+    /// `ops_per_second / target_ops_per_second` (`null` when unpaced).
+    pub achieved_ratio: Option<f64>,
     /// Reads per second.
     pub reads_per_second: f64,
     /// Mean read latency as the caller saw it.
     pub read_mean_seconds: Option<f64>,
+    /// Median read latency as the caller saw it.
+    pub read_p50_seconds: Option<f64>,
+    /// 99th percentile read latency.
+    pub read_p99_seconds: Option<f64>,
+    /// 99.9th percentile read latency.
+    pub read_p999_seconds: Option<f64>,
     /// `answered / reads`.
     pub answered_ratio: Option<f64>,
 }
@@ -115,19 +171,21 @@ pub struct Requests {
 pub struct TierRow {
     /// Tier name.
     pub name: String,
-    /// Fresh hits.
+    /// Fresh hits: answered by this tier.
     pub hits: u64,
-    /// Stale hits (kept as fallback while looking further down).
-    pub stale: u64,
+    /// Lookups where this tier had only a stale copy: kept as the fallback, and the next tier
+    /// was asked (the text report's `stale→next`).
+    pub stale_next: u64,
     /// Misses.
     pub misses: u64,
-    /// Errors.
-    pub errors: u64,
+    /// Errors of the tier itself (the next tier was asked); not failed reads, which are in
+    /// `requests.failed_reads`.
+    pub tier_errors: u64,
     /// Timeouts.
     pub timeouts: u64,
     /// Skipped (breaker open, disabled).
     pub skipped: u64,
-    /// `hits / (lookups that reached the tier)`.
+    /// `hits / (lookups that reached the tier)`: a stale copy is not a hit.
     pub hit_ratio: Option<f64>,
     /// Lookups per second that reached the tier.
     pub lookups_per_second: f64,
@@ -136,8 +194,8 @@ pub struct TierRow {
     pub p50_seconds: Option<f64>,
     /// 99th percentile `get` latency.
     pub p99_seconds: Option<f64>,
-    /// Breaker state at the end (`closed`, `half_open`, `open`, `-` without breaker).
-    pub breaker: String,
+    /// Breaker state at the end (`closed`, `half_open`, `open`; `null` without a breaker).
+    pub breaker: Option<String>,
     /// Entries at the end.
     pub entries: Option<u64>,
     /// Bytes at the end.
@@ -212,16 +270,16 @@ pub fn tier_row(name: &str, t: &TierFigures, secs: f64) -> TierRow {
     TierRow {
         name: name.to_string(),
         hits: n(t.get("hit")),
-        stale: n(t.get("stale")),
+        stale_next: n(t.get("stale")),
         misses: n(t.get("miss")),
-        errors: n(t.get("error")),
+        tier_errors: n(t.get("error")),
         timeouts: n(t.get("timeout")),
         skipped: n(t.get("skipped")),
         hit_ratio: t.hit_ratio(),
         lookups_per_second: per_sec(t.lookups(), secs),
         p50_seconds: t.get_duration.quantile(0.5),
         p99_seconds: t.get_duration.quantile(0.99),
-        breaker: breaker_name(t.breaker).to_string(),
+        breaker: t.breaker.map(|b| breaker_name(Some(b)).to_string()),
         entries: t.entries.map(n),
         bytes: t.bytes.map(n),
         backfills_in: n(t.backfills_in),
@@ -229,24 +287,33 @@ pub fn tier_row(name: &str, t: &TierFigures, secs: f64) -> TierRow {
     }
 }
 
-/// Requests from the counters.
-pub fn requests(c: &Counters, secs: f64) -> Requests {
+/// Requests from the counters, the read latencies (µs) and the target rate (0: unpaced).
+pub fn requests(c: &Counters, latency: &Histogram<u64>, target: u64, secs: f64) -> Requests {
     let reads = c.reads.load(Ordering::Relaxed);
     let answered = c.answered.load(Ordering::Relaxed);
     let writes = c.writes.load(Ordering::Relaxed);
     let invalidations = c.invalidates.load(Ordering::Relaxed);
     let micros = c.read_micros.load(Ordering::Relaxed);
+    let quantile =
+        |q: f64| (!latency.is_empty()).then(|| latency.value_at_quantile(q) as f64 / 1e6);
+    let ops_per_second = per_sec((reads + writes + invalidations) as f64, secs);
+    let target = (target > 0).then_some(target as f64);
     Requests {
         reads,
         answered,
-        errors: c.read_errors.load(Ordering::Relaxed),
+        failed_reads: c.read_errors.load(Ordering::Relaxed),
         errors_invalidated_keys: c.read_errors_invalidated.load(Ordering::Relaxed),
         writes,
         write_errors: c.write_errors.load(Ordering::Relaxed),
         invalidations,
-        ops_per_second: per_sec((reads + writes + invalidations) as f64, secs),
+        ops_per_second,
+        target_ops_per_second: target,
+        achieved_ratio: target.map(|t| ops_per_second / t),
         reads_per_second: per_sec(reads as f64, secs),
         read_mean_seconds: (reads > 0).then(|| micros as f64 / 1e6 / reads as f64),
+        read_p50_seconds: quantile(0.5),
+        read_p99_seconds: quantile(0.99),
+        read_p999_seconds: quantile(0.999),
         answered_ratio: (reads > 0).then(|| answered as f64 / reads as f64),
     }
 }
@@ -310,10 +377,11 @@ pub fn rate(v: f64) -> String {
 /// The per-tier table.
 pub fn tier_table(rows: &[TierRow]) -> String {
     let mut out = String::new();
-    let header = ["tier", "hits", "stale", "misses", "errors", "timeouts", "skipped", "hit%"];
+    let header =
+        ["tier", "hits", "stale→next", "misses", "tier-err", "timeouts", "skipped", "hit%"];
     let _ = writeln!(
         out,
-        "{:<10} {:>11} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}  breaker",
+        "{:<10} {:>11} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}  breaker",
         header[0],
         header[1],
         header[2],
@@ -328,18 +396,18 @@ pub fn tier_table(rows: &[TierRow]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<10} {:>11} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}  {}",
+            "{:<10} {:>11} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}  {}",
             r.name,
             count(r.hits),
-            count(r.stale),
+            count(r.stale_next),
             count(r.misses),
-            count(r.errors),
+            count(r.tier_errors),
             count(r.timeouts),
             count(r.skipped),
             pct(r.hit_ratio),
             short_secs(r.p50_seconds),
             short_secs(r.p99_seconds),
-            r.breaker
+            r.breaker.as_deref().unwrap_or("-")
         );
     }
     out
@@ -372,27 +440,40 @@ impl Report {
         }
         let _ = writeln!(out);
         out.push_str(&tier_table(&self.tiers));
+        let _ = writeln!(out, "{COLUMNS}");
         let _ = writeln!(out);
         let r = &self.requests;
         let _ = writeln!(
             out,
-            "requests  {} reads in {} ({}), {} answered, {} failed · {} writes · {} invalidations · mean read {}",
+            "requests  {} reads in {} ({}), {} answered, {} failed reads · {} writes · {} invalidations",
             count(r.reads),
             short(Duration::from_secs_f64(self.elapsed_seconds)),
             rate(r.reads_per_second),
             pct(r.answered_ratio),
-            count(r.errors),
+            count(r.failed_reads),
             count(r.writes),
             count(r.invalidations),
+        );
+        let target = match r.target_ops_per_second {
+            Some(t) => format!("of {} asked for ({})", rate(t), pct(r.achieved_ratio)),
+            None => "(unpaced)".into(),
+        };
+        let _ = writeln!(
+            out,
+            "          {} ops {target} · read latency p50 {} p99 {} p99.9 {} (mean {})",
+            rate(r.ops_per_second),
+            short_secs(r.read_p50_seconds),
+            short_secs(r.read_p99_seconds),
+            short_secs(r.read_p999_seconds),
             short_secs(r.read_mean_seconds),
         );
-        if r.errors > 0 {
+        if r.failed_reads > 0 {
             let _ = writeln!(
                 out,
                 "          failed reads: the origin failed and no tier held even a stale value; {} of {} \
                  were keys invalidated during the run",
                 count(r.errors_invalidated_keys),
-                count(r.errors)
+                count(r.failed_reads)
             );
         }
         let o = &self.origin;

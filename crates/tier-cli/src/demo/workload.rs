@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -159,6 +160,14 @@ pub struct Counters {
     pub read_micros: AtomicU64,
 }
 
+/// Read latencies in µs, 3 significant digits, up to an hour (each worker keeps its own; the
+/// demo adds them up at the end).
+pub fn latencies() -> Histogram<u64> {
+    // Invariant: low = 1 ≥ 1, high ≥ 2·low and 3 significant digits (≤ 5) are valid bounds, the
+    // only inputs `new_with_bounds` checks.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
 /// The mix and pacing of operations.
 #[derive(Debug, Clone, Copy)]
 pub struct Mix {
@@ -206,8 +215,8 @@ pub fn key_of(cache: &Cache<Item>, id: u64) -> bytes::Bytes {
     cache.key(format!("item:{id}"))
 }
 
-/// One read through the hierarchy.
-pub async fn read(shared: &Shared, id: u64) -> bool {
+/// One read through the hierarchy; its latency goes into `latency` (µs).
+pub async fn read(shared: &Shared, id: u64, latency: &mut Histogram<u64>) -> bool {
     let key = key_of(&shared.cache, id);
     let origin = shared.origin.clone();
     let started = Instant::now();
@@ -215,7 +224,9 @@ pub async fn read(shared: &Shared, id: u64) -> bool {
     let was_invalidated = shared.is_invalidated(id);
     let r = shared.cache.get_or_load(&key, move || origin.load(id)).await;
     let c = &shared.counters;
-    c.read_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let micros = started.elapsed().as_micros() as u64;
+    c.read_micros.fetch_add(micros, Ordering::Relaxed);
+    latency.saturating_record(micros.max(1));
     c.reads.fetch_add(1, Ordering::Relaxed);
     match r {
         Ok(_) => {
@@ -232,9 +243,11 @@ pub async fn read(shared: &Shared, id: u64) -> bool {
     }
 }
 
-/// A worker: operations until `stop`, paced to `mix.per_worker_rate`.
-pub async fn worker(shared: Arc<Shared>, mix: Mix, seed: u64) {
+/// A worker: operations until `stop`, paced to `mix.per_worker_rate`. Returns its reads'
+/// latencies.
+pub async fn worker(shared: Arc<Shared>, mix: Mix, seed: u64) -> Histogram<u64> {
     let mut rng = SmallRng::seed_from_u64(seed);
+    let mut latency = latencies();
     let started = tokio::time::Instant::now();
     let mut done: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -270,13 +283,14 @@ pub async fn worker(shared: Arc<Shared>, mix: Mix, seed: u64) {
             }
             shared.mark_invalidated(id, false);
         } else {
-            read(&shared, id).await;
+            read(&shared, id, &mut latency).await;
         }
         if mix.per_worker_rate <= 0.0 && done.is_multiple_of(64) {
             // Unpaced: let the progress display and the timers run on a busy runtime.
             tokio::task::yield_now().await;
         }
     }
+    latency
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! [`CacheBuilder`]: tiers, policies and options of a hierarchy.
 
+use super::trace::TraceKeys;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +91,13 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// [`EarlyRefresh`]; the builder refuses values outside them). Default: off.
     pub fn early_refresh(mut self, refresh: EarlyRefresh) -> Self {
         self.opts.early_refresh = Some(refresh);
+        self
+    }
+
+    /// How keys appear in the `tracing` span of each `get_or_load` (target `tier`, level
+    /// DEBUG): hashed, truncated, raw or not at all. Default: [`TraceKeys::Hashed`].
+    pub fn trace_keys(mut self, keys: TraceKeys) -> Self {
+        self.opts.trace_keys = keys;
         self
     }
 

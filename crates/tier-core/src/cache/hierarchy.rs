@@ -76,7 +76,7 @@ impl<V> Hierarchy<V> {
     /// A hierarchy of `parts`, with nothing in flight.
     pub fn new(parts: Parts) -> Self {
         let metrics = CacheMetrics::new(&parts.name);
-        metrics.register_event_series(&parts.tiers.names());
+        metrics.register_event_series(|| parts.tiers.names());
         let guards = Guards::new(&parts.name, parts.opts.fleet_timeout);
         let kept = Kept::new(&parts.name, parts.state);
         Self {
@@ -241,6 +241,8 @@ impl<V> Hierarchy<V> {
 
     /// Update every tier's gauges.
     pub fn report_gauges(&self) {
+        // A recorder installed after the build: the series that move only on events appear now.
+        self.metrics.register_event_series(|| self.tiers.names());
         for (_, level) in self.tiers.iter() {
             level.report_gauges();
         }

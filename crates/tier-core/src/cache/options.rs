@@ -132,6 +132,8 @@ pub(super) struct Options {
     /// δ: how long a backplane that confirms delivery may stay silent before local entries
     /// turn stale (the lease).
     pub propagation_bound: Duration,
+    /// How keys appear in `tracing` spans.
+    pub trace_keys: super::trace::TraceKeys,
 }
 
 impl Default for Options {
@@ -148,6 +150,7 @@ impl Default for Options {
             max_pending_backfills: 1024,
             fleet_timeout: Duration::from_millis(100),
             propagation_bound: Duration::from_millis(100),
+            trace_keys: super::trace::TraceKeys::default(),
         }
     }
 }

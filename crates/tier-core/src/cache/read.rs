@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tracing::Instrument;
 
 use super::handle::Cache;
 use super::lifetime::{refresh_due, Life};
@@ -12,6 +13,7 @@ use super::load::Loader;
 use super::lookup::{Counting, Ready};
 use super::options::{CacheValue, CallOptions};
 use super::tiers::TierSet;
+use super::trace::{Answered, ReadSpan};
 use crate::error::{BoxError, CacheError};
 
 impl<V: CacheValue> Cache<V> {
@@ -72,8 +74,56 @@ impl<V: CacheValue> Cache<V> {
     {
         let key = key.as_ref();
         let hierarchy = self.hierarchy();
+        match ReadSpan::new(hierarchy.name(), key, hierarchy.opts().trace_keys) {
+            None => self.read(key, opts, loader).await.0,
+            Some(span) => Box::pin(self.traced_read(key, opts, loader, span)).await,
+        }
+    }
+
+    /// A read inside its span, which is told how it was answered.
+    async fn traced_read<F, Fut, E>(
+        &self,
+        key: &[u8],
+        opts: &CallOptions,
+        loader: F,
+        span: ReadSpan,
+    ) -> Result<Option<Arc<V>>, CacheError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let (result, how) = self.read(key, opts, loader).instrument(span.span.clone()).await;
+        let tier = |level| Some(self.hierarchy().tiers().get(level).name());
+        match (&result, how) {
+            (Err(_), _) => span.answered("error", None, true),
+            (Ok(_), Answered::Tier(level)) => span.answered("hit", tier(level), false),
+            (Ok(_), Answered::Stale { level, loaded }) => {
+                span.answered("stale", tier(level), loaded)
+            }
+            (Ok(_), Answered::Loaded | Answered::Bypassed) => {
+                span.answered("loaded", Some("origin"), true)
+            }
+        }
+        result
+    }
+
+    /// The read, and where its answer came from.
+    async fn read<F, Fut, E>(
+        &self,
+        key: &[u8],
+        opts: &CallOptions,
+        loader: F,
+    ) -> (Result<Option<Arc<V>>, CacheError>, Answered)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let hierarchy = self.hierarchy();
         if opts.bypass || hierarchy.bypassed() {
-            return Box::pin(hierarchy.load_bypassing(Loader::new(loader))).await;
+            let r = Box::pin(hierarchy.load_bypassing(Loader::new(loader))).await;
+            return (r, Answered::Bypassed);
         }
         let skip = hierarchy.tiers().skipped_by(opts);
         // An L1 hit is answered here, before any await and without boxing the loader (only an
@@ -84,7 +134,7 @@ impl<V: CacheValue> Cache<V> {
                     let key = Bytes::copy_from_slice(key);
                     hierarchy.start_refresh(key, Loader::new(loader), skip, opts.tags.clone());
                 }
-                Ok(value)
+                (Ok(value), Answered::Tier(0))
             }
             Ready::From(from) => {
                 Box::pin(self.load_below(key, from, skip, opts, Loader::new(loader))).await
@@ -100,7 +150,7 @@ impl<V: CacheValue> Cache<V> {
         skip: TierSet,
         opts: &CallOptions,
         loader: Loader<V>,
-    ) -> Result<Option<Arc<V>>, CacheError> {
+    ) -> (Result<Option<Arc<V>>, CacheError>, Answered) {
         let hierarchy = self.hierarchy();
         let walk = hierarchy.walk_from(key, skip, Counting::Counted, from).await;
         hierarchy.record_hot(key);
@@ -110,18 +160,29 @@ impl<V: CacheValue> Cache<V> {
                 let key = Bytes::copy_from_slice(key);
                 hierarchy.start_refresh(key, loader, skip, opts.tags.clone());
             }
-            return Ok(found.value);
+            return (Ok(found.value), Answered::Tier(found.level));
         }
         let key = Bytes::copy_from_slice(key);
         if let Some(stale) = &walk.stale {
             if hierarchy.opts().stale_while_revalidate {
                 hierarchy.start_refresh(key, loader, skip, opts.tags.clone());
                 hierarchy.metrics().stale_served.increment(1);
-                return Ok(stale.value.clone());
+                return (
+                    Ok(stale.value.clone()),
+                    Answered::Stale { level: stale.level, loaded: false },
+                );
             }
         }
         let waiter =
             hierarchy.join_or_load(key, loader, walk.stale.clone(), skip, opts.tags.clone());
-        hierarchy.wait(waiter, walk.stale.as_ref()).await
+        let result = hierarchy.wait(waiter, walk.stale.as_ref()).await;
+        // The stale fallback was served (fail-safe, soft timeout) when the answer is its value.
+        let how = match (&result, &walk.stale) {
+            (Ok(Some(v)), Some(s)) if s.value.as_ref().is_some_and(|sv| Arc::ptr_eq(sv, v)) => {
+                Answered::Stale { level: s.level, loaded: true }
+            }
+            _ => Answered::Loaded,
+        };
+        (result, how)
     }
 }

@@ -240,11 +240,13 @@ fn round_trips(tier: &dyn Tier) -> BoxFuture<'_, Outcome> {
             TagStamp { tag: Arc::from("user:1"), generation: 3 },
             TagStamp { tag: Arc::from("team"), generation: u64::MAX },
         ]);
+        // Bound here: Rust 1.88 (the MSRV) does not extend a temporary's life inside `Some(..)`.
+        let long = "long value ".repeat(300);
         let cases: [(&str, Meta, Option<&str>); 4] = [
             ("plain", meta(60_000, 120_000), Some("a value")),
             ("negative", meta(60_000, 60_000), None),
             ("tagged", Meta { tags: Some(tags), ..meta(60_000, 90_000) }, Some("tagged value")),
-            ("\u{0}binary\u{7f}", meta(60_000, 60_000), Some(&"long value ".repeat(300))),
+            ("\u{0}binary\u{7f}", meta(60_000, 60_000), Some(&long)),
         ];
         for (key, m, value) in cases {
             let stored = entry_for(tier, m, value);
