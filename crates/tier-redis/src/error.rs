@@ -165,7 +165,12 @@ pub(crate) fn with_acl_needs(e: TierError, needs: impl FnOnce() -> String) -> Ti
     else {
         return e;
     };
-    if cause.redis_error().kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) {
+    let err = cause.redis_error();
+    // A command a script calls is refused with a plain error that does not name it.
+    let in_script = err
+        .detail()
+        .is_some_and(|d| d.contains("user executing the script can't run this command"));
+    if err.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) && !in_script {
         return e;
     }
     let op = e.message().split(':').next().unwrap_or("redis");

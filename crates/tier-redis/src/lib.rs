@@ -3,20 +3,23 @@
 //! The shared tier of `tier`: Redis, standalone or Redis Cluster, and what the fleet shares
 //! through it.
 //!
-//! - [`RedisTier`] — the L3 tier: envelopes under a key prefix, `SET … PX` until the entry is
-//!   gone, `MGET`/pipelines for batches (split by hash slot in a Cluster), background retry of
-//!   failed writes.
+//! - [`RedisTier`] — the L3 tier: envelopes under a key prefix, written by a compare-and-set
+//!   script (never over a newer entry) with `PX` until the entry is gone, removals as
+//!   short-lived tombstones, `MGET`/pipelines for batches (split by hash slot in a Cluster),
+//!   background retry of failed writes.
 //! - [`RedisGenerations`] — tag generations (`INCR` per tag): `invalidate_tag` is O(1) and reaches
-//!   the whole fleet.
-//! - [`RedisBackplane`] — invalidations published to every other instance over pub/sub, with a
-//!   reconnect loop that tells the hierarchy when messages may have been missed.
+//!   the whole fleet; a lost generation is unknown, never 0, and restarts from a fresh value.
+//! - [`RedisBackplane`] — the fleet's invalidation log, a Redis Stream: delivered to every other
+//!   instance with positions and proofs of delivery, replayable after a restart or a reconnect,
+//!   a gap said only when what was missed cannot be read.
 //! - [`RedisLock`] — the fleet-wide stampede lock (`SET NX PX` + compare-and-delete).
 //!
 //! - [`RedisInspector`] — a read-only view of the entries under a prefix, for tools.
 //!
 //! All of them share one [`RedisConnection`] (standalone `ConnectionManager` or cluster-async
 //! client: multiplexed, reconnected automatically, every call bounded by connect + response
-//! timeout). The builders of the tier and the backplane take either a connection or a
+//! timeout; [`lazy`](RedisConnectionBuilder::lazy): made in the background, so a service
+//! starts while Redis is down). The builders of the tier and the backplane take either a connection or a
 //! [`RedisConnectionBuilder`] ([`ConnectionSource`]), so URLs and timeouts are set in one place:
 //!
 //! ```no_run
@@ -138,7 +141,7 @@ pub mod testing;
 mod tier;
 mod wire;
 
-pub use backplane::{RedisBackplane, RedisBackplaneBuilder};
+pub use backplane::{RedisBackplane, RedisBackplaneBuilder, DEFAULT_MAX_LEN};
 pub use connection::{
     ConnectionSource, RedisConnection, RedisConnectionBuilder, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT,
@@ -146,7 +149,7 @@ pub use connection::{
 pub use error::{RedisCause, SetupError};
 pub use generations::{RedisGenerations, DEFAULT_CACHE_MAX_AGE};
 pub use inspect::{NodeHealth, RedisInspector, StoredEntry, StoredKey};
-pub use keys::{DEFAULT_CHANNEL, DEFAULT_GENERATION_PREFIX, DEFAULT_LOCK_PREFIX, DEFAULT_PREFIX};
+pub use keys::{DEFAULT_GENERATION_PREFIX, DEFAULT_LOCK_PREFIX, DEFAULT_PREFIX, DEFAULT_STREAM};
 pub use lock::RedisLock;
 pub use nodes::{default_node_breaker, DEADLINE_MARGIN, MIN_REFRESH_GAP, REFRESH_INTERVAL};
 pub use redact::redact_url;

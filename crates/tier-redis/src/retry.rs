@@ -8,8 +8,13 @@
 //!   an older value is not written over a newer one and an invalidated value is not resurrected.
 //!   (A retry already *in flight* when the direct write lands can still finish after it: the
 //!   window is one round trip.)
-//! - A pending write whose entry has passed `stale_until` is never written: the key is deleted
-//!   instead (`outcome="expired"`), so that no older value stays in its place.
+//! - A retried write goes through the compare-and-set script like any other: it never replaces
+//!   a newer entry. A pending write whose entry has passed `stale_until` is never written: an
+//!   older entry of the key is removed instead (`outcome="expired"`), so that it does not stay
+//!   in its place. A pending write older than a tombstone's lifetime (60 s) is dropped
+//!   (`outcome="too_old"`): a removal after it may have no tombstone left to refuse it.
+//! - Told of every invalidation and insert notice the hierarchy applies ([`RetryQueue::observe`]),
+//!   it drops the pending writes they make obsolete.
 //! - The worker backs off exponentially (50 ms up to 5 s) while writes keep failing, and stops when
 //!   the tier is dropped.
 
@@ -19,6 +24,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+
+use tier_core::spi::Invalidation;
 
 use crate::commands::{self, Write};
 use crate::connection::RedisConnection;
@@ -128,6 +135,39 @@ impl RetryQueue {
         self.gauge(len);
     }
 
+    /// An invalidation or insert notice was applied (here or on another instance): drop what
+    /// waits and is made obsolete by it (`outcome="obsolete"`) — a write of the key older than
+    /// the notice, or removed after; everything on a clear or a new namespace (the tier holds one
+    /// cache); the values carrying an invalidated tag. A write in flight is not stopped: it
+    /// goes through the compare-and-set script, which refuses it if it is older.
+    pub(crate) fn observe(&self, what: &Invalidation) {
+        let (dropped, len) = {
+            let mut st = self.state();
+            if st.ops.is_empty() {
+                return;
+            }
+            let before = st.ops.len();
+            match what {
+                Invalidation::Key(k) => {
+                    st.ops.remove(&k[..]);
+                }
+                Invalidation::Written { key, created_at } => {
+                    if st.ops.get(&key[..]).is_some_and(|op| op.created_at() <= *created_at) {
+                        st.ops.remove(&key[..]);
+                    }
+                }
+                Invalidation::Tag(tag) => st.ops.retain(|_, op| !carries(op, tag)),
+                Invalidation::Clear { at } => st.ops.retain(|_, op| op.created_at() > *at),
+                _ => st.ops.retain(|_, op| matches!(op, Write::Remove { .. })),
+            }
+            (before - st.ops.len(), st.len())
+        };
+        if dropped > 0 {
+            self.count("obsolete", dropped as u64);
+            self.gauge(len);
+        }
+    }
+
     /// Keys waiting, including the one being written (for tests and stats).
     pub(crate) fn len(&self) -> usize {
         self.state().len()
@@ -163,6 +203,14 @@ impl RetryQueue {
     }
 }
 
+/// Does `op` store a value stamped with `tag`?
+fn carries(op: &Write, tag: &str) -> bool {
+    let Write::Set { envelope, .. } = op else { return false };
+    // An envelope that does not parse cannot be told apart: drop it with the tag's entries.
+    tier_core::spi::envelope::decode_meta(envelope)
+        .map_or(true, |(meta, _)| meta.tags().iter().any(|t| &*t.tag == tag))
+}
+
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -188,12 +236,24 @@ pub(crate) async fn run(
             continue;
         }
         let now = tier_core::spi::now_ms();
-        // An expired write becomes a DEL (`commands::write`): an older value of the key may
-        // have reached Redis after all (a command that timed out on our side can still be
-        // delivered), and it must not stay in place of the newer, expired one.
+        // A write older than a tombstone's lifetime is dropped: a removal it came before may
+        // have left no tombstone by now to refuse it.
+        if op.created_at().saturating_add(commands::TOMBSTONE_LIFETIME_MS) <= now {
+            queue.done();
+            queue.count("too_old", 1);
+            queue.gauge(queue.len());
+            continue;
+        }
+        // An expired write removes only an older entry (`commands::write`): an older value of
+        // the key may have reached Redis after all (a command that timed out on our side can
+        // still be delivered), and it must not stay in place of the newer, expired one.
         let expired = op.expired_at(now);
-        let cmd = commands::write(&prefix.key(&key), &op, now);
-        match conn.query::<redis::Value>("retry write", &cmd).await {
+        let redis_key = prefix.key(&key);
+        let build = |form| commands::write(&redis_key, &op, now, form);
+        match conn
+            .script_within::<redis::Value, _>(Some(conn.op_timeout()), "retry write", build)
+            .await
+        {
             Ok(_) => {
                 queue.done();
                 queue.count(if expired { "expired" } else { "written" }, 1);
@@ -220,7 +280,12 @@ mod tests {
     }
 
     fn set(stale_until: u64) -> Write {
-        Write::Set { envelope: Bytes::from_static(b"x"), stale_until }
+        Write::Set {
+            envelope: Bytes::from_static(b"x"),
+            created_at: 1,
+            stale_until,
+            wins_tie: false,
+        }
     }
 
     #[test]
@@ -228,7 +293,7 @@ mod tests {
         let q = queue(2);
         q.push(Bytes::from_static(b"a"), set(1));
         q.push(Bytes::from_static(b"a"), set(2)); // replaces
-        q.push(Bytes::from_static(b"b"), Write::Remove);
+        q.push(Bytes::from_static(b"b"), Write::Remove { at: 1 });
         q.push(Bytes::from_static(b"c"), set(3)); // full: dropped
         assert_eq!(q.len(), 2);
         let (k, op) = q.pop().expect("a");
@@ -255,12 +320,12 @@ mod tests {
         q.push(Bytes::from("b"), set(u64::MAX));
         let (key, old) = q.pop().expect("a is taken");
         assert_eq!(key, Bytes::from("a"));
-        q.push(Bytes::from("a"), Write::Remove); // full, but it is the in-flight key
+        q.push(Bytes::from("a"), Write::Remove { at: 1 }); // full, but it is the in-flight key
         assert_eq!(q.len(), 2, "counted once");
         q.requeue(key, old); // the older op fails: the newer one stays
         let mut popped = Vec::new();
         while let Some((k, op)) = q.pop() {
-            popped.push((k, matches!(op, Write::Remove)));
+            popped.push((k, matches!(op, Write::Remove { .. })));
             q.done();
         }
         assert_eq!(popped, vec![(Bytes::from("b"), false), (Bytes::from("a"), true)]);
