@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, RedisResult};
 
-use super::Route;
+use super::cluster::Route;
 
 pub(super) struct NodeConns {
     /// The first node URL's settings (credentials, database, TLS); the address is replaced per
