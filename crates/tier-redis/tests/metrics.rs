@@ -114,6 +114,18 @@ async fn metrics_have_their_names_and_labels() {
     assert_eq!(seen.counter(&snap, names::BACKPLANE_RECONNECTS, &chan), 2);
     assert_eq!(seen.gauges.get(&id(names::BACKPLANE_CONNECTED, &chan)), Some(&1.0));
 
+    // A server whose eviction policy may evict generations and the log's epoch: said at
+    // connect (the first server poll), as a gauge per policy.
+    let evicting = OwnRedis::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let _l3 = RedisTier::builder(RedisConnection::standalone(evicting.url())).build().await.unwrap();
+    let unsafe_policy = id(names::UNSAFE_EVICTION_POLICY, &[("policy", "allkeys-lru")]);
+    eventually(Duration::from_secs(5), "the eviction policy reported", || {
+        seen.update(&snap);
+        let got = seen.gauges.get(&unsafe_policy).copied();
+        async move { got == Some(1.0) }
+    })
+    .await;
+
     // Write retries, labelled with the hierarchy's cache and tier names once mounted.
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], server.port))).await;
     let via_proxy = RedisConnection::standalone(proxy.url())
