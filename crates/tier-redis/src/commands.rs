@@ -40,6 +40,12 @@ impl Write {
         self.until() <= now
     }
 
+    /// Is this write older than a tombstone's lifetime at `now`? Then it must not be retried:
+    /// a removal after it may have left no tombstone by now to refuse it.
+    pub(crate) fn too_old_at(&self, now: u64) -> bool {
+        self.created_at().saturating_add(TOMBSTONE_LIFETIME_MS) <= now
+    }
+
     /// The instant the write stands for (its value's `created_at`, the removal's instant).
     pub(crate) fn created_at(&self) -> u64 {
         match self {
@@ -364,6 +370,17 @@ mod tests {
             tier_core::spi::envelope::decode_meta(&tombstone(1_000)).expect("an envelope");
         assert!(meta.tombstone && meta.created_at == 1_000);
         assert!(Write::Remove { at: 0 }.expired_at(TOMBSTONE_LIFETIME_MS));
+        let load = |created_at| Write::Set {
+            envelope: Bytes::from_static(b"x"),
+            created_at,
+            stale_until: u64::MAX,
+            wins_tie: false,
+        };
+        assert!(!load(1_000).too_old_at(1_000 + TOMBSTONE_LIFETIME_MS - 1));
+        assert!(
+            load(1_000).too_old_at(1_000 + TOMBSTONE_LIFETIME_MS),
+            "a retry that old is dropped"
+        );
     }
 
     #[test]

@@ -238,7 +238,7 @@ pub(crate) async fn run(
         let now = tier_core::spi::now_ms();
         // A write older than a tombstone's lifetime is dropped: a removal it came before may
         // have left no tombstone by now to refuse it.
-        if op.created_at().saturating_add(commands::TOMBSTONE_LIFETIME_MS) <= now {
+        if op.too_old_at(now) {
             queue.done();
             queue.count("too_old", 1);
             queue.gauge(queue.len());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tier_core::spi::{Lookup, Tier};
+use tier_core::spi::{GenerationStore, Lookup, Tier};
 use tier_core::{Cache, ReconnectPolicy, TierPolicy};
 use tier_memory::MemoryTier;
 use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisTier};
@@ -23,6 +23,7 @@ struct Instance {
     l1: Arc<MemoryTier>,
     l3: RedisTier,
     backplane: RedisBackplane,
+    generations: RedisGenerations,
 }
 
 async fn instance(
@@ -57,12 +58,12 @@ async fn instance_on(
     let cache: Cache<String> = Cache::builder("users")
         .tier(l1.clone(), TierPolicy::fresh(HOUR).no_breaker())
         .tier(l3.clone(), TierPolicy::fresh(HOUR).timeout(Duration::from_millis(500)))
-        .generations(Arc::new(generations))
+        .generations(Arc::new(generations.clone()))
         .backplane(Arc::new(backplane.clone()), policy)
         .synchronous_backfill(true)
         .build()
         .unwrap();
-    Instance { cache, l1, l3, backplane }
+    Instance { cache, l1, l3, backplane, generations }
 }
 
 async fn pair(policy: ReconnectPolicy) -> (Instance, Instance) {
@@ -291,4 +292,63 @@ async fn namespace_versions_live_in_redis_and_reach_every_instance() {
     // An instance started later reads the version from Redis.
     let c = instance(&url, &url, &prefix, &channel, ReconnectPolicy::Clear).await;
     assert_eq!(c.cache.sync_namespace().await.unwrap(), v);
+}
+
+/// B's `get_or_load` of `k`: the value, and whether the loader ran.
+async fn load_on(i: &Instance, k: &[u8]) -> (String, bool) {
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ran.clone();
+    let got = i
+        .cache
+        .get_or_load(k, move || async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Some("loaded".to_string()))
+        })
+        .await
+        .unwrap()
+        .expect("a value");
+    (got.as_ref().clone(), ran.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Finding 2: a lost generation key (an eviction, `FLUSHALL`, a restart without persistence)
+/// made the other instance serve the pre-invalidation value again (the counter fell back to 0,
+/// which old stamps matched). Now a lost generation is unknown: the old entry is not fresh,
+/// and a new stamp never matches old ones.
+async fn a_lost_generation_never_revives_an_invalidated_value(url: &str, flush: bool) {
+    let prefix = unique_prefix("gen-lost");
+    let channel = format!("{prefix}chan");
+    let a = instance(url, url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let b = instance(url, url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let k = a.cache.key("user:1");
+    a.cache.insert_with_tags(&k, "old".to_string(), &["team"]).await.unwrap();
+    assert_eq!(b.cache.get(&k).await.as_deref().map(String::as_str), Some("old"));
+    a.cache.invalidate_tag("team").await.unwrap();
+    eventually(Duration::from_secs(1), "B sees the invalidation", || async {
+        b.cache.get(&k).await.is_none()
+    })
+    .await;
+    let mut raw = raw(url).await;
+    if flush {
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    } else {
+        let gen_key = format!("{prefix}gen:team");
+        let deleted: i64 = redis::cmd("DEL").arg(&gen_key).query_async(&mut raw).await.unwrap();
+        assert_eq!(deleted, 1, "the generation lived under {gen_key}");
+    }
+    // B's cached generations are dropped (as after any gap): it reads what Redis holds now.
+    b.generations.forget_cached();
+    let (value, loaded) = load_on(&b, &k).await;
+    assert_eq!(value, "loaded", "the invalidated value is not served as fresh again");
+    assert!(loaded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_generation_key_never_revives_an_invalidated_value() {
+    a_lost_generation_never_revives_an_invalidated_value(&standalone_url(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_never_revives_an_invalidated_value() {
+    let server = OwnRedis::start();
+    a_lost_generation_never_revives_an_invalidated_value(&server.url(), true).await;
 }

@@ -117,7 +117,8 @@ async fn metrics_have_their_names_and_labels() {
     // A server whose eviction policy may evict generations and the log's epoch: said at
     // connect (the first server poll), as a gauge per policy.
     let evicting = OwnRedis::start_with(&["--maxmemory-policy", "allkeys-lru"]);
-    let _l3 = RedisTier::builder(RedisConnection::standalone(evicting.url())).build().await.unwrap();
+    let _l3 =
+        RedisTier::builder(RedisConnection::standalone(evicting.url())).build().await.unwrap();
     let unsafe_policy = id(names::UNSAFE_EVICTION_POLICY, &[("policy", "allkeys-lru")]);
     eventually(Duration::from_secs(5), "the eviction policy reported", || {
         seen.update(&snap);
