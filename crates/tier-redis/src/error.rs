@@ -166,10 +166,12 @@ pub(crate) fn with_acl_needs(e: TierError, needs: impl FnOnce() -> String) -> Ti
         return e;
     };
     let err = cause.redis_error();
-    // A command a script calls is refused with a plain error that does not name it.
-    let in_script = err
-        .detail()
-        .is_some_and(|d| d.contains("user executing the script can't run this command"));
+    // A command a script calls is refused with a plain error (Redis 7: "The user executing the
+    // script can't run this command…", Valkey: "ACL failure in script: …").
+    let in_script = err.detail().is_some_and(|d| {
+        d.contains("user executing the script can't run this command")
+            || d.contains("ACL failure in script")
+    });
     if err.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) && !in_script {
         return e;
     }

@@ -38,12 +38,17 @@ struct State {
     order: VecDeque<Bytes>,
     /// The key the worker is writing now; it keeps its place in the capacity until done.
     in_flight: Option<Bytes>,
+    /// The write in flight, made obsolete meanwhile ([`RetryQueue::observe`]): not put back if
+    /// it fails, not counted.
+    in_flight_op: Option<Write>,
+    in_flight_obsolete: bool,
 }
 
 impl State {
     /// Keys waiting or being written (a key both in flight and queued again counts once).
     fn len(&self) -> usize {
-        let in_flight_only = self.in_flight.as_ref().is_some_and(|k| !self.ops.contains_key(k));
+        let in_flight_only = !self.in_flight_obsolete
+            && self.in_flight.as_ref().is_some_and(|k| !self.ops.contains_key(k));
         self.ops.len() + usize::from(in_flight_only)
     }
 }
@@ -138,29 +143,30 @@ impl RetryQueue {
     /// An invalidation or insert notice was applied (here or on another instance): drop what
     /// waits and is made obsolete by it (`outcome="obsolete"`) — a write of the key older than
     /// the notice, or removed after; everything on a clear or a new namespace (the tier holds one
-    /// cache); the values carrying an invalidated tag. A write in flight is not stopped: it
-    /// goes through the compare-and-set script, which refuses it if it is older.
+    /// cache); the values carrying an invalidated tag. A write in flight is not stopped (it goes
+    /// through the compare-and-set script, which refuses it if it is older) but is not put back
+    /// if it fails.
     pub(crate) fn observe(&self, what: &Invalidation) {
         let (dropped, len) = {
             let mut st = self.state();
-            if st.ops.is_empty() {
+            let before = st.len();
+            if before == 0 {
                 return;
             }
-            let before = st.ops.len();
             match what {
-                Invalidation::Key(k) => {
-                    st.ops.remove(&k[..]);
-                }
-                Invalidation::Written { key, created_at } => {
-                    if st.ops.get(&key[..]).is_some_and(|op| op.created_at() <= *created_at) {
-                        st.ops.remove(&key[..]);
+                // One key: a lookup, not a walk over the queue.
+                Invalidation::Key(k) | Invalidation::Written { key: k, .. } => {
+                    if st.ops.get(&k[..]).is_some_and(|op| obsolete(what, k, op)) {
+                        st.ops.remove(&k[..]);
                     }
                 }
-                Invalidation::Tag(tag) => st.ops.retain(|_, op| !carries(op, tag)),
-                Invalidation::Clear { at } => st.ops.retain(|_, op| op.created_at() > *at),
-                _ => st.ops.retain(|_, op| matches!(op, Write::Remove { .. })),
+                _ => st.ops.retain(|k, op| !obsolete(what, k, op)),
             }
-            (before - st.ops.len(), st.len())
+            let st = &mut *st;
+            if let (Some(k), Some(op)) = (&st.in_flight, &st.in_flight_op) {
+                st.in_flight_obsolete |= obsolete(what, k, op);
+            }
+            (before - st.len(), st.len())
         };
         if dropped > 0 {
             self.count("obsolete", dropped as u64);
@@ -180,6 +186,8 @@ impl RetryQueue {
         while let Some(key) = st.order.pop_front() {
             if let Some(op) = st.ops.remove(&key) {
                 st.in_flight = Some(key.clone());
+                st.in_flight_op = Some(op.clone());
+                st.in_flight_obsolete = false;
                 return Some((key, op));
             }
         }
@@ -188,7 +196,9 @@ impl RetryQueue {
 
     /// The in-flight op was written (or dropped).
     fn done(&self) {
-        self.state().in_flight = None;
+        let mut st = self.state();
+        st.in_flight = None;
+        st.in_flight_op = None;
     }
 
     /// Put back the in-flight op whose retry failed, unless a newer one arrived meanwhile (its
@@ -196,10 +206,26 @@ impl RetryQueue {
     fn requeue(&self, key: Bytes, op: Write) {
         let mut st = self.state();
         st.in_flight = None;
-        if !st.ops.contains_key(&key) {
+        st.in_flight_op = None;
+        if !st.in_flight_obsolete && !st.ops.contains_key(&key) {
             st.ops.insert(key.clone(), op);
             st.order.push_back(key);
         }
+    }
+}
+
+/// Does `what` (an applied invalidation or insert notice) make the pending `op` on `key`
+/// obsolete?
+fn obsolete(what: &Invalidation, key: &[u8], op: &Write) -> bool {
+    match what {
+        Invalidation::Key(k) => &k[..] == key,
+        Invalidation::Written { key: k, created_at } => {
+            &k[..] == key && op.created_at() <= *created_at
+        }
+        Invalidation::Tag(tag) => carries(op, tag),
+        Invalidation::Clear { at } => op.created_at() <= *at,
+        // A new namespace (or what this version does not know): every value of the cache.
+        _ => !matches!(op, Write::Remove { .. }),
     }
 }
 
@@ -329,6 +355,21 @@ mod tests {
             q.done();
         }
         assert_eq!(popped, vec![(Bytes::from("b"), false), (Bytes::from("a"), true)]);
+    }
+
+    #[test]
+    fn an_obsolete_write_in_flight_is_not_put_back() {
+        let q = queue(4);
+        q.push(Bytes::from_static(b"a"), set(u64::MAX));
+        q.push(Bytes::from_static(b"b"), set(u64::MAX));
+        let (k, op) = q.pop().expect("a is taken");
+        q.observe(&Invalidation::Key(Bytes::from_static(b"a")));
+        assert_eq!(q.len(), 1, "only b is pending");
+        q.requeue(k, op); // the write of a failed: not put back
+        assert_eq!(q.len(), 1);
+        q.observe(&Invalidation::Clear { at: 1 });
+        assert_eq!(q.len(), 0, "b (created at 1) is covered by the clear");
+        assert!(q.pop().is_none());
     }
 
     #[test]

@@ -177,7 +177,7 @@ async fn pending_retries_yield_to_newer_invalidations() {
     assert_eq!(tier.pending_retries(), 3);
     tier.observe(&Invalidation::Tag(Arc::from("team")));
     assert_eq!(tier.pending_retries(), 2, "the tagged value is dropped");
-    tier.observe(&Invalidation::Clear { at: t });
+    tier.observe(&Invalidation::Clear { at: tier_core::spi::now_ms() });
     assert_eq!(tier.pending_retries(), 0, "a clear drops what it covers");
 }
 
