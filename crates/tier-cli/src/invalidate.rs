@@ -21,7 +21,8 @@ struct Out {
     kind: &'static str,
     /// The key, tag or namespace.
     target: String,
-    /// The backplane channel the invalidation was published on.
+    /// The backplane stream the invalidation was published on (the field keeps the name it had
+    /// when the backplane was a pub/sub channel).
     channel: String,
     /// Keys removed from Redis (`--all`).
     removed_keys: Option<u64>,
@@ -47,7 +48,7 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         .build()
         .await
         .map_err(|e| crate::redis::setup_error("Redis backplane", &e))?;
-    let channel = backplane.channel().to_string();
+    let channel = backplane.stream().to_string();
     let backplane = Arc::new(backplane);
     let tier = RedisTier::builder(conn.clone())
         .prefix(args.prefix.as_bytes())
@@ -132,7 +133,7 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
                 out.target
             ),
         };
-        println!("{done}; published on channel {:?} for every instance", out.channel);
+        println!("{done}; published on the backplane stream {:?} for every instance", out.channel);
     }
     Ok(())
 }
