@@ -155,7 +155,7 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
                 TierPolicy::fresh(fresh * 4).stale(stale).timeout(Duration::from_millis(250)),
             )
             .generations(Arc::new(generations))
-            .backplane(Arc::new(backplane), ReconnectPolicy::Clear);
+            .backplane(Arc::new(backplane), ReconnectPolicy::CatchUp);
     }
     builder.build().context(|| "build the cache".into())
 }
