@@ -17,7 +17,7 @@ use tier_core::{TierError, TierErrorKind};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
-    /// The configuration is not valid (no URL, empty channel name, zero timeout, ...).
+    /// The configuration is not valid (no URL, empty stream name, zero timeout, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A URL could not be parsed.
@@ -37,13 +37,14 @@ pub enum SetupError {
         /// What redis-rs said.
         source: RedisCause,
     },
-    /// The backplane could not subscribe to its channel.
-    #[error("cannot subscribe to channel {channel:?}: {source}")]
-    Subscribe {
-        /// The channel.
-        channel: String,
-        /// What redis-rs said.
-        source: RedisCause,
+    /// The backplane could not read its stream's head (where this instance starts reading)
+    /// with a connection that is made.
+    #[error("cannot read the backplane stream {stream:?}: {source}")]
+    Stream {
+        /// The stream's key.
+        stream: String,
+        /// What failed.
+        source: TierError,
     },
 }
 

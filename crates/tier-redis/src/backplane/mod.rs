@@ -82,9 +82,9 @@ impl RedisBackplaneBuilder {
 
     /// Connect (unless given a connection), read the stream's head (where this instance starts
     /// reading) and start the reader. With a [`lazy`](crate::RedisConnectionBuilder::lazy)
-    /// connection that is not made yet, the head is read once connected (with a
-    /// [`Gap`](BackplaneEvent::Gap): what was published meanwhile is unknown); otherwise a
-    /// head that cannot be read fails the build.
+    /// connection that is not made yet (or cannot read the head now), the head is read once it
+    /// can be (with a [`Gap`](BackplaneEvent::Gap): what was published meanwhile is unknown);
+    /// otherwise a head that cannot be read fails the build.
     pub async fn build(self) -> Result<RedisBackplane, SetupError> {
         if self.stream.is_empty() {
             return Err(SetupError::Config("the backplane stream name is empty".into()));
@@ -94,17 +94,15 @@ impl RedisBackplaneBuilder {
         }
         let conn = self.connection.connect().await?;
         let keys = LogKeys::new(&self.stream);
-        let start = if conn.is_connected() {
-            Some(log::head(&conn, &keys).await.map_err(|e| SetupError::Subscribe {
-                channel: self.stream.clone(),
-                source: crate::error::RedisCause::new(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "reading the stream's head",
-                    e.to_string(),
-                ))),
-            })?)
-        } else {
-            None
+        // A lazy connection never fails the build: without the head, the reader starts from
+        // the head once it can read it (with a gap).
+        let start = match (conn.is_connected(), conn.is_lazy()) {
+            (false, _) => None,
+            (true, lazy) => match log::head(&conn, &keys).await {
+                Ok(head) => Some(head),
+                Err(_) if lazy => None,
+                Err(source) => return Err(SetupError::Stream { stream: self.stream, source }),
+            },
         };
         crate::metrics::describe();
         let (tx, _) = broadcast::channel(self.capacity);

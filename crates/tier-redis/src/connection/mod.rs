@@ -67,6 +67,9 @@ struct Inner {
     factory: Factory,
     /// The background connect of a lazy connection; stopped with the last clone.
     _connecting: Option<AbortOnDrop>,
+    /// Made with [`lazy`](RedisConnectionBuilder::lazy): its users must not fail at start-up
+    /// because Redis is down.
+    lazy: bool,
     /// One client per configured node URL (the first tells a lone Cluster node's address).
     nodes: Vec<redis::Client>,
     /// The configured URLs, redacted (for `Debug` and reports).
@@ -122,6 +125,11 @@ impl RedisConnection {
     /// fail at once, `Unavailable`) until it is made in the background.
     pub fn is_connected(&self) -> bool {
         self.inner.slot.conn.get().is_some()
+    }
+
+    /// Was it made [`lazy`](RedisConnectionBuilder::lazy)?
+    pub(crate) fn is_lazy(&self) -> bool {
+        self.inner.lazy
     }
 
     /// Wait until the connection is made (at once when it is).
