@@ -352,3 +352,45 @@ async fn flushall_never_revives_an_invalidated_value() {
     let server = OwnRedis::start();
     a_lost_generation_never_revives_an_invalidated_value(&server.url(), true).await;
 }
+
+/// Finding 8 (the Redis half): a cache whose Redis is down at start-up builds and answers from
+/// the origin; once Redis is up, its L3 fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_builds_and_answers_while_redis_is_down() {
+    let port = free_port();
+    let conn = RedisConnection::standalone(format!("redis://127.0.0.1:{port}/"))
+        .connect_timeout(Duration::from_millis(100))
+        .lazy(true)
+        .connect()
+        .await
+        .unwrap();
+    let prefix = unique_prefix("down");
+    let started = Instant::now();
+    let b = instance_on(
+        conn.clone(),
+        conn.clone(),
+        &prefix,
+        &format!("{prefix}chan"),
+        ReconnectPolicy::CatchUp,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(1), "built at once: {:?}", started.elapsed());
+    let loads = Loads::default();
+    let asked = Instant::now();
+    assert_eq!(get(&b.cache, &loads, "1").await, "v:1");
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "answered from the origin: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(loads.get(), 1);
+
+    let _server = OwnRedis::start_on(port, &[]);
+    tokio::time::timeout(Duration::from_secs(10), conn.connected()).await.expect("connected");
+    let k = b.cache.key("2");
+    eventually(Duration::from_secs(5), "L3 written once Redis is up", || async {
+        let _ = get(&b.cache, &loads, "2").await;
+        b.l3.get(&k).await.is_ok_and(|l| l.is_hit())
+    })
+    .await;
+}
