@@ -34,9 +34,16 @@
 //!
 //! ## Keys
 //! Data keys are `tier prefix + key` (default prefix `"tier:"`), generations
-//! `"tier-gen:" + tag`, locks `"tier-lock:" + key`; the [`keys`] module has the whole layout.
-//! Keep the prefixes apart (none a prefix of another): the tier's `clear` removes everything
-//! under its own prefix, with `SCAN`+`UNLINK`.
+//! `"tier-gen:" + tag`, locks `"tier-lock:" + key`, the backplane's stream
+//! `"tier-log:invalidations"` (and `+ ":epoch"`); the [`keys`] module has the whole layout.
+//! Keep the prefixes apart (none a prefix of another, the stream outside the tier's prefix):
+//! the tier's `clear` removes everything under its own prefix, with `SCAN`+`UNLINK`.
+//!
+//! ## What coherence needs from Redis
+//! `maxmemory-policy` `noeviction` or `volatile-*` (generations, clear floors and the epoch have
+//! no TTL; an `allkeys-*` policy is reported: a warning and
+//! `tier_redis_unsafe_eviction_policy{policy}`), no persistence or AOF `appendfsync always`,
+//! Redis 7 or Valkey. See the README.
 //!
 //! ## Errors and secrets
 //! Set-up (builders, connect) returns [`SetupError`]. Running operations return
