@@ -11,8 +11,10 @@
 //! (lost, evicted, never stamped) reads as *unknown* (`None`): entries stamped with it are at
 //! most stale, never fresh — so a lost counter never matches old stamps again.
 //!
-//! [`LocalGenerations`] keeps them in process; the Redis tier provides a shared store so that one
-//! bump reaches the whole fleet.
+//! [`LocalGenerations`] keeps them in process — and, [persisted](LocalGenerations::persisted)
+//! in a [`StateStore`] (the disk tier's state file), across restarts: every change is written
+//! through before the call returns. The Redis tier provides a shared store so that one bump
+//! reaches the whole fleet.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::error::TierError;
+use crate::state::{floor_name, generation_name, get_u64, StateStore};
 use crate::time::{now_ms, rand_u64};
 
 /// A generation start value that no earlier life of the same tag can have held:
@@ -65,55 +68,131 @@ pub trait GenerationStore: Send + Sync + 'static {
     fn forget_cached(&self) {}
 }
 
-/// Generations held in this process.
-#[derive(Debug, Default)]
+/// Generations held in this process, optionally persisted in a [`StateStore`].
+#[derive(Default)]
 pub struct LocalGenerations {
     map: Mutex<HashMap<Arc<str>, u64>>,
     floors: Mutex<HashMap<String, u64>>,
+    state: Option<Arc<dyn StateStore>>,
+}
+
+impl std::fmt::Debug for LocalGenerations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalGenerations").field("persisted", &self.state.is_some()).finish()
+    }
 }
 
 impl LocalGenerations {
-    /// An empty store.
+    /// An empty store, in memory only.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store kept in `state`: generations and clear floors are read from it and written
+    /// through to it (durably) before each call returns.
+    pub fn persisted(state: Arc<dyn StateStore>) -> Self {
+        Self { state: Some(state), ..Self::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u64>> {
         // A poisoned map of plain integers is still consistent: every write is a single insert.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn floors(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        // As above: a single insert per write.
+        self.floors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation of `tag` (from memory, else from the state).
+    fn known(
+        &self,
+        map: &mut HashMap<Arc<str>, u64>,
+        tag: &Arc<str>,
+    ) -> Result<Option<u64>, TierError> {
+        if let Some(g) = map.get(tag) {
+            return Ok(Some(*g));
+        }
+        let Some(state) = &self.state else { return Ok(None) };
+        let g = get_u64(&**state, &generation_name(tag))?;
+        if let Some(g) = g {
+            map.insert(tag.clone(), g);
+        }
+        Ok(g)
+    }
+
+    /// Set `tag` to `g`: in the state first (durably), then in memory.
+    fn set(
+        &self,
+        map: &mut HashMap<Arc<str>, u64>,
+        tag: Arc<str>,
+        g: u64,
+    ) -> Result<u64, TierError> {
+        if let Some(state) = &self.state {
+            state.put(&generation_name(&tag), &g.to_le_bytes())?;
+        }
+        map.insert(tag, g);
+        Ok(g)
+    }
+
+    /// The clear floor of `cache`, read without waiting.
+    pub fn floor_now(&self, cache: &str) -> Result<u64, TierError> {
+        let mut floors = self.floors();
+        if let Some(f) = floors.get(cache) {
+            return Ok(*f);
+        }
+        let Some(state) = &self.state else { return Ok(0) };
+        let f = get_u64(&**state, &floor_name(cache))?.unwrap_or(0);
+        floors.insert(cache.to_string(), f);
+        Ok(f)
+    }
+
+    /// The current generation of `tag`, read without waiting.
+    pub fn current_now(&self, tag: &str) -> Result<Option<u64>, TierError> {
+        let mut map = self.lock();
+        self.known(&mut map, &Arc::from(tag))
+    }
 }
 
 #[async_trait]
 impl GenerationStore for LocalGenerations {
     async fn current(&self, tags: &[Arc<str>]) -> Result<Vec<Option<u64>>, TierError> {
-        let map = self.lock();
-        Ok(tags.iter().map(|t| map.get(t).copied()).collect())
+        let mut map = self.lock();
+        tags.iter().map(|t| self.known(&mut map, t)).collect()
     }
 
     async fn stamp(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
         let mut map = self.lock();
-        Ok(tags
-            .iter()
-            .map(|t| *map.entry(t.clone()).or_insert_with(fresh_generation_start))
-            .collect())
+        let mut out = Vec::with_capacity(tags.len());
+        for t in tags {
+            out.push(match self.known(&mut map, t)? {
+                Some(g) => g,
+                None => self.set(&mut map, t.clone(), fresh_generation_start())?,
+            });
+        }
+        Ok(out)
     }
 
     async fn bump(&self, tag: &str) -> Result<u64, TierError> {
         let mut map = self.lock();
-        let g = map.entry(Arc::from(tag)).or_insert_with(fresh_generation_start);
-        *g = g.wrapping_add(1).max(1);
-        Ok(*g)
+        let tag: Arc<str> = Arc::from(tag);
+        let g = self.known(&mut map, &tag)?.unwrap_or_else(fresh_generation_start);
+        self.set(&mut map, tag, g.wrapping_add(1).max(1))
     }
 
     async fn floor(&self, cache: &str) -> Result<u64, TierError> {
-        let floors = self.floors.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(floors.get(cache).copied().unwrap_or(0))
+        self.floor_now(cache)
     }
 
     async fn raise_floor(&self, cache: &str, at: u64) -> Result<u64, TierError> {
-        // A poisoned map of plain integers is still consistent: every write is a single insert.
-        let mut floors = self.floors.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.floor_now(cache)?;
+        if at <= current {
+            return Ok(current);
+        }
+        if let Some(state) = &self.state {
+            state.put(&floor_name(cache), &at.to_le_bytes())?;
+        }
+        let mut floors = self.floors();
         let floor = floors.entry(cache.to_string()).or_insert(0);
         *floor = (*floor).max(at);
         Ok(*floor)
@@ -121,11 +200,19 @@ impl GenerationStore for LocalGenerations {
 
     fn remote_bump(&self, tag: &str, generation: Option<u64>) {
         let mut map = self.lock();
-        let g = map.entry(Arc::from(tag)).or_insert_with(fresh_generation_start);
-        *g = match generation {
-            Some(new) if new > *g => new,
-            _ => g.wrapping_add(1).max(1),
+        let tag: Arc<str> = Arc::from(tag);
+        let known = self.known(&mut map, &tag).ok().flatten();
+        let g = match (generation, known) {
+            (Some(new), Some(old)) if new > old => new,
+            (_, Some(old)) => old.wrapping_add(1).max(1),
+            (Some(new), None) => new,
+            (None, None) => fresh_generation_start(),
         };
+        if let Err(e) = self.set(&mut map, tag.clone(), g) {
+            // Kept in memory at least: this process does not serve the tag's old entries.
+            tracing::warn!(error = %e, "a remote tag bump could not be persisted");
+            map.insert(tag, g);
+        }
     }
 }
 
@@ -165,5 +252,46 @@ mod tests {
         assert_eq!(s.raise_floor("a", 5).await.expect("local store"), 10);
         assert_eq!(s.floor("a").await.expect("local store"), 10);
         assert_eq!(s.floor("b").await.expect("local store"), 0, "a floor is one cache's");
+    }
+
+    /// A state store in memory, for the persistence tests.
+    #[derive(Default)]
+    struct MemState(Mutex<HashMap<Vec<u8>, bytes::Bytes>>);
+
+    impl StateStore for MemState {
+        fn get(&self, name: &[u8]) -> Result<Option<bytes::Bytes>, TierError> {
+            Ok(self.0.lock().expect("test lock").get(name).cloned())
+        }
+        fn put(&self, name: &[u8], value: &[u8]) -> Result<(), TierError> {
+            self.0
+                .lock()
+                .expect("test lock")
+                .insert(name.to_vec(), bytes::Bytes::copy_from_slice(value));
+            Ok(())
+        }
+        fn put_many(&self, items: &[(&[u8], &[u8])]) -> Result<(), TierError> {
+            items.iter().try_for_each(|(n, v)| self.put(n, v))
+        }
+        fn was_lost(&self) -> bool {
+            false
+        }
+        fn clear_lost(&self) -> Result<(), TierError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_persisted_store_reads_back_what_it_wrote() {
+        let state: Arc<dyn StateStore> = Arc::new(MemState::default());
+        let tags: Vec<Arc<str>> = vec![Arc::from("t")];
+        let a = LocalGenerations::persisted(state.clone());
+        let g = a.stamp(&tags).await.expect("stamp");
+        let bumped = a.bump("t").await.expect("bump");
+        a.raise_floor("c", 42).await.expect("floor");
+        drop(a);
+        let b = LocalGenerations::persisted(state);
+        assert_eq!(b.current(&tags).await.expect("current"), [Some(bumped)]);
+        assert_eq!(bumped, g[0] + 1);
+        assert_eq!(b.floor("c").await.expect("floor"), 42);
     }
 }

@@ -53,6 +53,10 @@ pub const CACHE_REFRESHES: &str = "cache_refreshes_total";
 pub const CACHE_INVALIDATIONS: &str = "cache_invalidations_total";
 /// `cache_backfills_shed_total` (beyond the design's table: backfills skipped by load shedding)
 pub const CACHE_BACKFILLS_SHED: &str = "cache_backfills_shed_total";
+/// `tier_fleet_state_unavailable_total{cache, part}`: calls to a part of the fleet state
+/// (`generations`, `namespace`, `lock`, `backplane`, `floor`) that failed, timed out or were
+/// refused by its open breaker; the cache went on without it.
+pub const FLEET_STATE_UNAVAILABLE: &str = "tier_fleet_state_unavailable_total";
 
 /// One in this many calls to an object (in-process) tier is timed.
 ///
@@ -146,6 +150,11 @@ pub fn describe() {
         CACHE_BACKFILLS_SHED,
         Unit::Count,
         "Backfills skipped because too many were pending (load shedding)."
+    );
+    metrics::describe_counter!(
+        FLEET_STATE_UNAVAILABLE,
+        Unit::Count,
+        "Calls to a part of the fleet state that failed, timed out or were refused by its breaker."
     );
 }
 
@@ -269,7 +278,7 @@ impl CacheMetrics {
     /// Register every series that only moves on events (invalidations by kind and source,
     /// backfills between each pair of tiers) at 0, so dashboards show 0 rather than no data.
     pub(crate) fn register_event_series(&self, tiers: &[String]) {
-        for kind in ["key", "tag", "namespace", "clear"] {
+        for kind in ["key", "written", "tag", "namespace", "clear"] {
             for source in ["local", "backplane"] {
                 metrics::counter!(CACHE_INVALIDATIONS, "cache" => self.cache.clone(), "kind" => kind, "source" => source).increment(0);
             }

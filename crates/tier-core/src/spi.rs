@@ -18,7 +18,8 @@ pub use crate::generations::{fresh_generation_start, GenerationStore, LocalGener
 pub use crate::layer::{Mount, TierLayer};
 pub use crate::lock::{DistributedLock, LockToken};
 pub use crate::state::{
-    generation_name, position_name, StateStore, FLOOR, GENERATION_PREFIX, POSITION_PREFIX,
+    floor_name, generation_name, get_u64, position_name, suspect_name, StateStore, FLOOR_PREFIX,
+    GENERATION_PREFIX, POSITION_PREFIX, SUSPECT_PREFIX,
 };
 pub use crate::tier::{Tier, TierContext, TierStats};
 pub use crate::time::{after_ms, now_ms};

@@ -256,11 +256,19 @@ impl Tier for FaultyTier {
 
 type EventSender = tokio::sync::broadcast::Sender<crate::backplane::BackplaneEvent>;
 
-/// An in-process backplane hub: every [`LocalBackplane`] made by one hub hears the others.
+/// One message of a hub's log: its sender, cache and what.
+type Logged = (u64, String, crate::backplane::Invalidation);
+
+/// An in-process backplane hub: every [`LocalBackplane`] made by one hub hears the others, and
+/// the hub keeps a log of every message (a position is its index), so that a node can
+/// [`replay`](crate::spi::Backplane::replay) what it missed — the way a Redis Stream does.
 /// For tests of the hierarchy's backplane handling (the Redis backplane is the real one).
 #[derive(Clone, Default)]
 pub struct LocalBackplaneHub {
     nodes: Arc<Mutex<Vec<(u64, EventSender)>>>,
+    log: Arc<Mutex<Vec<Logged>>>,
+    /// Messages before this index were trimmed (a replay from before it is a gap).
+    trimmed: Arc<AtomicU64>,
     next: Arc<AtomicU64>,
 }
 
@@ -270,13 +278,45 @@ impl LocalBackplaneHub {
         Self::default()
     }
 
-    /// A new node on the hub.
+    /// A new node on the hub, with a log but no proofs of delivery.
     pub fn node(&self) -> LocalBackplane {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let (tx, _) = tokio::sync::broadcast::channel(1024);
         self.nodes.lock().unwrap_or_else(|p| p.into_inner()).push((id, tx.clone()));
-        LocalBackplane { id, hub: self.clone(), tx }
+        LocalBackplane { id, hub: self.clone(), tx, confirms: false, logless: false }
     }
+
+    /// A node that sends proofs of delivery ([`LocalBackplane::confirm`]): the hierarchy holds
+    /// its local entries to the lease.
+    pub fn confirming_node(&self) -> LocalBackplane {
+        LocalBackplane { confirms: true, ..self.node() }
+    }
+
+    /// A node that cannot replay (like Redis pub/sub): no positions, every replay a gap.
+    pub fn logless_node(&self) -> LocalBackplane {
+        LocalBackplane { logless: true, ..self.node() }
+    }
+
+    /// Forget the log so far: a replay from a position before now is a gap.
+    pub fn trim(&self) {
+        let len = self.log.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.trimmed.store(len as u64, Ordering::SeqCst);
+    }
+
+    /// How many messages were published so far.
+    pub fn published(&self) -> usize {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The position of the message at `index` (the position of "nothing yet" is 0).
+fn position(index: usize) -> crate::backplane::LogPosition {
+    let p = index as u64 + 1;
+    crate::backplane::LogPosition(Bytes::copy_from_slice(&p.to_be_bytes()))
+}
+
+fn index_of(position: &crate::backplane::LogPosition) -> Option<u64> {
+    <[u8; 8]>::try_from(&position.0[..]).ok().map(u64::from_be_bytes)
 }
 
 /// One node of a [`LocalBackplaneHub`].
@@ -284,14 +324,21 @@ pub struct LocalBackplane {
     id: u64,
     hub: LocalBackplaneHub,
     tx: EventSender,
+    confirms: bool,
+    logless: bool,
 }
 
 impl LocalBackplane {
     /// Tell this node's subscribers that messages may have been missed
-    /// ([`BackplaneEvent::Gap`](crate::spi::BackplaneEvent::Gap)), as a log-less backplane does
-    /// after its connection was lost and is back.
+    /// ([`BackplaneEvent::Gap`](crate::spi::BackplaneEvent::Gap)), as a backplane does when its
+    /// connection was lost and it cannot replay.
     pub fn simulate_reconnect(&self) {
         let _ = self.tx.send(crate::backplane::BackplaneEvent::Gap);
+    }
+
+    /// Send a proof of delivery: everything published before `sent_at_ms` was delivered.
+    pub fn confirm(&self, sent_at_ms: u64) {
+        let _ = self.tx.send(crate::backplane::BackplaneEvent::Confirmed { sent_at_ms });
     }
 }
 
@@ -302,21 +349,61 @@ impl crate::backplane::Backplane for LocalBackplane {
         cache: &str,
         what: &crate::backplane::Invalidation,
     ) -> Result<Option<crate::backplane::LogPosition>, TierError> {
+        let at = {
+            let mut log = self.hub.log.lock().unwrap_or_else(|p| p.into_inner());
+            log.push((self.id, cache.to_string(), what.clone()));
+            log.len() - 1
+        };
+        let position = (!self.logless).then(|| position(at));
         let nodes = self.hub.nodes.lock().unwrap_or_else(|p| p.into_inner());
         for (id, tx) in nodes.iter() {
             if *id != self.id {
                 let _ = tx.send(crate::backplane::BackplaneEvent::Invalidate {
                     cache: cache.to_string(),
                     what: what.clone(),
-                    position: None,
+                    position: position.clone(),
                 });
             }
         }
-        Ok(None)
+        Ok(position)
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::backplane::BackplaneEvent> {
         self.tx.subscribe()
+    }
+
+    async fn replay(
+        &self,
+        after: &crate::backplane::LogPosition,
+    ) -> Result<crate::backplane::Replay, TierError> {
+        use crate::backplane::Replay;
+        // `after` is the position of the last message applied: messages from index `after` on.
+        let Some(after) = index_of(after).filter(|_| !self.logless) else { return Ok(Replay::Gap) };
+        if after < self.hub.trimmed.load(Ordering::SeqCst) {
+            return Ok(Replay::Gap);
+        }
+        let log = self.hub.log.lock().unwrap_or_else(|p| p.into_inner());
+        let events = log
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(after).unwrap_or(usize::MAX))
+            .filter(|(_, (sender, _, _))| *sender != self.id)
+            .map(|(i, (_, cache, what))| (cache.clone(), what.clone(), position(i)))
+            .collect();
+        Ok(Replay::Events(events))
+    }
+
+    async fn head(&self) -> Result<Option<crate::backplane::LogPosition>, TierError> {
+        if self.logless {
+            return Ok(None);
+        }
+        let len = self.hub.log.lock().unwrap_or_else(|p| p.into_inner()).len();
+        // The position of the last message (0 before any).
+        Ok(Some(crate::backplane::LogPosition(Bytes::copy_from_slice(&(len as u64).to_be_bytes()))))
+    }
+
+    fn confirms_delivery(&self) -> bool {
+        self.confirms
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::spi::{Entry, Lookup, Tier, TierContext};
+use tier_core::spi::{Entry, Lookup, StateStore, Tier, TierContext};
 use tier_core::{Storage, TierError, TierErrorKind, TierStats};
 
 use crate::builder::DiskTierBuilder;
@@ -221,5 +221,30 @@ impl Tier for DiskTier {
 
     fn attach(&self, ctx: &TierContext) {
         self.inner.store.metrics.attach(ctx, &self.inner.report);
+    }
+
+    /// The tier's [`DiskState`]: the hierarchy keeps its generations, clear floor and log
+    /// position there, so that they survive restarts.
+    fn state_store(&self) -> Option<Arc<dyn StateStore>> {
+        Some(self.inner.state.clone())
+    }
+}
+
+/// The disk state is where a hierarchy persists its fleet state (see [`StateStore`]).
+impl StateStore for DiskState {
+    fn get(&self, name: &[u8]) -> Result<Option<Bytes>, TierError> {
+        Ok(DiskState::get(self, name))
+    }
+    fn put(&self, name: &[u8], value: &[u8]) -> Result<(), TierError> {
+        DiskState::put(self, name, value).map_err(TierError::from)
+    }
+    fn put_many(&self, items: &[(&[u8], &[u8])]) -> Result<(), TierError> {
+        DiskState::put_many(self, items).map_err(TierError::from)
+    }
+    fn was_lost(&self) -> bool {
+        DiskState::was_lost(self)
+    }
+    fn clear_lost(&self) -> Result<(), TierError> {
+        DiskState::clear_lost(self).map_err(TierError::from)
     }
 }

@@ -1,6 +1,9 @@
-//! Background tasks of a hierarchy: the gauge task, and the backplane listener that applies
-//! other instances' invalidations to the local tiers and treats a gap in what it heard as
-//! making them suspect. Both end when the last clone of the cache is dropped.
+//! Background tasks of a hierarchy and the fleet state they keep: what is restored at build
+//! (the suspect floor, a lost state file, the local clear floor and namespace version), the
+//! gauge task, and the backplane listener — the start-up catch-up (replay of the log from the
+//! last applied position), other instances' invalidations and insert notices applied to the
+//! local tiers, proofs of delivery (the lease) and gaps. The tasks end when the last clone of
+//! the cache is dropped.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -8,20 +11,50 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+use super::fleet::POSITION_EVERY;
 use super::hierarchy::Hierarchy;
 use super::options::CacheValue;
-use crate::backplane::{BackplaneEvent, Invalidation, ReconnectPolicy};
+use super::tags::namespace_tag;
+use crate::backplane::{BackplaneEvent, Invalidation, LogPosition, ReconnectPolicy, Replay};
+use crate::generations::LocalGenerations;
 use crate::time::now_ms;
 
-/// Start the background tasks of `hierarchy` when inside a tokio runtime.
-pub(super) fn start<V: CacheValue>(hierarchy: &Arc<Hierarchy<V>>, gauge_interval: Duration) {
+/// How long the start-up replay of the log may take before it counts as a gap.
+const REPLAY_BOUND: Duration = Duration::from_secs(5);
+
+/// What the listener does first, decided at build (before anything is written).
+pub(super) enum StartUp {
+    /// Replay the log from this position.
+    Replay(LogPosition),
+    /// Local entries exist and what they missed cannot be known.
+    Gap(&'static str),
+    /// Nothing local: start from the log's head.
+    Head,
+}
+
+/// Start the background tasks of `hierarchy` when inside a tokio runtime; `sync_shared`: read
+/// the clear floor and namespace version from a generation store that is not local.
+pub(super) fn start<V: CacheValue>(
+    hierarchy: &Arc<Hierarchy<V>>,
+    gauge_interval: Duration,
+    sync_shared: bool,
+    start_up: Option<StartUp>,
+) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         tracing::debug!(cache = %hierarchy.name(), "built outside a tokio runtime: no background tasks");
+        if hierarchy.backplane().is_some() {
+            // Nobody will apply what others publish: local entries are never fresh.
+            tracing::warn!(cache = %hierarchy.name(), "a backplane without a runtime to listen: local entries are served only as stale");
+            hierarchy.fleet().set_catching_up(true);
+        }
         return;
     };
     let weak = Arc::downgrade(hierarchy);
     let mut tasks = vec![handle.spawn(report_gauges(weak.clone(), gauge_interval))];
-    tasks.extend(listen(&handle, hierarchy, weak));
+    if sync_shared {
+        tasks.push(handle.spawn(sync_shared_state(weak.clone())));
+    }
+    tasks.extend(listen(&handle, hierarchy, weak, start_up.unwrap_or(StartUp::Head)));
     hierarchy.keep_tasks(tasks);
 }
 
@@ -35,22 +68,70 @@ async fn report_gauges<V>(weak: Weak<Hierarchy<V>>, interval: Duration) {
     }
 }
 
+/// Read the clear floor and the namespace version from a shared store (retried until it
+/// answers).
+async fn sync_shared_state<V: CacheValue>(weak: Weak<Hierarchy<V>>) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let Some(hierarchy) = weak.upgrade() else { return };
+        let floor = hierarchy.guards().floor.run(hierarchy.generations().floor(hierarchy.name()));
+        let floor = floor.await;
+        let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
+        let ns = hierarchy.guards().namespace.run(hierarchy.generations().current(&tags)).await;
+        if let Ok(floor) = &floor {
+            hierarchy.fleet().raise_floor(*floor);
+        }
+        if let Ok(Some(Some(v))) = ns.as_ref().map(|v| v.first().copied()) {
+            hierarchy.keys().set_version(v);
+        }
+        if floor.is_ok() && ns.is_ok() {
+            return;
+        }
+        drop(hierarchy);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// The backplane listener, when there is a backplane.
 fn listen<V: CacheValue>(
     handle: &tokio::runtime::Handle,
     hierarchy: &Hierarchy<V>,
     weak: Weak<Hierarchy<V>>,
+    start_up: StartUp,
 ) -> Option<JoinHandle<()>> {
+    // Subscribed before the catch-up: what arrives meanwhile waits in the channel (applying a
+    // message twice is harmless).
     let mut rx = hierarchy.backplane()?.subscribe();
     Some(handle.spawn(async move {
+        match weak.upgrade() {
+            Some(hierarchy) => hierarchy.start_up(start_up).await,
+            None => return,
+        }
+        let mut flush = tokio::time::interval(POSITION_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let event = rx.recv().await;
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                _ = flush.tick() => {
+                    let Some(hierarchy) = weak.upgrade() else { return };
+                    hierarchy.kept().flush();
+                    continue;
+                }
+            };
             let Some(hierarchy) = weak.upgrade() else { return };
             match event {
-                Ok(BackplaneEvent::Invalidate { cache, what, .. }) if cache == hierarchy.name() => {
-                    hierarchy.apply_remote(what).await;
+                Ok(BackplaneEvent::Invalidate { cache, what, position }) => {
+                    if cache == hierarchy.name() {
+                        hierarchy.apply_remote(what).await;
+                    }
+                    if let Some(position) = position {
+                        hierarchy.kept().applied(position);
+                    }
                 }
-                Ok(BackplaneEvent::Invalidate { .. } | BackplaneEvent::Confirmed { .. }) => {}
+                Ok(BackplaneEvent::Confirmed { sent_at_ms }) => {
+                    hierarchy.fleet().confirmed(sent_at_ms)
+                }
                 Ok(BackplaneEvent::Gap) => hierarchy.recover("backplane gap").await,
                 Err(RecvError::Lagged(n)) => {
                     let why = format!("{n} backplane messages dropped (slow consumer)");
@@ -63,32 +144,150 @@ fn listen<V: CacheValue>(
 }
 
 impl<V: CacheValue> Hierarchy<V> {
-    /// Apply another instance's invalidation to this instance's local tiers.
-    pub(super) async fn apply_remote(&self, what: Invalidation) {
-        let kind = what.kind();
-        match what {
-            Invalidation::Key(key) => {
-                if let Some(e) = self.writer().remove_everywhere(&key, true).await {
-                    tracing::warn!(cache = %self.name(), error = %e, "remote invalidation failed on a local tier");
+    /// At build: restore what the local state keeps (a lost state file makes every local entry
+    /// suspect, said once), and with `local` generations the clear floor and namespace version.
+    /// With a backplane: what the listener does first.
+    pub(super) fn restore(&self, local: Option<&LocalGenerations>) -> Option<StartUp> {
+        if let Some(state) = self.kept().state().filter(|s| s.was_lost()) {
+            let now = now_ms();
+            tracing::warn!(
+                cache = %self.name(),
+                "the local state file was lost or damaged: every local entry written before now is served only as stale until replaced"
+            );
+            match self.kept().keep_suspect_before(now).and_then(|()| state.clear_lost()) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(cache = %self.name(), error = %e, "the loss could not be recorded; the next start treats local entries as suspect again")
                 }
             }
-            Invalidation::Written { key, .. } => {
-                if let Some(e) = self.writer().remove_everywhere(&key, true).await {
-                    tracing::warn!(cache = %self.name(), error = %e, "remote insert notice failed on a local tier");
+            self.fleet().mark_local_suspect(now);
+        }
+        self.fleet().mark_local_suspect(self.kept().suspect_before());
+        if let Some(local) = local {
+            match local.floor_now(self.name()) {
+                Ok(floor) => self.fleet().raise_floor(floor),
+                Err(e) => {
+                    tracing::warn!(cache = %self.name(), error = %e, "the clear floor could not be read")
                 }
             }
-            Invalidation::Tag(tag) => self.generations().remote_bump(&tag, None),
-            Invalidation::Namespace(v) => {
-                self.keys().set_version(v);
-                self.stripes().bump_all();
-            }
-            Invalidation::Clear { .. } => {
-                if let Some(e) = self.writer().clear_everywhere(true).await {
-                    tracing::warn!(cache = %self.name(), error = %e, "remote clear failed on a local tier");
+            match local.current_now(&namespace_tag(self.name())) {
+                Ok(Some(v)) => self.keys().set_version(v),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(cache = %self.name(), error = %e, "the namespace version could not be read")
                 }
             }
         }
-        self.metrics().invalidation(kind, "backplane");
+        let Some(backplane) = self.backplane() else {
+            self.fleet().set_started();
+            return None;
+        };
+        if backplane.confirms_delivery() {
+            self.fleet().start_lease(self.opts().propagation_bound);
+        }
+        let start_up = match (self.opts().reconnect, self.kept().position()) {
+            (ReconnectPolicy::CatchUp, Some(after)) => StartUp::Replay(after),
+            _ if self.holds_local_entries() => {
+                StartUp::Gap("no replayable log position while local tiers hold entries")
+            }
+            _ => StartUp::Head,
+        };
+        // Until the listener has caught up (or judged the gap), nothing local is fresh.
+        if !matches!(start_up, StartUp::Head) {
+            self.fleet().set_catching_up(true);
+        }
+        Some(start_up)
+    }
+
+    /// Do the local tiers hold anything?
+    fn holds_local_entries(&self) -> bool {
+        self.tiers().iter().any(|(_, l)| !l.is_shared() && l.tier().stats().entries > 0)
+    }
+
+    /// The start-up catch-up: replay the log from the last applied position; without one,
+    /// local entries are suspect (unless there are none), and the log's head is where to start.
+    async fn start_up(&self, start_up: StartUp) {
+        let Some(backplane) = self.backplane().cloned() else { return };
+        match start_up {
+            StartUp::Replay(after) => {
+                match tokio::time::timeout(REPLAY_BOUND, backplane.replay(&after)).await {
+                    Ok(Ok(Replay::Events(events))) => {
+                        let n = events.len();
+                        self.apply_replayed(events).await;
+                        tracing::debug!(cache = %self.name(), events = n, "caught up with the invalidation log");
+                    }
+                    Ok(Ok(Replay::Gap)) => {
+                        self.recover("the log no longer holds the last applied position").await
+                    }
+                    Ok(Err(e)) => {
+                        self.recover(&format!("the log could not be replayed: {e}")).await
+                    }
+                    Err(_) => self.recover("the log's replay took too long").await,
+                }
+            }
+            StartUp::Gap(why) => self.recover(why).await,
+            StartUp::Head => {}
+        }
+        if self.kept().position().is_none() {
+            if let Ok(Ok(Some(head))) = tokio::time::timeout(REPLAY_BOUND, backplane.head()).await {
+                self.kept().applied(head);
+                self.kept().flush();
+            }
+        }
+        self.fleet().set_catching_up(false);
+        self.fleet().set_started();
+    }
+
+    /// Apply what a replay found, in order; record the last position.
+    async fn apply_replayed(&self, events: Vec<(String, Invalidation, LogPosition)>) {
+        let mut last = None;
+        for (cache, what, position) in events {
+            if cache == self.name() {
+                self.apply_remote(what).await;
+            }
+            last = Some(position);
+        }
+        if let Some(last) = last {
+            self.kept().applied(last);
+            self.kept().flush();
+        }
+    }
+
+    /// Apply another instance's invalidation or insert notice to this instance's local tiers
+    /// (also a replayed notice of this instance's own, from before a restart: harmless).
+    pub(super) async fn apply_remote(&self, what: Invalidation) {
+        let failed = |e: crate::error::CacheError| {
+            tracing::warn!(cache = %self.name(), kind = what.kind(), error = %e, "a remote invalidation failed on a local tier");
+        };
+        match &what {
+            Invalidation::Key(key) => {
+                if let Some(e) = self.writer().remove_everywhere(key, true).await {
+                    failed(e);
+                }
+            }
+            Invalidation::Written { key, created_at } => {
+                if let Some(e) = self.writer().remove_older_local(key, *created_at).await {
+                    failed(e);
+                }
+            }
+            Invalidation::Tag(tag) => self.generations().remote_bump(tag, None),
+            Invalidation::Namespace(v) => {
+                self.generations().remote_bump(&namespace_tag(self.name()), Some(*v));
+                self.keys().set_version(*v);
+                self.stripes().bump_all();
+            }
+            Invalidation::Clear { at } => {
+                self.fleet().raise_floor(*at);
+                // Kept locally too (a local store persists it; a shared one has it already).
+                let floor = self.generations().raise_floor(self.name(), *at);
+                let _ = self.guards().floor.run(floor).await;
+                if let Some(e) = self.writer().clear_everywhere(true).await {
+                    failed(e);
+                }
+            }
+        }
+        self.observe(&what);
+        self.metrics().invalidation(what.kind(), "backplane");
     }
 
     /// Messages may have been missed: the local tiers are suspect.
@@ -101,10 +300,14 @@ impl<V: CacheValue> Hierarchy<V> {
                     tracing::warn!(cache = %self.name(), error = %e, "clearing local tiers failed");
                 }
             }
-            ReconnectPolicy::MarkStale | ReconnectPolicy::CatchUp => {
-                tracing::warn!(cache = %self.name(), reason = why, "backplane gap: local entries marked stale");
+            _ => {
+                tracing::warn!(cache = %self.name(), reason = why, "backplane gap: local entries are served only as stale until replaced");
+                let now = now_ms();
                 self.stripes().bump_all();
-                self.fleet().mark_local_suspect(now_ms());
+                self.fleet().mark_local_suspect(now);
+                if let Err(e) = self.kept().keep_suspect_before(now) {
+                    tracing::warn!(cache = %self.name(), error = %e, "the suspect floor could not be recorded");
+                }
             }
         }
         self.metrics().invalidation("clear", "backplane");

@@ -121,19 +121,37 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Where tag generations live. Default: [`LocalGenerations`] (this process only).
+    /// Where tag generations, namespace versions and the clear floor live. Default:
+    /// [`LocalGenerations`] — persisted in the state file of the first local tier that keeps
+    /// one (the disk tier: they survive restarts), else in this process only.
     pub fn generations(mut self, store: Arc<dyn GenerationStore>) -> Self {
         self.generations = Some(store);
         self
     }
 
-    /// Publish invalidations to, and apply them from, other instances. Default: none.
-    pub fn backplane(
-        mut self,
-        backplane: Arc<dyn Backplane>,
-        on_reconnect: ReconnectPolicy,
-    ) -> Self {
-        self.backplane = Some((backplane, on_reconnect));
+    /// Bound on each call to a part of the fleet state (generations, namespace, clear floor,
+    /// fleet lock, backplane publish); each part also has a breaker of its own. A part that
+    /// does not answer in time is skipped as unavailable (see the crate's coherence docs).
+    /// Range: more than zero. Default: 100 ms.
+    pub fn fleet_state_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.fleet_timeout = timeout;
+        self
+    }
+
+    /// δ, the documented propagation bound: with a backplane that confirms delivery
+    /// ([`Backplane::confirms_delivery`]), local entries are served as fresh only while the
+    /// last proof of delivery is younger than this (the lease). Range: more than zero.
+    /// Default: 100 ms.
+    pub fn propagation_bound(mut self, bound: Duration) -> Self {
+        self.opts.propagation_bound = bound;
+        self
+    }
+
+    /// Publish invalidations to, and apply them from, other instances; `on_gap` says what to do
+    /// with the local tiers when messages may have been missed ([`ReconnectPolicy::CatchUp`]
+    /// is the usual choice). Default: none.
+    pub fn backplane(mut self, backplane: Arc<dyn Backplane>, on_gap: ReconnectPolicy) -> Self {
+        self.backplane = Some((backplane, on_gap));
         self
     }
 
@@ -188,18 +206,35 @@ impl<V: CacheValue> CacheBuilder<V> {
             Some((b, r)) => (Some(b), r),
             None => (None, ReconnectPolicy::default()),
         };
+        let tiers = Tiers::new(levels);
+        // The first local tier that keeps a durable state holds what the hierarchy must not
+        // forget across restarts.
+        let state =
+            tiers.iter().filter(|(_, l)| !l.is_shared()).find_map(|(_, l)| l.tier().state_store());
+        let (generations, local) = match self.generations {
+            Some(store) => (store, None),
+            None => {
+                let local = Arc::new(match &state {
+                    Some(state) => LocalGenerations::persisted(state.clone()),
+                    None => LocalGenerations::new(),
+                });
+                (local.clone() as Arc<dyn GenerationStore>, Some(local))
+            }
+        };
         let hierarchy = Arc::new(Hierarchy::new(Parts {
             name: self.name,
-            tiers: Tiers::new(levels),
+            tiers,
             codec: self.codec,
             opts: Options { reconnect, ..self.opts }.checked()?,
-            generations: self.generations.unwrap_or_else(|| Arc::new(LocalGenerations::new())),
+            generations,
             backplane,
             lock: self.lock,
             categories: self.categories,
             hot_keys: self.hot_keys,
+            state,
         }));
-        background::start(&hierarchy, self.gauge_interval);
+        let start_up = hierarchy.restore(local.as_deref());
+        background::start(&hierarchy, self.gauge_interval, local.is_none(), start_up);
         Ok(Cache::from_hierarchy(hierarchy))
     }
 

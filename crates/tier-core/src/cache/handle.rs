@@ -115,6 +115,14 @@ impl<V: CacheValue> Cache<V> {
         self.hierarchy.hot().top(n)
     }
 
+    /// Has the start-up with the backplane finished: the invalidation log replayed from the
+    /// last applied position (or, when that cannot be done, local entries demoted to stale),
+    /// and the position to resume from recorded? Until then local entries are served only as
+    /// stale. True at once without a backplane.
+    pub fn is_caught_up(&self) -> bool {
+        self.hierarchy.fleet().started()
+    }
+
     /// How many callers are waiting for the load of `key` in flight now (0 when none is).
     pub fn load_waiters(&self, key: impl AsRef<[u8]>) -> usize {
         self.hierarchy.flights().waiters(key.as_ref())

@@ -8,19 +8,21 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
+use super::fleet::{Guards, Kept};
 use super::flight::Flights;
 use super::lifetime::Entries;
 use super::options::Options;
 use super::rule::FleetState;
 use super::tiers::Tiers;
 use super::writes::{Stripes, Writer};
-use crate::backplane::Backplane;
+use crate::backplane::{Backplane, Invalidation};
 use crate::envelope::Codec;
 use crate::generations::GenerationStore;
 use crate::key::KeyBuilder;
 use crate::lock::{DistributedLock, LockOptions};
 use crate::metrics::CacheMetrics;
 use crate::sketch::HotKeys;
+use crate::state::StateStore;
 
 type Classifier = Arc<dyn Fn(&[u8]) -> &str + Send + Sync>;
 
@@ -42,6 +44,8 @@ pub(super) struct Parts {
     pub lock: Option<(Arc<dyn DistributedLock>, LockOptions)>,
     pub categories: Option<Categories>,
     pub hot_keys: usize,
+    /// The local tiers' durable state, if one keeps it.
+    pub state: Option<Arc<dyn StateStore>>,
 }
 
 /// A hierarchy of tiers and its shared state (see the module docs).
@@ -53,6 +57,8 @@ pub(super) struct Hierarchy<V> {
     flights: Flights<V>,
     stripes: Stripes,
     fleet: FleetState,
+    guards: Guards,
+    kept: Kept,
     generations: Arc<dyn GenerationStore>,
     backplane: Option<Arc<dyn Backplane>>,
     lock: Option<(Arc<dyn DistributedLock>, LockOptions)>,
@@ -71,7 +77,11 @@ impl<V> Hierarchy<V> {
     pub fn new(parts: Parts) -> Self {
         let metrics = CacheMetrics::new(&parts.name);
         metrics.register_event_series(&parts.tiers.names());
+        let guards = Guards::new(&parts.name, parts.opts.fleet_timeout);
+        let kept = Kept::new(&parts.name, parts.state);
         Self {
+            guards,
+            kept,
             keys: KeyBuilder::new(parts.name.as_str()),
             name: Arc::from(parts.name),
             tiers: parts.tiers,
@@ -128,6 +138,23 @@ impl<V> Hierarchy<V> {
     /// Where tag generations live.
     pub fn generations(&self) -> &dyn GenerationStore {
         &*self.generations
+    }
+
+    /// The timeout and breaker of each part of the fleet state.
+    pub fn guards(&self) -> &Guards {
+        &self.guards
+    }
+
+    /// What the hierarchy keeps of the fleet locally (log position, suspect floor).
+    pub fn kept(&self) -> &Kept {
+        &self.kept
+    }
+
+    /// Tell every tier that `what` was applied ([`Tier::observe`](crate::spi::Tier::observe)).
+    pub fn observe(&self, what: &Invalidation) {
+        for (_, level) in self.tiers.iter() {
+            level.tier().observe(what);
+        }
     }
 
     /// The backplane, if any.
@@ -222,6 +249,7 @@ impl<V> Hierarchy<V> {
 
 impl<V> Drop for Hierarchy<V> {
     fn drop(&mut self) {
+        self.kept.flush();
         let tasks = self.tasks.get_mut().unwrap_or_else(|p| p.into_inner());
         for t in tasks.drain(..) {
             t.abort();

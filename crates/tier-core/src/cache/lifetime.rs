@@ -39,10 +39,16 @@ fn lifetime(policy: &TierPolicy, now: u64, negative: bool) -> (u64, u64) {
     (fresh_until, after_ms(fresh_until, jittered(ttl.stale, ttl.jitter)))
 }
 
-/// The meta of a value loaded or inserted now (times are set per tier).
-pub(super) fn new_meta(negative: bool, tags: Option<Arc<[TagStamp]>>, load_cost: Duration) -> Meta {
+/// The meta of a value created at `created_at` — for a load, the instant it started; for an
+/// insert, the instant it was called (times are set per tier).
+pub(super) fn new_meta(
+    created_at: u64,
+    negative: bool,
+    tags: Option<Arc<[TagStamp]>>,
+    load_cost: Duration,
+) -> Meta {
     Meta {
-        created_at: now_ms(),
+        created_at,
         load_cost_us: u32::try_from(load_cost.as_micros()).unwrap_or(u32::MAX),
         negative,
         tags,

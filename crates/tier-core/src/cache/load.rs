@@ -3,10 +3,13 @@
 //! 1. **look again** (the keys' values may have landed just before the flight started);
 //! 2. **the fleet lock**: take it per key, or wait for its holder's value to appear;
 //! 3. **stamp tags** before the origin is called (a tag invalidated during the load makes the
-//!    value born invalid);
+//!    value born invalid); the value's `created_at` is this instant, before the origin is read.
+//!    When the generation store is unavailable the load still runs and answers, but its value
+//!    is not cached (it could not be told from an invalidated one);
 //! 4. **call the origin** once, under the hard timeout, counted in `cache_loads_total`;
-//! 5. **land**: write the in-process tiers, answer the waiters, write the other tiers — or, on
-//!    failure, re-stamp a servable stale value for fail-safe's throttle and answer the error
+//! 5. **land**: write the in-process tiers, answer the waiters, write the other tiers and
+//!    publish a value-free notice of the write (other instances drop their local copies) — or,
+//!    on failure, re-stamp a servable stale value for fail-safe's throttle and answer the error
 //!    (errors are never cached); release the locks.
 
 use std::collections::HashMap;
@@ -25,6 +28,7 @@ use super::options::CacheValue;
 use super::rule::{stale_servable, Found};
 use super::tags;
 use super::tiers::TierSet;
+use crate::backplane::Invalidation;
 use crate::entry::Entry;
 use crate::envelope::Meta;
 use crate::error::{BoxError, CacheError};
@@ -261,24 +265,36 @@ impl<V: CacheValue> Hierarchy<V> {
             Origin::One(_, tags) => tags.as_slice(),
             Origin::Many(_) => &[],
         };
-        let stamps = match tags::stamp(self.generations(), tags).await {
-            Ok(stamps) => stamps,
-            Err(e) => {
-                jobs.iter().for_each(|job| job.publisher.publish(Err(e.clone())));
+        let started = now_ms();
+        let stamps = tags::stamp(self.generations(), &self.guards().generations, tags).await;
+        let (outcome, cost) = self.ask(origin, jobs).await;
+        let stamps = match (stamps, outcome) {
+            (Ok(stamps), outcome) => (stamps, outcome),
+            (Err(e), Ok(values)) => {
+                // Answered, not cached: without its stamps the value could outlive an
+                // invalidation of its tags.
+                tracing::debug!(cache = %self.name(), error = %e, "tags not stamped: the loaded value is not cached");
+                for (job, value) in jobs.iter().zip(values) {
+                    job.publisher.publish(Ok(value));
+                }
                 return;
             }
+            (Err(_), Err(e)) => (None, Err(e)),
         };
-        let (outcome, cost) = self.ask(origin, jobs).await;
+        let (stamps, outcome) = stamps;
         match outcome {
             Ok(values) => {
                 let mut rest = Vec::with_capacity(jobs.len());
                 for (job, value) in jobs.iter().zip(values) {
-                    let meta = new_meta(value.is_none(), stamps.clone(), cost);
+                    let meta = new_meta(started, value.is_none(), stamps.clone(), cost);
                     rest.push(self.land_local(job, value, &meta).await);
                 }
-                for (job, entries) in jobs.iter().zip(rest) {
+                for (job, (entries, wrote_local)) in jobs.iter().zip(rest) {
                     let seq = job.publisher.seq();
-                    self.writer().write_if_unchanged(job.key(), seq, entries).await;
+                    let written = self.writer().write_if_unchanged(job.key(), seq, entries).await;
+                    if wrote_local || !written.is_empty() {
+                        self.notify_written(job.key(), started).await;
+                    }
                 }
             }
             Err(e) => {
@@ -344,26 +360,37 @@ impl<V: CacheValue> Hierarchy<V> {
 
     /// Write a loaded value to the in-process tiers and answer the waiters; the entries of the
     /// other tiers, to be written after (the flight stays joinable until both are written, see
-    /// [`Tiers::recheck_skips`](super::tiers::Tiers::recheck_skips)).
+    /// [`Tiers::recheck_skips`](super::tiers::Tiers::recheck_skips)), and whether an in-process
+    /// tier was written.
     async fn land_local(
         &self,
         job: &Job<V>,
         value: Option<Arc<V>>,
         meta: &Meta,
-    ) -> Vec<(usize, Entry)> {
+    ) -> (Vec<(usize, Entry)>, bool) {
         match self.entries().of_value(value.as_ref(), meta, job.skip) {
             Ok(entries) => {
                 let (objects, remote): (Vec<_>, Vec<_>) =
                     entries.into_iter().partition(|(j, _)| self.tiers().get(*j).holds_objects());
                 let seq = job.publisher.seq();
-                self.writer().write_if_unchanged(job.key(), seq, objects).await;
+                let written = self.writer().write_if_unchanged(job.key(), seq, objects).await;
                 job.publisher.publish(Ok(value));
-                remote
+                (remote, !written.is_empty())
             }
             Err(e) => {
                 job.publisher.publish(Err(e));
-                Vec::new()
+                (Vec::new(), false)
             }
+        }
+    }
+
+    /// A load's value was written: observed by every tier, and a notice for the other
+    /// instances (a failure to publish is logged: nobody waits for it).
+    async fn notify_written(&self, key: &Bytes, created_at: u64) {
+        let what = Invalidation::Written { key: key.clone(), created_at };
+        self.observe(&what);
+        if let Err(e) = self.publish(what).await {
+            tracing::debug!(cache = %self.name(), error = %e, "the notice of a loaded value was not published");
         }
     }
 
@@ -400,7 +427,7 @@ impl<V: CacheValue> Hierarchy<V> {
         let deadline = Instant::now().checked_add(opts.wait);
         let mut poll = opts.first_poll;
         loop {
-            match lock.try_acquire(key, opts.ttl).await {
+            match self.guards().lock.run(lock.try_acquire(key, opts.ttl)).await {
                 Ok(Some(token)) => return Locked::Held(token),
                 Ok(None) => {}
                 Err(e) => {
@@ -424,7 +451,7 @@ impl<V: CacheValue> Hierarchy<V> {
     /// Release the fleet lock of `key` when held (a failed release is left to expire).
     async fn unlock(&self, key: &Bytes, token: Option<LockToken>) {
         let (Some(token), Some((lock, _))) = (token, self.lock()) else { return };
-        if let Err(e) = lock.release(key, &token).await {
+        if let Err(e) = self.guards().lock.run(lock.release(key, &token)).await {
             tracing::debug!(cache = %self.name(), error = %e, "lock release failed (it expires)");
         }
     }

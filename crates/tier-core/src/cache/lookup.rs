@@ -82,7 +82,7 @@ impl<V: CacheValue> Hierarchy<V> {
     /// first takes the key's write sequence.
     ///
     /// The tier answered "fresh" and the entry is untagged, so of the usability rule only the
-    /// fleet state's cap is left to apply.
+    /// fleet state's cap (clear floor, suspect floor, catch-up, lease) is left to apply.
     ///
     /// Always inlined: as a call of its own (LLVM's choice) an L1 hit through `Cache::get` on
     /// one cache of 1,024 keys measured ~2 % slower (the `memory` bench, median over 16 code
@@ -189,7 +189,8 @@ impl<V: CacheValue> Hierarchy<V> {
         // The tag stamps are looked up only for an entry the rest of the rule lets through.
         let mut usable = rule(TagVerdict::Untagged);
         if usable != Usability::Unusable && entry.meta.tags.is_some() {
-            usable = rule(tags::verdict(self.generations(), &entry.meta, self.name()).await);
+            let guard = &self.guards().generations;
+            usable = rule(tags::verdict(self.generations(), guard, &entry.meta, self.name()).await);
         }
         let result = match usable {
             Usability::Fresh => LookupResult::Hit,

@@ -20,7 +20,8 @@
 //! The modules, lowest first (each imports only modules above it in this list, but the builder
 //! and the handle it builds):
 //! `options` (configuration), `tiers` (the tier set), `rule` (usability), `tags`, `lifetime`
-//! (entries and their lifetimes), `writes` (tier writes, stripes), `flight` (single-flight),
+//! (entries and their lifetimes), `writes` (tier writes, stripes), `fleet` (the fleet state's
+//! guards and what is kept of it locally), `flight` (single-flight),
 //! `hierarchy` (the shared state), `lookup` (walking the tiers), `backfill`, `load` (the loader
 //! run), `handle` ([`Cache`]), `read`, `write`, `batch`, `warm` (the public operations),
 //! `background` (gauges, backplane listener), `builder`.
@@ -29,6 +30,7 @@ mod backfill;
 mod background;
 mod batch;
 mod builder;
+mod fleet;
 mod flight;
 mod handle;
 mod hierarchy;

@@ -127,6 +127,11 @@ pub(super) struct Options {
     /// One access in this many is recorded in the hot keys; a power of two.
     pub hot_key_sample: u64,
     pub max_pending_backfills: usize,
+    /// The bound on each call to a part of the fleet state.
+    pub fleet_timeout: Duration,
+    /// δ: how long a backplane that confirms delivery may stay silent before local entries
+    /// turn stale (the lease).
+    pub propagation_bound: Duration,
 }
 
 impl Default for Options {
@@ -141,6 +146,8 @@ impl Default for Options {
             reconnect: ReconnectPolicy::default(),
             hot_key_sample: 64,
             max_pending_backfills: 1024,
+            fleet_timeout: Duration::from_millis(100),
+            propagation_bound: Duration::from_millis(100),
         }
     }
 }
@@ -151,6 +158,16 @@ impl Options {
         if self.hard_timeout.is_some_and(|t| t.is_zero()) {
             return Err(CacheError::Config(
                 "the hard timeout is zero: no load could ever finish".into(),
+            ));
+        }
+        if self.fleet_timeout.is_zero() {
+            return Err(CacheError::Config(
+                "the fleet-state timeout is zero: no call to the shared state could finish".into(),
+            ));
+        }
+        if self.propagation_bound.is_zero() {
+            return Err(CacheError::Config(
+                "the propagation bound is zero: no local entry could ever be fresh".into(),
             ));
         }
         self.early_refresh = self.early_refresh.map(EarlyRefresh::check).transpose()?;

@@ -4,19 +4,22 @@
 //! single-key read and the batch walk. Each input caps what the entry can be, and the answer is
 //! the least of the caps:
 //! - **time**: fresh before `fresh_until`, stale before `stale_until`, unusable after;
-//! - **the fleet state** ([`FleetState`], what this instance knows of the fleet): entries of a
-//!   local tier created at or before `suspect_before` (a backplane gap) are at most stale;
-//! - **tag stamps** ([`TagVerdict`]): an outdated stamp makes the entry unusable, and so, today,
-//!   does a generation the store cannot read.
-//!
-//! The coherence work extends the rule here, each as one more cap: a clear floor
-//! (`cleared_before`: unusable), a suspect floor for shared tiers, a backplane lease (local
-//! entries at most stale once it lapsed), and "generation unknown: at most stale".
+//! - **the fleet state** ([`FleetState`], what this instance knows of the fleet):
+//!   - the **clear floor**: an entry created at or before it is unusable, in every tier (also
+//!     another instance's old value in a shared tier);
+//!   - the **suspect floor**: an entry of a local tier created at or before `suspect_before`
+//!     (a backplane gap, a lost state file) is at most stale;
+//!   - **catching up**: until the start-up replay of the invalidation log is done, local
+//!     entries are at most stale;
+//!   - the **lease** (a backplane that confirms delivery): local entries are fresh only while
+//!     the last proof of delivery is younger than the propagation bound δ;
+//! - **tag stamps** ([`TagVerdict`]): an outdated stamp makes the entry unusable; a generation
+//!   the store cannot give (unknown, or the store is unavailable) makes it at most stale.
 //!
 //! Serving a stale entry is a second question, [`stale_servable`]: alive, and within
 //! fail-safe's `max_stale_age` past its freshness.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::options::FailSafe;
@@ -72,8 +75,10 @@ impl TagVerdict {
     fn cap(self) -> Usability {
         match self {
             Self::Untagged | Self::Current => Usability::Fresh,
-            // An entry that may have been invalidated is not served.
-            Self::Outdated | Self::Unknown => Usability::Unusable,
+            // An entry that was invalidated is not served.
+            Self::Outdated => Usability::Unusable,
+            // One that may have been is served only as a fallback (never fresh).
+            Self::Unknown => Usability::Stale,
         }
     }
 }
@@ -81,27 +86,92 @@ impl TagVerdict {
 /// What this instance knows of the fleet that the rule depends on.
 #[derive(Debug, Default)]
 pub(super) struct FleetState {
-    /// Local entries created at or before this instant (Unix ms) are at most stale (after a
-    /// backplane gap with [`ReconnectPolicy::MarkStale`](crate::ReconnectPolicy::MarkStale)).
+    /// Entries created at or before this instant (Unix ms) are gone (the clear floor).
+    floor: AtomicU64,
+    /// Local entries created at or before this instant (Unix ms) are at most stale.
     suspect_before: AtomicU64,
+    /// The start-up catch-up is not done: local entries are at most stale.
+    catching_up: AtomicBool,
+    /// The start-up (catch-up, gap or the log's head) is done.
+    started: AtomicBool,
+    /// The lease's length δ in ms; 0: no lease (the backplane does not confirm delivery).
+    lease_ms: AtomicU64,
+    /// When the last proof of delivery was sent (Unix ms).
+    confirmed_at: AtomicU64,
 }
 
 impl FleetState {
-    /// Local entries created at or before `now` are suspect from now on.
-    pub fn mark_local_suspect(&self, now: u64) {
-        self.suspect_before.fetch_max(now, Ordering::Relaxed);
+    /// Local entries created at or before `at` are suspect from now on (a floor never goes back).
+    pub fn mark_local_suspect(&self, at: u64) {
+        self.suspect_before.fetch_max(at, Ordering::AcqRel);
     }
 
-    /// The best an entry can be in a tier so placed, by the fleet state alone.
+    /// Entries created at or before `at` are gone from now on (a floor never goes back).
+    pub fn raise_floor(&self, at: u64) {
+        self.floor.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// The clear floor.
+    pub fn floor(&self) -> u64 {
+        self.floor.load(Ordering::Acquire)
+    }
+
+    /// The `created_at` of an entry written now: now, but above both floors (a write in the
+    /// millisecond of a clear or a gap comes after it).
+    pub fn created_now(&self) -> u64 {
+        let floor = self.floor().max(self.suspect_before.load(Ordering::Acquire));
+        crate::time::now_ms().max(floor.saturating_add(1))
+    }
+
+    /// Start (true) or end (false) the start-up catch-up.
+    pub fn set_catching_up(&self, yes: bool) {
+        self.catching_up.store(yes, Ordering::Release);
+    }
+
+    /// The start-up is done (the listener knows where it is in the log).
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    /// Is the start-up done?
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Serve local entries as fresh only while a proof of delivery is younger than `bound`.
+    pub fn start_lease(&self, bound: std::time::Duration) {
+        let ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.lease_ms.store(ms, Ordering::Release);
+    }
+
+    /// Everything published before `sent_at_ms` has been delivered.
+    pub fn confirmed(&self, sent_at_ms: u64) {
+        self.confirmed_at.fetch_max(sent_at_ms, Ordering::AcqRel);
+    }
+
+    /// The best an entry can be in a tier so placed, by the fleet state alone (reads the clock
+    /// only when a lease is on).
     #[inline]
     pub fn cap(&self, meta: &Meta, placement: Placement) -> Usability {
-        if placement == Placement::Local
-            && meta.created_at <= self.suspect_before.load(Ordering::Relaxed)
-        {
-            Usability::Stale
-        } else {
-            Usability::Fresh
+        if meta.created_at <= self.floor.load(Ordering::Acquire) {
+            return Usability::Unusable;
         }
+        if placement == Placement::Shared {
+            return Usability::Fresh;
+        }
+        if meta.created_at <= self.suspect_before.load(Ordering::Acquire)
+            || self.catching_up.load(Ordering::Acquire)
+        {
+            return Usability::Stale;
+        }
+        let lease = self.lease_ms.load(Ordering::Acquire);
+        if lease != 0
+            && crate::time::now_ms()
+                > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
+        {
+            return Usability::Stale;
+        }
+        Usability::Fresh
     }
 }
 
@@ -173,7 +243,7 @@ mod tests {
         assert_eq!(at(150, TagVerdict::Current), Usability::Stale);
         assert_eq!(at(200, TagVerdict::Untagged), Usability::Unusable);
         assert_eq!(at(50, TagVerdict::Outdated), Usability::Unusable);
-        assert_eq!(at(50, TagVerdict::Unknown), Usability::Unusable);
+        assert_eq!(at(50, TagVerdict::Unknown), Usability::Stale, "unknown: at most stale");
         fleet.mark_local_suspect(10);
         assert_eq!(at(50, TagVerdict::Untagged), Usability::Stale, "created at the floor");
         assert_eq!(
@@ -183,6 +253,25 @@ mod tests {
         );
         fleet.mark_local_suspect(5);
         assert_eq!(at(50, TagVerdict::Untagged), Usability::Stale, "a floor never goes back");
+    }
+
+    #[test]
+    fn the_clear_floor_holds_in_every_tier_and_catching_up_and_the_lease_cap_local_ones() {
+        let fleet = FleetState::default();
+        let m = meta(10, u64::MAX - 1, u64::MAX);
+        let now = crate::time::now_ms();
+        let at = |p| usability(&m, p, &fleet, TagVerdict::Untagged, now);
+        fleet.set_catching_up(true);
+        assert_eq!(at(Placement::Local), Usability::Stale);
+        assert_eq!(at(Placement::Shared), Usability::Fresh);
+        fleet.set_catching_up(false);
+        fleet.start_lease(std::time::Duration::from_millis(100));
+        assert_eq!(at(Placement::Local), Usability::Stale, "no proof of delivery yet");
+        fleet.confirmed(now);
+        assert_eq!(at(Placement::Local), Usability::Fresh);
+        fleet.raise_floor(10);
+        assert_eq!(at(Placement::Local), Usability::Unusable);
+        assert_eq!(at(Placement::Shared), Usability::Unusable, "cleared everywhere");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::fleet::Guard;
 use super::rule::TagVerdict;
 use crate::envelope::{Meta, TagStamp};
 use crate::error::CacheError;
@@ -31,12 +32,13 @@ fn wrong_count(asked: usize, got: usize) -> crate::error::TierError {
 /// missing (`None` when untagged).
 pub(super) async fn stamp(
     store: &dyn GenerationStore,
+    guard: &Guard,
     tags: &[Arc<str>],
 ) -> Result<Option<Arc<[TagStamp]>>, CacheError> {
     if tags.is_empty() {
         return Ok(None);
     }
-    let generations = store.stamp(tags).await.map_err(store_failed)?;
+    let generations = guard.run(store.stamp(tags)).await.map_err(store_failed)?;
     if generations.len() != tags.len() {
         return Err(store_failed(wrong_count(tags.len(), generations.len())));
     }
@@ -48,14 +50,20 @@ pub(super) async fn stamp(
     ))
 }
 
-/// Are the stamps of `meta` still their tags' current generations?
-pub(super) async fn verdict(store: &dyn GenerationStore, meta: &Meta, cache: &str) -> TagVerdict {
+/// Are the stamps of `meta` still their tags' current generations? A store that cannot say
+/// (down, slow, its breaker open) makes the verdict `Unknown`: the entry is at most stale.
+pub(super) async fn verdict(
+    store: &dyn GenerationStore,
+    guard: &Guard,
+    meta: &Meta,
+    cache: &str,
+) -> TagVerdict {
     let tags = meta.tags();
     if tags.is_empty() {
         return TagVerdict::Untagged;
     }
     let names: Vec<Arc<str>> = tags.iter().map(|t| t.tag.clone()).collect();
-    match store.current(&names).await {
+    match guard.run(store.current(&names)).await {
         Ok(current) if current.len() != tags.len() => {
             let e = wrong_count(tags.len(), current.len());
             tracing::debug!(cache, error = %e, "tag generations unusable");

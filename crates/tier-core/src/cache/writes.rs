@@ -25,12 +25,17 @@ use crate::tier::Tier;
 /// How many stripes the key space is spread over.
 pub(super) const STRIPES: usize = 256;
 
-/// A share of the key space: a write sequence and a lock.
+/// A share of the key space: a write sequence, a lock, and the last `created_at` an insert
+/// of it was given.
 #[derive(Default)]
 struct Stripe {
     seq: AtomicU64,
     lock: RwLock<()>,
+    last_created: AtomicU64,
 }
+
+/// How far ahead of the clock an insert's `created_at` may be moved to stay after the last one.
+const MAX_CREATED_LEAD_MS: u64 = 4;
 
 /// The stripes of a hierarchy.
 pub(super) struct Stripes(Box<[Stripe]>);
@@ -53,6 +58,28 @@ impl Stripes {
     /// The write sequence of `key`'s stripe.
     pub fn seq(&self, key: &[u8]) -> u64 {
         self.of(key).seq.load(Ordering::Acquire)
+    }
+
+    /// The `created_at` of an insert of `key` at `now`: after the last insert of its stripe
+    /// (two inserts of a key in one millisecond are told apart: another instance's copy of the
+    /// first is older than the notice of the second), unless that would put it more than a
+    /// clock tick ahead of `now`.
+    pub fn created_at(&self, key: &[u8], now: u64) -> u64 {
+        let last = &self.of(key).last_created;
+        let mut prev = last.load(Ordering::Acquire);
+        loop {
+            let next = if prev >= now && prev < now + MAX_CREATED_LEAD_MS { prev + 1 } else { now };
+            let next = next.max(now);
+            match last.compare_exchange_weak(
+                prev,
+                next.max(prev),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
     }
 
     /// Mark a change of every key without waiting for writers (namespace moves, suspect marks:
@@ -154,6 +181,29 @@ impl Writer<'_> {
     pub async fn remove_everywhere(&self, key: &Bytes, local_only: bool) -> Option<CacheError> {
         let _exclusive = self.stripes.exclusive(key).await;
         self.lowest_first(local_only, |tier| tier.remove(key)).await
+    }
+
+    /// Another instance wrote `key` with an entry created at `created_at`: remove it from the
+    /// local tiers (lowest first) unless the local copy was created at or after that (a copy of
+    /// that very write, or a newer one). Returns the first failure; every local tier is tried.
+    pub async fn remove_older_local(&self, key: &Bytes, created_at: u64) -> Option<CacheError> {
+        let _exclusive = self.stripes.exclusive(key).await;
+        let mut first = None;
+        for (_, level) in self.tiers.iter().rev().filter(|(_, l)| !l.is_shared()) {
+            let newer = match level.tier().get(key).await {
+                Ok(lookup) => lookup.entry().is_some_and(|e| e.meta.created_at >= created_at),
+                Err(_) => false,
+            };
+            if newer {
+                continue;
+            }
+            if let Err(e) = level.tier().remove(key).await {
+                if level.enabled() {
+                    first_failure(&mut first, level.name(), e);
+                }
+            }
+        }
+        first
     }
 
     /// Remove everything from every tier, lowest first (only local tiers when `local_only`).

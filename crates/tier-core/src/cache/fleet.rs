@@ -1,0 +1,201 @@
+//! The fleet state's parts as the hierarchy uses them: each under a timeout and a breaker of
+//! its own ([`Guard`]: generations, namespace, floor, lock, backplane — a part that is down
+//! never takes the cache down, it is counted in `tier_fleet_state_unavailable_total`), and
+//! what the hierarchy keeps of the fleet locally ([`Kept`]: the last applied log position,
+//! written at most every [`POSITION_EVERY`], and the suspect floor, in the local tiers'
+//! [`StateStore`]).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::backplane::LogPosition;
+use crate::breaker::BreakerConfig;
+use crate::breaker::{CircuitBreaker, Outcome};
+use crate::error::{TierError, TierErrorKind};
+use crate::metrics::FLEET_STATE_UNAVAILABLE;
+use crate::state::{get_u64, position_name, suspect_name, StateStore};
+
+/// The applied log position is written at most this often (replay is idempotent).
+pub(super) const POSITION_EVERY: Duration = Duration::from_millis(50);
+
+/// A part of the fleet state (the `part` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    Generations,
+    Namespace,
+    Floor,
+    Lock,
+    Backplane,
+}
+
+impl Part {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Generations => "generations",
+            Self::Namespace => "namespace",
+            Self::Floor => "floor",
+            Self::Lock => "lock",
+            Self::Backplane => "backplane",
+        }
+    }
+}
+
+/// One part's timeout and breaker.
+pub(super) struct Guard {
+    part: Part,
+    timeout: Duration,
+    breaker: CircuitBreaker,
+    unavailable: metrics::Counter,
+}
+
+impl Guard {
+    fn new(cache: &str, part: Part, timeout: Duration) -> Self {
+        // Opens after 5 failures in a row (or half of 20 calls), probes after 1 s.
+        let cfg = BreakerConfig { cooldown: Duration::from_secs(1), ..BreakerConfig::default() };
+        Self {
+            part,
+            timeout,
+            breaker: CircuitBreaker::new(cfg),
+            unavailable: metrics::counter!(FLEET_STATE_UNAVAILABLE, "cache" => cache.to_string(), "part" => part.label()),
+        }
+    }
+
+    /// Run `call` under the part's timeout and breaker; an error (also a timeout or an open
+    /// breaker) is counted.
+    pub async fn run<T>(
+        &self,
+        call: impl Future<Output = Result<T, TierError>>,
+    ) -> Result<T, TierError> {
+        let permit = self.breaker.try_acquire();
+        if !permit.is_granted() {
+            self.unavailable.increment(1);
+            let why = format!("{} unavailable (its breaker is open)", self.part.label());
+            return Err(TierError::new(TierErrorKind::CircuitOpen, why));
+        }
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(TierError::new(
+                TierErrorKind::Timeout,
+                format!("{} did not answer within {:?}", self.part.label(), self.timeout),
+            )),
+        };
+        let outcome = match &result {
+            Err(e) if e.is_tier_failure() => Outcome::Failure,
+            _ => Outcome::Success,
+        };
+        self.breaker.record(permit, outcome);
+        if result.is_err() {
+            self.unavailable.increment(1);
+        }
+        result
+    }
+}
+
+/// The guards of every part.
+pub(super) struct Guards {
+    pub generations: Guard,
+    pub namespace: Guard,
+    pub floor: Guard,
+    pub lock: Guard,
+    pub backplane: Guard,
+}
+
+impl Guards {
+    pub fn new(cache: &str, timeout: Duration) -> Self {
+        Self {
+            generations: Guard::new(cache, Part::Generations, timeout),
+            namespace: Guard::new(cache, Part::Namespace, timeout),
+            floor: Guard::new(cache, Part::Floor, timeout),
+            lock: Guard::new(cache, Part::Lock, timeout),
+            backplane: Guard::new(cache, Part::Backplane, timeout),
+        }
+    }
+}
+
+/// A position applied and not yet written.
+struct Pending {
+    position: Option<LogPosition>,
+    written_at: Instant,
+}
+
+/// What the hierarchy keeps of the fleet in the local tiers' state store (nothing without one).
+pub(super) struct Kept {
+    cache: String,
+    state: Option<Arc<dyn StateStore>>,
+    pending: Mutex<Pending>,
+}
+
+impl Kept {
+    pub fn new(cache: &str, state: Option<Arc<dyn StateStore>>) -> Self {
+        let pending = Pending { position: None, written_at: Instant::now() };
+        Self { cache: cache.to_string(), state, pending: Mutex::new(pending) }
+    }
+
+    /// The state store, if the local tiers keep one.
+    pub fn state(&self) -> Option<&Arc<dyn StateStore>> {
+        self.state.as_ref()
+    }
+
+    /// The last applied log position recorded.
+    pub fn position(&self) -> Option<LogPosition> {
+        let state = self.state.as_ref()?;
+        match state.get(&position_name(&self.cache)) {
+            Ok(p) => p.map(LogPosition),
+            Err(e) => {
+                tracing::warn!(cache = %self.cache, error = %e, "the applied log position could not be read");
+                None
+            }
+        }
+    }
+
+    /// The suspect floor recorded.
+    pub fn suspect_before(&self) -> u64 {
+        let Some(state) = &self.state else { return 0 };
+        get_u64(&**state, &suspect_name(&self.cache)).ok().flatten().unwrap_or(0)
+    }
+
+    /// Record the suspect floor (durably when it returns `Ok`).
+    pub fn keep_suspect_before(&self, at: u64) -> Result<(), TierError> {
+        match &self.state {
+            Some(state) => state.put(&suspect_name(&self.cache), &at.to_le_bytes()),
+            None => Ok(()),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A poisoned position is still a position: every write replaces it whole.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `position` was applied: write it when the last write is older than [`POSITION_EVERY`],
+    /// else leave it for [`flush`](Self::flush).
+    pub fn applied(&self, position: LogPosition) {
+        if self.state.is_none() {
+            return;
+        }
+        let due = {
+            let mut p = self.pending();
+            p.position = Some(position);
+            p.written_at.elapsed() >= POSITION_EVERY
+        };
+        if due {
+            self.flush();
+        }
+    }
+
+    /// Write the last applied position, if one is pending.
+    pub fn flush(&self) {
+        let Some(state) = &self.state else { return };
+        let position = {
+            let mut p = self.pending();
+            p.written_at = Instant::now();
+            p.position.take()
+        };
+        if let Some(position) = position {
+            if let Err(e) = state.put(&position_name(&self.cache), &position.0) {
+                tracing::warn!(cache = %self.cache, error = %e, "the applied log position could not be written (replay from an older one is harmless)");
+            }
+        }
+    }
+}

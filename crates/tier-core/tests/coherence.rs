@@ -1,0 +1,473 @@
+//! Coherence in the hierarchy (issue 13): insert and load notices, gaps that demote instead of
+//! wiping, generations that cannot go back, the clear floor, the lease, `created_at` of loads,
+//! and what every tier observes. Several instances are several hierarchies in one process,
+//! sharing an in-process backplane hub and a shared envelope tier (the multi-process checker is
+//! a test of its own).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::*;
+use tier_core::spi::{
+    fresh_generation_start, Entry, GenerationStore, Invalidation, LocalGenerations, Lookup, Tier,
+};
+use tier_core::testing::{LocalBackplaneHub, MapTier};
+use tier_core::{Cache, FailSafe, ReconnectPolicy, Storage, TierError};
+use tier_memory::MemoryTier;
+
+/// An instance: its L1 and its cache, over the shared tier.
+struct Instance {
+    l1: Arc<MemoryTier>,
+    cache: Cache<String>,
+}
+
+fn instance(hub: &LocalBackplaneHub, shared: &Arc<MapTier>) -> Instance {
+    let l1 = Arc::new(MemoryTier::builder().build());
+    let cache = Cache::builder("users")
+        .tier(l1.clone(), exact(MINUTE))
+        .tier(shared.clone(), exact(MINUTE))
+        .backplane(Arc::new(hub.node()), ReconnectPolicy::default())
+        .synchronous_backfill(true)
+        .build()
+        .unwrap();
+    Instance { l1, cache }
+}
+
+/// Wait (at most 5 s) until `l1` holds no entry under `key`.
+async fn dropped(l1: &MemoryTier, key: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while meta_of(l1, key).await.is_some() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Wait until `b` has applied every message `a` published so far (a's messages arrive in order:
+/// the invalidation of a key only `b` holds is the last of them).
+async fn settled(a: &Instance, b: &Instance) {
+    let now = tier_core::spi::now_ms();
+    let meta = tier_core::spi::Meta {
+        created_at: now,
+        fresh_until: now + 60_000,
+        stale_until: now + 60_000,
+        ..Default::default()
+    };
+    let value = tier_core::spi::Value::Object(Arc::new("x".to_string()));
+    b.l1.insert(Bytes::from_static(b"sync"), Entry { meta, value, size: 1 }).await.unwrap();
+    a.cache.invalidate("sync").await.unwrap();
+    dropped(&b.l1, "sync", "b applying a's messages").await;
+}
+
+fn value(v: Option<Arc<String>>) -> Option<String> {
+    v.map(|v| v.as_ref().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_on_one_instance_drops_the_others_local_copy() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let (a, b) = (instance(&hub, &shared), instance(&hub, &shared));
+    a.cache.insert("k", "v1".into()).await.unwrap();
+    settled(&a, &b).await;
+    assert_eq!(value(b.cache.get("k").await).as_deref(), Some("v1"));
+    assert!(meta_of(&*b.l1, "k").await.is_some(), "b holds v1 in its L1");
+    a.cache.insert("k", "v2".into()).await.unwrap();
+    dropped(&b.l1, "k", "b dropping its copy of v1").await;
+    assert_eq!(value(b.cache.get("k").await).as_deref(), Some("v2"), "read from the shared tier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loads_write_through_drops_the_others_local_copy_but_not_a_newer_one() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let b = instance(&hub, &shared);
+    b.cache.insert("k", "v1".into()).await.unwrap();
+    shared.clear().await.unwrap(); // v1 left the shared tier (expired, evicted)
+                                   // A reads the shared tier only, and loads (built now: b's notice of v1 is not racing it).
+    let a: Cache<String> = Cache::builder("users")
+        .tier(shared.clone(), exact(MINUTE))
+        .backplane(Arc::new(hub.node()), ReconnectPolicy::default())
+        .build()
+        .unwrap();
+    // The load starts in a later millisecond than v1 was inserted (a load that starts in the
+    // same one is not newer: the shared tier's compare-and-set would keep v1 too).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let calls = Calls::default();
+    a.get_or_load("k", loader(&calls, "v2")).await.unwrap();
+    dropped(&b.l1, "k", "b dropping its copy of v1").await;
+    landed(&b.cache, "k", "v2", "b reading v2").await;
+
+    // A copy created after the notice's value stays.
+    b.cache.insert("n", "newer".into()).await.unwrap();
+    let older = tier_core::spi::now_ms() - 1_000;
+    let notice = Invalidation::Written { key: Bytes::from_static(b"n"), created_at: older };
+    tier_core::spi::Backplane::publish(&hub.node(), "users", &notice).await.unwrap();
+    b.cache.insert("sync", "x".into()).await.unwrap(); // a later message, applied after
+    let c = hub.node();
+    tier_core::spi::Backplane::publish(
+        &c,
+        "users",
+        &Invalidation::Key(Bytes::from_static(b"sync")),
+    )
+    .await
+    .unwrap();
+    dropped(&b.l1, "sync", "b applying the later message").await;
+    assert!(meta_of(&*b.l1, "n").await.is_some(), "the newer local copy was kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_makes_local_entries_stale_without_wiping_them() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let l1 = Arc::new(MemoryTier::builder().build());
+    let node = Arc::new(hub.node());
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(l1.clone(), exact(MINUTE))
+        .tier(shared.clone(), exact(MINUTE))
+        .backplane(node.clone(), ReconnectPolicy::default())
+        .fail_safe(FailSafe::up_to(MINUTE))
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        cache.insert(format!("k{i}"), "v".into()).await.unwrap();
+    }
+    shared.clear().await.unwrap();
+    node.simulate_reconnect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.get("k0").await.is_some() {
+        assert!(Instant::now() < deadline, "the gap was never applied");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for i in 0..10 {
+        let kept = meta_of(&*l1, &format!("k{i}")).await;
+        assert!(kept.is_some(), "k{i}: the default policy keeps the local entries");
+    }
+    // Served as stale when the origin fails, replaced when it answers.
+    let calls = Calls::default();
+    assert_eq!(
+        value(cache.get_or_load("k1", failing(&calls)).await.unwrap()).as_deref(),
+        Some("v")
+    );
+    let v = cache.get_or_load("k2", loader(&calls, "fresh")).await.unwrap();
+    assert_eq!(value(v).as_deref(), Some("fresh"));
+    assert_eq!(value(cache.get("k2").await).as_deref(), Some("fresh"), "a new entry is fresh");
+}
+
+/// A generation store that can lose a tag (as Redis does on eviction or `FLUSHALL`), fail or
+/// hang.
+#[derive(Default)]
+struct Flaky {
+    inner: Mutex<HashMap<String, u64>>,
+    mode: Mutex<Mode>,
+    calls: AtomicUsize,
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum Mode {
+    #[default]
+    Up,
+    Down,
+    Hang,
+}
+
+impl Flaky {
+    fn lose(&self, tag: &str) {
+        self.inner.lock().unwrap().remove(tag);
+    }
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+    async fn gate(&self) -> Result<(), TierError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mode = *self.mode.lock().unwrap();
+        match mode {
+            Mode::Up => Ok(()),
+            Mode::Down => Err(TierError::new(tier_core::TierErrorKind::Unavailable, "store down")),
+            Mode::Hang => {
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl GenerationStore for Flaky {
+    async fn current(&self, tags: &[Arc<str>]) -> Result<Vec<Option<u64>>, TierError> {
+        self.gate().await?;
+        let map = self.inner.lock().unwrap();
+        Ok(tags.iter().map(|t| map.get(&**t).copied()).collect())
+    }
+    async fn stamp(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
+        self.gate().await?;
+        let mut map = self.inner.lock().unwrap();
+        Ok(tags
+            .iter()
+            .map(|t| *map.entry(t.to_string()).or_insert_with(fresh_generation_start))
+            .collect())
+    }
+    async fn bump(&self, tag: &str) -> Result<u64, TierError> {
+        self.gate().await?;
+        let mut map = self.inner.lock().unwrap();
+        let g = map.entry(tag.to_string()).or_insert_with(fresh_generation_start);
+        *g += 1;
+        Ok(*g)
+    }
+    async fn raise_floor(&self, _cache: &str, at: u64) -> Result<u64, TierError> {
+        self.gate().await?;
+        Ok(at)
+    }
+}
+
+#[tokio::test]
+async fn a_lost_generation_makes_tagged_entries_stale_never_fresh() {
+    let store = Arc::new(Flaky::default());
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(MemoryTier::builder().build(), exact(MINUTE))
+        .generations(store.clone())
+        .fail_safe(FailSafe::up_to(MINUTE))
+        .build()
+        .unwrap();
+    cache.insert_with_tags("k", "old".into(), &["t"]).await.unwrap();
+    assert_eq!(value(cache.get("k").await).as_deref(), Some("old"));
+    store.lose("t");
+    assert_eq!(cache.get("k").await, None, "an unknown generation is not fresh");
+    let calls = Calls::default();
+    let v = cache.get_or_load("k", failing(&calls)).await.unwrap();
+    assert_eq!(value(v).as_deref(), Some("old"), "but servable as stale under fail-safe");
+    // A new stamp never matches the old one: the tag starts at a fresh value.
+    cache.insert_with_tags("k2", "new".into(), &["t"]).await.unwrap();
+    assert_eq!(cache.get("k").await, None);
+    assert_eq!(value(cache.get("k2").await).as_deref(), Some("new"));
+}
+
+#[tokio::test]
+async fn generations_down_make_tagged_entries_stale_and_loads_answer_uncached() {
+    let store = Arc::new(Flaky::default());
+    let l1 = Arc::new(MemoryTier::builder().build());
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(l1.clone(), exact(MINUTE))
+        .generations(store.clone())
+        .fail_safe(FailSafe::up_to(MINUTE))
+        .build()
+        .unwrap();
+    cache.insert_with_tags("k", "old".into(), &["t"]).await.unwrap();
+    cache.insert("plain", "p".into()).await.unwrap();
+    store.set(Mode::Down);
+    assert_eq!(cache.get("k").await, None, "not fresh while the store is down");
+    assert_eq!(value(cache.get("plain").await).as_deref(), Some("p"), "untagged: unaffected");
+    let calls = Calls::default();
+    let stale = cache.get_or_load("k", failing(&calls)).await.unwrap();
+    assert_eq!(value(stale).as_deref(), Some("old"), "stale under fail-safe");
+    // A tagged load answers, and is not cached.
+    let opts = tier_core::CallOptions::new().tags(["t"]);
+    for round in 1..=2 {
+        let v = cache.get_or_load_with("new", &opts, loader(&calls, "loaded")).await.unwrap();
+        assert_eq!(value(v).as_deref(), Some("loaded"));
+        assert_eq!(calls.get(), 1 + round, "round {round}: not cached, loaded again");
+    }
+    assert!(meta_of(&*l1, "new").await.is_none());
+    // invalidate_tag says what it did and what it could not do.
+    let err = cache.invalidate_tag("t").await.expect_err("the store is down");
+    let text = err.to_string();
+    assert!(text.contains("not moved on") && text.contains("done locally"), "{text}");
+    assert_eq!(cache.get("plain").await, None, "every local entry is now stale");
+    store.set(Mode::Up);
+    // The store's breaker probes again after its cool-down (1 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.invalidate_tag("t").await.is_err() {
+        assert!(Instant::now() < deadline, "the store never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cache.get("k").await, None);
+}
+
+#[tokio::test]
+async fn a_hanging_generation_store_costs_a_read_at_most_the_fleet_timeout() {
+    let store = Arc::new(Flaky::default());
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(MemoryTier::builder().build(), exact(MINUTE))
+        .generations(store.clone())
+        .fleet_state_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    cache.insert_with_tags("k", "old".into(), &["t"]).await.unwrap();
+    store.set(Mode::Hang);
+    let start = Instant::now();
+    let calls = Calls::default();
+    let opts = tier_core::CallOptions::new().tags(["t"]);
+    let v = cache.get_or_load_with("k", &opts, loader(&calls, "loaded")).await.unwrap();
+    assert_eq!(value(v).as_deref(), Some("loaded"), "the origin answers");
+    assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+    // After a few timeouts the breaker opens: the store is not even asked.
+    for _ in 0..6 {
+        let _ = cache.get("k").await;
+    }
+    let before = store.calls.load(Ordering::SeqCst);
+    let start = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(cache.get("k").await, None);
+    }
+    assert!(start.elapsed() < Duration::from_millis(500), "took {:?}", start.elapsed());
+    assert_eq!(store.calls.load(Ordering::SeqCst), before, "the open breaker asks nothing");
+}
+
+#[tokio::test]
+async fn a_loaded_value_is_created_when_its_load_started() {
+    let l1 = Arc::new(MemoryTier::builder().build());
+    let cache: Cache<String> =
+        Cache::builder("users").tier(l1.clone(), exact(MINUTE)).build().unwrap();
+    let before = tier_core::spi::now_ms();
+    cache
+        .get_or_load("k", || async {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            Ok::<_, std::io::Error>(Some("v".to_string()))
+        })
+        .await
+        .unwrap();
+    let meta = meta_of(&*l1, "k").await.expect("cached");
+    assert!(
+        meta.created_at <= before + 5,
+        "created at {} for a load started at {before}",
+        meta.created_at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_loaded_before_a_clear_that_lands_after_it_is_never_served() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let generations: Arc<dyn GenerationStore> = Arc::new(LocalGenerations::new());
+    let build = || {
+        Cache::<String>::builder("users")
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(generations.clone())
+            .backplane(Arc::new(hub.node()), ReconnectPolicy::default())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let load = {
+        let (gate, started) = (gate.clone(), started.clone());
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.get_or_load("k", move || async move {
+                started.notify_one();
+                gate.notified().await;
+                Ok::<_, std::io::Error>(Some("before the clear".to_string()))
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    tokio::time::sleep(Duration::from_millis(5)).await; // the clear's instant is after the load's start
+    a.clear().await.unwrap();
+    gate.notify_one();
+    load.await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline {
+        assert_eq!(a.get("k").await, None, "a value older than the clear is refused");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // An insert right after a clear is served.
+    a.insert("k", "after".into()).await.unwrap();
+    assert_eq!(value(a.get("k").await).as_deref(), Some("after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_entries_are_fresh_only_within_the_lease() {
+    let hub = LocalBackplaneHub::new();
+    let node = Arc::new(hub.confirming_node());
+    let l1 = Arc::new(MemoryTier::builder().build());
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(l1.clone(), exact(MINUTE))
+        .backplane(node.clone(), ReconnectPolicy::default())
+        .propagation_bound(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    cache.insert("k", "v".into()).await.unwrap();
+    assert_eq!(cache.get("k").await, None, "no proof of delivery yet: not fresh");
+    node.confirm(tier_core::spi::now_ms());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.get("k").await.is_none() {
+        assert!(Instant::now() < deadline, "the proof was never applied");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The backplane falls silent: within δ (plus the coarse clock's tick) the entry turns stale.
+    tokio::time::sleep(Duration::from_millis(130)).await;
+    assert_eq!(cache.get("k").await, None, "the lease lapsed");
+    assert!(meta_of(&*l1, "k").await.is_some(), "kept, as stale");
+}
+
+/// A tier that records what it observes.
+struct Observing {
+    inner: MapTier,
+    seen: Mutex<Vec<Invalidation>>,
+}
+
+#[async_trait]
+impl Tier for Observing {
+    fn name(&self) -> &str {
+        "observing"
+    }
+    fn storage(&self) -> Storage {
+        Storage::Envelopes
+    }
+    async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
+        self.inner.get(key).await
+    }
+    async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
+        self.inner.insert(key, entry).await
+    }
+    async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
+        self.inner.remove(key).await
+    }
+    async fn clear(&self) -> Result<(), TierError> {
+        self.inner.clear().await
+    }
+    fn is_shared(&self) -> bool {
+        true
+    }
+    fn observe(&self, what: &Invalidation) {
+        self.seen.lock().unwrap().push(what.clone());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tier_observes_local_and_remote_invalidations() {
+    let hub = LocalBackplaneHub::new();
+    let tier = Arc::new(Observing { inner: MapTier::shared("l3"), seen: Mutex::default() });
+    let cache: Cache<String> = Cache::builder("users")
+        .tier_arc(tier.clone(), exact(MINUTE))
+        .backplane(Arc::new(hub.node()), ReconnectPolicy::default())
+        .build()
+        .unwrap();
+    cache.insert("k", "v".into()).await.unwrap();
+    cache.invalidate("k").await.unwrap();
+    cache.invalidate_tag("t").await.unwrap();
+    cache.clear().await.unwrap();
+    let other = hub.node();
+    tier_core::spi::Backplane::publish(
+        &other,
+        "users",
+        &Invalidation::Key(Bytes::from_static(b"r")),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tier.seen.lock().unwrap().len() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", tier.seen.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let kinds: Vec<&str> = tier.seen.lock().unwrap().iter().map(Invalidation::kind).collect();
+    assert_eq!(kinds, ["written", "key", "tag", "clear", "key"]);
+}
