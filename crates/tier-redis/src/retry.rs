@@ -141,9 +141,10 @@ impl RetryQueue {
     }
 
     /// An invalidation or insert notice was applied (here or on another instance): drop what
-    /// waits and is made obsolete by it (`outcome="obsolete"`) — a write of the key older than
-    /// the notice, or removed after; everything on a clear or a new namespace (the tier holds one
-    /// cache); the values carrying an invalidated tag. A write in flight is not stopped (it goes
+    /// waits and is made obsolete by it (`outcome="obsolete"`): a value of the key removed, or
+    /// written anew (strictly newer: its own notice leaves a write alone); every value on a
+    /// clear (created at or before it) or a new namespace (the tier holds one cache); the values
+    /// carrying an invalidated tag. Pending removals stay. A write in flight is not stopped (it goes
     /// through the compare-and-set script, which refuses it if it is older) but is not put back
     /// if it fails.
     pub(crate) fn observe(&self, what: &Invalidation) {
@@ -217,15 +218,22 @@ impl RetryQueue {
 /// Does `what` (an applied invalidation or insert notice) make the pending `op` on `key`
 /// obsolete?
 fn obsolete(what: &Invalidation, key: &[u8], op: &Write) -> bool {
+    // A pending removal is never dropped: whatever came, removing the key again is right (and
+    // the notice of that very removal must not cancel its retry).
+    if matches!(op, Write::Remove { .. }) {
+        return false;
+    }
     match what {
         Invalidation::Key(k) => &k[..] == key,
+        // Strictly newer only: the notice of this very write (or one of the same instant: the
+        // compare-and-set decides) leaves it alone.
         Invalidation::Written { key: k, created_at } => {
-            &k[..] == key && op.created_at() <= *created_at
+            &k[..] == key && op.created_at() < *created_at
         }
         Invalidation::Tag(tag) => carries(op, tag),
         Invalidation::Clear { at } => op.created_at() <= *at,
         // A new namespace (or what this version does not know): every value of the cache.
-        _ => !matches!(op, Write::Remove { .. }),
+        _ => true,
     }
 }
 
@@ -370,6 +378,14 @@ mod tests {
         q.observe(&Invalidation::Clear { at: 1 });
         assert_eq!(q.len(), 0, "b (created at 1) is covered by the clear");
         assert!(q.pop().is_none());
+        // A removal's retry survives its own notice; a write survives its own notice.
+        q.push(Bytes::from_static(b"r"), Write::Remove { at: 5 });
+        q.push(Bytes::from_static(b"w"), set(u64::MAX));
+        q.observe(&Invalidation::Key(Bytes::from_static(b"r")));
+        q.observe(&Invalidation::Written { key: Bytes::from_static(b"w"), created_at: 1 });
+        assert_eq!(q.len(), 2);
+        q.observe(&Invalidation::Written { key: Bytes::from_static(b"w"), created_at: 2 });
+        assert_eq!(q.len(), 1, "a newer write of w makes its retry obsolete");
     }
 
     #[test]
