@@ -403,3 +403,31 @@ async fn a_cache_builds_and_answers_while_redis_is_down() {
     })
     .await;
 }
+
+/// The lease (invariant 5) on the Redis Stream: B's backplane is cut off (no proofs of
+/// delivery come); within the propagation bound its L1 copy stops being fresh and B reads the
+/// shared tier, where A's newer value is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_backplane_stops_local_copies_being_fresh_within_the_bound() {
+    let url = standalone_url();
+    let proxy = Proxy::to_standalone().await;
+    let prefix = unique_prefix("lease");
+    let channel = format!("{prefix}chan");
+    let a = instance(&url, &url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let b = instance(&url, &proxy.url(), &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let k = a.cache.key("user:1");
+    a.cache.insert(&k, "v1".to_string()).await.unwrap();
+    read_into_l1(&b, &k).await;
+    proxy.cut();
+    let cut = Instant::now();
+    a.cache.insert(&k, "v2".to_string()).await.unwrap();
+    let took = eventually(Duration::from_secs(1), "B reads the newer value", || async {
+        b.cache.get(&k).await.as_deref().map(String::as_str) == Some("v2")
+    })
+    .await;
+    eprintln!(
+        "B served the newer value {took:?} after the write ({:?} after the cut)",
+        cut.elapsed()
+    );
+    assert!(took <= Duration::from_millis(250), "{took:?}");
+}
