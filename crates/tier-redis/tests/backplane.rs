@@ -22,6 +22,17 @@ async fn cluster() -> RedisConnection {
     RedisConnection::cluster(cluster_urls()).connect().await.unwrap()
 }
 
+/// A connection through `proxy`. A cut closes its connections (the reader sees it at once):
+/// the timeouts only need to bear a loaded machine.
+async fn through(proxy: &Proxy) -> RedisConnection {
+    RedisConnection::standalone(proxy.url())
+        .connect_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_millis(1000))
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// The next event that is not a proof of delivery.
 async fn next(rx: &mut broadcast::Receiver<BackplaneEvent>, within: Duration) -> BackplaneEvent {
     let deadline = Instant::now() + within;
@@ -165,11 +176,7 @@ async fn cluster_replays_what_followed_a_position() {
 async fn a_cut_connection_resumes_without_missing_anything() {
     let proxy = Proxy::to_standalone().await;
     let stream = unique_prefix("cut");
-    let b = RedisBackplane::builder(connect_quick(RedisConnection::standalone(proxy.url())).await)
-        .stream(&stream)
-        .build()
-        .await
-        .unwrap();
+    let b = RedisBackplane::builder(through(&proxy).await).stream(&stream).build().await.unwrap();
     let a = RedisBackplane::builder(standalone().await).stream(&stream).build().await.unwrap();
     let mut b_rx = b.subscribe();
     a.publish("users", &Invalidation::Namespace(0)).await.unwrap();
@@ -235,11 +242,7 @@ async fn client_kill_of_the_reader_is_resumed_without_a_gap() {
 async fn a_trimmed_log_is_a_gap() {
     let proxy = Proxy::to_standalone().await;
     let stream = unique_prefix("trim");
-    let b = RedisBackplane::builder(connect_quick(RedisConnection::standalone(proxy.url())).await)
-        .stream(&stream)
-        .build()
-        .await
-        .unwrap();
+    let b = RedisBackplane::builder(through(&proxy).await).stream(&stream).build().await.unwrap();
     let a = RedisBackplane::builder(standalone().await)
         .stream(&stream)
         .max_len(10)

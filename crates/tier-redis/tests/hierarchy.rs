@@ -34,9 +34,11 @@ async fn instance(
     policy: ReconnectPolicy,
 ) -> Instance {
     let conn = RedisConnection::standalone(data_url).connect().await.unwrap();
+    // A cut proxy closes the connections (the reader sees it at once): the timeouts only need
+    // to bear a loaded machine.
     let bp_conn = RedisConnection::standalone(backplane_url)
-        .connect_timeout(Duration::from_millis(200))
-        .response_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_millis(1000))
         .connect()
         .await
         .unwrap();
