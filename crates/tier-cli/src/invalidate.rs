@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use tier_core::spi::{Backplane, Invalidation};
+use tier_core::spi::{Backplane, GenerationStore, Invalidation};
 use tier_core::{Cache, ReconnectPolicy, TierPolicy};
 use tier_redis::{RedisBackplane, RedisGenerations, RedisTier};
 
@@ -56,11 +56,15 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         .build()
         .await
         .map_err(|e| crate::redis::setup_error("Redis tier", &e))?;
+    let generations = Arc::new(RedisGenerations::new(conn.clone()));
     // A hierarchy of the Redis tier alone: its invalidations are exactly a service's.
     let cache: Cache<serde_json::Value> = Cache::builder(args.cache.clone())
         .tier(tier.clone(), TierPolicy::fresh(std::time::Duration::from_secs(1)).no_breaker())
-        .generations(Arc::new(RedisGenerations::new(conn)))
+        .generations(generations.clone())
         .backplane(backplane.clone(), ReconnectPolicy::Clear)
+        // A command waits for Redis as long as its connection does (a service's cache gives up
+        // after 100 ms and goes on without the shared state; this command has nothing else to do).
+        .fleet_state_timeout(std::time::Duration::from_secs(30))
         .build()
         .context(|| "build the cache".into())?;
     let version =
@@ -97,10 +101,14 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         // Only this cache's keys (`Cache::key` puts `NAME:` first): the tier's own `clear`
         // would remove every key under the prefix, other caches' included.
         let under = format!("{}:", args.cache);
+        // The clear floor first, as `Cache::clear` does: no instance serves an entry of this
+        // cache created before it again, whatever lands in Redis later.
+        let at = tier_core::spi::now_ms();
+        generations.raise_floor(&args.cache, at).await.map_err(|e| fail("everything", &e))?;
         let removed =
             tier.clear_prefix(under.as_bytes()).await.map_err(|e| fail("everything", &e))?;
         backplane
-            .publish(&args.cache, &Invalidation::Clear { at: tier_core::spi::now_ms() })
+            .publish(&args.cache, &Invalidation::Clear { at })
             .await
             .map_err(|e| fail("everything", &e))?;
         out.kind = "clear";

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{cluster_urls, fails, json, redis_url, runtime, tier, unique};
 use serde_json::{json as j, Value};
-use tier_core::spi::{Backplane, BackplaneEvent, Invalidation};
+use tier_core::spi::{Backplane, BackplaneEvent, GenerationStore, Invalidation};
 use tier_core::{Cache, TierPolicy};
 use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisTier};
 use tokio::sync::broadcast;
@@ -125,6 +125,11 @@ fn tag_namespace_and_all() {
         let out = json(tier().args(base).arg("--all"));
         assert_eq!(out["removed_keys"], 5, "{out}");
         assert_eq!(out["target"], format!("{prefix}{name}:*"), "{out}");
+        let floor = RedisGenerations::new(connect(std::slice::from_ref(&url)).await)
+            .floor(&name)
+            .await
+            .unwrap();
+        assert!(floor > 0, "the clear floor of {name} was raised");
         assert_eq!(next_of(&mut events, &name).await, Invalidation::Namespace(first));
         assert_eq!(next_of(&mut events, &name).await, Invalidation::Namespace(first + 1));
         assert!(matches!(next_of(&mut events, &name).await, Invalidation::Clear { .. }));

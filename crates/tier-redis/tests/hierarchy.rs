@@ -62,6 +62,9 @@ async fn instance_on(
         .tier(l3.clone(), TierPolicy::fresh(HOUR).timeout(Duration::from_millis(500)))
         .generations(Arc::new(generations.clone()))
         .backplane(Arc::new(backplane.clone()), policy)
+        // The shared machine's load, not Redis, can take 100 ms: these tests are about
+        // propagation, not about degrading.
+        .fleet_state_timeout(Duration::from_secs(2))
         .synchronous_backfill(true)
         .build()
         .unwrap();
@@ -432,4 +435,22 @@ async fn a_cut_backplane_stops_local_copies_being_fresh_within_the_bound() {
         cut.elapsed()
     );
     assert!(took <= Duration::from_millis(250), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_on_one_instance_drops_the_others_l1_copy_within_100ms() {
+    let (a, b) = pair(ReconnectPolicy::default()).await;
+    let k = a.cache.key("user:1");
+    a.cache.insert(&k, "v1".to_string()).await.unwrap();
+    read_into_l1(&b, &k).await;
+    let start = Instant::now();
+    a.cache.insert(&k, "v2".to_string()).await.unwrap();
+    let took = eventually(Duration::from_millis(100), "B serving v2", || async {
+        b.cache.get(&k).await.as_deref().map(String::as_str) == Some("v2")
+    })
+    .await;
+    eprintln!(
+        "insert on A → B serves the new value: {took:?} after A's insert ({:?} in all)",
+        start.elapsed()
+    );
 }

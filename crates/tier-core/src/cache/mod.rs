@@ -16,6 +16,14 @@
 //! - **Invalidation wins races** and goes lowest tier first: every write to a tier goes through
 //!   `writes.rs`, whose stripes order background writes after invalidations; tags cost O(1)
 //!   (generations checked on read, `tags.rs`).
+//! - **Coherence** (ARCHITECTURE.md, "Coherence and the fleet state"): the rule caps entries by
+//!   the fleet state — the clear floor everywhere; the suspect floor, the start-up catch-up and
+//!   the backplane lease in local tiers; an unknown generation at most stale (`rule.rs`); inserts
+//!   and loads publish value-free notices, and what the local tiers must not forget (log
+//!   position, suspect floor, generations and floor without a shared store) is kept in the
+//!   first local tier's state store (`fleet.rs`, `background.rs`); every part of the fleet
+//!   state runs under a timeout and a breaker of its own, and a part that is down makes entries
+//!   stale or loads uncached, never a failed read (`fleet.rs`).
 //!
 //! The modules, lowest first (each imports only modules above it in this list, but the builder
 //! and the handle it builds):
