@@ -192,7 +192,16 @@ impl Drop for OwnRedis {
 /// # Panics
 /// When a server does not start or the cluster is not `ok` on every node within 20 s.
 pub async fn own_cluster(n: usize) -> Vec<OwnRedis> {
-    let args = [
+    own_cluster_with(n, &[]).await
+}
+
+/// [`own_cluster`] with these extra server arguments on every node (kept for
+/// [`OwnRedis::restart`]), e.g. `["--appendonly", "yes"]` for a Cluster whose restarts keep data.
+///
+/// # Panics
+/// As [`own_cluster`].
+pub async fn own_cluster_with(n: usize, extra: &[&str]) -> Vec<OwnRedis> {
+    let mut args = vec![
         "--cluster-enabled",
         "yes",
         "--cluster-config-file",
@@ -202,6 +211,7 @@ pub async fn own_cluster(n: usize) -> Vec<OwnRedis> {
         "--cluster-require-full-coverage",
         "no",
     ];
+    args.extend_from_slice(extra);
     let nodes: Vec<OwnRedis> = (0..n).map(|_| OwnRedis::start_with(&args)).collect();
     let mut first_node = raw(&nodes[0].url()).await;
     for (i, node) in nodes.iter().enumerate() {
