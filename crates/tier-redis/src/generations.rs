@@ -16,6 +16,10 @@ use crate::keys::{KeyPrefix, DEFAULT_GENERATION_PREFIX};
 
 /// Default longest time a cached generation is trusted.
 pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
+/// A cached generation is used only while the backplane's last proof of delivery is younger
+/// than this (the hierarchy's default propagation bound): while the backplane is cut off, a bump
+/// it did not deliver could be missing from the cache, so generations are read from Redis.
+pub const CACHE_LEASE: Duration = Duration::from_millis(100);
 const MAX_CACHED_TAGS: usize = 100_000;
 
 /// Tag generations in Redis: one integer key per tag (`prefix + tag`), bumped with `INCR`, read
@@ -35,9 +39,11 @@ const MAX_CACHED_TAGS: usize = 100_000;
 /// Caching: without a backplane every [`current`](GenerationStore::current) reads Redis. With
 /// [`cached_with`](Self::cached_with) generations read from Redis are kept in process and
 /// dropped — *before* the hierarchy sees the event — when the backplane delivers a tag
-/// invalidation, a clear, a reconnect or a sequence gap, and after at most `max_age` in any case.
+/// invalidation, a namespace, a clear or a gap, and after at most `max_age` in any case.
 /// A read that raced with such a drop does not refill the cache (epoch check), so a cached value
-/// is never older than the last invalidation the backplane delivered.
+/// is never older than the last invalidation the backplane delivered. And the cache is used
+/// only while the backplane proves delivery ([`CACHE_LEASE`]: its last `Confirmed` is recent):
+/// while it is cut off, every read goes to Redis.
 ///
 /// ```no_run
 /// # async fn demo(conn: tier_redis::RedisConnection, bp: tier_redis::RedisBackplane) {
@@ -65,9 +71,18 @@ struct GenerationCache {
     /// Bumped on every drop; a read that saw another epoch does not fill the cache.
     epoch: AtomicU64,
     max_age: Duration,
+    /// When the last proof of delivery was sent (Unix ms, `BackplaneEvent::Confirmed`).
+    confirmed_at: AtomicU64,
 }
 
 impl GenerationCache {
+    /// Is what the backplane delivered recent enough that no bump acknowledged more than
+    /// [`CACHE_LEASE`] ago can be missing from it? Only then is a cached generation used.
+    fn delivery_is_proven(&self) -> bool {
+        let lease = u64::try_from(CACHE_LEASE.as_millis()).unwrap_or(u64::MAX);
+        self.confirmed_at.load(Ordering::Acquire).saturating_add(lease) >= tier_core::spi::now_ms()
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (u64, Instant)>> {
         // Every critical section is a single map operation: a poisoned map is consistent.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
@@ -91,11 +106,13 @@ impl EventHook for GenerationCache {
             BackplaneEvent::Invalidate { what: Invalidation::Tag(tag), .. } => {
                 self.forget(Some(tag))
             }
+            BackplaneEvent::Confirmed { sent_at_ms } => {
+                self.confirmed_at.fetch_max(*sent_at_ms, Ordering::AcqRel);
+            }
             BackplaneEvent::Invalidate {
                 what: Invalidation::Key(_) | Invalidation::Written { .. },
                 ..
-            }
-            | BackplaneEvent::Confirmed { .. } => {}
+            } => {}
             _ => self.forget(None),
         }
     }
@@ -130,6 +147,7 @@ impl RedisGenerations {
             map: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             max_age,
+            confirmed_at: AtomicU64::new(0),
         });
         let hook: Arc<dyn EventHook> = cache.clone();
         backplane.add_hook(Arc::downgrade(&hook));
@@ -170,7 +188,7 @@ impl GenerationStore for RedisGenerations {
         }
         let Some(cache) = &self.cache else { return self.read(tags).await };
         let epoch = cache.epoch.load(Ordering::SeqCst);
-        {
+        if cache.delivery_is_proven() {
             let map = cache.map();
             let now = Instant::now();
             let cached: Option<Vec<Option<u64>>> = tags

@@ -154,7 +154,7 @@ pub use connection::{
     DEFAULT_RESPONSE_TIMEOUT,
 };
 pub use error::{RedisCause, SetupError};
-pub use generations::{RedisGenerations, DEFAULT_CACHE_MAX_AGE};
+pub use generations::{RedisGenerations, CACHE_LEASE, DEFAULT_CACHE_MAX_AGE};
 pub use inspect::{NodeHealth, RedisInspector, StoredEntry, StoredKey};
 pub use keys::{DEFAULT_GENERATION_PREFIX, DEFAULT_LOCK_PREFIX, DEFAULT_PREFIX, DEFAULT_STREAM};
 pub use lock::RedisLock;
