@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy,
-};
-use tier_core::spi::{now_ms, Codec, Entry, Meta, Tier};
+use foyer::HybridCache;
+use tier_benches::envelope_of_len as envelope;
+use tier_core::spi::{Entry, Tier};
 use tier_disk::{DiskTier, FlushPolicy};
 
 const SIZES: [(usize, &str, u64); 2] = [(1 << 10, "1KiB", 8192), (16 << 10, "16KiB", 2048)];
@@ -29,44 +27,12 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-fn envelope(len: usize, seq: u64) -> Entry {
-    let now = now_ms();
-    let meta = Meta {
-        created_at: now,
-        fresh_until: now + 3_600_000,
-        stale_until: now + 3_600_000,
-        ..Meta::default()
-    };
-    // Incompressible-looking payload of `len` bytes (a string; no compression).
-    let mut x = seq | 1;
-    let payload: String = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect();
-    let codec = Codec { compress_threshold: usize::MAX };
-    Entry::from_envelope(codec.encode(&meta, Some(&payload)).unwrap()).unwrap()
-}
-
 fn key(i: u64) -> Bytes {
     Bytes::from(format!("key:{i:08}"))
 }
 
 async fn foyer_cache(dir: &std::path::Path) -> HybridCache<u64, Vec<u8>> {
-    let device = FsDeviceBuilder::new(dir).with_capacity(512 << 20).build().unwrap();
-    HybridCacheBuilder::new()
-        .with_policy(HybridCachePolicy::WriteOnInsertion)
-        .memory(1)
-        .with_shards(1)
-        .with_weighter(|_k: &u64, v: &Vec<u8>| v.len())
-        .storage()
-        .with_engine_config(BlockEngineConfig::new(device).with_block_size(16 << 20))
-        .build()
-        .await
-        .unwrap()
+    tier_benches::foyer_disk_cache(dir, 512 << 20).await
 }
 
 fn disk_tier(dir: &std::path::Path, capacity: u64) -> DiskTier {

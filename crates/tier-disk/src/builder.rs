@@ -63,6 +63,23 @@ impl DiskTierBuilder {
         self
     }
 
+    /// Threads that wait for the device on behalf of reads whose bytes are not in the page
+    /// cache (a read the page cache can answer is answered inline, on the caller's thread).
+    /// More threads keep more device reads in flight. Default: 16.
+    pub fn read_threads(mut self, threads: usize) -> Self {
+        self.cfg.read_threads = threads;
+        self
+    }
+
+    /// Reads that may wait for a free read thread; one more is refused at once with a
+    /// [`Timeout`](tier_core::TierErrorKind::Timeout) error (partial: the hierarchy reads it
+    /// as a miss of this tier and its breaker does not count it), counted in
+    /// `tier_disk_reads_total{path="rejected"}`. Default: 256.
+    pub fn read_queue(mut self, reads: usize) -> Self {
+        self.cfg.read_queue = reads;
+        self
+    }
+
     /// The tier's name ([`Tier::name`](tier_core::spi::Tier::name), the default `tier` label).
     /// Default: `"disk"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -74,7 +91,9 @@ impl DiskTierBuilder {
     /// lock, recover its records (per the [`RecoveryMode`]) and its state file, and get a
     /// segment ready for writes.
     ///
-    /// Blocking: recovery reads every segment (about 1 GiB/s with a warm page cache). From
+    /// Blocking: recovery reads every segment (about 1 GiB/s of large records with a warm page
+    /// cache; with small records the work per record dominates: 10M records of 128-byte values,
+    /// 2.1 GiB, took 32 s to reopen on a loaded 2-core machine, 3.2 µs a record). From
     /// async code on a busy runtime, consider `tokio::task::spawn_blocking`.
     pub fn build(self) -> Result<DiskTier, DiskError> {
         self.cfg.validate()?;

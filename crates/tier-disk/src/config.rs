@@ -69,6 +69,8 @@ pub(crate) struct Config {
     pub reinsert_hot: bool,
     pub verify_on_read: bool,
     pub name: String,
+    pub read_threads: usize,
+    pub read_queue: usize,
 }
 
 impl Config {
@@ -83,6 +85,8 @@ impl Config {
             reinsert_hot: true,
             verify_on_read: true,
             name: "disk".to_string(),
+            read_threads: 16,
+            read_queue: 256,
         }
     }
 
@@ -125,6 +129,11 @@ impl Config {
                 "capacity_bytes {} holds fewer than two segments of {}",
                 self.capacity_bytes, self.segment_size
             )));
+        }
+        if self.read_threads == 0 {
+            return Err(DiskError::Config(
+                "read_threads is zero: no read could wait for the device".into(),
+            ));
         }
         if let FlushPolicy::Periodic(d) = self.flush {
             if d.is_zero() {

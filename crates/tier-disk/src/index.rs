@@ -1,48 +1,83 @@
 //! The in-memory index: key hash → record location, 12 bytes per slot.
 //!
-//! 256 shards chosen by the hash's top 8 bits; inside a shard the next 48 bits are the key, and
-//! the value is 48 bits: the segment's id modulo 2^16 (live segment ids always span fewer than
+//! 256 shards chosen by the hash's top 8 bits; inside a shard the next 40 bits are the key, and
+//! the value is 56 bits: the segment's id modulo 2^16 (live segment ids always span fewer than
 //! 2^16 consecutive ids, see `Writer::enforce_capacity`), the record's offset in 8-byte units
-//! (segments are at most 1 GiB, 27 bits), a "hit since written" bit and a "suspect" bit (damage
+//! (segments are at most 1 GiB, 27 bits), a "hit since written" bit, a "suspect" bit (damage
 //! found at open may have lost a record that replaced or removed this one: serve it only as
-//! stale). With hashbrown's one control byte
-//! per bucket and its 7/8 load factor that is 13 bytes per bucket: 15 to 30 bytes per entry.
+//! stale) and, in 11 bits, the record's length (exact up to 8 KiB, rounded up to 64 bytes up
+//! to 72 KiB, unknown beyond), so that a read asks the kernel for the record's bytes in one
+//! call and no more. With hashbrown's one control byte per bucket and its 7/8 load factor that
+//! is 13 bytes per bucket: 15 to 30 bytes per entry.
 //!
-//! The full key stays on disk and is compared on every read, so two keys with the same 56-bit
+//! The full key stays on disk and is compared on every read, so two keys with the same 48-bit
 //! hash never return each other's value: the later write takes the slot and the other key reads
-//! as a miss (a cache may forget). Bucket placement uses a per-process seed, so it cannot be
-//! predicted from the (unseeded, on-disk) key hash.
+//! as a miss (a cache may forget; about one pair in 10M entries). Bucket placement uses a
+//! per-process seed, so it cannot be predicted from the (unseeded, on-disk) key hash.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::format::{fmix64, RECORD_ALIGN};
 
 const SHARD_BITS: u32 = 8;
 const SHARDS: usize = 1 << SHARD_BITS;
-const HIT: u16 = 1 << 15;
-const SUSPECT: u16 = 1 << 14;
-/// The bits of `Slot::hi` that hold offset bits 16..27.
-const OFFSET_HI: u16 = 0x07FF;
+const HIT: u8 = 1;
+const SUSPECT: u8 = 1 << 1;
+/// The record lengths [`Loc::len`] keeps exactly (in 8-byte units, below this many units).
+const EXACT_UNITS: u32 = 1024;
+/// Longer records: in steps of this many bytes above `EXACT_UNITS * 8`.
+const COARSE_STEP: u32 = 64;
+/// The longest record length the index keeps (2047 in 11 bits).
+pub const MAX_KNOWN_LEN: u32 = EXACT_UNITS * 8 + (EXACT_UNITS - 1) * COARSE_STEP;
+
+/// The 11-bit code of a record length: the code of a length at least as long (0: unknown).
+fn len_code(len: u32) -> u16 {
+    if len == 0 || len > MAX_KNOWN_LEN {
+        0
+    } else if len < EXACT_UNITS * 8 {
+        len.div_ceil(RECORD_ALIGN as u32) as u16
+    } else {
+        (EXACT_UNITS + (len - EXACT_UNITS * 8).div_ceil(COARSE_STEP)) as u16
+    }
+}
+
+/// The length a code stands for (0: unknown).
+fn code_len(code: u16) -> u32 {
+    let code = u32::from(code);
+    if code < EXACT_UNITS {
+        code * RECORD_ALIGN as u32
+    } else {
+        EXACT_UNITS * 8 + (code - EXACT_UNITS) * COARSE_STEP
+    }
+}
 
 /// Where a record is: segment id (low 16 bits) and byte offset (a multiple of 8, below 1 GiB),
 /// plus a "hit since written" bit used to give hot entries a second chance when their segment
-/// is reclaimed, and a "suspect" bit (served only as stale).
+/// is reclaimed, a "suspect" bit (served only as stale) and the record's length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
     pub seg: u16,
     pub offset: u32,
     pub hit: bool,
     pub suspect: bool,
+    /// At least the record's length, padding included (at most 63 bytes more, up to
+    /// [`MAX_KNOWN_LEN`]); 0 when longer, or not known.
+    pub len: u32,
 }
 
 impl Loc {
-    /// A location without the hit and suspect bits.
+    /// A location without the hit and suspect bits, and no length.
     pub fn new(seg: u32, offset: u32) -> Self {
-        Self { seg: seg as u16, offset, hit: false, suspect: false }
+        Self { seg: seg as u16, offset, hit: false, suspect: false, len: 0 }
+    }
+    /// The location of a record of `len` bytes (padding included) at `offset` of `seg`.
+    pub fn record(seg: u32, offset: u32, len: usize) -> Self {
+        let len = code_len(len_code(u32::try_from(len).unwrap_or(u32::MAX)));
+        Self { len, ..Self::new(seg, offset) }
     }
     /// True when both name the same record (hit bit ignored).
     pub fn same_place(self, other: Loc) -> bool {
@@ -50,45 +85,56 @@ impl Loc {
     }
 }
 
-/// A slot's value: `hi` = hit bit | suspect bit | offset/8 bits 16..27, `seg` = segment id mod
-/// 2^16, `lo` = offset/8 bits 0..16. Only `hi`'s hit bit changes under a read lock.
+/// A slot's value, byte-aligned so that key and slot take 12 bytes: `flags` = hit bit | suspect
+/// bit | length code bits 5..11 (in bits 2..8), `seg` = segment id mod 2^16 (little endian),
+/// `rest` = offset/8 (bits 0..27) | length code bits 0..5 (bits 27..32). Only `flags`' hit and
+/// suspect bits change under a read lock.
 struct Slot {
-    hi: AtomicU16,
-    seg: u16,
-    lo: u16,
+    flags: AtomicU8,
+    seg: [u8; 2],
+    rest: [u8; 4],
 }
 
 impl Slot {
     fn new(loc: Loc) -> Self {
         let units = loc.offset / RECORD_ALIGN as u32;
-        let hi = ((units >> 16) as u16 & OFFSET_HI)
-            | if loc.hit { HIT } else { 0 }
-            | if loc.suspect { SUSPECT } else { 0 };
-        Self { hi: AtomicU16::new(hi), seg: loc.seg, lo: units as u16 }
+        let code = len_code(loc.len);
+        let flags = if loc.hit { HIT } else { 0 }
+            | if loc.suspect { SUSPECT } else { 0 }
+            | ((code >> 5) as u8) << 2;
+        let rest = (units & 0x07FF_FFFF) | u32::from(code & 0x1F) << 27;
+        Self { flags: AtomicU8::new(flags), seg: loc.seg.to_le_bytes(), rest: rest.to_le_bytes() }
     }
     fn loc(&self) -> Loc {
-        let hi = self.hi.load(Ordering::Relaxed);
-        let units = (u32::from(hi & OFFSET_HI) << 16) | u32::from(self.lo);
-        let offset = units * RECORD_ALIGN as u32;
-        Loc { seg: self.seg, offset, hit: hi & HIT != 0, suspect: hi & SUSPECT != 0 }
+        let flags = self.flags.load(Ordering::Relaxed);
+        let rest = u32::from_le_bytes(self.rest);
+        let offset = (rest & 0x07FF_FFFF) * RECORD_ALIGN as u32;
+        let code = u16::from(flags >> 2) << 5 | (rest >> 27) as u16;
+        Loc {
+            seg: u16::from_le_bytes(self.seg),
+            offset,
+            hit: flags & HIT != 0,
+            suspect: flags & SUSPECT != 0,
+            len: code_len(code),
+        }
     }
 }
 
-/// 48 bits of the key hash (the 8 above them chose the shard).
+/// 40 bits of the key hash (the 8 above them chose the shard).
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Key([u16; 3]);
+struct Key([u8; 5]);
 
 impl Key {
     fn of(hash: u64) -> Self {
-        let k = hash >> 8;
-        Self([k as u16, (k >> 16) as u16, (k >> 32) as u16])
+        let b = (hash >> 16).to_le_bytes();
+        Self([b[0], b[1], b[2], b[3], b[4]])
     }
 }
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let [a, b, c] = self.0;
-        state.write_u64(u64::from(a) | u64::from(b) << 16 | u64::from(c) << 32);
+        let [a, b, c, d, e] = self.0;
+        state.write_u64(u64::from_le_bytes([a, b, c, d, e, 0, 0, 0]));
     }
 }
 
@@ -156,7 +202,7 @@ impl Index {
         let slot = shard.get(&Key::of(hash))?;
         let loc = slot.loc();
         if mark_hit && !loc.hit {
-            slot.hi.fetch_or(HIT, Ordering::Relaxed);
+            slot.flags.fetch_or(HIT, Ordering::Relaxed);
         }
         Some(loc)
     }
@@ -205,7 +251,7 @@ impl Index {
             for slot in s.values() {
                 let loc = slot.loc();
                 if !loc.suspect && before(loc) {
-                    slot.hi.fetch_or(SUSPECT, Ordering::Relaxed);
+                    slot.flags.fetch_or(SUSPECT, Ordering::Relaxed);
                     n += 1;
                 }
             }
@@ -259,13 +305,22 @@ mod tests {
     fn pack_roundtrip_and_conditional_updates() {
         assert_eq!(std::mem::size_of::<(Key, Slot)>(), 12);
         for loc in [
-            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: true, suspect: true },
-            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: false, suspect: false },
-            Loc { seg: 0, offset: 0, hit: false, suspect: true },
-            Loc { seg: 7, offset: 123_456 * 8, hit: true, suspect: false },
+            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: true, suspect: true, len: 8 },
+            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: false, suspect: false, len: 0 },
+            Loc { seg: 0, offset: 0, hit: false, suspect: true, len: MAX_KNOWN_LEN },
+            Loc { seg: 7, offset: 123_456 * 8, hit: true, suspect: false, len: 8184 },
+            Loc { seg: 7, offset: 8, hit: false, suspect: false, len: 8192 },
         ] {
             assert_eq!(Slot::new(loc).loc(), loc);
         }
+        // Lengths: exact to 8 KiB, then at most 63 bytes more, unknown past MAX_KNOWN_LEN.
+        for len in (8..=MAX_KNOWN_LEN as usize).step_by(8) {
+            let kept = Loc::record(1, 64, len).len as usize;
+            assert!(kept >= len && kept < len + 64, "{len} kept as {kept}");
+            assert!(len >= 8192 || kept == len, "{len} kept as {kept}");
+            assert_eq!(Slot::new(Loc::record(1, 64, len)).loc().len as usize, kept);
+        }
+        assert_eq!(Loc::record(1, 64, MAX_KNOWN_LEN as usize + 8).len, 0, "not kept");
         let idx = Index::default();
         let a = Loc::new(1, 64);
         let b = Loc::new(2, 8);

@@ -24,12 +24,20 @@ pub const RECOVERY_SUSPECT: &str = "tier_disk_recovery_suspect_total";
 pub const RECOVERY_BYTES: &str = "tier_disk_recovery_bytes_total";
 /// `tier_disk_recovery_seconds{cache,tier}` (gauge): how long the last open took.
 pub const RECOVERY_SECONDS: &str = "tier_disk_recovery_seconds";
+/// `tier_disk_reads_total{cache,tier,path}`: records read for a lookup, by how: `page_cache`
+/// (answered inline, the page cache held every byte), `pool` (some bytes came from the device,
+/// read on the tier's read threads), `rejected` (the read threads and their queue were full:
+/// the lookup failed with a timeout, which the hierarchy reads as a miss of this tier).
+pub const READS: &str = "tier_disk_reads_total";
 
 /// Counter handles with the tier's labels.
 pub(crate) struct Handles {
     pub evicted_capacity: Counter,
     pub evicted_expired: Counter,
     pub decode_errors: Counter,
+    pub reads_cached: Counter,
+    pub reads_pool: Counter,
+    pub reads_rejected: Counter,
 }
 
 impl Handles {
@@ -40,15 +48,22 @@ impl Handles {
             evicted_capacity: Counter::noop(),
             evicted_expired: Counter::noop(),
             decode_errors: Counter::noop(),
+            reads_cached: Counter::noop(),
+            reads_pool: Counter::noop(),
+            reads_rejected: Counter::noop(),
         }
     }
 
     fn new(cache: &str, tier: &str) -> Self {
         let evicted = |cause: &'static str| counter!(TIER_EVICTIONS, "cache" => cache.to_string(), "tier" => tier.to_string(), "cause" => cause);
+        let reads = |path: &'static str| counter!(READS, "cache" => cache.to_string(), "tier" => tier.to_string(), "path" => path);
         Self {
             evicted_capacity: evicted("capacity"),
             evicted_expired: evicted("expired"),
             decode_errors: counter!(TIER_DECODE_ERRORS, "cache" => cache.to_string(), "tier" => tier.to_string()),
+            reads_cached: reads("page_cache"),
+            reads_pool: reads("pool"),
+            reads_rejected: reads("rejected"),
         }
     }
 }
@@ -109,6 +124,11 @@ fn describe() {
         RECOVERY_BYTES,
         Unit::Bytes,
         "Bytes scanned when a disk tier was opened."
+    );
+    metrics::describe_counter!(
+        READS,
+        Unit::Count,
+        "Records a disk tier read for lookups, by path: page_cache (inline), pool (read threads), rejected (pool full)."
     );
     metrics::describe_gauge!(
         RECOVERY_SECONDS,

@@ -15,6 +15,7 @@ use crate::error::DiskError;
 use crate::format::{record_key, Pos, Scanned};
 use crate::index::{Index, Loc};
 use crate::metrics::Metrics;
+use crate::read::Reads;
 use crate::replay::{findings, replay, suspect_before, Finding, Seal, Target};
 use crate::report::{RecoveryReport, StrayFile};
 use crate::scan::Chunk;
@@ -59,6 +60,7 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     for (c, end) in found.segments.iter().zip(&replayed.ends) {
         if let Some(seg) = segments.get(c.id as u16) {
             seg.set_readable(end.end);
+            seg.advise_random(); // scanned in order; read at random from now on
         }
     }
     let all = findings(&found.segments, &replayed.ends, high_water);
@@ -94,7 +96,9 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
             && threshold.is_none_or(|t| t <= Pos::at(*id, newest_end))
     });
     let active = active_segment(reuse, &segments, newest, high_water);
-    let store = Store { cfg, index, segments, metrics: Metrics::new(), opened_at };
+    let reads = Reads::start(cfg.read_threads, cfg.read_queue)
+        .map_err(|e| DiskError::io("start read threads for", &cfg.dir, e))?;
+    let store = Store { cfg, index, segments, metrics: Metrics::new(), reads, opened_at };
     let writer = Writer::new(active, Arc::clone(&dir), Arc::clone(&state));
     if let Err(e) = writer.ensure_active(&store) {
         // A full disk fails the writes (each tries again), not the open: reads go on.
@@ -337,7 +341,7 @@ impl Target for Rebuild<'_> {
             s.note_created(c);
         }
         let Ok(offset) = u32::try_from(rec.offset) else { return };
-        if let Some(old) = self.index.insert(h.key_hash, Loc::new(seg, offset)) {
+        if let Some(old) = self.index.insert(h.key_hash, Loc::record(seg, offset, h.record_len())) {
             self.segments.forget(old);
         }
     }

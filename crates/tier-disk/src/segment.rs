@@ -8,9 +8,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{Advice, Mmap, MmapOptions};
 use rustix::fs::FallocateFlags;
-use rustix::io::Errno;
+use rustix::io::{Errno, ReadWriteFlags};
 
 use crate::dir::{segment_file_name, Dir};
 use crate::format::{check_record, segment_header, RecordHeader, SEGMENT_HEADER_LEN};
@@ -53,7 +53,9 @@ impl Segment {
             reserve(&file, 0, size)?;
             let size32 = u32::try_from(size).map_err(io::Error::other)?;
             file.write_all_at(&segment_header(id, size32, prev), 0)?;
-            Self::with_file(id, file, size, SEGMENT_HEADER_LEN as u64)
+            let seg = Self::with_file(id, file, size, SEGMENT_HEADER_LEN as u64)?;
+            seg.advise_random();
+            Ok(seg)
         })();
         if made.is_err() {
             let _ = dir.remove(&name);
@@ -117,6 +119,67 @@ impl Segment {
         // `readable <= size == map.len()` (set_readable clamps), so the slice is in bounds.
         let end = usize::try_from(self.readable()).unwrap_or(usize::MAX).min(self.map.len());
         &self.map[..end]
+    }
+
+    /// Read into `buf` from `offset` only as far as the page cache holds it, without waiting
+    /// for the device (`preadv2(RWF_NOWAIT)`): the bytes read (0 at the end of the file), or
+    /// `WouldBlock` when the first page is not cached, or `Unsupported` when the file system
+    /// cannot tell.
+    pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut bufs = [io::IoSliceMut::new(buf)];
+        loop {
+            match rustix::io::preadv2(&self.file, &mut bufs, offset, ReadWriteFlags::NOWAIT) {
+                Ok(n) => return Ok(n),
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+                    return Err(io::ErrorKind::Unsupported.into())
+                }
+                Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
+            }
+        }
+    }
+
+    /// Read into `buf` from `offset`, waiting for the device: the bytes read (fewer only at the
+    /// end of the file).
+    pub fn read_blocking(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// True when the file lives in memory (tmpfs, ramfs): a read never waits for a device.
+    pub fn in_memory(&self) -> bool {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        const RAMFS_MAGIC: i64 = 0x8584_58f6;
+        #[allow(clippy::unnecessary_cast)] // `f_type`'s type differs between targets
+        rustix::fs::fstatfs(&self.file)
+            .is_ok_and(|s| matches!(s.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC))
+    }
+
+    /// Tell the kernel that the segment is read at random from now on (lookups): a cold read
+    /// must fetch its record's pages, not the device's read-ahead window (megabytes on some
+    /// devices). Not before recovery has scanned it in order. Advice only: a failure changes
+    /// nothing.
+    pub fn advise_random(&self) {
+        let _ = self.map.advise(Advice::Random);
+        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::Random);
+    }
+
+    /// Tell the kernel the whole segment is about to be read in order (before a reclaim scans
+    /// it), so that it reads ahead instead of one page per fault.
+    /// Only the readable part, which was written: advice never makes the kernel fill a hole.
+    pub fn advise_sequential(&self) {
+        let len = self.bytes().len();
+        let _ = self.map.advise_range(Advice::Sequential, 0, len);
+        let _ = self.map.advise_range(Advice::WillNeed, 0, len);
     }
 
     /// Append `buf` at `offset` with `pwrite`. A write that fails part way is undone as far as

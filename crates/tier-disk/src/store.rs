@@ -1,8 +1,9 @@
 //! [`Store`]: what readers and the writer share — the configuration, the index, the live
 //! segments and the metric handles — and the read path.
 //!
-//! A read takes no lock but a shard of the index and the registry for an instant; it touches
-//! only the mapped bytes of one record, below its segment's readable length.
+//! A read takes no lock but a shard of the index and the registry for an instant; it reads only
+//! the pages of one record, below its segment's readable length, with `pread`
+//! ([`Reads`](crate::read::Reads)).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,11 +16,16 @@ use tier_core::TierError;
 use crate::config::Config;
 use crate::format::{
     check_record, key_hash, record_key, record_value, RecordHeader, RecordKind, MAX_KEY_LEN,
+    RECORD_HEADER_LEN,
 };
 use crate::index::{Index, Loc};
 use crate::metrics::Metrics;
+use crate::read::Reads;
 use crate::report::DiskStats;
 use crate::segment::{Segment, Segments};
+
+/// Values from this size on are handed out in the buffer they were read into (no copy).
+const SHARE_FROM: u32 = 4096;
 
 /// Everything readers and the writer share.
 pub(crate) struct Store {
@@ -27,14 +33,17 @@ pub(crate) struct Store {
     pub index: Index,
     pub segments: Arc<Segments>,
     pub metrics: Metrics,
+    /// The read side's I/O (the read pool).
+    pub reads: Reads,
     /// When the directory was opened (Unix ms): a suspect entry is served as if its freshness
     /// had ended then.
     pub opened_at: u64,
 }
 
 impl Store {
-    /// Look `key` up. A record is read only within its segment's published, validated length.
-    pub fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
+    /// Look `key` up. A record is read only within its segment's published, validated length,
+    /// with `pread` (see [`Reads`]): never a page fault on the caller's thread.
+    pub async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         if key.len() > MAX_KEY_LEN {
             return Ok(Lookup::Miss);
         }
@@ -42,17 +51,28 @@ impl Store {
         let Some(loc) = self.index.get(hash, self.cfg.reinsert_hot) else {
             return Ok(Lookup::Miss);
         };
-        // Holding the Arc keeps the mapping alive even if the segment is reclaimed meanwhile.
+        // Holding the Arc keeps the file open even if the segment is reclaimed meanwhile.
         let Some(seg) = self.segments.get(loc.seg) else {
             return Ok(Lookup::Miss);
         };
-        let bytes = seg.bytes();
-        let offset = loc.offset as usize;
-        let header = match check_record(bytes, offset, self.cfg.verify_on_read) {
+        let record = self.reads.record(&seg, loc, &self.metrics).await?;
+        self.answer(key, hash, loc, &seg, record)
+    }
+
+    /// What the bytes read for `key` at `loc` (a buffer starting at the record) say.
+    fn answer(
+        &self,
+        key: &[u8],
+        hash: u64,
+        loc: Loc,
+        seg: &Segment,
+        mut record: Vec<u8>,
+    ) -> Result<Lookup, TierError> {
+        let header = match check_record(&record, 0, self.cfg.verify_on_read) {
             Ok(Some(h)) if h.kind == RecordKind::Value => h,
             Ok(_) => return Ok(Lookup::Miss),
             Err(damage) => {
-                tracing::warn!(segment = seg.id, offset, reason = %damage.reason, "disk tier: corrupt record on read");
+                tracing::warn!(segment = seg.id, offset = loc.offset, reason = %damage.reason, "disk tier: corrupt record on read");
                 self.metrics.with(|m| m.decode_errors.increment(1));
                 if self.index.remove_if(hash, loc) {
                     seg.live_entries.fetch_sub(1, Ordering::Relaxed);
@@ -60,7 +80,7 @@ impl Store {
                 return Ok(Lookup::Miss);
             }
         };
-        if record_key(bytes, offset, &header) != key {
+        if record_key(&record, 0, &header) != key {
             return Ok(Lookup::Miss); // another key with the same hash
         }
         let now = now_ms();
@@ -71,7 +91,16 @@ impl Store {
             }
             return Ok(Lookup::Miss);
         }
-        let mut value = Bytes::copy_from_slice(record_value(bytes, offset, &header));
+        let value_at = RECORD_HEADER_LEN + header.key_len as usize;
+        let value_end = value_at + header.value_len as usize;
+        let mut value = if header.value_len < SHARE_FROM {
+            Bytes::copy_from_slice(&record[value_at..value_end])
+        } else {
+            // Large: keep the buffer (header, key and at most 63 bytes more are a small part of
+            // it) rather than copy.
+            record.truncate(value_end);
+            Bytes::from(record).slice(value_at..value_end)
+        };
         if loc.suspect {
             // Damage found at open may have lost a newer write of this key: never fresh.
             let (fresh_until, stale_until) = peek_times(&value)?;

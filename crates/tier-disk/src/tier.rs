@@ -17,15 +17,16 @@ use crate::format::RecordKind;
 use crate::report::{DiskStats, RawRecord, RecordInfo, RecoveryReport};
 use crate::state::DiskState;
 use crate::store::Store;
-use crate::writer::Writer;
+use crate::writes::{Op, WriteThread};
 
 /// The disk tier (L2): log-structured, memory-mapped segment files in one directory, with an
 /// in-memory index, bounded capacity and crash recovery. Stores envelopes
 /// ([`Storage::Envelopes`]). It also keeps a small durable key/value [`DiskState`].
 ///
-/// Dropping the last handle syncs (per the [`FlushPolicy`]) and releases the directory's
-/// lock. Calls do short blocking file I/O inline (a `pwrite` into the page cache, a read from a
-/// mapping): no `spawn_blocking` per call, which would cost more than the I/O it moves.
+/// Dropping the last handle finishes the writes already sent, syncs (per the [`FlushPolicy`])
+/// and releases the directory's lock. No call waits for the device on the caller's thread: a
+/// hit the page cache holds is read inline, any other on the tier's read threads; writes run on
+/// its writer thread (see the crate docs, "Blocking").
 ///
 /// ```
 /// use bytes::Bytes;
@@ -59,8 +60,8 @@ pub struct DiskTier {
 }
 
 struct Inner {
-    store: Store,
-    writer: Writer,
+    store: Arc<Store>,
+    writes: WriteThread,
     state: Arc<DiskState>,
     report: RecoveryReport,
     flusher: Option<mpsc::Sender<()>>,
@@ -79,6 +80,7 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.flusher.take(); // stops the background flusher
+        self.writes.stop(); // the writes already sent are done first
         if self.store.cfg.flush != FlushPolicy::None {
             if let Err(e) = self.flush() {
                 tracing::warn!(error = %e, "disk tier: final fsync failed");
@@ -119,9 +121,12 @@ impl DiskTier {
             ),
             _ => None,
         };
+        let store = Arc::new(opened.store);
+        let writes = WriteThread::start(Arc::clone(&store), Arc::new(opened.writer))
+            .map_err(|e| DiskError::io("start the writer thread for", &dir, e))?;
         let inner = Inner {
-            store: opened.store,
-            writer: opened.writer,
+            store,
+            writes,
             state: opened.state,
             report: opened.report,
             flusher,
@@ -199,19 +204,20 @@ impl Tier for DiskTier {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
-        self.inner.store.get(key)
+        self.inner.store.get(key).await
     }
 
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
-        self.inner.writer.insert(&self.inner.store, &key, envelope_of(&entry)?)
+        let envelope = envelope_of(&entry)?.clone();
+        self.inner.writes.run(Op::Insert { key, envelope }).await
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
-        self.inner.writer.remove(&self.inner.store, key)
+        self.inner.writes.run(Op::Remove { key: Bytes::copy_from_slice(key) }).await
     }
 
     async fn clear(&self) -> Result<(), TierError> {
-        self.inner.writer.clear(&self.inner.store)
+        self.inner.writes.run(Op::Clear).await
     }
 
     fn stats(&self) -> TierStats {

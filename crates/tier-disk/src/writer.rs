@@ -158,7 +158,7 @@ impl Writer {
                 if let Some(c) = created {
                     seg.note_created(c);
                 }
-                s.index.insert(hash, Loc::new(seg.id, offset))
+                s.index.insert(hash, Loc::record(seg.id, offset, rec.len()))
             }
             RecordKind::Tombstone => s.index.remove(hash),
             RecordKind::Clear | RecordKind::Suspect => None,
@@ -232,6 +232,7 @@ impl Writer {
     fn reclaim(&self, a: &mut Active, s: &Store, seg: &Arc<Segment>, reserve: u64) {
         let now = now_ms();
         let (mut capacity, mut expired) = (0u64, 0u64);
+        seg.advise_sequential(); // read in order, not one page per fault (reads are random)
         let bytes = seg.bytes();
         for rec in scan(bytes, false) {
             let h = rec.header;
@@ -318,7 +319,7 @@ fn copy_forward(
     }
     active.set_readable(at + len as u64);
     let Ok(at) = u32::try_from(at) else { return false };
-    if s.index.replace_if(h.key_hash, from, Loc::new(active.id, at)) {
+    if s.index.replace_if(h.key_hash, from, Loc::record(active.id, at, len)) {
         active.count(len as u64);
         if let Some(c) = envelope_created_at(record_value(bytes, offset, h)) {
             active.note_created(c);

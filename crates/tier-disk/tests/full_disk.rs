@@ -62,9 +62,10 @@ fn child(dir: &str) -> ! {
         // The hierarchy keeps answering through its other tier while this one cannot write.
         let policy = || TierPolicy::fresh(Duration::from_secs(600));
         let tier = Arc::new(tier);
+        let remote = Arc::new(MapTier::new("remote"));
         let cache = Cache::<String>::builder("full-disk")
             .tier_arc(Arc::clone(&tier) as Arc<dyn Tier>, policy())
-            .tier(MapTier::new("remote"), policy())
+            .tier_arc(Arc::clone(&remote) as Arc<dyn Tier>, policy())
             .build()
             .expect("cache");
         let loads = Arc::new(AtomicU64::new(0));
@@ -79,6 +80,13 @@ fn child(dir: &str) -> ! {
                 .await
                 .expect("the hierarchy answers with a full disk");
             assert_eq!(got.as_deref(), Some(&want));
+        }
+        // A load's write-through runs after its callers are answered (the disk tier's write, on
+        // its writer thread, comes first): wait until every value reached the other tier.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while remote.len() < 300 {
+            assert!(std::time::Instant::now() < deadline, "write-through never landed");
+            tokio::task::yield_now().await;
         }
         for i in 1000..1300u64 {
             let got = cache.get(format!("h{i}")).await.expect("served by the other tier");
