@@ -4,6 +4,8 @@
 //!   `GET` plus the decoding of the value (`raw_get_decode`: the work of `Cache::get` without
 //!   the hierarchy).
 //! - `redis/batch_100`: `get_many` of 100 keys vs 100 sequential `get`s.
+//! - (paired only) the write path: `insert` through the compare-and-set script vs a raw
+//!   `SET … PX` of the same bytes.
 //!
 //! Everything runs on a current-thread runtime: the caller and the connection's driver task on
 //! one thread, as a request handler and its connection on one worker. On the multi-thread
@@ -306,6 +308,35 @@ fn paired_summary(rt: &Runtime) {
         )
         .await;
         println!("paired batch speed-up per key: {:.1}x", seq_per_key * 100.0);
+
+        // The write path: the compare-and-set script vs a raw SET of the same bytes with the
+        // same PX. An insert wins a `created_at` tie, so every round stores.
+        let now = tier_core::spi::now_ms();
+        let meta = Meta {
+            created_at: now,
+            fresh_until: now + 3_600_000,
+            stale_until: now + 3_600_000,
+            insert: true,
+            ..Meta::default()
+        };
+        let written =
+            Entry::from_envelope(Codec::default().encode(&meta, Some(&user(2))).unwrap()).unwrap();
+        let bytes = written.envelope().unwrap().clone();
+        let raw_key = tier.redis_key(b"user:raw-write");
+        paired(
+            "tier_insert (CAS script) / raw_redis_set",
+            20_000,
+            1,
+            || async { tier.insert(Bytes::from_static(b"user:w"), written.clone()).await.unwrap() },
+            || {
+                let mut raw = raw.clone();
+                let (k, v) = (raw_key.clone(), bytes.clone());
+                async move {
+                    let _: () = raw.pset_ex(k, v.as_ref(), 3_600_000).await.unwrap();
+                }
+            },
+        )
+        .await;
     });
 }
 

@@ -338,9 +338,9 @@ pub struct InvalidateArgs {
     /// `RedisGenerations::prefix`).
     #[arg(long, default_value = "tier-gen:")]
     pub generation_prefix: String,
-    /// The backplane channel the service's instances listen on (its
-    /// `RedisBackplane::builder(..).channel(..)`).
-    #[arg(long, default_value = "tier:invalidations")]
+    /// The backplane stream the service's instances read (its
+    /// `RedisBackplane::builder(..).stream(..)`; `--stream` is the same flag).
+    #[arg(long, alias = "stream", default_value = "tier-log:invalidations")]
     pub channel: String,
     /// Print JSON.
     #[arg(long)]

@@ -21,12 +21,13 @@ struct Out {
     kind: &'static str,
     /// The key, tag or namespace.
     target: String,
-    /// The backplane channel the invalidation was published on.
+    /// The backplane stream the invalidation was published on (the field keeps the name it had
+    /// when the backplane was a pub/sub channel).
     channel: String,
-    /// Clients subscribed to the channel when it was published (Redis's `PUBSUB NUMSUB`: the
-    /// instances that receive it); `null` when the server does not say (a Cluster, or the
-    /// user may not run `PUBSUB`).
-    subscribers: Option<u64>,
+    /// Whether an instance had used the stream before (every instance writes the stream's epoch
+    /// key when it starts): `false` means no service reads it (a wrong `--channel`); `null` when
+    /// it cannot be asked (a Cluster, no answer in time, an ACL refusal).
+    stream_in_use: Option<bool>,
     /// Keys removed from Redis (`--all`).
     removed_keys: Option<u64>,
     /// The namespace version after the invalidation (`--key` and `--namespace`).
@@ -47,15 +48,15 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         }
     }
     let conn = crate::redis::connection(&args.redis.0).await?;
-    // Counted before this command's own backplane subscribes to the channel.
-    let subscribers =
-        if conn.is_cluster() { None } else { subscribers(&args.redis.0[0], &args.channel).await };
+    // Asked before this command's own backplane writes the epoch key.
+    let stream_in_use =
+        if conn.is_cluster() { None } else { stream_in_use(&args.redis.0[0], &args.channel).await };
     let backplane = RedisBackplane::builder(conn.clone())
         .channel(args.channel.clone())
         .build()
         .await
         .map_err(|e| crate::redis::setup_error("Redis backplane", &e))?;
-    let channel = backplane.channel().to_string();
+    let channel = backplane.stream().to_string();
     let backplane = Arc::new(backplane);
     let tier = RedisTier::builder(conn.clone())
         .prefix(args.prefix.as_bytes())
@@ -84,7 +85,7 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
         kind: "key",
         target: String::new(),
         channel,
-        subscribers,
+        stream_in_use,
         removed_keys: None,
         namespace_version: None,
     };
@@ -149,29 +150,31 @@ pub async fn run(args: InvalidateArgs) -> Result<()> {
                 out.target
             ),
         };
-        let heard = match out.subscribers {
-            Some(0) => {
-                " — no instance listens on it: check --channel (the service's backplane channel)"
-                    .to_string()
-            }
-            Some(1) => ", which 1 instance listens on".to_string(),
-            Some(n) => format!(", which {n} instances listen on"),
-            None => " (the server does not say how many instances listen)".to_string(),
+        let heard = match out.stream_in_use {
+            Some(false) => " — no instance has used this stream: check --channel (the service's \
+                            backplane stream)"
+                .to_string(),
+            Some(true) => ", which the service's instances read".to_string(),
+            None => String::new(),
         };
-        println!("{done}; published on channel {:?}{heard}", out.channel);
+        println!("{done}; appended to the backplane stream {:?}{heard}", out.channel);
     }
     Ok(())
 }
 
-/// Clients subscribed to `channel` on the standalone Redis at `url` (`PUBSUB NUMSUB`); `None`
-/// when it cannot be asked (no answer in time, an ACL without `PUBSUB`).
-async fn subscribers(url: &str, channel: &str) -> Option<u64> {
+/// Whether the epoch key of `stream` exists on the standalone Redis at `url` (an instance
+/// reading the stream wrote it); `None` when it cannot be asked (no answer in time, an ACL that
+/// refuses `EXISTS`).
+async fn stream_in_use(url: &str, stream: &str) -> Option<bool> {
     let ask = async {
         let client = redis::Client::open(url).ok()?;
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        let (_, n): (String, u64) =
-            redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.ok()?;
-        Some(n)
+        let n: u64 = redis::cmd("EXISTS")
+            .arg(format!("{stream}:epoch"))
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        Some(n > 0)
     };
     tokio::time::timeout(crate::redis::RESPONSE_TIMEOUT, ask).await.ok().flatten()
 }

@@ -4,10 +4,10 @@
 //!
 //! ```
 //! use tier_redis::acl;
-//! let rules = acl::rules(&["app:users:", "tier-gen:", "tier-lock:"], &["tier:invalidations"]);
+//! let rules = acl::rules(&["app:users:", "tier-gen:", "tier-lock:", "tier-log:invalidations"], &[]);
 //! // ACL SETUSER app on >secret <rules...>
 //! assert_eq!(rules[..3], ["resetkeys", "~app:users:*", "~tier-gen:*"]);
-//! assert!(rules.contains(&"&tier:invalidations".to_string()));
+//! assert!(rules.contains(&"~tier-log:invalidations*".to_string()));
 //! assert!(rules.contains(&"+get".to_string()) && rules.contains(&"+cluster|slots".to_string()));
 //! ```
 //!
@@ -19,22 +19,28 @@
 
 use crate::keys::scan_pattern;
 
-/// Every command the crate's parts send, as ACL rule names (`+name`):
-/// - [`RedisTier`](crate::RedisTier): reads (`get`, `mget`), the write path (`set`, `del`),
-///   `clear` (`scan`, `unlink`), the server figures of `stats()` (`info`, `dbsize`: without
-///   them the figures stay 0), the per-master probes (`ping`);
+/// Every command the crate's parts send, as ACL rule names (`+name`), including those its
+/// scripts call (Redis checks a script's calls against the user's rules too):
+/// - [`RedisTier`](crate::RedisTier): reads (`get`, `mget`), the write path — the
+///   compare-and-set script (`evalsha`, `eval` when the server answers `NOSCRIPT`; inside:
+///   `getrange`, `set`, `del`) — `clear` (`scan`, `unlink`), the server figures of `stats()`
+///   (`info`, `dbsize`: without them the figures stay 0 and the eviction policy is not
+///   checked), the per-master probes (`ping`);
 /// - a Cluster's topology, for the client and the per-master breakers (`cluster|slots`);
-/// - [`RedisGenerations`](crate::RedisGenerations) (`mget`, `set` with `NX`, `get`, and the
-///   bump and floor scripts: `exists`, `incr`, `evalsha`, `script|load`);
+/// - [`RedisGenerations`](crate::RedisGenerations): `mget`, `set` (`NX GET`: a fresh start),
+///   the bump script (`exists`, `set`, `incr`), the clear floor (`get`, the max script);
 /// - [`RedisLock`](crate::RedisLock): `set` with `NX PX`, and the compare-and-delete script
-///   (`evalsha`, `script|load` when the server does not know it yet);
-/// - [`RedisBackplane`](crate::RedisBackplane) (`publish`, `subscribe`, `ping` on the
-///   subscription).
+///   (`evalsha`, `script|load` when the server does not know it yet; inside: `get`, `del`);
+/// - [`RedisBackplane`](crate::RedisBackplane): the stream (`xadd`, `xread`, `xrange`,
+///   `xinfo|stream`) and its epoch key (`set` `NX GET`). Its keys — the stream key and
+///   `stream + ":epoch"` — go in the key patterns: pass the stream key as one of the
+///   `key_prefixes` of [`rules`].
 pub const COMMANDS: &[&str] = &[
     "get",
     "mget",
     "set",
     "del",
+    "getrange",
     "scan",
     "unlink",
     "info",
@@ -44,9 +50,12 @@ pub const COMMANDS: &[&str] = &[
     "incr",
     "exists",
     "evalsha",
+    "eval",
     "script|load",
-    "publish",
-    "subscribe",
+    "xadd",
+    "xread",
+    "xrange",
+    "xinfo|stream",
 ];
 
 /// What [`RedisInspector`](crate::RedisInspector) (the `tier redis` command) sends besides

@@ -2,44 +2,137 @@
 //! [`RedisConnection`](crate::RedisConnection)).
 //!
 //! The write path is [`write`]: the one command that stores or removes an entry, used by
-//! `insert`, `insert_many`, `remove` and the background retry alike. Replacing it (e.g. by a
-//! compare-and-set script) changes every write of the tier at once.
+//! `insert`, `insert_many`, `remove` and the background retry alike — a compare-and-set script
+//! ([`WRITE_SCRIPT`]) so that no write, however late it arrives, replaces a newer entry.
+
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use redis::{Cmd, Pipeline};
+use tier_core::spi::{Codec, Meta};
+
+/// How long a removal's tombstone stays in Redis (and the longest a pending retry may wait):
+/// a write that started before the removal and arrives within this time is refused by it.
+pub(crate) const TOMBSTONE_LIFETIME_MS: u64 = 60_000;
 
 /// What a write does to one key.
 #[derive(Debug, Clone)]
 pub(crate) enum Write {
-    /// Store `envelope` until `stale_until` (Unix ms).
-    Set { envelope: Bytes, stale_until: u64 },
-    /// Remove the key.
-    Remove,
+    /// Store `envelope` until `stale_until` (Unix ms), if it is newer than what the key holds:
+    /// its `created_at` later than the stored one's, or equal and `wins_tie` (an insert).
+    Set { envelope: Bytes, created_at: u64, stale_until: u64, wins_tie: bool },
+    /// Remove the key at `at` (Unix ms): store a tombstone created then (it wins a tie), for
+    /// [`TOMBSTONE_LIFETIME_MS`].
+    Remove { at: u64 },
 }
 
 impl Write {
-    /// Has this write's value passed its `stale_until` at `now`?
+    /// Until when (Unix ms) this write's value or tombstone would live in Redis.
+    pub(crate) fn until(&self) -> u64 {
+        match self {
+            Self::Set { stale_until, .. } => *stale_until,
+            Self::Remove { at } => at.saturating_add(TOMBSTONE_LIFETIME_MS),
+        }
+    }
+
+    /// Has this write's value (or tombstone) passed its end at `now`?
     pub(crate) fn expired_at(&self, now: u64) -> bool {
-        matches!(self, Self::Set { stale_until, .. } if *stale_until <= now)
+        self.until() <= now
+    }
+
+    /// Is this write older than a tombstone's lifetime at `now`? Then it must not be retried:
+    /// a removal after it may have left no tombstone by now to refuse it.
+    pub(crate) fn too_old_at(&self, now: u64) -> bool {
+        self.created_at().saturating_add(TOMBSTONE_LIFETIME_MS) <= now
+    }
+
+    /// The instant the write stands for (its value's `created_at`, the removal's instant).
+    pub(crate) fn created_at(&self) -> u64 {
+        match self {
+            Self::Set { created_at, .. } => *created_at,
+            Self::Remove { at } => *at,
+        }
     }
 }
 
-/// The command that performs `write` on `key` (a Redis key, prefix included) at `now`:
-/// `SET key envelope PX (stale_until - now)`, or `DEL key` to remove — also for a value already
-/// past `stale_until` (storing it would be wrong, and leaving an older value in its place too).
-pub(crate) fn write(key: &[u8], write: &Write, now: u64) -> Cmd {
+/// The compare-and-set write of one entry (`KEYS[1]`). `ARGV`: the envelope, its
+/// `created_at`, `1` when a tie wins (an insert, a tombstone), the `PX` in ms (`0`: the value
+/// has expired — only remove an older entry). What the key holds is compared by the
+/// `created_at` in its envelope header (bytes 8..16, little endian; read with `GETRANGE`, so a
+/// large value is not copied); a key that holds no envelope is overwritten. Returns 1 when
+/// written (or removed), 0 when the stored entry is newer. Every number fits a Lua double
+/// exactly (Unix ms < 2^53).
+pub(crate) const WRITE_SCRIPT: &str = r#"
+local head = redis.call('GETRANGE', KEYS[1], 0, 15)
+if string.len(head) == 16 and string.sub(head, 1, 4) == 'TIE1' then
+  local stored = 0
+  for i = 16, 9, -1 do stored = stored * 256 + string.byte(head, i) end
+  local new = tonumber(ARGV[2])
+  if new < stored or (new == stored and ARGV[3] ~= '1') then return 0 end
+end
+if ARGV[4] == '0' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+end
+return 1
+"#;
+
+static WRITE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WRITE_SCRIPT));
+
+/// How a script is sent: by its SHA1 (`EVALSHA`, the usual way), or with its source (`EVAL`,
+/// after the server answered `NOSCRIPT`: restarted, failed over or `SCRIPT FLUSH`ed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScriptForm {
+    Sha,
+    Source,
+}
+
+/// A tombstone: an envelope created at `at`, flagged as a removal, with no value.
+fn tombstone(at: u64) -> Bytes {
+    let until = at.saturating_add(TOMBSTONE_LIFETIME_MS);
+    let meta = Meta {
+        created_at: at,
+        fresh_until: at,
+        stale_until: until,
+        tombstone: true,
+        ..Meta::default()
+    };
+    // A tagless, valueless envelope always encodes (nothing in it can be too large).
+    Codec::default().encode::<()>(&meta, None).unwrap_or_default()
+}
+
+/// The command that performs `write` on `key` (a Redis key, prefix included) at `now`: the
+/// compare-and-set script ([`WRITE_SCRIPT`]) with `PX (until - now)`, or with `PX 0` — remove
+/// only what is older — for a value already past its end (storing it would be wrong, and
+/// leaving an older value in its place too).
+pub(crate) fn write(key: &[u8], write: &Write, now: u64, form: ScriptForm) -> Cmd {
+    let mut cmd = script(&WRITE, WRITE_SCRIPT, key, form);
     match write {
-        Write::Set { envelope, stale_until } if *stale_until > now => {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(key).arg(envelope.as_ref()).arg("PX").arg(*stale_until - now);
-            cmd
-        }
-        Write::Set { .. } | Write::Remove => {
-            let mut cmd = redis::cmd("DEL");
-            cmd.arg(key);
-            cmd
-        }
+        Write::Set { envelope, .. } => cmd.arg(envelope.as_ref()),
+        Write::Remove { at } => cmd.arg(tombstone(*at).as_ref()),
+    };
+    let wins_tie = match write {
+        Write::Set { wins_tie, .. } => *wins_tie,
+        Write::Remove { .. } => true,
+    };
+    cmd.arg(write.created_at()).arg(if wins_tie { "1" } else { "0" });
+    cmd.arg(write.until().saturating_sub(now));
+    cmd
+}
+
+/// `write` for each of `writes` (keys of one slot in a Cluster), in one pipeline, replies
+/// ignored.
+pub(crate) fn write_pipe<'a>(
+    writes: impl IntoIterator<Item = (Vec<u8>, &'a Write)>,
+    now: u64,
+    form: ScriptForm,
+) -> Pipeline {
+    let mut pipe = redis::pipe();
+    for (key, w) in writes {
+        pipe.add_command(write(&key, w, now, form)).ignore();
     }
+    pipe
 }
 
 /// `GET key`.
@@ -96,33 +189,64 @@ pub(crate) fn describe(keys: &[Vec<u8>], head: usize) -> Pipeline {
     pipe
 }
 
-/// `SET key value NX`: create a key that does not exist.
-pub(crate) fn set_nx(key: &[u8], value: u64) -> Cmd {
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(key).arg(value).arg("NX");
-    cmd
-}
-
-/// Bumps the generation `KEYS[1]`, starting a missing one at `ARGV[1]` (a fresh start) first.
-/// Returns the new generation as a string: generations pass 2^53, and a Lua number (a double)
-/// would round them.
+/// Bumps the generation `KEYS[1]`: a missing one is first set to the fresh start `ARGV[1]`
+/// (so that a lost generation never restarts from 0), then `INCR`. Answers the new value as
+/// the stored text: generations pass 2^53, which a Lua number (a double) cannot hold exactly.
 pub(crate) const GENERATION_BUMP: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
-    redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('INCR', KEYS[1])
 return redis.call('GET', KEYS[1])
 "#;
 
-/// Raises the clear floor `KEYS[1]` to `ARGV[1]` when that is higher; returns the floor in force.
+/// Raises the clear floor `KEYS[1]` to at least `ARGV[1]` (never lowers it); returns the floor
+/// in force (Unix ms: exact as a Lua number).
 pub(crate) const RAISE_FLOOR: &str = r#"
-local floor = redis.call('GET', KEYS[1])
-if (not floor) or tonumber(floor) < tonumber(ARGV[1]) then
-    redis.call('SET', KEYS[1], ARGV[1])
-    return ARGV[1]
+local floor = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local at = tonumber(ARGV[1])
+if at > floor then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return at
 end
 return floor
 "#;
+
+static BUMP: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GENERATION_BUMP));
+static FLOOR: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RAISE_FLOOR));
+
+/// `EVALSHA sha 1 key` (or `EVAL source 1 key`, see [`ScriptForm`]); arguments are added by
+/// the caller.
+fn script(script: &redis::Script, source: &str, key: &[u8], form: ScriptForm) -> Cmd {
+    let mut cmd = match form {
+        ScriptForm::Sha => {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(script.get_hash());
+            c
+        }
+        ScriptForm::Source => {
+            let mut c = redis::cmd("EVAL");
+            c.arg(source);
+            c
+        }
+    };
+    cmd.arg(1).arg(key);
+    cmd
+}
+
+/// [`GENERATION_BUMP`] of `key` with the fresh start `start`.
+pub(crate) fn generation_bump(key: &[u8], start: u64, form: ScriptForm) -> Cmd {
+    let mut cmd = script(&BUMP, GENERATION_BUMP, key, form);
+    cmd.arg(start);
+    cmd
+}
+
+/// [`RAISE_FLOOR`] of `key` to `at`.
+pub(crate) fn raise_floor(key: &[u8], at: u64, form: ScriptForm) -> Cmd {
+    let mut cmd = script(&FLOOR, RAISE_FLOOR, key, form);
+    cmd.arg(at);
+    cmd
+}
 
 /// `SET key token NX PX ttl_ms`: take a lock that nobody holds.
 pub(crate) fn lock_acquire(key: &[u8], token: &str, ttl_ms: u64) -> Cmd {
@@ -140,9 +264,42 @@ else
 end
 "#;
 
-/// `PUBLISH channel payload`, added to `pipe` with its reply ignored.
-pub(crate) fn publish(pipe: &mut Pipeline, channel: &str, payload: Vec<u8>) {
-    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+/// `XADD stream MAXLEN ~ max_len * m payload`: append one backplane message (the stream keeps
+/// about the last `max_len`).
+pub(crate) fn xadd(stream: &str, max_len: usize, payload: &[u8]) -> Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("MAXLEN").arg("~").arg(max_len).arg("*").arg("m").arg(payload);
+    cmd
+}
+
+/// `XREAD COUNT count BLOCK block_ms STREAMS stream after`: what follows `after`, waiting up
+/// to `block_ms` for something to come.
+pub(crate) fn xread(stream: &str, after: &str, count: usize, block_ms: u64) -> Cmd {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block_ms).arg("STREAMS").arg(stream).arg(after);
+    cmd
+}
+
+/// `XRANGE stream (after + COUNT count`: up to `count` entries after `after` (exclusive).
+pub(crate) fn xrange_after(stream: &str, after: &str, count: usize) -> Cmd {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(stream).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
+    cmd
+}
+
+/// `XINFO STREAM stream`.
+pub(crate) fn xinfo_stream(stream: &str) -> Cmd {
+    let mut cmd = redis::cmd("XINFO");
+    cmd.arg("STREAM").arg(stream);
+    cmd
+}
+
+/// `SET key value NX GET`: set `key` unless it exists; answers what it held before (nil: it
+/// was missing, and now holds `value`). Redis 7.0 and later.
+pub(crate) fn set_nx_get(key: &[u8], value: &str) -> Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value).arg("NX").arg("GET");
+    cmd
 }
 
 /// `CLUSTER SLOTS`.
@@ -170,7 +327,12 @@ mod tests {
     use super::*;
 
     fn set(stale_until: u64) -> Write {
-        Write::Set { envelope: Bytes::from_static(b"x"), stale_until }
+        Write::Set {
+            envelope: Bytes::from_static(b"x"),
+            created_at: 5,
+            stale_until,
+            wins_tie: false,
+        }
     }
 
     fn words(cmd: &Cmd) -> Vec<String> {
@@ -183,12 +345,42 @@ mod tests {
     }
 
     #[test]
-    fn a_write_sets_until_stale_or_deletes() {
-        assert_eq!(words(&write(b"k", &set(30), 20)), ["SET", "k", "x", "PX", "10"]);
-        assert_eq!(words(&write(b"k", &set(10), 20)), ["DEL", "k"], "expired: deleted");
-        assert_eq!(words(&write(b"k", &set(20), 20)), ["DEL", "k"], "expires now: deleted");
-        assert_eq!(words(&write(b"k", &Write::Remove, 20)), ["DEL", "k"]);
-        assert!(set(20).expired_at(20) && !set(21).expired_at(20) && !Write::Remove.expired_at(0));
+    fn a_write_is_the_script_until_stale_or_a_conditional_delete() {
+        let sha = WRITE.get_hash().to_string();
+        assert_eq!(
+            words(&write(b"k", &set(30), 20, ScriptForm::Sha)),
+            ["EVALSHA", &sha, "1", "k", "x", "5", "0", "10"]
+        );
+        assert_eq!(
+            words(&write(b"k", &set(10), 20, ScriptForm::Sha))[7],
+            "0",
+            "expired: remove older only"
+        );
+        assert_eq!(words(&write(b"k", &set(20), 20, ScriptForm::Sha))[7], "0", "expires now");
+        let eval = words(&write(b"k", &set(30), 20, ScriptForm::Source));
+        assert_eq!((eval[0].as_str(), eval[1].as_str()), ("EVAL", WRITE_SCRIPT));
+        assert!(set(20).expired_at(20) && !set(21).expired_at(20));
+    }
+
+    #[test]
+    fn a_removal_is_a_tombstone_that_wins_a_tie() {
+        let w = words(&write(b"k", &Write::Remove { at: 1_000 }, 1_500, ScriptForm::Sha));
+        assert_eq!(w[5..], ["1000", "1", &(TOMBSTONE_LIFETIME_MS - 500).to_string()]);
+        let (meta, _) =
+            tier_core::spi::envelope::decode_meta(&tombstone(1_000)).expect("an envelope");
+        assert!(meta.tombstone && meta.created_at == 1_000);
+        assert!(Write::Remove { at: 0 }.expired_at(TOMBSTONE_LIFETIME_MS));
+        let load = |created_at| Write::Set {
+            envelope: Bytes::from_static(b"x"),
+            created_at,
+            stale_until: u64::MAX,
+            wins_tie: false,
+        };
+        assert!(!load(1_000).too_old_at(1_000 + TOMBSTONE_LIFETIME_MS - 1));
+        assert!(
+            load(1_000).too_old_at(1_000 + TOMBSTONE_LIFETIME_MS),
+            "a retry that old is dropped"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tier_core::{TierError, TierErrorKind};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
-    /// The configuration is not valid (no URL, empty channel name, zero timeout, ...).
+    /// The configuration is not valid (no URL, empty stream name, zero timeout, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A URL could not be parsed.
@@ -37,13 +37,14 @@ pub enum SetupError {
         /// What redis-rs said.
         source: RedisCause,
     },
-    /// The backplane could not subscribe to its channel.
-    #[error("cannot subscribe to channel {channel:?}: {source}")]
-    Subscribe {
-        /// The channel.
-        channel: String,
-        /// What redis-rs said.
-        source: RedisCause,
+    /// The backplane could not read its stream's head (where this instance starts reading)
+    /// with a connection that is made.
+    #[error("cannot read the backplane stream {stream:?}: {source}")]
+    Stream {
+        /// The stream's key.
+        stream: String,
+        /// What failed.
+        source: TierError,
     },
 }
 
@@ -165,7 +166,14 @@ pub(crate) fn with_acl_needs(e: TierError, needs: impl FnOnce() -> String) -> Ti
     else {
         return e;
     };
-    if cause.redis_error().kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) {
+    let err = cause.redis_error();
+    // A command a script calls is refused with a plain error (Redis 7: "The user executing the
+    // script can't run this command…", Valkey: "ACL failure in script: …").
+    let in_script = err.detail().is_some_and(|d| {
+        d.contains("user executing the script can't run this command")
+            || d.contains("ACL failure in script")
+    });
+    if err.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) && !in_script {
         return e;
     }
     let op = e.message().split(':').next().unwrap_or("redis");

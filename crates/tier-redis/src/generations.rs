@@ -16,21 +16,34 @@ use crate::keys::{KeyPrefix, DEFAULT_GENERATION_PREFIX};
 
 /// Default longest time a cached generation is trusted.
 pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
+/// A cached generation is used only while the backplane's last proof of delivery is younger
+/// than this (the hierarchy's default propagation bound): while the backplane is cut off, a bump
+/// it did not deliver could be missing from the cache, so generations are read from Redis.
+pub const CACHE_LEASE: Duration = Duration::from_millis(100);
 const MAX_CACHED_TAGS: usize = 100_000;
 
 /// Tag generations in Redis: one integer key per tag (`prefix + tag`), bumped with `INCR`, read
 /// with `MGET` (one per hash slot in a Cluster). One `invalidate_tag` is one `INCR`, whatever the
-/// number of tagged entries, and reaches every instance. A missing key reads as unknown; a
-/// stamp creates it (`SET NX`) and a bump of a missing key starts it, both from
-/// [`fresh_generation_start`]. The clear floor of a cache is the key `prefix + "\0floor:" +
-/// cache`.
+/// number of tagged entries, and reaches every instance.
+///
+/// Generations never go back: a missing generation is created, when an entry is first stamped
+/// with it, with a start value drawn from the clock and randomness
+/// ([`fresh_generation_start`]; `SET … NX GET`, so concurrent stampers agree); a bump of a
+/// missing one starts from such a value too (a script: missing → start, then `INCR`). A
+/// generation that is missing when read (evicted, `FLUSHALL`, a restart without persistence)
+/// is *unknown*: entries stamped before are at most stale, and the next stamp starts from a
+/// value no earlier life of the tag held, so old stamps never match again. Each hierarchy's clear
+/// floor is a key `prefix + "\0floor:" + cache`, raised with a max script. Needs Redis 7 (or
+/// Valkey) for `SET … NX GET`.
 ///
 /// Caching: without a backplane every [`current`](GenerationStore::current) reads Redis. With
 /// [`cached_with`](Self::cached_with) generations read from Redis are kept in process and
 /// dropped — *before* the hierarchy sees the event — when the backplane delivers a tag
-/// invalidation, a clear, a reconnect or a sequence gap, and after at most `max_age` in any case.
+/// invalidation, a namespace, a clear or a gap, and after at most `max_age` in any case.
 /// A read that raced with such a drop does not refill the cache (epoch check), so a cached value
-/// is never older than the last invalidation the backplane delivered.
+/// is never older than the last invalidation the backplane delivered. And the cache is used
+/// only while the backplane proves delivery ([`CACHE_LEASE`]: its last `Confirmed` is recent):
+/// while it is cut off, every read goes to Redis.
 ///
 /// ```no_run
 /// # async fn demo(conn: tier_redis::RedisConnection, bp: tier_redis::RedisBackplane) {
@@ -58,9 +71,18 @@ struct GenerationCache {
     /// Bumped on every drop; a read that saw another epoch does not fill the cache.
     epoch: AtomicU64,
     max_age: Duration,
+    /// When the last proof of delivery was sent (Unix ms, `BackplaneEvent::Confirmed`).
+    confirmed_at: AtomicU64,
 }
 
 impl GenerationCache {
+    /// Is what the backplane delivered recent enough that no bump acknowledged more than
+    /// [`CACHE_LEASE`] ago can be missing from it? Only then is a cached generation used.
+    fn delivery_is_proven(&self) -> bool {
+        let lease = u64::try_from(CACHE_LEASE.as_millis()).unwrap_or(u64::MAX);
+        self.confirmed_at.load(Ordering::Acquire).saturating_add(lease) >= tier_core::spi::now_ms()
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (u64, Instant)>> {
         // Every critical section is a single map operation: a poisoned map is consistent.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
@@ -84,7 +106,13 @@ impl EventHook for GenerationCache {
             BackplaneEvent::Invalidate { what: Invalidation::Tag(tag), .. } => {
                 self.forget(Some(tag))
             }
-            BackplaneEvent::Invalidate { what: Invalidation::Key(_), .. } => {}
+            BackplaneEvent::Confirmed { sent_at_ms } => {
+                self.confirmed_at.fetch_max(*sent_at_ms, Ordering::AcqRel);
+            }
+            BackplaneEvent::Invalidate {
+                what: Invalidation::Key(_) | Invalidation::Written { .. },
+                ..
+            } => {}
             _ => self.forget(None),
         }
     }
@@ -119,6 +147,7 @@ impl RedisGenerations {
             map: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             max_age,
+            confirmed_at: AtomicU64::new(0),
         });
         let hook: Arc<dyn EventHook> = cache.clone();
         backplane.add_hook(Arc::downgrade(&hook));
@@ -131,28 +160,23 @@ impl RedisGenerations {
         self.prefix.key(tag.as_bytes())
     }
 
+    /// The Redis key of `cache`'s clear floor.
+    pub fn floor_key(&self, cache: &str) -> Vec<u8> {
+        self.prefix.key(format!("\0floor:{cache}").as_bytes())
+    }
+
     async fn read(&self, tags: &[Arc<str>]) -> Result<Vec<Option<u64>>, TierError> {
         let keys: Vec<Vec<u8>> = tags.iter().map(|t| self.redis_key(t)).collect();
         self.conn.mget("generations", &keys).await
     }
 
-    /// The Redis key of `cache`'s clear floor.
-    fn floor_key(&self, cache: &str) -> Vec<u8> {
-        self.prefix.key([b"\0floor:", cache.as_bytes()].concat().as_slice())
-    }
-
-    async fn script(
-        &self,
-        op: &str,
-        script: &str,
-        key: Vec<u8>,
-        arg: u64,
-    ) -> Result<u64, TierError> {
-        let script = redis::Script::new(script);
-        let mut invocation = script.key(key);
-        invocation.arg(arg);
-        let mut conn = self.conn.conn();
-        self.conn.bounded(op, invocation.invoke_async(&mut conn)).await
+    /// The generation of `tag`, created with a fresh start when missing (`SET NX GET`: the
+    /// value in place wins a race).
+    async fn create(&self, tag: &str) -> Result<u64, TierError> {
+        let start = fresh_generation_start();
+        let cmd = commands::set_nx_get(&self.redis_key(tag), &start.to_string());
+        let before: Option<u64> = self.conn.query("generation stamp", &cmd).await?;
+        Ok(before.unwrap_or(start))
     }
 }
 
@@ -164,7 +188,7 @@ impl GenerationStore for RedisGenerations {
         }
         let Some(cache) = &self.cache else { return self.read(tags).await };
         let epoch = cache.epoch.load(Ordering::SeqCst);
-        {
+        if cache.delivery_is_proven() {
             let map = cache.map();
             let now = Instant::now();
             let cached: Option<Vec<Option<u64>>> = tags
@@ -186,8 +210,8 @@ impl GenerationStore for RedisGenerations {
                 map.clear();
             }
             let now = Instant::now();
+            // Only known generations are cached: an unknown one may be created any moment.
             for (t, g) in tags.iter().zip(&gens) {
-                // Only known generations are cached: a missing one may be created any moment.
                 if let Some(g) = g {
                     map.insert(t.clone(), (*g, now));
                 }
@@ -197,36 +221,23 @@ impl GenerationStore for RedisGenerations {
     }
 
     async fn stamp(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
-        let mut gens = self.current(tags).await?;
-        let missing: Vec<usize> = (0..tags.len()).filter(|&i| gens[i].is_none()).collect();
-        if !missing.is_empty() {
-            for &i in &missing {
-                let cmd = commands::set_nx(&self.redis_key(&tags[i]), fresh_generation_start());
-                let _created: Option<String> = self.conn.query("generation start", &cmd).await?;
-            }
-            let names: Vec<Arc<str>> = missing.iter().map(|&i| tags[i].clone()).collect();
-            for (&i, g) in missing.iter().zip(self.read(&names).await?) {
-                gens[i] = g;
-            }
+        let known = self.current(tags).await?;
+        let mut out = Vec::with_capacity(tags.len());
+        for (tag, g) in tags.iter().zip(known) {
+            out.push(match g {
+                Some(g) => g,
+                None => self.create(tag).await?,
+            });
         }
-        let vanished = || {
-            TierError::new(
-                tier_core::TierErrorKind::Other,
-                "a tag generation vanished right after it was created",
-            )
-        };
-        gens.into_iter().map(|g| g.ok_or_else(vanished)).collect()
+        Ok(out)
     }
 
     async fn bump(&self, tag: &str) -> Result<u64, TierError> {
-        let g = self
-            .script(
-                "generation bump",
-                commands::GENERATION_BUMP,
-                self.redis_key(tag),
-                fresh_generation_start(),
-            )
-            .await?;
+        let key = self.redis_key(tag);
+        let start = fresh_generation_start();
+        let build = |form| commands::generation_bump(&key, start, form);
+        let g: u64 =
+            self.conn.script_within(Some(self.conn.op_timeout()), "generation bump", build).await?;
         if let Some(cache) = &self.cache {
             // Our own bump is not delivered back by the backplane: drop the old value here.
             cache.forget(Some(tag));
@@ -241,7 +252,9 @@ impl GenerationStore for RedisGenerations {
     }
 
     async fn raise_floor(&self, cache: &str, at: u64) -> Result<u64, TierError> {
-        self.script("clear floor raise", commands::RAISE_FLOOR, self.floor_key(cache), at).await
+        let key = self.floor_key(cache);
+        let build = |form| commands::raise_floor(&key, at, form);
+        self.conn.script_within(Some(self.conn.op_timeout()), "clear floor", build).await
     }
 
     fn remote_bump(&self, tag: &str, _generation: Option<u64>) {

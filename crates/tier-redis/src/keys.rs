@@ -6,7 +6,7 @@
 //! | entries of a [`RedisTier`](crate::RedisTier) | tier prefix + cache key | [`DEFAULT_PREFIX`] |
 //! | tag generations ([`RedisGenerations`](crate::RedisGenerations)) | generation prefix + tag | [`DEFAULT_GENERATION_PREFIX`] |
 //! | fleet locks ([`RedisLock`](crate::RedisLock)) | lock prefix + cache key | [`DEFAULT_LOCK_PREFIX`] |
-//! | the backplane ([`RedisBackplane`](crate::RedisBackplane)) | pub/sub channel | [`DEFAULT_CHANNEL`] |
+//! | the backplane ([`RedisBackplane`](crate::RedisBackplane)): a Stream and its epoch key | stream key, stream key + `":epoch"` | [`DEFAULT_STREAM`] |
 //!
 //! Keep the prefixes apart (none a prefix of another): a tier's `clear` removes every key under
 //! its own prefix.
@@ -19,8 +19,9 @@ pub const DEFAULT_PREFIX: &str = "tier:";
 pub const DEFAULT_GENERATION_PREFIX: &str = "tier-gen:";
 /// Default prefix of lock keys.
 pub const DEFAULT_LOCK_PREFIX: &str = "tier-lock:";
-/// Default backplane channel.
-pub const DEFAULT_CHANNEL: &str = "tier:invalidations";
+/// Default key of the backplane's stream (outside [`DEFAULT_PREFIX`]: the tier's `clear` must
+/// not remove it).
+pub const DEFAULT_STREAM: &str = "tier-log:invalidations";
 
 /// The prefix one part of the crate stores its keys under.
 #[derive(Clone, PartialEq, Eq)]

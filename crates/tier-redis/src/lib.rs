@@ -3,20 +3,23 @@
 //! The shared tier of `tier`: Redis, standalone or Redis Cluster, and what the fleet shares
 //! through it.
 //!
-//! - [`RedisTier`] — the L3 tier: envelopes under a key prefix, `SET … PX` until the entry is
-//!   gone, `MGET`/pipelines for batches (split by hash slot in a Cluster), background retry of
-//!   failed writes.
+//! - [`RedisTier`] — the L3 tier: envelopes under a key prefix, written by a compare-and-set
+//!   script (never over a newer entry) with `PX` until the entry is gone, removals as
+//!   short-lived tombstones, `MGET`/pipelines for batches (split by hash slot in a Cluster),
+//!   background retry of failed writes.
 //! - [`RedisGenerations`] — tag generations (`INCR` per tag): `invalidate_tag` is O(1) and reaches
-//!   the whole fleet.
-//! - [`RedisBackplane`] — invalidations published to every other instance over pub/sub, with a
-//!   reconnect loop that tells the hierarchy when messages may have been missed.
+//!   the whole fleet; a lost generation is unknown, never 0, and restarts from a fresh value.
+//! - [`RedisBackplane`] — the fleet's invalidation log, a Redis Stream: delivered to every other
+//!   instance with positions and proofs of delivery, replayable after a restart or a reconnect,
+//!   a gap said only when what was missed cannot be read.
 //! - [`RedisLock`] — the fleet-wide stampede lock (`SET NX PX` + compare-and-delete).
 //!
 //! - [`RedisInspector`] — a read-only view of the entries under a prefix, for tools.
 //!
 //! All of them share one [`RedisConnection`] (standalone `ConnectionManager` or cluster-async
 //! client: multiplexed, reconnected automatically, every call bounded by connect + response
-//! timeout). The builders of the tier and the backplane take either a connection or a
+//! timeout; [`lazy`](RedisConnectionBuilder::lazy): made in the background, so a service
+//! starts while Redis is down). The builders of the tier and the backplane take either a connection or a
 //! [`RedisConnectionBuilder`] ([`ConnectionSource`]), so URLs and timeouts are set in one place:
 //!
 //! ```no_run
@@ -31,9 +34,16 @@
 //!
 //! ## Keys
 //! Data keys are `tier prefix + key` (default prefix `"tier:"`), generations
-//! `"tier-gen:" + tag`, locks `"tier-lock:" + key`; the [`keys`] module has the whole layout.
-//! Keep the prefixes apart (none a prefix of another): the tier's `clear` removes everything
-//! under its own prefix, with `SCAN`+`UNLINK`.
+//! `"tier-gen:" + tag`, locks `"tier-lock:" + key`, the backplane's stream
+//! `"tier-log:invalidations"` (and `+ ":epoch"`); the [`keys`] module has the whole layout.
+//! Keep the prefixes apart (none a prefix of another, the stream outside the tier's prefix):
+//! the tier's `clear` removes everything under its own prefix, with `SCAN`+`UNLINK`.
+//!
+//! ## What coherence needs from Redis
+//! `maxmemory-policy` `noeviction` or `volatile-*` (generations, clear floors and the epoch have
+//! no TTL; an `allkeys-*` policy is reported: a warning and
+//! `tier_redis_unsafe_eviction_policy{policy}`), no persistence or AOF `appendfsync always`,
+//! Redis 7 or Valkey. See the README.
 //!
 //! ## Errors and secrets
 //! Set-up (builders, connect) returns [`SetupError`]. Running operations return
@@ -138,15 +148,15 @@ pub mod testing;
 mod tier;
 mod wire;
 
-pub use backplane::{RedisBackplane, RedisBackplaneBuilder};
+pub use backplane::{RedisBackplane, RedisBackplaneBuilder, DEFAULT_MAX_LEN};
 pub use connection::{
     ConnectionSource, RedisConnection, RedisConnectionBuilder, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT,
 };
 pub use error::{RedisCause, SetupError};
-pub use generations::{RedisGenerations, DEFAULT_CACHE_MAX_AGE};
+pub use generations::{RedisGenerations, CACHE_LEASE, DEFAULT_CACHE_MAX_AGE};
 pub use inspect::{NodeHealth, RedisInspector, StoredEntry, StoredKey};
-pub use keys::{DEFAULT_CHANNEL, DEFAULT_GENERATION_PREFIX, DEFAULT_LOCK_PREFIX, DEFAULT_PREFIX};
+pub use keys::{DEFAULT_GENERATION_PREFIX, DEFAULT_LOCK_PREFIX, DEFAULT_PREFIX, DEFAULT_STREAM};
 pub use lock::RedisLock;
 pub use nodes::{default_node_breaker, DEADLINE_MARGIN, MIN_REFRESH_GAP, REFRESH_INTERVAL};
 pub use redact::redact_url;

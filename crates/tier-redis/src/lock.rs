@@ -83,7 +83,7 @@ impl DistributedLock for RedisLock {
     }
 
     async fn release(&self, key: &[u8], token: &LockToken) -> Result<(), TierError> {
-        let mut conn = self.conn.conn();
+        let mut conn = self.conn.conn()?;
         let mut invocation = self.release.key(self.redis_key(key));
         invocation.arg(&token.0);
         let _deleted: i64 =

@@ -2,13 +2,14 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `tier_redis_write_retries_total` | counter | cache, tier, outcome = queued / replaced / written / failed / dropped_full / expired |
+//! | `tier_redis_write_retries_total` | counter | cache, tier, outcome = queued / replaced / written / failed / dropped_full / expired / too_old / obsolete |
 //! | `tier_redis_retry_queue` | gauge | cache, tier |
 //! | `tier_redis_node_breaker_state` | gauge 0 closed / 1 half-open / 2 open | cache, tier, node (a Cluster master's `host:port`) |
 //! | `tier_redis_node_skipped_total` | counter | cache, tier, node, reason = open / failed |
 //! | `tier_redis_topology_refreshes_total` | counter | cache, tier, result = ok / error / unsupported |
-//! | `tier_backplane_messages_total` | counter | channel, direction = sent / received |
-//! | `tier_backplane_errors_total` | counter | channel, kind = publish / decode / gap |
+//! | `tier_redis_unsafe_eviction_policy` | gauge 1 while a server's `maxmemory-policy` may evict keys without a TTL | policy |
+//! | `tier_backplane_messages_total` | counter | channel (the stream key), direction = sent / received |
+//! | `tier_backplane_errors_total` | counter | channel, kind = publish / read / decode / gap |
 //! | `tier_backplane_reconnects_total` | counter | channel |
 //! | `tier_backplane_connected` | gauge 0 / 1 | channel |
 //!
@@ -38,15 +39,19 @@ pub const NODE_SKIPPED: &str = "tier_redis_node_skipped_total";
 /// `unsupported`: the server does not tell its topology, and the tier has no per-master
 /// breakers).
 pub const TOPOLOGY_REFRESHES: &str = "tier_redis_topology_refreshes_total";
+/// Gauge: 1 while a Redis server of the tier runs a `maxmemory-policy` that may evict keys
+/// without a TTL (`allkeys-*`: generation, floor and epoch keys), by `policy`; 0 once it no
+/// longer does. Safe: `noeviction`, `volatile-*`.
+pub const UNSAFE_EVICTION_POLICY: &str = "tier_redis_unsafe_eviction_policy";
 /// Counter: backplane messages, by `direction` (`sent`, `received`; own messages are not counted
 /// as received).
 pub const BACKPLANE_MESSAGES: &str = "tier_backplane_messages_total";
-/// Counter: backplane problems, by `kind` (`publish` failed, message failed to `decode`,
-/// sequence `gap` from a sender: messages were lost).
+/// Counter: backplane problems, by `kind` (`publish` failed, the reader's `read` failed, a
+/// message failed to `decode`, a `gap`: messages were lost and cannot be replayed).
 pub const BACKPLANE_ERRORS: &str = "tier_backplane_errors_total";
-/// Counter: times the backplane's subscription was lost and re-established.
+/// Counter: times the backplane's reader lost its connection and resumed.
 pub const BACKPLANE_RECONNECTS: &str = "tier_backplane_reconnects_total";
-/// Gauge: 1 while the backplane's subscription is up, 0 while it is being re-established.
+/// Gauge: 1 while the backplane's reader is reading, 0 while it is reconnecting.
 pub const BACKPLANE_CONNECTED: &str = "tier_backplane_connected";
 
 /// Register help text and units of this crate's metrics with the installed recorder.
@@ -59,7 +64,11 @@ pub fn describe() {
     metrics::describe_counter!(
         WRITE_RETRIES,
         Unit::Count,
-        "Background retries of failed Redis writes, by outcome (queued, replaced, written, failed, dropped_full, expired)."
+        "Background retries of failed Redis writes, by outcome (queued, replaced, written, failed, dropped_full, expired, too_old, obsolete)."
+    );
+    metrics::describe_gauge!(
+        UNSAFE_EVICTION_POLICY,
+        "1 while a Redis server runs a maxmemory-policy that may evict keys without a TTL (allkeys-*)."
     );
     metrics::describe_gauge!(
         RETRY_QUEUE,

@@ -40,13 +40,21 @@ impl ServerStats {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Sample {
     keys: u64,
     used_memory: u64,
     maxmemory: u64,
     evicted: u64,
     expired: u64,
+    /// A `maxmemory-policy` of a server that may evict keys without a TTL (`allkeys-*`).
+    unsafe_policy: Option<String>,
+}
+
+/// The `maxmemory_policy` of an `INFO memory` reply, when it may evict keys without a TTL.
+fn unsafe_policy(info: &str) -> Option<String> {
+    let policy = info.lines().find_map(|l| l.strip_prefix("maxmemory_policy:"))?.trim();
+    policy.starts_with("allkeys-").then(|| policy.to_string())
 }
 
 /// One `field:value` of an INFO reply.
@@ -73,6 +81,7 @@ async fn sample_node(conn: &RedisConnection, route: &Route) -> Result<Sample, Ti
         maxmemory: info_field(&memory, "maxmemory"),
         evicted: info_field(&stats, "evicted_keys"),
         expired: info_field(&stats, "expired_keys"),
+        unsafe_policy: unsafe_policy(&memory),
     })
 }
 
@@ -86,6 +95,7 @@ async fn sample(conn: &RedisConnection) -> Result<Sample, TierError> {
         sum.maxmemory += s.maxmemory;
         sum.evicted += s.evicted;
         sum.expired += s.expired;
+        sum.unsafe_policy = sum.unsafe_policy.or(s.unsafe_policy);
     }
     Ok(sum)
 }
@@ -97,10 +107,12 @@ pub(crate) async fn run(
     labels: Arc<RwLock<Labels>>,
 ) {
     let mut last: Option<Sample> = None;
+    let mut warned: Option<String> = None;
     loop {
         let Some(out) = stats.upgrade() else { return };
         match sample(&conn).await {
             Ok(s) => {
+                report_policy(&mut warned, s.unsafe_policy.as_deref());
                 out.entries.store(s.keys, Ordering::Relaxed);
                 out.bytes.store(s.used_memory, Ordering::Relaxed);
                 out.capacity.store(s.maxmemory, Ordering::Relaxed);
@@ -116,13 +128,33 @@ pub(crate) async fn run(
                     };
                     counter("capacity").increment(evicted);
                     counter("expired").increment(expired);
-                    last = Some(s);
+                    last = Some(s.clone());
                 }
             }
             Err(e) => tracing::debug!(error = %e, "Redis server figures not read"),
         }
         drop(out);
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Say once (a warning and the gauge) that a server's eviction policy may evict keys without
+/// a TTL, and set the gauge back to 0 when it no longer does.
+fn report_policy(warned: &mut Option<String>, now: Option<&str>) {
+    if warned.as_deref() == now {
+        return;
+    }
+    if let Some(old) = warned.take() {
+        metrics::gauge!(crate::metrics::UNSAFE_EVICTION_POLICY, "policy" => old).set(0.0);
+    }
+    if let Some(policy) = now {
+        tracing::warn!(
+            policy,
+            "Redis maxmemory-policy may evict keys without a TTL (tag generations, clear floors, the backplane's epoch): a lost generation makes entries stale, a lost epoch makes every instance see a gap; use noeviction or a volatile-* policy"
+        );
+        metrics::gauge!(crate::metrics::UNSAFE_EVICTION_POLICY, "policy" => policy.to_string())
+            .set(1.0);
+        *warned = Some(policy.to_string());
     }
 }
 
@@ -136,5 +168,11 @@ mod tests {
         assert_eq!(info_field(info, "used_memory"), 1024);
         assert_eq!(info_field(info, "maxmemory"), 0);
         assert_eq!(info_field(info, "missing"), 0);
+        assert_eq!(
+            unsafe_policy("maxmemory_policy:allkeys-lru\r\n").as_deref(),
+            Some("allkeys-lru")
+        );
+        assert_eq!(unsafe_policy("maxmemory_policy:volatile-lru\r\n"), None);
+        assert_eq!(unsafe_policy(info), None);
     }
 }

@@ -48,12 +48,7 @@ impl OwnRedis {
     /// As [`OwnRedis::start`].
     pub fn start_with(args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let dir = std::env::temp_dir().join(format!(
-            "tier-redis-test-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let dir = data_dir();
         for _ in 0..20 {
             let port = free_port();
             let mut me = Self { port, dir: dir.clone(), args: args.clone(), child: None };
@@ -62,6 +57,24 @@ impl OwnRedis {
             }
         }
         panic!("could not start an own {} (is it on PATH?)", server_binary());
+    }
+
+    /// Start one on `port` (e.g. one a client was told of before the server existed), with
+    /// these extra server arguments.
+    ///
+    /// # Panics
+    /// When it does not start on that port within 5 s.
+    pub fn start_on(port: u16, args: &[&str]) -> Self {
+        let dir = data_dir();
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut me = Self { port, dir, args, child: None };
+        for _ in 0..50 {
+            if me.spawn() {
+                return me;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("could not start {} on port {port}", server_binary());
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -152,6 +165,17 @@ impl OwnRedis {
         }
         panic!("could not restart {} on port {}", server_binary(), self.port);
     }
+}
+
+/// A new directory for a server's data.
+fn data_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tier-redis-test-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
 }
 
 impl Drop for OwnRedis {

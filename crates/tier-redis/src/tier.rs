@@ -163,10 +163,16 @@ impl Drop for AbortOnDrop {
 /// The Redis tier (L3): standalone Redis or Redis Cluster, shared by every instance of a service.
 ///
 /// Invariants:
-/// - Values are envelopes ([`Storage::Envelopes`]) stored as `SET prefix+key envelope PX ttl`
-///   with `ttl = meta.stale_until - now`: Redis drops an entry when it is gone. An entry whose
-///   `stale_until` has passed is not stored (the key is deleted instead, so an older value cannot
+/// - Values are envelopes ([`Storage::Envelopes`]) stored under `prefix+key` with
+///   `PX (meta.stale_until - now)`: Redis drops an entry when it is gone.
+/// - Every write is a compare-and-set script on its key: a value is stored only if its
+///   `created_at` is later than the stored entry's (an insert — `meta.insert` — also wins a
+///   tie), so a late write (a slow load, a retry) never replaces a newer entry. An entry whose
+///   `stale_until` has passed is not stored (an older entry is removed instead, so it cannot
 ///   outlive the write that replaced it).
+/// - [`Tier::remove`] stores a tombstone created at the removal instant (it wins a tie), for
+///   60 s: a write that started before the removal and lands after it is refused. A read of a
+///   tombstone is a miss.
 /// - A read classifies what it finds with [`Entry::lookup_at`]; bytes under the prefix that are not
 ///   an envelope are an error of kind [`Decode`](TierErrorKind::Decode), never a panic.
 /// - `get_many` is one `MGET` (standalone) or one `MGET` per hash slot, sent concurrently
@@ -174,8 +180,8 @@ impl Drop for AbortOnDrop {
 /// - [`Tier::clear`] removes the keys under the prefix with `SCAN` + `UNLINK` (never `KEYS`), on
 ///   every master of a Cluster; [`clear_prefix`](Self::clear_prefix) does the same for the keys
 ///   that start with a given key prefix.
-/// - Every write (`insert`, `insert_many`, `remove`, the background retry) is one command built
-///   in one place; one that fails is returned as an error *and* queued for a background retry
+/// - Every write (`insert`, `insert_many`, `remove`, the background retry) is that script, built
+///   in one place (`EVALSHA`, `EVAL` when the server answers `NOSCRIPT`); one that fails is returned as an error *and* queued for a background retry
 ///   (bounded, deduplicated per key; see the crate docs for the metrics).
 /// - Every call is bounded by the connection's operation timeout (connect + response timeout)
 ///   and, when the hierarchy mounts the tier with a timeout, ends
@@ -300,9 +306,16 @@ impl RedisTier {
         let envelope = entry.envelope().ok_or_else(|| {
             TierError::new(TierErrorKind::Rejected, "the Redis tier stores envelopes, not objects")
         })?;
-        Ok(Write::Set { envelope: envelope.clone(), stale_until: entry.meta.stale_until })
+        Ok(Write::Set {
+            envelope: envelope.clone(),
+            created_at: entry.meta.created_at,
+            stale_until: entry.meta.stale_until,
+            wins_tie: entry.meta.insert || entry.meta.tombstone,
+        })
     }
 
+    /// What a stored value is at `now`: nothing, or a tombstone (a removal: `lookup_at`
+    /// answers it as a miss), is a miss.
     fn classify(value: Option<Bytes>, now: u64) -> Result<Lookup, TierError> {
         match value {
             None => Ok(Lookup::Miss),
@@ -435,16 +448,16 @@ impl RedisTier {
                 .on_master(&self.redis_key(first), op, keys, |bound| async move {
                     match &writes[..] {
                         [(key, write)] => {
-                            let cmd = commands::write(&self.redis_key(key), write, now);
-                            self.inner.conn.query_within::<()>(bound, "write", &cmd).await
+                            let key = self.redis_key(key);
+                            let build = |form| commands::write(&key, write, now, form);
+                            self.inner.conn.script_within::<(), _>(bound, "write", build).await
                         }
                         group => {
-                            let mut pipe = redis::pipe();
-                            for (key, write) in group {
-                                pipe.add_command(commands::write(&self.redis_key(key), write, now))
-                                    .ignore();
-                            }
-                            self.inner.conn.query_pipe_within::<()>(bound, "write", &pipe).await
+                            let build = |form| {
+                                let keyed = group.iter().map(|(k, w)| (self.redis_key(k), w));
+                                commands::write_pipe(keyed, now, form)
+                            };
+                            self.inner.conn.script_within::<(), _>(bound, "write", build).await
                         }
                     }
                 })
@@ -526,7 +539,8 @@ impl Tier for RedisTier {
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
-        self.write(vec![(Bytes::copy_from_slice(key), Write::Remove)], Op::Removal).await
+        let removal = Write::Remove { at: tier_core::spi::now_ms() };
+        self.write(vec![(Bytes::copy_from_slice(key), removal)], Op::Removal).await
     }
 
     async fn clear(&self) -> Result<(), TierError> {
@@ -535,6 +549,13 @@ impl Tier for RedisTier {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    /// Drops the pending retries the invalidation makes obsolete (see the retry queue).
+    fn observe(&self, what: &tier_core::spi::Invalidation) {
+        if let Some(q) = &self.inner.retry {
+            q.observe(what);
+        }
     }
 
     /// The Redis server's figures (keys, `used_memory`, `maxmemory`), summed over the masters

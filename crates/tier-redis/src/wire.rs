@@ -1,16 +1,24 @@
-//! The backplane's message format (MessagePack through rmp-serde, named fields).
+//! The backplane's message format (MessagePack through rmp-serde, named fields): the one field
+//! of each entry of the Redis Stream.
 //!
 //! Changing it is a protocol change between instances of different versions: add fields with
-//! `#[serde(default)]`, bump `v` for anything else.
+//! `#[serde(default)]`, bump `v` for anything else. Version 2: the stream (version 1 was pub/sub,
+//! without `Written` and the clear's instant).
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tier_core::spi::Invalidation;
 
+/// The format version this crate writes.
+pub(crate) const VERSION: u8 = 2;
+
 /// One backplane message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct WireMessage {
-    /// Format version (1).
+    /// Format version ([`VERSION`]).
     pub(crate) v: u8,
     /// The sender's node id.
     pub(crate) node: String,
@@ -26,42 +34,38 @@ pub(crate) struct WireMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum WireWhat {
     Key(WireBytes),
+    Written { key: WireBytes, created_at: u64 },
     Tag(String),
     Namespace(u64),
-    /// A clear from a sender that did not say its floor (read as cleared when received).
-    Clear,
-    /// An insert notice: the key and the written entry's `created_at`.
-    Written(WireBytes, u64),
-    /// A clear with its floor.
-    ClearAt(u64),
+    Clear { at: u64 },
 }
 
 impl WireWhat {
-    /// `what` on the wire; `None` for a kind this version cannot send.
-    pub(crate) fn of(what: &Invalidation) -> Option<Self> {
+    /// What this says, when this crate knows it (`None`: an invalidation kind of a newer
+    /// version, which tier-core's `Invalidation` cannot hold).
+    pub(crate) fn from_invalidation(what: &Invalidation) -> Option<Self> {
         Some(match what {
             Invalidation::Key(k) => Self::Key(WireBytes(k.to_vec())),
             Invalidation::Written { key, created_at } => {
-                Self::Written(WireBytes(key.to_vec()), *created_at)
+                Self::Written { key: WireBytes(key.to_vec()), created_at: *created_at }
             }
             Invalidation::Tag(t) => Self::Tag(t.to_string()),
             Invalidation::Namespace(v) => Self::Namespace(*v),
-            Invalidation::Clear { at } => Self::ClearAt(*at),
+            Invalidation::Clear { at } => Self::Clear { at: *at },
             _ => return None,
         })
     }
 
-    /// The invalidation this is, received at `now` (Unix ms).
-    pub(crate) fn into_invalidation(self, now: u64) -> Invalidation {
+    /// The invalidation this message carries.
+    pub(crate) fn into_invalidation(self) -> Invalidation {
         match self {
-            Self::Key(k) => Invalidation::Key(bytes::Bytes::from(k.0)),
-            Self::Written(k, created_at) => {
-                Invalidation::Written { key: bytes::Bytes::from(k.0), created_at }
+            Self::Key(k) => Invalidation::Key(Bytes::from(k.0)),
+            Self::Written { key, created_at } => {
+                Invalidation::Written { key: Bytes::from(key.0), created_at }
             }
-            Self::Tag(t) => Invalidation::Tag(std::sync::Arc::from(t)),
+            Self::Tag(t) => Invalidation::Tag(Arc::from(t)),
             Self::Namespace(v) => Invalidation::Namespace(v),
-            Self::Clear => Invalidation::Clear { at: now },
-            Self::ClearAt(at) => Invalidation::Clear { at },
+            Self::Clear { at } => Invalidation::Clear { at },
         }
     }
 }
@@ -115,11 +119,15 @@ mod tests {
             WireWhat::Key(WireBytes(vec![0, 159, 255, b'k'])),
             WireWhat::Tag("user:1".into()),
             WireWhat::Namespace(7),
-            WireWhat::Clear,
-            WireWhat::Written(WireBytes(vec![1, 2]), 99),
-            WireWhat::ClearAt(1234),
+            WireWhat::Clear { at: 9 },
+            WireWhat::Written { key: WireBytes(b"k".to_vec()), created_at: 3 },
         ] {
-            let msg = WireMessage { v: 1, node: "n1".into(), seq: 42, cache: "users".into(), what };
+            assert_eq!(
+                WireWhat::from_invalidation(&what.clone().into_invalidation()),
+                Some(what.clone())
+            );
+            let msg =
+                WireMessage { v: VERSION, node: "n1".into(), seq: 42, cache: "users".into(), what };
             let bytes = rmp_serde::to_vec_named(&msg).expect("encode");
             let back: WireMessage = rmp_serde::from_slice(&bytes).expect("decode");
             assert_eq!(back, msg);

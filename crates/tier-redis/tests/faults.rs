@@ -88,8 +88,10 @@ async fn failed_writes_are_retried_in_the_background() {
     })
     .await;
     assert!(t.get(b"b").await.unwrap().is_hit());
-    let exists: bool = raw.exists(t.redis_key(b"gone")).await.unwrap();
-    assert!(!exists, "the failed remove was retried");
+    let stored: Vec<u8> = raw.get(t.redis_key(b"gone")).await.unwrap();
+    let (meta, _) = tier_core::spi::envelope::decode_meta(&stored).expect("a tombstone");
+    assert!(meta.tombstone, "the failed remove was retried: a tombstone replaced the old value");
+    assert!(matches!(t.get(b"gone").await.unwrap(), Lookup::Miss));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

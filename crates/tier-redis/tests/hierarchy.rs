@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tier_core::spi::{Lookup, Tier};
+use tier_core::spi::{GenerationStore, Lookup, Tier};
 use tier_core::{Cache, ReconnectPolicy, TierPolicy};
 use tier_memory::MemoryTier;
 use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisTier};
@@ -23,6 +23,7 @@ struct Instance {
     l1: Arc<MemoryTier>,
     l3: RedisTier,
     backplane: RedisBackplane,
+    generations: RedisGenerations,
 }
 
 async fn instance(
@@ -33,9 +34,11 @@ async fn instance(
     policy: ReconnectPolicy,
 ) -> Instance {
     let conn = RedisConnection::standalone(data_url).connect().await.unwrap();
+    // A cut proxy closes the connections (the reader sees it at once): the timeouts only need
+    // to bear a loaded machine.
     let bp_conn = RedisConnection::standalone(backplane_url)
-        .connect_timeout(Duration::from_millis(200))
-        .response_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_millis(1000))
         .connect()
         .await
         .unwrap();
@@ -50,19 +53,14 @@ async fn instance_on(
     policy: ReconnectPolicy,
 ) -> Instance {
     let l3 = data_tier(&conn, prefix).await;
-    let backplane = RedisBackplane::builder(bp_conn)
-        .channel(channel)
-        .ping_interval(Duration::from_millis(100))
-        .build()
-        .await
-        .unwrap();
+    let backplane = RedisBackplane::builder(bp_conn).stream(channel).build().await.unwrap();
     let generations =
         RedisGenerations::new(conn).prefix(format!("{prefix}gen:")).cached_with(&backplane);
     let l1 = Arc::new(MemoryTier::builder().max_bytes(16 << 20).build());
     let cache: Cache<String> = Cache::builder("users")
         .tier(l1.clone(), TierPolicy::fresh(HOUR).no_breaker())
         .tier(l3.clone(), TierPolicy::fresh(HOUR).timeout(Duration::from_millis(500)))
-        .generations(Arc::new(generations))
+        .generations(Arc::new(generations.clone()))
         .backplane(Arc::new(backplane.clone()), policy)
         // The shared machine's load, not Redis, can take 100 ms: these tests are about
         // propagation, not about degrading.
@@ -70,7 +68,7 @@ async fn instance_on(
         .synchronous_backfill(true)
         .build()
         .unwrap();
-    Instance { cache, l1, l3, backplane }
+    Instance { cache, l1, l3, backplane, generations }
 }
 
 async fn pair(policy: ReconnectPolicy) -> (Instance, Instance) {
@@ -155,8 +153,11 @@ async fn clear_on_one_instance_clears_the_others_local_tier() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_backplane_connection_clears_local_tiers_on_reconnect() {
-    // A server of our own: CLIENT KILL TYPE pubsub must not disturb other tests.
+async fn a_killed_backplane_connection_resumes_and_keeps_local_tiers() {
+    // Finding 5: one reconnect of the backplane used to wipe the local tiers. The stream reader
+    // resumes from its last delivered entry: nothing was missed, nothing is thrown away (even
+    // with the explicit `Clear` policy, which acts on gaps only). A server of our own: CLIENT
+    // KILL must not disturb other tests.
     let server = OwnRedis::start();
     let prefix = unique_prefix("kill");
     let channel = format!("{prefix}chan");
@@ -165,19 +166,38 @@ async fn killed_backplane_connection_clears_local_tiers_on_reconnect() {
     b.cache.insert(&k, "ada".to_string()).await.unwrap();
     assert!(in_l1(&b, &k).await);
 
-    let _ = kill_pubsub(&server.url()).await;
-    eventually(Duration::from_secs(5), "local tier cleared after the reconnect", || async {
-        !in_l1(&b, &k).await
+    let _ = kill_normal_clients(&server.url()).await;
+    eventually(Duration::from_secs(5), "the reader resumed", || async {
+        b.backplane.reconnects() == 1
     })
     .await;
-    assert_eq!(b.backplane.reconnects(), 1);
-    // The shared tier is not cleared by a reconnect.
-    assert!(b.l3.get(&k).await.unwrap().is_hit());
+    assert_eq!(b.backplane.gaps(), 0);
+    assert!(in_l1(&b, &k).await, "the local tier is kept");
     assert_eq!(b.cache.get(&k).await.as_deref().map(String::as_str), Some("ada"));
 }
 
-/// B's backplane goes through a proxy; while it is cut, A changes a value (B misses the message).
-/// After the reconnect B must not serve its old L1 copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_log_is_a_gap_and_the_clear_policy_clears_local_tiers() {
+    let mut server = OwnRedis::start();
+    let prefix = unique_prefix("lost-log");
+    let channel = format!("{prefix}chan");
+    let b = instance(&server.url(), &server.url(), &prefix, &channel, ReconnectPolicy::Clear).await;
+    let k = b.cache.key("user:1");
+    b.cache.insert(&k, "ada".to_string()).await.unwrap();
+    assert!(in_l1(&b, &k).await);
+    // A restart without persistence: the stream and its epoch are gone.
+    server.restart();
+    eventually(Duration::from_secs(10), "local tier cleared after the gap", || async {
+        !in_l1(&b, &k).await
+    })
+    .await;
+    assert_eq!(b.backplane.gaps(), 1);
+}
+
+/// B's backplane goes through a proxy; while it is cut, A invalidates a key B holds in L1
+/// (B's reader gets the message only once it is back: the stream keeps it). After the
+/// reconnect B must not serve its old L1 copy, whatever the policy (no gap happened: the
+/// reader resumes and delivers what it missed).
 async fn missed_invalidation_is_recovered(policy: ReconnectPolicy) {
     let url = standalone_url();
     let upstream: SocketAddr =
@@ -193,21 +213,21 @@ async fn missed_invalidation_is_recovered(policy: ReconnectPolicy) {
     read_into_l1(&b, &k).await;
 
     proxy.cut();
-    // B's subscription is down: this invalidation never reaches it.
-    a.cache.insert(&k, "v2".to_string()).await.unwrap();
+    a.cache.invalidate(&k).await.unwrap();
     a.cache.invalidate_tag("unrelated").await.unwrap();
-    assert_eq!(
-        b.cache.get(&k).await.as_deref().map(String::as_str),
-        Some("v1"),
-        "stale L1 copy while cut"
-    );
     proxy.restore();
     eventually(Duration::from_secs(5), "B reconnected", || async { b.backplane.reconnects() >= 1 })
         .await;
-    eventually(Duration::from_secs(2), "B serves the new value", || async {
-        b.cache.get(&k).await.as_deref().map(String::as_str) == Some("v2")
+    eventually(Duration::from_secs(2), "B dropped its old copy", || async {
+        !in_l1(&b, &k).await && b.cache.get(&k).await.is_none()
     })
     .await;
+    assert_eq!(b.backplane.gaps(), 0, "caught up, not a gap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_invalidation_is_recovered_by_catching_up() {
+    missed_invalidation_is_recovered(ReconnectPolicy::CatchUp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,6 +306,135 @@ async fn namespace_versions_live_in_redis_and_reach_every_instance() {
     // An instance started later reads the version from Redis.
     let c = instance(&url, &url, &prefix, &channel, ReconnectPolicy::Clear).await;
     assert_eq!(c.cache.sync_namespace().await.unwrap(), v);
+}
+
+/// B's `get_or_load` of `k`: the value, and whether the loader ran.
+async fn load_on(i: &Instance, k: &[u8]) -> (String, bool) {
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ran.clone();
+    let got = i
+        .cache
+        .get_or_load(k, move || async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Some("loaded".to_string()))
+        })
+        .await
+        .unwrap()
+        .expect("a value");
+    (got.as_ref().clone(), ran.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Finding 2: a lost generation key (an eviction, `FLUSHALL`, a restart without persistence)
+/// made the other instance serve the pre-invalidation value again (the counter fell back to 0,
+/// which old stamps matched). Now a lost generation is unknown: the old entry is not fresh,
+/// and a new stamp never matches old ones.
+async fn a_lost_generation_never_revives_an_invalidated_value(url: &str, flush: bool) {
+    let prefix = unique_prefix("gen-lost");
+    let channel = format!("{prefix}chan");
+    let a = instance(url, url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let b = instance(url, url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let k = a.cache.key("user:1");
+    a.cache.insert_with_tags(&k, "old".to_string(), &["team"]).await.unwrap();
+    assert_eq!(b.cache.get(&k).await.as_deref().map(String::as_str), Some("old"));
+    a.cache.invalidate_tag("team").await.unwrap();
+    eventually(Duration::from_secs(1), "B sees the invalidation", || async {
+        b.cache.get(&k).await.is_none()
+    })
+    .await;
+    let mut raw = raw(url).await;
+    if flush {
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    } else {
+        let gen_key = format!("{prefix}gen:team");
+        let deleted: i64 = redis::cmd("DEL").arg(&gen_key).query_async(&mut raw).await.unwrap();
+        assert_eq!(deleted, 1, "the generation lived under {gen_key}");
+    }
+    // B's cached generations are dropped (as after any gap): it reads what Redis holds now.
+    b.generations.forget_cached();
+    let (value, loaded) = load_on(&b, &k).await;
+    assert_eq!(value, "loaded", "the invalidated value is not served as fresh again");
+    assert!(loaded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_generation_key_never_revives_an_invalidated_value() {
+    a_lost_generation_never_revives_an_invalidated_value(&standalone_url(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_never_revives_an_invalidated_value() {
+    let server = OwnRedis::start();
+    a_lost_generation_never_revives_an_invalidated_value(&server.url(), true).await;
+}
+
+/// Finding 8 (the Redis half): a cache whose Redis is down at start-up builds and answers from
+/// the origin; once Redis is up, its L3 fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_builds_and_answers_while_redis_is_down() {
+    let port = free_port();
+    let conn = RedisConnection::standalone(format!("redis://127.0.0.1:{port}/"))
+        .connect_timeout(Duration::from_millis(100))
+        .lazy(true)
+        .connect()
+        .await
+        .unwrap();
+    let prefix = unique_prefix("down");
+    let started = Instant::now();
+    let b = instance_on(
+        conn.clone(),
+        conn.clone(),
+        &prefix,
+        &format!("{prefix}chan"),
+        ReconnectPolicy::CatchUp,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(1), "built at once: {:?}", started.elapsed());
+    let loads = Loads::default();
+    let asked = Instant::now();
+    assert_eq!(get(&b.cache, &loads, "1").await, "v:1");
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "answered from the origin: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(loads.get(), 1);
+
+    let _server = OwnRedis::start_on(port, &[]);
+    tokio::time::timeout(Duration::from_secs(10), conn.connected()).await.expect("connected");
+    let k = b.cache.key("2");
+    eventually(Duration::from_secs(5), "L3 written once Redis is up", || async {
+        let _ = get(&b.cache, &loads, "2").await;
+        b.l3.get(&k).await.is_ok_and(|l| l.is_hit())
+    })
+    .await;
+}
+
+/// The lease (invariant 5) on the Redis Stream: B's backplane is cut off (no proofs of
+/// delivery come); within the propagation bound its L1 copy stops being fresh and B reads the
+/// shared tier, where A's newer value is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_backplane_stops_local_copies_being_fresh_within_the_bound() {
+    let url = standalone_url();
+    let proxy = Proxy::to_standalone().await;
+    let prefix = unique_prefix("lease");
+    let channel = format!("{prefix}chan");
+    let a = instance(&url, &url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let b = instance(&url, &proxy.url(), &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let k = a.cache.key("user:1");
+    a.cache.insert(&k, "v1".to_string()).await.unwrap();
+    read_into_l1(&b, &k).await;
+    proxy.cut();
+    let cut = Instant::now();
+    a.cache.insert(&k, "v2".to_string()).await.unwrap();
+    let took = eventually(Duration::from_secs(1), "B reads the newer value", || async {
+        b.cache.get(&k).await.as_deref().map(String::as_str) == Some("v2")
+    })
+    .await;
+    eprintln!(
+        "B served the newer value {took:?} after the write ({:?} after the cut)",
+        cut.elapsed()
+    );
+    assert!(took <= Duration::from_millis(250), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

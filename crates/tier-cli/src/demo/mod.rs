@@ -177,7 +177,7 @@ async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>>
         builder = builder
             .tier(tier, settings.get(2).map_or_else(|| TierPolicy::fresh(args.fresh * 4), policy))
             .generations(Arc::new(generations))
-            .backplane(Arc::new(backplane), ReconnectPolicy::Clear);
+            .backplane(Arc::new(backplane), ReconnectPolicy::CatchUp);
     }
     builder.build().context(|| "build the cache".into())
 }

@@ -150,6 +150,10 @@ fn meta(fresh_in: i64, stale_in: i64) -> Meta {
         fresh_until: at(fresh_in),
         stale_until: at(stale_in),
         load_cost_us: 7,
+        // What `Cache::insert` writes: an insert wins a `created_at` tie, so a replacement of
+        // the same millisecond replaces in a tier that compares (the Redis tier's
+        // compare-and-set write).
+        insert: true,
         ..Meta::default()
     }
 }

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClientBuilder;
 use redis::IntoConnectionInfo;
 
-use super::{Conn, Inner, RedisConnection};
+use super::{connect_in_background, AbortOnDrop, Factory, Inner, RedisConnection, Slot};
 use crate::error::{RedisCause, SetupError};
 use crate::redact::redact_url;
 
@@ -39,6 +39,7 @@ pub struct RedisConnectionBuilder {
     connect_timeout: Duration,
     response_timeout: Duration,
     reconnect_retries: usize,
+    lazy: bool,
     /// PEM file of the CA certificates `rediss://` servers are verified against.
     #[cfg(feature = "tls")]
     tls_ca_file: Option<std::path::PathBuf>,
@@ -58,6 +59,7 @@ impl std::fmt::Debug for RedisConnectionBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("reconnect_retries", &self.reconnect_retries)
+            .field("lazy", &self.lazy)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +71,7 @@ impl RedisConnectionBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             reconnect_retries: 2,
+            lazy: false,
             #[cfg(feature = "tls")]
             tls_ca_file: None,
         }
@@ -108,8 +111,22 @@ impl RedisConnectionBuilder {
         self
     }
 
+    /// Connect in the background: [`connect`](Self::connect) (and so the `build()` of the tier
+    /// or the backplane) returns at once, without waiting for the server, and the connection
+    /// is made in the background (retried with backoff from 50 ms up to 2 s); until it is, every
+    /// call fails at once with [`Unavailable`](tier_core::TierErrorKind::Unavailable) — the
+    /// hierarchy skips the tier and the service starts while Redis is down.
+    /// [`RedisConnection::connected`] waits for it. Bad URLs and settings still fail `connect`.
+    /// Not for [`RedisConnection::detect`], which must ask the server what it is. Default:
+    /// false (`connect` waits for the connection and fails when it cannot be made).
+    pub fn lazy(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
     /// Connect. Fails when a URL is invalid, a timeout is zero or the server (for Cluster: the
-    /// cluster) cannot be reached within connect + response timeout.
+    /// cluster) cannot be reached within connect + response timeout — unless
+    /// [`lazy`](Self::lazy), which connects in the background.
     pub async fn connect(self) -> Result<RedisConnection, SetupError> {
         if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
             return Err(SetupError::Config("timeouts must be positive".into()));
@@ -158,11 +175,15 @@ impl RedisConnectionBuilder {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let target = redact_url(url);
-        let connecting = ConnectionManager::new_with_config(client.clone(), config);
-        let manager = bounded_connect(&target, op_timeout, connecting).await?;
+        let factory = Factory::Standalone(client.clone(), config);
+        let (slot, connecting) = self.first_connection(&factory, &target, op_timeout).await?;
         Ok(RedisConnection {
             inner: Arc::new(Inner {
-                conn: Conn::Standalone(manager),
+                slot,
+                cluster: false,
+                factory,
+                _connecting: connecting,
+                lazy: self.lazy,
                 node_conns: self.node_conns(&[]),
                 nodes: vec![client],
                 targets: vec![target],
@@ -192,16 +213,39 @@ impl RedisConnectionBuilder {
             .max_retry_wait(500);
         let client = tls.cluster(builder).build().map_err(|e| url_error(first, e))?;
         let target = format!("cluster of {} node URLs", urls.len());
-        let conn = bounded_connect(&target, op_timeout, client.get_async_connection()).await?;
+        let factory = Factory::Cluster(client);
+        let (slot, connecting) = self.first_connection(&factory, &target, op_timeout).await?;
         Ok(RedisConnection {
             inner: Arc::new(Inner {
-                conn: Conn::Cluster(conn),
+                slot,
+                cluster: true,
+                factory,
+                _connecting: connecting,
+                lazy: self.lazy,
                 node_conns: self.node_conns(&nodes),
                 nodes,
                 targets: urls.iter().map(|u| redact_url(u)).collect(),
                 op_timeout,
             }),
         })
+    }
+}
+
+impl RedisConnectionBuilder {
+    /// The connection made now, or (lazy) an empty slot and the task that fills it.
+    async fn first_connection(
+        &self,
+        factory: &Factory,
+        target: &str,
+        op_timeout: Duration,
+    ) -> Result<(Arc<Slot>, Option<AbortOnDrop>), SetupError> {
+        if self.lazy {
+            let slot = Slot::new(None);
+            let task = connect_in_background(factory.clone(), &slot, op_timeout);
+            return Ok((slot, Some(task)));
+        }
+        let conn = bounded_connect(target, op_timeout, factory.connect()).await?;
+        Ok((Slot::new(Some(conn)), None))
     }
 }
 

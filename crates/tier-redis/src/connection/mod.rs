@@ -14,7 +14,7 @@ mod cluster;
 mod node;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -59,8 +59,18 @@ pub struct RedisConnection {
 }
 
 struct Inner {
-    conn: Conn,
-    /// One client per configured node URL: the backplane's dedicated pub/sub connections.
+    /// The connection once made (at once, or in the background when lazy).
+    slot: Arc<Slot>,
+    /// A Cluster (known before connecting: the target says so).
+    cluster: bool,
+    /// How the connection is made: again for a dedicated connection (the backplane's reader).
+    factory: Factory,
+    /// The background connect of a lazy connection; stopped with the last clone.
+    _connecting: Option<AbortOnDrop>,
+    /// Made with [`lazy`](RedisConnectionBuilder::lazy): its users must not fail at start-up
+    /// because Redis is down.
+    lazy: bool,
+    /// One client per configured node URL (the first tells a lone Cluster node's address).
     nodes: Vec<redis::Client>,
     /// The configured URLs, redacted (for `Debug` and reports).
     targets: Vec<String>,
@@ -107,7 +117,26 @@ impl RedisConnection {
 
     /// Is this a Redis Cluster?
     pub fn is_cluster(&self) -> bool {
-        matches!(self.inner.conn, Conn::Cluster(_))
+        self.inner.cluster
+    }
+
+    /// Is the connection made? Always true for one that [`connect`](RedisConnectionBuilder::connect)
+    /// made at once; a [`lazy`](RedisConnectionBuilder::lazy) one answers false (and its calls
+    /// fail at once, `Unavailable`) until it is made in the background.
+    pub fn is_connected(&self) -> bool {
+        self.inner.slot.conn.get().is_some()
+    }
+
+    /// Was it made [`lazy`](RedisConnectionBuilder::lazy)?
+    pub(crate) fn is_lazy(&self) -> bool {
+        self.inner.lazy
+    }
+
+    /// Wait until the connection is made (at once when it is).
+    pub async fn connected(&self) {
+        let mut rx = self.inner.slot.connected.subscribe();
+        // The sender lives in `slot`, which `self` holds: the wait ends only with a value.
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// The bound of every operation: connect timeout + response timeout.
@@ -120,14 +149,21 @@ impl RedisConnection {
         &self.inner.targets
     }
 
-    /// Clients of the configured node URLs (for dedicated pub/sub connections).
-    pub(crate) fn node_clients(&self) -> &[redis::Client] {
-        &self.inner.nodes
+    /// A handle for one operation (clones of the multiplexed connection); `Unavailable` while
+    /// a lazy connection is not made yet.
+    pub(crate) fn conn(&self) -> Result<Conn, TierError> {
+        self.inner.slot.conn.get().cloned().ok_or_else(|| {
+            TierError::new(
+                TierErrorKind::Unavailable,
+                "not connected to Redis yet (connecting in the background)",
+            )
+        })
     }
 
-    /// A handle for one operation (clones of the multiplexed connection).
-    pub(crate) fn conn(&self) -> Conn {
-        self.inner.conn.clone()
+    /// A connection of its own (not shared with the other calls), made like this one, within
+    /// the operation timeout: for commands that block (the backplane's `XREAD BLOCK`).
+    pub(crate) async fn dedicated(&self) -> Result<Conn, TierError> {
+        self.bounded("connect", self.inner.factory.connect()).await
     }
 
     /// Run `fut` under the operation timeout, mapping errors.
@@ -141,7 +177,7 @@ impl RedisConnection {
 
     /// Run `fut` within `bound` (at most the operation timeout; `None`: no timer of ours),
     /// mapping errors.
-    async fn bounded_by<T>(
+    pub(crate) async fn bounded_by<T>(
         &self,
         bound: Option<Duration>,
         op: &str,
@@ -174,7 +210,7 @@ impl RedisConnection {
         op: &str,
         cmd: &Cmd,
     ) -> Result<T, TierError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         self.bounded_by(bound, op, cmd.query_async(&mut conn)).await
     }
 
@@ -194,8 +230,34 @@ impl RedisConnection {
         op: &str,
         pipe: &Pipeline,
     ) -> Result<T, TierError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         self.bounded_by(bound, op, pipe.query_async(&mut conn)).await
+    }
+
+    /// Run a script command (or a pipeline of them) built by `build` — first by SHA1
+    /// (`EVALSHA`), again with the sources (`EVAL`) when the server does not know a script
+    /// (`NOSCRIPT`: it restarted, failed over or flushed its scripts; a pipeline is resent whole,
+    /// so the scripts of this crate may run twice) — within `bound` (both attempts).
+    pub(crate) async fn script_within<T, Q>(
+        &self,
+        bound: Option<Duration>,
+        op: &str,
+        build: impl Fn(commands::ScriptForm) -> Q,
+    ) -> Result<T, TierError>
+    where
+        T: redis::FromRedisValue + Send,
+        Q: Query,
+    {
+        let mut conn = self.conn()?;
+        let run = async move {
+            match build(commands::ScriptForm::Sha).run(&mut conn).await {
+                Err(e) if is_noscript(&e) => {
+                    build(commands::ScriptForm::Source).run(&mut conn).await
+                }
+                r => r,
+            }
+        };
+        self.bounded_by(bound, op, run).await
     }
 
     /// `MGET` of `keys`, in order: one command on a standalone server, one per hash slot (sent
@@ -368,8 +430,120 @@ impl Scan<'_> {
     }
 }
 
+/// A command or a pipeline, run the same way (boxed: one allocation beside a round trip).
+pub(crate) trait Query: Send + Sync {
+    fn run<'a, T: redis::FromRedisValue + Send + 'a>(
+        &'a self,
+        conn: &'a mut Conn,
+    ) -> futures::future::BoxFuture<'a, redis::RedisResult<T>>;
+}
+
+impl Query for Cmd {
+    fn run<'a, T: redis::FromRedisValue + Send + 'a>(
+        &'a self,
+        conn: &'a mut Conn,
+    ) -> futures::future::BoxFuture<'a, redis::RedisResult<T>> {
+        Box::pin(self.query_async(conn))
+    }
+}
+
+impl Query for Pipeline {
+    fn run<'a, T: redis::FromRedisValue + Send + 'a>(
+        &'a self,
+        conn: &'a mut Conn,
+    ) -> futures::future::BoxFuture<'a, redis::RedisResult<T>> {
+        Box::pin(self.query_async(conn))
+    }
+}
+
+/// The server does not know the script (`NOSCRIPT`), also as the first error of a pipeline.
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
 pub(crate) fn short_reply(got: usize, want: usize) -> TierError {
     TierError::new(TierErrorKind::Other, format!("MGET answered {got} values for {want} keys"))
+}
+
+/// Where the connection lives once made, and who waits for it.
+struct Slot {
+    conn: OnceLock<Conn>,
+    connected: tokio::sync::watch::Sender<bool>,
+}
+
+impl Slot {
+    fn new(conn: Option<Conn>) -> Arc<Self> {
+        let made = conn.is_some();
+        let slot = Self { conn: OnceLock::new(), connected: tokio::sync::watch::Sender::new(made) };
+        if let Some(c) = conn {
+            let _ = slot.conn.set(c);
+        }
+        Arc::new(slot)
+    }
+
+    fn fill(&self, conn: Conn) {
+        let _ = self.conn.set(conn);
+        self.connected.send_replace(true);
+    }
+}
+
+/// Makes a connection: the standalone manager or the cluster client, as configured.
+#[derive(Clone)]
+pub(crate) enum Factory {
+    Standalone(redis::Client, redis::aio::ConnectionManagerConfig),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Factory {
+    async fn connect(&self) -> redis::RedisResult<Conn> {
+        match self {
+            Self::Standalone(client, config) => {
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map(Conn::Standalone)
+            }
+            Self::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connect in the background, with backoff (50 ms up to 2 s, each attempt within `bound`),
+/// until it succeeds or the connection is dropped.
+fn connect_in_background(factory: Factory, slot: &Arc<Slot>, bound: Duration) -> AbortOnDrop {
+    let weak = Arc::downgrade(slot);
+    AbortOnDrop(tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match tokio::time::timeout(bound, factory.connect()).await {
+                Ok(Ok(conn)) => {
+                    if let Some(slot) = weak.upgrade() {
+                        tracing::info!("connected to Redis");
+                        slot.fill(conn);
+                    }
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %crate::error::RedisCause::new(e), "Redis not reachable yet; retrying in {backoff:?}")
+                }
+                Err(_) => {
+                    tracing::debug!("Redis not reachable within {bound:?}; retrying in {backoff:?}")
+                }
+            }
+            if weak.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }))
 }
 
 /// A standalone or cluster connection; implements redis-rs's `ConnectionLike` so that commands,

@@ -67,14 +67,16 @@ pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}"))
 }
 
-/// `CLIENT KILL TYPE pubsub` on the server at `url`: drops every subscription (the
-/// backplanes'); returns how many connections were killed.
-pub async fn kill_pubsub(url: &str) -> i64 {
+/// `CLIENT KILL TYPE normal SKIPME yes` on the server at `url`: drops every client connection
+/// but the one asking (the backplanes' readers among them); returns how many were killed.
+pub async fn kill_normal_clients(url: &str) -> i64 {
     let mut admin = raw(url).await;
     redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
-        .arg("pubsub")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
         .query_async(&mut admin)
         .await
         .unwrap()
@@ -125,13 +127,15 @@ pub async fn get(cache: &tier_core::Cache<String>, loads: &Loads, id: &str) -> S
     got.expect("a value").as_ref().clone()
 }
 
-/// An envelope entry fresh for `fresh_ms` then stale until `stale_ms` from now.
+/// An envelope entry fresh for `fresh_ms` then stale until `stale_ms` from now, written by an
+/// insert (it wins a `created_at` tie: a test's writes of one millisecond replace each other).
 pub fn entry(value: &str, fresh_ms: i64, stale_ms: i64) -> Entry {
     let now = tier_core::spi::now_ms() as i64;
     let meta = Meta {
         created_at: now as u64,
         fresh_until: (now + fresh_ms).max(0) as u64,
         stale_until: (now + stale_ms).max(0) as u64,
+        insert: true,
         ..Meta::default()
     };
     Entry::from_envelope(Codec::default().encode(&meta, Some(&value.to_string())).unwrap()).unwrap()
@@ -197,6 +201,13 @@ impl Proxy {
             }
         });
         Self { addr, delay_ms, cut, generation }
+    }
+
+    /// A proxy in front of the test run's standalone server.
+    pub async fn to_standalone() -> Self {
+        let url = standalone_url();
+        let upstream = url.trim_start_matches("redis://").trim_end_matches('/').parse().unwrap();
+        Self::start(upstream).await
     }
 
     pub fn url(&self) -> String {

@@ -50,7 +50,6 @@ pub async fn build(config: &Config) -> Result<NodeCache, String> {
     let l3 =
         RedisTier::builder(conn.clone()).build().await.map_err(|e| format!("Redis tier: {e}"))?;
     let backplane = RedisBackplane::builder(conn.clone())
-        .ping_interval(Duration::from_millis(200))
         .build()
         .await
         .map_err(|e| format!("backplane: {e}"))?;

@@ -1,0 +1,111 @@
+//! What a [`RedisBackplane`](super::RedisBackplane) handle and its reader share: the stream's
+//! keys, this instance's id, delivery to subscribers and hooks, the counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Weak};
+
+use tier_core::spi::{BackplaneEvent, Invalidation};
+use tokio::sync::broadcast;
+
+use super::log::{LogKeys, Position, StreamId};
+use crate::metrics::{BACKPLANE_ERRORS, BACKPLANE_MESSAGES};
+use crate::wire::WireMessage;
+
+/// Something in this crate that must see backplane events before the hierarchy does
+/// (the generation cache).
+pub(crate) trait EventHook: Send + Sync {
+    fn on_event(&self, event: &BackplaneEvent);
+}
+
+/// What the backplane handle and its reader share.
+pub(super) struct Shared {
+    pub(super) keys: LogKeys,
+    pub(super) node_id: String,
+    pub(super) tx: broadcast::Sender<BackplaneEvent>,
+    pub(super) hooks: Mutex<Vec<Weak<dyn EventHook>>>,
+    pub(super) reconnects: AtomicU64,
+    pub(super) gaps: AtomicU64,
+    /// The last sequence number this instance published.
+    pub(super) seq: AtomicU64,
+    /// The log's epoch as the reader last saw it (empty: not known yet).
+    pub(super) epoch: Mutex<String>,
+}
+
+impl Shared {
+    pub(super) fn emit(&self, event: BackplaneEvent) {
+        {
+            let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+            hooks.retain(|h| match h.upgrade() {
+                Some(h) => {
+                    h.on_event(&event);
+                    true
+                }
+                None => false,
+            });
+        }
+        // No subscriber is not an error.
+        let _ = self.tx.send(event);
+    }
+
+    pub(super) fn error(&self, kind: &'static str) {
+        metrics::counter!(BACKPLANE_ERRORS, "channel" => self.keys.stream.clone(), "kind" => kind)
+            .increment(1);
+    }
+
+    pub(super) fn epoch(&self) -> String {
+        self.epoch.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn set_epoch(&self, epoch: &str) {
+        let mut e = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        if *e != epoch {
+            *e = epoch.to_string();
+        }
+    }
+
+    pub(super) fn reconnected(&self) {
+        let n = self.reconnects.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(stream = %self.keys.stream, reconnects = n, "backplane reader back; resumed from its last delivered entry");
+    }
+
+    pub(super) fn gap(&self, why: &str) {
+        self.gaps.fetch_add(1, Ordering::AcqRel);
+        self.error("gap");
+        tracing::warn!(stream = %self.keys.stream, "{why}; local tiers are treated as suspect");
+        self.emit(BackplaneEvent::Gap);
+    }
+
+    /// The message of entry `id`, if another instance sent it and it can be read.
+    pub(super) fn decode(
+        &self,
+        id: StreamId,
+        message: Option<&[u8]>,
+    ) -> Option<(String, Invalidation)> {
+        let Some(bytes) = message else {
+            self.error("decode");
+            tracing::warn!(stream = %self.keys.stream, %id, "backplane entry without a message ignored");
+            return None;
+        };
+        let msg: WireMessage = match rmp_serde::from_slice(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error("decode");
+                tracing::warn!(stream = %self.keys.stream, %id, error = %e, "undecodable backplane message ignored");
+                return None;
+            }
+        };
+        if msg.node == self.node_id {
+            return None;
+        }
+        Some((msg.cache, msg.what.into_invalidation()))
+    }
+
+    /// Deliver entry `id` of `epoch` to the subscribers (unless it is our own).
+    pub(super) fn deliver(&self, id: StreamId, message: Option<&[u8]>, epoch: &str) {
+        let Some((cache, what)) = self.decode(id, message) else { return };
+        metrics::counter!(BACKPLANE_MESSAGES, "channel" => self.keys.stream.clone(), "direction" => "received")
+            .increment(1);
+        let position = Position { id, epoch: epoch.to_string() }.to_log();
+        self.emit(BackplaneEvent::Invalidate { cache, what, position: Some(position) });
+    }
+}
