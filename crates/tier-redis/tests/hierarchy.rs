@@ -308,6 +308,34 @@ async fn namespace_versions_live_in_redis_and_reach_every_instance() {
     assert_eq!(c.cache.sync_namespace().await.unwrap(), v);
 }
 
+/// A namespace version lost in Redis after it was moved on (an eviction, a flush, a restart
+/// without persistence) was read as 0 again: an instance started then built the keys of the
+/// namespace's first life, and their entries (still in Redis) were served fresh. Now a missing
+/// version gets a fresh start: a key of an earlier life is never built again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_namespace_version_never_revives_an_earlier_namespace() {
+    let url = standalone_url();
+    let prefix = unique_prefix("ns-lost");
+    let channel = format!("{prefix}chan");
+    let a = instance(&url, &url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let first = a.cache.sync_namespace().await.unwrap();
+    let old = a.cache.key("user:1");
+    a.cache.insert(&old, "old".to_string()).await.unwrap();
+    a.cache.invalidate_namespace().await.unwrap();
+    let mut raw = raw(&url).await;
+    let lost: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}gen:*")).query_async(&mut raw).await.unwrap();
+    assert!(!lost.is_empty(), "the namespace version lived under {prefix}gen:");
+    let _: () = redis::cmd("DEL").arg(&lost).query_async(&mut raw).await.unwrap();
+
+    let b = instance(&url, &url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    let version = b.cache.sync_namespace().await.unwrap();
+    assert_ne!(version, first);
+    let k = b.cache.key("user:1");
+    assert_ne!(k, old, "a key of the namespace's first life is built again");
+    assert_eq!(load_on(&b, &k).await, ("loaded".to_string(), true));
+}
+
 /// B's `get_or_load` of `k`: the value, and whether the loader ran.
 async fn load_on(i: &Instance, k: &[u8]) -> (String, bool) {
     let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));

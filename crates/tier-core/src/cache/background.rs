@@ -77,11 +77,14 @@ async fn sync_shared_state<V: CacheValue>(weak: Weak<Hierarchy<V>>) {
         let floor = hierarchy.guards().floor.run(hierarchy.generations().floor(hierarchy.name()));
         let floor = floor.await;
         let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
-        let ns = hierarchy.guards().namespace.run(hierarchy.generations().current(&tags)).await;
+        // `stamp`, not `current`: a namespace version that is missing in the shared store (never
+        // moved on, or lost to an eviction, a flush, a restart without persistence) gets a fresh
+        // start there, so no key of an earlier life of the namespace is ever built again.
+        let ns = hierarchy.guards().namespace.run(hierarchy.generations().stamp(&tags)).await;
         if let Ok(floor) = &floor {
             hierarchy.fleet().raise_floor(*floor);
         }
-        if let Ok(Some(Some(v))) = ns.as_ref().map(|v| v.first().copied()) {
+        if let Ok(Some(v)) = ns.as_ref().map(|v| v.first().copied()) {
             hierarchy.keys().set_version(v);
         }
         if floor.is_ok() && ns.is_ok() {

@@ -123,14 +123,23 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// Read the namespace version from the generation store (the hierarchy also does it at
-    /// build; useful when the store is shared and another instance has moved it on).
+    /// build, in the background; call this to wait for it, or when the store is shared and
+    /// another instance has moved it on). A version the store does not hold — never moved on,
+    /// or lost (an eviction, a flush, a restart without persistence) — is created there with a
+    /// fresh start, never taken as 0: keys built before a loss are never built again.
     pub async fn sync_namespace(&self) -> Result<u64, CacheError> {
         let hierarchy = self.hierarchy();
         let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
-        let read = hierarchy.generations().current(&tags);
+        let read = hierarchy.generations().stamp(&tags);
         let versions = hierarchy.guards().namespace.run(read).await.map_err(store_failed)?;
-        hierarchy.keys().set_version(versions.first().copied().flatten().unwrap_or(0));
-        Ok(hierarchy.keys().version())
+        let version = versions.first().copied().ok_or_else(|| {
+            store_failed(TierError::new(
+                TierErrorKind::Decode,
+                "the generation store answered no namespace version",
+            ))
+        })?;
+        hierarchy.keys().set_version(version);
+        Ok(version)
     }
 
     /// Remove everything from every tier (lowest first) and tell every other instance: the
