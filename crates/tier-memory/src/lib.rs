@@ -194,6 +194,18 @@ impl Tier for MemoryTier {
         }
     }
 
+    /// moka's `contains_key` records no access (a `get` records a hit or a miss in the
+    /// frequency sketch); moka has no read of a value that records none, so a key that is there
+    /// is read with `get`: the hierarchy's second look finds one only when another load landed
+    /// it in between.
+    fn peek_ready(&self, key: &[u8]) -> ReadyLookup {
+        if self.cache.contains_key(key) {
+            self.get_ready(key)
+        } else {
+            ReadyLookup::Miss
+        }
+    }
+
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
         if u64::from(entry.size) + key.len() as u64 > self.max_bytes {
             return Err(TierError::too_large(format!(
