@@ -32,10 +32,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tier_core::spi::{Meta, ObjectEntry};
 
-use crate::store::{weight, Moka, ENTRY_OVERHEAD};
+use crate::store::{weight, Key, Moka, ENTRY_OVERHEAD};
 
 /// The least `max_bytes` that gets a reservation (below, a placeholder's own overhead would be
 /// a large part of it).
@@ -49,7 +48,7 @@ pub(crate) const NEVER: u64 = u64::MAX;
 pub(crate) struct Reservation {
     max_bytes: u64,
     /// The placeholders: weights adding up to `max_bytes`.
-    pieces: Vec<(Bytes, Arc<ObjectEntry>)>,
+    pieces: Vec<(Key, Arc<ObjectEntry>)>,
     /// In moka (or about to be).
     armed: AtomicBool,
     /// Held while one thread checks and arms.
@@ -75,7 +74,7 @@ impl Reservation {
             // max_bytes >= MIN_RESERVED, so only a last piece can be lighter than its own
             // overhead; it then weighs that overhead (a few bytes more are reserved).
             let size = weight.saturating_sub(overhead) as u32;
-            pieces.push((Bytes::from(key), Arc::new(placeholder(size))));
+            pieces.push((Key::new(&key), Arc::new(placeholder(size))));
             left -= weight;
         }
         Some(Self {
@@ -98,7 +97,7 @@ impl Reservation {
 
     /// Whether `key` is a placeholder's.
     pub fn is_placeholder(&self, key: &[u8]) -> bool {
-        self.pieces.iter().any(|(k, _)| k == key)
+        self.pieces.iter().any(|(k, _)| k.as_slice() == key)
     }
 
     /// What moka holds that is the reservation's: entries and bytes.
@@ -160,11 +159,12 @@ impl Reservation {
 }
 
 /// A key prefix no key of the hierarchy starts with by accident, with random bytes of the
-/// tier's own, so that no caller can name a placeholder.
+/// tier's own, so that no caller can name a placeholder; short enough to be kept inline (a
+/// placeholder's key is copied on every insert).
 fn placeholder_prefix() -> Vec<u8> {
     use std::hash::BuildHasher;
     let random = std::hash::RandomState::new().hash_one(0x0072_6573_6572_7665_u64);
-    let mut key = b"\0tier-memory reservation\0".to_vec();
+    let mut key = b"\0tier\0".to_vec();
     key.extend_from_slice(&random.to_le_bytes());
     key
 }
