@@ -28,8 +28,8 @@
 //!   `stale_until` is a miss even before moka evicts it.
 //! - Keys are kept inline up to 22 bytes (in moka's own `Arc` of the key), not as `Bytes`:
 //!   a 16-byte key costs 40 heap bytes instead of 88 (`cargo run --release -p tier-benches --bin
-//!   mem-per-entry`: 1M entries of a 16-byte key and a `u64`, 397.5 bytes asked per entry, raw
-//!   moka configured alike 333.5; the 64 between are the `Arc<ObjectEntry>`'s 88 less the
+//!   mem-per-entry`: 1M entries of a 16-byte key and a `u64`, 392.9 bytes asked per entry, raw
+//!   moka configured alike 328.9; the 64 between are the `Arc<ObjectEntry>`'s 88 less the
 //!   key's 24 saved against moka's `Bytes` key).
 //! - Keys are hashed with foldhash (its quality variant), seeded per tier from the OS's
 //!   randomness (through std's `RandomState`), not with moka's default SipHash-1-3, which took

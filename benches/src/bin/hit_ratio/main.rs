@@ -4,8 +4,10 @@
 //! libCacheSim's simulators (`scripts/hit-ratio` runs them and prints the whole table).
 //!
 //! ```text
-//! hit-ratio [--ci] [--objects N] [--requests N] [--json FILE] [--traces DIR]
+//! hit-ratio [--ci] [--disk] [--objects N] [--requests N] [--json FILE] [--traces DIR]
 //! ```
+//! - `--disk`: also replay each trace through a `DiskTier` of the same share of the objects'
+//!   record bytes, FIFO and with hot re-insertion (slow: a write per miss).
 //! - `--ci`: a run of a few seconds (Zipf traces only, smaller), which fails (exit 1) when the
 //!   L1's miss ratio is more than 0.02 above raw moka's on any row.
 //! - `--traces DIR`: also write each trace in libCacheSim's `oracleGeneral` format (object size =
@@ -33,6 +35,7 @@ const CI_MARGIN: f64 = 0.02;
 
 struct Args {
     ci: bool,
+    disk: bool,
     objects: u64,
     requests: usize,
     json: Option<PathBuf>,
@@ -40,12 +43,14 @@ struct Args {
 }
 
 fn args() -> Result<Args, String> {
-    let mut args = Args { ci: false, objects: 0, requests: 0, json: None, traces: None };
+    let mut args =
+        Args { ci: false, disk: false, objects: 0, requests: 0, json: None, traces: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--ci" => args.ci = true,
+            "--disk" => args.disk = true,
             "--objects" => {
                 args.objects = value()?.parse().map_err(|e| format!("--objects: {e}"))?
             }
@@ -83,6 +88,9 @@ struct Row {
     tier: f64,
     moka_unit: f64,
     moka_bytes: f64,
+    /// The disk tier (`--disk`), FIFO and with hot re-insertion.
+    disk: Option<f64>,
+    disk_reinsert: Option<f64>,
 }
 
 impl Row {
@@ -133,18 +141,35 @@ fn main() {
     let mut rows = Vec::new();
     let mut manifest = Vec::new();
     println!(
-        "{:<10} {:<6} {:>5} {:>8} {:>11}  {:>7} {:>9} {:>10}",
-        "trace", "sizes", "share", "entries", "bytes", "tier", "moka", "moka-bytes"
+        "{:<10} {:<6} {:>5} {:>8} {:>11}  {:>7} {:>9} {:>10} {:>7} {:>7}",
+        "trace",
+        "sizes",
+        "share",
+        "entries",
+        "bytes",
+        "tier",
+        "moka",
+        "moka-bytes",
+        "disk",
+        "disk+re"
     );
     for (t, kind) in kinds.iter().enumerate() {
         let trace = Trace::generate(*kind, args.objects, args.requests, 0x7469_6572 + t as u64);
         for &size in sizes {
             let weights = replay::Weights::new(args.objects, size);
             let total = weights.total(args.objects);
+            let disk_total: u64 =
+                (0..args.objects).map(|id| replay::disk_record(&weights, id)).sum();
             let mut file_rows = Vec::new();
             for &share in shares {
                 let entries = (args.objects as f64 * share).round() as u64;
                 let budget = (total as f64 * share).round() as u64;
+                let disk_budget = (disk_total as f64 * share).round() as u64;
+                let disk = |reinsert| {
+                    args.disk
+                        .then(|| replay::disk(&trace, size, disk_budget, reinsert, &rt))
+                        .flatten()
+                };
                 let row = Row {
                     trace: kind.name(),
                     sizes: size.name(),
@@ -154,9 +179,12 @@ fn main() {
                     tier: replay::tier(&trace, size, budget, &rt),
                     moka_unit: replay::moka_unit(&trace, entries),
                     moka_bytes: replay::moka_bytes(&trace, &weights, budget),
+                    disk: disk(false),
+                    disk_reinsert: disk(true),
                 };
+                let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
                 println!(
-                    "{:<10} {:<6} {:>4.0}% {:>8} {:>11}  {:>7.4} {:>9.4} {:>10.4}",
+                    "{:<10} {:<6} {:>4.0}% {:>8} {:>11}  {:>7.4} {:>9.4} {:>10.4} {:>7} {:>7}",
                     row.trace,
                     row.sizes,
                     share * 100.0,
@@ -164,7 +192,9 @@ fn main() {
                     budget,
                     row.tier,
                     row.moka_unit,
-                    row.moka_bytes
+                    row.moka_bytes,
+                    opt(row.disk),
+                    opt(row.disk_reinsert)
                 );
                 file_rows.push((share, budget));
                 rows.push(row);

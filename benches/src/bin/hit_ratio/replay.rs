@@ -82,21 +82,7 @@ pub fn tier(trace: &Trace, sizes: Sizes, budget: u64, rt: &tokio::runtime::Runti
         )
         .build()
         .expect("a memory-only cache builds");
-    let loads = Arc::new(AtomicU64::new(0));
-    rt.block_on(async {
-        for &id in &trace.requests {
-            let loads = loads.clone();
-            let len = sizes.len_of(id);
-            cache
-                .get_or_load(key_of(id), move || async move {
-                    loads.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, Infallible>(Some(Blob::of(id, len)))
-                })
-                .await
-                .expect("the loader never fails");
-        }
-    });
-    loads.load(Ordering::Relaxed) as f64 / trace.requests.len() as f64
+    count_loads(trace, sizes, &cache, rt)
 }
 
 fn hasher() -> foldhash::quality::RandomState {
@@ -134,4 +120,66 @@ pub fn moka_bytes(trace: &Trace, weights: &Weights, budget: u64) -> f64 {
 fn replay_moka(trace: &Trace, mut miss: impl FnMut(Bytes, u64) -> bool) -> f64 {
     let misses = trace.requests.iter().filter(|id| miss(key_of(**id), **id)).count();
     misses as f64 / trace.requests.len() as f64
+}
+
+/// What the disk tier's record of object `id` takes: a 32-byte header, the key and the
+/// envelope, padded to 8 bytes (the memory tier's weight less its overhead, plus the header).
+pub fn disk_record(weights: &Weights, id: u64) -> u64 {
+    (u64::from(weights.of(id)) - u64::from(ENTRY_OVERHEAD) + 32).next_multiple_of(8)
+}
+
+/// The miss ratio of `trace` through `Cache::get_or_load` over one `DiskTier` of `budget`
+/// bytes of segments (2 to 16 of at least 64 KiB, the smallest the tier takes; FIFO reclaim of
+/// the oldest, with or without copying forward the entries read since they were written);
+/// `None` when the budget is below two such segments.
+pub fn disk(
+    trace: &Trace,
+    sizes: Sizes,
+    budget: u64,
+    reinsert_hot: bool,
+    rt: &tokio::runtime::Runtime,
+) -> Option<f64> {
+    const MIN_SEGMENT: u64 = 64 << 10;
+    let segments = (budget / MIN_SEGMENT).clamp(2, 16);
+    let segment = budget / segments / 8 * 8;
+    if segment < MIN_SEGMENT {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let tier = tier_disk::DiskTier::builder(dir.path().join("tier"))
+        .capacity_bytes(segment * segments)
+        .segment_size(segment)
+        .reinsert_hot(reinsert_hot)
+        .verify_on_read(false)
+        .build()
+        .expect("the disk tier opens");
+    let cache: Cache<Blob> = Cache::builder("hit-ratio")
+        .tier(tier, TierPolicy::fresh(Duration::from_secs(86_400)))
+        .build()
+        .expect("a disk-only cache builds");
+    Some(count_loads(trace, sizes, &cache, rt))
+}
+
+/// Replay `trace` through `cache.get_or_load`: the share of requests that called the loader.
+fn count_loads(
+    trace: &Trace,
+    sizes: Sizes,
+    cache: &Cache<Blob>,
+    rt: &tokio::runtime::Runtime,
+) -> f64 {
+    let loads = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        for &id in &trace.requests {
+            let loads = loads.clone();
+            let len = sizes.len_of(id);
+            cache
+                .get_or_load(key_of(id), move || async move {
+                    loads.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, Infallible>(Some(Blob::of(id, len)))
+                })
+                .await
+                .expect("the loader never fails");
+        }
+    });
+    loads.load(Ordering::Relaxed) as f64 / trace.requests.len() as f64
 }
