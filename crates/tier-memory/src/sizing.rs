@@ -15,7 +15,7 @@
 //!   time that count crosses 95 % — moka's weighted size then stays below half its capacity,
 //!   so moka has no sketch yet and evicts nothing;
 //! - then it inserts the reservation: placeholder entries weighing `max_bytes` (one, up to
-//!   4 GiB) under a key no caller can name, and runs moka's maintenance: the weighted size is
+//!   2 GiB) under a key no caller can name, and runs moka's maintenance: the weighted size is
 //!   past half, and moka creates the sketch for `entry_count × ~0.97` keys — the entries held,
 //!   about 93 % of a full tier's, observed rather than configured (it follows the real average
 //!   entry size). From then on moka bounds the entries to `max_bytes`.
@@ -27,7 +27,8 @@
 //! - A tier that never fills creates no sketch (as moka below half its capacity): a hit of a
 //!   lightly filled tier touches no large table (the L1-hit bench does not move).
 //!
-//! A tier of less than [`MIN_RESERVED`] bytes is left to moka's own sizing.
+//! A tier of less than [`MIN_RESERVED`] bytes, or of more than 32 GiB (16 placeholders), is
+//! left to moka's own sizing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,13 @@ use crate::store::{weight, Key, Moka, ENTRY_OVERHEAD};
 /// The least `max_bytes` that gets a reservation (below, a placeholder's own overhead would be
 /// a large part of it).
 pub const MIN_RESERVED: u64 = 4 << 10;
+
+/// What one placeholder weighs at most (moka weighs an entry in a `u32`).
+const PIECE: u64 = 1 << 31;
+
+/// The most placeholders: a tier of more than 32 GiB is left to moka's own sizing (each
+/// placeholder is re-inserted before every insert).
+const MAX_PIECES: u64 = 16;
 
 /// The `stale_until` of a placeholder: its expiry says "never" (a real entry's physical TTL
 /// ends before).
@@ -58,9 +66,10 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
-    /// The reservation of a tier of `max_bytes`; `None` below [`MIN_RESERVED`].
+    /// The reservation of a tier of `max_bytes`; `None` below [`MIN_RESERVED`] and above
+    /// `MAX_PIECES` placeholders.
     pub fn new(max_bytes: u64) -> Option<Self> {
-        if max_bytes < MIN_RESERVED {
+        if !(MIN_RESERVED..=PIECE * MAX_PIECES).contains(&max_bytes) {
             return None;
         }
         let prefix = placeholder_prefix();
@@ -68,7 +77,7 @@ impl Reservation {
         let mut pieces = Vec::new();
         let mut left = max_bytes;
         while left > 0 {
-            let weight = left.min(u64::from(u32::MAX >> 1));
+            let weight = left.min(PIECE);
             let mut key = prefix.clone();
             key.extend_from_slice(&(pieces.len() as u32).to_le_bytes());
             // max_bytes >= MIN_RESERVED, so only a last piece can be lighter than its own

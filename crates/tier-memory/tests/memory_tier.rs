@@ -221,3 +221,15 @@ async fn the_byte_bound_holds_through_hits_and_clears_once_the_sketch_is_sized()
     let after_clear = held(&tier, &third).await.len();
     assert!(after_clear <= fits && after_clear > fits / 2, "{after_clear} of {fits} after clear");
 }
+
+#[tokio::test]
+async fn a_tier_of_any_size_builds_and_serves() {
+    // Above 32 GiB and below 4 KiB the tier keeps no reservation (moka sizes its sketch alone).
+    for max_bytes in [0, 1, 4 << 10, 64 << 30, u64::MAX] {
+        let tier = MemoryTier::builder().max_bytes(max_bytes).build();
+        let stored = tier.insert(Bytes::from("k"), entry(60_000, 60_000, 10)).await;
+        assert_eq!(stored.is_ok(), max_bytes >= 11, "{max_bytes}: {stored:?}");
+        tier.run_pending_tasks();
+        assert_eq!(tier.stats().capacity_bytes, max_bytes);
+    }
+}
