@@ -4,8 +4,10 @@
 //! libCacheSim's simulators (`scripts/hit-ratio` runs them and prints the whole table).
 //!
 //! ```text
-//! hit-ratio [--ci] [--disk] [--objects N] [--requests N] [--json FILE] [--traces DIR]
+//! hit-ratio [--ci] [--disk] [--only NAME,...] [--objects N] [--requests N] [--json FILE]
+//!           [--traces DIR]
 //! ```
+//! - `--only`: the traces named (`zipf-1.0`, `scan+zipf`, ...) and no others.
 //! - `--disk`: also replay each trace through a `DiskTier` of the same share of the objects'
 //!   record bytes, FIFO and with hot re-insertion (slow: a write per miss).
 //! - `--ci`: a run of a few seconds (Zipf traces only, smaller), which fails (exit 1) when the
@@ -36,6 +38,7 @@ const CI_MARGIN: f64 = 0.02;
 struct Args {
     ci: bool,
     disk: bool,
+    only: Option<Vec<String>>,
     objects: u64,
     requests: usize,
     json: Option<PathBuf>,
@@ -43,14 +46,22 @@ struct Args {
 }
 
 fn args() -> Result<Args, String> {
-    let mut args =
-        Args { ci: false, disk: false, objects: 0, requests: 0, json: None, traces: None };
+    let mut args = Args {
+        ci: false,
+        disk: false,
+        only: None,
+        objects: 0,
+        requests: 0,
+        json: None,
+        traces: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--ci" => args.ci = true,
             "--disk" => args.disk = true,
+            "--only" => args.only = Some(value()?.split(',').map(String::from).collect()),
             "--objects" => {
                 args.objects = value()?.parse().map_err(|e| format!("--objects: {e}"))?
             }
@@ -134,6 +145,10 @@ fn main() {
             Kind::Loop,
             Kind::Shifting,
         ]
+    };
+    let kinds: Vec<Kind> = match &args.only {
+        Some(names) => kinds.into_iter().filter(|k| names.contains(&k.name())).collect(),
+        None => kinds,
     };
     let sizes: &[Sizes] = if args.ci { &[Sizes::Equal] } else { &[Sizes::Equal, Sizes::Varied] };
     let shares: &[f64] = if args.ci { &[0.01, 0.10] } else { &SHARES };
