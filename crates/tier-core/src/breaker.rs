@@ -342,6 +342,21 @@ impl BreakerTier {
         &self.breaker
     }
 
+    /// A ready answer of the inner tier (`get_ready` or `peek_ready`). Only a closed breaker
+    /// answers here (acquiring costs nothing then); open and half-open states go through the
+    /// async path, which does the probe accounting. A ready answer is a success; `Ask` records
+    /// nothing (the `get` that follows does).
+    fn ready(&self, answer: impl FnOnce() -> ReadyLookup) -> ReadyLookup {
+        if self.breaker.state() != BreakerState::Closed {
+            return ReadyLookup::Ask;
+        }
+        let result = answer();
+        if !matches!(result, ReadyLookup::Ask) {
+            self.breaker.record(Permit::Granted, Outcome::Success);
+        }
+        result
+    }
+
     async fn guarded<T, F>(&self, call: F) -> Result<T, TierError>
     where
         F: std::future::Future<Output = Result<T, TierError>>,
@@ -373,17 +388,10 @@ impl Tier for BreakerTier {
         self.guarded(self.inner.get(key)).await
     }
     fn get_ready(&self, key: &[u8]) -> ReadyLookup {
-        // Only a closed breaker answers here (acquiring costs nothing then); open and half-open
-        // states go through the async path, which does the probe accounting. A ready answer is
-        // a success; `Ask` records nothing (the `get` that follows does).
-        if self.breaker.state() != BreakerState::Closed {
-            return ReadyLookup::Ask;
-        }
-        let result = self.inner.get_ready(key);
-        if !matches!(result, ReadyLookup::Ask) {
-            self.breaker.record(Permit::Granted, Outcome::Success);
-        }
-        result
+        self.ready(|| self.inner.get_ready(key))
+    }
+    fn peek_ready(&self, key: &[u8]) -> ReadyLookup {
+        self.ready(|| self.inner.peek_ready(key))
     }
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
         self.guarded(self.inner.get_many(keys)).await

@@ -110,6 +110,17 @@ pub trait Tier: Send + Sync + 'static {
         ReadyLookup::Ask
     }
 
+    /// [`get_ready`](Tier::get_ready) without counting as an access for the tier's eviction
+    /// policy: the hierarchy's own second look at a key (inside a flight before it loads, and
+    /// while it waits for a fleet lock), whose caller's read was counted already. A policy that
+    /// weighs accesses (the memory tier's TinyLFU) would otherwise see every miss twice and
+    /// admit keys read once as if they were read twice. Must agree with `get_ready` (`Fresh`
+    /// and `Miss` only where it answers them). Default: `get_ready` (a tier without such a
+    /// policy).
+    fn peek_ready(&self, key: &[u8]) -> ReadyLookup {
+        self.get_ready(key)
+    }
+
     /// Look several keys up; the answer has one [`Lookup`] per key, in order.
     /// Default: one `get` after the other.
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
@@ -223,6 +234,9 @@ impl<T: Tier + ?Sized> Tier for Arc<T> {
     }
     fn get_ready(&self, key: &[u8]) -> ReadyLookup {
         (**self).get_ready(key)
+    }
+    fn peek_ready(&self, key: &[u8]) -> ReadyLookup {
+        (**self).peek_ready(key)
     }
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
         (**self).get_many(keys).await

@@ -76,6 +76,9 @@ impl Tier for TimeoutTier {
         // An answer that is ready cannot be late.
         self.inner.get_ready(key)
     }
+    fn peek_ready(&self, key: &[u8]) -> ReadyLookup {
+        self.inner.peek_ready(key)
+    }
     async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
         self.bounded("get_many", self.inner.get_many(keys)).await
     }

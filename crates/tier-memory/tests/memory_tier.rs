@@ -175,3 +175,63 @@ async fn capacity_is_bounded_in_bytes_and_evictions_are_counted() {
         .sum();
     assert_eq!(evicted, 1000 - stats.entries, "every capacity eviction counted");
 }
+
+/// The keys of `keys` the tier holds.
+async fn held(tier: &MemoryTier, keys: &[Bytes]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    for key in keys {
+        if matches!(tier.get(key).await.unwrap(), Lookup::Hit(_)) {
+            out.push(key.clone());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_byte_bound_holds_through_hits_and_clears_once_the_sketch_is_sized() {
+    // moka's capacity is twice max_bytes, half of it reserved once the tier is 90 % full (the
+    // frequency sketch is sized then): the entries never weigh more than max_bytes.
+    let tier = MemoryTier::builder().max_bytes(100_000).build();
+    let weight = 9 + 900 + u64::from(tier_memory::ENTRY_OVERHEAD); // "key:NNNNN", 900, overhead
+    let fits = (100_000 / weight) as usize;
+    let keys = |from: u32| -> Vec<Bytes> {
+        (from..from + 1000).map(|i| Bytes::from(format!("key:{i:05}"))).collect()
+    };
+    let fill = |keys: Vec<Bytes>| async {
+        for key in &keys {
+            tier.insert(key.clone(), entry(60_000, 60_000, 900)).await.unwrap();
+        }
+        tier.run_pending_tasks();
+        keys
+    };
+    let first = fill(keys(0)).await;
+    let kept = held(&tier, &first).await;
+    assert!(kept.len() <= fits && kept.len() > fits / 2, "{} of {fits}", kept.len());
+    assert_eq!(tier.stats().entries, kept.len() as u64, "the reservation is not counted");
+    assert!(tier.stats().bytes <= 100_000, "{:?}", tier.stats());
+    // Reads only: every entry moves ahead of the reservation; the inserts after must still
+    // evict entries, not the reservation.
+    for _ in 0..20 {
+        held(&tier, &kept).await;
+    }
+    tier.run_pending_tasks();
+    let second = fill(keys(1000)).await;
+    let total = held(&tier, &first).await.len() + held(&tier, &second).await.len();
+    assert!(total <= fits, "{total} entries of {weight} bytes in 100,000");
+    tier.clear().await.unwrap();
+    let third = fill(keys(2000)).await;
+    let after_clear = held(&tier, &third).await.len();
+    assert!(after_clear <= fits && after_clear > fits / 2, "{after_clear} of {fits} after clear");
+}
+
+#[tokio::test]
+async fn a_tier_of_any_size_builds_and_serves() {
+    // Above 32 GiB and below 4 KiB the tier keeps no reservation (moka sizes its sketch alone).
+    for max_bytes in [0, 1, 4 << 10, 64 << 30, u64::MAX] {
+        let tier = MemoryTier::builder().max_bytes(max_bytes).build();
+        let stored = tier.insert(Bytes::from("k"), entry(60_000, 60_000, 10)).await;
+        assert_eq!(stored.is_ok(), max_bytes >= 11, "{max_bytes}: {stored:?}");
+        tier.run_pending_tasks();
+        assert_eq!(tier.stats().capacity_bytes, max_bytes);
+    }
+}

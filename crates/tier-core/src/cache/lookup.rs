@@ -82,7 +82,9 @@ impl<V: CacheValue> Hierarchy<V> {
     /// first takes the key's write sequence.
     ///
     /// The tier answered "fresh" and the entry is untagged, so of the usability rule only the
-    /// fleet state's cap (clear floor, suspect floor, catch-up, lease) is left to apply.
+    /// fleet state's cap (clear floor, suspect floor, catch-up, lease) is left to apply. A quiet
+    /// look asks [`Tier::peek_ready`](crate::spi::Tier::peek_ready), which the tier's eviction
+    /// policy does not count.
     ///
     /// Always inlined: as a call of its own (LLVM's choice) an L1 hit through `Cache::get` on
     /// one cache of 1,024 keys measured ~2 % slower (the `memory` bench, median over 16 code
@@ -98,7 +100,10 @@ impl<V: CacheValue> Hierarchy<V> {
         // low bits the timing, its high bits the hot-key record.
         let draw = if counted { crate::time::rand_u64() } else { 1 };
         let start = draw.is_multiple_of(OBJECT_TIER_TIMING_SAMPLE).then(Instant::now);
-        let result = first.tier().get_ready(key);
+        // A quiet look is the hierarchy's own second one: it must not count as an access for
+        // the tier's eviction policy (the caller's read was counted).
+        let result =
+            if counted { first.tier().get_ready(key) } else { first.tier().peek_ready(key) };
         if let Some(start) = start {
             first.metrics().get_duration.record(start.elapsed());
         }

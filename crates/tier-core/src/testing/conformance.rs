@@ -28,7 +28,7 @@
 //! - an entry of the form the tier does not store is refused with an error;
 //! - `remove` and `clear` remove (and removing an absent key is fine);
 //! - `get_many` agrees with `get`, key by key, in order; `insert_many` stores each entry;
-//! - `get_ready` agrees with `get`: `Fresh` only for a fresh untagged hit, `Miss` only for a
+//! - `get_ready` and `peek_ready` agree with `get`: `Fresh` only for a fresh untagged hit, `Miss` only for a
 //!   miss.
 //!
 //! The kit sleeps (a few hundred milliseconds, once) to let an entry outlive its `stale_until`:
@@ -106,7 +106,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("remove and clear remove", removes),
     ("get_many agrees with get", get_many_agrees),
     ("insert_many stores each entry", insert_many_stores),
-    ("get_ready agrees with get", get_ready_agrees),
+    ("get_ready and peek_ready agree with get", get_ready_agrees),
 ];
 
 /// Run every check of the contract, each on a tier `make` makes.
@@ -450,24 +450,30 @@ fn get_ready_agrees(tier: &dyn Tier) -> BoxFuture<'_, Outcome> {
         let tagged = Meta { tags: Some(tags), ..meta(60_000, 60_000) };
         put(tier, "tagged", entry_for(tier, tagged, Some("t"))).await?;
         keys.push(Bytes::from("tagged"));
+        keys.push(Bytes::from("never written"));
         for key in &keys {
-            let ready = tier.get_ready(key);
             let full = tier.get(key).await.map_err(|e| format!("get: {e}"))?;
-            match (&ready, &full) {
-                (ReadyLookup::Ask, _) | (ReadyLookup::Miss, Lookup::Miss) => {}
-                (ReadyLookup::Fresh(hit), Lookup::Hit(e)) if hit.meta.tags.is_none() => {
-                    ensure(hit.meta == e.meta, || {
-                        format!("{key:?}: get_ready and get read other metas")
-                    })?;
-                }
-                (ReadyLookup::Fresh(_), _) => {
-                    return Err(format!("{key:?}: get_ready answered Fresh, get {} (Fresh is only for a fresh untagged hit)", kind(&full)));
-                }
-                (ReadyLookup::Miss, _) => {
-                    return Err(format!("{key:?}: get_ready answered Miss, get {}", kind(&full)));
-                }
+            for (name, ready) in
+                [("get_ready", tier.get_ready(key)), ("peek_ready", tier.peek_ready(key))]
+            {
+                ready_agrees(key, name, &ready, &full)?;
             }
         }
         Ok(())
     })
+}
+
+/// `ready` (what `name` answered for `key`) agrees with `full`, what `get` answered.
+fn ready_agrees(key: &Bytes, name: &str, ready: &ReadyLookup, full: &Lookup) -> Outcome {
+    match (ready, full) {
+        (ReadyLookup::Ask, _) | (ReadyLookup::Miss, Lookup::Miss) => Ok(()),
+        (ReadyLookup::Fresh(hit), Lookup::Hit(e)) if hit.meta.tags.is_none() => {
+            ensure(hit.meta == e.meta, || format!("{key:?}: {name} and get read other metas"))
+        }
+        (ReadyLookup::Fresh(_), _) => Err(format!(
+            "{key:?}: {name} answered Fresh, get {} (Fresh is only for a fresh untagged hit)",
+            kind(full)
+        )),
+        (ReadyLookup::Miss, _) => Err(format!("{key:?}: {name} answered Miss, get {}", kind(full))),
+    }
 }
