@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::{cluster_urls, fails, json, redis_url, runtime, tier, unique};
 use serde_json::{json as j, Value};
 use tier_core::spi::{Backplane, BackplaneEvent, GenerationStore, Invalidation};

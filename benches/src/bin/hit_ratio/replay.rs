@@ -50,6 +50,8 @@ impl Weights {
             stale_until: 3,
             load_cost_us: 0,
             negative: false,
+            insert: false,
+            tombstone: false,
             tags: None,
         };
         let weights = (0..2 * objects)
