@@ -96,7 +96,6 @@ fn every_command(url: &str, outputs: &mut Vec<Output>) {
     for json in [&["--json"][..], &[]] {
         let prefix = format!("{}:", unique("tier-cli-secret"));
         let cache = unique("secret");
-        let key = format!("{cache}:0:item:1");
         let demo = [
             "demo",
             "--duration",
@@ -115,15 +114,31 @@ fn every_command(url: &str, outputs: &mut Vec<Output>) {
             &cache,
         ];
         outputs.push(run(&[&demo[..], json].concat()));
-        for (sub, key) in [("stats", &[][..]), ("ls", &[]), ("get", &[key.as_str()])] {
-            let redis = [&["redis", sub, url, "--prefix", &prefix][..], key, json].concat();
-            outputs.push(run(&redis));
+        for sub in ["stats", "ls"] {
+            outputs.push(run(&[&["redis", sub, url, "--prefix", &prefix][..], json].concat()));
         }
+        // The demo's keys carry the namespace version it read from Redis (a fresh start, not
+        // 0): item 1's key as `redis ls` printed it.
+        let listed = outputs.last().map(|o| o.printed.clone()).unwrap_or_default();
+        let key = key_of_item_1(&listed, &cache).unwrap_or_else(|| format!("{cache}:0:item:1"));
+        outputs.push(run(&[&["redis", "get", url, "--prefix", &prefix, &key][..], json].concat()));
         for what in [&["--key", "1"][..], &["--tag", "t"], &["--namespace"], &["--all"]] {
             let invalidate = ["invalidate", "--redis", url, "--prefix", &prefix, "--cache", &cache];
             outputs.push(run(&[&invalidate[..], what, json].concat()));
         }
     }
+}
+
+/// `cache:VERSION:item:1` as it stands in `printed` (not `item:10` …).
+fn key_of_item_1(printed: &str, cache: &str) -> Option<String> {
+    let start = format!("{cache}:");
+    printed.match_indices(&start).find_map(|(at, _)| {
+        let rest = &printed[at + start.len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let tail = rest[digits..].strip_prefix(":item:1")?;
+        let ends = !tail.starts_with(|c: char| c.is_ascii_digit());
+        (digits > 0 && ends).then(|| format!("{start}{}:item:1", &rest[..digits]))
+    })
 }
 
 #[test]
