@@ -14,7 +14,7 @@ use super::options::CacheValue;
 use super::tags::{self, namespace_tag, store_failed};
 use super::tiers::TierSet;
 use crate::backplane::Invalidation;
-use crate::error::{CacheError, TierError};
+use crate::error::{CacheError, TierError, TierErrorKind};
 use crate::time::now_ms;
 
 impl<V: CacheValue> Cache<V> {
