@@ -183,6 +183,7 @@ impl RedisConnectionBuilder {
                 cluster: false,
                 factory,
                 _connecting: connecting,
+                _repairing: None,
                 lazy: self.lazy,
                 node_conns: self.node_conns(&[]),
                 nodes: vec![client],
@@ -215,12 +216,14 @@ impl RedisConnectionBuilder {
         let target = format!("cluster of {} node URLs", urls.len());
         let factory = Factory::Cluster(client);
         let (slot, connecting) = self.first_connection(&factory, &target, op_timeout).await?;
+        let repairing = super::repair_when_broken(factory.clone(), &slot, op_timeout);
         Ok(RedisConnection {
             inner: Arc::new(Inner {
                 slot,
                 cluster: true,
                 factory,
                 _connecting: connecting,
+                _repairing: Some(repairing),
                 lazy: self.lazy,
                 node_conns: self.node_conns(&nodes),
                 nodes,

@@ -7,14 +7,15 @@
 //! (connect timeout + response timeout), so a call never hangs on a reconnect.
 //!
 //! The Cluster's topology (hash slots, masters, per-node routing) is in `cluster`; building a
-//! connection in `builder`.
+//! connection in `builder`; rebuilding a Cluster connection that stays broken in `repair`.
 
 mod builder;
 mod cluster;
 mod node;
+mod repair;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -67,6 +68,8 @@ struct Inner {
     factory: Factory,
     /// The background connect of a lazy connection; stopped with the last clone.
     _connecting: Option<AbortOnDrop>,
+    /// The repair of a Cluster connection that stays broken (see `repair`).
+    _repairing: Option<AbortOnDrop>,
     /// Made with [`lazy`](RedisConnectionBuilder::lazy): its users must not fail at start-up
     /// because Redis is down.
     lazy: bool,
@@ -124,7 +127,7 @@ impl RedisConnection {
     /// made at once; a [`lazy`](RedisConnectionBuilder::lazy) one answers false (and its calls
     /// fail at once, `Unavailable`) until it is made in the background.
     pub fn is_connected(&self) -> bool {
-        self.inner.slot.conn.get().is_some()
+        self.inner.slot.current().is_some()
     }
 
     /// Was it made [`lazy`](RedisConnectionBuilder::lazy)?
@@ -152,7 +155,7 @@ impl RedisConnection {
     /// A handle for one operation (clones of the multiplexed connection); `Unavailable` while
     /// a lazy connection is not made yet.
     pub(crate) fn conn(&self) -> Result<Conn, TierError> {
-        self.inner.slot.conn.get().cloned().ok_or_else(|| {
+        self.inner.slot.current().ok_or_else(|| {
             TierError::new(
                 TierErrorKind::Unavailable,
                 "not connected to Redis yet (connecting in the background)",
@@ -465,24 +468,46 @@ pub(crate) fn short_reply(got: usize, want: usize) -> TierError {
     TierError::new(TierErrorKind::Other, format!("MGET answered {got} values for {want} keys"))
 }
 
-/// Where the connection lives once made, and who waits for it.
+/// Where the connection lives once made (a Cluster's is replaced when it stays broken: see
+/// `repair`), and who waits for it.
 struct Slot {
-    conn: OnceLock<Conn>,
+    conn: RwLock<Option<Conn>>,
     connected: tokio::sync::watch::Sender<bool>,
+    /// What the calls on the Cluster connection in use saw lately.
+    health: Arc<repair::Health>,
 }
 
 impl Slot {
     fn new(conn: Option<Conn>) -> Arc<Self> {
         let made = conn.is_some();
-        let slot = Self { conn: OnceLock::new(), connected: tokio::sync::watch::Sender::new(made) };
+        let slot = Self {
+            conn: RwLock::new(None),
+            connected: tokio::sync::watch::Sender::new(made),
+            health: Arc::default(),
+        };
         if let Some(c) = conn {
-            let _ = slot.conn.set(c);
+            slot.replace(c);
         }
         Arc::new(slot)
     }
 
+    /// A clone of the connection in use, if made.
+    fn current(&self) -> Option<Conn> {
+        // A poisoned lock still holds a connection (its writers only assign).
+        self.conn.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Put `conn` in use (watched by `health` when it is a Cluster's).
+    fn replace(&self, conn: Conn) {
+        let conn = match conn {
+            Conn::Cluster(c, _) => Conn::Cluster(c, Some(self.health.clone())),
+            other => other,
+        };
+        *self.conn.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+    }
+
     fn fill(&self, conn: Conn) {
-        let _ = self.conn.set(conn);
+        self.replace(conn);
         self.connected.send_replace(true);
     }
 }
@@ -502,9 +527,38 @@ impl Factory {
                     .await
                     .map(Conn::Standalone)
             }
-            Self::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            Self::Cluster(client) => {
+                client.get_async_connection().await.map(|c| Conn::Cluster(c, None))
+            }
         }
     }
+}
+
+/// Watch the Cluster connection of `slot` and rebuild it with `factory` (each attempt within
+/// `bound`) when it stays broken (see `repair`); stopped when dropped (with the last clone).
+fn repair_when_broken(factory: Factory, slot: &Arc<Slot>, bound: Duration) -> AbortOnDrop {
+    let weak = Arc::downgrade(slot);
+    let rebuild = move || {
+        let (factory, weak) = (factory.clone(), weak.clone());
+        async move {
+            match tokio::time::timeout(bound, factory.connect()).await {
+                Ok(Ok(conn)) => match weak.upgrade() {
+                    Some(slot) => {
+                        slot.replace(conn);
+                        repair::Attempt::Done
+                    }
+                    None => repair::Attempt::Gone,
+                },
+                _ if weak.strong_count() == 0 => repair::Attempt::Gone,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %crate::error::RedisCause::new(e), "Redis Cluster not reachable");
+                    repair::Attempt::Failed
+                }
+                Err(_) => repair::Attempt::Failed,
+            }
+        }
+    };
+    AbortOnDrop(tokio::spawn(repair::watch(slot.health.clone(), rebuild)))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -547,18 +601,41 @@ fn connect_in_background(factory: Factory, slot: &Arc<Slot>, bound: Duration) ->
 }
 
 /// A standalone or cluster connection; implements redis-rs's `ConnectionLike` so that commands,
-/// pipelines and scripts run the same on both.
+/// pipelines and scripts run the same on both. A Cluster connection in use tells its `Health`
+/// what its calls saw.
 #[derive(Clone)]
 pub(crate) enum Conn {
     Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, Option<Arc<repair::Health>>),
+}
+
+/// Tell `health` (if watched) what a call on the Cluster connection saw.
+async fn watched<T>(
+    health: Option<&repair::Health>,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    let result = call.await;
+    if let Some(health) = health {
+        match &result {
+            Ok(_) => health.answered(),
+            Err(e) => match e.kind() {
+                redis::ErrorKind::ClusterConnectionNotFound => health.not_found(),
+                // A node answered (an error reply is an answer).
+                redis::ErrorKind::Server(_) => health.answered(),
+                _ => {}
+            },
+        }
+    }
+    result
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Standalone(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(c, health) => {
+                Box::pin(watched(health.as_deref(), c.req_packed_command(cmd)))
+            }
         }
     }
 
@@ -570,14 +647,16 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c, health) => {
+                Box::pin(watched(health.as_deref(), c.req_packed_commands(pipeline, offset, count)))
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Standalone(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster(c, _) => c.get_db(),
         }
     }
 }
