@@ -48,10 +48,12 @@ impl OwnRedis {
     /// As [`OwnRedis::start`].
     pub fn start_with(args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let dir = data_dir();
         for _ in 0..20 {
-            let port = free_port();
-            let mut me = Self { port, dir: dir.clone(), args: args.clone(), child: None };
+            // A Cluster node also listens on port + 10000 (its bus), which must be a port too.
+            let port = std::iter::repeat_with(free_port).find(|p| *p <= 55_535).unwrap_or(6379);
+            // A directory of each attempt's own: a failed attempt leaves nothing (a cluster
+            // config file) that the next one would load.
+            let mut me = Self { port, dir: data_dir(), args: args.clone(), child: None };
             if me.spawn() {
                 return me;
             }
