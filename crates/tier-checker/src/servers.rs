@@ -123,21 +123,9 @@ impl CacheRedis {
         for i in 0..self.servers.len() {
             loop {
                 let mut c = self.admin(i).await?;
-                let slots: redis::RedisResult<Vec<Vec<redis::Value>>> =
-                    redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await;
+                let ports = tier_redis::testing::announced_ports(&mut c).await.unwrap_or_default();
                 let info: redis::RedisResult<String> =
                     redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await;
-                let ports: Vec<u16> = slots
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|range| match range.get(2) {
-                        Some(redis::Value::Array(node)) => match node.get(1) {
-                            Some(redis::Value::Int(p)) => Some(*p as u16),
-                            _ => None,
-                        },
-                        _ => None,
-                    })
-                    .collect();
                 let ok = info.is_ok_and(|i| i.contains("cluster_state:ok"));
                 if ok && !ports.is_empty() && ports.iter().all(|p| proxies.contains(p)) {
                     break;

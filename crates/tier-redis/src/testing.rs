@@ -16,6 +16,26 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("a bound address").port()
 }
 
+/// The master ports a Cluster node's `CLUSTER SLOTS` names (what the masters announce: e.g. the
+/// ports of proxies in front of them), one per slot range.
+pub async fn announced_ports<C>(conn: &mut C) -> redis::RedisResult<Vec<u16>>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let slots: Vec<Vec<redis::Value>> =
+        redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    Ok(slots
+        .iter()
+        .filter_map(|range| match range.get(2) {
+            Some(redis::Value::Array(node)) => match node.get(1) {
+                Some(redis::Value::Int(p)) => u16::try_from(*p).ok(),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
 /// The server binary servers of a test's own are started with: `TIER_TEST_REDIS_SERVER`
 /// (`scripts/redis-env` exports the flavour's: `redis-server` or `valkey-server`), else
 /// `redis-server` on PATH.

@@ -68,18 +68,7 @@ impl ProxiedCluster {
                     let mut c = raw(&url).await;
                     let info: String =
                         redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap();
-                    let slots: Vec<Vec<redis::Value>> =
-                        redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
-                    let seen: Vec<u16> = slots
-                        .iter()
-                        .filter_map(|r| match r.get(2) {
-                            Some(redis::Value::Array(node)) => match node.get(1) {
-                                Some(redis::Value::Int(p)) => Some(*p as u16),
-                                _ => None,
-                            },
-                            _ => None,
-                        })
-                        .collect();
+                    let seen = tier_redis::testing::announced_ports(&mut c).await.unwrap();
                     info.contains("cluster_state:ok")
                         && !seen.is_empty()
                         && seen.iter().all(|p| ports.contains(p))
