@@ -235,6 +235,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             codec: self.codec,
             opts: Options { reconnect, ..self.opts }.checked()?,
             generations,
+            shared_generations: local.is_none(),
             backplane,
             lock: self.lock,
             categories: self.categories,
@@ -242,7 +243,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             state,
         }));
         let start_up = hierarchy.restore(local.as_deref());
-        background::start(&hierarchy, self.gauge_interval, local.is_none(), start_up);
+        background::start(&hierarchy, self.gauge_interval, start_up);
         Ok(Cache::from_hierarchy(hierarchy))
     }
 
