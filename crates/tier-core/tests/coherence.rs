@@ -473,3 +473,57 @@ async fn every_tier_observes_local_and_remote_invalidations() {
     let kinds: Vec<&str> = tier.seen.lock().unwrap().iter().map(Invalidation::kind).collect();
     assert_eq!(kinds, ["written", "key", "tag", "clear", "key"]);
 }
+
+/// The checker's "insert after a fault" violations: A's breaker of the shared tier was still
+/// open after a fault, so A's insert skipped it and returned `Ok`; B, told of the insert,
+/// dropped its copy and read the shared tier's older value. Now an insert whose shared tier is
+/// skipped removes the key there (a removal goes through an open breaker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_that_skips_a_shared_tier_leaves_no_older_value_in_it() {
+    use tier_core::testing::{Fault, FaultyTier};
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let faulty = Arc::new(FaultyTier::from_arc(shared.clone()));
+    let a: Cache<String> = Cache::builder("users")
+        .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
+        // The default breaker of a shared tier: open after 5 failures in a row, for seconds.
+        .tier(faulty.clone(), exact(MINUTE))
+        .backplane(Arc::new(hub.node()), ReconnectPolicy::default())
+        .synchronous_backfill(true)
+        .build()
+        .unwrap();
+    let b = instance(&hub, &shared);
+    b.cache.insert("k", "v1".into()).await.unwrap();
+    assert_eq!(value(b.cache.get("k").await).as_deref(), Some("v1"));
+    faulty.set(Fault::Fail(tier_core::TierErrorKind::Unavailable));
+    for i in 0..10 {
+        let _ = a.get(format!("other{i}")).await;
+    }
+    faulty.set(Fault::None);
+    let shared_info = a.tiers().into_iter().find(|t| t.shared).unwrap();
+    assert_eq!(shared_info.breaker, Some(tier_core::BreakerState::Open), "A skips the shared tier");
+    a.insert("k", "v2".into()).await.unwrap();
+    dropped(&b.l1, "k", "b dropping its copy of v1").await;
+    assert_ne!(
+        value(b.cache.get("k").await).as_deref(),
+        Some("v1"),
+        "B reads an older value than an acknowledged insert"
+    );
+}
+
+/// The checker's "insert" violations within a clock tick: B held a copy created in the same
+/// millisecond as A's insert (the clock is coarse: a tick of up to 4 ms), and the notice kept
+/// every copy created "at or after" the insert — so B kept its older value. Now a tie drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_the_notices_millisecond_is_dropped_too() {
+    use tier_core::spi::Backplane;
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let b = instance(&hub, &shared);
+    b.cache.insert("k", "v1".into()).await.unwrap();
+    let created_at = meta_of(&*b.l1, "k").await.expect("b holds v1").created_at;
+    // Another instance's write of the same millisecond.
+    let written = Invalidation::Written { key: Bytes::from_static(b"k"), created_at };
+    hub.node().publish("users", &written).await.unwrap();
+    dropped(&b.l1, "k", "b dropping its copy of the same millisecond").await;
+}
