@@ -165,7 +165,7 @@ impl<V: CacheValue> Hierarchy<V> {
                 level.metrics().get_duration.record(start.elapsed());
             }
             let (result, found) = match result {
-                Ok(lookup) => self.judge(i, seq, lookup, now).await,
+                Ok(lookup) => self.judge(i, key, seq, lookup, now).await,
                 Err(e) => (level.read_failed(self.name(), &e), None),
             };
             count(result);
@@ -183,6 +183,7 @@ impl<V: CacheValue> Hierarchy<V> {
     async fn judge(
         &self,
         i: usize,
+        key: &[u8],
         seq: u64,
         lookup: Lookup,
         now: u64,
@@ -196,6 +197,21 @@ impl<V: CacheValue> Hierarchy<V> {
         if usable != Usability::Unusable && entry.meta.tags.is_some() {
             let guard = &self.guards().generations;
             usable = rule(tags::verdict(self.generations(), guard, &entry.meta, self.name()).await);
+        }
+        if usable != Usability::Unusable
+            && placement == Placement::Shared
+            && self.fleet().lease_lapsed(now)
+        {
+            let guard = &self.guards().namespace;
+            let (verdict, newer) =
+                tags::namespace_verdict(self.generations(), guard, self.keys(), key, self.name())
+                    .await;
+            if let Some(v) = newer {
+                // This instance missed the move: build keys of the store's namespace from now on.
+                self.keys().set_version(v);
+                self.stripes().bump_all();
+            }
+            usable = usable.min(rule(verdict));
         }
         let result = match usable {
             Usability::Fresh => LookupResult::Hit,
@@ -233,7 +249,7 @@ impl<V: CacheValue> Hierarchy<V> {
             };
             let now = now_ms();
             for (i, lookup) in open.into_iter().zip(lookups) {
-                let (result, found) = self.judge(j, seqs[i], lookup, now).await;
+                let (result, found) = self.judge(j, &keys[i], seqs[i], lookup, now).await;
                 count(i, result);
                 if let Some((found, usable)) = found {
                     walks[i].take(found, usable);

@@ -12,7 +12,10 @@
 //!   - **catching up**: until the start-up replay of the invalidation log is done, local
 //!     entries are at most stale;
 //!   - the **lease** (a backplane that confirms delivery): local entries are fresh only while
-//!     the last proof of delivery is younger than the propagation bound δ;
+//!     the last proof of delivery is younger than the propagation bound δ; while it has lapsed,
+//!     an entry of a shared tier under a key of this cache's namespace is checked against the
+//!     store's namespace version (`tags::namespace_verdict`: a move not delivered makes it
+//!     unusable, a version the store cannot give makes it at most stale);
 //! - **tag stamps** ([`TagVerdict`]): an outdated stamp makes the entry unusable; a generation
 //!   the store cannot give (unknown, or the store is unavailable) makes it at most stale.
 //!
@@ -149,6 +152,13 @@ impl FleetState {
         self.confirmed_at.fetch_max(sent_at_ms, Ordering::AcqRel);
     }
 
+    /// Has the lease lapsed at `now` (a lease is on and the last proof of delivery is older
+    /// than δ)? Then a namespace move may not have been delivered.
+    pub fn lease_lapsed(&self, now: u64) -> bool {
+        let lease = self.lease_ms.load(Ordering::Acquire);
+        lease != 0 && now > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
+    }
+
     /// The best an entry can be in a tier so placed, by the fleet state alone (reads the clock
     /// only when a lease is on).
     #[inline]
@@ -164,11 +174,7 @@ impl FleetState {
         {
             return Usability::Stale;
         }
-        let lease = self.lease_ms.load(Ordering::Acquire);
-        if lease != 0
-            && crate::time::now_ms()
-                > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
-        {
+        if self.lease_lapsed(crate::time::now_ms()) {
             return Usability::Stale;
         }
         Usability::Fresh
