@@ -309,8 +309,13 @@ impl<V: CacheValue> Hierarchy<V> {
             Invalidation::Tag(tag) => self.generations().remote_bump(tag, None),
             Invalidation::Namespace(v) => {
                 self.generations().remote_bump(&namespace_tag(self.name()), Some(*v));
+                let before = self.keys().version();
                 self.keys().set_version(*v);
-                self.stripes().bump_all();
+                // A version this instance builds keys with already (another instance read it
+                // at its start, see `adopt_namespace`) changes nothing: writes in flight stay.
+                if *v > before {
+                    self.stripes().bump_all();
+                }
             }
             Invalidation::Clear { at } => {
                 self.fleet().raise_floor(*at);
