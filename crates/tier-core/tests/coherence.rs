@@ -563,3 +563,27 @@ async fn a_namespace_move_never_delivered_is_found_in_the_store_once_the_lease_l
     assert_eq!(a.key("k"), b.key("k"), "A follows the store's namespace version");
     assert_eq!(value(a.get(a.key("k")).await).as_deref(), Some("new"));
 }
+
+/// Until a cache with a shared store has read the namespace version (in the background after
+/// build), its keys carry version 0 — which an earlier life of the fleet used in the same window
+/// and whose entries may still be in the shared tier: they were served as fresh. Now an entry
+/// read while the version is unread is checked against the store (and the version adopted).
+#[tokio::test] // one thread: the background read of the version does not run before the get
+async fn keys_built_before_the_namespace_is_read_never_serve_an_earlier_life() {
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(LocalGenerations::new());
+    let v = store.bump("\u{0}ns:users").await.unwrap();
+    let far = tier_core::spi::now_ms() + 600_000;
+    put(&*shared, "users:0:k", "ancient", far, far).await;
+    put(&*shared, &format!("users:{v}:k"), "current", far, far).await;
+    let b: Cache<String> = Cache::builder("users")
+        .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
+        .tier(shared.clone(), exact(MINUTE))
+        .generations(store.clone())
+        .build()
+        .unwrap();
+    let early = b.key("k");
+    assert_eq!(&early[..], b"users:0:k", "built before the namespace version was read");
+    assert_ne!(value(b.get(&early).await).as_deref(), Some("ancient"), "an earlier life served");
+    assert_eq!(value(b.get(b.key("k")).await).as_deref(), Some("current"));
+}

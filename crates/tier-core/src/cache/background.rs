@@ -39,6 +39,10 @@ pub(super) fn start<V: CacheValue>(
     gauge_interval: Duration,
     start_up: Option<StartUp>,
 ) {
+    if hierarchy.shares_generations() {
+        // Until the version is read (below, or by a read that asks the store), keys carry 0.
+        hierarchy.fleet().set_namespace_unread(true);
+    }
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         tracing::debug!(cache = %hierarchy.name(), "built outside a tokio runtime: no background tasks");
         if hierarchy.backplane().is_some() {
@@ -171,6 +175,7 @@ impl<V: CacheValue> Hierarchy<V> {
     pub(super) async fn adopt_namespace(&self, v: u64) {
         let before = self.keys().version();
         self.keys().set_version(v);
+        self.fleet().set_namespace_unread(false);
         if v <= before {
             return;
         }
@@ -311,6 +316,7 @@ impl<V: CacheValue> Hierarchy<V> {
                 self.generations().remote_bump(&namespace_tag(self.name()), Some(*v));
                 let before = self.keys().version();
                 self.keys().set_version(*v);
+                self.fleet().set_namespace_unread(false);
                 // A version this instance builds keys with already (another instance read it
                 // at its start, see `adopt_namespace`) changes nothing: writes in flight stay.
                 if *v > before {

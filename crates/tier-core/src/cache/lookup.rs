@@ -199,17 +199,20 @@ impl<V: CacheValue> Hierarchy<V> {
             usable = rule(tags::verdict(self.generations(), guard, &entry.meta, self.name()).await);
         }
         if usable != Usability::Unusable
-            && placement == Placement::Shared
-            && self.fleet().lease_lapsed(now)
+            && self.fleet().namespace_uncertain(placement == Placement::Shared, now)
         {
             let guard = &self.guards().namespace;
-            let (verdict, newer) =
+            let (verdict, read) =
                 tags::namespace_verdict(self.generations(), guard, self.keys(), key, self.name())
                     .await;
-            if let Some(v) = newer {
-                // This instance missed the move: build keys of the store's namespace from now on.
-                self.keys().set_version(v);
-                self.stripes().bump_all();
+            if let Some(v) = read {
+                // This instance missed a move, or had not read the version yet: build keys of
+                // the store's namespace from now on.
+                if v > self.keys().version() {
+                    self.keys().set_version(v);
+                    self.stripes().bump_all();
+                }
+                self.fleet().set_namespace_unread(false);
             }
             usable = usable.min(rule(verdict));
         }

@@ -15,7 +15,9 @@
 //!     the last proof of delivery is younger than the propagation bound δ; while it has lapsed,
 //!     an entry of a shared tier under a key of this cache's namespace is checked against the
 //!     store's namespace version (`tags::namespace_verdict`: a move not delivered makes it
-//!     unusable, a version the store cannot give makes it at most stale);
+//!     unusable, a version the store cannot give makes it at most stale) — and so is every
+//!     entry under such a key until the version was first read from a shared store (keys are
+//!     built with version 0 until then, which an earlier life of the fleet may have used);
 //! - **tag stamps** ([`TagVerdict`]): an outdated stamp makes the entry unusable; a generation
 //!   the store cannot give (unknown, or the store is unavailable) makes it at most stale.
 //!
@@ -97,6 +99,9 @@ pub(super) struct FleetState {
     catching_up: AtomicBool,
     /// The start-up (catch-up, gap or the log's head) is done.
     started: AtomicBool,
+    /// The namespace version has not been read from a shared store yet: keys are built with
+    /// version 0, which may be an earlier life's (see `tags::namespace_verdict`).
+    namespace_unread: AtomicBool,
     /// The lease's length δ in ms; 0: no lease (the backplane does not confirm delivery).
     lease_ms: AtomicU64,
     /// When the last proof of delivery was sent (Unix ms).
@@ -139,6 +144,18 @@ impl FleetState {
     /// Is the start-up done?
     pub fn started(&self) -> bool {
         self.started.load(Ordering::Acquire)
+    }
+
+    /// The namespace version is (true) or is no longer (false) to be read from a shared store.
+    pub fn set_namespace_unread(&self, yes: bool) {
+        self.namespace_unread.store(yes, Ordering::Release);
+    }
+
+    /// Is the namespace version of keys built now uncertain at `now` — not yet read from the
+    /// shared store, or the lease lapsed (a move may not have been delivered)? `shared`: the
+    /// entry is in a shared tier (a lapsed lease already makes local entries stale).
+    pub fn namespace_uncertain(&self, shared: bool, now: u64) -> bool {
+        self.namespace_unread.load(Ordering::Acquire) || (shared && self.lease_lapsed(now))
     }
 
     /// Serve local entries as fresh only while a proof of delivery is younger than `bound`.
