@@ -26,6 +26,7 @@ mod layer;
 mod lock;
 pub mod metrics;
 mod policy;
+mod retime;
 mod sketch;
 pub mod spi;
 mod state;
@@ -39,8 +40,8 @@ mod timeout;
 pub use backplane::ReconnectPolicy;
 pub use breaker::{Breaker, BreakerConfig};
 pub use cache::{
-    Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, TierInfo, TraceKeys,
-    WarmProgress, WarmReport,
+    Cache, CacheBuilder, CacheHit, CacheValue, CallOptions, EarlyRefresh, FailSafe, LoadContext,
+    Loaded, Previous, TierInfo, TraceKeys, WarmProgress, WarmReport,
 };
 pub use entry::Storage;
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};

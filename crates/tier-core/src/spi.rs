@@ -17,11 +17,12 @@ pub use crate::error::{TierError, TierErrorKind};
 pub use crate::generations::{fresh_generation_start, GenerationStore, LocalGenerations};
 pub use crate::layer::{Mount, TierLayer};
 pub use crate::lock::{DistributedLock, LockToken};
+pub use crate::retime::{retimed_envelope, Retime};
 pub use crate::state::{
     floor_name, generation_name, get_u64, position_name, suspect_name, StateStore, FLOOR_PREFIX,
     GENERATION_PREFIX, POSITION_PREFIX, SUSPECT_PREFIX,
 };
-pub use crate::tier::{Tier, TierContext, TierStats};
+pub use crate::tier::{retime_by_rewrite, Tier, TierContext, TierStats};
 pub use crate::time::{after_ms, now_ms};
 pub use crate::timeout::{TimeoutLayer, TimeoutTier};
 

@@ -110,7 +110,8 @@ impl EventHook for GenerationCache {
                 self.confirmed_at.fetch_max(*sent_at_ms, Ordering::AcqRel);
             }
             BackplaneEvent::Invalidate {
-                what: Invalidation::Key(_) | Invalidation::Written { .. },
+                what:
+                    Invalidation::Key(_) | Invalidation::Written { .. } | Invalidation::Expire { .. },
                 ..
             } => {}
             _ => self.forget(None),
