@@ -39,6 +39,12 @@ impl<V> Flight<V> {
     fn is_dead(&self) -> bool {
         self.rx.has_changed().is_err() && self.rx.borrow().is_none()
     }
+
+    /// A flight that answered an error and is finishing (a caller arriving now asks the origin
+    /// again: errors are never cached, not even for the instant a flight takes to end).
+    fn failed(&self) -> bool {
+        matches!(&*self.rx.borrow(), Some(Err(_)))
+    }
 }
 
 /// In-flight loads by key.
@@ -148,7 +154,7 @@ impl<V> Flights<V> {
     pub fn join_or_start(&self, key: &Bytes, seq: u64, metrics: &CacheMetrics) -> Joined<V> {
         let mut flights = self.lock();
         if let Some(flight) = flights.get(key) {
-            if !flight.is_dead() && flight.seq == seq {
+            if !flight.is_dead() && !flight.failed() && flight.seq == seq {
                 metrics.coalesced.increment(1);
                 return Joined::Running(Waiter::new(flight, true));
             }

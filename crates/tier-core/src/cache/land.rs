@@ -17,7 +17,6 @@ use super::options::{check_tags, CacheValue, CallSettings, Lifetimes};
 use super::rule::Found;
 use super::tags::{self, tag_clock};
 use crate::envelope::TagStamp;
-use crate::time::now_ms;
 
 /// What a loader said of keeping its value: tags learnt late, and whether to cache it.
 struct Late {
@@ -34,7 +33,9 @@ struct Before {
 impl<V: CacheValue> Hierarchy<V> {
     /// Stamp, call the origin with its context, land its answer (or fail).
     pub(super) async fn load_one(&self, job: &Job<V>, loader: Loader<V>, call: CallSettings) {
-        let started = now_ms();
+        // Above every floor raised before the load started (a clear or expiry in this very
+        // millisecond came first).
+        let started = self.fleet().created_now();
         let before = self.stamp_before(&call.tags, loader.wants_context).await;
         let previous = match &job.previous {
             Some(found) => Some(found.clone()),

@@ -319,7 +319,9 @@ impl<V: CacheValue> Hierarchy<V> {
     /// Call a batch origin for `jobs` (untagged: a batch has no tags), land every job's value
     /// (or fail them all).
     async fn load_many(&self, jobs: &[Job<V>], loader: BatchLoader<V>) {
-        let started = now_ms();
+        // Above every floor raised before the load started (a clear or expiry in this very
+        // millisecond came first).
+        let started = self.fleet().created_now();
         let keys = jobs.iter().map(|job| job.key().clone()).collect();
         let timeout = self.opts().hard_timeout;
         let (outcome, cost) = self.call_origin((loader.0)(keys), timeout).await;
