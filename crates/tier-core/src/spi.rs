@@ -14,7 +14,9 @@ pub use crate::breaker::{BreakerLayer, BreakerTier, CircuitBreaker, Outcome, Per
 pub use crate::entry::{Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Value};
 pub use crate::envelope::{Codec, Meta, TagStamp};
 pub use crate::error::{TierError, TierErrorKind};
-pub use crate::generations::{fresh_generation_start, GenerationStore, LocalGenerations};
+pub use crate::generations::{
+    fresh_generation_start, GenerationStore, LocalGenerations, TAG_CLOCK_PREFIX,
+};
 pub use crate::layer::{Mount, TierLayer};
 pub use crate::lock::{DistributedLock, LockToken};
 pub use crate::retime::{retimed_envelope, Retime};

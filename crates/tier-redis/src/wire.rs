@@ -139,6 +139,8 @@ mod tests {
             WireWhat::Namespace(7),
             WireWhat::Clear { at: 9 },
             WireWhat::Written { key: WireBytes(b"k".to_vec()), created_at: 3 },
+            WireWhat::Expire { key: Some(WireBytes(b"k".to_vec())), at: 5 },
+            WireWhat::Expire { key: None, at: 6 },
         ] {
             assert_eq!(
                 WireWhat::from_invalidation(&what.clone().into_invalidation()),

@@ -135,23 +135,28 @@ impl<V: CacheValue> Hierarchy<V> {
         self.land_rest(job, entries, wrote_local, started).await;
     }
 
-    /// The stamps of tags learnt after the load, read with the tag clock: `None` (do not cache)
+    /// The stamps of tags learnt after the load, then the tag clock: `None` (do not cache)
     /// when the clock moved since `clock` was read before the load (an `invalidate_tag` ran
-    /// meanwhile — of these tags or not, it cannot be told) or could not be read.
+    /// meanwhile — of these tags or not, it cannot be told) or could not be read. The clock is
+    /// read after the tags: `invalidate_tag` moves it before the tag, so a tag's new generation
+    /// seen here means the clock's new one is seen too.
     async fn stamp_late(&self, late: &[Arc<str>], clock: Option<u64>) -> Option<Vec<TagStamp>> {
-        let mut names = late.to_vec();
-        names.push(Arc::from(tag_clock(self.name())));
         let guard = &self.guards().generations;
-        let stamped = tags::stamp(self.generations(), guard, &names).await;
-        let mut stamps = match stamped {
-            Ok(Some(s)) => s.to_vec(),
-            Ok(None) => return None,
+        let clock_tag: [Arc<str>; 1] = [Arc::from(tag_clock(self.name()))];
+        let stamped = match tags::stamp(self.generations(), guard, late).await {
+            Ok(stamps) => tags::stamp(self.generations(), guard, &clock_tag)
+                .await
+                .map(|after| (stamps, after.and_then(|a| a.first().map(|s| s.generation)))),
+            Err(e) => Err(e),
+        };
+        let (stamps, after) = match stamped {
+            Ok((Some(stamps), after)) => (stamps.to_vec(), after),
+            Ok((None, _)) => return None,
             Err(e) => {
                 tracing::debug!(cache = %self.name(), error = %e, "late tags not stamped: the loaded value is not cached");
                 return None;
             }
         };
-        let after = stamps.pop().map(|s| s.generation);
         if clock.is_none() || after != clock {
             tracing::debug!(cache = %self.name(), "a tag was invalidated during the load: its value, tagged late, is not cached");
             return None;

@@ -19,7 +19,7 @@ pub(super) fn namespace_tag(cache: &str) -> String {
 /// on before the tag itself, so that a load which learns its tags only after it ran can tell
 /// whether any tag was invalidated meanwhile (`land.rs`).
 pub(super) fn tag_clock(cache: &str) -> String {
-    format!("\u{0}tags:{cache}")
+    format!("{}{cache}", crate::generations::TAG_CLOCK_PREFIX)
 }
 
 /// The name under which a cache's expiry floor is kept in the generation store (beside its
