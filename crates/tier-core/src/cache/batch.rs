@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::handle::Cache;
-use super::load::BatchLoader;
+use super::loader::BatchLoader;
 use super::options::{CacheValue, CallSettings};
 use super::tiers::TierSet;
 use crate::error::{BoxError, CacheError};

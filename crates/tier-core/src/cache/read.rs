@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::context::{LoadContext, Loaded};
 use super::handle::Cache;
 use super::lifetime::{refresh_due, Life};
-use super::load::Loader;
+use super::loader::Loader;
 use super::lookup::{Counting, Ready};
 use super::options::{CacheValue, CallOptions, CallSettings};
 use super::rule::{stale_servable, Found};
