@@ -547,7 +547,7 @@ impl Tier for RedisTier {
         self.clear_prefix(b"").await.map(drop)
     }
 
-    /// One script on the key ([`commands::RETIME_SCRIPT`]): the header's times rewritten in
+    /// One script on the key (the retime script): the header's times rewritten in
     /// place, compare-and-set like every write; an expiry of a key holding nothing usable
     /// stores a tombstone. A failure is returned, not queued for retry.
     async fn retime(&self, key: &[u8], how: Retime) -> Result<bool, TierError> {
