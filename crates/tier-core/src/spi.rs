@@ -14,14 +14,17 @@ pub use crate::breaker::{BreakerLayer, BreakerTier, CircuitBreaker, Outcome, Per
 pub use crate::entry::{Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Value};
 pub use crate::envelope::{Codec, Meta, TagStamp};
 pub use crate::error::{TierError, TierErrorKind};
-pub use crate::generations::{fresh_generation_start, GenerationStore, LocalGenerations};
+pub use crate::generations::{
+    fresh_generation_start, GenerationStore, LocalGenerations, TAG_CLOCK_PREFIX,
+};
 pub use crate::layer::{Mount, TierLayer};
 pub use crate::lock::{DistributedLock, LockToken};
+pub use crate::retime::{retimed_envelope, Retime};
 pub use crate::state::{
     floor_name, generation_name, get_u64, position_name, suspect_name, StateStore, FLOOR_PREFIX,
     GENERATION_PREFIX, POSITION_PREFIX, SUSPECT_PREFIX,
 };
-pub use crate::tier::{Tier, TierContext, TierStats};
+pub use crate::tier::{retime_by_rewrite, Tier, TierContext, TierStats};
 pub use crate::time::{after_ms, now_ms};
 pub use crate::timeout::{TimeoutLayer, TimeoutTier};
 

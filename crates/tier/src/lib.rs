@@ -48,9 +48,10 @@
 
 pub use tier_core::{
     metrics, spi, BackfillPolicy, BoxError, Breaker, BreakerConfig, BreakerState, Cache,
-    CacheBuilder, CacheError, CacheValue, CallOptions, Compression, EarlyRefresh, FailSafe,
-    KeyBuilder, LockOptions, ReconnectPolicy, Serializer, Storage, TierError, TierErrorKind,
-    TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress, WarmReport, MAX_ID_LEN,
+    CacheBuilder, CacheError, CacheHit, CacheValue, CallOptions, Compression, EarlyRefresh,
+    FailSafe, KeyBuilder, LoadContext, Loaded, LockOptions, Previous, ReconnectPolicy, Serializer,
+    Storage, TierError, TierErrorKind, TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress,
+    WarmReport, MAX_ID_LEN,
 };
 
 #[cfg(feature = "test-util")]
@@ -87,7 +88,7 @@ pub mod prometheus;
 
 /// The names most services use: `use tier::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Cache, CacheError, CallOptions, FailSafe, TierPolicy};
+    pub use crate::{Cache, CacheError, CallOptions, FailSafe, LoadContext, Loaded, TierPolicy};
 
     #[cfg(feature = "disk")]
     pub use crate::DiskTier;

@@ -14,8 +14,8 @@ use bytes::Bytes;
 
 use super::handle::Cache;
 use super::lifetime::new_meta;
-use super::load::BatchLoader;
-use super::options::CacheValue;
+use super::loader::BatchLoader;
+use super::options::{check_tags, CacheValue, CallSettings, Lifetimes};
 use super::tags;
 use super::tiers::TierSet;
 use super::write::published;
@@ -153,6 +153,7 @@ impl<V: CacheValue> Cache<V> {
             return Ok(());
         }
         let tags: Vec<Arc<str>> = tags.iter().map(|t| Arc::from(t.as_ref())).collect();
+        check_tags(&tags, 0)?;
         let guard = &hierarchy.guards().generations;
         let stamps = tags::stamp(hierarchy.generations(), guard, &tags).await?;
         let now = hierarchy.fleet().created_now();
@@ -165,8 +166,12 @@ impl<V: CacheValue> Cache<V> {
             let created_at = hierarchy.stripes().created_at(&key, now);
             let mut meta = new_meta(created_at, false, stamps.clone(), Duration::ZERO);
             meta.insert = true;
-            let entries =
-                hierarchy.entries().of_value(Some(&Arc::new(value)), &meta, TierSet::EMPTY)?;
+            let entries = hierarchy.entries().of_value(
+                Some(&Arc::new(value)),
+                &meta,
+                TierSet::EMPTY,
+                Lifetimes::default(),
+            )?;
             for (j, entry) in entries {
                 by_tier.entry(j).or_default().push((key.clone(), entry));
             }
@@ -232,10 +237,11 @@ impl<V: CacheValue> Cache<V> {
             missing.iter().map(|(_, key, stale)| (key.clone(), stale.clone())).collect(),
             loader,
         );
+        let call = CallSettings::of_cache(hierarchy.opts());
         let waits = missing
             .iter()
             .zip(waiters)
-            .map(|((_, _, stale), waiter)| hierarchy.wait(waiter, stale.as_ref()));
+            .map(|((_, _, stale), waiter)| hierarchy.wait(waiter, stale.as_ref(), &call));
         for ((i, _, _), answer) in missing.iter().zip(futures::future::join_all(waits).await) {
             answers[*i] = Some(answer?);
         }
