@@ -26,6 +26,9 @@ mod layer;
 mod lock;
 pub mod metrics;
 mod policy;
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub mod seal;
 mod sketch;
 pub mod spi;
 mod state;
