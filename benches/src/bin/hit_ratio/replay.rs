@@ -48,11 +48,7 @@ impl Weights {
             created_at: 1,
             fresh_until: 2,
             stale_until: 3,
-            load_cost_us: 0,
-            negative: false,
-            insert: false,
-            tombstone: false,
-            tags: None,
+            ..Meta::default()
         };
         let weights = (0..2 * objects)
             .map(|id| {
