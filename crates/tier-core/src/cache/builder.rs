@@ -9,9 +9,9 @@ use super::background;
 use super::handle::Cache;
 use super::hierarchy::{Categories, Hierarchy, Parts};
 use super::options::{CacheValue, EarlyRefresh, FailSafe, Options};
+use super::sealer::Sealer;
 use super::tiers::{Level, Tiers, MAX_TIERS};
 use crate::backplane::{Backplane, ReconnectPolicy};
-use crate::envelope::Codec;
 use crate::error::CacheError;
 use crate::generations::{GenerationStore, LocalGenerations};
 use crate::layer::Mount;
@@ -26,7 +26,7 @@ use crate::tier::{Tier, TierContext};
 pub struct CacheBuilder<V> {
     name: String,
     tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
-    codec: Codec,
+    sealer: Sealer,
     opts: Options,
     generations: Option<Arc<dyn GenerationStore>>,
     backplane: Option<(Arc<dyn Backplane>, ReconnectPolicy)>,
@@ -42,7 +42,7 @@ impl<V: CacheValue> CacheBuilder<V> {
         Self {
             name,
             tiers: Vec::new(),
-            codec: Codec::default(),
+            sealer: Sealer::default(),
             opts: Options::default(),
             generations: None,
             backplane: None,
@@ -125,7 +125,19 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// Payloads of at least this many bytes are lz4-compressed when it helps. Any size
     /// (`usize::MAX` never compresses). Default: 1024.
     pub fn compress_threshold(mut self, bytes: usize) -> Self {
-        self.codec.compress_threshold = bytes;
+        self.sealer.codec.compress_threshold = bytes;
+        self
+    }
+
+    /// Seal every value written to a byte tier (disk, Redis) under `keyring`'s current key, and
+    /// open what is read with any of its keys (see [`crate::seal`]). With a keyring, an entry
+    /// in clear, sealed with a key it lacks, or altered is a miss (plus
+    /// `tier_decode_errors_total`). The L1's decoded objects are not affected. Default: none
+    /// (values in clear).
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    pub fn keyring(mut self, keyring: crate::seal::Keyring) -> Self {
+        self.sealer.keyring = Some(keyring);
         self
     }
 
@@ -232,7 +244,7 @@ impl<V: CacheValue> CacheBuilder<V> {
         let hierarchy = Arc::new(Hierarchy::new(Parts {
             name: self.name,
             tiers,
-            codec: self.codec,
+            sealer: self.sealer,
             opts: Options { reconnect, ..self.opts }.checked()?,
             generations,
             backplane,

@@ -165,7 +165,7 @@ impl<V: CacheValue> Hierarchy<V> {
                 level.metrics().get_duration.record(start.elapsed());
             }
             let (result, found) = match result {
-                Ok(lookup) => self.judge(i, seq, lookup, now).await,
+                Ok(lookup) => self.judge(key, i, seq, lookup, now).await,
                 Err(e) => (level.read_failed(self.name(), &e), None),
             };
             count(result);
@@ -182,6 +182,7 @@ impl<V: CacheValue> Hierarchy<V> {
     /// usable: the usability rule, then the value decoded.
     async fn judge(
         &self,
+        key: &[u8],
         i: usize,
         seq: u64,
         lookup: Lookup,
@@ -202,7 +203,7 @@ impl<V: CacheValue> Hierarchy<V> {
             Usability::Stale => LookupResult::Stale,
             Usability::Unusable => return (LookupResult::Miss, None),
         };
-        match entry.decode::<V>() {
+        match self.sealer().decode::<V>(self.name(), key, &entry) {
             Ok(value) => (result, Some((Found { level: i, seq, entry, value }, usable))),
             Err(e) => (level.read_failed(self.name(), &e), None),
         }
@@ -233,7 +234,7 @@ impl<V: CacheValue> Hierarchy<V> {
             };
             let now = now_ms();
             for (i, lookup) in open.into_iter().zip(lookups) {
-                let (result, found) = self.judge(j, seqs[i], lookup, now).await;
+                let (result, found) = self.judge(&keys[i], j, seqs[i], lookup, now).await;
                 count(i, result);
                 if let Some((found, usable)) = found {
                     walks[i].take(found, usable);

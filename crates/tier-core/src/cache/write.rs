@@ -50,7 +50,7 @@ impl<V: CacheValue> Cache<V> {
         let mut meta = new_meta(created_at, false, stamps, std::time::Duration::ZERO);
         meta.insert = true;
         let entries =
-            hierarchy.entries().of_value(Some(&Arc::new(value)), &meta, TierSet::EMPTY)?;
+            hierarchy.entries().of_value(&key, Some(&Arc::new(value)), &meta, TierSet::EMPTY)?;
         let written = hierarchy.writer().write_through(&key, entries).await;
         let what = Invalidation::Written { key, created_at };
         hierarchy.observe(&what);

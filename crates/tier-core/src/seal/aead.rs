@@ -97,21 +97,23 @@ impl Keyring {
         Ok(Sealing { key_id: self.current_id(), nonce: bytes })
     }
 
-    /// Encrypt `buf` in place under `sealing` (whose key must be the current one) and append
-    /// the tag: `buf` grows by [`TAG_LEN`].
-    pub fn seal_in_place(
+    /// Encrypt `buf` in place under `sealing` (whose key must be the current one); the tag.
+    pub fn seal_detached(
         &self,
         sealing: &Sealing,
         aad: &[u8],
-        buf: &mut Vec<u8>,
-    ) -> Result<(), String> {
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], String> {
         let (id, cipher) = self.current_cipher();
         if id != sealing.key_id {
             return Err(format!("sealing names key {}, the current key is {id}", sealing.key_id));
         }
-        cipher
-            .encrypt_in_place(&XNonce::from(sealing.nonce), aad, buf)
-            .map_err(|_| "the payload is too long to seal".to_string())
+        let tag = cipher
+            .encrypt_inout_detached(&XNonce::from(sealing.nonce), aad, buf.into())
+            .map_err(|_| "the payload is too long to seal".to_string())?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(&tag);
+        Ok(out)
     }
 
     /// Decrypt and authenticate `ciphertext` (tag last) sealed under `sealing`: the plaintext,
@@ -152,7 +154,8 @@ mod tests {
         let sealing = keyring.fresh_sealing().expect("nonce");
         let aad = associated_data(sealing.key_id, place, &[b"header"]);
         let mut buf = plain.to_vec();
-        keyring.seal_in_place(&sealing, &aad, &mut buf).expect("seal");
+        let tag = keyring.seal_detached(&sealing, &aad, &mut buf).expect("seal");
+        buf.extend_from_slice(&tag);
         (sealing, buf)
     }
 

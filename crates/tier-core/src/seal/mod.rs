@@ -10,7 +10,9 @@
 //! place. The L1 holds decoded objects, as without a keyring.
 
 mod aead;
+mod envelope;
 mod keyring;
 
 pub use aead::{associated_data, Place, Sealing, NONCE_LEN, TAG_LEN};
+pub use envelope::{decode_sealed, encode_sealed, open_envelope};
 pub use keyring::{KeyId, Keyring, KeyringError, KEY_LEN};
