@@ -1,8 +1,11 @@
 //! Decoding a stored envelope for display (`tier disk get`, `tier redis get`): its times, tags,
 //! flags and value. The value's Rust type is unknown here, so the MessagePack payload is shown
-//! as JSON when it maps to JSON, or as a hex preview otherwise.
+//! as JSON when it maps to JSON, or as a hex preview otherwise. A sealed entry (a cache with a
+//! keyring) is said to be one, with the id of its key; its value is shown only when a keyring
+//! that holds the key opens it for the entry's cache and key.
 
 use serde::Serialize;
+use tier_core::seal::{decode_sealed, Keyring, Place, Sealing};
 use tier_core::spi::envelope::{decode_meta, decode_value, FLAG_COMPRESSED};
 use tier_core::spi::now_ms;
 
@@ -27,6 +30,10 @@ pub struct EnvelopeView {
     pub negative: bool,
     /// The payload is lz4-compressed.
     pub compressed: bool,
+    /// The payload is sealed (encrypted at rest).
+    pub encrypted: bool,
+    /// The id of the key it is sealed with, when sealed.
+    pub key_id: Option<u32>,
     /// Tags and the generation each had when written.
     pub tags: Vec<TagView>,
     /// The value as JSON, when the payload maps to JSON.
@@ -44,8 +51,18 @@ pub struct TagView {
     pub generation: u64,
 }
 
-/// Decode `bytes`; an error says why they are not a valid envelope.
-pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
+/// What opens a sealed entry: a keyring, and the entry's place (its cache and key).
+#[derive(Debug, Clone, Copy)]
+pub struct Opener<'a> {
+    /// The keyring, when one was supplied.
+    pub keyring: Option<&'a Keyring>,
+    /// The entry's place, bound into its seal.
+    pub place: Place<'a>,
+}
+
+/// Decode `bytes` (opening a sealed entry with `opener`'s keyring); an error says why they are
+/// not a valid envelope.
+pub fn view(bytes: &[u8], opener: Opener<'_>) -> Result<EnvelopeView, String> {
     let (meta, at) = decode_meta(bytes).map_err(|e| e.to_string())?;
     let now = now_ms();
     let state = if now < meta.fresh_until {
@@ -55,8 +72,19 @@ pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
     } else {
         "expired"
     };
-    let (value, value_error) = match decode_value::<serde_json::Value>(bytes, &meta, at) {
+    let sealing =
+        meta.sealing.as_deref().map(Sealing::parse).transpose().map_err(|e| e.to_string())?;
+    let decoded = match (&sealing, opener.keyring) {
+        (None, _) => decode_value::<serde_json::Value>(bytes, &meta, at),
+        (Some(_), Some(keyring)) => decode_sealed(bytes, keyring, opener.place),
+        (Some(s), None) => Err(tier_core::TierError::decode(format!(
+            "sealed with key {}: supply the keyring (--keyring-file or TIER_KEYRING) to decrypt",
+            s.key_id
+        ))),
+    };
+    let (value, value_error) = match decoded {
         Ok(v) => (v, None),
+        Err(e) if sealing.is_some() => (None, Some(e.to_string())),
         Err(e) => (None, Some(format!("{e}; payload starts {}", hex_preview(&bytes[at..], 32)))),
     };
     Ok(EnvelopeView {
@@ -68,6 +96,8 @@ pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
         load_cost_us: meta.load_cost_us,
         negative: meta.negative,
         compressed: bytes.get(4).is_some_and(|f| f & FLAG_COMPRESSED != 0),
+        encrypted: sealing.is_some(),
+        key_id: sealing.map(|s| s.key_id),
         tags: meta
             .tags()
             .iter()
@@ -123,6 +153,11 @@ impl EnvelopeView {
             if self.compressed { ", lz4-compressed" } else { "" },
             if self.negative { ", negative (the origin had no value)" } else { "" }
         );
+        if let Some(id) = self.key_id {
+            let opened =
+                if self.value.is_some() { "opened with the keyring" } else { "not opened" };
+            let _ = writeln!(out, "encrypted    yes, XChaCha20-Poly1305, key {id} ({opened})");
+        }
         if !self.tags.is_empty() {
             let tags: Vec<String> = self
                 .tags
