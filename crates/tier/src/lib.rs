@@ -42,6 +42,8 @@
 //! - `postcard` — the compact postcard serializer for them ([`Serializer::Postcard`]).
 //! - `prometheus` — a Prometheus exporter set up for tier's metrics: buckets, upkeep, a handle
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
+//! - `encryption` — values sealed at rest in the disk and Redis tiers with a keyring of the
+//!   application's (the `seal` module, `CacheBuilder::keyring`).
 //! - `test-util` — tier-core's test helpers and conformance kit (the `testing` module).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -54,6 +56,9 @@ pub use tier_core::{
     WarmReport, MAX_ID_LEN,
 };
 
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub use tier_core::seal;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use tier_core::testing;
