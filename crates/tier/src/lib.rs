@@ -38,6 +38,8 @@
 //! - `redis` — `RedisTier`, `RedisBackplane`, `RedisGenerations`, `RedisLock` (the `redis`
 //!   module).
 //! - `tls` — `rediss://` URLs through rustls (implies `redis`).
+//! - `zstd` — zstd compression of the values byte tiers store ([`Compression::Zstd`]).
+//! - `postcard` — the compact postcard serializer for them ([`Serializer::Postcard`]).
 //! - `prometheus` — a Prometheus exporter set up for tier's metrics: buckets, upkeep, a handle
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
 //! - `test-util` — tier-core's test helpers and conformance kit (the `testing` module).
@@ -46,9 +48,10 @@
 
 pub use tier_core::{
     metrics, spi, BackfillPolicy, BoxError, Breaker, BreakerConfig, BreakerState, Cache,
-    CacheBuilder, CacheError, CacheValue, CallOptions, EarlyRefresh, FailSafe, KeyBuilder,
-    LockOptions, ReconnectPolicy, Storage, TierError, TierErrorKind, TierInfo, TierPolicy,
-    TierStats, TtlPolicy, WarmProgress, WarmReport, MAX_ID_LEN,
+    CacheBuilder, CacheError, CacheHit, CacheValue, CallOptions, Compression, EarlyRefresh,
+    FailSafe, KeyBuilder, LoadContext, Loaded, LockOptions, Previous, ReconnectPolicy, Serializer,
+    Storage, TierError, TierErrorKind, TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress,
+    WarmReport, MAX_ID_LEN,
 };
 
 #[cfg(feature = "test-util")]
@@ -85,7 +88,7 @@ pub mod prometheus;
 
 /// The names most services use: `use tier::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Cache, CacheError, CallOptions, FailSafe, TierPolicy};
+    pub use crate::{Cache, CacheError, CallOptions, FailSafe, LoadContext, Loaded, TierPolicy};
 
     #[cfg(feature = "disk")]
     pub use crate::DiskTier;
