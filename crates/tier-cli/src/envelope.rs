@@ -1,12 +1,16 @@
 //! Decoding a stored envelope for display (`tier disk get`, `tier redis get`): its times, tags,
-//! flags and value. The value's Rust type is unknown here, so the MessagePack payload is shown
-//! as JSON when it maps to JSON, or as a hex preview otherwise. A sealed entry (a cache with a
+//! flags and value. The value's Rust type is unknown here, so a payload of a self-describing
+//! serializer (MessagePack, JSON) is shown as JSON when it maps to JSON, whatever compressed it;
+//! a postcard payload (positional: it cannot be read without its type) and anything that does
+//! not decode are shown as a hex preview with the reason. A sealed entry (a cache with a
 //! keyring) is said to be one, with the id of its key; its value is shown only when a keyring
 //! that holds the key opens it for the entry's cache and key.
 
 use serde::Serialize;
 use tier_core::seal::{decode_sealed, Keyring, Place, Sealing};
-use tier_core::spi::envelope::{decode_meta, decode_value, FLAG_COMPRESSED};
+use tier_core::spi::envelope::{
+    decode_meta, decode_value, payload_of, Serializer, FLAG_COMPRESSED,
+};
 use tier_core::spi::now_ms;
 
 use crate::duration::short;
@@ -28,9 +32,15 @@ pub struct EnvelopeView {
     pub load_cost_us: u32,
     /// The origin said "no such value".
     pub negative: bool,
-    /// The payload is lz4-compressed.
+    /// The payload is compressed.
     pub compressed: bool,
-    /// The payload is sealed (encrypted at rest).
+    /// The serializer that wrote the value (`msgpack`, `json`, `postcard`), when known.
+    pub serializer: Option<&'static str>,
+    /// The compression of the payload (`lz4`, `zstd`), when compressed.
+    pub compression: Option<&'static str>,
+    /// The origin's validator (ETag, Last-Modified, version): as text when UTF-8, else hex.
+    pub validator: Option<String>,
+    /// The payload is sealed (encrypted at rest); its value is shown only when opened.
     pub encrypted: bool,
     /// The id of the key it is sealed with, when sealed.
     pub key_id: Option<u32>,
@@ -74,19 +84,35 @@ pub fn view(bytes: &[u8], opener: Opener<'_>) -> Result<EnvelopeView, String> {
     };
     let sealing =
         meta.sealing.as_deref().map(Sealing::parse).transpose().map_err(|e| e.to_string())?;
-    let decoded = match (&sealing, opener.keyring) {
-        (None, _) => decode_value::<serde_json::Value>(bytes, &meta, at),
-        (Some(_), Some(keyring)) => decode_sealed(bytes, keyring, opener.place),
-        (Some(s), None) => Err(tier_core::TierError::decode(format!(
+    let payload = payload_of(bytes, at);
+    let decoded = match (&payload, &sealing, opener.keyring) {
+        (Ok(p), _, _) if p.serializer == Serializer::Postcard && !meta.negative => {
+            Err("a postcard payload is not self-describing (its type is needed to read it)".into())
+        }
+        (_, None, _) => {
+            decode_value::<serde_json::Value>(bytes, &meta, at).map_err(|e| e.to_string())
+        }
+        (_, Some(_), Some(keyring)) => {
+            decode_sealed(bytes, keyring, opener.place).map_err(|e| e.to_string())
+        }
+        (_, Some(s), None) => Err(format!(
             "sealed with key {}: supply the keyring (--keyring-file or TIER_KEYRING) to decrypt",
             s.key_id
-        ))),
+        )),
     };
     let (value, value_error) = match decoded {
         Ok(v) => (v, None),
-        Err(e) if sealing.is_some() => (None, Some(e.to_string())),
+        Err(e) if sealing.is_some() => (None, Some(e)),
         Err(e) => (None, Some(format!("{e}; payload starts {}", hex_preview(&bytes[at..], 32)))),
     };
+    let (serializer, compression) = match &payload {
+        Ok(p) => (Some(p.serializer.name()), p.compression.map(|c| c.name())),
+        Err(_) => (None, None),
+    };
+    let validator = meta.validator.as_ref().map(|v| match std::str::from_utf8(v) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!("0x{}", hex_preview(v, v.len())),
+    });
     Ok(EnvelopeView {
         size: bytes.len(),
         state,
@@ -96,6 +122,9 @@ pub fn view(bytes: &[u8], opener: Opener<'_>) -> Result<EnvelopeView, String> {
         load_cost_us: meta.load_cost_us,
         negative: meta.negative,
         compressed: bytes.get(4).is_some_and(|f| f & FLAG_COMPRESSED != 0),
+        serializer,
+        compression,
+        validator,
         encrypted: sealing.is_some(),
         key_id: sealing.map(|s| s.key_id),
         tags: meta
@@ -148,11 +177,16 @@ impl EnvelopeView {
         );
         let _ = writeln!(
             out,
-            "envelope     {} bytes{}{}",
+            "envelope     {} bytes, {}{}{}{}",
             self.size,
-            if self.compressed { ", lz4-compressed" } else { "" },
+            self.serializer.unwrap_or("unknown serializer"),
+            self.compression.map(|c| format!(", {c}-compressed")).unwrap_or_default(),
+            if self.encrypted { ", encrypted" } else { "" },
             if self.negative { ", negative (the origin had no value)" } else { "" }
         );
+        if let Some(v) = &self.validator {
+            let _ = writeln!(out, "validator    {v}");
+        }
         if let Some(id) = self.key_id {
             let opened =
                 if self.value.is_some() { "opened with the keyring" } else { "not opened" };

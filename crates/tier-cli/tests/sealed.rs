@@ -31,7 +31,10 @@ fn disk_get_of_a_sealed_entry_shows_metadata_and_opens_with_a_keyring() {
             .keyring(keyring())
             .build()
             .unwrap();
-        cache.insert_with_tags(cache.key("1"), j!({"pin": "pin-7731"}), &["owner:7"]).await.unwrap();
+        cache
+            .insert_with_tags(cache.key("1"), j!({"pin": "pin-7731"}), &["owner:7"])
+            .await
+            .unwrap();
     });
     let get = |extra: &[&str]| {
         let mut cmd = tier();

@@ -171,7 +171,7 @@ impl<V: CacheValue> Cache<V> {
 }
 
 /// The outcome of a write or invalidation: the first tier failure, else the backplane's.
-fn published(
+pub(super) fn published(
     tiers: Option<CacheError>,
     backplane: Result<(), CacheError>,
 ) -> Result<(), CacheError> {

@@ -47,12 +47,16 @@ impl Default for Stripes {
 }
 
 impl Stripes {
-    fn of(&self, key: &[u8]) -> &Stripe {
+    fn index(key: &[u8]) -> usize {
         let mut h: u32 = 0x811c_9dc5;
         for b in key {
             h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
         }
-        &self.0[h as usize % STRIPES]
+        h as usize % STRIPES
+    }
+
+    fn of(&self, key: &[u8]) -> &Stripe {
+        &self.0[Self::index(key)]
     }
 
     /// The write sequence of `key`'s stripe.
@@ -96,6 +100,22 @@ impl Stripes {
         let guard = stripe.lock.write().await;
         stripe.seq.fetch_add(1, Ordering::AcqRel);
         guard
+    }
+
+    /// Hold the stripes of `keys` exclusively and bump each once (a batch insert). They are
+    /// taken in stripe order, as [`exclusive_all`](Self::exclusive_all) takes them, and every
+    /// other holder holds one stripe at a time: no two holders wait for each other.
+    async fn exclusive_many(&self, keys: &[Bytes]) -> Vec<RwLockWriteGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.iter().map(|k| Self::index(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            let stripe = &self.0[i];
+            guards.push(stripe.lock.write().await);
+            stripe.seq.fetch_add(1, Ordering::AcqRel);
+        }
+        guards
     }
 
     /// Hold every stripe exclusively and bump them all (a clear).
@@ -171,6 +191,30 @@ impl Writer<'_> {
         for (j, entry) in entries {
             if let Err(e) = self.write_one(j, key.clone(), entry).await {
                 first_failure(&mut first, self.tiers.get(j).name(), e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Write many keys' entries now (a batch insert): hold their stripes exclusively, then one
+    /// `insert_many` per tier (`by_tier`: tier index → its entries), top tier first, as
+    /// [`write_through`](Self::write_through) writes one key; returns the first failure.
+    pub async fn write_through_many(
+        &self,
+        keys: &[Bytes],
+        by_tier: Vec<(usize, Vec<(Bytes, Entry)>)>,
+    ) -> Result<(), CacheError> {
+        let _exclusive = self.stripes.exclusive_many(keys).await;
+        let mut first = None;
+        for (j, entries) in by_tier {
+            let level = self.tiers.get(j);
+            let n = entries.len() as u64;
+            let start = std::time::Instant::now();
+            let result = level.tier().insert_many(entries).await;
+            level.metrics().write_duration.record(start.elapsed());
+            level.count_writes(self.cache, &result, n);
+            if let Err(e) = result {
+                first_failure(&mut first, level.name(), e);
             }
         }
         first.map_or(Ok(()), Err)

@@ -170,6 +170,22 @@ impl Codec {
         }
     }
 
+    /// Why this codec cannot write, if it cannot: a serializer or compression whose feature
+    /// is not built in, a zstd level outside 1..=22.
+    pub fn check(&self) -> Result<(), String> {
+        let feature = |name: &str| format!("{name} needs the feature `{name}` of tier (tier-core)");
+        if !self.serializer.is_built_in() {
+            return Err(feature(self.serializer.name()));
+        }
+        match self.compression {
+            Some(c) if !c.is_built_in() => Err(feature(c.name())),
+            Some(Compression::Zstd) if !(1..=22).contains(&self.zstd_level) => {
+                Err(format!("zstd level {} outside 1..=22", self.zstd_level))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Encode `value` (or a negative entry when `None` or `meta.negative`) with `meta` into an
     /// envelope. A `meta` carrying a sealing is refused: sealed envelopes are made by the
     /// encryption layer ([`Codec::serialize`], then [`assemble`]).

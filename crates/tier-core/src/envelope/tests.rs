@@ -354,3 +354,59 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_length_prefix_over_the_limit_is_refused_before_allocating() {
+    let bytes = Codec::default().encode(&meta(), Some(&"abc".repeat(2000))).expect("encode");
+    let (m, at) = decode_meta(&bytes).expect("meta");
+    let mut bomb = bytes.to_vec();
+    bomb[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = decode_value::<String>(&bomb, &m, at).expect_err("refused");
+    assert!(err.to_string().contains("at most"), "{err}");
+}
+
+#[cfg(feature = "zstd")]
+#[test]
+fn zstd_payloads_roundtrip_and_corrupt_ones_are_decode_errors() {
+    let codec = Codec { compression: Some(Compression::Zstd), ..Codec::default() };
+    let value = "tiered caches ".repeat(500);
+    let bytes = codec.encode(&meta(), Some(&value)).expect("encode");
+    assert_eq!(bytes[5] >> 4, Compression::Zstd.id());
+    let (m, at) = decode_meta(&bytes).expect("meta");
+    assert_eq!(decode_value::<String>(&bytes, &m, at).expect("value"), Some(value.clone()));
+    let lz4 = Codec::default().encode(&meta(), Some(&value)).expect("lz4");
+    assert!(bytes.len() < lz4.len(), "zstd {} vs lz4 {}", bytes.len(), lz4.len());
+    // A wrong length prefix, and a damaged frame: errors, not wrong values.
+    let mut short = bytes.to_vec();
+    short[at] ^= 1;
+    assert!(decode_value::<String>(&short, &m, at).expect_err("prefix").is_decode());
+    let mut damaged = bytes.to_vec();
+    let mid = at + (bytes.len() - at) / 2;
+    damaged[mid] ^= 0xFF;
+    if let Ok(v) = decode_value::<String>(&damaged, &m, at) {
+        assert_ne!(v, Some(value), "a damaged frame never decodes as the value");
+    }
+}
+
+#[cfg(feature = "postcard")]
+#[test]
+fn postcard_payloads_roundtrip_and_are_the_smallest() {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct User {
+        id: u64,
+        name: String,
+        teams: Vec<u32>,
+    }
+    let user = User { id: 42, name: "Ada".into(), teams: vec![1, 7] };
+    let sizes: Vec<usize> = [Serializer::Postcard, Serializer::MessagePack, Serializer::Json]
+        .into_iter()
+        .map(|serializer| {
+            let codec = Codec { serializer, ..Codec::default() };
+            let bytes = codec.encode(&meta(), Some(&user)).expect("encode");
+            let (m, at) = decode_meta(&bytes).expect("meta");
+            assert_eq!(decode_value::<User>(&bytes, &m, at).expect("value").as_ref(), Some(&user));
+            bytes.len()
+        })
+        .collect();
+    assert!(sizes[0] < sizes[1] && sizes[1] < sizes[2], "{sizes:?}");
+}
