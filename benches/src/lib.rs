@@ -39,18 +39,23 @@ pub fn envelope_of_len(len: usize, seq: u64) -> tier_core::spi::Entry {
         stale_until: now + 24 * 3_600_000,
         ..Meta::default()
     };
+    let payload = letters(len, seq);
+    let codec = Codec { compress_threshold: usize::MAX, ..Codec::new() };
+    let bytes = codec.encode(&meta, Some(&payload)).expect("a string always encodes");
+    Entry::from_envelope(bytes).expect("an envelope just encoded is valid")
+}
+
+/// A `len`-byte string that does not compress: letters from a xorshift seeded by `seq`.
+pub fn letters(len: usize, seq: u64) -> String {
     let mut x = seq | 1;
-    let payload: String = (0..len)
+    (0..len)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             (b'a' + (x % 26) as u8) as char
         })
-        .collect();
-    let codec = Codec { compress_threshold: usize::MAX, ..Codec::new() };
-    let bytes = codec.encode(&meta, Some(&payload)).expect("a string always encodes");
-    Entry::from_envelope(bytes).expect("an envelope just encoded is valid")
+        .collect()
 }
 
 /// foyer's `HybridCache` as the disk benches' peer: the block engine (16 MiB blocks) on an

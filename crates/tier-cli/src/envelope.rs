@@ -40,7 +40,7 @@ pub struct EnvelopeView {
     pub compression: Option<&'static str>,
     /// The origin's validator (ETag, Last-Modified, version): as text when UTF-8, else hex.
     pub validator: Option<String>,
-    /// The payload is sealed (encrypted at rest).
+    /// The payload is sealed (encrypted at rest); its value is shown only when opened.
     pub encrypted: bool,
     /// The id of the key it is sealed with, when sealed.
     pub key_id: Option<u32>,
@@ -82,35 +82,28 @@ pub fn view(bytes: &[u8], opener: Opener<'_>) -> Result<EnvelopeView, String> {
     } else {
         "expired"
     };
-    let payload = payload_of(bytes, at);
     let sealing =
         meta.sealing.as_deref().map(Sealing::parse).transpose().map_err(|e| e.to_string())?;
-    let postcard = matches!(&payload, Ok(p) if p.serializer == Serializer::Postcard);
-    let (value, value_error) = if sealing.is_none() && postcard && !meta.negative {
-        (
-            None,
-            Some(format!(
-                "a postcard payload is not self-describing (its type is needed to read it); \
-                 payload starts {}",
-                hex_preview(&bytes[at..], 32)
-            )),
-        )
-    } else {
-        let decoded = match (&sealing, opener.keyring) {
-            (None, _) => decode_value::<serde_json::Value>(bytes, &meta, at),
-            (Some(_), Some(keyring)) => decode_sealed(bytes, keyring, opener.place),
-            (Some(s), None) => Err(tier_core::TierError::decode(format!(
-                "sealed with key {}: supply the keyring (--keyring-file or TIER_KEYRING) to decrypt",
-                s.key_id
-            ))),
-        };
-        match decoded {
-            Ok(v) => (v, None),
-            Err(e) if sealing.is_some() => (None, Some(e.to_string())),
-            Err(e) => {
-                (None, Some(format!("{e}; payload starts {}", hex_preview(&bytes[at..], 32))))
-            }
+    let payload = payload_of(bytes, at);
+    let decoded = match (&payload, &sealing, opener.keyring) {
+        (Ok(p), _, _) if p.serializer == Serializer::Postcard && !meta.negative => {
+            Err("a postcard payload is not self-describing (its type is needed to read it)".into())
         }
+        (_, None, _) => {
+            decode_value::<serde_json::Value>(bytes, &meta, at).map_err(|e| e.to_string())
+        }
+        (_, Some(_), Some(keyring)) => {
+            decode_sealed(bytes, keyring, opener.place).map_err(|e| e.to_string())
+        }
+        (_, Some(s), None) => Err(format!(
+            "sealed with key {}: supply the keyring (--keyring-file or TIER_KEYRING) to decrypt",
+            s.key_id
+        )),
+    };
+    let (value, value_error) = match decoded {
+        Ok(v) => (v, None),
+        Err(e) if sealing.is_some() => (None, Some(e)),
+        Err(e) => (None, Some(format!("{e}; payload starts {}", hex_preview(&bytes[at..], 32)))),
     };
     let (serializer, compression) = match &payload {
         Ok(p) => (Some(p.serializer.name()), p.compression.map(|c| c.name())),

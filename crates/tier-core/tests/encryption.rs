@@ -190,3 +190,22 @@ async fn backfill_between_byte_tiers_keeps_the_seal_and_the_l1_holds_objects() {
     l3.put_raw(key.clone(), &b"gone"[..]);
     assert_eq!(read(&cache, &key).await, Some(SECRET.to_string()));
 }
+
+#[tokio::test]
+async fn batches_seal_each_entry_under_its_own_key() {
+    let tier = Arc::new(MapTier::new("disk"));
+    let cache = sealed_cache("batch", &tier, keyring());
+    let keys = [cache.key("1"), cache.key("2")];
+    let items = keys.iter().map(|k| (k.clone(), SECRET.to_string()));
+    cache.insert_many(items).await.unwrap();
+    for k in &keys {
+        assert_ne!(tier.raw(k).expect("stored")[4] & FLAG_ENCRYPTED, 0);
+    }
+    let got = cache.get_many(&keys).await;
+    assert!(got.iter().all(|v| v.as_deref().map(String::as_str) == Some(SECRET)), "{got:?}");
+    // Swapped between the two keys, neither opens.
+    let (one, two) = (tier.raw(&keys[0]).unwrap(), tier.raw(&keys[1]).unwrap());
+    tier.put_raw(keys[0].clone(), two);
+    tier.put_raw(keys[1].clone(), one);
+    assert_eq!(cache.get_many(&keys).await.iter().filter(|v| v.is_some()).count(), 0);
+}
