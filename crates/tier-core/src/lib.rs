@@ -26,6 +26,7 @@ mod layer;
 mod lock;
 pub mod metrics;
 mod policy;
+mod queue;
 mod sketch;
 pub mod spi;
 mod state;

@@ -151,6 +151,7 @@ mod inspect;
 mod metrics;
 mod open;
 mod pool;
+mod queue;
 mod read;
 mod replay;
 mod report;
@@ -172,6 +173,7 @@ pub use inspect::DiskInspector;
 pub use metrics::{
     READS, RECOVERY_BYTES, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS, RECOVERY_SUSPECT,
 };
+pub use queue::{DiskQueue, QueueReport, MAX_QUEUE_KEY_LEN, MAX_QUEUE_VALUE_LEN};
 pub use report::{
     DiskStats, RawRecord, RecordInfo, RecoveryReport, SegmentDamage, StateReport, StrayFile,
     VerifyReport,
