@@ -192,6 +192,10 @@ pub enum CacheError {
     /// The cache configuration is not valid (returned by the builder).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// [`Cache::write_behind`](crate::Cache::write_behind) found the queue full and was told
+    /// not to wait ([`WhenFull::Fail`](crate::WhenFull::Fail)): nothing was written or queued.
+    #[error("write-behind queue full: {0}")]
+    WriteBehindFull(String),
 }
 
 impl CacheError {

@@ -20,6 +20,8 @@ mod cache;
 mod entry;
 mod envelope;
 mod error;
+#[cfg(any(test, feature = "test-util"))]
+mod fault;
 mod generations;
 mod key;
 mod layer;
@@ -40,12 +42,14 @@ mod timeout;
 pub use backplane::ReconnectPolicy;
 pub use breaker::{Breaker, BreakerConfig};
 pub use cache::{
-    Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, TierInfo, TraceKeys,
-    WarmProgress, WarmReport,
+    Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, OriginWrite,
+    OriginWriter, TierInfo, TraceKeys, WarmProgress, WarmReport, WhenFull, WriteBehind,
+    WriteBehindStatus,
 };
 pub use entry::Storage;
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};
 pub use key::{KeyBuilder, MAX_ID_LEN};
 pub use lock::LockOptions;
 pub use policy::{BackfillPolicy, TierPolicy, TtlPolicy};
+pub use queue::DeadLetter;
 pub use tier::{BreakerState, TierStats};

@@ -37,6 +37,7 @@
 mod backfill;
 mod background;
 mod batch;
+mod behind;
 mod builder;
 mod fleet;
 mod flight;
@@ -55,9 +56,10 @@ mod warm;
 mod write;
 mod writes;
 
+pub use behind::{OriginWrite, OriginWriter, WriteBehindStatus};
 pub use builder::CacheBuilder;
 pub use handle::Cache;
-pub use options::{CacheValue, CallOptions, EarlyRefresh, FailSafe};
+pub use options::{CacheValue, CallOptions, EarlyRefresh, FailSafe, WhenFull, WriteBehind};
 pub use tiers::TierInfo;
 pub use trace::TraceKeys;
 pub use warm::{WarmProgress, WarmReport};
