@@ -230,6 +230,18 @@ pub enum DiskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The write-behind queue: writes still owed to the origin, dead letters, damage (exit
+    /// code 3 when damaged).
+    Queue {
+        /// The disk tier directory.
+        dir: PathBuf,
+        /// Show at most this many pending writes and this many dead letters.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where a Redis command connects.

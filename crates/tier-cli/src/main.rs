@@ -15,6 +15,7 @@ mod envelope;
 mod error;
 mod invalidate;
 mod promtext;
+mod queue;
 mod redis;
 mod stats;
 

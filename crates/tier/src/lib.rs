@@ -46,9 +46,10 @@
 
 pub use tier_core::{
     metrics, spi, BackfillPolicy, BoxError, Breaker, BreakerConfig, BreakerState, Cache,
-    CacheBuilder, CacheError, CacheValue, CallOptions, EarlyRefresh, FailSafe, KeyBuilder,
-    LockOptions, ReconnectPolicy, Storage, TierError, TierErrorKind, TierInfo, TierPolicy,
-    TierStats, TtlPolicy, WarmProgress, WarmReport, MAX_ID_LEN,
+    CacheBuilder, CacheError, CacheValue, CallOptions, DeadLetter, EarlyRefresh, FailSafe,
+    KeyBuilder, LockOptions, OriginWrite, OriginWriter, ReconnectPolicy, Storage, TierError,
+    TierErrorKind, TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress, WarmReport, WhenFull,
+    WriteBehind, WriteBehindStatus, MAX_ID_LEN,
 };
 
 #[cfg(feature = "test-util")]
