@@ -214,12 +214,14 @@ impl<V: CacheValue> Cache<V> {
 
     /// Write `value` to every tier at once, as [`insert`](Self::insert) does (and tell the
     /// other instances), and queue a write of it to the origin through the cache's
-    /// [`OriginWriter`]. Returns once the queued write is durable: in the disk tier's directory
-    /// when the cache has one (a `kill -9` never loses it; see `DiskTierBuilder::queue_flush`
-    /// for power loss), else in memory — **lossy**: a crash loses what is pending.
+    /// [`OriginWriter`](crate::OriginWriter). Returns once the queued write is durable: in the
+    /// disk tier's directory when the cache has one (a `kill -9` never loses it; see
+    /// `DiskTierBuilder::queue_flush` for power loss), else in memory — **lossy**: a crash
+    /// loses what is pending.
     ///
-    /// A full queue waits or fails ([`WriteBehind::when_full`]); a queue that cannot be written
-    /// (a full disk) fails, and then nothing was written anywhere. When the queued write is
+    /// A full queue waits or fails ([`WriteBehind::when_full`](crate::WriteBehind::when_full));
+    /// a queue that cannot be written (a full disk) fails, and then nothing was written
+    /// anywhere. When the queued write is
     /// durable but a tier failed, that tier's error is returned (the origin write stays queued).
     /// An [`insert`](Self::insert) of the key supersedes a pending write of it (not yet in a
     /// batch in flight); an [`invalidate`](Self::invalidate) does not cancel it.
