@@ -172,3 +172,42 @@ fn a_full_disk_fails_the_write_behind_with_an_error_and_loses_nothing_acknowledg
     pending.sort_unstable();
     assert_eq!(pending, acked, "every acknowledged write is owed, no refused one");
 }
+
+/// Callers that give up while their write is being appended (a timeout, a dropped request)
+/// give their room in the queue back, and a write that became durable meanwhile is still
+/// written: before, each such caller kept its room forever (the queue filled up with nothing
+/// in it) and a durable write it left was never handed to the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_mid_append_leaks_no_room_and_strands_no_durable_write() {
+    use tier_core::WhenFull;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = RecordingOrigin::new();
+    let opts = WriteBehind::default().capacity(3).when_full(WhenFull::Fail);
+    let cache = cache_of(dir.path(), &origin, opts);
+    let mut given_up = 0;
+    for i in 0..20u64 {
+        // Polled once, then dropped: the append (an fdatasync) is still running.
+        let once = tokio::time::timeout(Duration::ZERO, cache.write_behind(format!("c{i}"), i));
+        given_up += u32::from(once.await.is_err());
+    }
+    assert!(given_up > 0, "no caller gave up mid-append");
+    // The writes that became durable are written; nothing is left owed.
+    let queued_or_not = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            cache.flush_write_behind().await.unwrap();
+            if DiskInspector::open(dir.path()).unwrap().queue().unwrap().pending.is_empty() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    queued_or_not.await.expect("every durable write is written");
+    // The room is all there: three writes held at once (the origin holds the first batch).
+    origin.hold();
+    cache.write_behind("a", 1).await.unwrap();
+    origin.entered().await;
+    cache.write_behind("b", 1).await.unwrap();
+    cache.write_behind("c", 1).await.unwrap();
+    origin.release();
+    cache.flush_write_behind().await.unwrap();
+}

@@ -228,9 +228,9 @@ impl<V> Behind<V> {
         }
     }
 
-    /// Wait for room for a write of `key` (or fail, per [`WhenFull`]); the room is reserved
-    /// until [`queue`](Self::queue) takes it.
-    pub(super) async fn admit(&self, key: &[u8]) -> Result<(), CacheError> {
+    /// Wait for room for a write of `key` (or fail, per [`WhenFull`]); the room stays reserved
+    /// while the [`Reservation`] lives.
+    pub(super) async fn admit(self: &Arc<Self>, key: &[u8]) -> Result<Reservation<V>, CacheError> {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -241,7 +241,7 @@ impl<V> Behind<V> {
                 if st.book.of_key(key).is_some() || st.book.len() + st.reserved < self.opts.capacity
                 {
                     st.reserved += 1;
-                    return Ok(());
+                    return Ok(Reservation(Arc::clone(self)));
                 }
                 if self.opts.when_full == WhenFull::Fail {
                     return Err(CacheError::WriteBehindFull(format!(
@@ -255,9 +255,13 @@ impl<V> Behind<V> {
         }
     }
 
-    /// Queue `value` (encoded) for `key`, durably; the room [`admit`](Self::admit) reserved is
-    /// taken or given back.
-    pub(super) async fn queue(&self, key: Bytes, value: Bytes) -> Result<(), CacheError> {
+    /// Append the write to the queue and apply it, holding `room` until then.
+    async fn append(
+        &self,
+        room: Reservation<V>,
+        key: Bytes,
+        value: Bytes,
+    ) -> Result<(), CacheError> {
         let write = {
             let mut st = self.lock();
             QueuedWrite { seq: st.book.take_seq(), key, value, queued_at_ms: now_ms() }
@@ -267,15 +271,13 @@ impl<V> Behind<V> {
         let persisted = self.persist(vec![QueueOp::Write(write.clone())]).await;
         #[cfg(any(test, feature = "test-util"))]
         crate::fault::fault_point("write-behind.after-append");
-        let mut st = self.lock();
-        st.reserved -= 1;
         if persisted.is_ok() {
+            let mut st = self.lock();
             st.book.apply(QueueOp::Write(write));
             self.report(&st);
             self.queued.notify_one();
-        } else {
-            self.freed.notify_waiters();
         }
+        drop(room);
         persisted
     }
 
@@ -381,6 +383,11 @@ impl<V> Behind<V> {
         for op in ops {
             st.book.apply(op);
         }
+        for w in &writes {
+            if st.book.of_key(&w.key).is_none_or(|(_, dead)| dead) {
+                st.invalidated.remove(&w.key);
+            }
+        }
         self.metrics.dead_lettered.increment(writes.len() as u64);
         self.report(&st);
         drop(st);
@@ -447,6 +454,25 @@ impl<V> Behind<V> {
 }
 
 impl<V: CacheValue> Behind<V> {
+    /// Queue `value` (encoded) for `key`, durably, in the room `room` reserved. The append and
+    /// its bookkeeping run in a task of their own: a caller that gives up meanwhile leaves no
+    /// write that is durable but unknown to the writer task.
+    pub(super) async fn queue(
+        self: &Arc<Self>,
+        room: Reservation<V>,
+        key: Bytes,
+        value: Bytes,
+    ) -> Result<(), CacheError> {
+        let behind = Arc::clone(self);
+        match tokio::spawn(async move { behind.append(room, key, value).await }).await {
+            Ok(queued) => queued,
+            Err(e) => Err(queue_failed(TierError::new(
+                TierErrorKind::Other,
+                format!("the queue append did not finish: {e}"),
+            ))),
+        }
+    }
+
     /// Write `batch` through the origin writer, retrying with backoff; then done (or dead
     /// letters). Returns the keys to invalidate again (see the module docs).
     pub async fn write(&self, mut batch: Vec<QueuedWrite>) -> Vec<Bytes> {
@@ -485,6 +511,18 @@ impl<V: CacheValue> Behind<V> {
                 }
             }
         }
+    }
+}
+
+/// Room in the queue for one write, given back when dropped (a write queued, failed, or given
+/// up by its caller).
+pub(super) struct Reservation<V>(Arc<Behind<V>>);
+
+impl<V> Drop for Reservation<V> {
+    fn drop(&mut self) {
+        let behind = &self.0;
+        behind.lock().reserved -= 1;
+        behind.freed.notify_waiters();
     }
 }
 

@@ -245,8 +245,8 @@ impl<V: CacheValue> Cache<V> {
         let stamps = self.stamp(tags).await?;
         // Queue order is call order for a key, and so is tier order.
         let _order = behind.key_lock(&key).lock().await;
-        behind.admit(&key).await?;
-        behind.queue(key.clone(), Bytes::from(encoded)).await?;
+        let room = behind.admit(&key).await?;
+        behind.queue(room, key.clone(), Bytes::from(encoded)).await?;
         self.write_stamped(key, value, stamps).await
     }
 
