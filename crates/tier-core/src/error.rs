@@ -196,6 +196,10 @@ pub enum CacheError {
     /// not to wait ([`WhenFull::Fail`](crate::WhenFull::Fail)): nothing was written or queued.
     #[error("write-behind queue full: {0}")]
     WriteBehindFull(String),
+    /// A call's input is out of its documented range (tags over the limits, a zero timeout):
+    /// nothing was read, loaded or written for it.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
 }
 
 impl CacheError {

@@ -38,6 +38,8 @@
 //! - `redis` — `RedisTier`, `RedisBackplane`, `RedisGenerations`, `RedisLock` (the `redis`
 //!   module).
 //! - `tls` — `rediss://` URLs through rustls (implies `redis`).
+//! - `zstd` — zstd compression of the values byte tiers store ([`Compression::Zstd`]).
+//! - `postcard` — the compact postcard serializer for them ([`Serializer::Postcard`]).
 //! - `prometheus` — a Prometheus exporter set up for tier's metrics: buckets, upkeep, a handle
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
 //! - `test-util` — tier-core's test helpers and conformance kit (the `testing` module).
@@ -46,10 +48,11 @@
 
 pub use tier_core::{
     metrics, spi, BackfillPolicy, BoxError, Breaker, BreakerConfig, BreakerState, Cache,
-    CacheBuilder, CacheError, CacheValue, CallOptions, DeadLetter, EarlyRefresh, FailSafe,
-    KeyBuilder, LockOptions, OriginWrite, OriginWriter, ReconnectPolicy, Storage, TierError,
-    TierErrorKind, TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress, WarmReport, WhenFull,
-    WriteBehind, WriteBehindStatus, MAX_ID_LEN,
+    CacheBuilder, CacheError, CacheHit, CacheValue, CallOptions, Compression, DeadLetter,
+    EarlyRefresh, FailSafe, KeyBuilder, LoadContext, Loaded, LockOptions, OriginWrite,
+    OriginWriter, Previous, ReconnectPolicy, Serializer, Storage, TierError, TierErrorKind,
+    TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress, WarmReport, WhenFull, WriteBehind,
+    WriteBehindStatus, MAX_ID_LEN,
 };
 
 #[cfg(feature = "test-util")]
@@ -86,7 +89,7 @@ pub mod prometheus;
 
 /// The names most services use: `use tier::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Cache, CacheError, CallOptions, FailSafe, TierPolicy};
+    pub use crate::{Cache, CacheError, CallOptions, FailSafe, LoadContext, Loaded, TierPolicy};
 
     #[cfg(feature = "disk")]
     pub use crate::DiskTier;
