@@ -179,6 +179,12 @@ pub struct DemoArgs {
     /// Hot keys shown at the end.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Writes go through `write_behind` (the cache tiers at once, the origin in batches from a
+    /// durable queue in the disk tier's directory) instead of `insert`: the progress display
+    /// and the report show the queue, its retries and dead letters (with --origin-errors, what
+    /// a failing origin does to it), and the end of the run shows the queue draining.
+    #[arg(long)]
+    pub write_behind: bool,
     /// Print the report as one JSON document (no progress display).
     #[arg(long)]
     pub json: bool,
@@ -229,6 +235,18 @@ pub enum DiskCommand {
     Verify {
         /// The disk tier directory.
         dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The write-behind queue: writes still owed to the origin, dead letters, damage (exit
+    /// code 3 when damaged).
+    Queue {
+        /// The disk tier directory.
+        dir: PathBuf,
+        /// Show at most this many pending writes and this many dead letters.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -1,4 +1,4 @@
-//! `tier disk stats|ls|get|verify DIR`: read-only inspection of a disk tier directory through
+//! `tier disk stats|ls|get|verify|queue DIR`: read-only inspection of a disk tier directory through
 //! [`DiskInspector`], which takes no lock and writes nothing, so it works on a directory a live
 //! service holds.
 
@@ -230,6 +230,9 @@ pub fn run(cmd: DiskCommand) -> Result<()> {
         DiskCommand::Ls { dir, prefix, all, limit, json } => ls(&dir, &prefix, all, limit, json),
         DiskCommand::Get { dir, key, json, unseal } => get(&dir, &key, json, &unseal),
         DiskCommand::Verify { dir, json } => verify(&dir, json),
+        DiskCommand::Queue { dir, limit, json } => {
+            crate::queue::show(&open(&dir)?, &dir, limit, json)
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 mod invalidate;
 mod keyring;
 mod promtext;
+mod queue;
 mod redis;
 mod stats;
 

@@ -297,3 +297,30 @@ fn a_closed_stdout_ends_the_command_quietly() {
     assert!(!stderr.contains("internal error") && !stderr.contains("panick"), "{stderr}");
     assert_eq!(out.status.signal(), Some(SIGPIPE), "{:?}: {stderr}", out.status);
 }
+
+/// `tier demo --write-behind`: writes go through the queue; a failing origin makes batches fail
+/// and retry (and, after 5 failures, dead letters); the end of the run shows the queue
+/// draining; the report validates against the schema.
+#[test]
+fn write_behind_mode_shows_the_queue_draining_and_a_failing_origin() {
+    let schema: Value =
+        serde_json::from_str(include_str!("../schema/demo.schema.json")).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let mut failing = tier();
+    failing.args(["demo", "--duration", "1s", "--json", "--write-behind", "--keys", "200"]);
+    failing.args(["--write-ratio", "0.3", "--origin-errors", "0.6", "--origin-latency", "2ms"]);
+    let report = json(&mut failing);
+    assert!(validator.is_valid(&report), "{report}");
+    let wb = &report["write_behind"];
+    assert_eq!(report["config"]["write_behind"], true, "{report}");
+    assert!(wb["written"].as_u64().unwrap() > 0, "{wb}");
+    assert!(wb["failed_batches"].as_u64().unwrap() > 0, "{wb}");
+    assert!(wb["batches"].as_u64().unwrap() > wb["failed_batches"].as_u64().unwrap(), "{wb}");
+    assert!(wb["drain_seconds"].is_number(), "drained within the bound: {wb}");
+    assert_eq!(wb["pending_after_drain"], 0, "{wb}");
+
+    let mut text = tier();
+    text.args(["demo", "--duration", "500ms", "--write-behind"]);
+    let out = String::from_utf8(quick(&mut text).output().unwrap().stdout).unwrap();
+    assert!(out.contains("write-behind") && out.contains("drained in"), "{out}");
+}

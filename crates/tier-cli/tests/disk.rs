@@ -1,4 +1,4 @@
-//! `tier disk stats|ls|get|verify` against real disk tier directories.
+//! `tier disk stats|ls|get|verify|queue` against real disk tier directories.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -255,4 +255,49 @@ fn verify_reports_a_lost_state_file_and_a_stray() {
     assert!(line.contains("state file") && line.contains("stray"), "{line}");
     let text = text(tier().args(["disk", "stats"]).arg(dir.path()));
     assert!(text.contains("LOST") && text.contains("00ffffff.seg"), "{text}");
+}
+
+#[test]
+fn queue_shows_pending_writes_and_dead_letters_and_exits_3_on_damage() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let origin = tier_core::testing::RecordingOrigin::<Value>::new();
+        origin.fail(u32::MAX);
+        let disk =
+            DiskTier::builder(dir.path()).capacity_bytes(1 << 20).segment_size(256 << 10).build();
+        let opts = tier_core::WriteBehind::default()
+            .max_delay(Duration::ZERO)
+            .max_attempts(1)
+            .backoff(Duration::from_millis(1), Duration::from_millis(1));
+        let cache: Cache<Value> = Cache::builder("shop")
+            .tier(disk.unwrap(), TierPolicy::fresh(Duration::from_secs(60)))
+            .write_behind(origin.clone(), opts)
+            .build()
+            .unwrap();
+        cache.write_behind("user:1", j!({"name": "Ada"})).await.unwrap();
+        cache.flush_write_behind().await.unwrap(); // a dead letter: the origin is down
+        origin.hold(); // the next batch waits: user:2 stays pending
+        cache.write_behind("user:2", j!({"name": "Grace"})).await.unwrap();
+        origin.entered().await;
+        drop(cache);
+    });
+    let q = json(tier().args(["disk", "queue", "--json"]).arg(dir.path()));
+    assert_eq!(q["present"], true, "{q}");
+    assert_eq!((q["pending"].as_u64(), q["dead_letters"].as_u64()), (Some(1), Some(1)), "{q}");
+    assert_eq!(q["pending_writes"][0]["key"], "user:2", "{q}");
+    assert_eq!(q["pending_writes"][0]["value"], j!({"name": "Grace"}), "{q}");
+    assert_eq!(q["dead"][0]["key"], "user:1", "{q}");
+    assert_eq!(q["dead"][0]["attempts"], 1, "{q}");
+    assert!(q["dead"][0]["reason"].as_str().unwrap().contains("origin down"), "{q}");
+    let shown = text(tier().args(["disk", "queue"]).arg(dir.path()));
+    assert!(shown.contains("1 pending") && shown.contains("1 dead letters"), "{shown}");
+    // Damage in the last record: said, exit code 3.
+    let path = dir.path().join("QUEUE");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = fails(tier().args(["disk", "queue"]).arg(dir.path()), 3);
+    assert!(out.contains("damaged"), "{out}");
 }

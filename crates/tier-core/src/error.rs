@@ -192,6 +192,10 @@ pub enum CacheError {
     /// The cache configuration is not valid (returned by the builder).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// [`Cache::write_behind`](crate::Cache::write_behind) found the queue full and was told
+    /// not to wait ([`WhenFull::Fail`](crate::WhenFull::Fail)): nothing was written or queued.
+    #[error("write-behind queue full: {0}")]
+    WriteBehindFull(String),
     /// A call's input is out of its documented range (tags over the limits, a zero timeout):
     /// nothing was read, loaded or written for it.
     #[error("invalid input: {0}")]

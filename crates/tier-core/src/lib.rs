@@ -31,12 +31,15 @@ mod cache;
 mod entry;
 mod envelope;
 mod error;
+#[cfg(any(test, feature = "test-util"))]
+mod fault;
 mod generations;
 mod key;
 mod layer;
 mod lock;
 pub mod metrics;
 mod policy;
+mod queue;
 mod retime;
 #[cfg(feature = "encryption")]
 #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
@@ -55,7 +58,8 @@ pub use backplane::ReconnectPolicy;
 pub use breaker::{Breaker, BreakerConfig};
 pub use cache::{
     Cache, CacheBuilder, CacheHit, CacheValue, CallOptions, EarlyRefresh, FailSafe, LoadContext,
-    Loaded, Previous, TierInfo, TraceKeys, WarmProgress, WarmReport,
+    Loaded, OriginWrite, OriginWriter, Previous, TierInfo, TraceKeys, WarmProgress, WarmReport,
+    WhenFull, WriteBehind, WriteBehindStatus,
 };
 pub use entry::Storage;
 pub use envelope::{Compression, Serializer};
@@ -63,4 +67,5 @@ pub use error::{BoxError, CacheError, TierError, TierErrorKind};
 pub use key::{KeyBuilder, MAX_ID_LEN};
 pub use lock::LockOptions;
 pub use policy::{BackfillPolicy, TierPolicy, TtlPolicy};
+pub use queue::DeadLetter;
 pub use tier::{BreakerState, TierStats};

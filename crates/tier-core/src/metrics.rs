@@ -15,6 +15,9 @@
 //! | `cache_coalesced_total`, `cache_stale_served_total`, `cache_refreshes_total` | counter | cache |
 //! | `cache_invalidations_total` | counter | cache, kind (key/tag/namespace/clear), source (local/backplane) |
 //! | `cache_backfills_shed_total` | counter | cache (backfills skipped by load shedding) |
+//! | `tier_write_behind_queue_depth`, `tier_write_behind_oldest_age_seconds`, `tier_write_behind_dead_letters` | gauge | cache |
+//! | `tier_write_behind_writes_total`, `tier_write_behind_retries_total`, `tier_write_behind_dead_letters_total` | counter | cache |
+//! | `tier_write_behind_batches_total` | counter | cache, result (ok/error) |
 //!
 //! The hierarchy's handles are [`LazyCounter`]s, [`LazyGauge`]s and [`LazyHistogram`]s: made when
 //! a cache is built, and bound to the recorder when one is installed, before or after the build.
@@ -69,6 +72,21 @@ pub const CACHE_BACKFILLS_SHED: &str = "cache_backfills_shed_total";
 /// (`generations`, `namespace`, `lock`, `backplane`, `floor`) that failed, timed out or were
 /// refused by its open breaker; the cache went on without it.
 pub const FLEET_STATE_UNAVAILABLE: &str = "tier_fleet_state_unavailable_total";
+
+/// `tier_write_behind_queue_depth{cache}`: writes queued for the origin, not yet written.
+pub const WRITE_BEHIND_DEPTH: &str = "tier_write_behind_queue_depth";
+/// `tier_write_behind_oldest_age_seconds{cache}`: how long the oldest pending write has waited.
+pub const WRITE_BEHIND_OLDEST_AGE: &str = "tier_write_behind_oldest_age_seconds";
+/// `tier_write_behind_dead_letters{cache}`: dead letters kept (not retried).
+pub const WRITE_BEHIND_DEAD_LETTERS: &str = "tier_write_behind_dead_letters";
+/// `tier_write_behind_writes_total{cache}`: writes the origin writer acknowledged.
+pub const WRITE_BEHIND_WRITES: &str = "tier_write_behind_writes_total";
+/// `tier_write_behind_batches_total{cache, result}`: origin writer calls, `ok` or `error`.
+pub const WRITE_BEHIND_BATCHES: &str = "tier_write_behind_batches_total";
+/// `tier_write_behind_retries_total{cache}`: batches tried again after a failure.
+pub const WRITE_BEHIND_RETRIES: &str = "tier_write_behind_retries_total";
+/// `tier_write_behind_dead_letters_total{cache}`: writes that became dead letters.
+pub const WRITE_BEHIND_DEAD_LETTERED: &str = "tier_write_behind_dead_letters_total";
 
 /// One in this many calls to an object (in-process) tier is timed.
 ///
@@ -166,6 +184,41 @@ pub fn describe() {
         "Stored bytes that did not decode as an entry."
     );
     metrics::describe_counter!(CACHE_LOADS, Unit::Count, "Loader calls, by result.");
+    metrics::describe_gauge!(
+        WRITE_BEHIND_DEPTH,
+        Unit::Count,
+        "Write-behind writes not yet written to the origin."
+    );
+    metrics::describe_gauge!(
+        WRITE_BEHIND_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest pending write-behind write."
+    );
+    metrics::describe_gauge!(
+        WRITE_BEHIND_DEAD_LETTERS,
+        Unit::Count,
+        "Write-behind dead letters kept."
+    );
+    metrics::describe_counter!(
+        WRITE_BEHIND_WRITES,
+        Unit::Count,
+        "Write-behind writes the origin acknowledged."
+    );
+    metrics::describe_counter!(
+        WRITE_BEHIND_BATCHES,
+        Unit::Count,
+        "Write-behind origin writer calls, by result."
+    );
+    metrics::describe_counter!(
+        WRITE_BEHIND_RETRIES,
+        Unit::Count,
+        "Write-behind batches tried again after a failure."
+    );
+    metrics::describe_counter!(
+        WRITE_BEHIND_DEAD_LETTERED,
+        Unit::Count,
+        "Write-behind writes that became dead letters."
+    );
     metrics::describe_histogram!(CACHE_LOAD_DURATION, Unit::Seconds, "Duration of loader calls.");
     metrics::describe_counter!(
         CACHE_COALESCED,

@@ -2,7 +2,7 @@
 //! [`Lookup`], [`ReadyLookup`], [`ObjectEntry`], [`Storage`], [`TierError`]), the [`envelope`]
 //! codec of byte tiers, the fleet-state interfaces a shared store implements
 //! ([`GenerationStore`], [`Backplane`], [`DistributedLock`]), the durable local state a tier
-//! can offer the hierarchy ([`StateStore`]), the layers a tier can be mounted
+//! can offer the hierarchy ([`StateStore`]) and its write-behind queue ([`WriteQueue`]), the layers a tier can be mounted
 //! in ([`TierLayer`], with the timeout and breaker wrappers), and the clock every envelope
 //! instant is read with ([`now_ms`]).
 //!
@@ -19,6 +19,7 @@ pub use crate::generations::{
 };
 pub use crate::layer::{Mount, TierLayer};
 pub use crate::lock::{DistributedLock, LockToken};
+pub use crate::queue::{DeadLetter, QueueBook, QueueOp, QueuedWrite, WriteQueue};
 pub use crate::retime::{retimed_envelope, Retime};
 pub use crate::state::{
     floor_name, generation_name, get_u64, position_name, suspect_name, StateStore, FLOOR_PREFIX,

@@ -1,13 +1,18 @@
 //! Test helpers (feature `test-util`): a plain in-memory envelope tier, a wrapper that fails,
-//! stalls or counts calls on command, an in-process backplane and fleet lock, and the
+//! stalls or counts calls on command, an in-process backplane and fleet lock, an origin writer
+//! that records what it is handed ([`RecordingOrigin`]), crash points ([`fault_point`]), and the
 //! [`conformance`] kit that checks any tier against the `Tier` contract (and, with feature
-//! `encryption`, [`sealing`]: altered sealed entries are misses in any byte tier). For tests, not for
-//! production.
+//! `encryption`, [`sealing`]: altered sealed entries are misses in any byte tier). For tests,
+//! not for production.
 
 pub mod conformance;
+mod origin;
 #[cfg(feature = "encryption")]
 #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
 pub mod sealing;
+
+pub use crate::fault::fault_point;
+pub use origin::RecordingOrigin;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

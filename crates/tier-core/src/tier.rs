@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::backplane::Invalidation;
 use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::TierError;
+use crate::queue::WriteQueue;
 use crate::retime::Retime;
 use crate::state::StateStore;
 
@@ -190,6 +191,14 @@ pub trait Tier: Send + Sync + 'static {
         None
     }
 
+    /// The tier's durable write-behind queue, if it keeps one (the disk tier does, in its
+    /// directory): where [`Cache::write_behind`](crate::Cache::write_behind) makes an origin
+    /// write durable before it returns. Opened on the first call; an error says why it could
+    /// not be (the cache's build fails with it). Default: `Ok(None)`.
+    fn write_queue(&self) -> Result<Option<Arc<dyn WriteQueue>>, TierError> {
+        Ok(None)
+    }
+
     /// An invalidation or insert notice (local or remote) was applied: a tier with pending
     /// background writes (the Redis retry queue) drops the ones it makes obsolete.
     /// Default: nothing.
@@ -219,7 +228,8 @@ pub async fn retime_by_rewrite<T: Tier + ?Sized>(
 }
 
 /// The methods a wrapper around a tier in `self.inner` passes through unchanged: `name`,
-/// `storage`, `stats`, `is_shared`, `attach`, `state_store`, `observe`, `breaker_state`
+/// `storage`, `stats`, `is_shared`, `attach`, `state_store`, `write_queue`, `observe`,
+/// `breaker_state`
 /// (inside an `impl Tier`); a
 /// wrapper that is a breaker answers `breaker_state` itself with
 /// `forward_tier_info!(except breaker_state)`.
@@ -248,6 +258,12 @@ macro_rules! forward_tier_info {
         }
         fn state_store(&self) -> Option<std::sync::Arc<dyn $crate::state::StateStore>> {
             self.inner.state_store()
+        }
+        fn write_queue(
+            &self,
+        ) -> Result<Option<std::sync::Arc<dyn $crate::queue::WriteQueue>>, $crate::error::TierError>
+        {
+            self.inner.write_queue()
         }
         fn observe(&self, what: &$crate::backplane::Invalidation) {
             self.inner.observe(what);
@@ -306,6 +322,9 @@ impl<T: Tier + ?Sized> Tier for Arc<T> {
     }
     fn state_store(&self) -> Option<Arc<dyn StateStore>> {
         (**self).state_store()
+    }
+    fn write_queue(&self) -> Result<Option<Arc<dyn WriteQueue>>, TierError> {
+        (**self).write_queue()
     }
     fn observe(&self, what: &Invalidation) {
         (**self).observe(what);

@@ -41,6 +41,17 @@ impl DiskTierBuilder {
         self
     }
 
+    /// When the write-behind queue (`QUEUE`, opened when a cache that writes behind mounts the
+    /// tier) is fsynced: [`FlushPolicy::Always`] makes every acknowledged write-behind entry
+    /// survive a power loss (one `fdatasync` per append); any other policy only a crash of the
+    /// process (`Periodic` syncs it with the segments, `OnClose` when the tier is dropped).
+    /// Default: [`FlushPolicy::Always`] (an origin write is the application's data, not a
+    /// cached copy).
+    pub fn queue_flush(mut self, policy: FlushPolicy) -> Self {
+        self.cfg.queue_flush = policy;
+        self
+    }
+
     /// What to do with existing records on open. Default: [`RecoveryMode::Recover`].
     pub fn recovery(mut self, mode: RecoveryMode) -> Self {
         self.cfg.recovery = mode;

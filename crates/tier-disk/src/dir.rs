@@ -22,6 +22,20 @@ pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 /// What a file that is not a valid segment is renamed to, after its name.
 pub(crate) const SET_ASIDE_SUFFIX: &str = ".damaged";
 
+/// Append `rec` to an append-only file of records whose valid part ends at `at`, and
+/// `fdatasync` it when `sync`; a write that fails part way is cut off again (the file ends at
+/// `at`), so no half record is left.
+pub(crate) fn append_at(file: &File, at: u64, rec: &[u8], sync: bool) -> io::Result<()> {
+    if let Err(e) = file.write_all_at(rec, at) {
+        let _ = file.set_len(at);
+        return Err(e);
+    }
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
 /// The file name of segment `id`: `{id:08x}.seg` (so that names sort in write order).
 pub fn segment_file_name(id: u32) -> String {
     format!("{id:08x}{SEGMENT_SUFFIX}")
@@ -257,6 +271,24 @@ impl Dir {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(errno(e)),
         }
+    }
+
+    /// Write `bytes` to a new file `tmp`, sync it and rename it over `name` (then sync the
+    /// directory), so that a crash leaves the old file or the new one, whole. Returns the new
+    /// file, open; on failure `tmp` is removed.
+    pub fn replace(&self, tmp: &str, name: &str, bytes: &[u8]) -> io::Result<File> {
+        let _ = self.remove(tmp);
+        let file = self.create_file(tmp)?;
+        let written = file
+            .write_all_at(bytes, 0)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| self.rename_over(tmp, name))
+            .and_then(|()| self.sync());
+        if let Err(e) = written {
+            let _ = self.remove(tmp);
+            return Err(e);
+        }
+        Ok(file)
     }
 
     /// `fsync` the directory itself (makes created, renamed and removed names durable).

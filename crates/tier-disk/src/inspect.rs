@@ -193,6 +193,12 @@ impl DiskInspector {
         &self.strays
     }
 
+    /// The write-behind queue file, read now (`None` when there is none): the writes still
+    /// owed to the origin, the dead letters, and any damage. Read-only, like the rest.
+    pub fn queue(&self) -> Option<crate::queue::QueueReport> {
+        crate::queue::inspect(&self.dir)
+    }
+
     /// The state file, as of `open` (`None` when there is none).
     pub fn state(&self) -> Option<&StateReport> {
         self.state.as_ref()

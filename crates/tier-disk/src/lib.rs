@@ -2,13 +2,13 @@
 //!
 //! The disk tier (L2) of `tier`: [`DiskTier`], a crash-safe, bounded, log-structured store of
 //! envelopes in a directory of fixed-size, memory-mapped segment files, with a small durable
-//! key/value [`DiskState`] beside it; and [`DiskInspector`], a read-only view of such a
+//! key/value [`DiskState`] and the write-behind [`DiskQueue`] beside it; and [`DiskInspector`], a read-only view of such a
 //! directory for tools.
 //!
 //! ## Layout
 //!
 //! A directory holds `LOCK` (the exclusive `flock`, naming the owner's pid), `STATE` (the
-//! [`DiskState`] file) and segment files `{id:08x}.seg`, ids growing in write order. A segment
+//! [`DiskState`] file), `QUEUE` (the [`DiskQueue`], once a cache writes behind) and segment files `{id:08x}.seg`, ids growing in write order. A segment
 //! is a 32-byte header (naming its id, its size and the segment that was the newest when it was
 //! created) then records `header (crc32, kind, key length, value length, key hash, stale_until)
 //! | key | envelope`, 8-byte aligned; the CRC covers header, key and envelope. Kinds: value,
@@ -22,6 +22,7 @@
 //! `config` (what the builder builds) → `open` (the open sequence) uses `dir` (the directory
 //! and its files), `survey` (which files are segments), `scan` (reading a segment file),
 //! `replay` (the one rule for what records and damage mean, shared with `inspect`), `state`,
+//! `queue` (the write-behind queue file, opened on the first `Tier::write_queue`),
 //! and builds a `store` (index, `segment` registry, read path: `read` and its thread `pool`)
 //! and a `writer` (append, rotate, reclaim), which `writes` runs on a thread of its own. `tier`
 //! puts them behind the [`Tier`](tier_core::spi::Tier) trait.
@@ -151,6 +152,7 @@ mod inspect;
 mod metrics;
 mod open;
 mod pool;
+mod queue;
 mod read;
 mod replay;
 mod report;
@@ -172,6 +174,7 @@ pub use inspect::DiskInspector;
 pub use metrics::{
     READS, RECOVERY_BYTES, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS, RECOVERY_SUSPECT,
 };
+pub use queue::{DiskQueue, QueueReport, MAX_QUEUE_KEY_LEN, MAX_QUEUE_VALUE_LEN};
 pub use report::{
     DiskStats, RawRecord, RecordInfo, RecoveryReport, SegmentDamage, StateReport, StrayFile,
     VerifyReport,

@@ -32,6 +32,7 @@ pub(crate) struct Opened {
     pub writer: Writer,
     pub state: Arc<DiskState>,
     pub report: RecoveryReport,
+    pub dir: Arc<Dir>,
 }
 
 /// Open `cfg.dir` (see the module docs).
@@ -124,7 +125,7 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     report.damage = new.into_iter().map(|f| f.damage).collect();
     report.entries = store.index.len() as u64;
     report.duration = started.elapsed();
-    Ok(Opened { lock, store, writer, state, report })
+    Ok(Opened { lock, store, writer, state, report, dir })
 }
 
 /// `RecoveryMode::Strict`: any damage not recorded by an earlier open is an error.

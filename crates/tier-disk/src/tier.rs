@@ -1,19 +1,20 @@
 //! [`DiskTier`]: the [`Tier`] implementation and its own methods.
 
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::spi::{Entry, Lookup, StateStore, Tier, TierContext};
+use tier_core::spi::{Entry, Lookup, StateStore, Tier, TierContext, WriteQueue};
 use tier_core::{Storage, TierError, TierErrorKind, TierStats};
 
 use crate::builder::DiskTierBuilder;
 use crate::config::{Config, FlushPolicy};
-use crate::dir::DirLock;
+use crate::dir::{Dir, DirLock};
 use crate::error::DiskError;
 use crate::flush::spawn_flusher;
 use crate::format::RecordKind;
+use crate::queue::{DiskQueue, QueueReport};
 use crate::report::{DiskStats, RawRecord, RecordInfo, RecoveryReport};
 use crate::state::DiskState;
 use crate::store::Store;
@@ -65,6 +66,9 @@ struct Inner {
     state: Arc<DiskState>,
     report: RecoveryReport,
     flusher: Option<mpsc::Sender<()>>,
+    dir: Arc<Dir>,
+    /// The write-behind queue, opened on the first `write_queue()`.
+    queue: Mutex<Option<Arc<DiskQueue>>>,
     _lock: DirLock,
 }
 
@@ -73,7 +77,16 @@ impl Inner {
         for seg in self.store.segments.all() {
             seg.sync().map_err(|e| TierError::io("disk tier: fsync", e))?;
         }
+        if let Some(queue) = self.opened_queue() {
+            queue.sync()?;
+        }
         self.state.sync().map_err(TierError::from)
+    }
+}
+
+impl Inner {
+    fn opened_queue(&self) -> Option<Arc<DiskQueue>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -130,6 +143,8 @@ impl DiskTier {
             state: opened.state,
             report: opened.report,
             flusher,
+            dir: opened.dir,
+            queue: Mutex::new(None),
             _lock: opened.lock,
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -143,6 +158,12 @@ impl DiskTier {
     /// What opening the directory found.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.report
+    }
+
+    /// What opening the write-behind queue found (`None` until a cache that writes behind has
+    /// opened it).
+    pub fn queue_report(&self) -> Option<QueueReport> {
+        self.inner.opened_queue().map(|q| q.report().clone())
     }
 
     /// The tier's durable key/value state (see [`DiskState`]).
@@ -250,6 +271,17 @@ impl Tier for DiskTier {
     /// position there, so that they survive restarts.
     fn state_store(&self) -> Option<Arc<dyn StateStore>> {
         Some(self.inner.state.clone())
+    }
+
+    /// The tier's [`DiskQueue`], in the file `QUEUE` of its directory, opened (and replayed)
+    /// on the first call.
+    fn write_queue(&self) -> Result<Option<Arc<dyn WriteQueue>>, TierError> {
+        let mut queue = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.is_none() {
+            let dir = Arc::clone(&self.inner.dir);
+            *queue = Some(Arc::new(DiskQueue::open(dir, self.inner.store.cfg.queue_flush)?));
+        }
+        Ok(queue.clone().map(|q| q as Arc<dyn WriteQueue>))
     }
 }
 

@@ -50,10 +50,11 @@
 
 pub use tier_core::{
     metrics, spi, BackfillPolicy, BoxError, Breaker, BreakerConfig, BreakerState, Cache,
-    CacheBuilder, CacheError, CacheHit, CacheValue, CallOptions, Compression, EarlyRefresh,
-    FailSafe, KeyBuilder, LoadContext, Loaded, LockOptions, Previous, ReconnectPolicy, Serializer,
-    Storage, TierError, TierErrorKind, TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress,
-    WarmReport, MAX_ID_LEN,
+    CacheBuilder, CacheError, CacheHit, CacheValue, CallOptions, Compression, DeadLetter,
+    EarlyRefresh, FailSafe, KeyBuilder, LoadContext, Loaded, LockOptions, OriginWrite,
+    OriginWriter, Previous, ReconnectPolicy, Serializer, Storage, TierError, TierErrorKind,
+    TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress, WarmReport, WhenFull, WriteBehind,
+    WriteBehindStatus, MAX_ID_LEN,
 };
 
 #[cfg(feature = "encryption")]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tier_core::{Cache, EarlyRefresh, FailSafe, ReconnectPolicy, TierPolicy};
+use tier_core::{Cache, EarlyRefresh, FailSafe, ReconnectPolicy, TierPolicy, WriteBehind};
 use tier_disk::DiskTier;
 use tier_memory::MemoryTier;
 
@@ -25,7 +25,10 @@ use crate::cli::DemoArgs;
 use crate::error::{chain, CliError, Context, Result};
 use crate::promtext::{CacheFigures, Figures};
 use report::{HotKey, Report, RunConfig, TierSetting, WarmUp};
-use workload::{Counters, Item, Mix, Origin, Shared, Zipf};
+use workload::{Counters, Item, Mix, Origin, OriginSink, Shared, Zipf};
+
+/// How long the end of a `--write-behind` run waits for the queue to drain.
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 /// SIGINT (Ctrl-C) and SIGTERM, listened to from the start: either ends the run early, and the
 /// report of what ran is still printed.
@@ -143,12 +146,23 @@ fn policy(s: &TierSetting) -> TierPolicy {
 }
 
 /// Build the hierarchy described by `args`. Returns the cache and the tier names, top first.
-async fn build_cache(args: &DemoArgs, disk_dir: &PathBuf) -> Result<Cache<Item>> {
+async fn build_cache(
+    args: &DemoArgs,
+    disk_dir: &PathBuf,
+    origin: &Arc<Origin>,
+) -> Result<Cache<Item>> {
     let settings = tier_settings(args);
     let mut builder = Cache::<Item>::builder(args.cache.clone())
         .tier(MemoryTier::builder().max_bytes(args.memory_bytes).build(), policy(&settings[0]))
         .tier(open_disk(disk_dir, args.disk_bytes)?, policy(&settings[1]))
         .hot_keys(64, 4);
+    if args.write_behind {
+        let opts = WriteBehind::default()
+            .max_delay(Duration::from_millis(20))
+            .max_attempts(5)
+            .backoff(Duration::from_millis(50), Duration::from_secs(1));
+        builder = builder.write_behind(OriginSink(origin.clone()), opts);
+    }
     if args.early_refresh > 0.0 {
         builder = builder.early_refresh(EarlyRefresh::XFetch { beta: args.early_refresh });
     }
@@ -203,16 +217,17 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let cache = build_cache(&args, &disk_dir).await?;
+    let origin =
+        Arc::new(Origin::new(args.origin_latency, args.origin_errors, args.value_size as usize));
+    let cache = build_cache(&args, &disk_dir, &origin).await?;
     if args.redis.is_some() {
         // Another instance may have moved the namespace on.
         cache.sync_namespace().await.context(|| "read the namespace version from Redis".into())?;
     }
     let tier_names: Vec<String> = cache.tiers().into_iter().map(|t| t.name).collect();
-    let origin =
-        Arc::new(Origin::new(args.origin_latency, args.origin_errors, args.value_size as usize));
     let shared = Arc::new(Shared {
         cache: cache.clone(),
+        write_behind: args.write_behind,
         origin: origin.clone(),
         zipf: Zipf::new(args.keys, args.zipf),
         counters: Counters::default(),
@@ -282,6 +297,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let write_behind = if args.write_behind && !interrupted {
+        bar.set_message("draining the write-behind queue");
+        Some(report::drain(&cache, &origin, DRAIN_BOUND).await)
+    } else {
+        None
+    };
     bar.finish_and_clear();
 
     cache.report_gauges();
@@ -338,6 +359,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             warm_up: args.warm_up,
             top: args.top as u64,
             tier_policies: tier_settings(&args),
+            write_behind: args.write_behind,
         },
         warm_up,
         elapsed_seconds: elapsed,
@@ -345,6 +367,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         requests,
         tiers: rows,
         origin: origin_report,
+        write_behind,
         hot_keys: cache
             .hot_keys(args.top)
             .into_iter()
@@ -440,6 +463,14 @@ async fn progress(
             report::rate((calls - last_calls) as f64 / secs),
             report::count(window.stale_served.round() as u64)
         ));
+        if let Ok(q) = shared.cache.write_behind_status() {
+            msg.push_str(&format!(
+                " · write-behind queue {} (oldest {}), dead letters {}",
+                report::count(q.pending as u64),
+                q.oldest_age.map_or_else(|| "-".into(), crate::duration::short),
+                report::count(q.dead_letters as u64)
+            ));
+        }
         bar.set_message(msg);
         last = now;
         last_at = Instant::now();

@@ -39,8 +39,72 @@ pub struct Report {
     pub tiers: Vec<TierRow>,
     /// The origin's load and what the hierarchy saved it.
     pub origin: OriginReport,
+    /// The write-behind queue (`--write-behind`), else `None`.
+    pub write_behind: Option<WriteBehindReport>,
     /// The hottest keys seen (sampled), hottest first.
     pub hot_keys: Vec<HotKey>,
+}
+
+/// What the write-behind queue did (`--write-behind`).
+#[derive(Debug, Serialize)]
+pub struct WriteBehindReport {
+    /// Writes the origin took (warm-up included: none are written behind then).
+    pub written: u64,
+    /// Batches the origin writer was handed.
+    pub batches: u64,
+    /// Batches that failed (each retried with backoff, dead letters after 5 attempts).
+    pub failed_batches: u64,
+    /// Writes still owed to the origin when the workers stopped.
+    pub pending_at_stop: u64,
+    /// Age of the oldest of them.
+    pub oldest_at_stop_seconds: Option<f64>,
+    /// How long the queue took to drain after the workers stopped; `None`: not within the bound.
+    pub drain_seconds: Option<f64>,
+    /// Writes still owed after the drain (0 unless it timed out).
+    pub pending_after_drain: u64,
+    /// Dead letters kept (writes whose batch failed too often).
+    pub dead_letters: u64,
+}
+
+/// The queue as the workers stopped, then drained (waiting at most `bound`).
+pub async fn drain(
+    cache: &tier_core::Cache<super::workload::Item>,
+    origin: &Origin,
+    bound: Duration,
+) -> WriteBehindReport {
+    let at_stop = cache.write_behind_status().ok();
+    let started = std::time::Instant::now();
+    let drained = tokio::time::timeout(bound, cache.flush_write_behind()).await;
+    let drain_seconds = matches!(drained, Ok(Ok(()))).then(|| started.elapsed().as_secs_f64());
+    let after = cache.write_behind_status().ok();
+    WriteBehindReport {
+        written: origin.written.load(Ordering::Relaxed),
+        batches: origin.write_batches.load(Ordering::Relaxed),
+        failed_batches: origin.write_failures.load(Ordering::Relaxed),
+        pending_at_stop: at_stop.as_ref().map_or(0, |s| s.pending as u64),
+        oldest_at_stop_seconds: at_stop.and_then(|s| s.oldest_age).map(|d| d.as_secs_f64()),
+        drain_seconds,
+        pending_after_drain: after.as_ref().map_or(0, |s| s.pending as u64),
+        dead_letters: after.map_or(0, |s| s.dead_letters as u64),
+    }
+}
+
+impl WriteBehindReport {
+    fn to_text(&self) -> String {
+        let drained = match self.drain_seconds {
+            Some(s) => format!("drained in {}", short_secs(Some(s))),
+            None => format!("not drained: {} still owed", count(self.pending_after_drain)),
+        };
+        format!(
+            "write-behind {} writes reached the origin in {} batches ({} failed, retried) · {} owed when the workers stopped (oldest {}), {drained} · {} dead letters\n",
+            count(self.written),
+            count(self.batches),
+            count(self.failed_batches),
+            count(self.pending_at_stop),
+            short_secs(self.oldest_at_stop_seconds),
+            count(self.dead_letters),
+        )
+    }
 }
 
 /// Settings of the run.
@@ -100,6 +164,8 @@ pub struct RunConfig {
     pub top: u64,
     /// Each tier as configured, top first.
     pub tier_policies: Vec<TierSetting>,
+    /// Writes go through `write_behind` (`--write-behind`).
+    pub write_behind: bool,
 }
 
 /// One tier's policy in the demo.
@@ -496,6 +562,9 @@ impl Report {
             count(o.stale_served),
             count(o.refreshes),
         );
+        if let Some(w) = &self.write_behind {
+            out.push_str(&w.to_text());
+        }
         if !self.hot_keys.is_empty() {
             let keys: Vec<String> =
                 self.hot_keys.iter().map(|h| format!("{} ({})", h.key, count(h.count))).collect();

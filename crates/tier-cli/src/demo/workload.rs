@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tier_core::Cache;
+use tier_core::{Cache, OriginWrite, OriginWriter};
 
 /// The value the demo caches.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +50,12 @@ pub struct Origin {
     pub in_flight: AtomicU64,
     /// Greatest number of calls in progress at once.
     pub max_in_flight: AtomicU64,
+    /// Write-behind batches the origin was handed, and those that failed.
+    pub write_batches: AtomicU64,
+    /// Write-behind batches that failed.
+    pub write_failures: AtomicU64,
+    /// Writes the origin took (in batches that succeeded).
+    pub written: AtomicU64,
 }
 
 impl Origin {
@@ -65,6 +71,9 @@ impl Origin {
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            write_batches: AtomicU64::new(0),
+            write_failures: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         }
     }
 
@@ -83,6 +92,17 @@ impl Origin {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        let fail = self.answer().await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if fail {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(OriginError);
+        }
+        Ok(Some(self.item(id, 0)))
+    }
+
+    /// Wait 50–150 % of the latency; true when this call fails.
+    async fn answer(&self) -> bool {
         let (wait, fail) = {
             let mut rng = rand::rng();
             let factor: f64 = rng.random_range(0.5..1.5);
@@ -92,12 +112,27 @@ impl Origin {
             (self.latency.mul_f64(factor), fail)
         };
         tokio::time::sleep(wait).await;
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if fail {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+        fail
+    }
+}
+
+/// The origin as the write-behind writer: a batch takes one call's latency and fails at the
+/// origin's error rate (after the warm-up), as a database would.
+pub struct OriginSink(pub Arc<Origin>);
+
+#[async_trait::async_trait]
+impl OriginWriter<Item> for OriginSink {
+    type Error = OriginError;
+
+    async fn write_batch(&self, batch: &[OriginWrite<Item>]) -> Result<(), OriginError> {
+        let origin = &self.0;
+        origin.write_batches.fetch_add(1, Ordering::Relaxed);
+        if origin.answer().await {
+            origin.write_failures.fetch_add(1, Ordering::Relaxed);
             return Err(OriginError);
         }
-        Ok(Some(self.item(id, 0)))
+        origin.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -183,6 +218,8 @@ pub struct Mix {
 pub struct Shared {
     /// The hierarchy.
     pub cache: Cache<Item>,
+    /// Writes go through `write_behind` (the origin writer is the origin), not `insert`.
+    pub write_behind: bool,
     /// The origin.
     pub origin: Arc<Origin>,
     /// The key distribution.
@@ -278,7 +315,13 @@ pub async fn worker(shared: Arc<Shared>, mix: Mix, seed: u64) -> Histogram<u64> 
             c.writes.fetch_add(1, Ordering::Relaxed);
             let version = shared.versions.fetch_add(1, Ordering::Relaxed) + 1;
             let item = shared.origin.item(id, version);
-            if shared.cache.insert(key_of(&shared.cache, id), item).await.is_err() {
+            let key = key_of(&shared.cache, id);
+            let written = if shared.write_behind {
+                shared.cache.write_behind(key, item).await
+            } else {
+                shared.cache.insert(key, item).await
+            };
+            if written.is_err() {
                 c.write_errors.fetch_add(1, Ordering::Relaxed);
             }
             shared.mark_invalidated(id, false);

@@ -3,7 +3,7 @@
 //! gauge task, and the backplane listener — the start-up catch-up (replay of the log from the
 //! last applied position), other instances' invalidations and insert notices applied to the
 //! local tiers, proofs of delivery (the lease) and gaps. The tasks end when the last clone of
-//! the cache is dropped.
+//! the cache is dropped. And the write-behind writer, draining the queue to the origin.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+use super::behind::{Behind, Next};
 use super::fleet::POSITION_EVERY;
 use super::hierarchy::Hierarchy;
 use super::options::CacheValue;
@@ -60,6 +61,9 @@ pub(super) fn start<V: CacheValue>(
     if hierarchy.shares_generations() {
         tasks.push(handle.spawn(sync_shared_state(weak.clone())));
     }
+    if let Some(behind) = hierarchy.behind() {
+        tasks.push(handle.spawn(write_behind(weak.clone(), behind.clone())));
+    }
     tasks.extend(listen(&handle, hierarchy, weak, start_up.unwrap_or(StartUp::Head)));
     hierarchy.keep_tasks(tasks);
 }
@@ -71,6 +75,28 @@ async fn report_gauges<V>(weak: Weak<Hierarchy<V>>, interval: Duration) {
         tick.tick().await;
         let Some(hierarchy) = weak.upgrade() else { return };
         hierarchy.report_gauges();
+    }
+}
+
+/// The write-behind writer: batches of the queue to the origin writer, one at a time (see
+/// `behind.rs`); a key invalidated while its write was pending is invalidated again once the
+/// write is done.
+async fn write_behind<V: CacheValue>(weak: Weak<Hierarchy<V>>, behind: Arc<Behind<V>>) {
+    loop {
+        match behind.next() {
+            Next::Batch(batch) => {
+                let again = behind.write(batch).await;
+                if let (false, Some(hierarchy)) = (again.is_empty(), weak.upgrade()) {
+                    hierarchy.invalidate_again(again).await;
+                }
+                behind.finish();
+            }
+            Next::Wait(pause) => behind.wait(Some(pause)).await,
+            Next::Idle => behind.wait(None).await,
+        }
+        if weak.strong_count() == 0 {
+            return;
+        }
     }
 }
 

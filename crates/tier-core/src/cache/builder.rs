@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::background;
+use super::behind::{Behind, Configured, OriginWriter};
 use super::handle::Cache;
 use super::hierarchy::{Categories, Hierarchy, Parts};
-use super::options::{CacheValue, EarlyRefresh, FailSafe, Options};
+use super::options::{CacheValue, EarlyRefresh, FailSafe, Options, WriteBehind};
 use super::sealer::Sealer;
 use super::tiers::{Level, Tiers, MAX_TIERS};
 use crate::backplane::{Backplane, ReconnectPolicy};
@@ -35,6 +36,7 @@ pub struct CacheBuilder<V> {
     categories: Option<Categories>,
     hot_keys: usize,
     gauge_interval: Duration,
+    behind: Option<Configured<V>>,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -51,6 +53,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             categories: None,
             hot_keys: 32,
             gauge_interval: Duration::from_secs(1),
+            behind: None,
             _v: PhantomData,
         }
     }
@@ -249,6 +252,16 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
+    /// Write behind: [`Cache::write_behind`] writes the cache tiers at once and queues the
+    /// origin write, which `writer` is handed in batches by a background task (options and
+    /// their ranges: [`WriteBehind`]). The queue is kept by the first local tier that keeps one
+    /// (the disk tier, in its directory: durable, replayed when the directory is opened again);
+    /// without one it is in memory — **lossy**, said at build in a WARN line. Default: none.
+    pub fn write_behind<W: OriginWriter<V>>(mut self, writer: W, options: WriteBehind) -> Self {
+        self.behind = Some(Configured { writer: Box::new(writer), opts: options });
+        self
+    }
+
     /// Build the hierarchy. Fails with [`CacheError::Config`] on an empty or ambiguous
     /// configuration, or a setting out of its documented range (the message names it).
     ///
@@ -267,6 +280,10 @@ impl<V: CacheValue> CacheBuilder<V> {
             None => (None, ReconnectPolicy::default()),
         };
         let tiers = Tiers::new(levels);
+        let behind = match self.behind {
+            Some(configured) => Some(Arc::new(behind_queue(&self.name, &tiers, configured)?)),
+            None => None,
+        };
         // The first local tier that keeps a durable state holds what the hierarchy must not
         // forget across restarts.
         let state =
@@ -281,19 +298,22 @@ impl<V: CacheValue> CacheBuilder<V> {
                 (local.clone() as Arc<dyn GenerationStore>, Some(local))
             }
         };
-        let hierarchy = Arc::new(Hierarchy::new(Parts {
-            name: self.name,
-            tiers,
-            sealer: self.sealer,
-            opts: Options { reconnect, ..self.opts }.checked()?,
-            generations,
-            shared_generations: local.is_none(),
-            backplane,
-            lock: self.lock,
-            categories: self.categories,
-            hot_keys: self.hot_keys,
-            state,
-        }));
+        let hierarchy = Arc::new(
+            Hierarchy::new(Parts {
+                name: self.name,
+                tiers,
+                sealer: self.sealer,
+                opts: Options { reconnect, ..self.opts }.checked()?,
+                generations,
+                shared_generations: local.is_none(),
+                backplane,
+                lock: self.lock,
+                categories: self.categories,
+                hot_keys: self.hot_keys,
+                state,
+            })
+            .with_behind(behind),
+        );
         let start_up = hierarchy.restore(local.as_deref());
         background::start(&hierarchy, self.gauge_interval, start_up);
         Ok(Cache::from_hierarchy(hierarchy))
@@ -333,6 +353,31 @@ impl<V: CacheValue> CacheBuilder<V> {
         }
         Ok(names)
     }
+}
+
+/// The write-behind queue of cache `name`: in the first local tier that keeps one, else in
+/// memory (said loudly).
+fn behind_queue<V: CacheValue>(
+    name: &str,
+    tiers: &Tiers,
+    configured: Configured<V>,
+) -> Result<Behind<V>, CacheError> {
+    let opts = configured.opts.checked()?;
+    let mut queue = None;
+    for (_, level) in tiers.iter().filter(|(_, l)| !l.is_shared()) {
+        match level.tier().write_queue() {
+            Ok(None) => {}
+            Ok(Some(q)) => {
+                queue = Some(q);
+                break;
+            }
+            Err(e) => return Err(CacheError::Tier { tier: level.name().to_string(), source: e }),
+        }
+    }
+    if queue.is_none() {
+        tracing::warn!(cache = name, "write-behind queue in memory (no local tier keeps one, e.g. a disk tier): writes not yet written to the origin are LOST when the process stops or crashes");
+    }
+    Ok(Behind::new(name, configured.writer, opts, queue))
 }
 
 /// Mount `tier` as tier `name` of cache `cache`: tell it its labels, wrap it in its policy's

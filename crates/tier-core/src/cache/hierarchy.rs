@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
+use super::behind::Behind;
 use super::fleet::{Guards, Kept};
 use super::flight::Flights;
 use super::lifetime::Entries;
@@ -72,6 +73,8 @@ pub(super) struct Hierarchy<V> {
     /// Background backfills started and not yet finished (load shedding).
     backfills_pending: AtomicUsize,
     keys: KeyBuilder,
+    /// The write-behind queue and its writer, when configured.
+    behind: Option<Arc<Behind<V>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -102,8 +105,20 @@ impl<V> Hierarchy<V> {
             hot: HotKeys::new(parts.hot_keys),
             categories: parts.categories,
             backfills_pending: AtomicUsize::new(0),
+            behind: None,
             tasks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// This hierarchy, writing behind through `behind`.
+    pub fn with_behind(mut self, behind: Option<Arc<Behind<V>>>) -> Self {
+        self.behind = behind;
+        self
+    }
+
+    /// The write-behind queue, when the cache writes behind.
+    pub fn behind(&self) -> Option<&Arc<Behind<V>>> {
+        self.behind.as_ref()
     }
 
     /// The cache's name (the `cache` label, the key namespace).
@@ -260,6 +275,9 @@ impl<V> Hierarchy<V> {
         self.metrics.register_event_series(|| self.tiers.names());
         for (_, level) in self.tiers.iter() {
             level.report_gauges();
+        }
+        if let Some(behind) = &self.behind {
+            behind.report_gauges();
         }
     }
 }

@@ -16,6 +16,9 @@
 //! - **Invalidation wins races** and goes lowest tier first: every write to a tier goes through
 //!   `writes.rs`, whose stripes order background writes after invalidations; tags cost O(1)
 //!   (generations checked on read, `tags.rs`).
+//! - **Write-behind**: an acknowledged write-behind entry is written to the origin at least once,
+//!   in per-key order, never older over newer (durable in the first local tier's queue before
+//!   it is acknowledged, replayed by one rule, `Done` only after the writer's `Ok`; `behind.rs`).
 //! - **Coherence** (ARCHITECTURE.md, "Coherence and the fleet state"): the rule caps entries by
 //!   the fleet state — the clear floor everywhere; the suspect floor, the start-up catch-up and
 //!   the backplane lease in local tiers; an unknown generation at most stale (`rule.rs`); inserts
@@ -27,17 +30,18 @@
 //!
 //! The modules, lowest first (each imports only modules above it in this list, but the builder
 //! and the handle it builds):
-//! `options` (configuration), `tiers` (the tier set), `rule` (usability), `tags`, `sealer` (envelopes
-//! in clear or sealed), `lifetime`
-//! (entries and their lifetimes), `writes` (tier writes, stripes), `fleet` (the fleet state's
+//! `options` (configuration), `tiers` (the tier set), `rule` (usability), `tags`, `sealer`
+//! (envelopes in clear or sealed), `lifetime` (entries and their lifetimes), `writes` (tier
+//! writes, stripes), `behind` (the write-behind queue and its writer's steps), `fleet` (the fleet state's
 //! guards and what is kept of it locally), `flight` (single-flight),
 //! `hierarchy` (the shared state), `lookup` (walking the tiers), `backfill`, `load` (the loader
 //! run), `handle` ([`Cache`]), `read`, `write`, `batch`, `warm` (the public operations),
-//! `background` (gauges, backplane listener), `builder`.
+//! `background` (gauges, write-behind writer, backplane listener), `builder`.
 
 mod backfill;
 mod background;
 mod batch;
+mod behind;
 mod builder;
 mod context;
 mod expire;
@@ -61,10 +65,11 @@ mod warm;
 mod write;
 mod writes;
 
+pub use behind::{OriginWrite, OriginWriter, WriteBehindStatus};
 pub use builder::CacheBuilder;
 pub use context::{LoadContext, Loaded, Previous};
 pub use handle::Cache;
-pub use options::{CacheValue, CallOptions, EarlyRefresh, FailSafe};
+pub use options::{CacheValue, CallOptions, EarlyRefresh, FailSafe, WhenFull, WriteBehind};
 pub use read::CacheHit;
 pub use tiers::TierInfo;
 pub use trace::TraceKeys;

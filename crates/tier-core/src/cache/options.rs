@@ -330,3 +330,127 @@ impl Options {
         Ok(self)
     }
 }
+
+/// What [`Cache::write_behind`](crate::Cache::write_behind) does when the queue holds
+/// [`WriteBehind::capacity`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Wait (asynchronously) until the writer has made room. Default.
+    #[default]
+    Wait,
+    /// Fail at once with [`CacheError::WriteBehindFull`].
+    Fail,
+}
+
+/// How a cache writes behind: batching, retries, dead letters and the queue's bound
+/// ([`CacheBuilder::write_behind`](crate::CacheBuilder::write_behind)). The builder refuses
+/// values outside the documented ranges, with a message naming the setting.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WriteBehind {
+    /// At most this many writes in one call of the origin writer. Range: 1 ..= 1,000,000.
+    /// Default: 100.
+    pub max_batch: usize,
+    /// A write waits at most this long for others to join its batch. Range: 0 ..= 1 hour.
+    /// Default: 20 ms.
+    pub max_delay: Duration,
+    /// A batch that failed this many times in a row becomes dead letters. Range: 1 ..= 1,000.
+    /// Default: 8.
+    pub max_attempts: u32,
+    /// The pause after the first failure; it doubles after each (with jitter: a random
+    /// 50–100 % of it) up to `max_backoff`. Range: 1 ms ..= `max_backoff`. Default: 100 ms.
+    pub backoff: Duration,
+    /// The longest pause between retries. Range: `backoff` ..= 1 hour. Default: 10 s.
+    pub max_backoff: Duration,
+    /// At most this many writes held (pending and dead letters; writes of a key already held
+    /// replace it and need no room). Range: 1 ..= 100,000,000. Default: 100,000.
+    pub capacity: usize,
+    /// What a write-behind does when the queue is full. Default: [`WhenFull::Wait`].
+    pub when_full: WhenFull,
+}
+
+impl Default for WriteBehind {
+    fn default() -> Self {
+        Self {
+            max_batch: 100,
+            max_delay: Duration::from_millis(20),
+            max_attempts: 8,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            capacity: 100_000,
+            when_full: WhenFull::Wait,
+        }
+    }
+}
+
+impl WriteBehind {
+    /// At most `n` writes a batch.
+    #[must_use]
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+    /// A write waits at most `delay` for a batch to fill.
+    #[must_use]
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+    /// Dead letters after `n` failed attempts of a batch.
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+    /// The first pause after a failure and the longest one.
+    #[must_use]
+    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.backoff = first;
+        self.max_backoff = max;
+        self
+    }
+    /// At most `n` writes held.
+    #[must_use]
+    pub fn capacity(mut self, n: usize) -> Self {
+        self.capacity = n;
+        self
+    }
+    /// What to do when full.
+    #[must_use]
+    pub fn when_full(mut self, when: WhenFull) -> Self {
+        self.when_full = when;
+        self
+    }
+
+    /// These options, or the first one out of its range.
+    pub(super) fn checked(self) -> Result<Self, CacheError> {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let refuse = |why: String| Err(CacheError::Config(format!("write-behind: {why}")));
+        if !(1..=1_000_000).contains(&self.max_batch) {
+            return refuse(format!("max_batch must be in 1..=1000000, not {}", self.max_batch));
+        }
+        if self.max_delay > HOUR {
+            return refuse(format!("max_delay must be at most 1 hour, not {:?}", self.max_delay));
+        }
+        if !(1..=1000).contains(&self.max_attempts) {
+            return refuse(format!("max_attempts must be in 1..=1000, not {}", self.max_attempts));
+        }
+        if self.max_backoff > HOUR {
+            return refuse(format!(
+                "max_backoff must be at most 1 hour, not {:?}",
+                self.max_backoff
+            ));
+        }
+        if self.backoff < Duration::from_millis(1) || self.backoff > self.max_backoff {
+            return refuse(format!(
+                "backoff must be in 1 ms..=max_backoff ({:?}), not {:?}",
+                self.max_backoff, self.backoff
+            ));
+        }
+        if !(1..=100_000_000).contains(&self.capacity) {
+            return refuse(format!("capacity must be in 1..=100000000, not {}", self.capacity));
+        }
+        Ok(self)
+    }
+}

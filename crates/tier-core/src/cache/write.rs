@@ -2,11 +2,14 @@
 //! the namespace and `clear` — each observed by every tier and published on the backplane for
 //! the other instances (an insert as a value-free notice). A part of the fleet state that is
 //! down does not stop what can be done locally; the error says what was done and what was not.
+//! And write-behind: `write_behind` (an insert whose origin write is queued, `behind.rs`), its
+//! queue's status and dead letters.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::behind::{Behind, WriteBehindStatus};
 use super::handle::Cache;
 use super::hierarchy::Hierarchy;
 use super::lifetime::new_meta;
@@ -14,8 +17,13 @@ use super::options::{check_tags, CacheValue, Lifetimes};
 use super::tags::{self, namespace_tag, store_failed, tag_clock};
 use super::tiers::TierSet;
 use crate::backplane::Invalidation;
+use crate::envelope::TagStamp;
 use crate::error::{CacheError, TierError, TierErrorKind};
+use crate::queue::DeadLetter;
 use crate::time::now_ms;
+
+/// The stamps of an entry's tags (`None`: untagged).
+pub(super) type Stamps = Option<Arc<[TagStamp]>>;
 
 /// An insert's lifetimes: the tiers' policies.
 const NO_SET: Lifetimes = Lifetimes { fresh: None, stale: None };
@@ -39,15 +47,37 @@ impl<V: CacheValue> Cache<V> {
         value: V,
         tags: &[S],
     ) -> Result<(), CacheError> {
+        if self.hierarchy().bypassed() {
+            return Ok(());
+        }
+        let key = Bytes::copy_from_slice(key.as_ref());
+        let stamps = self.stamp(tags).await?;
+        if let Some(behind) = self.hierarchy().behind() {
+            // The caller wrote the origin: a queued, older write of the key is not written.
+            behind.supersede(&key).await?;
+        }
+        self.write_stamped(key, value, stamps).await
+    }
+
+    /// The stamps of `tags` (fails when the generation store is unavailable).
+    pub(super) async fn stamp<S: AsRef<str>>(&self, tags: &[S]) -> Result<Stamps, CacheError> {
+        let hierarchy = self.hierarchy();
+        let tags: Vec<Arc<str>> = tags.iter().map(|t| Arc::from(t.as_ref())).collect();
+        check_tags(&tags, 0)?;
+        tags::stamp(hierarchy.generations(), &hierarchy.guards().generations, &tags).await
+    }
+
+    /// Write `value` with `stamps` to every tier (an insert) and publish its notice.
+    pub(super) async fn write_stamped(
+        &self,
+        key: Bytes,
+        value: V,
+        stamps: Stamps,
+    ) -> Result<(), CacheError> {
         let hierarchy = self.hierarchy();
         if hierarchy.bypassed() {
             return Ok(());
         }
-        let key = Bytes::copy_from_slice(key.as_ref());
-        let tags: Vec<Arc<str>> = tags.iter().map(|t| Arc::from(t.as_ref())).collect();
-        check_tags(&tags, 0)?;
-        let guard = &hierarchy.guards().generations;
-        let stamps = tags::stamp(hierarchy.generations(), guard, &tags).await?;
         // After a clear or a gap in the same millisecond, the new value is still above it, and
         // after the last insert of the key.
         let created_at = hierarchy.stripes().created_at(&key, hierarchy.fleet().created_now());
@@ -67,14 +97,16 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// Remove `key` from every tier (lowest first) and tell every other instance.
+    ///
+    /// A pending [`write_behind`](Self::write_behind) of the key is not cancelled: it is
+    /// written to the origin, and the key is invalidated again once it is.
     pub async fn invalidate(&self, key: impl AsRef<[u8]>) -> Result<(), CacheError> {
         let hierarchy = self.hierarchy();
         let key = Bytes::copy_from_slice(key.as_ref());
-        let removed = hierarchy.writer().remove_everywhere(&key, false).await;
-        hierarchy.metrics().invalidation("key", "local");
-        let what = Invalidation::Key(key);
-        hierarchy.observe(&what);
-        published(removed, hierarchy.publish(what).await)
+        if let Some(behind) = hierarchy.behind() {
+            behind.note_invalidated(&key);
+        }
+        hierarchy.invalidate_key(key).await
     }
 
     /// Drop every entry carrying `tag`, in O(1): its generation moves on, and entries stamped
@@ -188,6 +220,94 @@ impl<V: CacheValue> Cache<V> {
     }
 }
 
+/// Write-behind: the public operations (the queue and its writer: `behind.rs`).
+impl<V: CacheValue> Cache<V> {
+    fn behind(&self) -> Result<&Arc<Behind<V>>, CacheError> {
+        self.hierarchy().behind().ok_or_else(|| {
+            CacheError::Config(
+                "this cache does not write behind: configure CacheBuilder::write_behind".into(),
+            )
+        })
+    }
+
+    /// Write `value` to every tier at once, as [`insert`](Self::insert) does (and tell the
+    /// other instances), and queue a write of it to the origin through the cache's
+    /// [`OriginWriter`](crate::OriginWriter). Returns once the queued write is durable: in the
+    /// disk tier's directory when the cache has one (a `kill -9` never loses it; see
+    /// `DiskTierBuilder::queue_flush` for power loss), else in memory — **lossy**: a crash
+    /// loses what is pending.
+    ///
+    /// A full queue waits or fails ([`WriteBehind::when_full`](crate::WriteBehind::when_full));
+    /// a queue that cannot be written (a full disk) fails, and then nothing was written
+    /// anywhere. When the queued write is
+    /// durable but a tier failed, that tier's error is returned (the origin write stays queued).
+    /// An [`insert`](Self::insert) of the key supersedes a pending write of it (not yet in a
+    /// batch in flight); an [`invalidate`](Self::invalidate) does not cancel it.
+    pub async fn write_behind(&self, key: impl AsRef<[u8]>, value: V) -> Result<(), CacheError> {
+        self.write_behind_with_tags(key, value, &[] as &[&str]).await
+    }
+
+    /// [`write_behind`](Self::write_behind) with tags (as
+    /// [`insert_with_tags`](Self::insert_with_tags)). Tags that cannot be stamped fail the
+    /// call before anything is queued.
+    pub async fn write_behind_with_tags<S: AsRef<str>>(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: V,
+        tags: &[S],
+    ) -> Result<(), CacheError> {
+        let behind = self.behind()?.clone();
+        let key = Bytes::copy_from_slice(key.as_ref());
+        let encoded =
+            rmp_serde::to_vec_named(&value).map_err(|e| CacheError::Encode(e.to_string()))?;
+        let stamps = self.stamp(tags).await?;
+        // Queue order is call order for a key, and so is tier order.
+        let _order = behind.key_lock(&key).lock().await;
+        let room = behind.admit(&key).await?;
+        behind.queue(room, key.clone(), Bytes::from(encoded)).await?;
+        self.write_stamped(key, value, stamps).await
+    }
+
+    /// Wait until every pending write-behind write has been written to the origin or become
+    /// a dead letter.
+    pub async fn flush_write_behind(&self) -> Result<(), CacheError> {
+        self.behind()?.drained().await;
+        Ok(())
+    }
+
+    /// The write-behind queue's depth, dead letters and oldest pending write.
+    pub fn write_behind_status(&self) -> Result<WriteBehindStatus, CacheError> {
+        Ok(self.behind()?.status())
+    }
+
+    /// The dead letters kept, oldest first (values as MessagePack bytes).
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, CacheError> {
+        Ok(self.behind()?.dead_letters())
+    }
+
+    /// Make every dead letter pending again (it keeps its sequence number: a dead letter of a
+    /// key written again since was superseded and is gone). Returns how many.
+    pub async fn replay_dead_letters(&self) -> Result<usize, CacheError> {
+        self.behind()?.settle_dead(true).await
+    }
+
+    /// Drop every dead letter (never written). Returns how many.
+    pub async fn discard_dead_letters(&self) -> Result<usize, CacheError> {
+        self.behind()?.settle_dead(false).await
+    }
+}
+
+impl<V: CacheValue> Hierarchy<V> {
+    /// Invalidate again the keys whose pending write was invalidated, now that it is written.
+    pub(super) async fn invalidate_again(&self, keys: Vec<Bytes>) {
+        for key in keys {
+            if let Err(e) = self.invalidate_key(key).await {
+                tracing::warn!(cache = %self.name(), error = %e, "write-behind: invalidating a written key again failed");
+            }
+        }
+    }
+}
+
 /// The outcome of a write or invalidation: the first tier failure, else the backplane's.
 pub(super) fn published(
     tiers: Option<CacheError>,
@@ -200,6 +320,15 @@ pub(super) fn published(
 }
 
 impl<V> Hierarchy<V> {
+    /// Remove `key` from every tier (lowest first) and tell every other instance.
+    pub(super) async fn invalidate_key(&self, key: Bytes) -> Result<(), CacheError> {
+        let removed = self.writer().remove_everywhere(&key, false).await;
+        self.metrics().invalidation("key", "local");
+        let what = Invalidation::Key(key);
+        self.observe(&what);
+        published(removed, self.publish(what).await)
+    }
+
     /// Tell the other instances (when there is a backplane), under its timeout and breaker.
     pub(super) async fn publish(&self, what: Invalidation) -> Result<(), CacheError> {
         match self.backplane() {

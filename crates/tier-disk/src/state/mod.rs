@@ -2,7 +2,7 @@
 //! must not forget across restarts (tag generations, namespace versions, a clear floor, the
 //! last applied invalidation-log position).
 
-mod file;
+pub(crate) mod file;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -16,7 +16,7 @@ pub(crate) use file::STATE_FILE;
 pub use file::{MAX_STATE_BYTES, MAX_STATE_KEY_LEN, MAX_STATE_VALUE_LEN};
 
 use crate::config::FlushPolicy;
-use crate::dir::{describe, Dir};
+use crate::dir::{append_at, describe, Dir};
 use crate::error::DiskError;
 use crate::report::StateReport;
 use file::{Map, Op, Parsed, FILE_HEADER_LEN, MAX_FILE_BYTES, STATE_TMP};
@@ -330,21 +330,15 @@ impl DiskState {
                 file
             }
         };
-        let written = file.write_all_at(rec, w.len);
-        if written.is_err() {
-            let _ = file.set_len(w.len);
-        }
-        let synced = written.and_then(|()| {
+        let always = self.flush == FlushPolicy::Always;
+        let appended = append_at(&file, w.len, rec, always);
+        if appended.is_ok() {
             w.len += rec.len() as u64;
-            w.dirty = true;
-            if self.flush == FlushPolicy::Always {
-                file.sync_data()?;
-                w.dirty = false;
-            }
-            Ok(())
-        });
+        }
+        // A sync that failed after the write leaves the record written, not synced.
+        w.dirty = !always || appended.is_err();
         w.file = Some(file);
-        synced.map_err(|e| io("append to", &self.dir, e))
+        appended.map_err(|e| io("append to", &self.dir, e))
     }
 
     /// Rewrite the file to its live size when it has grown several times past it.
@@ -446,18 +440,8 @@ fn create(dir: &Dir, lost: bool, flush: FlushPolicy) -> Result<File, DiskError> 
 /// Write a new state file holding `map` and rename it over the old one (synced first, so that
 /// a crash leaves the old file or the new one, whole). Returns the new file, open.
 fn rewrite(dir: &Dir, map: &Map, lost: bool, high_water: Option<u32>) -> Result<File, DiskError> {
-    let _ = dir.remove(STATE_TMP);
-    let file = dir.create_file(STATE_TMP).map_err(|e| io("create", dir, e))?;
-    let written = file
-        .write_all_at(&file::image(map, lost, high_water), 0)
-        .and_then(|()| file.sync_data())
-        .and_then(|()| dir.rename_over(STATE_TMP, STATE_FILE))
-        .and_then(|()| dir.sync());
-    if let Err(e) = written {
-        let _ = dir.remove(STATE_TMP);
-        return Err(io("write", dir, e));
-    }
-    Ok(file)
+    dir.replace(STATE_TMP, STATE_FILE, &file::image(map, lost, high_water))
+        .map_err(|e| io("write", dir, e))
 }
 
 /// What the state file of `dir` holds, read-only (for the inspector): `None` when there is no
