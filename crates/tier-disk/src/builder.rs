@@ -80,6 +80,22 @@ impl DiskTierBuilder {
         self
     }
 
+    /// Return from an insert once it is *staged* — visible to every read of this tier at once,
+    /// queued for the writer thread, which writes what is queued in batches (group commit) —
+    /// rather than once it is written. A staged insert is in the file, and survives a kill of
+    /// the process, once the writer has written it (in order, usually within a millisecond;
+    /// [`DiskTier::flush`](crate::DiskTier::flush) waits for it); a crash before that loses it,
+    /// and a reopen finds the key's earlier record, if any, as after a power loss with
+    /// [`FlushPolicy::OnClose`]. Removes and clears always return once written; with
+    /// [`FlushPolicy::Always`] inserts do too (once synced), and so does an insert that needs a
+    /// new segment (the step a full disk fails: it answers errors, not acknowledgements) or is
+    /// sent while the last write failed. Staged inserts wait (asynchronously) while 16 MiB of
+    /// them are not written yet. Default: true.
+    pub fn stage_inserts(mut self, on: bool) -> Self {
+        self.cfg.stage_inserts = on;
+        self
+    }
+
     /// The tier's name ([`Tier::name`](tier_core::spi::Tier::name), the default `tier` label).
     /// Default: `"disk"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {

@@ -98,7 +98,8 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     let active = active_segment(reuse, &segments, newest, high_water);
     let reads = Reads::start(cfg.read_threads, cfg.read_queue)
         .map_err(|e| DiskError::io("start read threads for", &cfg.dir, e))?;
-    let store = Store { cfg, index, segments, metrics: Metrics::new(), reads, opened_at };
+    let stage = Arc::default();
+    let store = Store { cfg, index, segments, metrics: Metrics::new(), reads, stage, opened_at };
     let writer = Writer::new(active, Arc::clone(&dir), Arc::clone(&state));
     if let Err(e) = writer.ensure_active(&store) {
         // A full disk fails the writes (each tries again), not the open: reads go on.

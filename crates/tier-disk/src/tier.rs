@@ -17,6 +17,7 @@ use crate::format::RecordKind;
 use crate::report::{DiskStats, RawRecord, RecordInfo, RecoveryReport};
 use crate::state::DiskState;
 use crate::store::Store;
+use crate::writer::admit;
 use crate::writes::{Op, WriteThread};
 
 /// The disk tier (L2): log-structured, memory-mapped segment files in one directory, with an
@@ -70,6 +71,7 @@ struct Inner {
 
 impl Inner {
     fn flush(&self) -> Result<(), TierError> {
+        self.writes.settle();
         for seg in self.store.segments.all() {
             seg.sync().map_err(|e| TierError::io("disk tier: fsync", e))?;
         }
@@ -150,8 +152,10 @@ impl DiskTier {
         &self.inner.state
     }
 
-    /// Figures from the tier's counters (cheap; no scan).
+    /// Figures from the tier's counters (no scan), once the inserts staged before the call are
+    /// written (blocking: it waits for the writer thread).
     pub fn disk_stats(&self) -> DiskStats {
+        self.inner.writes.settle();
         self.inner.store.stats()
     }
 
@@ -161,8 +165,10 @@ impl DiskTier {
     }
 
     /// The raw envelope `key` has on disk, with its record's figures, even when expired
-    /// (its CRC is checked; no hit is recorded).
+    /// (its CRC is checked; no hit is recorded). Blocking: it waits until the inserts staged
+    /// before the call are written.
     pub fn get_raw(&self, key: &[u8]) -> Option<RawRecord> {
+        self.inner.writes.settle();
         let (seg, loc, h, envelope) = self.inner.store.get_raw(key)?;
         Some(RawRecord {
             info: RecordInfo {
@@ -181,7 +187,8 @@ impl DiskTier {
         })
     }
 
-    /// fsync every segment written since its last sync, and the state file.
+    /// Wait until every write sent before the call is written (staged inserts included), then
+    /// fsync every segment written since its last sync, and the state file. Blocking.
     pub fn flush(&self) -> Result<(), TierError> {
         self.inner.flush()
     }
@@ -209,15 +216,19 @@ impl Tier for DiskTier {
 
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
         let envelope = envelope_of(&entry)?.clone();
-        self.inner.writes.run(Op::Insert { key, envelope }).await
+        let store = &self.inner.store;
+        // Refused before it is staged: a staged insert can only fail on the device.
+        admit(store, &key, &envelope)?;
+        let staged = store.cfg.stage_inserts && store.cfg.flush != FlushPolicy::Always;
+        self.inner.writes.run(Op::Insert { key, envelope }, staged).await
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
-        self.inner.writes.run(Op::Remove { key: Bytes::copy_from_slice(key) }).await
+        self.inner.writes.run(Op::Remove { key: Bytes::copy_from_slice(key) }, false).await
     }
 
     async fn clear(&self) -> Result<(), TierError> {
-        self.inner.writes.run(Op::Clear).await
+        self.inner.writes.run(Op::Clear, false).await
     }
 
     fn stats(&self) -> TierStats {
