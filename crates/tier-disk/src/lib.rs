@@ -121,13 +121,13 @@
 //!   blocking context on a busy runtime. [`DiskTier::flush`], [`DiskTier::get_raw`] and
 //!   dropping the tier (which finishes the writes sent, then syncs) are blocking calls too.
 //!
-//! The price (`scripts/bench-disk-cold`, a loaded 2-core machine): a warm hit is a system call
-//! and a copy into a buffer, ~1.7 µs median for 1 KiB against 0.4 µs for a raw `pread` of its
-//! bytes and 0.1 µs for a copy out of a mapping (CRC check, decoding and the lookup are the
-//! rest); a staged insert is a lock and a queue push (the writer's `pwrite`s are batched); a
-//! cold hit is its device read and two
-//! hand-overs, on no runtime thread, and reads the record's pages only (1.2x them for 1 KiB,
-//! 1.0x for 16 KiB).
+//! The price (`scripts/bench-disk-cold`, a 2-core machine at load 20-28): a warm hit is a
+//! system call and a copy into a buffer, ~2.1 µs median for 1 KiB against 0.6 µs for a raw
+//! `pread` of its bytes, 0.2 µs for a copy out of a mapping and 0.09 µs for the record's CRC
+//! (decoding and the lookup are the rest); a staged insert is a lock and a queue push, 0.7 µs
+//! median (the writer's `pwrite`s are batched; at p99 it waits for the writer, whose pace is
+//! the device's under a memory limit); a cold hit is its device read and two hand-overs, on no
+//! runtime thread, and reads the record's pages only (1.2x them for 1 KiB, 1.0x for 16 KiB).
 //!
 //! ## Inspection
 //!
