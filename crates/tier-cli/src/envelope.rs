@@ -1,9 +1,16 @@
 //! Decoding a stored envelope for display (`tier disk get`, `tier redis get`): its times, tags,
-//! flags and value. The value's Rust type is unknown here, so the MessagePack payload is shown
-//! as JSON when it maps to JSON, or as a hex preview otherwise.
+//! flags and value. The value's Rust type is unknown here, so a payload of a self-describing
+//! serializer (MessagePack, JSON) is shown as JSON when it maps to JSON, whatever compressed it;
+//! a postcard payload (positional: it cannot be read without its type) and anything that does
+//! not decode are shown as a hex preview with the reason. A sealed entry (a cache with a
+//! keyring) is said to be one, with the id of its key; its value is shown only when a keyring
+//! that holds the key opens it for the entry's cache and key.
 
 use serde::Serialize;
-use tier_core::spi::envelope::{decode_meta, decode_value, FLAG_COMPRESSED};
+use tier_core::seal::{decode_sealed, Keyring, Place, Sealing};
+use tier_core::spi::envelope::{
+    decode_meta, decode_value, payload_of, Serializer, FLAG_COMPRESSED,
+};
 use tier_core::spi::now_ms;
 
 use crate::duration::short;
@@ -25,8 +32,18 @@ pub struct EnvelopeView {
     pub load_cost_us: u32,
     /// The origin said "no such value".
     pub negative: bool,
-    /// The payload is lz4-compressed.
+    /// The payload is compressed.
     pub compressed: bool,
+    /// The serializer that wrote the value (`msgpack`, `json`, `postcard`), when known.
+    pub serializer: Option<&'static str>,
+    /// The compression of the payload (`lz4`, `zstd`), when compressed.
+    pub compression: Option<&'static str>,
+    /// The origin's validator (ETag, Last-Modified, version): as text when UTF-8, else hex.
+    pub validator: Option<String>,
+    /// The payload is sealed (encrypted at rest).
+    pub encrypted: bool,
+    /// The id of the key it is sealed with, when sealed.
+    pub key_id: Option<u32>,
     /// Tags and the generation each had when written.
     pub tags: Vec<TagView>,
     /// The value as JSON, when the payload maps to JSON.
@@ -44,8 +61,18 @@ pub struct TagView {
     pub generation: u64,
 }
 
-/// Decode `bytes`; an error says why they are not a valid envelope.
-pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
+/// What opens a sealed entry: a keyring, and the entry's place (its cache and key).
+#[derive(Debug, Clone, Copy)]
+pub struct Opener<'a> {
+    /// The keyring, when one was supplied.
+    pub keyring: Option<&'a Keyring>,
+    /// The entry's place, bound into its seal.
+    pub place: Place<'a>,
+}
+
+/// Decode `bytes` (opening a sealed entry with `opener`'s keyring); an error says why they are
+/// not a valid envelope.
+pub fn view(bytes: &[u8], opener: Opener<'_>) -> Result<EnvelopeView, String> {
     let (meta, at) = decode_meta(bytes).map_err(|e| e.to_string())?;
     let now = now_ms();
     let state = if now < meta.fresh_until {
@@ -55,10 +82,44 @@ pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
     } else {
         "expired"
     };
-    let (value, value_error) = match decode_value::<serde_json::Value>(bytes, &meta, at) {
-        Ok(v) => (v, None),
-        Err(e) => (None, Some(format!("{e}; payload starts {}", hex_preview(&bytes[at..], 32)))),
+    let payload = payload_of(bytes, at);
+    let sealing =
+        meta.sealing.as_deref().map(Sealing::parse).transpose().map_err(|e| e.to_string())?;
+    let postcard = matches!(&payload, Ok(p) if p.serializer == Serializer::Postcard);
+    let (value, value_error) = if sealing.is_none() && postcard && !meta.negative {
+        (
+            None,
+            Some(format!(
+                "a postcard payload is not self-describing (its type is needed to read it); \
+                 payload starts {}",
+                hex_preview(&bytes[at..], 32)
+            )),
+        )
+    } else {
+        let decoded = match (&sealing, opener.keyring) {
+            (None, _) => decode_value::<serde_json::Value>(bytes, &meta, at),
+            (Some(_), Some(keyring)) => decode_sealed(bytes, keyring, opener.place),
+            (Some(s), None) => Err(tier_core::TierError::decode(format!(
+                "sealed with key {}: supply the keyring (--keyring-file or TIER_KEYRING) to decrypt",
+                s.key_id
+            ))),
+        };
+        match decoded {
+            Ok(v) => (v, None),
+            Err(e) if sealing.is_some() => (None, Some(e.to_string())),
+            Err(e) => {
+                (None, Some(format!("{e}; payload starts {}", hex_preview(&bytes[at..], 32))))
+            }
+        }
     };
+    let (serializer, compression) = match &payload {
+        Ok(p) => (Some(p.serializer.name()), p.compression.map(|c| c.name())),
+        Err(_) => (None, None),
+    };
+    let validator = meta.validator.as_ref().map(|v| match std::str::from_utf8(v) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!("0x{}", hex_preview(v, v.len())),
+    });
     Ok(EnvelopeView {
         size: bytes.len(),
         state,
@@ -68,6 +129,11 @@ pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
         load_cost_us: meta.load_cost_us,
         negative: meta.negative,
         compressed: bytes.get(4).is_some_and(|f| f & FLAG_COMPRESSED != 0),
+        serializer,
+        compression,
+        validator,
+        encrypted: sealing.is_some(),
+        key_id: sealing.map(|s| s.key_id),
         tags: meta
             .tags()
             .iter()
@@ -118,11 +184,21 @@ impl EnvelopeView {
         );
         let _ = writeln!(
             out,
-            "envelope     {} bytes{}{}",
+            "envelope     {} bytes, {}{}{}{}",
             self.size,
-            if self.compressed { ", lz4-compressed" } else { "" },
+            self.serializer.unwrap_or("unknown serializer"),
+            self.compression.map(|c| format!(", {c}-compressed")).unwrap_or_default(),
+            if self.encrypted { ", encrypted" } else { "" },
             if self.negative { ", negative (the origin had no value)" } else { "" }
         );
+        if let Some(v) = &self.validator {
+            let _ = writeln!(out, "validator    {v}");
+        }
+        if let Some(id) = self.key_id {
+            let opened =
+                if self.value.is_some() { "opened with the keyring" } else { "not opened" };
+            let _ = writeln!(out, "encrypted    yes, XChaCha20-Poly1305, key {id} ({opened})");
+        }
         if !self.tags.is_empty() {
             let tags: Vec<String> = self
                 .tags

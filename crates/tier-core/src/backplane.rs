@@ -28,7 +28,8 @@ pub enum Invalidation {
     /// One key was removed (the full key bytes).
     Key(Bytes),
     /// One key was written (an insert, or a load's write-through): value-free; a receiver drops
-    /// its local copy unless that copy was created at or after `created_at`.
+    /// its local copy unless that copy was created after `created_at` (a tie is dropped: the
+    /// clock is coarse, an older value may carry the same millisecond).
     Written {
         /// The full key bytes.
         key: Bytes,
@@ -45,11 +46,20 @@ pub enum Invalidation {
         /// The clear floor.
         at: u64,
     },
+    /// A logical expiry at `at` (Unix ms): of one key (its entries created at or before `at`
+    /// stop being fresh and stay servable as stale), or of every entry of the hierarchy when
+    /// `key` is `None` (the expiry floor: entries created at or before `at` are at most stale).
+    Expire {
+        /// The full key bytes; `None`: every key.
+        key: Option<Bytes>,
+        /// The expiry instant.
+        at: u64,
+    },
 }
 
 impl Invalidation {
     /// The `kind` label of `cache_invalidations_total`: `key`, `written`, `tag`, `namespace`,
-    /// `clear`.
+    /// `clear`, `expire`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Key(_) => "key",
@@ -57,6 +67,7 @@ impl Invalidation {
             Self::Tag(_) => "tag",
             Self::Namespace(_) => "namespace",
             Self::Clear { .. } => "clear",
+            Self::Expire { .. } => "expire",
         }
     }
 }

@@ -1,9 +1,13 @@
 //! Test helpers (feature `test-util`): a plain in-memory envelope tier, a wrapper that fails,
 //! stalls or counts calls on command, an in-process backplane and fleet lock, and the
-//! [`conformance`] kit that checks any tier against the `Tier` contract. For tests, not for
+//! [`conformance`] kit that checks any tier against the `Tier` contract (and, with feature
+//! `encryption`, [`sealing`]: altered sealed entries are misses in any byte tier). For tests, not for
 //! production.
 
 pub mod conformance;
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub mod sealing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -126,6 +130,10 @@ pub struct CallCounts {
     pub inserts: AtomicU64,
     /// `remove` calls.
     pub removes: AtomicU64,
+    /// `retime` calls (a rewrite of an entry's times: no value bytes).
+    pub retimes: AtomicU64,
+    /// Bytes handed to `insert` and `insert_many` (the entries' sizes).
+    pub inserted_bytes: AtomicU64,
 }
 
 /// Wraps a tier; fails, stalls or passes through on command, and counts calls.
@@ -235,11 +243,14 @@ impl Tier for FaultyTier {
     }
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
         self.calls.inserts.fetch_add(1, Ordering::SeqCst);
+        self.calls.inserted_bytes.fetch_add(u64::from(entry.size), Ordering::SeqCst);
         self.gate("insert").await?;
         self.inner.insert(key, entry).await
     }
     async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
         self.calls.inserts.fetch_add(1, Ordering::SeqCst);
+        let bytes: u64 = entries.iter().map(|(_, e)| u64::from(e.size)).sum();
+        self.calls.inserted_bytes.fetch_add(bytes, Ordering::SeqCst);
         self.gate("insert_many").await?;
         self.inner.insert_many(entries).await
     }
@@ -251,6 +262,11 @@ impl Tier for FaultyTier {
     async fn clear(&self) -> Result<(), TierError> {
         self.gate("clear").await?;
         self.inner.clear().await
+    }
+    async fn retime(&self, key: &[u8], how: crate::retime::Retime) -> Result<bool, TierError> {
+        self.calls.retimes.fetch_add(1, Ordering::SeqCst);
+        self.gate("retime").await?;
+        self.inner.retime(key, how).await
     }
 }
 

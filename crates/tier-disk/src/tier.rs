@@ -70,6 +70,12 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether inserts return once staged (see [`DiskTierBuilder::stage_inserts`]).
+    fn staged(&self) -> bool {
+        let cfg = &self.store.cfg;
+        cfg.stage_inserts && cfg.flush != FlushPolicy::Always
+    }
+
     fn flush(&self) -> Result<(), TierError> {
         self.writes.settle();
         for seg in self.store.segments.all() {
@@ -214,13 +220,39 @@ impl Tier for DiskTier {
         self.inner.store.get(key).await
     }
 
+    /// All keys at once: the index is asked for each, and the records not in the page cache
+    /// are read concurrently by the read threads (not one after the other).
+    async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
+        let store = &self.inner.store;
+        futures::future::join_all(keys.iter().map(|k| store.get(k))).await.into_iter().collect()
+    }
+
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
         let envelope = envelope_of(&entry)?.clone();
         let store = &self.inner.store;
         // Refused before it is staged: a staged insert can only fail on the device.
         admit(store, &key, &envelope)?;
-        let staged = store.cfg.stage_inserts && store.cfg.flush != FlushPolicy::Always;
-        self.inner.writes.run(Op::Insert { key, envelope }, staged).await
+        self.inner.writes.run(Op::Insert { key, envelope }, self.inner.staged()).await
+    }
+
+    /// The whole batch queued at once (written in order, in the writer's batches); every entry
+    /// is tried, the first failure is returned.
+    async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
+        let store = &self.inner.store;
+        let mut first = Ok(());
+        let mut ops = Vec::with_capacity(entries.len());
+        for (key, entry) in entries {
+            let admitted = envelope_of(&entry).and_then(|envelope| {
+                admit(store, &key, envelope)?;
+                Ok(envelope.clone())
+            });
+            match admitted {
+                Ok(envelope) => ops.push(Op::Insert { key, envelope }),
+                Err(e) => first = first.and(Err(e)),
+            }
+        }
+        let sent = self.inner.writes.run_many(ops, self.inner.staged()).await;
+        first.and(sent)
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {

@@ -72,6 +72,26 @@ impl WriteThread {
         }
     }
 
+    /// Run `ops` on the thread, in order, like [`WriteThread::run`] each; returns once every
+    /// one is staged or written. Every one is tried; the first failure is the answer.
+    pub async fn run_many(&self, ops: Vec<Op>, staged: bool) -> Result<(), TierError> {
+        let gone = || TierError::new(TierErrorKind::Other, "disk tier: the writer thread ended");
+        let staged = staged && !self.stage.failing();
+        let mut waits = Vec::new();
+        for op in ops {
+            match self.stage.send(op, staged).await {
+                None => return Err(gone()),
+                Some(None) => {}
+                Some(Some(done)) => waits.push(done),
+            }
+        }
+        let mut first = Ok(());
+        for done in waits {
+            first = first.and(done.await.map_err(|_| gone())?);
+        }
+        first
+    }
+
     /// Wait (blocking) until every write sent before is written.
     pub fn settle(&self) {
         self.stage.settle();

@@ -38,19 +38,27 @@
 //! - `redis` — `RedisTier`, `RedisBackplane`, `RedisGenerations`, `RedisLock` (the `redis`
 //!   module).
 //! - `tls` — `rediss://` URLs through rustls (implies `redis`).
+//! - `zstd` — zstd compression of the values byte tiers store ([`Compression::Zstd`]).
+//! - `postcard` — the compact postcard serializer for them ([`Serializer::Postcard`]).
 //! - `prometheus` — a Prometheus exporter set up for tier's metrics: buckets, upkeep, a handle
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
+//! - `encryption` — values sealed at rest in the disk and Redis tiers with a keyring of the
+//!   application's (the `seal` module, `CacheBuilder::keyring`).
 //! - `test-util` — tier-core's test helpers and conformance kit (the `testing` module).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use tier_core::{
     metrics, spi, BackfillPolicy, BoxError, Breaker, BreakerConfig, BreakerState, Cache,
-    CacheBuilder, CacheError, CacheValue, CallOptions, EarlyRefresh, FailSafe, KeyBuilder,
-    LockOptions, ReconnectPolicy, Storage, TierError, TierErrorKind, TierInfo, TierPolicy,
-    TierStats, TtlPolicy, WarmProgress, WarmReport, MAX_ID_LEN,
+    CacheBuilder, CacheError, CacheHit, CacheValue, CallOptions, Compression, EarlyRefresh,
+    FailSafe, KeyBuilder, LoadContext, Loaded, LockOptions, Previous, ReconnectPolicy, Serializer,
+    Storage, TierError, TierErrorKind, TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress,
+    WarmReport, MAX_ID_LEN,
 };
 
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub use tier_core::seal;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use tier_core::testing;
@@ -85,7 +93,7 @@ pub mod prometheus;
 
 /// The names most services use: `use tier::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Cache, CacheError, CallOptions, FailSafe, TierPolicy};
+    pub use crate::{Cache, CacheError, CallOptions, FailSafe, LoadContext, Loaded, TierPolicy};
 
     #[cfg(feature = "disk")]
     pub use crate::DiskTier;

@@ -9,9 +9,10 @@ use super::background;
 use super::handle::Cache;
 use super::hierarchy::{Categories, Hierarchy, Parts};
 use super::options::{CacheValue, EarlyRefresh, FailSafe, Options};
+use super::sealer::Sealer;
 use super::tiers::{Level, Tiers, MAX_TIERS};
 use crate::backplane::{Backplane, ReconnectPolicy};
-use crate::envelope::Codec;
+use crate::envelope::{Compression, Serializer};
 use crate::error::CacheError;
 use crate::generations::{GenerationStore, LocalGenerations};
 use crate::layer::Mount;
@@ -26,7 +27,7 @@ use crate::tier::{Tier, TierContext};
 pub struct CacheBuilder<V> {
     name: String,
     tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
-    codec: Codec,
+    sealer: Sealer,
     opts: Options,
     generations: Option<Arc<dyn GenerationStore>>,
     backplane: Option<(Arc<dyn Backplane>, ReconnectPolicy)>,
@@ -42,7 +43,7 @@ impl<V: CacheValue> CacheBuilder<V> {
         Self {
             name,
             tiers: Vec::new(),
-            codec: Codec::default(),
+            sealer: Sealer::default(),
             opts: Options::default(),
             generations: None,
             backplane: None,
@@ -122,10 +123,61 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Payloads of at least this many bytes are lz4-compressed when it helps. Any size
+    /// Payloads of at least this many bytes are compressed when it helps. Any size
     /// (`usize::MAX` never compresses). Default: 1024.
     pub fn compress_threshold(mut self, bytes: usize) -> Self {
-        self.codec.compress_threshold = bytes;
+        self.sealer.codec.compress_threshold = bytes;
+        self
+    }
+
+    /// Seal every value written to a byte tier (disk, Redis) under `keyring`'s current key, and
+    /// open what is read with any of its keys (see [`crate::seal`]). With a keyring, an entry
+    /// in clear, sealed with a key it lacks, or altered is a miss (plus
+    /// `tier_decode_errors_total`). The L1's decoded objects are not affected. Default: none
+    /// (values in clear).
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    pub fn keyring(mut self, keyring: crate::seal::Keyring) -> Self {
+        self.sealer.keyring = Some(keyring);
+        self
+    }
+
+    /// The serializer values are written with in byte tiers (disk, Redis): MessagePack,
+    /// JSON (readable, for debugging) or postcard (compact; feature `postcard`). Entries
+    /// written by any built-in serializer are read, so it can be changed on a warm cache. One
+    /// not built in fails [`build`](Self::build). Default: [`Serializer::MessagePack`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tier_core::{Cache, Compression, Serializer, TierPolicy};
+    /// use tier_memory::MemoryTier;
+    ///
+    /// let cache: Cache<String> = Cache::builder("users")
+    ///     .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(60)))
+    ///     .serializer(Serializer::Json)
+    ///     .compression(None)
+    ///     .build()?;
+    /// # Ok::<(), tier_core::CacheError>(())
+    /// ```
+    pub fn serializer(mut self, serializer: Serializer) -> Self {
+        self.sealer.codec.serializer = serializer;
+        self
+    }
+
+    /// The compression of payloads of at least [`compress_threshold`](Self::compress_threshold)
+    /// bytes (kept only when it saves space): [`Compression::Lz4`] (fast),
+    /// [`Compression::Zstd`] (smaller; feature `zstd`, level from
+    /// [`zstd_level`](Self::zstd_level)) or `None` (off). Entries compressed by any built-in
+    /// compression are read. Default: `Some(Compression::Lz4)`.
+    pub fn compression(mut self, compression: impl Into<Option<Compression>>) -> Self {
+        self.sealer.codec.compression = compression.into();
+        self
+    }
+
+    /// The zstd level, 1 (fastest) ..= 22 (smallest); others fail [`build`](Self::build) when
+    /// zstd is chosen. Default: 3.
+    pub fn zstd_level(mut self, level: i32) -> Self {
+        self.sealer.codec.zstd_level = level;
         self
     }
 
@@ -232,9 +284,10 @@ impl<V: CacheValue> CacheBuilder<V> {
         let hierarchy = Arc::new(Hierarchy::new(Parts {
             name: self.name,
             tiers,
-            codec: self.codec,
+            sealer: self.sealer,
             opts: Options { reconnect, ..self.opts }.checked()?,
             generations,
+            shared_generations: local.is_none(),
             backplane,
             lock: self.lock,
             categories: self.categories,
@@ -242,7 +295,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             state,
         }));
         let start_up = hierarchy.restore(local.as_deref());
-        background::start(&hierarchy, self.gauge_interval, local.is_none(), start_up);
+        background::start(&hierarchy, self.gauge_interval, start_up);
         Ok(Cache::from_hierarchy(hierarchy))
     }
 
@@ -259,6 +312,9 @@ impl<V: CacheValue> CacheBuilder<V> {
             return refuse("a cache needs a name".into());
         }
         if let Some(Err(why)) = self.lock.as_ref().map(|(_, opts)| opts.check()) {
+            return refuse(why);
+        }
+        if let Err(why) = self.sealer.codec.check() {
             return refuse(why);
         }
         let mut names: Vec<String> = Vec::with_capacity(self.tiers.len());

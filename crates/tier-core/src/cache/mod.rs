@@ -27,7 +27,8 @@
 //!
 //! The modules, lowest first (each imports only modules above it in this list, but the builder
 //! and the handle it builds):
-//! `options` (configuration), `tiers` (the tier set), `rule` (usability), `tags`, `lifetime`
+//! `options` (configuration), `tiers` (the tier set), `rule` (usability), `tags`, `sealer` (envelopes
+//! in clear or sealed), `lifetime`
 //! (entries and their lifetimes), `writes` (tier writes, stripes), `fleet` (the fleet state's
 //! guards and what is kept of it locally), `flight` (single-flight),
 //! `hierarchy` (the shared state), `lookup` (walking the tiers), `backfill`, `load` (the loader
@@ -38,16 +39,21 @@ mod backfill;
 mod background;
 mod batch;
 mod builder;
+mod context;
+mod expire;
 mod fleet;
 mod flight;
 mod handle;
 mod hierarchy;
+mod land;
 mod lifetime;
 mod load;
+mod loader;
 mod lookup;
 mod options;
 mod read;
 mod rule;
+mod sealer;
 mod tags;
 mod tiers;
 mod trace;
@@ -56,8 +62,10 @@ mod write;
 mod writes;
 
 pub use builder::CacheBuilder;
+pub use context::{LoadContext, Loaded, Previous};
 pub use handle::Cache;
 pub use options::{CacheValue, CallOptions, EarlyRefresh, FailSafe};
+pub use read::CacheHit;
 pub use tiers::TierInfo;
 pub use trace::TraceKeys;
 pub use warm::{WarmProgress, WarmReport};

@@ -7,12 +7,19 @@
 //! - **the fleet state** ([`FleetState`], what this instance knows of the fleet):
 //!   - the **clear floor**: an entry created at or before it is unusable, in every tier (also
 //!     another instance's old value in a shared tier);
+//!   - the **expiry floor** (`Cache::expire_all`): an entry created at or before it is at most
+//!     stale, in every tier;
 //!   - the **suspect floor**: an entry of a local tier created at or before `suspect_before`
 //!     (a backplane gap, a lost state file) is at most stale;
 //!   - **catching up**: until the start-up replay of the invalidation log is done, local
 //!     entries are at most stale;
 //!   - the **lease** (a backplane that confirms delivery): local entries are fresh only while
-//!     the last proof of delivery is younger than the propagation bound δ;
+//!     the last proof of delivery is younger than the propagation bound δ; while it has lapsed,
+//!     an entry of a shared tier under a key of this cache's namespace is checked against the
+//!     store's namespace version (`tags::namespace_verdict`: a move not delivered makes it
+//!     unusable, a version the store cannot give makes it at most stale) — and so is every
+//!     entry under such a key until the version was first read from a shared store (keys are
+//!     built with version 0 until then, which an earlier life of the fleet may have used);
 //! - **tag stamps** ([`TagVerdict`]): an outdated stamp makes the entry unusable; a generation
 //!   the store cannot give (unknown, or the store is unavailable) makes it at most stale.
 //!
@@ -88,12 +95,18 @@ impl TagVerdict {
 pub(super) struct FleetState {
     /// Entries created at or before this instant (Unix ms) are gone (the clear floor).
     floor: AtomicU64,
+    /// Entries created at or before this instant (Unix ms) are at most stale (the expiry
+    /// floor of `expire_all`).
+    expired_before: AtomicU64,
     /// Local entries created at or before this instant (Unix ms) are at most stale.
     suspect_before: AtomicU64,
     /// The start-up catch-up is not done: local entries are at most stale.
     catching_up: AtomicBool,
     /// The start-up (catch-up, gap or the log's head) is done.
     started: AtomicBool,
+    /// The namespace version has not been read from a shared store yet: keys are built with
+    /// version 0, which may be an earlier life's (see `tags::namespace_verdict`).
+    namespace_unread: AtomicBool,
     /// The lease's length δ in ms; 0: no lease (the backplane does not confirm delivery).
     lease_ms: AtomicU64,
     /// When the last proof of delivery was sent (Unix ms).
@@ -111,15 +124,22 @@ impl FleetState {
         self.floor.fetch_max(at, Ordering::AcqRel);
     }
 
+    /// Entries created at or before `at` are at most stale from now on, in every tier (a floor
+    /// never goes back).
+    pub fn raise_expiry_floor(&self, at: u64) {
+        self.expired_before.fetch_max(at, Ordering::AcqRel);
+    }
+
     /// The clear floor.
     pub fn floor(&self) -> u64 {
         self.floor.load(Ordering::Acquire)
     }
 
-    /// The `created_at` of an entry written now: now, but above both floors (a write in the
-    /// millisecond of a clear or a gap comes after it).
+    /// The `created_at` of an entry written now: now, but above every floor (a write in the
+    /// millisecond of a clear, an expiry or a gap comes after it).
     pub fn created_now(&self) -> u64 {
         let floor = self.floor().max(self.suspect_before.load(Ordering::Acquire));
+        let floor = floor.max(self.expired_before.load(Ordering::Acquire));
         crate::time::now_ms().max(floor.saturating_add(1))
     }
 
@@ -138,6 +158,18 @@ impl FleetState {
         self.started.load(Ordering::Acquire)
     }
 
+    /// The namespace version is (true) or is no longer (false) to be read from a shared store.
+    pub fn set_namespace_unread(&self, yes: bool) {
+        self.namespace_unread.store(yes, Ordering::Release);
+    }
+
+    /// Is the namespace version of keys built now uncertain at `now` — not yet read from the
+    /// shared store, or the lease lapsed (a move may not have been delivered)? `shared`: the
+    /// entry is in a shared tier (a lapsed lease already makes local entries stale).
+    pub fn namespace_uncertain(&self, shared: bool, now: u64) -> bool {
+        self.namespace_unread.load(Ordering::Acquire) || (shared && self.lease_lapsed(now))
+    }
+
     /// Serve local entries as fresh only while a proof of delivery is younger than `bound`.
     pub fn start_lease(&self, bound: std::time::Duration) {
         let ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -149,12 +181,22 @@ impl FleetState {
         self.confirmed_at.fetch_max(sent_at_ms, Ordering::AcqRel);
     }
 
+    /// Has the lease lapsed at `now` (a lease is on and the last proof of delivery is older
+    /// than δ)? Then a namespace move may not have been delivered.
+    pub fn lease_lapsed(&self, now: u64) -> bool {
+        let lease = self.lease_ms.load(Ordering::Acquire);
+        lease != 0 && now > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
+    }
+
     /// The best an entry can be in a tier so placed, by the fleet state alone (reads the clock
     /// only when a lease is on).
     #[inline]
     pub fn cap(&self, meta: &Meta, placement: Placement) -> Usability {
         if meta.created_at <= self.floor.load(Ordering::Acquire) {
             return Usability::Unusable;
+        }
+        if meta.created_at <= self.expired_before.load(Ordering::Acquire) {
+            return Usability::Stale;
         }
         if placement == Placement::Shared {
             return Usability::Fresh;
@@ -164,11 +206,7 @@ impl FleetState {
         {
             return Usability::Stale;
         }
-        let lease = self.lease_ms.load(Ordering::Acquire);
-        if lease != 0
-            && crate::time::now_ms()
-                > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
-        {
+        if self.lease_lapsed(crate::time::now_ms()) {
             return Usability::Stale;
         }
         Usability::Fresh
@@ -269,6 +307,9 @@ mod tests {
         assert_eq!(at(Placement::Local), Usability::Stale, "no proof of delivery yet");
         fleet.confirmed(now);
         assert_eq!(at(Placement::Local), Usability::Fresh);
+        fleet.raise_expiry_floor(10);
+        assert_eq!(at(Placement::Local), Usability::Stale, "expired everywhere");
+        assert_eq!(at(Placement::Shared), Usability::Stale, "expired everywhere");
         fleet.raise_floor(10);
         assert_eq!(at(Placement::Local), Usability::Unusable);
         assert_eq!(at(Placement::Shared), Usability::Unusable, "cleared everywhere");

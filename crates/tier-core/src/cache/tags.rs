@@ -15,6 +15,19 @@ pub(super) fn namespace_tag(cache: &str) -> String {
     format!("\u{0}ns:{cache}")
 }
 
+/// The generation-store tag that is the cache's *tag clock*: every `invalidate_tag` moves it
+/// on before the tag itself, so that a load which learns its tags only after it ran can tell
+/// whether any tag was invalidated meanwhile (`land.rs`).
+pub(super) fn tag_clock(cache: &str) -> String {
+    format!("{}{cache}", crate::generations::TAG_CLOCK_PREFIX)
+}
+
+/// The name under which a cache's expiry floor is kept in the generation store (beside its
+/// clear floor, which is kept under the cache's own name).
+pub(super) fn expiry_floor_name(cache: &str) -> String {
+    format!("{cache}\u{0}expire")
+}
+
 /// A generation-store failure as the caller sees it.
 pub(super) fn store_failed(source: crate::error::TierError) -> CacheError {
     CacheError::Tier { tier: "generations".into(), source }
@@ -79,6 +92,32 @@ pub(super) async fn verdict(
         Err(e) => {
             tracing::debug!(cache, error = %e, "tag generations unavailable");
             TagVerdict::Unknown
+        }
+    }
+}
+
+/// Is the namespace version `key` was built with still the store's? Asked of entries of a
+/// shared tier while the lease has lapsed (the backplane did not prove delivery within δ): a
+/// namespace move it did not deliver leaves this instance building keys of the old namespace,
+/// whose entries in a shared tier are otherwise served as fresh. `Untagged` for a key not built
+/// by `keys`; `Current` or `Outdated` with the store's version (to adopt) when the store
+/// answered; `Unknown` when it cannot say (missing, down).
+pub(super) async fn namespace_verdict(
+    store: &dyn GenerationStore,
+    guard: &Guard,
+    keys: &crate::key::KeyBuilder,
+    key: &[u8],
+    cache: &str,
+) -> (TagVerdict, Option<u64>) {
+    let Some(built) = keys.version_of(key) else { return (TagVerdict::Untagged, None) };
+    let tag: [Arc<str>; 1] = [Arc::from(namespace_tag(cache))];
+    match guard.run(store.current(&tag)).await.map(|v| v.first().copied().flatten()) {
+        Ok(Some(v)) if v == built => (TagVerdict::Current, Some(v)),
+        Ok(Some(v)) if v > built => (TagVerdict::Outdated, Some(v)),
+        Ok(_) => (TagVerdict::Unknown, None),
+        Err(e) => {
+            tracing::debug!(cache, error = %e, "namespace version unavailable");
+            (TagVerdict::Unknown, None)
         }
     }
 }
