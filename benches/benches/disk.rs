@@ -3,7 +3,8 @@
 //! - `disk_hit/{tier-disk,foyer}/{1KiB,16KiB}`: a hit, page cache warm (and
 //!   `tier-disk+spawn_blocking`: the same hit moved to tokio's blocking pool);
 //! - `disk_insert/{tier-disk,foyer}/{1KiB,16KiB}`: one insert (foyer's is accepted into its
-//!   write queue and written by background flushers; ours is written before it returns);
+//!   write queue and written by background flushers; ours is staged: queued, readable at
+//!   once, and written in batches by the tier's writer thread);
 //! - `disk_reopen/tier-disk/1GiB`: open (full CRC-checked recovery) of a directory holding 1 GiB
 //!   of 1 KiB records, page cache warm. Index bytes per entry are printed with it.
 //!

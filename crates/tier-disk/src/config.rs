@@ -17,9 +17,12 @@ pub(crate) const MAX_ID_SPAN: u32 = u16::MAX as u32;
 /// When written records (and the state file's writes) are forced to stable storage
 /// (`fdatasync`).
 ///
-/// Whatever the policy, a write that returned survives a crash of the *process* (it is in the
-/// kernel's page cache); the policy is about power loss and kernel crashes. Recovery copes with
-/// any of them: records that did not reach the disk whole fail their CRC and are dropped.
+/// Whatever the policy, a write once written survives a crash of the *process* (it is in the
+/// kernel's page cache): a remove or clear that returned, an insert once the writer thread
+/// wrote it (an insert returns when staged, see
+/// [`DiskTierBuilder::stage_inserts`](crate::DiskTierBuilder::stage_inserts); `flush` waits
+/// for it). The policy is about power loss and kernel crashes. Recovery copes with any of
+/// them: records that did not reach the disk whole fail their CRC and are dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FlushPolicy {
@@ -32,8 +35,8 @@ pub enum FlushPolicy {
     #[default]
     OnClose,
     /// Sync every write before it returns (an insert, a remove, a
-    /// [`DiskState::put`](crate::DiskState::put)): what returned survives a power loss. Costs one
-    /// `fdatasync` per write.
+    /// [`DiskState::put`](crate::DiskState::put)): what returned survives a power loss. Inserts
+    /// are not staged; writes queued together share one `fdatasync` (group commit).
     Always,
 }
 
@@ -72,6 +75,7 @@ pub(crate) struct Config {
     pub name: String,
     pub read_threads: usize,
     pub read_queue: usize,
+    pub stage_inserts: bool,
 }
 
 impl Config {
@@ -89,6 +93,7 @@ impl Config {
             name: "disk".to_string(),
             read_threads: 16,
             read_queue: 256,
+            stage_inserts: true,
         }
     }
 

@@ -274,6 +274,14 @@ impl Index {
         }
     }
 
+    /// Make room for about `n` more entries, spread over the shards (keys are hashed evenly).
+    pub fn reserve(&self, n: usize) {
+        let per_shard = n / SHARDS + n / SHARDS / 16; // a little more: shards differ in size
+        for s in self.shards.iter() {
+            s.write().unwrap_or_else(|e| e.into_inner()).reserve(per_shard);
+        }
+    }
+
     /// Drop everything.
     pub fn clear(&self) {
         for s in self.shards.iter() {

@@ -55,7 +55,7 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     let index = Index::default();
     let segments = Arc::new(Segments::default());
     let reusable = register(&dir, &cfg, &found.segments, &segments)?;
-    let mut rebuild = Rebuild { index: &index, segments: &segments, cleared_in: None };
+    let mut rebuild = Rebuild { index: &index, segments: &segments, cleared_in: None, last: None };
     let replayed = replay(&found.segments, opened_at, &mut rebuild);
     let cleared_in = rebuild.cleared_in;
     for (c, end) in found.segments.iter().zip(&replayed.ends) {
@@ -99,7 +99,8 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     let active = active_segment(reuse, &segments, newest, high_water);
     let reads = Reads::start(cfg.read_threads, cfg.read_queue)
         .map_err(|e| DiskError::io("start read threads for", &cfg.dir, e))?;
-    let store = Store { cfg, index, segments, metrics: Metrics::new(), reads, opened_at };
+    let stage = Arc::default();
+    let store = Store { cfg, index, segments, metrics: Metrics::new(), reads, stage, opened_at };
     let writer = Writer::new(active, Arc::clone(&dir), Arc::clone(&state));
     if let Err(e) = writer.ensure_active(&store) {
         // A full disk fails the writes (each tries again), not the open: reads go on.
@@ -327,11 +328,16 @@ struct Rebuild<'a> {
     segments: &'a Segments,
     /// The newest segment holding a clear marker.
     cleared_in: Option<u32>,
+    /// The segment of the last value record (records come segment by segment).
+    last: Option<Arc<Segment>>,
 }
 
 impl Target for Rebuild<'_> {
     fn value(&mut self, seg: u32, chunk: &Chunk, rec: &Scanned) {
-        let Some(s) = self.segments.get(seg as u16) else { return };
+        if self.last.as_ref().is_none_or(|s| s.id != seg) {
+            self.last = self.segments.get(seg as u16);
+        }
+        let Some(s) = self.last.as_deref() else { return };
         let h = rec.header;
         let len = h.record_len() as u64;
         // Validated up to here: later records of this segment may look this one up.
@@ -355,6 +361,10 @@ impl Target for Rebuild<'_> {
         {
             seg.forget(&h);
         }
+    }
+
+    fn expect(&mut self, records: u64) {
+        self.index.reserve(usize::try_from(records).unwrap_or(usize::MAX));
     }
 
     fn clear(&mut self, seg: u32) {

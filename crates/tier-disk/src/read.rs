@@ -56,9 +56,8 @@ impl Reads {
         let mut buf = Vec::new();
         let mut pooled = false;
         loop {
-            let filled = buf.len();
-            buf.resize(usize::try_from(end.saturating_sub(start)).unwrap_or(0), 0);
-            buf = self.fill(seg, buf, filled, start, &mut pooled, metrics).await?;
+            let want = usize::try_from(end.saturating_sub(start)).unwrap_or(0);
+            buf = self.fill(seg, buf, want, start, &mut pooled, metrics).await?;
             // A record longer than the index could say: read the rest once its length is known.
             match claimed_len(&buf) {
                 Some(len)
@@ -75,35 +74,31 @@ impl Reads {
         Ok(buf)
     }
 
-    /// Fill `buf[filled..]` from file offset `start + filled`: from the page cache inline, the
-    /// rest on the pool. Returns the buffer, shorter only at the end of the file.
+    /// Extend `buf` (the bytes from file offset `start` on) to `want` bytes: from the page cache
+    /// inline, the rest on the pool. Returns the buffer, shorter only at the end of the file.
     async fn fill(
         &self,
         seg: &Arc<Segment>,
         mut buf: Vec<u8>,
-        mut filled: usize,
+        want: usize,
         start: u64,
         pooled: &mut bool,
         metrics: &Metrics,
     ) -> Result<Vec<u8>, TierError> {
         let io = |e| TierError::io("disk tier: read", e);
-        while filled < buf.len() {
+        while buf.len() < want {
+            let (at, rest) = (start + buf.len() as u64, want - buf.len());
             match self.mode.load(Ordering::Relaxed) {
                 MODE_NOWAIT => {}
                 MODE_MEMORY => {
-                    let n =
-                        seg.read_blocking(&mut buf[filled..], start + filled as u64).map_err(io)?;
-                    buf.truncate(filled + n);
+                    seg.read_blocking(&mut buf, rest, at).map_err(io)?;
                     return Ok(buf);
                 }
                 _ => break,
             }
-            match seg.read_cached(&mut buf[filled..], start + filled as u64) {
-                Ok(0) => {
-                    buf.truncate(filled);
-                    return Ok(buf);
-                }
-                Ok(n) => filled += n,
+            match seg.read_cached(&mut buf, rest, at) {
+                Ok(0) => return Ok(buf),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                     let mode = if seg.in_memory() { MODE_MEMORY } else { MODE_POOL };
@@ -112,18 +107,15 @@ impl Reads {
                 Err(e) => return Err(io(e)),
             }
         }
-        if filled >= buf.len() {
+        if buf.len() >= want {
             return Ok(buf);
         }
         *pooled = true;
         let (reply, answer) = oneshot::channel();
         let seg = Arc::clone(seg);
         let job = move || {
-            let at = start + filled as u64;
-            let read = seg.read_blocking(&mut buf[filled..], at).map(|n| {
-                buf.truncate(filled + n);
-                buf
-            });
+            let (at, rest) = (start + buf.len() as u64, want - buf.len());
+            let read = seg.read_blocking(&mut buf, rest, at).map(|_| buf);
             let _ = reply.send(read); // the reader may have given up
         };
         if self.pool.run(job).is_err() {

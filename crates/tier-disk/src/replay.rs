@@ -31,6 +31,8 @@ pub(crate) trait Target {
     fn remove(&mut self, key: &[u8], hash: u64);
     /// Nothing replayed so far is live any more (a clear marker in segment `seg`).
     fn clear(&mut self, seg: u32);
+    /// About `records` more records are coming (room may be made for them at once).
+    fn expect(&mut self, _records: u64) {}
 }
 
 /// Figures of a replay.
@@ -87,17 +89,47 @@ enum Msg {
     End(End),
 }
 
+/// Segments whose reading the prefetcher may have started ahead of the scan.
+const AHEAD: usize = 2;
+
+/// Ask the kernel to read segment `c` into the page cache in the background
+/// (`POSIX_FADV_WILLNEED`): the device gets the whole file's reads at once, not one chunk of
+/// the scan at a time. Advice only: the scan reads with `pread` either way.
+fn prefetch(c: &Candidate) {
+    let len = std::num::NonZeroU64::new(c.limit());
+    let _ = rustix::fs::fadvise(&c.file, 0, len, rustix::fs::Advice::WillNeed);
+}
+
 /// Scan every segment in id order and apply its records to `target`. The reading and CRC
 /// checks run on a helper thread one chunk ahead of the applying (inline if no thread can be
-/// started).
+/// started); another thread has the kernel read the next segments ahead of that scan (not the
+/// newest one, whose unwritten tail would only fill the page cache with zeros).
 pub(crate) fn replay(segments: &[Candidate], now: u64, target: &mut dyn Target) -> Replayed {
     let mut out = Replayed { ends: Vec::new(), marker: None, counts: Counts::default() };
+    let ahead = 1..segments.len().saturating_sub(1);
     std::thread::scope(|scope| {
+        let (go, prefetched) = mpsc::sync_channel::<()>(AHEAD);
+        let to_prefetch = ahead.clone();
+        // No prefetcher (it could not start): its sender is gone, and the scan does not wait.
+        let _ = std::thread::Builder::new().name("tier-disk-prefetch".into()).spawn_scoped(
+            scope,
+            move || {
+                for c in segments.get(to_prefetch).unwrap_or_default() {
+                    prefetch(c);
+                    if go.send(()).is_err() {
+                        return;
+                    }
+                }
+            },
+        );
         let (tx, rx) = mpsc::sync_channel::<Msg>(4);
         let helper = std::thread::Builder::new().name("tier-disk-recover".into()).spawn_scoped(
             scope,
             move || {
                 for (i, c) in segments.iter().enumerate() {
+                    if ahead.contains(&i) {
+                        let _ = prefetched.recv(); // this one's reading has started
+                    }
                     let mut emit = |chunk| {
                         let _ = tx.send(Msg::Chunk(i, chunk));
                     };
@@ -116,7 +148,13 @@ pub(crate) fn replay(segments: &[Candidate], now: u64, target: &mut dyn Target) 
                             apply(target, segments[i].id, &chunk, rec, now, &mut out);
                         }
                     }
-                    Msg::End(end) => out.ends.push(end),
+                    Msg::End(end) => {
+                        if out.ends.is_empty() && segments.len() > 1 {
+                            // The first segment says how many the others may hold, about.
+                            target.expect(end.records * (segments.len() as u64 - 1));
+                        }
+                        out.ends.push(end);
+                    }
                 }
             }
         } else {

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use memmap2::{Advice, Mmap, MmapOptions};
 use rustix::fs::FallocateFlags;
-use rustix::io::{Errno, ReadWriteFlags};
+use rustix::io::Errno;
 
 use crate::dir::{segment_file_name, Dir};
 use crate::format::{check_record, segment_header, RecordHeader, SEGMENT_HEADER_LEN};
@@ -121,38 +121,70 @@ impl Segment {
         &self.map[..end]
     }
 
-    /// Read into `buf` from `offset` only as far as the page cache holds it, without waiting
-    /// for the device (`preadv2(RWF_NOWAIT)`): the bytes read (0 at the end of the file), or
-    /// `WouldBlock` when the first page is not cached, or `Unsupported` when the file system
-    /// cannot tell.
-    pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let mut bufs = [io::IoSliceMut::new(buf)];
-        loop {
-            match rustix::io::preadv2(&self.file, &mut bufs, offset, ReadWriteFlags::NOWAIT) {
-                Ok(n) => return Ok(n),
-                Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
-                Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
-                    return Err(io::ErrorKind::Unsupported.into())
+    /// Append to `buf` up to `want` bytes read from `offset`, only as far as the page cache
+    /// holds them, without waiting for the device (`preadv2(RWF_NOWAIT)`): the bytes read (0 at
+    /// the end of the file), or `WouldBlock` when the first page is not cached, or
+    /// `Unsupported` when the file system cannot tell.
+    pub fn read_cached(&self, buf: &mut Vec<u8>, want: usize, offset: u64) -> io::Result<usize> {
+        match self.read_into(buf, want, offset, libc::RWF_NOWAIT) {
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN) => Err(io::ErrorKind::WouldBlock.into()),
+                Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
+                    Err(io::ErrorKind::Unsupported.into())
                 }
-                Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
-            }
+                _ => Err(e),
+            },
+            read => read,
         }
     }
 
-    /// Read into `buf` from `offset`, waiting for the device: the bytes read (fewer only at the
-    /// end of the file).
-    pub fn read_blocking(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    /// Append to `buf` the `want` bytes from `offset`, waiting for the device: the bytes read
+    /// (fewer only at the end of the file).
+    pub fn read_blocking(&self, buf: &mut Vec<u8>, want: usize, offset: u64) -> io::Result<usize> {
         let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+        while done < want {
+            match self.read_into(buf, want - done, offset + done as u64, 0) {
                 Ok(0) => break,
                 Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(done)
+    }
+
+    /// One `preadv2(flags)` of up to `want` bytes at `offset` into `buf`'s spare capacity,
+    /// appended to it (retried when interrupted). The buffer is not zeroed first: the kernel
+    /// writes the bytes, and only the ones it wrote become part of `buf`.
+    fn read_into(
+        &self,
+        buf: &mut Vec<u8>,
+        want: usize,
+        offset: u64,
+        flags: i32,
+    ) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        buf.reserve(want);
+        let offset = i64::try_from(offset).map_err(io::Error::other)?;
+        loop {
+            let spare = &mut buf.spare_capacity_mut()[..want];
+            let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+            // SAFETY: `iov` describes `want` bytes of `buf`'s spare capacity (reserved above),
+            // writable and borrowed by nothing else for the call; the kernel writes at most
+            // `iov_len` bytes there and reads nothing from it; the descriptor is open (`self`
+            // owns it).
+            let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, offset, flags) };
+            if let Ok(n) = usize::try_from(n) {
+                let n = n.min(want); // the kernel never returns more than asked
+                                     // SAFETY: the kernel initialised the first `n` bytes of the spare capacity
+                                     // (`n <= want <= capacity - len`).
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     /// True when the file lives in memory (tmpfs, ramfs): a read never waits for a device.

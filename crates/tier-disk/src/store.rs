@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::read::Reads;
 use crate::report::DiskStats;
 use crate::segment::{Segment, Segments};
+use crate::stage::Stage;
 
 /// Values from this size on are handed out in the buffer they were read into (no copy).
 const SHARE_FROM: u32 = 4096;
@@ -35,6 +36,8 @@ pub(crate) struct Store {
     pub metrics: Metrics,
     /// The read side's I/O (the read pool).
     pub reads: Reads,
+    /// Writes queued for the writer thread; inserts not yet written are read from here.
+    pub stage: Arc<Stage>,
     /// When the directory was opened (Unix ms): a suspect entry is served as if its freshness
     /// had ended then.
     pub opened_at: u64,
@@ -46,6 +49,10 @@ impl Store {
     pub async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
         if key.len() > MAX_KEY_LEN {
             return Ok(Lookup::Miss);
+        }
+        if let Some(envelope) = self.stage.lookup(key, self.cfg.reinsert_hot) {
+            // Staged, not yet written: never suspect, never damaged.
+            return Ok(Entry::from_envelope(envelope)?.lookup_at(now_ms()));
         }
         let hash = key_hash(key);
         let Some(loc) = self.index.get(hash, self.cfg.reinsert_hot) else {

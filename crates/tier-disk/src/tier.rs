@@ -18,6 +18,7 @@ use crate::queue::{DiskQueue, QueueReport};
 use crate::report::{DiskStats, RawRecord, RecordInfo, RecoveryReport};
 use crate::state::DiskState;
 use crate::store::Store;
+use crate::writer::admit;
 use crate::writes::{Op, WriteThread};
 
 /// The disk tier (L2): log-structured, memory-mapped segment files in one directory, with an
@@ -73,7 +74,14 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether inserts return once staged (see [`DiskTierBuilder::stage_inserts`]).
+    fn staged(&self) -> bool {
+        let cfg = &self.store.cfg;
+        cfg.stage_inserts && cfg.flush != FlushPolicy::Always
+    }
+
     fn flush(&self) -> Result<(), TierError> {
+        self.writes.settle();
         for seg in self.store.segments.all() {
             seg.sync().map_err(|e| TierError::io("disk tier: fsync", e))?;
         }
@@ -171,8 +179,10 @@ impl DiskTier {
         &self.inner.state
     }
 
-    /// Figures from the tier's counters (cheap; no scan).
+    /// Figures from the tier's counters (no scan), once the inserts staged before the call are
+    /// written (blocking: it waits for the writer thread).
     pub fn disk_stats(&self) -> DiskStats {
+        self.inner.writes.settle();
         self.inner.store.stats()
     }
 
@@ -182,8 +192,10 @@ impl DiskTier {
     }
 
     /// The raw envelope `key` has on disk, with its record's figures, even when expired
-    /// (its CRC is checked; no hit is recorded).
+    /// (its CRC is checked; no hit is recorded). Blocking: it waits until the inserts staged
+    /// before the call are written.
     pub fn get_raw(&self, key: &[u8]) -> Option<RawRecord> {
+        self.inner.writes.settle();
         let (seg, loc, h, envelope) = self.inner.store.get_raw(key)?;
         Some(RawRecord {
             info: RecordInfo {
@@ -202,7 +214,8 @@ impl DiskTier {
         })
     }
 
-    /// fsync every segment written since its last sync, and the state file.
+    /// Wait until every write sent before the call is written (staged inserts included), then
+    /// fsync every segment written since its last sync, and the state file. Blocking.
     pub fn flush(&self) -> Result<(), TierError> {
         self.inner.flush()
     }
@@ -237,25 +250,38 @@ impl Tier for DiskTier {
 
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
         let envelope = envelope_of(&entry)?.clone();
-        self.inner.writes.run(Op::Insert { key, envelope }).await
+        let store = &self.inner.store;
+        // Refused before it is staged: a staged insert can only fail on the device.
+        admit(store, &key, &envelope)?;
+        self.inner.writes.run(Op::Insert { key, envelope }, self.inner.staged()).await
     }
 
-    /// One trip to the writer thread for the whole batch (written in order); every entry is
-    /// tried, the first failure is returned.
+    /// The whole batch queued at once (written in order, in the writer's batches); every entry
+    /// is tried, the first failure is returned.
     async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
-        let entries = entries
-            .into_iter()
-            .map(|(key, entry)| Ok((key, envelope_of(&entry)?.clone())))
-            .collect::<Result<Vec<_>, TierError>>()?;
-        self.inner.writes.run(Op::InsertMany { entries }).await
+        let store = &self.inner.store;
+        let mut first = Ok(());
+        let mut ops = Vec::with_capacity(entries.len());
+        for (key, entry) in entries {
+            let admitted = envelope_of(&entry).and_then(|envelope| {
+                admit(store, &key, envelope)?;
+                Ok(envelope.clone())
+            });
+            match admitted {
+                Ok(envelope) => ops.push(Op::Insert { key, envelope }),
+                Err(e) => first = first.and(Err(e)),
+            }
+        }
+        let sent = self.inner.writes.run_many(ops, self.inner.staged()).await;
+        first.and(sent)
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {
-        self.inner.writes.run(Op::Remove { key: Bytes::copy_from_slice(key) }).await
+        self.inner.writes.run(Op::Remove { key: Bytes::copy_from_slice(key) }, false).await
     }
 
     async fn clear(&self) -> Result<(), TierError> {
-        self.inner.writes.run(Op::Clear).await
+        self.inner.writes.run(Op::Clear, false).await
     }
 
     fn stats(&self) -> TierStats {

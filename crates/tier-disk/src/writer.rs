@@ -19,6 +19,7 @@ use crate::format::{
 };
 use crate::index::Loc;
 use crate::segment::Segment;
+use crate::stage::Op;
 use crate::state::DiskState;
 use crate::store::Store;
 
@@ -56,43 +57,74 @@ impl Writer {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Append a value record for `key`.
-    pub fn insert(&self, s: &Store, key: &[u8], envelope: &[u8]) -> Result<(), TierError> {
-        let (_, stale_until) = tier_core::spi::envelope::peek_times(envelope)?;
-        if stale_until <= now_ms() {
-            // Already gone: storing it would only shadow nothing; drop what was there.
-            return self.remove(s, key);
-        }
-        check_size(s, key, envelope.len())?;
-        let mut buf = Vec::new();
-        let flags = envelope.get(4).copied().unwrap_or(0);
-        encode_record(&mut buf, RecordKind::Value, flags, key, envelope, stale_until);
-        let created = envelope_created_at(envelope);
+    /// Write `ops` in order, as few `pwrite`s as their segments allow (group commit): the
+    /// result of each. A staged insert that cannot be written drops its key (a later read is a
+    /// miss, never the value it replaced).
+    pub fn write_batch<'a>(
+        &self,
+        s: &Store,
+        ops: impl Iterator<Item = &'a Op>,
+    ) -> Vec<Result<(), TierError>> {
+        let mut out = Vec::new();
+        let mut p = Pending::default();
         let mut a = self.lock();
-        self.append(&mut a, s, &buf, key_hash(key), RecordKind::Value, created)
+        for op in ops {
+            let slot = out.len();
+            out.push(Ok(()));
+            let done = match op {
+                Op::Insert { key, envelope } => match encode_insert(s, key, envelope) {
+                    Ok(Some((rec, created))) => {
+                        let r = Rec::new(slot, &rec, key_hash(key), RecordKind::Value, created);
+                        self.add(&mut a, s, &mut p, &mut out, &rec, r)
+                    }
+                    Ok(None) => self.add_remove(&mut a, s, &mut p, &mut out, key, slot),
+                    Err(e) => Err(e),
+                },
+                Op::Remove { key } => self.add_remove(&mut a, s, &mut p, &mut out, key, slot),
+                Op::Clear => {
+                    self.flush(s, &mut p, &mut out);
+                    self.clear_locked(&mut a, s)
+                }
+            };
+            if let Err(e) = done {
+                out[slot] = Err(e);
+            }
+        }
+        self.flush(s, &mut p, &mut out);
+        out
     }
 
-    /// Write a tombstone for `key` if it has a record.
-    pub fn remove(&self, s: &Store, key: &[u8]) -> Result<(), TierError> {
+    /// Add a tombstone for `key` if it has a record (or one waits in `p`).
+    fn add_remove(
+        &self,
+        a: &mut Active,
+        s: &Store,
+        p: &mut Pending,
+        out: &mut [Result<(), TierError>],
+        key: &[u8],
+        slot: usize,
+    ) -> Result<(), TierError> {
         if key.len() > MAX_KEY_LEN {
             return Ok(());
         }
-        let mut buf = Vec::new();
-        encode_record(&mut buf, RecordKind::Tombstone, 0, key, &[], 0);
-        let mut a = self.lock();
+        let hash = key_hash(key);
+        if p.recs.iter().any(|r| r.hash == hash) {
+            self.flush(s, p, out); // the index must know the records before this one
+        }
         if s.locate(key).is_none() {
             return Ok(());
         }
-        self.append(&mut a, s, &buf, key_hash(key), RecordKind::Tombstone, None)
+        let mut rec = Vec::new();
+        encode_record(&mut rec, RecordKind::Tombstone, 0, key, &[], 0);
+        self.add(a, s, p, out, &rec, Rec::new(slot, &rec, hash, RecordKind::Tombstone, None))
     }
 
     /// Start a new segment with a clear marker, drop the index, delete every older segment.
-    pub fn clear(&self, s: &Store) -> Result<(), TierError> {
-        let mut a = self.lock();
-        self.new_active(&mut a, s)?;
+    fn clear_locked(&self, a: &mut Active, s: &Store) -> Result<(), TierError> {
+        self.new_active(a, s)?;
         let mut buf = Vec::new();
         encode_record(&mut buf, RecordKind::Clear, 0, &[], &[], 0);
-        self.append(&mut a, s, &buf, 0, RecordKind::Clear, None)?;
+        self.append(a, s, &buf, RecordKind::Clear)?;
         s.index.clear();
         let keep = a.segment.as_ref().map(|seg| seg.id);
         for seg in s.segments.all() {
@@ -101,6 +133,11 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Bytes left in the active segment (reserved when it was created); 0 without one.
+    pub fn room(&self) -> u64 {
+        self.lock().segment.as_ref().map_or(0, |seg| seg.size().saturating_sub(seg.readable()))
     }
 
     /// Create a segment to write to if there is none.
@@ -117,56 +154,92 @@ impl Writer {
         let mut buf = Vec::new();
         encode_record(&mut buf, RecordKind::Suspect, 0, &[], &before.to_bytes(), 0);
         let mut a = self.lock();
-        self.append(&mut a, s, &buf, 0, RecordKind::Suspect, None)
+        self.append(&mut a, s, &buf, RecordKind::Suspect)
     }
 
-    /// Append an encoded record; publish it (readable length, then index) only once written
-    /// (and synced, with [`FlushPolicy::Always`]).
+    /// Append one encoded marker record (no key) and publish it.
     fn append(
         &self,
         a: &mut Active,
         s: &Store,
         rec: &[u8],
-        hash: u64,
         kind: RecordKind,
-        created: Option<u64>,
     ) -> Result<(), TierError> {
-        let fits = |seg: &Segment| seg.readable() + rec.len() as u64 <= seg.size();
-        if !a.segment.as_deref().is_some_and(fits) {
-            // Reclaim may copy hot entries into the new segment: they leave room for this record.
+        let (mut p, mut out) = (Pending::default(), vec![Ok(())]);
+        self.add(a, s, &mut p, &mut out, rec, Rec::new(0, rec, 0, kind, None))?;
+        self.flush(s, &mut p, &mut out);
+        out.pop().unwrap_or(Ok(()))
+    }
+
+    /// Add an encoded record to `p`, after the records already there when it fits in their
+    /// segment; else those are written first and a new segment is started (reclaiming the
+    /// oldest ones, whose hot entries may be copied forward, leaving room for this record).
+    fn add(
+        &self,
+        a: &mut Active,
+        s: &Store,
+        p: &mut Pending,
+        out: &mut [Result<(), TierError>],
+        rec: &[u8],
+        meta: Rec,
+    ) -> Result<(), TierError> {
+        let end = |seg: &Segment| if p.recs.is_empty() { seg.readable() } else { p.end() };
+        if a.segment.as_deref().is_none_or(|seg| end(seg) + rec.len() as u64 > seg.size()) {
+            self.flush(s, p, out);
             self.new_active(a, s)?;
             self.enforce_capacity_locked(a, s, rec.len() as u64);
         }
         let Some(seg) = a.segment.clone() else {
             return Err(TierError::new(TierErrorKind::Io, "disk tier: no segment to write to"));
         };
-        let offset = seg.readable();
-        seg.write_at(rec, offset).map_err(|e| io_err("append", e))?;
-        if s.cfg.flush == FlushPolicy::Always {
-            if let Err(e) = seg.sync() {
-                seg.zero(offset, rec.len());
-                return Err(io_err("fsync", e));
-            }
+        if p.recs.is_empty() {
+            p.start = seg.readable();
+            p.buf.clear();
+            p.seg = Some(seg);
         }
-        seg.set_readable(offset + rec.len() as u64);
-        let offset = u32::try_from(offset).map_err(|e| {
-            TierError::with_source(TierErrorKind::Other, "disk tier: offset over 4 GiB", e)
-        })?;
-        let replaced = match kind {
-            RecordKind::Value => {
-                seg.count(rec.len() as u64);
-                if let Some(c) = created {
-                    seg.note_created(c);
-                }
-                s.index.insert(hash, Loc::record(seg.id, offset, rec.len()))
-            }
-            RecordKind::Tombstone => s.index.remove(hash),
-            RecordKind::Clear | RecordKind::Suspect => None,
-        };
-        if let Some(old) = replaced {
-            s.segments.forget(old);
-        }
+        p.recs.push(Rec { at: p.end(), ..meta });
+        p.buf.extend_from_slice(rec);
         Ok(())
+    }
+
+    /// Write the records of `p` with one `pwrite` (synced with [`FlushPolicy::Always`]), then
+    /// publish them in order: readable length, then the index. When that fails (a full disk
+    /// part way), they are written one by one, as far as they go; a record that is not
+    /// written gets the error and is not published (its bytes are zeroed again).
+    fn flush(&self, s: &Store, p: &mut Pending, out: &mut [Result<(), TierError>]) {
+        let Some(seg) = p.seg.take() else { return };
+        let recs = std::mem::take(&mut p.recs);
+        if recs.len() > 1 && write_synced(s, &seg, &p.buf, p.start).is_ok() {
+            seg.set_readable(p.end());
+            for r in &recs {
+                publish(s, &seg, r, out);
+            }
+            return;
+        }
+        let mut failed = None;
+        for r in &recs {
+            let from = usize::try_from(r.at - p.start).unwrap_or(usize::MAX);
+            let bytes = p.buf.get(from..from + r.len).unwrap_or_default();
+            if failed.is_none() {
+                match write_synced(s, &seg, bytes, r.at) {
+                    Ok(()) => {
+                        seg.set_readable(r.at + r.len as u64);
+                        publish(s, &seg, r, out);
+                        continue;
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = &failed {
+                out[r.slot] = Err(e.clone());
+                if r.kind == RecordKind::Value {
+                    // Never the value this one replaced: a miss.
+                    if let Some(old) = s.index.remove(r.hash) {
+                        s.segments.forget(old);
+                    }
+                }
+            }
+        }
     }
 
     /// Create the next segment and make it the active one. An id already taken (by a stray
@@ -277,6 +350,97 @@ impl Writer {
             tracing::warn!(segment = seg.id, error = %e, "disk tier: could not delete reclaimed segment");
         }
     }
+}
+
+/// Write `bytes` at `at` of `seg` (and sync, with [`FlushPolicy::Always`]); on failure the
+/// bytes are zeroed again.
+fn write_synced(s: &Store, seg: &Segment, bytes: &[u8], at: u64) -> Result<(), TierError> {
+    seg.write_at(bytes, at).map_err(|e| io_err("append", e))?;
+    if s.cfg.flush == FlushPolicy::Always {
+        if let Err(e) = seg.sync() {
+            seg.zero(at, bytes.len());
+            return Err(io_err("fsync", e));
+        }
+    }
+    Ok(())
+}
+
+/// Publish record `r`, written whole at its place in `seg`, in the index (the readable length
+/// is past it already).
+fn publish(s: &Store, seg: &Segment, r: &Rec, out: &mut [Result<(), TierError>]) {
+    let Ok(offset) = u32::try_from(r.at) else {
+        out[r.slot] = Err(TierError::new(TierErrorKind::Other, "disk tier: offset over 4 GiB"));
+        return;
+    };
+    let replaced = match r.kind {
+        RecordKind::Value => {
+            seg.count(r.len as u64);
+            if let Some(c) = r.created {
+                seg.note_created(c);
+            }
+            s.index.insert(r.hash, Loc::record(seg.id, offset, r.len))
+        }
+        RecordKind::Tombstone => s.index.remove(r.hash),
+        RecordKind::Clear | RecordKind::Suspect => None,
+    };
+    if let Some(old) = replaced {
+        s.segments.forget(old);
+    }
+}
+
+/// Records encoded and not yet written: contiguous in segment `seg` from `start`.
+#[derive(Default)]
+struct Pending {
+    seg: Option<Arc<Segment>>,
+    start: u64,
+    buf: Vec<u8>,
+    recs: Vec<Rec>,
+}
+
+impl Pending {
+    fn end(&self) -> u64 {
+        self.start + self.buf.len() as u64
+    }
+}
+
+/// One record of a [`Pending`] batch: whose result it is, where it goes, what it publishes.
+struct Rec {
+    slot: usize,
+    at: u64,
+    len: usize,
+    hash: u64,
+    kind: RecordKind,
+    created: Option<u64>,
+}
+
+impl Rec {
+    fn new(slot: usize, rec: &[u8], hash: u64, kind: RecordKind, created: Option<u64>) -> Self {
+        Self { slot, at: 0, len: rec.len(), hash, kind, created }
+    }
+}
+
+/// An encoded record and its envelope's `created_at`.
+type Encoded = (Vec<u8>, Option<u64>);
+
+/// The value record of an insert and its envelope's `created_at`; `None` when the envelope
+/// is already past `stale_until` (the insert is then a removal).
+fn encode_insert(s: &Store, key: &[u8], envelope: &[u8]) -> Result<Option<Encoded>, TierError> {
+    let (_, stale_until) = tier_core::spi::envelope::peek_times(envelope)?;
+    if stale_until <= now_ms() {
+        return Ok(None);
+    }
+    check_size(s, key, envelope.len())?;
+    let mut buf = Vec::new();
+    let flags = envelope.get(4).copied().unwrap_or(0);
+    encode_record(&mut buf, RecordKind::Value, flags, key, envelope, stale_until);
+    Ok(Some((buf, envelope_created_at(envelope))))
+}
+
+/// What refuses an insert before it is queued: an envelope whose times cannot be read, a key
+/// or record too large. (The writer checks again: the same rule, one place.)
+pub(crate) fn admit(s: &Store, key: &[u8], envelope: &[u8]) -> Result<(), TierError> {
+    tier_core::spi::envelope::peek_times(envelope)?;
+    check_size(s, key, envelope.len())
 }
 
 /// Check a record's size against the key limit and the segment size.
