@@ -259,6 +259,8 @@ impl Engine {
                 .capacity_bytes(capacity)
                 .segment_size(64 << 20)
                 .flush(FlushPolicy::None)
+                // Staged inserts are opt-in (TIER_COLD_STAGE=1 measures them).
+                .stage_inserts(std::env::var_os("TIER_COLD_STAGE").is_some())
                 .build()
                 .unwrap();
             tier.attach(&TierContext::new("bench", "disk"));

@@ -101,7 +101,11 @@ impl DiskTierBuilder {
     /// [`FlushPolicy::Always`] inserts do too (once synced), and so does an insert that needs a
     /// new segment (the step a full disk fails: it answers errors, not acknowledgements) or is
     /// sent while the last write failed. Staged inserts wait (asynchronously) while 16 MiB of
-    /// them are not written yet. Default: true.
+    /// them are not written yet. Default: false — a kill between the acknowledgement and the
+    /// write would leave the key's earlier record to be served after the restart, older than
+    /// an insert the fleet was told of (the coherence promise); turn it on where a lost insert
+    /// is only a lost cache write (no fleet, or values never updated in place). Group commit
+    /// applies either way: concurrent inserts are written in one batch.
     pub fn stage_inserts(mut self, on: bool) -> Self {
         self.cfg.stage_inserts = on;
         self

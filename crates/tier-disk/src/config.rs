@@ -93,7 +93,7 @@ impl Config {
             name: "disk".to_string(),
             read_threads: 16,
             read_queue: 256,
-            stage_inserts: true,
+            stage_inserts: false,
         }
     }
 

@@ -97,17 +97,18 @@
 //! - **Writes** (insert, remove, clear) run in order on the tier's writer thread, which also
 //!   rotates segments (`fallocate`), reclaims the oldest one and syncs per the
 //!   [`FlushPolicy`]. It takes what is queued in batches and writes a batch with one `pwrite`
-//!   per segment it lands in (group commit). An insert returns once *staged*: queued, and
-//!   read from the queue by every lookup until it is written and in the index
-//!   ([`DiskTierBuilder::stage_inserts`]); a remove or clear returns once written. 16 MiB of
+//!   per segment it lands in (group commit). An insert returns once written; with
+//!   [`DiskTierBuilder::stage_inserts`] (opt-in) once *staged*: queued, and read from the queue
+//!   by every lookup until it is written and in the index; a remove or clear returns once
+//!   written. 16 MiB of
 //!   staged inserts at most: beyond, writers wait (asynchronously).
 //!
 //! ## What a write's return means
 //!
 //! | returned | seen by reads of this tier | survives a kill of the process | survives a power loss |
 //! |---|---|---|---|
-//! | `insert` (staged, the default) | at once | once the writer wrote it (in order, usually within a millisecond) or after [`DiskTier::flush`] | after the next sync (`flush`, the [`FlushPolicy`]) |
-//! | `insert` with [`FlushPolicy::Always`] or `stage_inserts(false)`, `remove`, `clear` | at once | yes | with `Always`: yes; else after the next sync |
+//! | `insert` with `stage_inserts(true)` | at once | once the writer wrote it (in order, usually within a millisecond) or after [`DiskTier::flush`] | after the next sync (`flush`, the [`FlushPolicy`]) |
+//! | `insert` (the default), `remove`, `clear` | at once | yes | with `Always`: yes; else after the next sync |
 //!
 //! A staged insert lost to a crash leaves the key's earlier record, if any, to the next open
 //! — what a power loss does to any unsynced write. An insert is staged only when it fits, after

@@ -16,7 +16,11 @@ const KEYS: u64 = 50;
 
 fn builder(dir: &std::path::Path) -> tier_disk::DiskTierBuilder {
     // Small segments: batches span rotations and reclaims.
-    DiskTier::builder(dir).segment_size(128 << 10).capacity_bytes(4 << 20).flush(FlushPolicy::None)
+    DiskTier::builder(dir)
+        .segment_size(128 << 10)
+        .capacity_bytes(4 << 20)
+        .flush(FlushPolicy::None)
+        .stage_inserts(true)
 }
 
 /// Insert, overwrite and remove keys in a seeded order; after every write, the key reads as its
