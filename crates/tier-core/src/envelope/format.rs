@@ -200,7 +200,7 @@ pub(crate) fn compress(
             let mut out = Vec::with_capacity(4 + raw.len() / 2);
             // Fits: at most MAX_DECOMPRESSED (checked above).
             out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-            let frame = zstd::bulk::compress(raw, zstd_level).map_err(|e| e.to_string())?;
+            let frame = zstd_context::compress(raw, zstd_level)?;
             out.extend_from_slice(&frame);
             Ok(out)
         }
@@ -229,7 +229,7 @@ fn decompress(compression: Compression, bytes: &[u8]) -> Result<Vec<u8>, TierErr
         }
         #[cfg(feature = "zstd")]
         Compression::Zstd => {
-            let raw = zstd::bulk::decompress(&bytes[4..], len).map_err(|e| bad(e.to_string()))?;
+            let raw = zstd_context::decompress(&bytes[4..], len).map_err(bad)?;
             if raw.len() != len {
                 return Err(bad(format!("{} bytes, its prefix says {len}", raw.len())));
             }
@@ -261,5 +261,48 @@ pub fn decode_payload<V: DeserializeOwned>(payload: &Payload<&[u8]>) -> Result<V
         Serializer::Postcard => {
             Err(TierError::decode(not_built("the postcard serializer", "postcard")))
         }
+    }
+}
+
+/// zstd contexts kept per thread: creating one costs more than compressing a small value (a
+/// context is a few hundred KiB to allocate and initialise), so each thread reuses its own.
+#[cfg(feature = "zstd")]
+mod zstd_context {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
+        static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
+    }
+
+    /// One zstd frame of `raw` at `level`.
+    pub fn compress(raw: &[u8], level: i32) -> Result<Vec<u8>, String> {
+        COMPRESSOR.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                let c = zstd::bulk::Compressor::new(level).map_err(|e| e.to_string())?;
+                *slot = Some((level, c));
+            }
+            match slot.as_mut() {
+                Some((_, c)) => c.compress(raw).map_err(|e| e.to_string()),
+                None => Err("zstd compressor missing".to_string()),
+            }
+        })
+    }
+
+    /// The content of one zstd frame of at most `capacity` bytes.
+    pub fn decompress(frame: &[u8], capacity: usize) -> Result<Vec<u8>, String> {
+        DECOMPRESSOR.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+            }
+            match slot.as_mut() {
+                Some(d) => d.decompress(frame, capacity).map_err(|e| e.to_string()),
+                None => Err("zstd decompressor missing".to_string()),
+            }
+        })
     }
 }
