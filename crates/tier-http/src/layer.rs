@@ -1,0 +1,117 @@
+//! [`HttpCacheLayer`]: what the layer is configured with, and the [`tower::Layer`] that wraps a
+//! service in an [`HttpCache`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use tier_core::{Cache, CallOptions};
+
+use crate::shared::Shared;
+
+use crate::entry::HttpEntry;
+use crate::policy::Rules;
+use crate::service::HttpCache;
+use crate::status::identifier;
+
+/// The statuses stored by default: those RFC 9110 §15.1 calls heuristically cacheable, less
+/// 206 (ranges are not handled), 308, 405, 414 and 501.
+pub const DEFAULT_STATUSES: [u16; 7] = [200, 203, 204, 300, 301, 404, 410];
+
+/// Caches the HTTP responses of the service it wraps through a [`Cache<HttpEntry>`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tier_http::{HttpCacheLayer, HttpEntry};
+/// use tier::{Cache, MemoryTier, TierPolicy};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache: Cache<HttpEntry> = Cache::builder("http")
+///     .tier(MemoryTier::builder().max_bytes(64 << 20).build(), TierPolicy::fresh(Duration::from_secs(3600)))
+///     .build()?;
+/// let layer = HttpCacheLayer::new(cache)
+///     .max_body_bytes(256 << 10)
+///     .key_headers([http::HeaderName::from_static("x-tenant")])
+///     .default_fresh(Duration::from_secs(30));
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct HttpCacheLayer {
+    shared: Arc<Shared>,
+}
+
+impl HttpCacheLayer {
+    /// A layer storing responses in `cache`.
+    ///
+    /// The cache's tier lifetimes bound how long a response is *kept*; how long it is *fresh*
+    /// and servable stale comes from the response (`max-age`, `s-maxage`,
+    /// `stale-while-revalidate`, `stale-if-error`), judged by the layer. So give the tiers a
+    /// fresh lifetime at least as long as the longest a response should be kept, fresh and
+    /// stale windows together (their own stale windows and fail-safe are not used).
+    pub fn new(cache: Cache<HttpEntry>) -> Self {
+        let no_tiers =
+            cache.tiers().into_iter().fold(CallOptions::new(), |o, t| o.skip_tier(t.name));
+        Self {
+            shared: Arc::new(Shared {
+                cache,
+                rules: Rules {
+                    statuses: DEFAULT_STATUSES
+                        .iter()
+                        .filter_map(|&s| StatusCode::from_u16(s).ok())
+                        .collect(),
+                    default_fresh: None,
+                },
+                key_headers: Vec::new(),
+                max_body_bytes: 1 << 20,
+                name: "tier".into(),
+                no_tiers,
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// The response statuses that may be stored. Default: [`DEFAULT_STATUSES`].
+    pub fn statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.with(|s| s.rules.statuses = statuses.into_iter().collect())
+    }
+
+    /// Request headers that are part of every key (besides method, authority, path and query,
+    /// and what a response's `Vary` names). Default: none.
+    pub fn key_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.with(|s| s.key_headers = names.into_iter().collect())
+    }
+
+    /// Bodies up to this many bytes are read whole and stored; a larger one (announced by
+    /// `Content-Length`, or found while reading) is passed through as it streams, not stored.
+    /// Default: 1 MiB.
+    pub fn max_body_bytes(self, bytes: usize) -> Self {
+        self.with(|s| s.max_body_bytes = bytes)
+    }
+
+    /// The fresh lifetime of a storable response that has neither `max-age` nor `s-maxage`.
+    /// Default: none — such a response is not stored (`Expires` is not read).
+    pub fn default_fresh(self, fresh: Duration) -> Self {
+        self.with(|s| s.rules.default_fresh = Some(fresh))
+    }
+
+    /// The cache's name in `Cache-Status` (written as a token when it is one, else as a
+    /// quoted string). Default: `tier`.
+    pub fn cache_status_name(self, name: &str) -> Self {
+        self.with(|s| s.name = identifier(name))
+    }
+}
+
+impl<S> tower::Layer<S> for HttpCacheLayer {
+    type Service = HttpCache<S>;
+
+    fn layer(&self, inner: S) -> HttpCache<S> {
+        HttpCache::new(inner, self.shared.clone())
+    }
+}

@@ -1,0 +1,493 @@
+//! The layer through real HTTP on loopback: an axum app with the layer on a free port, hyper's
+//! client, an origin that counts its calls per path.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tier::{Cache, MemoryTier, TierPolicy};
+use tier_http::{HttpCacheLayer, HttpEntry};
+use tokio::sync::{Notify, Semaphore};
+
+/// The origin's state: calls per path, a gate the slow route waits on, a switch that makes
+/// the flaky routes fail.
+struct Origin {
+    calls: Mutex<HashMap<String, usize>>,
+    called: Notify,
+    gate: Semaphore,
+    failing: AtomicBool,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Self {
+            calls: Mutex::default(),
+            called: Notify::new(),
+            gate: Semaphore::new(0),
+            failing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Origin {
+    fn count(&self, path: &str) -> usize {
+        let mut calls = self.calls.lock().expect("not poisoned");
+        let n = calls.entry(path.to_owned()).or_default();
+        *n += 1;
+        self.called.notify_waiters();
+        *n
+    }
+
+    fn calls(&self, path: &str) -> usize {
+        self.calls.lock().expect("not poisoned").get(path).copied().unwrap_or(0)
+    }
+
+    /// Wait until `path` was called `n` times (the origin signals each call).
+    async fn called(&self, path: &str, n: usize) {
+        let wait = async {
+            loop {
+                let notified = self.called.notified();
+                if self.calls(path) >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the origin was called");
+    }
+}
+
+type Shared = State<Arc<Origin>>;
+
+fn with(cc: &'static str, n: usize, what: &str) -> Response {
+    ([("cache-control", cc)], format!("{what} {n}")).into_response()
+}
+
+fn app(origin: Arc<Origin>, layer: HttpCacheLayer) -> Router {
+    Router::new()
+        .route("/plain", get(|State(o): Shared| async move { with("max-age=60", o.count("/plain"), "plain") }))
+        .route("/head", get(|State(o): Shared| async move { with("max-age=60", o.count("/head"), "head") }))
+        .route("/aged", get(|State(o): Shared| async move {
+            let n = o.count("/aged");
+            ([("cache-control", "max-age=600"), ("age", "100")], format!("aged {n}")).into_response()
+        }))
+        .route("/no-store", get(|State(o): Shared| async move { with("no-store, max-age=60", o.count("/no-store"), "ns") }))
+        .route("/private", get(|State(o): Shared| async move { with("private, max-age=60", o.count("/private"), "p") }))
+        .route("/zero", get(|State(o): Shared| async move { with("max-age=0", o.count("/zero"), "zero") }))
+        .route("/created", get(|State(o): Shared| async move {
+            (StatusCode::CREATED, with("max-age=60", o.count("/created"), "created"))
+        }))
+        .route("/vary", get(|State(o): Shared, headers: HeaderMap| async move {
+            let n = o.count("/vary");
+            let lang = headers.get("accept-language").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            ([("cache-control", "max-age=60"), ("vary", "Accept-Language")], format!("{lang} {n}")).into_response()
+        }))
+        .route("/flaky", get(|State(o): Shared| async move {
+            let n = o.count("/flaky");
+            if o.failing.load(Ordering::SeqCst) {
+                return (StatusCode::INTERNAL_SERVER_ERROR, format!("down {n}")).into_response();
+            }
+            with("max-age=0, stale-if-error=60", n, "flaky")
+        }))
+        .route("/swr", get(|State(o): Shared| async move { with("max-age=0, stale-while-revalidate=60", o.count("/swr"), "swr") }))
+        .route("/big", get(|State(o): Shared| async move {
+            o.count("/big");
+            ([("cache-control", "max-age=60")], vec![b'x'; 100_000]).into_response()
+        }))
+        .route("/big-stream", get(|State(o): Shared| async move {
+            o.count("/big-stream");
+            let chunks = (0..10).map(|i| Ok::<_, Infallible>(Bytes::from(vec![b'a' + i; 10_000])));
+            let body = Body::from_stream(futures::stream::iter(chunks));
+            ([("cache-control", "max-age=60")], body).into_response()
+        }))
+        .route("/slow", get(|State(o): Shared| async move {
+            let n = o.count("/slow");
+            let _permit = o.gate.acquire().await.expect("the gate stays open");
+            with("max-age=60", n, "slow")
+        }))
+        .with_state(origin)
+        .layer(layer)
+}
+
+struct Server {
+    addr: SocketAddr,
+    origin: Arc<Origin>,
+    cache: Cache<HttpEntry>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The app with the layer (body limit 64 KiB) on a free loopback port.
+async fn serve() -> Server {
+    serve_app(app).await
+}
+
+/// An app built by `make` with the layer on a free loopback port.
+async fn serve_app(make: impl FnOnce(Arc<Origin>, HttpCacheLayer) -> Router) -> Server {
+    let cache: Cache<HttpEntry> = Cache::builder("http")
+        .tier(
+            MemoryTier::builder().max_bytes(16 << 20).build(),
+            TierPolicy::fresh(Duration::from_secs(3600)),
+        )
+        .build()
+        .expect("a valid cache");
+    let origin = Arc::new(Origin::default());
+    let layer = HttpCacheLayer::new(cache.clone()).max_body_bytes(64 << 10);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let addr = listener.local_addr().expect("bound");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = make(origin.clone(), layer);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    Server { addr, origin, cache, client, stop: Some(stop), task: Some(task) }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn age(&self) -> u64 {
+        self.header("age").parse().expect("an Age header")
+    }
+}
+
+impl Server {
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req =
+            http::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("a valid request");
+        let response = self.client.request(req).await.expect("the server answers");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("a whole body").to_bytes();
+        Reply { status: parts.status, headers: parts.headers, body }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, &[]).await
+    }
+
+    /// The cache key of a GET of `path` as the layer builds it (hyper's client sends `Host`).
+    fn key(&self, path: &str) -> Bytes {
+        self.cache.key(format!("GET {} {path}", self.addr))
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("the server task ends");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_hit_after_a_miss_calls_the_origin_once_and_says_so() {
+    let s = serve().await;
+    let first = s.get("/plain").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.text(), "plain 1");
+    assert_eq!(first.header("cache-status"), "tier; fwd=miss; fwd-status=200; stored");
+    let second = s.get("/plain").await;
+    assert_eq!(second.text(), "plain 1");
+    assert!(
+        second.header("cache-status").starts_with("tier; hit; ttl="),
+        "{}",
+        second.header("cache-status")
+    );
+    assert_eq!(second.header("cache-control"), "max-age=60");
+    assert!(second.age() <= 1);
+    assert_eq!(s.origin.calls("/plain"), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn age_counts_the_age_it_arrived_with_and_grows() {
+    let s = serve().await;
+    let first = s.get("/aged").await;
+    assert_eq!(first.age(), 100, "answered from the store, with the origin's Age");
+    // Age is in whole seconds: the time passing is what is tested.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = s.get("/aged").await;
+    assert!(later.header("cache-status").contains("hit"));
+    assert!(later.age() >= 101, "Age grew: {}", later.age());
+    assert_eq!(s.origin.calls("/aged"), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn no_store_private_max_age_zero_and_other_statuses_are_not_stored() {
+    let s = serve().await;
+    for (path, detail) in [
+        ("/no-store", "no-store"),
+        ("/private", "private"),
+        ("/zero", "no-lifetime"),
+        ("/created", "status"),
+    ] {
+        for n in 1..=2 {
+            let r = s.get(path).await;
+            assert!(r.text().ends_with(&format!(" {n}")), "{path}: the origin answered each time");
+            assert!(
+                r.header("cache-status").ends_with(&format!("detail={detail}")),
+                "{path}: {}",
+                r.header("cache-status")
+            );
+            assert!(r.headers.get("age").is_none(), "{path}: not from the store");
+        }
+        assert_eq!(s.origin.calls(path), 2, "{path}");
+        assert!(s.cache.get(s.key(path)).await.is_none(), "{path}: nothing in the cache");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn vary_on_a_header_keeps_two_entries() {
+    let s = serve().await;
+    let de = s.send("GET", "/vary", &[("accept-language", "de")]).await;
+    let en = s.send("GET", "/vary", &[("accept-language", "en")]).await;
+    assert_eq!((de.text().as_str(), en.text().as_str()), ("de 1", "en 2"));
+    assert_eq!(de.header("cache-status"), "tier; fwd=miss; fwd-status=200; stored");
+    assert_eq!(en.header("cache-status"), "tier; fwd=vary-miss; fwd-status=200; stored");
+    let de = s.send("GET", "/vary", &[("accept-language", "de")]).await;
+    let en = s.send("GET", "/vary", &[("accept-language", "en")]).await;
+    assert_eq!((de.text().as_str(), en.text().as_str()), ("de 1", "en 2"));
+    assert!(de.header("cache-status").contains("hit") && en.header("cache-status").contains("hit"));
+    let none = s.get("/vary").await;
+    assert_eq!(none.text(), "- 3", "a request without the header is a variant of its own");
+    assert_eq!(s.origin.calls("/vary"), 3);
+    match s.cache.get(s.key("/vary")).await.as_deref() {
+        Some(HttpEntry::Variants(v)) => assert_eq!(v.names(), ["accept-language"]),
+        other => panic!("the URL's entry names the Vary headers, not {other:?}"),
+    }
+    s.stop().await;
+}
+
+/// A URL's `Variants` entry is written by its load while the variant is written beside it: the
+/// variant's write must not cancel the URL's when their keys share a write stripe of the cache
+/// (so many URLs that some do: about 4 % did, 256 stripes).
+#[tokio::test]
+async fn every_varying_url_keeps_its_variants_entry() {
+    let s = serve().await;
+    let mut lost = Vec::new();
+    for i in 0..500 {
+        let path = format!("/vary?i={i}");
+        let r = s.send("GET", &path, &[("accept-language", "de")]).await;
+        assert!(r.header("cache-status").ends_with("stored"), "{}", r.header("cache-status"));
+        if !matches!(s.cache.get(s.key(&path)).await.as_deref(), Some(HttpEntry::Variants(_))) {
+            lost.push(i);
+        }
+    }
+    assert!(lost.is_empty(), "URLs whose Variants entry was not stored: {lost:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stored_response_when_the_origin_returns_500() {
+    let s = serve().await;
+    let first = s.get("/flaky").await;
+    assert_eq!(first.text(), "flaky 1");
+    s.origin.failing.store(true, Ordering::SeqCst);
+    let during = s.get("/flaky").await;
+    assert_eq!(during.status, StatusCode::OK);
+    assert_eq!(during.text(), "flaky 1");
+    let status = during.header("cache-status");
+    assert!(
+        status.starts_with("tier; fwd=stale; fwd-status=500; ttl=")
+            && status.ends_with("detail=stale-if-error"),
+        "{status}"
+    );
+    assert_eq!(s.origin.calls("/flaky"), 2, "the origin was asked first");
+    s.origin.failing.store(false, Ordering::SeqCst);
+    let after = s.get("/flaky").await;
+    assert_eq!(after.text(), "flaky 3");
+    assert_eq!(after.header("cache-status"), "tier; fwd=stale; fwd-status=200; stored");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_stale_and_refreshes_in_the_background() {
+    let s = serve().await;
+    assert_eq!(s.get("/swr").await.text(), "swr 1");
+    let stale = s.get("/swr").await;
+    assert_eq!(stale.text(), "swr 1", "answered at once with the stored response");
+    assert!(
+        stale.header("cache-status").ends_with("detail=stale-while-revalidate"),
+        "{}",
+        stale.header("cache-status")
+    );
+    s.origin.called("/swr", 2).await;
+    // The refresh stores what it fetched (the insert ends before the flight does).
+    let key = s.key("/swr");
+    let stored = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(HttpEntry::Response(r)) = s.cache.get(&key).await.as_deref() {
+                if r.body().as_ref() == b"swr 2" {
+                    return;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    stored.await.expect("the refreshed response is stored");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_streams_through_uncached() {
+    let s = serve().await;
+    for _ in 0..2 {
+        let big = s.get("/big").await;
+        assert_eq!(big.body.len(), 100_000);
+        assert!(big.header("cache-status").ends_with("detail=body-too-large"));
+        let streamed = s.get("/big-stream").await;
+        let expected: Vec<u8> = (0..10u8).flat_map(|i| vec![b'a' + i; 10_000]).collect();
+        assert_eq!(streamed.body.as_ref(), expected.as_slice(), "the whole body, in order");
+        assert!(streamed.header("cache-status").ends_with("detail=body-too-large"));
+    }
+    assert_eq!((s.origin.calls("/big"), s.origin.calls("/big-stream")), (2, 2));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_one_key_call_the_origin_once() {
+    let s = Arc::new(serve().await);
+    const N: usize = 8;
+    let requests: Vec<_> = (0..N)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.get("/slow").await })
+        })
+        .collect();
+    // Every request waits in the flight before the origin may answer.
+    let key = s.key("/slow");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while s.cache.load_waiters(&key) < N {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("all requests joined one flight");
+    s.origin.gate.add_permits(N);
+    let mut statuses = Vec::new();
+    for r in requests {
+        let r = r.await.expect("the request task ends");
+        assert_eq!(r.text(), "slow 1");
+        statuses.push(r.header("cache-status").to_owned());
+    }
+    assert_eq!(s.origin.calls("/slow"), 1);
+    assert_eq!(statuses.iter().filter(|s| s.ends_with("stored")).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| s.ends_with("collapsed")).count(), N - 1, "{statuses:?}");
+    Arc::into_inner(s).expect("the last handle").stop().await;
+}
+
+#[tokio::test]
+async fn head_is_cached_on_its_own_and_answered_without_body() {
+    let s = serve().await;
+    let first = s.send("HEAD", "/head", &[]).await;
+    let second = s.send("HEAD", "/head", &[]).await;
+    assert_eq!((first.status, second.status), (StatusCode::OK, StatusCode::OK));
+    assert!(first.body.is_empty() && second.body.is_empty());
+    assert!(second.header("cache-status").contains("hit"), "{}", second.header("cache-status"));
+    assert_eq!(s.origin.calls("/head"), 1);
+    assert_eq!(s.get("/head").await.text(), "head 2", "GET is an entry of its own");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn methods_other_than_get_and_head_and_no_store_requests_pass_through() {
+    let s = serve().await;
+    let post = s.send("POST", "/plain", &[]).await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.header("cache-status"), "tier; fwd=method");
+    s.get("/plain").await;
+    let bypass = s.send("GET", "/plain", &[("cache-control", "no-store")]).await;
+    assert_eq!(
+        (bypass.text().as_str(), bypass.header("cache-status")),
+        ("plain 2", "tier; fwd=request")
+    );
+    let refresh = s.send("GET", "/plain", &[("cache-control", "no-cache")]).await;
+    assert_eq!(refresh.text(), "plain 3");
+    assert_eq!(refresh.header("cache-status"), "tier; fwd=stale; fwd-status=200; stored");
+    assert_eq!(s.get("/plain").await.text(), "plain 3", "the refreshed response is stored");
+    let auth = s.send("GET", "/plain", &[("authorization", "Bearer x")]).await;
+    assert_eq!(auth.text(), "plain 4");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stored_response_when_the_origin_fails() {
+    let s = serve_app(|origin, layer| {
+        let o = origin.clone();
+        let flaky = tower::service_fn(move |_req: http::Request<Body>| {
+            let o = o.clone();
+            async move {
+                let n = o.count("/error");
+                if o.failing.load(Ordering::SeqCst) {
+                    return Err(std::io::Error::other(format!("origin down {n}")));
+                }
+                Ok(with("max-age=0, stale-if-error=60", n, "error"))
+            }
+        });
+        let service = tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(|e: std::io::Error| async move {
+                (StatusCode::BAD_GATEWAY, e.to_string())
+            }))
+            .layer(layer)
+            .service(flaky);
+        Router::new().route_service("/error", service).with_state(origin)
+    })
+    .await;
+    assert_eq!(s.get("/error").await.text(), "error 1");
+    s.origin.failing.store(true, Ordering::SeqCst);
+    let during = s.get("/error").await;
+    assert_eq!((during.status, during.text().as_str()), (StatusCode::OK, "error 1"));
+    let status = during.header("cache-status");
+    assert!(
+        status.starts_with("tier; fwd=stale; ttl=") && status.ends_with("detail=stale-if-error"),
+        "{status}"
+    );
+    // Without a stored response the error is the answer.
+    let miss = s.send("GET", "/error?other", &[]).await;
+    assert_eq!((miss.status, miss.text().as_str()), (StatusCode::BAD_GATEWAY, "origin down 3"));
+    s.stop().await;
+}
