@@ -18,7 +18,7 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tier::{Cache, MemoryTier, TierPolicy};
+use tier::{Cache, DiskTier, MemoryTier, TierPolicy};
 use tier_http::{HttpCacheLayer, HttpEntry};
 use tokio::sync::{Notify, Semaphore};
 
@@ -144,15 +144,25 @@ async fn serve() -> Server {
     serve_app(app).await
 }
 
+fn keep() -> TierPolicy {
+    TierPolicy::fresh(Duration::from_secs(3600))
+}
+
+fn memory() -> MemoryTier {
+    MemoryTier::builder().max_bytes(16 << 20).build()
+}
+
 /// An app built by `make` with the layer on a free loopback port.
 async fn serve_app(make: impl FnOnce(Arc<Origin>, HttpCacheLayer) -> Router) -> Server {
-    let cache: Cache<HttpEntry> = Cache::builder("http")
-        .tier(
-            MemoryTier::builder().max_bytes(16 << 20).build(),
-            TierPolicy::fresh(Duration::from_secs(3600)),
-        )
-        .build()
-        .expect("a valid cache");
+    let cache = Cache::builder("http").tier(memory(), keep()).build().expect("a valid cache");
+    serve_cache(cache, make).await
+}
+
+/// An app built by `make` with the layer over `cache` on a free loopback port.
+async fn serve_cache(
+    cache: Cache<HttpEntry>,
+    make: impl FnOnce(Arc<Origin>, HttpCacheLayer) -> Router,
+) -> Server {
     let origin = Arc::new(Origin::default());
     let layer = HttpCacheLayer::new(cache.clone()).max_body_bytes(64 << 10);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
@@ -489,5 +499,34 @@ async fn stale_if_error_serves_the_stored_response_when_the_origin_fails() {
     // Without a stored response the error is the answer.
     let miss = s.send("GET", "/error?other", &[]).await;
     assert_eq!((miss.status, miss.text().as_str()), (StatusCode::BAD_GATEWAY, "origin down 3"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_comes_back_whole_from_the_disk_tier() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let disk = DiskTier::builder(dir.path())
+        .capacity_bytes(8 << 20)
+        .segment_size(1 << 20)
+        .build()
+        .expect("a disk tier");
+    let cache = Cache::builder("http")
+        .tier(memory(), keep())
+        .tier(disk, keep())
+        .build()
+        .expect("a valid cache");
+    let s = serve_cache(cache, app).await;
+    let first = s.get("/aged").await;
+    assert!(s.cache.set_tier_enabled("memory", false));
+    let second = s.get("/aged").await;
+    assert!(
+        second.header("cache-status").starts_with("tier; hit"),
+        "{}",
+        second.header("cache-status")
+    );
+    assert_eq!((second.status, &second.body), (first.status, &first.body));
+    assert_eq!(second.header("content-type"), first.header("content-type"));
+    assert!(second.age() >= 100);
+    assert_eq!(s.origin.calls("/aged"), 1);
     s.stop().await;
 }
