@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod conditional;
 mod directives;
 mod entry;
 mod key;

@@ -15,6 +15,7 @@ use http_body::Body;
 use tower::Service;
 
 use crate::body::CacheBody;
+use crate::conditional::Conditions;
 use crate::directives::RequestDirectives;
 use crate::entry::{CachedResponse, HttpEntry, Variants};
 use crate::key;
@@ -113,6 +114,20 @@ where
             let status = CacheStatus::fwd("bypass").detail("authorization");
             return pass(shared, origin, req, status).await;
         }
+        let mut req = req;
+        let conditions = Conditions::take(req.headers_mut());
+        let response = self.cached(origin, req, &directives).await?;
+        Ok(conditions.apply(response))
+    }
+
+    /// A request the cache may answer (its validators taken out), answered.
+    async fn cached(
+        &self,
+        origin: Origin<S>,
+        req: Request<ReqB>,
+        directives: &RequestDirectives,
+    ) -> Result<Response<CacheBody<ResB>>, S::Error> {
+        let shared = &self.shared;
         let head = req.method() == Method::HEAD;
         let url_id = key::url_id(&req, &shared.key_headers);
         let mut level = Level { key: shared.cache.key(&url_id), url_id, variants: None };
@@ -125,7 +140,7 @@ where
                 }
                 Some(HttpEntry::Response(stored)) => {
                     let now = now_ms();
-                    match policy::judge(stored, now, &directives) {
+                    match policy::judge(stored, now, directives) {
                         Verdict::Fresh => {
                             let status = CacheStatus::hit(policy::ttl_seconds(stored, now));
                             return Ok(render(shared, stored, now, status, head));

@@ -102,6 +102,13 @@ fn app(origin: Arc<Origin>, layer: HttpCacheLayer) -> Router {
             }
             with("max-age=0, stale-if-error=60", n, "flaky")
         }))
+        .route("/etag", get(|State(o): Shared, headers: HeaderMap| async move {
+            let n = o.count("/etag");
+            if headers.contains_key("if-none-match") {
+                return (StatusCode::NOT_MODIFIED, "the origin saw the validator").into_response();
+            }
+            ([("cache-control", "max-age=60"), ("etag", "\"v1\"")], format!("etag {n}")).into_response()
+        }))
         .route("/swr", get(|State(o): Shared| async move { with("max-age=0, stale-while-revalidate=60", o.count("/swr"), "swr") }))
         .route("/big", get(|State(o): Shared| async move {
             o.count("/big");
@@ -518,6 +525,15 @@ async fn a_response_comes_back_whole_from_the_disk_tier() {
     let s = serve_cache(cache, app).await;
     let first = s.get("/aged").await;
     assert!(s.cache.set_tier_enabled("memory", false));
+    // A load writes the disk after it answered: wait until the disk holds the response.
+    let key = s.key("/aged");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while s.cache.get(&key).await.is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the disk tier holds the response");
     let second = s.get("/aged").await;
     assert!(
         second.header("cache-status").starts_with("tier; hit"),
@@ -528,5 +544,27 @@ async fn a_response_comes_back_whole_from_the_disk_tier() {
     assert_eq!(second.header("content-type"), first.header("content-type"));
     assert!(second.age() >= 100);
     assert_eq!(s.origin.calls("/aged"), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_conditional_request_fills_the_cache_and_is_answered_not_modified() {
+    let s = serve().await;
+    let first = s.send("GET", "/etag", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(first.status, StatusCode::NOT_MODIFIED, "answered by the layer");
+    assert!(first.body.is_empty());
+    assert_eq!(first.header("cache-status"), "tier; fwd=miss; fwd-status=200; stored");
+    let whole = s.get("/etag").await;
+    assert_eq!(
+        (whole.status, whole.text().as_str()),
+        (StatusCode::OK, "etag 1"),
+        "the whole response was stored"
+    );
+    let again = s.send("GET", "/etag", &[("if-none-match", "W/\"v0\", \"v1\"")]).await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert!(again.header("cache-status").starts_with("tier; hit"));
+    let other = s.send("GET", "/etag", &[("if-none-match", "\"v2\"")]).await;
+    assert_eq!((other.status, other.text().as_str()), (StatusCode::OK, "etag 1"));
+    assert_eq!(s.origin.calls("/etag"), 1);
     s.stop().await;
 }
