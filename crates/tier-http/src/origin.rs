@@ -26,9 +26,10 @@ use http_body::Body;
 use tower::Service;
 
 use crate::body::{read_up_to, CacheBody, Read};
+use crate::directives::RequestDirectives;
 use crate::entry::{CachedResponse, HttpEntry, Variants};
 use crate::key::{self, Vary};
-use crate::policy::{self, NotStored};
+use crate::policy::{self, NotStored, Verdict};
 use crate::shared::Shared;
 
 /// The inner service, called once it is ready.
@@ -147,6 +148,17 @@ where
     ResB: Body<Data = Bytes>,
 {
     let Some((origin, req)) = exchange.take_request() else { return Err(NotShared) };
+    // Look again (the flight of a refresh reads no tier): a request that saw the stale response
+    // before another's refresh stored the new one, and came to the flight after it ended, takes
+    // the new one (the cache answers it as a collapsed request).
+    if mode == Mode::Refresh {
+        if let Some(HttpEntry::Response(stored)) = shared.cache.get(&level.key).await.as_deref() {
+            let directives = RequestDirectives::parse(req.headers());
+            if policy::judge(stored, now_ms(), &directives) == Verdict::Fresh {
+                return Ok(Some(HttpEntry::Response(stored.clone())));
+            }
+        }
+    }
     let request_headers = req.headers().clone();
     let response = match origin.call(req).await {
         Ok(response) => response,

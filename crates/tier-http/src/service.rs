@@ -190,23 +190,23 @@ where
             (Mode::Miss, None) => "miss",
             (Mode::Miss, Some(_)) => "vary-miss",
         };
+        let at_url = level.variants.is_none();
         let exchange = Exchange::new(origin, req);
         let result = self.flight(&exchange, level, mode).await;
         let now = now_ms();
         let answer = match exchange.take_answer() {
             Some(answer) => answer,
             // The load of another request answered this one.
-            None => match (result, exchange.take_request()) {
-                (Ok(Some(entry)), Some((origin, req))) => match &*entry {
-                    HttpEntry::Response(r) => {
-                        let status = CacheStatus { collapsed: true, ..CacheStatus::fwd(reason) };
-                        return Next::Answer(Ok(render(shared, r, now, status, head)));
-                    }
-                    HttpEntry::Variants(names) if mode == Mode::Miss => {
-                        return Next::Variant(names.clone(), origin, req);
-                    }
-                    HttpEntry::Variants(_) => Answer::from_origin(origin.call(req).await),
-                },
+            None => match (result.as_ref().map(|e| e.as_deref()), exchange.take_request()) {
+                (Ok(Some(HttpEntry::Response(r))), _) => {
+                    let status = CacheStatus { collapsed: true, ..CacheStatus::fwd(reason) };
+                    return Next::Answer(Ok(render(shared, r, now, status, head)));
+                }
+                (Ok(Some(HttpEntry::Variants(names))), Some((origin, req)))
+                    if mode == Mode::Miss && at_url =>
+                {
+                    return Next::Variant(names.clone(), origin, req);
+                }
                 // Its answer was not for sharing: this request goes to the origin itself.
                 (_, Some((origin, req))) => Answer::from_origin(origin.call(req).await),
                 // This request's own load ended without an answer (it timed out).

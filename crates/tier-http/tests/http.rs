@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::Router;
 use http::StatusCode;
-use support::{serve, serve_app, with};
+use support::{serve, serve_app, with, Server};
 use tier_http::HttpEntry;
 
 #[tokio::test]
@@ -179,18 +179,16 @@ async fn a_body_over_the_limit_streams_through_uncached() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_requests_for_one_key_call_the_origin_once() {
-    let s = Arc::new(serve().await);
-    const N: usize = 8;
+/// `N` concurrent GETs of `path` while the origin's gate is closed: once every one waits in
+/// the cache's flight of the key, the gate opens; their bodies and `Cache-Status`es.
+async fn burst(s: &Arc<Server>, path: &'static str) -> Vec<(String, String)> {
     let requests: Vec<_> = (0..N)
         .map(|_| {
             let s = s.clone();
-            tokio::spawn(async move { s.get("/slow").await })
+            tokio::spawn(async move { s.get(path).await })
         })
         .collect();
-    // Every request waits in the flight before the origin may answer.
-    let key = s.key("/slow");
+    let key = s.key(path);
     tokio::time::timeout(Duration::from_secs(10), async {
         while s.cache.load_waiters(&key) < N {
             tokio::task::yield_now().await;
@@ -199,15 +197,49 @@ async fn concurrent_requests_for_one_key_call_the_origin_once() {
     .await
     .expect("all requests joined one flight");
     s.origin.gate.add_permits(N);
-    let mut statuses = Vec::new();
+    let mut replies = Vec::new();
     for r in requests {
         let r = r.await.expect("the request task ends");
-        assert_eq!(r.text(), "slow 1");
-        statuses.push(r.header("cache-status").to_owned());
+        replies.push((r.text(), r.header("cache-status").to_owned()));
     }
+    replies
+}
+
+const N: usize = 8;
+
+fn count(replies: &[(String, String)], body: &str, status: &str) -> usize {
+    replies.iter().filter(|(b, s)| b == body && s == status).count()
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_one_key_call_the_origin_once() {
+    let s = Arc::new(serve().await);
+    let replies = burst(&s, "/slow").await;
     assert_eq!(s.origin.calls("/slow"), 1);
-    assert_eq!(statuses.iter().filter(|s| s.ends_with("stored")).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| s.ends_with("collapsed")).count(), N - 1, "{statuses:?}");
+    assert_eq!(
+        count(&replies, "slow 1", "tier; fwd=miss; fwd-status=200; stored"),
+        1,
+        "{replies:?}"
+    );
+    assert_eq!(count(&replies, "slow 1", "tier; fwd=miss; collapsed"), N - 1, "{replies:?}");
+    Arc::into_inner(s).expect("the last handle").stop().await;
+}
+
+/// A response stale by HTTP that the cache still holds is refreshed by one origin request
+/// however many requests want it.
+#[tokio::test]
+async fn concurrent_requests_for_a_stale_response_refresh_it_once() {
+    let s = Arc::new(serve().await);
+    s.origin.gate.add_permits(1);
+    assert_eq!(s.get("/slow-stale").await.text(), "slow-stale 1");
+    // The permit came back when the origin answered: the gate is closed again.
+    s.origin.gate.acquire().await.expect("the gate stays open").forget();
+    let replies = burst(&s, "/slow-stale").await;
+    assert_eq!(s.origin.calls("/slow-stale"), 2);
+    let stored = "tier; fwd=stale; fwd-status=200; stored";
+    assert_eq!(count(&replies, "slow-stale 2", stored), 1, "{replies:?}");
+    let collapsed = "tier; fwd=stale; collapsed";
+    assert_eq!(count(&replies, "slow-stale 2", collapsed), N - 1, "{replies:?}");
     Arc::into_inner(s).expect("the last handle").stop().await;
 }
 

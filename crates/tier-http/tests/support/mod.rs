@@ -121,6 +121,11 @@ pub fn app(origin: Arc<Origin>, layer: HttpCacheLayer) -> Router {
             let body = Body::from_stream(futures::stream::iter(chunks));
             ([("cache-control", "max-age=60")], body).into_response()
         }))
+        .route("/slow-stale", get(|State(o): Shared| async move {
+            let n = o.count("/slow-stale");
+            let _permit = o.gate.acquire().await.expect("the gate stays open");
+            with("max-age=0, stale-if-error=60", n, "slow-stale")
+        }))
         .route("/slow", get(|State(o): Shared| async move {
             let n = o.count("/slow");
             let _permit = o.gate.acquire().await.expect("the gate stays open");
