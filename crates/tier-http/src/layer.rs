@@ -20,22 +20,37 @@ pub const DEFAULT_STATUSES: [u16; 7] = [200, 203, 204, 300, 301, 404, 410];
 
 /// Caches the HTTP responses of the service it wraps through a [`Cache<HttpEntry>`].
 ///
+/// An axum router with the layer, called twice without a server (the second answer comes from
+/// the cache):
+///
 /// ```
 /// use std::time::Duration;
-/// use tier_http::{HttpCacheLayer, HttpEntry};
+/// use axum::{body::Body, routing::get, Router};
+/// use http::Request;
 /// use tier::{Cache, MemoryTier, TierPolicy};
+/// use tier_http::{HttpCacheLayer, HttpEntry};
+/// use tower::ServiceExt;
 ///
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let cache: Cache<HttpEntry> = Cache::builder("http")
-///     .tier(MemoryTier::builder().max_bytes(64 << 20).build(), TierPolicy::fresh(Duration::from_secs(3600)))
-///     .build()?;
-/// let layer = HttpCacheLayer::new(cache)
-///     .max_body_bytes(256 << 10)
-///     .key_headers([http::HeaderName::from_static("x-tenant")])
-///     .default_fresh(Duration::from_secs(30));
-/// # let _ = layer;
-/// # Ok(())
-/// # }
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let cache: Cache<HttpEntry> = Cache::builder("http")
+///         .tier(MemoryTier::builder().max_bytes(64 << 20).build(), TierPolicy::fresh(Duration::from_secs(3600)))
+///         .build()?;
+///     let layer = HttpCacheLayer::new(cache)
+///         .max_body_bytes(256 << 10)
+///         .key_headers([http::HeaderName::from_static("x-tenant")])
+///         .default_fresh(Duration::from_secs(30));
+///     let app = Router::new()
+///         .route("/", get(|| async { ([("cache-control", "max-age=60")], "hello") }))
+///         .layer(layer);
+///     let get = || Request::get("/").header("host", "example.test").body(Body::empty());
+///     let first = app.clone().oneshot(get()?).await?;
+///     assert_eq!(first.headers()["cache-status"], "tier; fwd=miss; fwd-status=200; stored");
+///     let second = app.oneshot(get()?).await?;
+///     assert!(second.headers()["cache-status"].to_str()?.starts_with("tier; hit; ttl="));
+///     assert_eq!(second.headers()["age"], "0");
+///     Ok(())
+/// }
 /// ```
 #[derive(Clone)]
 #[must_use]
