@@ -9,7 +9,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::Router;
 use http::StatusCode;
-use support::{serve, serve_app, with, Server};
+use support::{keep, memory, serve, serve_app, serve_cache, with, Server};
+use tier::Cache;
 use tier_http::HttpEntry;
 
 #[tokio::test]
@@ -334,5 +335,31 @@ async fn a_conditional_request_fills_the_cache_and_is_answered_not_modified() {
     let other = s.send("GET", "/etag", &[("if-none-match", "\"v2\"")]).await;
     assert_eq!((other.status, other.text().as_str()), (StatusCode::OK, "etag 1"));
     assert_eq!(s.origin.calls("/etag"), 1);
+    s.stop().await;
+}
+
+/// A load the cache gives up (its hard timeout) answers 504, or the stored response when
+/// `stale-if-error` allows.
+#[tokio::test]
+async fn a_load_cut_off_by_the_hard_timeout_answers_504_or_stale() {
+    let cache = Cache::builder("http")
+        .tier(memory(), keep())
+        .hard_timeout(Duration::from_millis(200))
+        .build()
+        .expect("a valid cache");
+    let s = serve_cache(cache, support::app).await;
+    let timed_out = s.get("/slow").await;
+    assert_eq!(timed_out.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(timed_out.header("cache-status"), "tier; fwd=miss; detail=load-timeout");
+    s.origin.gate.add_permits(1);
+    assert_eq!(s.get("/slow-stale").await.text(), "slow-stale 1");
+    s.origin.gate.acquire().await.expect("the gate stays open").forget();
+    let stale = s.get("/slow-stale").await;
+    assert_eq!((stale.status, stale.text().as_str()), (StatusCode::OK, "slow-stale 1"));
+    assert!(
+        stale.header("cache-status").ends_with("detail=stale-if-error"),
+        "{}",
+        stale.header("cache-status")
+    );
     s.stop().await;
 }
