@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::{app, keep, memory, serve_cache};
 use tier::spi::Tier;
 use tier::{Cache, DiskTier, RedisConnection, RedisTier};
@@ -41,16 +39,7 @@ async fn from_the_lower_tier(lower: impl Tier) {
         .expect("a valid cache");
     let s = serve_cache(cache, app).await;
     let first = s.get("/aged").await;
-    assert!(s.cache.set_tier_enabled("memory", false));
-    // A load writes the lower tier after it answered: wait until that tier holds the response.
-    let key = s.key("/aged");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while s.cache.get(&key).await.is_none() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the lower tier holds the response");
+    s.memory_off_once_below("/aged").await;
     let second = s.get("/aged").await;
     assert!(
         second.header("cache-status").starts_with("tier; hit"),

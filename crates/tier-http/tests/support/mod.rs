@@ -213,8 +213,16 @@ impl Reply {
 
 impl Server {
     pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut req =
-            http::Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        self.request(method, &format!("http://{}{path}", self.addr), headers).await
+    }
+
+    /// A GET of `uri` (another server's) through this server's client.
+    pub async fn send_to(&self, uri: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request("GET", uri, headers).await
+    }
+
+    async fn request(&self, method: &str, uri: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = http::Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -232,6 +240,20 @@ impl Server {
     /// The cache key of a GET of `path` as the layer builds it (hyper's client sends `Host`).
     pub fn key(&self, path: &str) -> Bytes {
         self.cache.key(format!("GET {} {path}", self.addr))
+    }
+
+    /// Turn the memory tier off once the tier below holds the response to a GET of `path` (a
+    /// load writes the tiers below after it answered).
+    pub async fn memory_off_once_below(&self, path: &str) {
+        assert!(self.cache.set_tier_enabled("memory", false));
+        let key = self.key(path);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.cache.get(&key).await.is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the tier below holds the response");
     }
 
     pub async fn stop(mut self) {
