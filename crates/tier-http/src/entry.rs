@@ -20,24 +20,33 @@ pub enum HttpEntry {
     Variants(Variants),
 }
 
-/// The request headers a URL's responses vary on (lower-case, sorted, each once).
+/// The request headers a URL's responses vary on (lower-case, sorted, each once), and the
+/// epoch of its variants: the instant this entry was made, part of every variant's key, so that
+/// when the URL's entry goes (an invalidation, its lifetime, a `Vary` that changed) the
+/// variants stored under the old one are never found again (they age out of the tiers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variants {
     names: Vec<String>,
+    epoch: u64,
 }
 
 impl Variants {
     /// The names, as parsed from `Vary` values (`*` is not a name: such a response is not
-    /// stored at all).
-    pub(crate) fn new(mut names: Vec<String>) -> Self {
+    /// stored at all), with the epoch `epoch` (Unix ms).
+    pub(crate) fn new(mut names: Vec<String>, epoch: u64) -> Self {
         names.sort();
         names.dedup();
-        Self { names }
+        Self { names, epoch }
     }
 
     /// The header names, lower-case and sorted.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The epoch of the variants (Unix ms when this entry was made).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 }
 

@@ -6,6 +6,8 @@
 use http::header::{HeaderName, HOST, VARY};
 use http::{HeaderMap, Request};
 
+use crate::entry::Variants;
+
 /// The URL's id: `METHOD authority path?query`, then `\n name: value` for each keyed header
 /// present (values of a repeated header joined by `,`).
 pub(crate) fn url_id<B>(req: &Request<B>, key_headers: &[HeaderName]) -> Vec<u8> {
@@ -28,12 +30,13 @@ pub(crate) fn url_id<B>(req: &Request<B>, key_headers: &[HeaderName]) -> Vec<u8>
     id
 }
 
-/// The variant's id: the URL's, `\n\0vary`, then each named header as in [`url_id`] (a header
-/// the request lacks is keyed as absent, so "absent" and "empty" differ).
-pub(crate) fn variant_id(url_id: &[u8], headers: &HeaderMap, names: &[String]) -> Vec<u8> {
+/// The variant's id: the URL's, `\n\0vary `, the variants' epoch, then each named header as in
+/// [`url_id`] (a header the request lacks is keyed as absent, so "absent" and "empty" differ).
+pub(crate) fn variant_id(url_id: &[u8], headers: &HeaderMap, variants: &Variants) -> Vec<u8> {
     let mut id = url_id.to_vec();
-    id.extend_from_slice(b"\n\0vary");
-    for name in names {
+    id.extend_from_slice(b"\n\0vary ");
+    id.extend_from_slice(variants.epoch().to_string().as_bytes());
+    for name in variants.names() {
         append_header(&mut id, headers, name);
     }
     id
@@ -107,13 +110,15 @@ mod tests {
     #[test]
     fn variants_differ_by_value_and_by_absence() {
         let mut h = HeaderMap::new();
-        let names = vec!["accept-language".to_owned()];
+        let names = Variants::new(vec!["accept-language".to_owned()], 7);
         let absent = variant_id(b"u", &h, &names);
         h.insert("accept-language", HeaderValue::from_static(""));
         let empty = variant_id(b"u", &h, &names);
         h.insert("accept-language", HeaderValue::from_static("de"));
         let de = variant_id(b"u", &h, &names);
         assert!(absent != empty && empty != de && absent != de);
+        let later = Variants::new(vec!["accept-language".to_owned()], 8);
+        assert_ne!(variant_id(b"u", &h, &later), de, "another epoch, another key");
     }
 
     #[test]

@@ -189,27 +189,22 @@ where
     let generated_at = now_ms().saturating_sub(arrived_age_ms(&parts.headers));
     let response = CachedResponse::new(parts.status, &parts.headers, body, generated_at, lifetimes);
     let variant = |names: &Variants| {
-        shared.cache.key(key::variant_id(&level.url_id, &request_headers, names.names()))
+        shared.cache.key(key::variant_id(&level.url_id, &request_headers, names))
     };
     let url_key = || shared.cache.key(&level.url_id);
     let insert = |key: Bytes, entry: HttpEntry| {
         let cache = shared.cache.clone();
         async move { cache.insert(key, entry).await.is_ok() }
     };
-    // The variant of a URL being loaded is stored by a load of its own (answered at once), not
-    // an insert: an insert moves its key's write stripe on, and when the URL's key shares it,
-    // the flight of the URL would no longer write the URL's entry.
+    // The variant found while loading its URL is stored by a load of its own (answered at
+    // once; its key, of a new epoch, holds nothing), not an insert: an insert moves its key's
+    // write stripe on, and when the URL's key shares it, the URL's flight would not write.
     let store_variant = |key: Bytes, entry: HttpEntry| {
         let cache = shared.cache.clone();
         async move {
-            match mode {
-                Mode::Miss => {
-                    let load = cache
-                        .get_or_load(key, move || async move { Ok::<_, NotShared>(Some(entry)) });
-                    load.await.is_ok()
-                }
-                Mode::Refresh => cache.insert(key, entry).await.is_ok(),
-            }
+            let load =
+                cache.get_or_load(key, move || async move { Ok::<_, NotShared>(Some(entry)) });
+            load.await.is_ok()
         }
     };
     // What the key being loaded holds: the response, or the names its URL varies on (the
@@ -220,7 +215,7 @@ where
             HttpEntry::Response(response.clone())
         }
         (Vary::Names(names), None) => {
-            let names = Variants::new(names);
+            let names = Variants::new(names, now_ms());
             let stored =
                 store_variant(variant(&names), HttpEntry::Response(response.clone())).await;
             if !stored {
@@ -236,7 +231,7 @@ where
             return Err(NotShared);
         }
         (Vary::Names(names), Some(_)) => {
-            let names = Variants::new(names);
+            let names = Variants::new(names, now_ms());
             let stored = insert(variant(&names), HttpEntry::Response(response.clone())).await
                 && insert(url_key(), HttpEntry::Variants(names)).await;
             exchange.answer(Answer::Stored { response, stored });

@@ -162,7 +162,7 @@ where
             match next {
                 Next::Answer(answer) => return answer,
                 Next::Variant(names, o, r) => {
-                    let id = key::variant_id(&level.url_id, r.headers(), names.names());
+                    let id = key::variant_id(&level.url_id, r.headers(), &names);
                     level = Level {
                         key: shared.cache.key(&id),
                         url_id: level.url_id,

@@ -94,6 +94,22 @@ async fn vary_on_a_header_keeps_two_entries() {
     s.stop().await;
 }
 
+/// Invalidating a varying URL's key reaches its variants: they are keyed by the URL entry's
+/// epoch, so the old ones are never found again.
+#[tokio::test]
+async fn invalidating_a_varying_url_drops_its_variants() {
+    let s = serve().await;
+    let de = [("accept-language", "de")];
+    assert_eq!(s.send("GET", "/vary", &de).await.text(), "de 1");
+    assert_eq!(s.send("GET", "/vary", &de).await.text(), "de 1");
+    s.cache.invalidate(s.key("/vary")).await.expect("invalidated");
+    assert_eq!(s.send("GET", "/vary", &de).await.text(), "de 2");
+    let again = s.send("GET", "/vary", &de).await;
+    assert_eq!(again.text(), "de 2", "the new variant, not the one stored before the purge");
+    assert!(again.header("cache-status").starts_with("tier; hit"));
+    s.stop().await;
+}
+
 /// A URL's `Variants` entry is written by its load while the variant is written beside it: the
 /// variant's write must not cancel the URL's when their keys share a write stripe of the cache
 /// (so many URLs that some do: about 4 % did, 256 stripes).
