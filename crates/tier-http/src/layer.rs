@@ -123,6 +123,31 @@ impl HttpCacheLayer {
     }
 }
 
+impl HttpCacheLayer {
+    /// The cache key of the URL `req` asks for (method, authority, path and query, the keyed
+    /// headers): `Cache::invalidate` of it purges the URL's stored response — or, for a URL
+    /// whose responses vary, every variant of it.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tier::{Cache, MemoryTier, TierPolicy};
+    /// # use tier_http::{HttpCacheLayer, HttpEntry};
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cache: Cache<HttpEntry> = Cache::builder("http")
+    /// #     .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(60)))
+    /// #     .build()?;
+    /// let layer = HttpCacheLayer::new(cache.clone());
+    /// let purge = http::Request::get("http://example.test/users/42").body(())?;
+    /// cache.invalidate(layer.key_for(&purge)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key_for<B>(&self, req: &http::Request<B>) -> bytes::Bytes {
+        self.shared.cache.key(crate::key::url_id(req, &self.shared.key_headers))
+    }
+}
+
 impl<S> tower::Layer<S> for HttpCacheLayer {
     type Service = HttpCache<S>;
 

@@ -139,6 +139,7 @@ pub struct Server {
     pub addr: SocketAddr,
     pub origin: Arc<Origin>,
     pub cache: Cache<HttpEntry>,
+    pub layer: HttpCacheLayer,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -181,7 +182,7 @@ pub async fn serve_cache(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let addr = listener.local_addr().expect("bound");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = make(origin.clone(), layer);
+    let app = make(origin.clone(), layer.clone());
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -190,7 +191,7 @@ pub async fn serve_cache(
             .await;
     });
     let client = Client::builder(TokioExecutor::new()).build_http();
-    Server { addr, origin, cache, client, stop: Some(stop), task: Some(task) }
+    Server { addr, origin, cache, layer, client, stop: Some(stop), task: Some(task) }
 }
 
 pub struct Reply {
