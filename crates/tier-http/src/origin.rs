@@ -7,8 +7,8 @@
 //! the tiers' lifetimes and judges their HTTP freshness itself, and a response that is stale by
 //! its own `max-age` while the cache still holds it fresh is refreshed through a flight that
 //! reads and writes no tier (`Shared::no_tiers`: concurrent refreshes of a key still share one
-//! request) and stored by `insert` from inside that flight (so are the entries of a refresh
-//! whose `Vary` changed). Unlike a load's write, such an insert does not yield to an
+//! request) and stored by `insert` from inside that flight (so is the URL's entry when a
+//! variant's `Vary` changed: that load returns nothing for its own flight to write). Unlike a load's write, such an insert does not yield to an
 //! invalidation of the key made while the origin answered. A loader that may set the entry's
 //! lifetimes (the loader-context API) would let these go through the load's own write.
 //!
