@@ -43,6 +43,7 @@ pub use cache::{
     WarmProgress, WarmReport,
 };
 pub use entry::Storage;
+pub use envelope::{Compression, Serializer};
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};
 pub use key::{KeyBuilder, MAX_ID_LEN};
 pub use lock::LockOptions;

@@ -26,9 +26,11 @@ pub use crate::time::{after_ms, now_ms};
 pub use crate::timeout::{TimeoutLayer, TimeoutTier};
 
 /// The envelope: how an entry is stored in byte tiers (disk, Redis) — a fixed 40-byte header
-/// (magic and format version, flags, tag count, `created_at`, `fresh_until`, `stale_until`, load
-/// cost, payload length), the tag stamps, then the MessagePack payload, lz4-compressed when that
-/// saves space.
+/// (magic and format version, flags, the format byte naming the payload's serializer and
+/// compression, tag count, `created_at`, `fresh_until`, `stale_until`, load cost, payload
+/// length), the tag stamps, an optional extension block (the validator; the sealing of an
+/// encrypted payload), then the payload: MessagePack by default, lz4-compressed when that saves
+/// space.
 ///
 /// [`decode_meta`](envelope::decode_meta) accepts a buffer only when every length in it agrees
 /// with its size, so a truncated write, another service's JSON or an unknown version is a
