@@ -44,6 +44,8 @@
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
 //! - `encryption` — values sealed at rest in the disk and Redis tiers with a keyring of the
 //!   application's (the `seal` module, `CacheBuilder::keyring`).
+//! - `http` — a tower layer that caches HTTP responses through a `Cache` (the `http` module,
+//!   the `tier-http` crate).
 //! - `test-util` — tier-core's test helpers and conformance kit (the `testing` module).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -91,6 +93,11 @@ pub use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisLoc
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod prometheus;
+
+/// The tower layer caching HTTP responses (the `tier-http` crate).
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use tier_http as http;
 
 /// The names most services use: `use tier::prelude::*;`.
 pub mod prelude {
