@@ -40,6 +40,8 @@
 //! - `tls` — `rediss://` URLs through rustls (implies `redis`).
 //! - `prometheus` — a Prometheus exporter set up for tier's metrics: buckets, upkeep, a handle
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
+//! - `opentelemetry` — tier's traces (reads, Redis calls after the database semantic
+//!   conventions) and metrics through OpenTelemetry (the `otel` module).
 //! - `test-util` — tier-core's test helpers and conformance kit (the `testing` module).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -82,6 +84,10 @@ pub use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisLoc
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod prometheus;
+
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod otel;
 
 /// The names most services use: `use tier::prelude::*;`.
 pub mod prelude {

@@ -7,12 +7,14 @@
 //! (connect timeout + response timeout), so a call never hangs on a reconnect.
 //!
 //! The Cluster's topology (hash slots, masters, per-node routing) is in `cluster`; building a
-//! connection in `builder`; rebuilding a Cluster connection that stays broken in `repair`.
+//! connection in `builder`; rebuilding a Cluster connection that stays broken in `repair`; the
+//! `tracing` span of each call (OpenTelemetry's database conventions) in `span`.
 
 mod builder;
 mod cluster;
 mod node;
 mod repair;
+mod span;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -631,12 +633,14 @@ async fn watched<T>(
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
+        let span = span::command(cmd, self.get_db());
+        let call = match self {
             Self::Standalone(c) => c.req_packed_command(cmd),
             Self::Cluster(c, health) => {
                 Box::pin(watched(health.as_deref(), c.req_packed_command(cmd)))
             }
-        }
+        };
+        span::traced(span, call)
     }
 
     fn req_packed_commands<'a>(
@@ -645,12 +649,14 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
+        let span = span::pipeline(pipeline, self.get_db());
+        let call = match self {
             Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c, health) => {
                 Box::pin(watched(health.as_deref(), c.req_packed_commands(pipeline, offset, count)))
             }
-        }
+        };
+        span::traced(span, call)
     }
 
     fn get_db(&self) -> i64 {
