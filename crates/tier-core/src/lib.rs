@@ -20,6 +20,7 @@ mod cache;
 mod entry;
 mod envelope;
 mod error;
+mod events;
 mod generations;
 mod key;
 mod layer;

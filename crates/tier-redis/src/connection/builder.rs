@@ -189,6 +189,7 @@ impl RedisConnectionBuilder {
                 nodes: vec![client],
                 targets: vec![target],
                 op_timeout,
+                link: Default::default(),
             }),
         })
     }
@@ -229,6 +230,7 @@ impl RedisConnectionBuilder {
                 nodes,
                 targets: urls.iter().map(|u| redact_url(u)).collect(),
                 op_timeout,
+                link: Default::default(),
             }),
         })
     }

@@ -8,10 +8,12 @@
 //!
 //! The Cluster's topology (hash slots, masters, per-node routing) is in `cluster`; building a
 //! connection in `builder`; rebuilding a Cluster connection that stays broken in `repair`; the
-//! `tracing` span of each call (OpenTelemetry's database conventions) in `span`.
+//! `tracing` span of each call (OpenTelemetry's database conventions) in `span`; the events
+//! of a lost and recovered link in `link`.
 
 mod builder;
 mod cluster;
+mod link;
 mod node;
 mod repair;
 mod span;
@@ -82,6 +84,8 @@ struct Inner {
     op_timeout: Duration,
     /// Connections of our own to single Cluster nodes (see `node`).
     node_conns: node::NodeConns,
+    /// Lost and back events of the link (see `link`).
+    link: link::Link,
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -188,12 +192,22 @@ impl RedisConnection {
         op: &str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, TierError> {
+        let link = &self.inner.link;
+        let answered = |r: redis::RedisResult<T>| match r {
+            Ok(v) => {
+                link.answered();
+                Ok(v)
+            }
+            Err(e) => {
+                link.failed(op, &e);
+                Err(tier_error(op, e))
+            }
+        };
         let Some(bound) = bound.map(|b| b.min(self.inner.op_timeout)) else {
-            return fut.await.map_err(|e| tier_error(op, e));
+            return answered(fut.await);
         };
         match tokio::time::timeout(bound, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(tier_error(op, e)),
+            Ok(r) => answered(r),
             Err(_) => Err(timeout_error(op, bound)),
         }
     }
