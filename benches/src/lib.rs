@@ -48,7 +48,7 @@ pub fn envelope_of_len(len: usize, seq: u64) -> tier_core::spi::Entry {
             (b'a' + (x % 26) as u8) as char
         })
         .collect();
-    let codec = Codec { compress_threshold: usize::MAX };
+    let codec = Codec { compress_threshold: usize::MAX, ..Codec::new() };
     let bytes = codec.encode(&meta, Some(&payload)).expect("a string always encodes");
     Entry::from_envelope(bytes).expect("an envelope just encoded is valid")
 }

@@ -1,9 +1,13 @@
 //! Decoding a stored envelope for display (`tier disk get`, `tier redis get`): its times, tags,
-//! flags and value. The value's Rust type is unknown here, so the MessagePack payload is shown
-//! as JSON when it maps to JSON, or as a hex preview otherwise.
+//! flags and value. The value's Rust type is unknown here, so a payload of a self-describing
+//! serializer (MessagePack, JSON) is shown as JSON when it maps to JSON, whatever compressed it;
+//! a postcard payload (positional: it cannot be read without its type) and anything that does
+//! not decode are shown as a hex preview with the reason.
 
 use serde::Serialize;
-use tier_core::spi::envelope::{decode_meta, decode_value, FLAG_COMPRESSED};
+use tier_core::spi::envelope::{
+    decode_meta, decode_value, payload_of, Serializer, FLAG_COMPRESSED,
+};
 use tier_core::spi::now_ms;
 
 use crate::duration::short;
@@ -25,8 +29,16 @@ pub struct EnvelopeView {
     pub load_cost_us: u32,
     /// The origin said "no such value".
     pub negative: bool,
-    /// The payload is lz4-compressed.
+    /// The payload is compressed.
     pub compressed: bool,
+    /// The serializer that wrote the value (`msgpack`, `json`, `postcard`), when known.
+    pub serializer: Option<&'static str>,
+    /// The compression of the payload (`lz4`, `zstd`), when compressed.
+    pub compression: Option<&'static str>,
+    /// The origin's validator (ETag, Last-Modified, version): as text when UTF-8, else hex.
+    pub validator: Option<String>,
+    /// The payload is encrypted (sealed); it is not shown.
+    pub encrypted: bool,
     /// Tags and the generation each had when written.
     pub tags: Vec<TagView>,
     /// The value as JSON, when the payload maps to JSON.
@@ -55,10 +67,31 @@ pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
     } else {
         "expired"
     };
-    let (value, value_error) = match decode_value::<serde_json::Value>(bytes, &meta, at) {
-        Ok(v) => (v, None),
-        Err(e) => (None, Some(format!("{e}; payload starts {}", hex_preview(&bytes[at..], 32)))),
+    let payload = payload_of(bytes, at);
+    let (value, value_error) = match &payload {
+        Ok(p) if p.serializer == Serializer::Postcard && !meta.negative => (
+            None,
+            Some(format!(
+                "a postcard payload is not self-describing (its type is needed to read it); \
+                 payload starts {}",
+                hex_preview(&bytes[at..], 32)
+            )),
+        ),
+        _ => match decode_value::<serde_json::Value>(bytes, &meta, at) {
+            Ok(v) => (v, None),
+            Err(e) => {
+                (None, Some(format!("{e}; payload starts {}", hex_preview(&bytes[at..], 32))))
+            }
+        },
     };
+    let (serializer, compression) = match &payload {
+        Ok(p) => (Some(p.serializer.name()), p.compression.map(|c| c.name())),
+        Err(_) => (None, None),
+    };
+    let validator = meta.validator.as_ref().map(|v| match std::str::from_utf8(v) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!("0x{}", hex_preview(v, v.len())),
+    });
     Ok(EnvelopeView {
         size: bytes.len(),
         state,
@@ -68,6 +101,10 @@ pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
         load_cost_us: meta.load_cost_us,
         negative: meta.negative,
         compressed: bytes.get(4).is_some_and(|f| f & FLAG_COMPRESSED != 0),
+        serializer,
+        compression,
+        validator,
+        encrypted: meta.sealing.is_some(),
         tags: meta
             .tags()
             .iter()
@@ -118,11 +155,16 @@ impl EnvelopeView {
         );
         let _ = writeln!(
             out,
-            "envelope     {} bytes{}{}",
+            "envelope     {} bytes, {}{}{}{}",
             self.size,
-            if self.compressed { ", lz4-compressed" } else { "" },
+            self.serializer.unwrap_or("unknown serializer"),
+            self.compression.map(|c| format!(", {c}-compressed")).unwrap_or_default(),
+            if self.encrypted { ", encrypted" } else { "" },
             if self.negative { ", negative (the origin had no value)" } else { "" }
         );
+        if let Some(v) = &self.validator {
+            let _ = writeln!(out, "validator    {v}");
+        }
         if !self.tags.is_empty() {
             let tags: Vec<String> = self
                 .tags

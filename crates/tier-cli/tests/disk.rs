@@ -8,16 +8,22 @@ use std::time::Duration;
 
 use common::{fails, json, runtime, text, tier};
 use serde_json::{json as j, Value};
-use tier_core::{Cache, TierPolicy};
+use tier_core::{Cache, Compression, Serializer, TierPolicy};
 use tier_disk::DiskTier;
+
+/// A disk tier of 1 MiB in `dir`.
+fn small_disk(dir: &Path) -> DiskTier {
+    DiskTier::builder(dir).capacity_bytes(1 << 20).segment_size(256 << 10).build().unwrap()
+}
 
 /// A cache named `shop` over a disk tier in `dir`, with three entries (one tagged).
 fn fill(rt: &tokio::runtime::Runtime, dir: &Path) -> Cache<Value> {
     rt.block_on(async {
-        let disk =
-            DiskTier::builder(dir).capacity_bytes(1 << 20).segment_size(256 << 10).build().unwrap();
         let cache: Cache<Value> = Cache::builder("shop")
-            .tier(disk, TierPolicy::fresh(Duration::from_secs(60)).stale(Duration::from_secs(600)))
+            .tier(
+                small_disk(dir),
+                TierPolicy::fresh(Duration::from_secs(60)).stale(Duration::from_secs(600)),
+            )
             .build()
             .unwrap();
         cache.insert_with_tags(cache.key("user:1"), j!({"name": "Ada"}), &["users"]).await.unwrap();
@@ -81,6 +87,51 @@ fn stats_ls_get_verify_of_a_directory() {
     assert_eq!(verify["clean"], true, "{verify}");
     assert!(verify["records"].as_u64().unwrap() >= 3);
     assert!(text(tier().args(["disk", "verify"]).arg(dir.path())).contains("ok"));
+}
+
+#[test]
+fn get_decodes_every_built_in_codec() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let bio = "tiered caches ".repeat(200);
+    let codecs = [
+        (Serializer::MessagePack, None),
+        (Serializer::MessagePack, Some(Compression::Lz4)),
+        (Serializer::MessagePack, Some(Compression::Zstd)),
+        (Serializer::Json, None),
+        (Serializer::Json, Some(Compression::Zstd)),
+        (Serializer::Postcard, Some(Compression::Lz4)),
+    ];
+    for (i, (serializer, compression)) in codecs.into_iter().enumerate() {
+        rt.block_on(async {
+            let cache: Cache<Value> = Cache::builder("shop")
+                .tier(small_disk(dir.path()), TierPolicy::fresh(Duration::from_secs(60)))
+                .serializer(serializer)
+                .compression(compression)
+                .build()
+                .unwrap();
+            let value = match serializer {
+                // postcard cannot read a `serde_json::Value` back: a typed value.
+                Serializer::Postcard => j!(["Ada", bio]),
+                _ => j!({"name": "Ada", "bio": bio}),
+            };
+            cache.insert(cache.key(format!("c{i}")), value).await.unwrap();
+        });
+        let key = format!("shop:0:c{i}");
+        let get = json(tier().args(["disk", "get", "--json"]).arg(dir.path()).arg(&key));
+        let env = &get["envelope"];
+        assert_eq!(env["serializer"], serializer.name(), "{get}");
+        assert_eq!(env["compression"], j!(compression.map(|c| c.name())), "{get}");
+        let text = text(tier().args(["disk", "get"]).arg(dir.path()).arg(&key));
+        assert!(text.contains(serializer.name()), "{text}");
+        if serializer == Serializer::Postcard {
+            assert_eq!(env["value"], Value::Null, "{get}");
+            assert!(env["value_error"].as_str().unwrap().contains("not self-describing"), "{get}");
+        } else {
+            assert_eq!(env["value"]["bio"], j!(bio), "{get}");
+            assert!(text.contains("tiered caches"), "{text}");
+        }
+    }
 }
 
 #[test]

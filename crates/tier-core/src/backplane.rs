@@ -45,11 +45,20 @@ pub enum Invalidation {
         /// The clear floor.
         at: u64,
     },
+    /// A logical expiry at `at` (Unix ms): of one key (its entries created at or before `at`
+    /// stop being fresh and stay servable as stale), or of every entry of the hierarchy when
+    /// `key` is `None` (the expiry floor: entries created at or before `at` are at most stale).
+    Expire {
+        /// The full key bytes; `None`: every key.
+        key: Option<Bytes>,
+        /// The expiry instant.
+        at: u64,
+    },
 }
 
 impl Invalidation {
     /// The `kind` label of `cache_invalidations_total`: `key`, `written`, `tag`, `namespace`,
-    /// `clear`.
+    /// `clear`, `expire`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Key(_) => "key",
@@ -57,6 +66,7 @@ impl Invalidation {
             Self::Tag(_) => "tag",
             Self::Namespace(_) => "namespace",
             Self::Clear { .. } => "clear",
+            Self::Expire { .. } => "expire",
         }
     }
 }

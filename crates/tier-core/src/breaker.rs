@@ -410,6 +410,9 @@ impl Tier for BreakerTier {
     async fn clear(&self) -> Result<(), TierError> {
         self.inner.clear().await
     }
+    async fn retime(&self, key: &[u8], how: crate::retime::Retime) -> Result<bool, TierError> {
+        self.guarded(self.inner.retime(key, how)).await
+    }
 }
 
 /// Whether a tier gets a circuit breaker, and which: the breaker setting of a

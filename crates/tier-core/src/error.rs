@@ -192,6 +192,10 @@ pub enum CacheError {
     /// The cache configuration is not valid (returned by the builder).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A call's input is out of its documented range (tags over the limits, a zero timeout):
+    /// nothing was read, loaded or written for it.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
 }
 
 impl CacheError {

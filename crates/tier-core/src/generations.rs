@@ -25,6 +25,12 @@ use crate::error::TierError;
 use crate::state::{floor_name, generation_name, get_u64, StateStore};
 use crate::time::{now_ms, rand_u64};
 
+/// The prefix of the generation-store tags that are a cache's *tag clock* (moved on by every
+/// `invalidate_tag` before the tag itself). A store that caches generations must never answer
+/// one of these from its cache: a load that learns its tags late reads the clock after the
+/// tags to tell whether an invalidation ran meanwhile.
+pub const TAG_CLOCK_PREFIX: &str = "\u{0}tags:";
+
 /// A generation start value that no earlier life of the same tag can have held:
 /// `now_ms · 2^20 + random 20 bits`, never 0.
 pub fn fresh_generation_start() -> u64 {

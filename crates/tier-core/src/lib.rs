@@ -27,6 +27,7 @@ mod layer;
 mod lock;
 pub mod metrics;
 mod policy;
+mod retime;
 mod sketch;
 pub mod spi;
 mod state;
@@ -40,10 +41,11 @@ mod timeout;
 pub use backplane::ReconnectPolicy;
 pub use breaker::{Breaker, BreakerConfig};
 pub use cache::{
-    Cache, CacheBuilder, CacheValue, CallOptions, EarlyRefresh, FailSafe, TierInfo, TraceKeys,
-    WarmProgress, WarmReport,
+    Cache, CacheBuilder, CacheHit, CacheValue, CallOptions, EarlyRefresh, FailSafe, LoadContext,
+    Loaded, Previous, TierInfo, TraceKeys, WarmProgress, WarmReport,
 };
 pub use entry::Storage;
+pub use envelope::{Compression, Serializer};
 pub use error::{BoxError, CacheError, TierError, TierErrorKind};
 pub use key::{KeyBuilder, MAX_ID_LEN};
 pub use lock::LockOptions;

@@ -58,6 +58,7 @@ pub struct TierPolicy {
     pub(crate) max_value_size: Option<u32>,
     pub(crate) backfill: BackfillPolicy,
     pub(crate) negative_ttl: Duration,
+    pub(crate) max_lifetime: Option<Duration>,
     pub(crate) name: Option<String>,
     /// The wrappers, innermost first.
     layers: Vec<Arc<dyn TierLayer>>,
@@ -72,6 +73,7 @@ impl TierPolicy {
             max_value_size: None,
             backfill: BackfillPolicy::Always,
             negative_ttl: Duration::from_secs(30),
+            max_lifetime: None,
             name: None,
             layers: vec![Arc::new(BreakerLayer(Breaker::ByStorage))],
         }
@@ -181,6 +183,14 @@ impl TierPolicy {
     /// Any duration (zero: negative answers are not cached). Default: 30 s fresh, no stale.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
+        self
+    }
+
+    /// The longest an entry may live in this tier, fresh plus stale, whatever its policy, its
+    /// call or its loader set (a lifetime set longer is clamped to it: fresh first, then stale).
+    /// Any duration. Default: unlimited.
+    pub fn max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
         self
     }
 

@@ -16,21 +16,26 @@ pub use crate::entry::{Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Value};
 pub use crate::envelope::{Codec, Meta, TagStamp};
 pub use crate::error::{TierError, TierErrorKind};
 pub use crate::events::{EventLimit, EVENT_INTERVAL};
-pub use crate::generations::{fresh_generation_start, GenerationStore, LocalGenerations};
+pub use crate::generations::{
+    fresh_generation_start, GenerationStore, LocalGenerations, TAG_CLOCK_PREFIX,
+};
 pub use crate::layer::{Mount, TierLayer};
 pub use crate::lock::{DistributedLock, LockToken};
+pub use crate::retime::{retimed_envelope, Retime};
 pub use crate::state::{
     floor_name, generation_name, get_u64, position_name, suspect_name, StateStore, FLOOR_PREFIX,
     GENERATION_PREFIX, POSITION_PREFIX, SUSPECT_PREFIX,
 };
-pub use crate::tier::{Tier, TierContext, TierStats};
+pub use crate::tier::{retime_by_rewrite, Tier, TierContext, TierStats};
 pub use crate::time::{after_ms, now_ms};
 pub use crate::timeout::{TimeoutLayer, TimeoutTier};
 
 /// The envelope: how an entry is stored in byte tiers (disk, Redis) — a fixed 40-byte header
-/// (magic and format version, flags, tag count, `created_at`, `fresh_until`, `stale_until`, load
-/// cost, payload length), the tag stamps, then the MessagePack payload, lz4-compressed when that
-/// saves space.
+/// (magic and format version, flags, the format byte naming the payload's serializer and
+/// compression, tag count, `created_at`, `fresh_until`, `stale_until`, load cost, payload
+/// length), the tag stamps, an optional extension block (the validator; the sealing of an
+/// encrypted payload), then the payload: MessagePack by default, lz4-compressed when that saves
+/// space.
 ///
 /// [`decode_meta`](envelope::decode_meta) accepts a buffer only when every length in it agrees
 /// with its size, so a truncated write, another service's JSON or an unknown version is a

@@ -126,6 +126,10 @@ pub struct CallCounts {
     pub inserts: AtomicU64,
     /// `remove` calls.
     pub removes: AtomicU64,
+    /// `retime` calls (a rewrite of an entry's times: no value bytes).
+    pub retimes: AtomicU64,
+    /// Bytes handed to `insert` and `insert_many` (the entries' sizes).
+    pub inserted_bytes: AtomicU64,
 }
 
 /// Wraps a tier; fails, stalls or passes through on command, and counts calls.
@@ -235,11 +239,14 @@ impl Tier for FaultyTier {
     }
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
         self.calls.inserts.fetch_add(1, Ordering::SeqCst);
+        self.calls.inserted_bytes.fetch_add(u64::from(entry.size), Ordering::SeqCst);
         self.gate("insert").await?;
         self.inner.insert(key, entry).await
     }
     async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
         self.calls.inserts.fetch_add(1, Ordering::SeqCst);
+        let bytes: u64 = entries.iter().map(|(_, e)| u64::from(e.size)).sum();
+        self.calls.inserted_bytes.fetch_add(bytes, Ordering::SeqCst);
         self.gate("insert_many").await?;
         self.inner.insert_many(entries).await
     }
@@ -251,6 +258,11 @@ impl Tier for FaultyTier {
     async fn clear(&self) -> Result<(), TierError> {
         self.gate("clear").await?;
         self.inner.clear().await
+    }
+    async fn retime(&self, key: &[u8], how: crate::retime::Retime) -> Result<bool, TierError> {
+        self.calls.retimes.fetch_add(1, Ordering::SeqCst);
+        self.gate("retime").await?;
+        self.inner.retime(key, how).await
     }
 }
 

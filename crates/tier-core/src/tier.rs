@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::backplane::Invalidation;
 use crate::entry::{Entry, Lookup, ReadyLookup, Storage};
 use crate::error::TierError;
+use crate::retime::Retime;
 use crate::state::StateStore;
 
 /// Figures a tier reports about itself (for the `tier_entries`, `tier_bytes` and
@@ -148,6 +149,19 @@ pub trait Tier: Send + Sync + 'static {
     /// Remove everything this tier holds for this hierarchy.
     async fn clear(&self) -> Result<(), TierError>;
 
+    /// Rewrite the times of the entry held for `key` as `how` says — only when it is the entry
+    /// `how` is meant for (see [`Retime`]): no value is read out or written back by the
+    /// hierarchy, so a renewal or an expiry moves no value bytes between it and the tier.
+    /// Returns whether an entry was rewritten.
+    ///
+    /// Default: [`retime_by_rewrite`](crate::spi::retime_by_rewrite) — `get`, rewrite the
+    /// header (or the object's meta), `insert` — which is right for a tier only this hierarchy
+    /// writes. A shared tier does it in one atomic step (the Redis tier: a script), and stores
+    /// a tombstone for an [`Expire`](Retime::Expire) of a key it holds nothing usable for.
+    async fn retime(&self, key: &[u8], how: Retime) -> Result<bool, TierError> {
+        retime_by_rewrite(self, key, how).await
+    }
+
     /// Entries, bytes and capacity, cheaply (called for gauges).
     fn stats(&self) -> TierStats {
         TierStats::default()
@@ -180,6 +194,28 @@ pub trait Tier: Send + Sync + 'static {
     /// background writes (the Redis retry queue) drops the ones it makes obsolete.
     /// Default: nothing.
     fn observe(&self, _what: &Invalidation) {}
+}
+
+/// What [`Tier::retime`](crate::spi::Tier::retime) does by default: read the entry, rewrite it,
+/// store it again. Not atomic: right for a tier only the hierarchy writes, whose stripes order
+/// the writes of a key (an in-process or local tier); a shared tier implements `retime` as one
+/// atomic step (the Redis tier: a script).
+pub async fn retime_by_rewrite<T: Tier + ?Sized>(
+    tier: &T,
+    key: &[u8],
+    how: Retime,
+) -> Result<bool, TierError> {
+    let entry = match tier.get(key).await? {
+        Lookup::Hit(e) | Lookup::Stale(e) => e,
+        Lookup::Miss => return Ok(false),
+    };
+    match how.apply_to(&entry)? {
+        Some(retimed) => {
+            tier.insert(Bytes::copy_from_slice(key), retimed).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 /// The methods a wrapper around a tier in `self.inner` passes through unchanged: `name`,
@@ -252,6 +288,9 @@ impl<T: Tier + ?Sized> Tier for Arc<T> {
     }
     async fn clear(&self) -> Result<(), TierError> {
         (**self).clear().await
+    }
+    async fn retime(&self, key: &[u8], how: Retime) -> Result<bool, TierError> {
+        (**self).retime(key, how).await
     }
     fn stats(&self) -> TierStats {
         (**self).stats()

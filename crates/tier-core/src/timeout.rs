@@ -94,4 +94,7 @@ impl Tier for TimeoutTier {
     async fn clear(&self) -> Result<(), TierError> {
         self.bounded("clear", self.inner.clear()).await
     }
+    async fn retime(&self, key: &[u8], how: crate::retime::Retime) -> Result<bool, TierError> {
+        self.bounded("retime", self.inner.retime(key, how)).await
+    }
 }

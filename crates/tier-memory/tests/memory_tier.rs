@@ -66,6 +66,8 @@ async fn an_entry_comes_back_with_the_meta_it_went_in_with() {
         insert: true,
         tombstone: false,
         tags: Some(Arc::from(vec![TagStamp { tag: Arc::from("t"), generation: 7 }])),
+        validator: Some(Bytes::from_static(b"W/\"v7\"")),
+        sealing: None,
     };
     let e = Entry { meta: meta.clone(), value: Value::Object(Arc::new(())), size: 77 };
     tier.insert(Bytes::from("k"), e).await.unwrap();

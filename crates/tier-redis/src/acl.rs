@@ -23,7 +23,8 @@ use crate::keys::scan_pattern;
 /// scripts call (Redis checks a script's calls against the user's rules too):
 /// - [`RedisTier`](crate::RedisTier): reads (`get`, `mget`), the write path — the
 ///   compare-and-set script (`evalsha`, `eval` when the server answers `NOSCRIPT`; inside:
-///   `getrange`, `set`, `del`) — `clear` (`scan`, `unlink`), the server figures of `stats()`
+///   `getrange`, `set`, `del`), the retime script of an expiry or a renewal (`getrange`,
+///   `setrange`, `pexpire`, `set`) — `clear` (`scan`, `unlink`), the server figures of `stats()`
 ///   (`info`, `dbsize`: without them the figures stay 0 and the eviction policy is not
 ///   checked), the per-master probes (`ping`);
 /// - a Cluster's topology, for the client and the per-master breakers (`cluster|slots`);
@@ -41,6 +42,8 @@ pub const COMMANDS: &[&str] = &[
     "set",
     "del",
     "getrange",
+    "setrange",
+    "pexpire",
     "scan",
     "unlink",
     "info",

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use bytes::Bytes;
 use redis::{Cmd, Pipeline};
-use tier_core::spi::{Codec, Meta};
+use tier_core::spi::{Codec, Meta, Retime};
 
 /// How long a removal's tombstone stays in Redis (and the longest a pending retry may wait):
 /// a write that started before the removal and arrives within this time is refused by it.
@@ -79,6 +79,86 @@ return 1
 "#;
 
 static WRITE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WRITE_SCRIPT));
+
+/// The retime of one entry (`KEYS[1]`, see `tier_core::spi::Retime`): its header's times
+/// rewritten in place with `SETRANGE` (the value is neither read nor sent; `SETRANGE` keeps
+/// the key's TTL), consistent with [`WRITE_SCRIPT`]: only the entry the retime is meant for
+/// is touched, so a late retime never changes a newer write.
+///
+/// `ARGV[1] == 'e'` — an expiry: `ARGV` 2 `at`, 3 the clear floor, 4 `at` as 8 bytes (little
+/// endian), 5 the cut, 6 the cut as 8 bytes, 7 a tombstone created at `at`, 8 its `PX`. An
+/// envelope created after the floor and at or before `at` (not a tombstone) is marked created
+/// at `at` and fresh at most until the cut (1); anything else newer is left alone (0); a key
+/// holding nothing usable — nothing, bytes that are not an envelope, an older tombstone, an
+/// entry at or below the floor — gets the tombstone, so that a write older than the expiry is
+/// refused (0).
+///
+/// `ARGV[1] == 'r'` — a renewal: `ARGV` 2 the revalidated entry's `created_at` as 8 bytes, 3
+/// the new `created_at`, `fresh_until` and `stale_until` (24 bytes), 4 the new `PX`. Only an
+/// envelope (not a tombstone) with exactly that `created_at` is renewed (1), else nothing (0).
+/// Numbers compared in Lua are Unix ms (< 2^53, exact in a double); the times written are
+/// bytes made in Rust (a `fresh_until` of `u64::MAX` is not a Lua number).
+pub(crate) const RETIME_SCRIPT: &str = r#"
+local head = redis.call('GETRANGE', KEYS[1], 0, 39)
+local envelope = string.len(head) == 40 and string.sub(head, 1, 4) == 'TIE1'
+local function le(from, to)
+  local n = 0
+  for i = to, from, -1 do n = n * 256 + string.byte(head, i) end
+  return n
+end
+local tombstone = envelope and math.floor(string.byte(head, 5) / 8) % 2 == 1
+local created = envelope and le(9, 16) or 0
+if ARGV[1] == 'e' then
+  local at = tonumber(ARGV[2])
+  if envelope and not tombstone and created > tonumber(ARGV[3]) then
+    if created > at then return 0 end
+    redis.call('SETRANGE', KEYS[1], 8, ARGV[4])
+    if le(17, 24) > tonumber(ARGV[5]) then redis.call('SETRANGE', KEYS[1], 16, ARGV[6]) end
+    return 1
+  end
+  if envelope and tombstone and created >= at then return 0 end
+  redis.call('SET', KEYS[1], ARGV[7], 'PX', ARGV[8])
+  return 0
+end
+if not envelope or tombstone or string.sub(head, 9, 16) ~= ARGV[2] then return 0 end
+redis.call('SETRANGE', KEYS[1], 8, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"#;
+
+static RETIME: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RETIME_SCRIPT));
+
+/// The longest `PX` sent: Redis refuses one whose instant overflows its clock.
+const MAX_PX: u64 = 1 << 62;
+
+/// The command that performs `how` on `key` (a Redis key, prefix included) at `now`
+/// ([`RETIME_SCRIPT`]); `None` when there is nothing to send (a renewal already past its end,
+/// a kind of retime this crate does not know).
+pub(crate) fn retime(key: &[u8], how: &Retime, now: u64, form: ScriptForm) -> Option<Cmd> {
+    let mut cmd = script(&RETIME, RETIME_SCRIPT, key, form);
+    match *how {
+        Retime::Expire { at, cut, floor } => {
+            cmd.arg("e").arg(at).arg(floor).arg(&at.to_le_bytes()[..]);
+            cmd.arg(cut).arg(&cut.to_le_bytes()[..]).arg(tombstone(at).as_ref());
+            let until = at.saturating_add(TOMBSTONE_LIFETIME_MS);
+            cmd.arg(until.saturating_sub(now).clamp(1, MAX_PX));
+        }
+        Retime::Renew { created_at, renewed_at, fresh_until, stale_until } => {
+            let stale_until = stale_until.max(fresh_until);
+            if stale_until <= now {
+                return None;
+            }
+            let mut times = Vec::with_capacity(24);
+            for t in [renewed_at, fresh_until, stale_until] {
+                times.extend_from_slice(&t.to_le_bytes());
+            }
+            cmd.arg("r").arg(&created_at.to_le_bytes()[..]).arg(times);
+            cmd.arg((stale_until - now).min(MAX_PX));
+        }
+        _ => return None,
+    }
+    Some(cmd)
+}
 
 /// How a script is sent: by its SHA1 (`EVALSHA`, the usual way), or with its source (`EVAL`,
 /// after the server answered `NOSCRIPT`: restarted, failed over or `SCRIPT FLUSH`ed).

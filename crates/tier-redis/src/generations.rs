@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tier_core::spi::{fresh_generation_start, BackplaneEvent, GenerationStore, Invalidation};
+use tier_core::spi::{
+    fresh_generation_start, BackplaneEvent, GenerationStore, Invalidation, TAG_CLOCK_PREFIX,
+};
 use tier_core::TierError;
 
 use crate::backplane::{EventHook, RedisBackplane};
@@ -110,7 +112,8 @@ impl EventHook for GenerationCache {
                 self.confirmed_at.fetch_max(*sent_at_ms, Ordering::AcqRel);
             }
             BackplaneEvent::Invalidate {
-                what: Invalidation::Key(_) | Invalidation::Written { .. },
+                what:
+                    Invalidation::Key(_) | Invalidation::Written { .. } | Invalidation::Expire { .. },
                 ..
             } => {}
             _ => self.forget(None),
@@ -210,8 +213,12 @@ impl GenerationStore for RedisGenerations {
                 map.clear();
             }
             let now = Instant::now();
-            // Only known generations are cached: an unknown one may be created any moment.
+            // Only known generations are cached: an unknown one may be created any moment; a
+            // tag clock never (it is read to tell whether an invalidation ran just now).
             for (t, g) in tags.iter().zip(&gens) {
+                if t.starts_with(TAG_CLOCK_PREFIX) {
+                    continue;
+                }
                 if let Some(g) = g {
                     map.insert(t.clone(), (*g, now));
                 }

@@ -232,6 +232,11 @@ fn obsolete(what: &Invalidation, key: &[u8], op: &Write) -> bool {
         }
         Invalidation::Tag(tag) => carries(op, tag),
         Invalidation::Clear { at } => op.created_at() <= *at,
+        // An expiry leaves a marker (or a tombstone) created at `at` that refuses older writes,
+        // and the expiry floor makes them stale: a pending write of the key, or of any key,
+        // created at or before it would only be refused.
+        Invalidation::Expire { key: Some(k), at } => &k[..] == key && op.created_at() <= *at,
+        Invalidation::Expire { key: None, at } => op.created_at() <= *at,
         // A new namespace (or what this version does not know): every value of the cache.
         _ => true,
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tier_core::spi::{Entry, Lookup, Tier, TierContext};
+use tier_core::spi::{Entry, Lookup, Retime, Tier, TierContext};
 use tier_core::{BreakerConfig, BreakerState, Storage, TierError, TierErrorKind, TierStats};
 use tokio::task::JoinHandle;
 
@@ -545,6 +545,28 @@ impl Tier for RedisTier {
 
     async fn clear(&self) -> Result<(), TierError> {
         self.clear_prefix(b"").await.map(drop)
+    }
+
+    /// One script on the key ([`commands::RETIME_SCRIPT`]): the header's times rewritten in
+    /// place, compare-and-set like every write; an expiry of a key holding nothing usable
+    /// stores a tombstone. A failure is returned, not queued for retry.
+    async fn retime(&self, key: &[u8], how: Retime) -> Result<bool, TierError> {
+        let redis_key = self.redis_key(key);
+        let now = tier_core::spi::now_ms();
+        if commands::retime(&redis_key, &how, now, commands::ScriptForm::Sha).is_none() {
+            return Ok(false);
+        }
+        let target = &redis_key;
+        let done: i64 = self
+            .on_master(&redis_key, Op::Write, None, |bound| async move {
+                let build = |form| {
+                    // Checked above: this retime has a command.
+                    commands::retime(target, &how, now, form).unwrap_or_default()
+                };
+                self.inner.conn.script_within(bound, "retime", build).await
+            })
+            .await?;
+        Ok(done == 1)
     }
 
     fn is_shared(&self) -> bool {

@@ -34,10 +34,22 @@ pub(crate) struct WireMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum WireWhat {
     Key(WireBytes),
-    Written { key: WireBytes, created_at: u64 },
+    Written {
+        key: WireBytes,
+        created_at: u64,
+    },
     Tag(String),
     Namespace(u64),
-    Clear { at: u64 },
+    Clear {
+        at: u64,
+    },
+    /// Added after version 2 without a version bump: a reader that does not know it fails to
+    /// decode the message and skips it (an expiry is an optimisation of freshness, never needed
+    /// for coherence by an instance that cannot apply it).
+    Expire {
+        key: Option<WireBytes>,
+        at: u64,
+    },
 }
 
 impl WireWhat {
@@ -52,6 +64,9 @@ impl WireWhat {
             Invalidation::Tag(t) => Self::Tag(t.to_string()),
             Invalidation::Namespace(v) => Self::Namespace(*v),
             Invalidation::Clear { at } => Self::Clear { at: *at },
+            Invalidation::Expire { key, at } => {
+                Self::Expire { key: key.as_ref().map(|k| WireBytes(k.to_vec())), at: *at }
+            }
             _ => return None,
         })
     }
@@ -66,6 +81,9 @@ impl WireWhat {
             Self::Tag(t) => Invalidation::Tag(Arc::from(t)),
             Self::Namespace(v) => Invalidation::Namespace(v),
             Self::Clear { at } => Invalidation::Clear { at },
+            Self::Expire { key, at } => {
+                Invalidation::Expire { key: key.map(|k| Bytes::from(k.0)), at }
+            }
         }
     }
 }
@@ -121,6 +139,8 @@ mod tests {
             WireWhat::Namespace(7),
             WireWhat::Clear { at: 9 },
             WireWhat::Written { key: WireBytes(b"k".to_vec()), created_at: 3 },
+            WireWhat::Expire { key: Some(WireBytes(b"k".to_vec())), at: 5 },
+            WireWhat::Expire { key: None, at: 6 },
         ] {
             assert_eq!(
                 WireWhat::from_invalidation(&what.clone().into_invalidation()),

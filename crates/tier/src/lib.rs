@@ -38,6 +38,8 @@
 //! - `redis` — `RedisTier`, `RedisBackplane`, `RedisGenerations`, `RedisLock` (the `redis`
 //!   module).
 //! - `tls` — `rediss://` URLs through rustls (implies `redis`).
+//! - `zstd` — zstd compression of the values byte tiers store ([`Compression::Zstd`]).
+//! - `postcard` — the compact postcard serializer for them ([`Serializer::Postcard`]).
 //! - `prometheus` — a Prometheus exporter set up for tier's metrics: buckets, upkeep, a handle
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
 //! - `opentelemetry` — tier's traces (reads, Redis calls after the database semantic
@@ -48,9 +50,9 @@
 
 pub use tier_core::{
     metrics, spi, BackfillPolicy, BoxError, Breaker, BreakerConfig, BreakerState, Cache,
-    CacheBuilder, CacheError, CacheValue, CallOptions, EarlyRefresh, FailSafe, KeyBuilder,
-    LockOptions, ReconnectPolicy, Storage, TierError, TierErrorKind, TierInfo, TierPolicy,
-    TierStats, TtlPolicy, WarmProgress, WarmReport, MAX_ID_LEN,
+    CacheBuilder, CacheError, CacheValue, CallOptions, Compression, EarlyRefresh, FailSafe,
+    KeyBuilder, LockOptions, ReconnectPolicy, Serializer, Storage, TierError, TierErrorKind,
+    TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress, WarmReport, MAX_ID_LEN,
 };
 
 #[cfg(feature = "test-util")]

@@ -44,16 +44,7 @@ pub struct Weights(Vec<u32>);
 impl Weights {
     pub fn new(objects: u64, sizes: Sizes) -> Self {
         let codec = Codec::default();
-        let meta = Meta {
-            created_at: 1,
-            fresh_until: 2,
-            stale_until: 3,
-            load_cost_us: 0,
-            negative: false,
-            insert: false,
-            tombstone: false,
-            tags: None,
-        };
+        let meta = Meta { created_at: 1, fresh_until: 2, stale_until: 3, ..Meta::default() };
         let weights = (0..2 * objects)
             .map(|id| {
                 let envelope = codec.encode(&meta, Some(&Blob::of(id, sizes.len_of(id))));

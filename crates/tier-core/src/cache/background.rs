@@ -8,15 +8,18 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use super::fleet::POSITION_EVERY;
 use super::hierarchy::Hierarchy;
 use super::options::CacheValue;
-use super::tags::namespace_tag;
+use super::tags::{expiry_floor_name, namespace_tag};
 use crate::backplane::{BackplaneEvent, Invalidation, LogPosition, ReconnectPolicy, Replay};
+use crate::error::CacheError;
 use crate::generations::LocalGenerations;
+use crate::retime::Retime;
 use crate::time::now_ms;
 
 /// How long the start-up replay of the log may take before it counts as a gap.
@@ -76,6 +79,8 @@ async fn sync_shared_state<V: CacheValue>(weak: Weak<Hierarchy<V>>) {
         let Some(hierarchy) = weak.upgrade() else { return };
         let floor = hierarchy.guards().floor.run(hierarchy.generations().floor(hierarchy.name()));
         let floor = floor.await;
+        let expiry = expiry_floor_name(hierarchy.name());
+        let expiry = hierarchy.guards().floor.run(hierarchy.generations().floor(&expiry)).await;
         let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
         // `stamp`, not `current`: a namespace version that is missing in the shared store (never
         // moved on, or lost to an eviction, a flush, a restart without persistence) gets a fresh
@@ -84,10 +89,13 @@ async fn sync_shared_state<V: CacheValue>(weak: Weak<Hierarchy<V>>) {
         if let Ok(floor) = &floor {
             hierarchy.fleet().raise_floor(*floor);
         }
+        if let Ok(expiry) = &expiry {
+            hierarchy.fleet().raise_expiry_floor(*expiry);
+        }
         if let Ok(Some(v)) = ns.as_ref().map(|v| v.first().copied()) {
             hierarchy.keys().set_version(v);
         }
-        if floor.is_ok() && ns.is_ok() {
+        if floor.is_ok() && expiry.is_ok() && ns.is_ok() {
             return;
         }
         drop(hierarchy);
@@ -171,6 +179,12 @@ impl<V: CacheValue> Hierarchy<V> {
                 Ok(floor) => self.fleet().raise_floor(floor),
                 Err(e) => {
                     tracing::warn!(cache = %self.name(), error = %e, "the clear floor could not be read")
+                }
+            }
+            match local.floor_now(&expiry_floor_name(self.name())) {
+                Ok(floor) => self.fleet().raise_expiry_floor(floor),
+                Err(e) => {
+                    tracing::warn!(cache = %self.name(), error = %e, "the expiry floor could not be read")
                 }
             }
             match local.current_now(&namespace_tag(self.name())) {
@@ -279,6 +293,11 @@ impl<V: CacheValue> Hierarchy<V> {
                 self.keys().set_version(*v);
                 self.stripes().bump_all();
             }
+            Invalidation::Expire { key, at } => {
+                if let Some(e) = self.apply_remote_expire(key.as_ref(), *at).await {
+                    failed(e);
+                }
+            }
             Invalidation::Clear { at } => {
                 self.fleet().raise_floor(*at);
                 // Kept locally too (a local store persists it; a shared one has it already).
@@ -291,6 +310,29 @@ impl<V: CacheValue> Hierarchy<V> {
         }
         self.observe(&what);
         self.metrics().invalidation(what.kind(), "backplane");
+    }
+
+    /// Another instance's expiry, applied here: one key's local entries retimed, or the expiry
+    /// floor raised (and kept in the generation store, which persists it for a local one).
+    pub(super) async fn apply_remote_expire(
+        &self,
+        key: Option<&Bytes>,
+        at: u64,
+    ) -> Option<CacheError> {
+        match key {
+            Some(key) => {
+                let how = Retime::Expire { at, cut: now_ms(), floor: self.fleet().floor() };
+                self.writer().retime_everywhere(key, true, how).await
+            }
+            None => {
+                self.fleet().raise_expiry_floor(at);
+                self.stripes().bump_all();
+                let name = expiry_floor_name(self.name());
+                let raise = self.generations().raise_floor(&name, at);
+                let _ = self.guards().floor.run(raise).await;
+                None
+            }
+        }
     }
 
     /// Messages may have been missed: the local tiers are suspect.

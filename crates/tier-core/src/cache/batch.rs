@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::handle::Cache;
 use super::load::BatchLoader;
-use super::options::CacheValue;
+use super::options::{CacheValue, CallSettings};
 use super::tiers::TierSet;
 use crate::error::{BoxError, CacheError};
 
@@ -67,10 +67,11 @@ impl<V: CacheValue> Cache<V> {
             missing.iter().map(|(_, key, stale)| (key.clone(), stale.clone())).collect(),
             loader,
         );
+        let call = CallSettings::of_cache(hierarchy.opts());
         let waits = missing
             .iter()
             .zip(waiters)
-            .map(|((_, _, stale), waiter)| hierarchy.wait(waiter, stale.as_ref()));
+            .map(|((_, _, stale), waiter)| hierarchy.wait(waiter, stale.as_ref(), &call));
         for ((i, _, _), answer) in missing.iter().zip(futures::future::join_all(waits).await) {
             answers[*i] = Some(answer?);
         }

@@ -11,7 +11,7 @@ use super::hierarchy::{Categories, Hierarchy, Parts};
 use super::options::{CacheValue, EarlyRefresh, FailSafe, Options};
 use super::tiers::{Level, Tiers, MAX_TIERS};
 use crate::backplane::{Backplane, ReconnectPolicy};
-use crate::envelope::Codec;
+use crate::envelope::{Codec, Compression, Serializer};
 use crate::error::CacheError;
 use crate::generations::{GenerationStore, LocalGenerations};
 use crate::layer::Mount;
@@ -122,10 +122,49 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Payloads of at least this many bytes are lz4-compressed when it helps. Any size
+    /// Payloads of at least this many bytes are compressed when it helps. Any size
     /// (`usize::MAX` never compresses). Default: 1024.
     pub fn compress_threshold(mut self, bytes: usize) -> Self {
         self.codec.compress_threshold = bytes;
+        self
+    }
+
+    /// The serializer values are written with in byte tiers (disk, Redis): MessagePack,
+    /// JSON (readable, for debugging) or postcard (compact; feature `postcard`). Entries
+    /// written by any built-in serializer are read, so it can be changed on a warm cache. One
+    /// not built in fails [`build`](Self::build). Default: [`Serializer::MessagePack`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tier_core::{Cache, Compression, Serializer, TierPolicy};
+    /// use tier_memory::MemoryTier;
+    ///
+    /// let cache: Cache<String> = Cache::builder("users")
+    ///     .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(60)))
+    ///     .serializer(Serializer::Json)
+    ///     .compression(None)
+    ///     .build()?;
+    /// # Ok::<(), tier_core::CacheError>(())
+    /// ```
+    pub fn serializer(mut self, serializer: Serializer) -> Self {
+        self.codec.serializer = serializer;
+        self
+    }
+
+    /// The compression of payloads of at least [`compress_threshold`](Self::compress_threshold)
+    /// bytes (kept only when it saves space): [`Compression::Lz4`] (fast),
+    /// [`Compression::Zstd`] (smaller; feature `zstd`, level from
+    /// [`zstd_level`](Self::zstd_level)) or `None` (off). Entries compressed by any built-in
+    /// compression are read. Default: `Some(Compression::Lz4)`.
+    pub fn compression(mut self, compression: impl Into<Option<Compression>>) -> Self {
+        self.codec.compression = compression.into();
+        self
+    }
+
+    /// The zstd level, 1 (fastest) ..= 22 (smallest); others fail [`build`](Self::build) when
+    /// zstd is chosen. Default: 3.
+    pub fn zstd_level(mut self, level: i32) -> Self {
+        self.codec.zstd_level = level;
         self
     }
 
@@ -259,6 +298,9 @@ impl<V: CacheValue> CacheBuilder<V> {
             return refuse("a cache needs a name".into());
         }
         if let Some(Err(why)) = self.lock.as_ref().map(|(_, opts)| opts.check()) {
+            return refuse(why);
+        }
+        if let Err(why) = self.codec.check() {
             return refuse(why);
         }
         let mut names: Vec<String> = Vec::with_capacity(self.tiers.len());

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::options::Options;
+use super::options::CallSettings;
 use super::rule::{stale_servable, Found};
 use crate::error::CacheError;
 use crate::metrics::CacheMetrics;
@@ -39,6 +39,12 @@ impl<V> Flight<V> {
     fn is_dead(&self) -> bool {
         self.rx.has_changed().is_err() && self.rx.borrow().is_none()
     }
+
+    /// A flight that answered an error and is finishing (a caller arriving now asks the origin
+    /// again: errors are never cached, not even for the instant a flight takes to end).
+    fn failed(&self) -> bool {
+        matches!(&*self.rx.borrow(), Some(Err(_)))
+    }
 }
 
 /// In-flight loads by key.
@@ -57,12 +63,15 @@ impl<V> Default for Flights<V> {
 pub(super) struct Waiter<V> {
     rx: watch::Receiver<Slot<V>>,
     waiters: Arc<AtomicUsize>,
+    /// Joined a flight another call started (its wait is bounded by its own load timeout; the
+    /// starter's is the flight's).
+    joined: bool,
 }
 
 impl<V> Waiter<V> {
-    fn new(flight: &Flight<V>) -> Self {
+    fn new(flight: &Flight<V>, joined: bool) -> Self {
         flight.waiters.fetch_add(1, Ordering::SeqCst);
-        Self { rx: flight.rx.clone(), waiters: flight.waiters.clone() }
+        Self { rx: flight.rx.clone(), waiters: flight.waiters.clone(), joined }
     }
 }
 
@@ -134,7 +143,7 @@ impl<V> Flights<V> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
         let flight = Flight { id, seq, rx, waiters: Arc::default() };
-        let waiter = Waiter::new(&flight);
+        let waiter = Waiter::new(&flight, false);
         flights.insert(key.clone(), flight);
         let guard = FlightGuard { map: Arc::downgrade(&self.map), key: key.clone(), id };
         (waiter, Publisher { tx, guard, seq })
@@ -145,9 +154,9 @@ impl<V> Flights<V> {
     pub fn join_or_start(&self, key: &Bytes, seq: u64, metrics: &CacheMetrics) -> Joined<V> {
         let mut flights = self.lock();
         if let Some(flight) = flights.get(key) {
-            if !flight.is_dead() && flight.seq == seq {
+            if !flight.is_dead() && !flight.failed() && flight.seq == seq {
                 metrics.coalesced.increment(1);
-                return Joined::Running(Waiter::new(flight));
+                return Joined::Running(Waiter::new(flight, true));
             }
         }
         let (waiter, publisher) = self.insert(&mut flights, key, seq);
@@ -181,31 +190,42 @@ impl<V> Waiter<V> {
         }
     }
 
-    /// What the waiting caller is answered: the flight's result; with a stale value and a soft
-    /// timeout, the stale value when the load is slow; on a load error, the stale value when
-    /// fail-safe allows.
+    /// What the waiting caller is answered: the flight's result — waited for at most the call's
+    /// own load timeout when it joined another call's flight; with a stale value and a soft timeout, the stale value when the
+    /// load is slow; on a load error, the stale value when the call's fail-safe allows.
     pub async fn answer(
         mut self,
         stale: Option<&Found<V>>,
-        opts: &Options,
+        call: &CallSettings,
         metrics: &CacheMetrics,
         cache: &str,
     ) -> LoadResult<V> {
-        let servable = |s: &Found<V>| stale_servable(&s.entry.meta, now_ms(), opts.fail_safe);
-        let result = match (opts.soft_timeout, stale) {
-            (Some(soft), Some(stale)) if servable(stale) => {
-                match tokio::time::timeout(soft, self.result()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        metrics.stale_served.increment(1);
-                        return Ok(stale.value.clone());
-                    }
-                }
+        let servable = |s: &Found<V>| stale_servable(&s.entry.meta, now_ms(), call.fail_safe);
+        let soft = match (call.soft_timeout, stale) {
+            (Some(soft), Some(stale)) if servable(stale) => Some((soft, stale)),
+            _ => None,
+        };
+        let bound = if self.joined { call.wait_bound } else { None };
+        let wait = async move {
+            match bound {
+                Some(t) => tokio::time::timeout(t, self.result())
+                    .await
+                    .unwrap_or(Err(CacheError::LoadTimeout(t))),
+                None => self.result().await,
             }
-            _ => self.result().await,
+        };
+        let result = match soft {
+            Some((soft, stale)) => match tokio::time::timeout(soft, wait).await {
+                Ok(r) => r,
+                Err(_) => {
+                    metrics.stale_served.increment(1);
+                    return Ok(stale.value.clone());
+                }
+            },
+            None => wait.await,
         };
         match (result, stale) {
-            (Err(e), Some(stale)) if opts.fail_safe.is_some() && servable(stale) => {
+            (Err(e), Some(stale)) if call.fail_safe.is_some() && servable(stale) => {
                 if let Some(suppressed) = metrics.fail_safe_events.admit() {
                     tracing::warn!(target: "tier", cache, error = %e, suppressed, "origin failed: serving stale value (fail-safe)");
                 }

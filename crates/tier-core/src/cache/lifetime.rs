@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::options::{CacheValue, EarlyRefresh};
+use super::options::{CacheValue, EarlyRefresh, Lifetimes};
 use super::rule::Found;
 use super::tiers::{Level, TierSet, Tiers};
 use crate::entry::{Entry, Storage, Value};
 use crate::envelope::{self, Codec, Meta, TagStamp};
 use crate::error::CacheError;
 use crate::policy::TierPolicy;
+use crate::retime::Retime;
 use crate::time::{after_ms, now_ms, rand_unit};
 
 /// `d` scaled by a random factor in `[1 - jitter, 1 + jitter]`, saturating at `Duration::MAX`;
@@ -27,16 +28,42 @@ pub(super) fn jittered(d: Duration, jitter: f64) -> Duration {
     Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
-/// Lifetime of a new entry under `policy` from `now`, jittered: (fresh_until, stale_until).
-fn lifetime(policy: &TierPolicy, now: u64, negative: bool) -> (u64, u64) {
-    let ttl = &policy.ttl;
-    if negative {
-        let fresh = jittered(policy.negative_ttl.min(ttl.fresh), ttl.jitter);
-        let until = after_ms(now, fresh);
-        return (until, until);
+/// `d` scaled by `ratio` (in `(0, 1]`), saturating.
+fn scaled(d: Duration, ratio: f64) -> Duration {
+    if ratio >= 1.0 {
+        return d;
     }
-    let fresh_until = after_ms(now, jittered(ttl.fresh, ttl.jitter));
-    (fresh_until, after_ms(fresh_until, jittered(ttl.stale, ttl.jitter)))
+    Duration::try_from_secs_f64(d.as_secs_f64() * ratio).unwrap_or(Duration::MAX)
+}
+
+/// Lifetime of a new entry under `policy` from `now`, jittered: (fresh_until, stale_until).
+/// Lifetimes `set` by the call or the loader replace the policy's, scaled by `ratio` (this
+/// tier's fresh policy over the longest one of the hierarchy: tiers keep their proportions);
+/// the tier's `max_lifetime` caps fresh, then fresh + stale.
+fn lifetime(
+    policy: &TierPolicy,
+    now: u64,
+    negative: bool,
+    set: Lifetimes,
+    ratio: f64,
+) -> (u64, u64) {
+    let ttl = &policy.ttl;
+    let (fresh, stale) = if negative {
+        let fresh = set.fresh.map_or(policy.negative_ttl.min(ttl.fresh), |f| scaled(f, ratio));
+        (fresh, Duration::ZERO)
+    } else {
+        (
+            set.fresh.map_or(ttl.fresh, |f| scaled(f, ratio)),
+            set.stale.map_or(ttl.stale, |s| scaled(s, ratio)),
+        )
+    };
+    let (fresh, stale) = (jittered(fresh, ttl.jitter), jittered(stale, ttl.jitter));
+    let (fresh, stale) = match policy.max_lifetime {
+        Some(max) => (fresh.min(max), stale.min(max.saturating_sub(fresh.min(max)))),
+        None => (fresh, stale),
+    };
+    let fresh_until = after_ms(now, fresh);
+    (fresh_until, after_ms(fresh_until, stale))
 }
 
 /// The meta of a value created at `created_at` — for a load, the instant it started; for an
@@ -100,6 +127,7 @@ impl Entries<'_> {
         value: Option<&Arc<V>>,
         meta: &Meta,
         skip: TierSet,
+        set: Lifetimes,
     ) -> Result<Vec<(usize, Entry)>, CacheError> {
         let encoded =
             self.codec.encode(meta, value.map(|v| v.as_ref())).map_err(CacheError::Encode)?;
@@ -112,7 +140,8 @@ impl Entries<'_> {
             if max.is_some_and(|m| encoded.len() as u64 > u64::from(m)) {
                 continue;
             }
-            let times = lifetime(level.policy(), meta.created_at, meta.negative);
+            let ratio = self.ratio(level);
+            let times = lifetime(level.policy(), meta.created_at, meta.negative, set, ratio);
             out.push((j, self.entry_for(level, value, meta, times, Some(&encoded))?));
         }
         Ok(out)
@@ -123,11 +152,51 @@ impl Entries<'_> {
     pub fn copy_of<V: CacheValue>(&self, j: usize, found: &Found<V>) -> Result<Entry, CacheError> {
         let level = self.tiers.get(j);
         let src = &found.entry.meta;
-        let (fresh_until, stale_until) = lifetime(level.policy(), now_ms(), src.negative);
+        let (fresh_until, stale_until) =
+            lifetime(level.policy(), now_ms(), src.negative, Lifetimes::default(), 1.0);
         let fresh_until = fresh_until.min(src.fresh_until);
         let stale_until = stale_until.min(src.stale_until).max(fresh_until);
         let envelope = found.entry.envelope();
         self.entry_for(level, found.value.as_ref(), src, (fresh_until, stale_until), envelope)
+    }
+
+    /// This tier's fresh policy over the longest of the hierarchy (in `(0, 1]`): how lifetimes
+    /// set by a call or a loader are graduated.
+    fn ratio(&self, level: &Level) -> f64 {
+        let longest = self.tiers.iter().map(|(_, l)| l.policy().ttl.fresh).max();
+        match longest {
+            Some(longest) if !longest.is_zero() => {
+                (level.policy().ttl.fresh.as_secs_f64() / longest.as_secs_f64()).clamp(0.0, 1.0)
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// The renewal of the entry `meta` describes (the origin said "not modified"), created
+    /// anew at `renewed_at`, for every enabled tier not in `skip`, each with its own times.
+    pub fn renewals(
+        &self,
+        meta: &Meta,
+        renewed_at: u64,
+        skip: TierSet,
+        set: Lifetimes,
+    ) -> Vec<(usize, Retime)> {
+        self.tiers
+            .iter()
+            .filter(|(j, l)| !skip.contains(*j) && l.enabled())
+            .map(|(j, level)| {
+                let ratio = self.ratio(level);
+                let (fresh_until, stale_until) =
+                    lifetime(level.policy(), renewed_at, meta.negative, set, ratio);
+                let how = Retime::Renew {
+                    created_at: meta.created_at,
+                    renewed_at,
+                    fresh_until,
+                    stale_until,
+                };
+                (j, how)
+            })
+            .collect()
     }
 
     /// Entries that keep serving `stale` for `throttle` without calling a failing origin: fresh

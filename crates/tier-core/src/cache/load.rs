@@ -20,13 +20,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use futures::FutureExt;
+
+use super::context::{self, LoadContext, Loaded};
 use super::flight::{Joined, LoadResult, Publisher, Waiter};
 use super::hierarchy::Hierarchy;
 use super::lifetime::new_meta;
 use super::lookup::Counting;
-use super::options::CacheValue;
+use super::options::{CacheValue, CallSettings, FailSafe, Lifetimes};
 use super::rule::{stale_servable, Found};
-use super::tags;
 use super::tiers::TierSet;
 use crate::backplane::Invalidation;
 use crate::entry::Entry;
@@ -37,8 +39,15 @@ use crate::time::now_ms;
 
 type LoadFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
-/// A type-erased loader of one key.
-pub(super) struct Loader<V>(Box<dyn FnOnce() -> LoadFuture<Option<V>> + Send>);
+type LoadOneFn<V> = dyn FnOnce(LoadContext<V>) -> LoadFuture<Loaded<V>> + Send;
+
+/// A type-erased loader of one key, plain (`FnOnce() -> Fut`) or given a [`LoadContext`].
+pub(super) struct Loader<V> {
+    pub(super) call: Box<LoadOneFn<V>>,
+    /// Given a context: it may learn tags late (the tag clock is read for it) and revalidate
+    /// the value it replaces (a refresh looks the value up for it).
+    pub(super) wants_context: bool,
+}
 
 impl<V: CacheValue> Loader<V> {
     pub fn new<F, Fut, E>(f: F) -> Self
@@ -47,7 +56,22 @@ impl<V: CacheValue> Loader<V> {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        Self(Box::new(move || Box::pin(async move { f().await.map_err(Into::into) })))
+        let call = move |_ctx: LoadContext<V>| -> LoadFuture<Loaded<V>> {
+            Box::pin(async move { f().await.map(Loaded::from).map_err(Into::into) })
+        };
+        Self { call: Box::new(call), wants_context: false }
+    }
+
+    pub fn with_context<F, Fut, E>(f: F) -> Self
+    where
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let call = move |ctx: LoadContext<V>| -> LoadFuture<Loaded<V>> {
+            Box::pin(async move { f(ctx).await.map_err(Into::into) })
+        };
+        Self { call: Box::new(call), wants_context: true }
     }
 }
 
@@ -69,14 +93,14 @@ impl<V: CacheValue> BatchLoader<V> {
 
 /// What a flight asks the origin.
 pub(super) enum Origin<V> {
-    /// One key: its loader and the tags of its value.
-    One(Loader<V>, Vec<Arc<str>>),
+    /// One key: its loader and the settings of its call.
+    One(Loader<V>, CallSettings),
     /// Many keys in one loader call.
     Many(BatchLoader<V>),
 }
 
 /// An origin's answer, as `cache_loads_total` counts it.
-trait Answer {
+pub(super) trait Answer {
     /// `ok` (true) or `none`.
     fn has_value(&self) -> bool;
 }
@@ -87,6 +111,13 @@ impl<V> Answer for Option<V> {
     }
 }
 
+impl<V> Answer for Loaded<V> {
+    /// A value or "not modified" is `ok`.
+    fn has_value(&self) -> bool {
+        !matches!(self.answer, context::Answer::Value(None))
+    }
+}
+
 impl<V> Answer for HashMap<Bytes, V> {
     /// A batch load that answered is counted `ok`, whatever it found.
     fn has_value(&self) -> bool {
@@ -94,16 +125,19 @@ impl<V> Answer for HashMap<Bytes, V> {
     }
 }
 
-/// One key a flight loads: the flight's publisher, the stale entry to fall back on, and the
-/// tiers the call skips.
-struct Job<V> {
-    publisher: Publisher<V>,
-    stale: Option<Found<V>>,
-    skip: TierSet,
+/// One key a flight loads: the flight's publisher, the stale entry to fall back on, the entry
+/// the load replaces (shown to a loader's context), the tiers the call skips and its
+/// fail-safe.
+pub(super) struct Job<V> {
+    pub(super) publisher: Publisher<V>,
+    pub(super) stale: Option<Found<V>>,
+    pub(super) previous: Option<Found<V>>,
+    pub(super) skip: TierSet,
+    pub(super) fail_safe: Option<FailSafe>,
 }
 
 impl<V> Job<V> {
-    fn key(&self) -> &Bytes {
+    pub(super) fn key(&self) -> &Bytes {
         self.publisher.key()
     }
 }
@@ -134,14 +168,15 @@ impl<V: CacheValue> Hierarchy<V> {
         loader: Loader<V>,
         stale: Option<Found<V>>,
         skip: TierSet,
-        tags: Vec<Arc<str>>,
+        call: CallSettings,
     ) -> Waiter<V> {
         let seq = self.stripes().seq(&key);
         match self.flights().join_or_start(&key, seq, self.metrics()) {
             Joined::Running(waiter) => waiter,
             Joined::Started(waiter, publisher) => {
-                let job = Job { publisher, stale, skip };
-                self.spawn_run(vec![job], Origin::One(loader, tags), true);
+                let (previous, fail_safe) = (stale.clone(), call.fail_safe);
+                let job = Job { publisher, stale, previous, skip, fail_safe };
+                self.spawn_run(vec![job], Origin::One(loader, call), true);
                 waiter
             }
         }
@@ -162,7 +197,9 @@ impl<V: CacheValue> Hierarchy<V> {
                 Joined::Running(waiter) => waiters.push(waiter),
                 Joined::Started(waiter, publisher) => {
                     waiters.push(waiter);
-                    jobs.push(Job { publisher, stale, skip: TierSet::EMPTY });
+                    let fail_safe = self.opts().fail_safe;
+                    let skip = TierSet::EMPTY;
+                    jobs.push(Job { publisher, stale, previous: None, skip, fail_safe });
                 }
             }
         }
@@ -173,24 +210,32 @@ impl<V: CacheValue> Hierarchy<V> {
     }
 
     /// What a caller waiting on `waiter` is answered (see [`Waiter::answer`]).
-    pub async fn wait(&self, waiter: Waiter<V>, stale: Option<&Found<V>>) -> LoadResult<V> {
-        waiter.answer(stale, self.opts(), self.metrics(), self.name()).await
+    pub async fn wait(
+        &self,
+        waiter: Waiter<V>,
+        stale: Option<&Found<V>>,
+        call: &CallSettings,
+    ) -> LoadResult<V> {
+        waiter.answer(stale, call, self.metrics(), self.name()).await
     }
 
-    /// Start a background refresh of `key` unless a load of it is already in flight.
+    /// Start a background refresh of `key` unless a load of it is already in flight;
+    /// `previous` is the fresh entry it renews, when the caller has it.
     pub fn start_refresh(
         self: &Arc<Self>,
         key: Bytes,
         loader: Loader<V>,
         skip: TierSet,
-        tags: Vec<Arc<str>>,
+        call: CallSettings,
+        previous: Option<Found<V>>,
     ) {
         let seq = self.stripes().seq(&key);
         let Some(publisher) = self.flights().start_unless_running(&key, seq) else { return };
         self.metrics().refreshes.increment(1);
+        let fail_safe = call.fail_safe;
         self.spawn_run(
-            vec![Job { publisher, stale: None, skip }],
-            Origin::One(loader, tags),
+            vec![Job { publisher, stale: None, previous, skip, fail_safe }],
+            Origin::One(loader, call),
             false,
         );
     }
@@ -259,42 +304,37 @@ impl<V: CacheValue> Hierarchy<V> {
         }
     }
 
-    /// Stamp, call the origin, land every job's value (or fail them all).
+    /// Call the origin and land what it answered (one key: `land.rs`; many: here).
     async fn load(&self, jobs: &[Job<V>], origin: Origin<V>) {
-        let tags = match &origin {
-            Origin::One(_, tags) => tags.as_slice(),
-            Origin::Many(_) => &[],
-        };
-        let started = now_ms();
-        let stamps = tags::stamp(self.generations(), &self.guards().generations, tags).await;
-        let (outcome, cost) = self.ask(origin, jobs).await;
-        let stamps = match (stamps, outcome) {
-            (Ok(stamps), outcome) => (stamps, outcome),
-            (Err(e), Ok(values)) => {
-                // Answered, not cached: without its stamps the value could outlive an
-                // invalidation of its tags.
-                tracing::debug!(cache = %self.name(), error = %e, "tags not stamped: the loaded value is not cached");
-                for (job, value) in jobs.iter().zip(values) {
-                    job.publisher.publish(Ok(value));
+        match origin {
+            Origin::One(loader, call) => {
+                if let Some(job) = jobs.first() {
+                    self.load_one(job, loader, call).await;
                 }
-                return;
             }
-            (Err(_), Err(e)) => (None, Err(e)),
-        };
-        let (stamps, outcome) = stamps;
+            Origin::Many(loader) => self.load_many(jobs, loader).await,
+        }
+    }
+
+    /// Call a batch origin for `jobs` (untagged: a batch has no tags), land every job's value
+    /// (or fail them all).
+    async fn load_many(&self, jobs: &[Job<V>], loader: BatchLoader<V>) {
+        // Above every floor raised before the load started (a clear or expiry in this very
+        // millisecond came first).
+        let started = self.fleet().created_now();
+        let keys = jobs.iter().map(|job| job.key().clone()).collect();
+        let timeout = self.opts().hard_timeout;
+        let (outcome, cost) = self.call_origin((loader.0)(keys), timeout).await;
         match outcome {
-            Ok(values) => {
+            Ok(mut found) => {
                 let mut rest = Vec::with_capacity(jobs.len());
-                for (job, value) in jobs.iter().zip(values) {
-                    let meta = new_meta(started, value.is_none(), stamps.clone(), cost);
-                    rest.push(self.land_local(job, value, &meta).await);
+                for job in jobs {
+                    let value = found.remove(job.key()).map(Arc::new);
+                    let meta = new_meta(started, value.is_none(), None, cost);
+                    rest.push(self.land_local(job, value, &meta, Lifetimes::default()).await);
                 }
                 for (job, (entries, wrote_local)) in jobs.iter().zip(rest) {
-                    let seq = job.publisher.seq();
-                    let written = self.writer().write_if_unchanged(job.key(), seq, entries).await;
-                    if wrote_local || !written.is_empty() {
-                        self.notify_written(job.key(), started).await;
-                    }
+                    self.land_rest(job, entries, wrote_local, started).await;
                 }
             }
             Err(e) => {
@@ -305,41 +345,49 @@ impl<V: CacheValue> Hierarchy<V> {
         }
     }
 
-    /// Call the origin for `jobs`: a value (or none) per job, in order, and what it cost.
-    async fn ask(
+    /// Write a loaded value's entries to the tiers that are not in-process (after
+    /// [`land_local`](Self::land_local)) and publish the notice of the write.
+    pub(super) async fn land_rest(
         &self,
-        origin: Origin<V>,
-        jobs: &[Job<V>],
-    ) -> (Result<Vec<Option<Arc<V>>>, CacheError>, Duration) {
-        match origin {
-            Origin::One(loader, _) => {
-                let (outcome, cost) = self.call_origin((loader.0)()).await;
-                (outcome.map(|value| vec![value.map(Arc::new)]), cost)
-            }
-            Origin::Many(loader) => {
-                let keys = jobs.iter().map(|job| job.key().clone()).collect();
-                let (outcome, cost) = self.call_origin((loader.0)(keys)).await;
-                let values = |mut found: HashMap<Bytes, V>| {
-                    jobs.iter().map(|job| found.remove(job.key()).map(Arc::new)).collect()
-                };
-                (outcome.map(values), cost)
-            }
+        job: &Job<V>,
+        entries: Vec<(usize, Entry)>,
+        wrote_local: bool,
+        created_at: u64,
+    ) {
+        let seq = job.publisher.seq();
+        let written = self.writer().write_if_unchanged(job.key(), seq, entries).await;
+        if wrote_local || !written.is_empty() {
+            self.notify_written(job.key(), created_at).await;
         }
     }
 
-    /// The one call of an origin: under the hard timeout, timed and counted.
-    async fn call_origin<T: Answer>(
+    /// The one call of an origin: under the (hard) `timeout`, timed and counted. A loader
+    /// that panics is a failed load ([`LoadAborted`](CacheError::LoadAborted)): its waiters
+    /// get the error (or fail-safe's stale value), nothing is cached, the cache keeps working.
+    pub(super) async fn call_origin<T: Answer>(
         &self,
         load: LoadFuture<T>,
+        timeout: Option<Duration>,
     ) -> (Result<T, CacheError>, Duration) {
         let started = Instant::now();
         let failed = |e: BoxError| CacheError::Load(Arc::from(e));
-        let outcome = match self.opts().hard_timeout {
+        // The loader is the caller's code: a panic in it must not take the flight's task down
+        // with its lock held and its waiters told only "aborted". Nothing of the hierarchy's
+        // state is borrowed by the future, so unwinding through it leaves nothing half-done.
+        let load = std::panic::AssertUnwindSafe(load).catch_unwind();
+        let unwound = |r: Result<Result<T, BoxError>, Box<dyn std::any::Any + Send>>| match r {
+            Ok(r) => r.map_err(failed),
+            Err(panic) => Err(CacheError::LoadAborted(format!(
+                "the loader panicked: {}",
+                panic_message(panic.as_ref())
+            ))),
+        };
+        let outcome = match timeout {
             Some(hard) => match tokio::time::timeout(hard, load).await {
-                Ok(r) => r.map_err(failed),
+                Ok(r) => unwound(r),
                 Err(_) => Err(CacheError::LoadTimeout(hard)),
             },
-            None => load.await.map_err(failed),
+            None => unwound(load.await),
         };
         let cost = started.elapsed();
         let m = self.metrics();
@@ -362,13 +410,14 @@ impl<V: CacheValue> Hierarchy<V> {
     /// other tiers, to be written after (the flight stays joinable until both are written, see
     /// [`Tiers::recheck_skips`](super::tiers::Tiers::recheck_skips)), and whether an in-process
     /// tier was written.
-    async fn land_local(
+    pub(super) async fn land_local(
         &self,
         job: &Job<V>,
         value: Option<Arc<V>>,
         meta: &Meta,
+        set: Lifetimes,
     ) -> (Vec<(usize, Entry)>, bool) {
-        match self.entries().of_value(value.as_ref(), meta, job.skip) {
+        match self.entries().of_value(value.as_ref(), meta, job.skip, set) {
             Ok(entries) => {
                 let (objects, remote): (Vec<_>, Vec<_>) =
                     entries.into_iter().partition(|(j, _)| self.tiers().get(*j).holds_objects());
@@ -386,7 +435,7 @@ impl<V: CacheValue> Hierarchy<V> {
 
     /// A load's value was written: observed by every tier, and a notice for the other
     /// instances (a failure to publish is logged: nobody waits for it).
-    async fn notify_written(&self, key: &Bytes, created_at: u64) {
+    pub(super) async fn notify_written(&self, key: &Bytes, created_at: u64) {
         let what = Invalidation::Written { key: key.clone(), created_at };
         self.observe(&what);
         if let Err(e) = self.publish(what).await {
@@ -396,8 +445,8 @@ impl<V: CacheValue> Hierarchy<V> {
 
     /// A failed load: keep serving a servable stale value for fail-safe's throttle without
     /// calling the failing origin, and answer the error.
-    async fn fail(&self, job: &Job<V>, e: CacheError) {
-        if let (Some(fs), Some(stale)) = (self.opts().fail_safe, &job.stale) {
+    pub(super) async fn fail(&self, job: &Job<V>, e: CacheError) {
+        if let (Some(fs), Some(stale)) = (job.fail_safe, &job.stale) {
             if stale_servable(&stale.entry.meta, now_ms(), Some(fs)) {
                 let writes = self.entries().throttled(stale, fs.throttle, job.skip);
                 self.writer().write_if_unchanged(job.key(), stale.seq, writes).await;
@@ -407,8 +456,13 @@ impl<V: CacheValue> Hierarchy<V> {
     }
 
     /// Call the origin directly: nothing is read from or written to any tier.
-    pub async fn load_bypassing(&self, loader: Loader<V>) -> LoadResult<V> {
-        self.call_origin((loader.0)()).await.0.map(|v| v.map(Arc::new))
+    pub async fn load_bypassing(&self, loader: Loader<V>, call: &CallSettings) -> LoadResult<V> {
+        let ctx = LoadContext::new(Bytes::new(), None);
+        let loaded = self.call_origin((loader.call)(ctx), call.timeout).await.0?;
+        match loaded.answer {
+            context::Answer::Value(v) => Ok(v.map(Arc::new)),
+            context::Answer::NotModified => Err(not_modified_without_value()),
+        }
     }
 
     /// Call a batch origin directly: nothing is read from or written to any tier.
@@ -417,7 +471,7 @@ impl<V: CacheValue> Hierarchy<V> {
         keys: Vec<Bytes>,
         loader: BatchLoader<V>,
     ) -> Result<HashMap<Bytes, V>, CacheError> {
-        self.call_origin((loader.0)(keys)).await.0
+        self.call_origin((loader.0)(keys), self.opts().hard_timeout).await.0
     }
 
     /// Take the fleet-wide lock, or wait (polling the tiers with backoff) for the holder's value.
@@ -455,4 +509,20 @@ impl<V: CacheValue> Hierarchy<V> {
             tracing::debug!(cache = %self.name(), error = %e, "lock release failed (it expires)");
         }
     }
+}
+
+/// What a panic's payload says (a `&str` or a `String`, else nothing).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// A loader that answered "not modified" with no value to keep.
+pub(super) fn not_modified_without_value() -> CacheError {
+    CacheError::Load(Arc::from(BoxError::from(
+        "the loader answered \"not modified\", but there was no previous value to keep",
+    )))
 }

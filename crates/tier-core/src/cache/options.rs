@@ -74,6 +74,17 @@ impl EarlyRefresh {
 }
 
 /// Options of one call.
+///
+/// ```
+/// use std::time::Duration;
+/// use tier_core::{CallOptions, FailSafe};
+/// let opts = CallOptions::new()
+///     .fresh(Duration::from_secs(5))
+///     .stale(Duration::from_secs(60))
+///     .fail_safe(FailSafe::up_to(Duration::from_secs(60)))
+///     .load_timeout(Duration::from_millis(200));
+/// assert_eq!(opts.fresh, Some(Duration::from_secs(5)));
+/// ```
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct CallOptions {
@@ -83,6 +94,23 @@ pub struct CallOptions {
     pub skip_tiers: Vec<String>,
     /// Tags of the value loaded by this call.
     pub tags: Vec<Arc<str>>,
+    /// How long the value loaded by this call is fresh, overriding the tiers' policies
+    /// (graduated per tier as [`Loaded`](crate::Loaded) explains; a loader's own setting wins).
+    /// Default: the policies.
+    pub fresh: Option<Duration>,
+    /// How long it may be served as stale after that (as `fresh`). Default: the policies.
+    pub stale: Option<Duration>,
+    /// Fail-safe for this call: `None` is the cache's setting, `Some(None)` off,
+    /// `Some(Some(f))` on with `f`. It decides what this caller is answered when the load
+    /// fails (each caller joining a load has its own), and, for the caller that starts the
+    /// load, whether a stale value is kept serving (fail-safe's throttle).
+    pub fail_safe: Option<Option<FailSafe>>,
+    /// The loader's timeout for this call, in place of the cache's hard timeout: the load this
+    /// call starts is bounded by it, and a call joining a load in flight waits at most this
+    /// long (then fail-safe may serve a stale value, else
+    /// [`LoadTimeout`](crate::CacheError::LoadTimeout)). Range: more than zero (zero is an
+    /// [`InvalidInput`](crate::CacheError::InvalidInput) error). Default: the cache's.
+    pub load_timeout: Option<Duration>,
 }
 
 impl CallOptions {
@@ -109,9 +137,132 @@ impl CallOptions {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.tags = tags.into_iter().map(|t| Arc::from(t.as_ref())).collect();
+        self.tags = tag_list(tags);
         self
     }
+    /// Fresh lifetime of the value this call loads (see [`CallOptions::fresh`]).
+    #[must_use]
+    pub fn fresh(mut self, fresh: Duration) -> Self {
+        self.fresh = Some(fresh);
+        self
+    }
+    /// Stale lifetime of the value this call loads (see [`CallOptions::stale`]).
+    #[must_use]
+    pub fn stale(mut self, stale: Duration) -> Self {
+        self.stale = Some(stale);
+        self
+    }
+    /// Fail-safe on for this call, with `fail_safe`.
+    #[must_use]
+    pub fn fail_safe(mut self, fail_safe: FailSafe) -> Self {
+        self.fail_safe = Some(Some(fail_safe));
+        self
+    }
+    /// Fail-safe off for this call (a load error is returned even when a stale value exists).
+    #[must_use]
+    pub fn no_fail_safe(mut self) -> Self {
+        self.fail_safe = Some(None);
+        self
+    }
+    /// The loader's timeout for this call (see [`CallOptions::load_timeout`]).
+    #[must_use]
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = Some(timeout);
+        self
+    }
+
+    /// What the loader run reads of these options, with the cache's `opts` filled in; an
+    /// [`InvalidInput`](CacheError::InvalidInput) error for a value out of its range.
+    pub(super) fn settings(&self, opts: &Options) -> Result<CallSettings, CacheError> {
+        if self.load_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(CacheError::InvalidInput(
+                "the call's load timeout is zero: no load could ever finish".into(),
+            ));
+        }
+        check_tags(&self.tags, 0)?;
+        Ok(CallSettings {
+            tags: self.tags.clone(),
+            lifetimes: Lifetimes { fresh: self.fresh, stale: self.stale },
+            fail_safe: self.fail_safe.unwrap_or(opts.fail_safe),
+            timeout: self.load_timeout.or(opts.hard_timeout),
+            wait_bound: self.load_timeout,
+            soft_timeout: opts.soft_timeout,
+        })
+    }
+}
+
+/// Lifetimes set for one entry (by its call or its loader), graduated per tier
+/// (`lifetime.rs`); `None`: the tiers' policies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Lifetimes {
+    pub fresh: Option<Duration>,
+    pub stale: Option<Duration>,
+}
+
+impl Lifetimes {
+    /// `self`, with what `over` sets in its place.
+    pub fn overridden_by(self, over: Lifetimes) -> Self {
+        Self { fresh: over.fresh.or(self.fresh), stale: over.stale.or(self.stale) }
+    }
+
+    /// Set to nothing at all: zero fresh and zero stale (nothing is stored).
+    pub fn is_nothing(self) -> bool {
+        self.fresh == Some(Duration::ZERO) && self.stale == Some(Duration::ZERO)
+    }
+}
+
+/// What a load runs with, per call: the cache's options with the call's in their place.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CallSettings {
+    /// Tags known before the load.
+    pub tags: Vec<Arc<str>>,
+    pub lifetimes: Lifetimes,
+    pub fail_safe: Option<FailSafe>,
+    /// The loader's (hard) timeout, of a load this call starts.
+    pub timeout: Option<Duration>,
+    /// The call's own load timeout: how long it waits for a load another call started.
+    pub wait_bound: Option<Duration>,
+    pub soft_timeout: Option<Duration>,
+}
+
+impl CallSettings {
+    /// The cache's own settings (a batch load, a refresh without a call of its own).
+    pub fn of_cache(opts: &Options) -> Self {
+        Self {
+            fail_safe: opts.fail_safe,
+            timeout: opts.hard_timeout,
+            soft_timeout: opts.soft_timeout,
+            ..Self::default()
+        }
+    }
+}
+
+/// Tags as the hierarchy holds them.
+pub(super) fn tag_list<I, S>(tags: I) -> Vec<Arc<str>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    tags.into_iter().map(|t| Arc::from(t.as_ref())).collect()
+}
+
+/// Tags over the envelope's limits (`already` tags are there besides): a clear error.
+pub(super) fn check_tags(tags: &[Arc<str>], already: usize) -> Result<(), CacheError> {
+    use crate::envelope::{MAX_TAGS, MAX_TAG_LEN};
+    if tags.len() + already > MAX_TAGS {
+        return Err(CacheError::InvalidInput(format!(
+            "{} tags, at most {MAX_TAGS} allowed",
+            tags.len() + already
+        )));
+    }
+    if let Some(t) = tags.iter().find(|t| t.len() > MAX_TAG_LEN) {
+        return Err(CacheError::InvalidInput(format!(
+            "a tag of {} bytes ({:?}…), at most {MAX_TAG_LEN} allowed",
+            t.len(),
+            t.chars().take(16).collect::<String>()
+        )));
+    }
+    Ok(())
 }
 
 /// The options a hierarchy runs with, checked by [`Options::checked`].

@@ -3,20 +3,106 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tracing::Instrument;
 
+use super::context::{LoadContext, Loaded};
 use super::handle::Cache;
 use super::lifetime::{refresh_due, Life};
 use super::load::Loader;
 use super::lookup::{Counting, Ready};
-use super::options::{CacheValue, CallOptions};
+use super::options::{CacheValue, CallOptions, CallSettings};
+use super::rule::{stale_servable, Found};
 use super::tiers::TierSet;
 use super::trace::{Answered, ReadSpan};
 use crate::error::{BoxError, CacheError};
+use crate::time::now_ms;
+
+/// How long ago `created_at` (Unix ms) was.
+fn age_of(created_at: u64) -> Duration {
+    Duration::from_millis(now_ms().saturating_sub(created_at))
+}
+
+/// What [`Cache::try_get`] found: for an `Age` or `Cache-Status` header, or a decision of the
+/// caller's own.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CacheHit<V> {
+    /// The value; `None` for a negative entry (the origin had said there is none).
+    pub value: Option<Arc<V>>,
+    /// Fresh (served as is), or stale (past its freshness, or expired: servable as a fallback).
+    pub fresh: bool,
+    /// How long ago the value was loaded or inserted (its `created_at`; renewed by a "not
+    /// modified" answer; set to the expiry by [`Cache::expire`]).
+    pub age: Duration,
+    /// The name of the tier that answered.
+    pub tier: String,
+}
 
 impl<V: CacheValue> Cache<V> {
+    /// What the tiers hold for `key`, without loading: the first fresh entry (a hit in a lower
+    /// tier is backfilled, as by [`get`](Self::get)), else the first stale one that could be
+    /// served (within fail-safe's `max_stale_age` when the cache has fail-safe), with whether
+    /// it is fresh, its age and the tier that answered. `None`: nothing usable.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tier_core::testing::MapTier;
+    /// use tier_core::{Cache, TierPolicy};
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let cache: Cache<u32> = Cache::builder("c")
+    ///         .tier(MapTier::new("l2"), TierPolicy::fresh(Duration::from_secs(60)))
+    ///         .build()?;
+    ///     assert!(cache.try_get("k").await.is_none());
+    ///     cache.insert("k", 7).await?;
+    ///     let hit = cache.try_get("k").await.expect("found");
+    ///     assert_eq!((hit.value.as_deref(), hit.fresh, hit.tier.as_str()), (Some(&7), true, "l2"));
+    ///     assert!(hit.age < Duration::from_secs(60));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn try_get(&self, key: impl AsRef<[u8]>) -> Option<CacheHit<V>> {
+        let key = key.as_ref();
+        let hierarchy = self.hierarchy();
+        if hierarchy.bypassed() {
+            return None;
+        }
+        match hierarchy.first_ready(key, TierSet::EMPTY, Counting::Counted) {
+            Ready::Hit { value, life } => Some(CacheHit {
+                value,
+                fresh: true,
+                age: age_of(life.created_at),
+                tier: hierarchy.tiers().get(0).name().to_string(),
+            }),
+            Ready::From(from) => Box::pin(self.try_get_below(key, from)).await,
+        }
+    }
+
+    async fn try_get_below(&self, key: &[u8], from: usize) -> Option<CacheHit<V>> {
+        let hierarchy = self.hierarchy();
+        let walk = hierarchy.walk_from(key, TierSet::EMPTY, Counting::Counted, from).await;
+        hierarchy.record_hot(key);
+        let hit = |found: &Found<V>, fresh| CacheHit {
+            value: found.value.clone(),
+            fresh,
+            age: age_of(found.entry.meta.created_at),
+            tier: hierarchy.tiers().get(found.level).name().to_string(),
+        };
+        if let Some(found) = &walk.fresh {
+            hierarchy.backfill(key, found, TierSet::EMPTY).await;
+            return Some(hit(found, true));
+        }
+        let fail_safe = hierarchy.opts().fail_safe;
+        walk.stale
+            .as_ref()
+            .filter(|s| stale_servable(&s.entry.meta, now_ms(), fail_safe))
+            .map(|s| hit(s, false))
+    }
+
     /// Look `key` up in the tiers, without loading. A fresh hit in a lower tier is backfilled.
     /// Returns `None` on a miss, a stale-only entry or a negative entry.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Option<Arc<V>> {
@@ -72,7 +158,89 @@ impl<V: CacheValue> Cache<V> {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let key = key.as_ref();
+        self.read_traced(key.as_ref(), opts, move || Loader::new(loader)).await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with a loader that is given a [`LoadContext`]: the
+    /// value it replaces (stale, or fresh in an early refresh) with its age, tier and
+    /// validator; and answers a [`Loaded`]: a value or none with the entry's lifetimes, tags
+    /// and validator, *not modified* (the previous value kept, its life renewed in every tier
+    /// without moving its bytes), or *don't cache*. Single-flight, early refresh, soft and hard
+    /// timeouts, fail-safe and the fleet lock work as for `get_or_load`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tier_core::testing::MapTier;
+    /// use tier_core::{Cache, CallOptions, LoadContext, Loaded, TierPolicy};
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let pages: Cache<String> = Cache::builder("pages")
+    ///         .tier(MapTier::new("l2"), TierPolicy::fresh(Duration::from_secs(60)).stale(Duration::from_secs(3600)))
+    ///         .build()?;
+    ///     // The origin answers with a body, a version (an ETag) and the team the page belongs to.
+    ///     let page = pages
+    ///         .get_or_load_ctx("home", |_ctx: LoadContext<String>| async {
+    ///             Ok::<_, std::io::Error>(
+    ///                 Loaded::value("<h1>hi</h1>".to_string())
+    ///                     .fresh_for(Duration::from_secs(5))
+    ///                     .tags(["team:7"])
+    ///                     .validator(&b"v1"[..]),
+    ///             )
+    ///         })
+    ///         .await?;
+    ///     assert_eq!(page.as_deref().map(String::as_str), Some("<h1>hi</h1>"));
+    ///     pages.expire("home").await?;
+    ///     // Revalidation: the origin says the version it has is still "v1".
+    ///     let again = pages
+    ///         .get_or_load_ctx("home", |ctx: LoadContext<String>| async move {
+    ///             let prev = ctx.previous().expect("the expired value");
+    ///             assert!(!prev.fresh);
+    ///             Ok::<_, std::io::Error>(ctx.not_modified())
+    ///         })
+    ///         .await?;
+    ///     assert_eq!(again.as_deref().map(String::as_str), Some("<h1>hi</h1>"));
+    ///     assert!(pages.try_get("home").await.expect("renewed").fresh);
+    ///     # let _ = CallOptions::new();
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn get_or_load_ctx<F, Fut, E>(
+        &self,
+        key: impl AsRef<[u8]>,
+        loader: F,
+    ) -> Result<Option<Arc<V>>, CacheError>
+    where
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.get_or_load_ctx_with(key, &CallOptions::default(), loader).await
+    }
+
+    /// [`get_or_load_ctx`](Self::get_or_load_ctx) with per-call options.
+    pub async fn get_or_load_ctx_with<F, Fut, E>(
+        &self,
+        key: impl AsRef<[u8]>,
+        opts: &CallOptions,
+        loader: F,
+    ) -> Result<Option<Arc<V>>, CacheError>
+    where
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.read_traced(key.as_ref(), opts, move || Loader::with_context(loader)).await
+    }
+
+    /// A read, inside its span when tracing wants one. The loader is made (boxed) only when
+    /// it is needed: an L1 hit does not pay for it.
+    async fn read_traced(
+        &self,
+        key: &[u8],
+        opts: &CallOptions,
+        loader: impl FnOnce() -> Loader<V>,
+    ) -> Result<Option<Arc<V>>, CacheError> {
         let hierarchy = self.hierarchy();
         match ReadSpan::new(hierarchy.name(), key, hierarchy.opts().trace_keys) {
             None => self.read(key, opts, loader).await.0,
@@ -81,18 +249,13 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// A read inside its span, which is told how it was answered.
-    async fn traced_read<F, Fut, E>(
+    async fn traced_read(
         &self,
         key: &[u8],
         opts: &CallOptions,
-        loader: F,
+        loader: impl FnOnce() -> Loader<V>,
         span: ReadSpan,
-    ) -> Result<Option<Arc<V>>, CacheError>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
+    ) -> Result<Option<Arc<V>>, CacheError> {
         let (result, how) = self.read(key, opts, loader).instrument(span.span.clone()).await;
         let tier = |level| Some(self.hierarchy().tiers().get(level).name());
         match (&result, how) {
@@ -109,20 +272,19 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// The read, and where its answer came from.
-    async fn read<F, Fut, E>(
+    async fn read(
         &self,
         key: &[u8],
         opts: &CallOptions,
-        loader: F,
-    ) -> (Result<Option<Arc<V>>, CacheError>, Answered)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
+        loader: impl FnOnce() -> Loader<V>,
+    ) -> (Result<Option<Arc<V>>, CacheError>, Answered) {
         let hierarchy = self.hierarchy();
+        let settings = || opts.settings(hierarchy.opts());
         if opts.bypass || hierarchy.bypassed() {
-            let r = Box::pin(hierarchy.load_bypassing(Loader::new(loader))).await;
+            let r = match settings() {
+                Ok(call) => Box::pin(hierarchy.load_bypassing(loader(), &call)).await,
+                Err(e) => Err(e),
+            };
             return (r, Answered::Bypassed);
         }
         let skip = hierarchy.tiers().skipped_by(opts);
@@ -131,14 +293,17 @@ impl<V: CacheValue> Cache<V> {
         match hierarchy.first_ready(key, skip, Counting::Counted) {
             Ready::Hit { value, life } => {
                 if refresh_due(hierarchy.opts().early_refresh, life) {
-                    let key = Bytes::copy_from_slice(key);
-                    hierarchy.start_refresh(key, Loader::new(loader), skip, opts.tags.clone());
+                    if let Ok(call) = settings() {
+                        let key = Bytes::copy_from_slice(key);
+                        hierarchy.start_refresh(key, loader(), skip, call, None);
+                    }
                 }
                 (Ok(value), Answered::Tier(0))
             }
-            Ready::From(from) => {
-                Box::pin(self.load_below(key, from, skip, opts, Loader::new(loader))).await
-            }
+            Ready::From(from) => match settings() {
+                Ok(call) => Box::pin(self.load_below(key, from, skip, call, loader())).await,
+                Err(e) => (Err(e), Answered::Bypassed),
+            },
         }
     }
 
@@ -148,7 +313,7 @@ impl<V: CacheValue> Cache<V> {
         key: &[u8],
         from: usize,
         skip: TierSet,
-        opts: &CallOptions,
+        call: CallSettings,
         loader: Loader<V>,
     ) -> (Result<Option<Arc<V>>, CacheError>, Answered) {
         let hierarchy = self.hierarchy();
@@ -158,14 +323,15 @@ impl<V: CacheValue> Cache<V> {
             hierarchy.backfill(key, &found, skip).await;
             if refresh_due(hierarchy.opts().early_refresh, Life::from(&found.entry.meta)) {
                 let key = Bytes::copy_from_slice(key);
-                hierarchy.start_refresh(key, loader, skip, opts.tags.clone());
+                let previous = Some(found.clone());
+                hierarchy.start_refresh(key, loader, skip, call, previous);
             }
             return (Ok(found.value), Answered::Tier(found.level));
         }
         let key = Bytes::copy_from_slice(key);
         if let Some(stale) = &walk.stale {
             if hierarchy.opts().stale_while_revalidate {
-                hierarchy.start_refresh(key, loader, skip, opts.tags.clone());
+                hierarchy.start_refresh(key, loader, skip, call, Some(stale.clone()));
                 hierarchy.metrics().stale_served.increment(1);
                 return (
                     Ok(stale.value.clone()),
@@ -173,9 +339,8 @@ impl<V: CacheValue> Cache<V> {
                 );
             }
         }
-        let waiter =
-            hierarchy.join_or_load(key, loader, walk.stale.clone(), skip, opts.tags.clone());
-        let result = hierarchy.wait(waiter, walk.stale.as_ref()).await;
+        let waiter = hierarchy.join_or_load(key, loader, walk.stale.clone(), skip, call.clone());
+        let result = hierarchy.wait(waiter, walk.stale.as_ref(), &call).await;
         // The stale fallback was served (fail-safe, soft timeout) when the answer is its value.
         let how = match (&result, &walk.stale) {
             (Ok(Some(v)), Some(s)) if s.value.as_ref().is_some_and(|sv| Arc::ptr_eq(sv, v)) => {

@@ -7,6 +7,8 @@
 //! - **the fleet state** ([`FleetState`], what this instance knows of the fleet):
 //!   - the **clear floor**: an entry created at or before it is unusable, in every tier (also
 //!     another instance's old value in a shared tier);
+//!   - the **expiry floor** (`Cache::expire_all`): an entry created at or before it is at most
+//!     stale, in every tier;
 //!   - the **suspect floor**: an entry of a local tier created at or before `suspect_before`
 //!     (a backplane gap, a lost state file) is at most stale;
 //!   - **catching up**: until the start-up replay of the invalidation log is done, local
@@ -88,6 +90,9 @@ impl TagVerdict {
 pub(super) struct FleetState {
     /// Entries created at or before this instant (Unix ms) are gone (the clear floor).
     floor: AtomicU64,
+    /// Entries created at or before this instant (Unix ms) are at most stale (the expiry
+    /// floor of `expire_all`).
+    expired_before: AtomicU64,
     /// Local entries created at or before this instant (Unix ms) are at most stale.
     suspect_before: AtomicU64,
     /// The start-up catch-up is not done: local entries are at most stale.
@@ -111,15 +116,22 @@ impl FleetState {
         self.floor.fetch_max(at, Ordering::AcqRel);
     }
 
+    /// Entries created at or before `at` are at most stale from now on, in every tier (a floor
+    /// never goes back).
+    pub fn raise_expiry_floor(&self, at: u64) {
+        self.expired_before.fetch_max(at, Ordering::AcqRel);
+    }
+
     /// The clear floor.
     pub fn floor(&self) -> u64 {
         self.floor.load(Ordering::Acquire)
     }
 
-    /// The `created_at` of an entry written now: now, but above both floors (a write in the
-    /// millisecond of a clear or a gap comes after it).
+    /// The `created_at` of an entry written now: now, but above every floor (a write in the
+    /// millisecond of a clear, an expiry or a gap comes after it).
     pub fn created_now(&self) -> u64 {
         let floor = self.floor().max(self.suspect_before.load(Ordering::Acquire));
+        let floor = floor.max(self.expired_before.load(Ordering::Acquire));
         crate::time::now_ms().max(floor.saturating_add(1))
     }
 
@@ -155,6 +167,9 @@ impl FleetState {
     pub fn cap(&self, meta: &Meta, placement: Placement) -> Usability {
         if meta.created_at <= self.floor.load(Ordering::Acquire) {
             return Usability::Unusable;
+        }
+        if meta.created_at <= self.expired_before.load(Ordering::Acquire) {
+            return Usability::Stale;
         }
         if placement == Placement::Shared {
             return Usability::Fresh;
@@ -269,6 +284,9 @@ mod tests {
         assert_eq!(at(Placement::Local), Usability::Stale, "no proof of delivery yet");
         fleet.confirmed(now);
         assert_eq!(at(Placement::Local), Usability::Fresh);
+        fleet.raise_expiry_floor(10);
+        assert_eq!(at(Placement::Local), Usability::Stale, "expired everywhere");
+        assert_eq!(at(Placement::Shared), Usability::Stale, "expired everywhere");
         fleet.raise_floor(10);
         assert_eq!(at(Placement::Local), Usability::Unusable);
         assert_eq!(at(Placement::Shared), Usability::Unusable, "cleared everywhere");

@@ -15,6 +15,19 @@ pub(super) fn namespace_tag(cache: &str) -> String {
     format!("\u{0}ns:{cache}")
 }
 
+/// The generation-store tag that is the cache's *tag clock*: every `invalidate_tag` moves it
+/// on before the tag itself, so that a load which learns its tags only after it ran can tell
+/// whether any tag was invalidated meanwhile (`land.rs`).
+pub(super) fn tag_clock(cache: &str) -> String {
+    format!("{}{cache}", crate::generations::TAG_CLOCK_PREFIX)
+}
+
+/// The name under which a cache's expiry floor is kept in the generation store (beside its
+/// clear floor, which is kept under the cache's own name).
+pub(super) fn expiry_floor_name(cache: &str) -> String {
+    format!("{cache}\u{0}expire")
+}
+
 /// A generation-store failure as the caller sees it.
 pub(super) fn store_failed(source: crate::error::TierError) -> CacheError {
     CacheError::Tier { tier: "generations".into(), source }

@@ -10,12 +10,15 @@ use bytes::Bytes;
 use super::handle::Cache;
 use super::hierarchy::Hierarchy;
 use super::lifetime::new_meta;
-use super::options::CacheValue;
-use super::tags::{self, namespace_tag, store_failed};
+use super::options::{check_tags, CacheValue, Lifetimes};
+use super::tags::{self, namespace_tag, store_failed, tag_clock};
 use super::tiers::TierSet;
 use crate::backplane::Invalidation;
 use crate::error::{CacheError, TierError, TierErrorKind};
 use crate::time::now_ms;
+
+/// An insert's lifetimes: the tiers' policies.
+const NO_SET: Lifetimes = Lifetimes { fresh: None, stale: None };
 
 impl<V: CacheValue> Cache<V> {
     /// Write `value` to every tier (write-through), each with its own lifetime, and tell every
@@ -42,6 +45,7 @@ impl<V: CacheValue> Cache<V> {
         }
         let key = Bytes::copy_from_slice(key.as_ref());
         let tags: Vec<Arc<str>> = tags.iter().map(|t| Arc::from(t.as_ref())).collect();
+        check_tags(&tags, 0)?;
         let guard = &hierarchy.guards().generations;
         let stamps = tags::stamp(hierarchy.generations(), guard, &tags).await?;
         // After a clear or a gap in the same millisecond, the new value is still above it, and
@@ -50,7 +54,7 @@ impl<V: CacheValue> Cache<V> {
         let mut meta = new_meta(created_at, false, stamps, std::time::Duration::ZERO);
         meta.insert = true;
         let entries =
-            hierarchy.entries().of_value(Some(&Arc::new(value)), &meta, TierSet::EMPTY)?;
+            hierarchy.entries().of_value(Some(&Arc::new(value)), &meta, TierSet::EMPTY, NO_SET)?;
         let written = hierarchy.writer().write_through(&key, entries).await;
         let what = Invalidation::Written { key, created_at };
         hierarchy.observe(&what);
@@ -78,8 +82,14 @@ impl<V: CacheValue> Cache<V> {
     /// `invalidate_tag` succeeds.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
         let hierarchy = self.hierarchy();
-        let bump = hierarchy.generations().bump(tag);
-        let bumped = hierarchy.guards().generations.run(bump).await;
+        // The tag clock first: a load that reads the tag's new generation reads the clock's
+        // new one too (`land.rs`); a tag whose clock did not move is not bumped.
+        let clock = tag_clock(hierarchy.name());
+        let guard = &hierarchy.guards().generations;
+        let bumped = match guard.run(hierarchy.generations().bump(&clock)).await {
+            Ok(_) => guard.run(hierarchy.generations().bump(tag)).await,
+            Err(e) => Err(e),
+        };
         let what = Invalidation::Tag(Arc::from(tag));
         if let Err(e) = bumped {
             let now = now_ms();
@@ -171,7 +181,7 @@ impl<V: CacheValue> Cache<V> {
 }
 
 /// The outcome of a write or invalidation: the first tier failure, else the backplane's.
-fn published(
+pub(super) fn published(
     tiers: Option<CacheError>,
     backplane: Result<(), CacheError>,
 ) -> Result<(), CacheError> {

@@ -15,11 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::sync::{RwLock, RwLockWriteGuard};
 
 use super::tiers::{ErrorClass, Tiers};
 use crate::entry::Entry;
 use crate::error::{CacheError, TierError};
+use crate::retime::Retime;
 use crate::tier::Tier;
 
 /// How many stripes the key space is spread over.
@@ -204,6 +206,46 @@ impl Writer<'_> {
             }
         }
         first
+    }
+
+    /// Retime `key` in every tier as `how` says (only local tiers when `local_only`), lowest
+    /// first, holding its stripe exclusively and bumping it — an expiry wins races as a removal
+    /// does. Returns the first failure; every tier is tried.
+    pub async fn retime_everywhere(
+        &self,
+        key: &Bytes,
+        local_only: bool,
+        how: Retime,
+    ) -> Option<CacheError> {
+        let _exclusive = self.stripes.exclusive(key).await;
+        self.lowest_first(local_only, |tier| Box::pin(tier.retime(key, how).map(|r| r.map(drop))))
+            .await
+    }
+
+    /// Retime `key` in the tiers of `retimes` in the background of a load that saw sequence
+    /// `seq` (a renewal): only if no insert or invalidation of the key came in between. Returns
+    /// the tiers whose entry was retimed.
+    pub async fn retime_if_unchanged(
+        &self,
+        key: &Bytes,
+        seq: u64,
+        retimes: Vec<(usize, Retime)>,
+    ) -> Vec<usize> {
+        let stripe = self.stripes.of(key);
+        let _shared = stripe.lock.read().await;
+        if stripe.seq.load(Ordering::Acquire) != seq {
+            return Vec::new();
+        }
+        let mut retimed = Vec::with_capacity(retimes.len());
+        for (j, how) in retimes {
+            let level = self.tiers.get(j);
+            let result = level.tier().retime(key, how).await;
+            level.count_write(self.cache, &result.as_ref().map(drop).map_err(Clone::clone));
+            if result.is_ok_and(|done| done) {
+                retimed.push(j);
+            }
+        }
+        retimed
     }
 
     /// Remove everything from every tier, lowest first (only local tiers when `local_only`).

@@ -8,7 +8,7 @@ use tier_core::spi::envelope::{decode_meta, decode_value};
 use tier_core::spi::{now_ms, Codec, Entry, Lookup, Meta};
 
 /// Never compress: values stay as large on disk as they look.
-pub const CODEC: Codec = Codec { compress_threshold: usize::MAX };
+pub const CODEC: Codec = Codec { compress_threshold: usize::MAX, ..Codec::new() };
 
 /// The value written for `key` at `seq`, `len` bytes: key, seq, then filler derived from both,
 /// so any value read back can be checked against what was written.
