@@ -194,3 +194,20 @@ fn fail_safe_serves_the_stale_value_during_an_origin_outage_and_counts_it() {
         Some("ok: the outage was served stale and counted")
     );
 }
+
+#[test]
+fn conditional_refresh_renews_an_unchanged_value_without_its_body() {
+    let url = redis_url();
+    let lines = run(env!("CARGO_BIN_EXE_conditional_refresh"), &["--redis", &url]);
+    let said = |prefix: &str| lines.iter().find(|l| l.starts_with(prefix)).cloned();
+    let revalidated = said("after expire, unchanged at the origin").unwrap_or_default();
+    assert!(
+        revalidated.ends_with("1 full answers, 1 not-modified, 10000 body bytes in all"),
+        "{lines:#?}"
+    );
+    assert!(said("the kept value is fresh again").is_some(), "{lines:#?}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("ok: only changed documents were transferred")
+    );
+}

@@ -50,9 +50,10 @@
 
 pub use tier_core::{
     metrics, spi, BackfillPolicy, BoxError, Breaker, BreakerConfig, BreakerState, Cache,
-    CacheBuilder, CacheError, CacheValue, CallOptions, Compression, EarlyRefresh, FailSafe,
-    KeyBuilder, LockOptions, ReconnectPolicy, Serializer, Storage, TierError, TierErrorKind,
-    TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress, WarmReport, MAX_ID_LEN,
+    CacheBuilder, CacheError, CacheHit, CacheValue, CallOptions, Compression, EarlyRefresh,
+    FailSafe, KeyBuilder, LoadContext, Loaded, LockOptions, Previous, ReconnectPolicy, Serializer,
+    Storage, TierError, TierErrorKind, TierInfo, TierPolicy, TierStats, TraceKeys, TtlPolicy,
+    WarmProgress, WarmReport, MAX_ID_LEN,
 };
 
 #[cfg(feature = "test-util")]
