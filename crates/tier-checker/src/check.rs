@@ -83,6 +83,8 @@ pub struct CheckReport {
     pub read_errors: Vec<(String, usize)>,
     /// Writes and invalidations whose cache call failed (not acknowledged: no promise).
     pub failed_writes: usize,
+    /// The failed writes by operation and error (as `read_errors`), most first.
+    pub write_errors: Vec<(String, usize)>,
     /// Reads of a version no record names (its writer was killed before recording it).
     pub unrecorded: usize,
 }
@@ -103,10 +105,14 @@ pub fn check(records: &[Record], faults: &[Fault], versions: &[u64], delta_us: u
     // Who wrote each (key, version); the acknowledged operations of each key, by end.
     let mut writer_of: HashMap<(u32, u64), &Record> = HashMap::new();
     let mut acked: HashMap<u32, Vec<(&Record, u64)>> = HashMap::new();
+    let mut write_errors: HashMap<String, usize> = HashMap::new();
     for r in records.iter().filter(|r| r.op != Op::Read) {
         let ok = r.outcome == Outcome::Ok;
-        if !ok {
+        if let Outcome::Error(e) = &r.outcome {
             report.failed_writes += 1;
+            *write_errors
+                .entry(format!("{}: {}", r.op.name(), error_class_within(e, 240)))
+                .or_default() += 1;
         }
         for &(k, v) in &r.writes {
             writer_of.insert((k, v), r);
@@ -185,13 +191,19 @@ pub fn check(records: &[Record], faults: &[Fault], versions: &[u64], delta_us: u
         }
     }
     report.read_errors = most_first(read_errors);
+    report.write_errors = most_first(write_errors);
     report
 }
 
 /// An error text with its numbers (ports, counts) as `#`, cut at 100 characters.
 fn error_class(e: &str) -> String {
+    error_class_within(e, 100)
+}
+
+/// [`error_class`] cut at `limit` characters.
+fn error_class_within(e: &str, limit: usize) -> String {
     let mut class = String::new();
-    for c in e.chars().take(100) {
+    for c in e.chars().take(limit) {
         if !c.is_ascii_digit() {
             class.push(c);
         } else if !class.ends_with('#') {
@@ -298,6 +310,9 @@ impl fmt::Display for CheckReport {
         for (error, n) in self.read_errors.iter().take(5) {
             writeln!(f, "  {n:>6}  failed reads: {error}")?;
         }
+        for (error, n) in self.write_errors.iter().take(8) {
+            writeln!(f, "  {n:>6}  failed writes: {error}")?;
+        }
         Ok(())
     }
 }
@@ -336,6 +351,9 @@ impl Violation {
             r.key.unwrap_or(u32::MAX),
             r.start_us
         );
+        if let Some(via) = &r.via {
+            s += &format!(" ({via})");
+        }
         if let Some((x, v)) = &self.cause {
             s += &format!(
                 "; {} by {}/{} set v{v}, acknowledged {} ms before the read",

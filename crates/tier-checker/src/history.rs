@@ -97,6 +97,10 @@ pub struct Record {
     /// For writes: the origin versions this operation assigned before the call, `(key, version)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub writes: Vec<(u32, u64)>,
+    /// For reads: how the hierarchy answered, as its `get_or_load` span told the node
+    /// (`result@tier`, e.g. `hit@memory`, `loaded@origin`); diagnostics only, not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// A kind of fault the orchestrator injects.
@@ -231,11 +235,13 @@ mod tests {
             outcome: Outcome::Value { version: 4, writer: "n1".into() },
             stale: true,
             writes: vec![],
+            via: None,
         };
         w.write(&r).unwrap();
         w.write(&Record {
             op: Op::Insert,
             writes: vec![(3, 5)],
+            via: None,
             outcome: Outcome::Ok,
             ..r.clone()
         })

@@ -28,7 +28,8 @@ pub enum Invalidation {
     /// One key was removed (the full key bytes).
     Key(Bytes),
     /// One key was written (an insert, or a load's write-through): value-free; a receiver drops
-    /// its local copy unless that copy was created at or after `created_at`.
+    /// its local copy unless that copy was created after `created_at` (a tie is dropped: the
+    /// clock is coarse, an older value may carry the same millisecond).
     Written {
         /// The full key bytes.
         key: Bytes,

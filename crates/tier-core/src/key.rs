@@ -46,6 +46,18 @@ impl KeyBuilder {
         self.version.fetch_max(v, Ordering::AcqRel);
     }
 
+    /// The namespace version a key built by [`key`](Self::key) carries; `None` for a key this
+    /// builder did not build (another form, another namespace).
+    pub(crate) fn version_of(&self, key: &[u8]) -> Option<u64> {
+        let rest = key.strip_prefix(self.namespace.as_bytes())?.strip_prefix(b":")?;
+        let end = rest.iter().position(|b| *b == b':')?;
+        let digits = std::str::from_utf8(&rest[..end]).ok()?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
     /// The key of `id`. Ids longer than [`MAX_ID_LEN`] bytes are hashed (`#` + 32 hex digits).
     pub fn key(&self, id: impl AsRef<[u8]>) -> Bytes {
         let id = id.as_ref();
@@ -62,5 +74,22 @@ impl KeyBuilder {
             out.put_slice(id);
         }
         out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_of_a_key_is_read_back_only_from_keys_of_its_form() {
+        let keys = KeyBuilder::new("users");
+        keys.set_version(1_883_437_513_580_415_662);
+        assert_eq!(keys.version_of(&keys.key("a:b")), Some(1_883_437_513_580_415_662));
+        assert_eq!(keys.version_of(b"users:0:x"), Some(0));
+        for other in [&b"users:x:1"[..], b"users:12", b"users::1", b"user:1:x", b"usersx:1:x", b""]
+        {
+            assert_eq!(keys.version_of(other), None, "{:?}", String::from_utf8_lossy(other));
+        }
     }
 }

@@ -11,6 +11,17 @@
 //! - **a tier author** implements `Tier` (or a backplane, a generation store, a lock, a layer):
 //!   [`spi`] has the trait and what goes with it, [`testing`] (feature `test-util`) the
 //!   conformance kit that checks a tier against the contract.
+//!
+//! ## What FusionCache users know, here
+//!
+//! | FusionCache | tier |
+//! |---|---|
+//! | adaptive caching (`ctx.Options.Duration = …` in the factory) | [`Cache::get_or_load_ctx`]: the loader answers [`Loaded::value(v).fresh_for(d).stale_for(s)`](Loaded::fresh_for), graduated per tier and clamped to [`TierPolicy::max_lifetime`]; also its [`tags`](Loaded::tags) (known only after loading) and [`dont_cache`](Loaded::dont_cache) |
+//! | conditional refresh (`ctx.HasETag`, `ctx.NotModified()`) | [`LoadContext::previous`] (value, age, tier, [`validator`](LoadContext::validator)) and [`LoadContext::not_modified`]: the value is kept and its times are rewritten in every tier — no value bytes are sent again ([`Loaded::validator`] stores the ETag / Last-Modified / version) |
+//! | `Expire(key)` vs `Remove(key)` | [`Cache::expire`] (stale, still a fail-safe fallback) vs [`Cache::invalidate`] (gone); both reach every instance through the backplane |
+//! | `Clear(allowFailSafe: true)` vs `Clear(false)` | [`Cache::expire_all`] (every entry stale, in O(1): an expiry floor) vs [`Cache::clear`] (every entry gone: the clear floor) |
+//! | per-call entry options (`Duration`, `IsFailSafeEnabled`, `FactoryHardTimeout`) | [`CallOptions::fresh`], [`stale`](CallOptions::stale), [`fail_safe`](CallOptions::fail_safe) / [`no_fail_safe`](CallOptions::no_fail_safe), [`load_timeout`](CallOptions::load_timeout) |
+//! | `TryGet` (`MaybeValue`) | [`Cache::try_get`]: value, fresh or stale, age, the tier that answered — no load |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

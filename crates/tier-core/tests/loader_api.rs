@@ -70,7 +70,7 @@ async fn not_modified_renews_every_tier_without_sending_the_value_again() {
             let body = body.clone();
             move |ctx: Ctx| async move {
                 assert!(ctx.previous().is_none(), "a cold key has nothing to revalidate");
-                Answer::Ok(Loaded::value(body))
+                Answer::Ok(Loaded::value(body).validator(&b"etag-1"[..]))
             }
         })
         .await
@@ -97,6 +97,7 @@ async fn not_modified_renews_every_tier_without_sending_the_value_again() {
             assert_eq!(prev.tier, "memory", "found first in L1");
             assert!(prev.age < MINUTE);
             assert_eq!(prev.value.as_ref().map(|v| v.len()), Some(20_000));
+            assert_eq!(ctx.validator().map(|v| &v[..]), Some(&b"etag-1"[..]));
             Answer::Ok(ctx.not_modified())
         })
         .await
@@ -115,6 +116,9 @@ async fn not_modified_renews_every_tier_without_sending_the_value_again() {
         assert!(a.created_at >= started, "tier {i}: renewed at the load's start: {a:?}");
     }
     assert!(after[0].fresh_until <= now_ms() + 60_000, "L1 keeps its own policy");
+    for (i, m) in after.iter().enumerate() {
+        assert_eq!(m.validator.as_deref(), Some(&b"etag-1"[..]), "tier {i} keeps the validator");
+    }
     assert!(after[2].fresh_until >= started + 600_000, "L3 keeps its own policy");
     let hit = t.cache.try_get("k").await.expect("fresh again");
     assert!(hit.fresh && hit.tier == "memory");
@@ -261,7 +265,7 @@ async fn a_tag_invalidated_while_the_loader_runs_keeps_its_late_tagged_value_out
 }
 
 #[tokio::test]
-async fn tags_over_the_limits_are_a_clear_error_and_nothing_is_cached() {
+async fn tags_and_validators_over_the_limits_are_a_clear_error_and_nothing_is_cached() {
     let t = three();
     let many: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
     let long = "x".repeat(2000);
@@ -280,7 +284,14 @@ async fn tags_over_the_limits_are_a_clear_error_and_nothing_is_cached() {
         })
         .await;
     assert!(matches!(&err, Err(CacheError::InvalidInput(_))), "{err:?}");
-    for key in ["a", "b", "c"] {
+    let err = t
+        .cache
+        .get_or_load_ctx("d", |_: Ctx| async {
+            Answer::Ok(Loaded::value("v".into()).validator(vec![7u8; 1025]))
+        })
+        .await;
+    assert!(matches!(&err, Err(CacheError::InvalidInput(m)) if m.contains("1025")), "{err:?}");
+    for key in ["a", "b", "c", "d"] {
         assert!(t.cache.try_get(key).await.is_none(), "{key}");
     }
 }

@@ -207,9 +207,26 @@ impl Tier for DiskTier {
         self.inner.store.get(key).await
     }
 
+    /// All keys at once: the index is asked for each, and the records not in the page cache
+    /// are read concurrently by the read threads (not one after the other).
+    async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Lookup>, TierError> {
+        let store = &self.inner.store;
+        futures::future::join_all(keys.iter().map(|k| store.get(k))).await.into_iter().collect()
+    }
+
     async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
         let envelope = envelope_of(&entry)?.clone();
         self.inner.writes.run(Op::Insert { key, envelope }).await
+    }
+
+    /// One trip to the writer thread for the whole batch (written in order); every entry is
+    /// tried, the first failure is returned.
+    async fn insert_many(&self, entries: Vec<(Bytes, Entry)>) -> Result<(), TierError> {
+        let entries = entries
+            .into_iter()
+            .map(|(key, entry)| Ok((key, envelope_of(&entry)?.clone())))
+            .collect::<Result<Vec<_>, TierError>>()?;
+        self.inner.writes.run(Op::InsertMany { entries }).await
     }
 
     async fn remove(&self, key: &[u8]) -> Result<(), TierError> {

@@ -20,8 +20,17 @@ const QUEUE: usize = 1024;
 
 /// One write.
 pub(crate) enum Op {
-    Insert { key: Bytes, envelope: Bytes },
-    Remove { key: Bytes },
+    Insert {
+        key: Bytes,
+        envelope: Bytes,
+    },
+    /// A batch: each written in order; the first failure is the answer.
+    InsertMany {
+        entries: Vec<(Bytes, Bytes)>,
+    },
+    Remove {
+        key: Bytes,
+    },
     Clear,
 }
 
@@ -46,6 +55,15 @@ impl WriteThread {
                 while let Some(Job { op, reply }) = rx.blocking_recv() {
                     let done = match op {
                         Op::Insert { key, envelope } => writer.insert(&store, &key, &envelope),
+                        Op::InsertMany { entries } => {
+                            // Every entry is tried (no short cut); the first failure is kept.
+                            let mut first = Ok(());
+                            for (key, envelope) in &entries {
+                                let done = writer.insert(&store, key, envelope);
+                                first = first.and(done);
+                            }
+                            first
+                        }
                         Op::Remove { key } => writer.remove(&store, &key),
                         Op::Clear => writer.clear(&store),
                     };

@@ -18,8 +18,8 @@
 //!
 //! All of them share one [`RedisConnection`] (standalone `ConnectionManager` or cluster-async
 //! client: multiplexed, reconnected automatically, every call bounded by connect + response
-//! timeout; [`lazy`](RedisConnectionBuilder::lazy): made in the background, so a service
-//! starts while Redis is down). The builders of the tier and the backplane take either a connection or a
+//! timeout; a server that cannot be reached at start-up is connected to in the background, so
+//! a service starts while Redis is down — see [`lazy`](RedisConnectionBuilder::lazy)). The builders of the tier and the backplane take either a connection or a
 //! [`RedisConnectionBuilder`] ([`ConnectionSource`]), so URLs and timeouts are set in one place:
 //!
 //! ```no_run

@@ -60,7 +60,7 @@ impl RedisTierBuilder {
     /// [`build`](RedisTierBuilder::build) refuses a cool-down under 10 ms (it is the background
     /// probe's period) and a `failure_ratio` outside (0, 1]. Default:
     /// [`default_node_breaker`](crate::default_node_breaker) (tier-core's default breaker with
-    /// a 1 s cool-down).
+    /// a 250 ms cool-down and one probe).
     pub fn node_breaker(mut self, config: BreakerConfig) -> Self {
         self.node_breaker = Some(config);
         self
@@ -547,7 +547,7 @@ impl Tier for RedisTier {
         self.clear_prefix(b"").await.map(drop)
     }
 
-    /// One script on the key ([`commands::RETIME_SCRIPT`]): the header's times rewritten in
+    /// One script on the key (the retime script): the header's times rewritten in
     /// place, compare-and-set like every write; an expiry of a key holding nothing usable
     /// stores a tombstone. A failure is returned, not queued for retry.
     async fn retime(&self, key: &[u8], how: Retime) -> Result<bool, TierError> {

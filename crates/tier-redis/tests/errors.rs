@@ -70,6 +70,9 @@ fn assert_one_line(what: &str, err: &SetupError) {
 
 async fn connect(builder: RedisConnectionBuilder) -> SetupError {
     builder
+        // Fail instead of connecting in the background (the default for a server that cannot
+        // be reached): the errors' texts are what is checked.
+        .lazy(false)
         .connect_timeout(Duration::from_millis(300))
         .response_timeout(Duration::from_millis(300))
         .connect()
@@ -98,4 +101,25 @@ async fn every_setup_error_is_one_line() {
     assert_one_line("bad URL", &bad_url);
     let refused = connect(RedisConnection::standalone("redis://127.0.0.1:1/")).await;
     assert_one_line("refused", &refused);
+}
+
+/// By default a server that cannot be reached (refused, hung up) is connected to in the
+/// background, and `connect` returns; a server that answers something that is not Redis still
+/// fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_only_an_unreachable_server_is_connected_to_in_the_background() {
+    let quick = |b: RedisConnectionBuilder| {
+        b.connect_timeout(Duration::from_millis(300)).response_timeout(Duration::from_millis(300))
+    };
+    let refused = quick(RedisConnection::standalone("redis://127.0.0.1:1/")).connect().await;
+    let refused = refused.expect("refused: connecting in the background");
+    assert!(!refused.is_connected());
+    let hung_up = fake_server(Answer::HangUp).await;
+    quick(RedisConnection::standalone(hung_up))
+        .connect()
+        .await
+        .expect("hung up: in the background");
+    let http = fake_server(Answer::Http).await;
+    let err = quick(RedisConnection::standalone(http)).connect().await.expect_err("not Redis");
+    assert_one_line("http", &err);
 }

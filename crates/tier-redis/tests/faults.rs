@@ -126,3 +126,25 @@ async fn retry_queue_is_bounded_and_drops_expired_writes() {
     assert!(t.get(b"k2").await.unwrap().is_hit());
     assert!(matches!(t.get(b"k3").await.unwrap(), Lookup::Miss), "dropped when full");
 }
+
+/// The checker's failed writes after `CLIENT KILL` ("redis write: broken pipe"): a call on a
+/// connection the server had just closed failed, though the handle reconnects at once. Now it
+/// goes once more over the new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_killed_connection_goes_once_more_over_a_new_one() {
+    let server = OwnRedis::start();
+    let t = tier_at(&server.url(), Duration::from_millis(500)).await;
+    t.insert(key("k"), entry("v", 60_000, 60_000)).await.unwrap();
+    let mut raw = raw(&server.url()).await;
+    for round in 0..5 {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(killed >= 1, "the tier's connection was killed");
+        let value = format!("v{round}");
+        t.insert(key("k"), entry(&value, 60_000, 60_000)).await.unwrap();
+        t.remove(b"k").await.unwrap();
+    }
+}

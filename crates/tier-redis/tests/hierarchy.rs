@@ -322,11 +322,7 @@ async fn a_lost_namespace_version_never_revives_an_earlier_namespace() {
     let old = a.cache.key("user:1");
     a.cache.insert(&old, "old".to_string()).await.unwrap();
     a.cache.invalidate_namespace().await.unwrap();
-    let mut raw = raw(&url).await;
-    let lost: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{prefix}gen:*")).query_async(&mut raw).await.unwrap();
-    assert!(!lost.is_empty(), "the namespace version lived under {prefix}gen:");
-    let _: () = redis::cmd("DEL").arg(&lost).query_async(&mut raw).await.unwrap();
+    lose_generations(&url, &prefix).await;
 
     let b = instance(&url, &url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
     let version = b.cache.sync_namespace().await.unwrap();
@@ -334,6 +330,41 @@ async fn a_lost_namespace_version_never_revives_an_earlier_namespace() {
     let k = b.cache.key("user:1");
     assert_ne!(k, old, "a key of the namespace's first life is built again");
     assert_eq!(load_on(&b, &k).await, ("loaded".to_string(), true));
+}
+
+/// The coherence checker's namespace violations: the namespace version was lost in Redis
+/// (`gen_delete`, a restart without persistence) while A kept building keys with it; B, started
+/// then, began the namespace again with a fresh version and wrote under its keys, which A never
+/// built — A served its old copy for as long as it lived. Now an instance whose read of the
+/// version moves it on tells the others, and they follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_starts_a_lost_namespace_again_takes_the_others_along() {
+    let url = standalone_url();
+    let prefix = unique_prefix("ns-again");
+    let channel = format!("{prefix}chan");
+    let a = instance(&url, &url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    a.cache.sync_namespace().await.unwrap();
+    a.cache.insert(a.cache.key("user:1"), "old".to_string()).await.unwrap();
+    lose_generations(&url, &prefix).await;
+
+    let b = instance(&url, &url, &prefix, &channel, ReconnectPolicy::CatchUp).await;
+    b.cache.sync_namespace().await.unwrap();
+    b.cache.insert(b.cache.key("user:1"), "new".to_string()).await.unwrap();
+    eventually(Duration::from_secs(2), "A serves B's insert", || async {
+        a.cache.get(a.cache.key("user:1")).await.as_deref().map(String::as_str) == Some("new")
+    })
+    .await;
+    assert_eq!(a.cache.key("user:1"), b.cache.key("user:1"), "one namespace version again");
+}
+
+/// Delete every generation key under `prefix` (the namespace version among them), as an
+/// eviction, a flush or a restart without persistence would.
+async fn lose_generations(url: &str, prefix: &str) {
+    let mut raw = raw(url).await;
+    let lost: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}gen:*")).query_async(&mut raw).await.unwrap();
+    assert!(!lost.is_empty(), "the namespace version lived under {prefix}gen:");
+    let _: () = redis::cmd("DEL").arg(&lost).query_async(&mut raw).await.unwrap();
 }
 
 /// B's `get_or_load` of `k`: the value, and whether the loader ran.
@@ -396,16 +427,16 @@ async fn flushall_never_revives_an_invalidated_value() {
 }
 
 /// Finding 8 (the Redis half): a cache whose Redis is down at start-up builds and answers from
-/// the origin; once Redis is up, its L3 fills.
+/// the origin; once Redis is up, its L3 fills. With the default connection settings (it took
+/// `lazy(true)` before: `connect` failed while the server could not be reached).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_builds_and_answers_while_redis_is_down() {
     let port = free_port();
     let conn = RedisConnection::standalone(format!("redis://127.0.0.1:{port}/"))
         .connect_timeout(Duration::from_millis(100))
-        .lazy(true)
         .connect()
         .await
-        .unwrap();
+        .expect("a server that cannot be reached is connected to in the background");
     let prefix = unique_prefix("down");
     let started = Instant::now();
     let b = instance_on(

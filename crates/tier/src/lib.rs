@@ -94,7 +94,7 @@ pub mod otel;
 
 /// The names most services use: `use tier::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Cache, CacheError, CallOptions, FailSafe, TierPolicy};
+    pub use crate::{Cache, CacheError, CallOptions, FailSafe, LoadContext, Loaded, TierPolicy};
 
     #[cfg(feature = "disk")]
     pub use crate::DiskTier;

@@ -18,6 +18,7 @@ fn write(node: &str, op: Op, start: u64, end: u64, writes: &[(u32, u64)]) -> Rec
         outcome: Outcome::Ok,
         stale: false,
         writes: writes.to_vec(),
+        via: None,
     }
 }
 
@@ -33,6 +34,7 @@ fn read(node: &str, key: u32, start: u64, got: Outcome) -> Record {
         outcome: got,
         stale: false,
         writes: vec![],
+        via: None,
     }
 }
 

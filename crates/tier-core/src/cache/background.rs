@@ -35,14 +35,17 @@ pub(super) enum StartUp {
     Head,
 }
 
-/// Start the background tasks of `hierarchy` when inside a tokio runtime; `sync_shared`: read
-/// the clear floor and namespace version from a generation store that is not local.
+/// Start the background tasks of `hierarchy` when inside a tokio runtime; with a shared
+/// generation store, read the clear floor and namespace version from it.
 pub(super) fn start<V: CacheValue>(
     hierarchy: &Arc<Hierarchy<V>>,
     gauge_interval: Duration,
-    sync_shared: bool,
     start_up: Option<StartUp>,
 ) {
+    if hierarchy.shares_generations() {
+        // Until the version is read (below, or by a read that asks the store), keys carry 0.
+        hierarchy.fleet().set_namespace_unread(true);
+    }
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         tracing::debug!(cache = %hierarchy.name(), "built outside a tokio runtime: no background tasks");
         if hierarchy.backplane().is_some() {
@@ -54,7 +57,7 @@ pub(super) fn start<V: CacheValue>(
     };
     let weak = Arc::downgrade(hierarchy);
     let mut tasks = vec![handle.spawn(report_gauges(weak.clone(), gauge_interval))];
-    if sync_shared {
+    if hierarchy.shares_generations() {
         tasks.push(handle.spawn(sync_shared_state(weak.clone())));
     }
     tasks.extend(listen(&handle, hierarchy, weak, start_up.unwrap_or(StartUp::Head)));
@@ -93,7 +96,7 @@ async fn sync_shared_state<V: CacheValue>(weak: Weak<Hierarchy<V>>) {
             hierarchy.fleet().raise_expiry_floor(*expiry);
         }
         if let Ok(Some(v)) = ns.as_ref().map(|v| v.first().copied()) {
-            hierarchy.keys().set_version(v);
+            hierarchy.adopt_namespace(v).await;
         }
         if floor.is_ok() && expiry.is_ok() && ns.is_ok() {
             return;
@@ -114,7 +117,8 @@ fn listen<V: CacheValue>(
     // Subscribed before the catch-up: what arrives meanwhile waits in the channel (applying a
     // message twice is harmless).
     let mut rx = hierarchy.backplane()?.subscribe();
-    Some(handle.spawn(async move {
+    let handle = handle.clone();
+    Some(handle.clone().spawn(async move {
         match weak.upgrade() {
             Some(hierarchy) => hierarchy.start_up(start_up).await,
             None => return,
@@ -143,10 +147,14 @@ fn listen<V: CacheValue>(
                 Ok(BackplaneEvent::Confirmed { sent_at_ms }) => {
                     hierarchy.fleet().confirmed(sent_at_ms)
                 }
-                Ok(BackplaneEvent::Gap) => hierarchy.recover("backplane gap").await,
+                Ok(BackplaneEvent::Gap) => {
+                    hierarchy.recover("backplane gap").await;
+                    resync(&handle, &hierarchy, &weak);
+                }
                 Err(RecvError::Lagged(n)) => {
                     let why = format!("{n} backplane messages dropped (slow consumer)");
-                    hierarchy.recover(&why).await
+                    hierarchy.recover(&why).await;
+                    resync(&handle, &hierarchy, &weak);
                 }
                 Err(RecvError::Closed) => return,
             }
@@ -154,7 +162,37 @@ fn listen<V: CacheValue>(
     }))
 }
 
+/// After a gap: a namespace move or a clear may have been missed, so read the namespace version
+/// and the clear floor from a shared store again (in the background, retried until it answers).
+fn resync<V: CacheValue>(
+    handle: &tokio::runtime::Handle,
+    hierarchy: &Hierarchy<V>,
+    weak: &Weak<Hierarchy<V>>,
+) {
+    if hierarchy.shares_generations() {
+        handle.spawn(sync_shared_state(weak.clone()));
+    }
+}
+
 impl<V: CacheValue> Hierarchy<V> {
+    /// Build keys with namespace version `v` read from a shared store (a version never goes
+    /// back). When it moved this instance on, the other instances are told: a version the store
+    /// had lost (an eviction, a flush, a restart without persistence) was started again by this
+    /// read, and the instances still on the lost one would otherwise keep building keys that
+    /// nobody else writes or invalidates any more.
+    pub(super) async fn adopt_namespace(&self, v: u64) {
+        let before = self.keys().version();
+        self.keys().set_version(v);
+        self.fleet().set_namespace_unread(false);
+        if v <= before {
+            return;
+        }
+        self.stripes().bump_all();
+        if let Err(e) = self.publish(Invalidation::Namespace(v)).await {
+            tracing::warn!(cache = %self.name(), error = %e, "the namespace version read from the store could not be told to the other instances (they read it again after their next gap or start)");
+        }
+    }
+
     /// At build: restore what the local state keeps (a lost state file makes every local entry
     /// suspect, said once), and with `local` generations the clear floor and namespace version.
     /// With a backplane: what the listener does first.
@@ -290,8 +328,14 @@ impl<V: CacheValue> Hierarchy<V> {
             Invalidation::Tag(tag) => self.generations().remote_bump(tag, None),
             Invalidation::Namespace(v) => {
                 self.generations().remote_bump(&namespace_tag(self.name()), Some(*v));
+                let before = self.keys().version();
                 self.keys().set_version(*v);
-                self.stripes().bump_all();
+                self.fleet().set_namespace_unread(false);
+                // A version this instance builds keys with already (another instance read it
+                // at its start, see `adopt_namespace`) changes nothing: writes in flight stay.
+                if *v > before {
+                    self.stripes().bump_all();
+                }
             }
             Invalidation::Expire { key, at } => {
                 if let Some(e) = self.apply_remote_expire(key.as_ref(), *at).await {

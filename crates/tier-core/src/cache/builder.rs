@@ -274,6 +274,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             codec: self.codec,
             opts: Options { reconnect, ..self.opts }.checked()?,
             generations,
+            shared_generations: local.is_none(),
             backplane,
             lock: self.lock,
             categories: self.categories,
@@ -281,7 +282,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             state,
         }));
         let start_up = hierarchy.restore(local.as_deref());
-        background::start(&hierarchy, self.gauge_interval, local.is_none(), start_up);
+        background::start(&hierarchy, self.gauge_interval, start_up);
         Ok(Cache::from_hierarchy(hierarchy))
     }
 

@@ -50,7 +50,7 @@ impl<V> Previous<V> {
             fresh: meta.is_fresh(now),
             age: Duration::from_millis(now.saturating_sub(meta.created_at)),
             tier: tier.to_string(),
-            validator: None,
+            validator: meta.validator.clone(),
         }
     }
 }
@@ -175,8 +175,11 @@ impl<V> Loaded<V> {
         self
     }
 
-    /// The value's validator (an ETag, a Last-Modified, a version: opaque bytes), handed to the
-    /// next load of the key in [`LoadContext::validator`].
+    /// The value's validator (an ETag, a Last-Modified, a version: opaque bytes, stored in the
+    /// envelope), handed to the next load of the key in [`LoadContext::validator`]. At most
+    /// [`MAX_VALIDATOR_LEN`](crate::spi::envelope::MAX_VALIDATOR_LEN) bytes: more is an
+    /// [`InvalidInput`](crate::CacheError::InvalidInput) error for every waiting caller, and
+    /// nothing is cached.
     pub fn validator(mut self, validator: impl Into<Bytes>) -> Self {
         self.validator = Some(validator.into());
         self

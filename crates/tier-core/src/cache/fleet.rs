@@ -19,6 +19,9 @@ use crate::state::{get_u64, position_name, suspect_name, StateStore};
 /// The applied log position is written at most this often (replay is idempotent).
 pub(super) const POSITION_EVERY: Duration = Duration::from_millis(50);
 
+/// How long a part's open breaker refuses calls before one probe.
+pub(super) const GUARD_COOLDOWN: Duration = Duration::from_millis(250);
+
 /// A part of the fleet state (the `part` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Part {
@@ -51,8 +54,13 @@ pub(super) struct Guard {
 
 impl Guard {
     fn new(cache: &str, part: Part, timeout: Duration) -> Self {
-        // Opens after 5 failures in a row (or half of 20 calls), probes after 1 s.
-        let cfg = BreakerConfig { cooldown: Duration::from_secs(1), ..BreakerConfig::default() };
+        // Opens after 5 failures in a row (or half of 20 calls); one probe after GUARD_COOLDOWN
+        // closes it again. Each call is bounded by the timeout already: the breaker only spares
+        // the callers of an outage that wait, so it may probe often — an outage costs one
+        // timed-out call per cooldown, and the part is back within a cooldown of its return
+        // (with 1 s and three probes, the checker's writes failed for a second after every
+        // 300 ms proxy drop).
+        let cfg = BreakerConfig { cooldown: GUARD_COOLDOWN, probes: 1, ..BreakerConfig::default() };
         Self {
             part,
             timeout,

@@ -40,6 +40,8 @@ pub(super) struct Parts {
     pub codec: Codec,
     pub opts: Options,
     pub generations: Arc<dyn GenerationStore>,
+    /// The generation store is not the hierarchy's own local one (the fleet shares it).
+    pub shared_generations: bool,
     pub backplane: Option<Arc<dyn Backplane>>,
     pub lock: Option<(Arc<dyn DistributedLock>, LockOptions)>,
     pub categories: Option<Categories>,
@@ -60,6 +62,7 @@ pub(super) struct Hierarchy<V> {
     guards: Guards,
     kept: Kept,
     generations: Arc<dyn GenerationStore>,
+    shared_generations: bool,
     backplane: Option<Arc<dyn Backplane>>,
     lock: Option<(Arc<dyn DistributedLock>, LockOptions)>,
     bypass: AtomicBool,
@@ -91,6 +94,7 @@ impl<V> Hierarchy<V> {
             stripes: Stripes::default(),
             fleet: FleetState::default(),
             generations: parts.generations,
+            shared_generations: parts.shared_generations,
             backplane: parts.backplane,
             lock: parts.lock,
             bypass: AtomicBool::new(false),
@@ -138,6 +142,12 @@ impl<V> Hierarchy<V> {
     /// Where tag generations live.
     pub fn generations(&self) -> &dyn GenerationStore {
         &*self.generations
+    }
+
+    /// Is the generation store shared by the fleet (not the hierarchy's own local one)? Then
+    /// the namespace version and the clear floor are read from it at start and after a gap.
+    pub fn shares_generations(&self) -> bool {
+        self.shared_generations
     }
 
     /// The timeout and breaker of each part of the fleet state.

@@ -11,16 +11,19 @@ use std::time::Duration;
 use super::context::{Answer, LoadContext, Loaded, Previous};
 use super::hierarchy::Hierarchy;
 use super::lifetime::new_meta;
-use super::load::{not_modified_without_value, Job, Loader};
+use super::load::{not_modified_without_value, Job};
+use super::loader::Loader;
 use super::lookup::Counting;
 use super::options::{check_tags, CacheValue, CallSettings, Lifetimes};
 use super::rule::Found;
 use super::tags::{self, tag_clock};
-use crate::envelope::TagStamp;
+use crate::envelope::{TagStamp, MAX_VALIDATOR_LEN};
+use crate::error::CacheError;
 
 /// What a loader said of keeping its value: tags learnt late, and whether to cache it.
 struct Late {
     tags: Vec<Arc<str>>,
+    validator: Option<bytes::Bytes>,
     cache: bool,
 }
 
@@ -68,13 +71,13 @@ impl<V: CacheValue> Hierarchy<V> {
                 });
             }
         };
-        let Loaded { answer, fresh, stale, tags, validator: _, cache } = loaded;
+        let Loaded { answer, fresh, stale, tags, validator, cache } = loaded;
         let set = call.lifetimes.overridden_by(Lifetimes { fresh, stale });
         match answer {
             Answer::NotModified => self.renew(job, previous, set, started).await,
             Answer::Value(value) => {
                 let value = value.map(Arc::new);
-                let late = Late { tags, cache };
+                let late = Late { tags, validator, cache };
                 self.land_value(job, value, late, set, before, &call, (started, cost)).await
             }
         }
@@ -115,6 +118,12 @@ impl<V: CacheValue> Hierarchy<V> {
         if !loaded.cache || set.is_nothing() {
             return job.publisher.publish(Ok(value));
         }
+        if let Some(v) = loaded.validator.as_ref().filter(|v| v.len() > MAX_VALIDATOR_LEN) {
+            return job.publisher.publish(Err(CacheError::InvalidInput(format!(
+                "a validator of {} bytes, at most {MAX_VALIDATOR_LEN} allowed",
+                v.len()
+            ))));
+        }
         let stamps = if loaded.tags.is_empty() {
             before.stamps
         } else {
@@ -130,7 +139,8 @@ impl<V: CacheValue> Hierarchy<V> {
                 None => return job.publisher.publish(Ok(value)),
             }
         };
-        let meta = new_meta(started, value.is_none(), stamps, cost);
+        let mut meta = new_meta(started, value.is_none(), stamps, cost);
+        meta.validator = loaded.validator;
         let (entries, wrote_local) = self.land_local(job, value, &meta, set).await;
         self.land_rest(job, entries, wrote_local, started).await;
     }

@@ -165,7 +165,7 @@ impl<V: CacheValue> Hierarchy<V> {
                 level.metrics().get_duration.record(start.elapsed());
             }
             let (result, found) = match result {
-                Ok(lookup) => self.judge(i, seq, lookup, now).await,
+                Ok(lookup) => self.judge(i, key, seq, lookup, now).await,
                 Err(e) => (level.read_failed(self.name(), &e), None),
             };
             count(result);
@@ -183,6 +183,7 @@ impl<V: CacheValue> Hierarchy<V> {
     async fn judge(
         &self,
         i: usize,
+        key: &[u8],
         seq: u64,
         lookup: Lookup,
         now: u64,
@@ -196,6 +197,24 @@ impl<V: CacheValue> Hierarchy<V> {
         if usable != Usability::Unusable && entry.meta.tags.is_some() {
             let guard = &self.guards().generations;
             usable = rule(tags::verdict(self.generations(), guard, &entry.meta, self.name()).await);
+        }
+        if usable != Usability::Unusable
+            && self.fleet().namespace_uncertain(placement == Placement::Shared, now)
+        {
+            let guard = &self.guards().namespace;
+            let (verdict, read) =
+                tags::namespace_verdict(self.generations(), guard, self.keys(), key, self.name())
+                    .await;
+            if let Some(v) = read {
+                // This instance missed a move, or had not read the version yet: build keys of
+                // the store's namespace from now on.
+                if v > self.keys().version() {
+                    self.keys().set_version(v);
+                    self.stripes().bump_all();
+                }
+                self.fleet().set_namespace_unread(false);
+            }
+            usable = usable.min(rule(verdict));
         }
         let result = match usable {
             Usability::Fresh => LookupResult::Hit,
@@ -233,7 +252,7 @@ impl<V: CacheValue> Hierarchy<V> {
             };
             let now = now_ms();
             for (i, lookup) in open.into_iter().zip(lookups) {
-                let (result, found) = self.judge(j, seqs[i], lookup, now).await;
+                let (result, found) = self.judge(j, &keys[i], seqs[i], lookup, now).await;
                 count(i, result);
                 if let Some((found, usable)) = found {
                     walks[i].take(found, usable);

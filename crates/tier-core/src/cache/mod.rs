@@ -47,6 +47,7 @@ mod hierarchy;
 mod land;
 mod lifetime;
 mod load;
+mod loader;
 mod lookup;
 mod options;
 mod read;

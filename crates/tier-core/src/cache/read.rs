@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::context::{LoadContext, Loaded};
 use super::handle::Cache;
 use super::lifetime::{refresh_due, Life};
-use super::load::Loader;
+use super::loader::Loader;
 use super::lookup::{Counting, Ready};
 use super::options::{CacheValue, CallOptions, CallSettings};
 use super::rule::{stale_servable, Found};
@@ -171,7 +171,7 @@ impl<V: CacheValue> Cache<V> {
     /// ```
     /// use std::time::Duration;
     /// use tier_core::testing::MapTier;
-    /// use tier_core::{Cache, CallOptions, LoadContext, Loaded, TierPolicy};
+    /// use tier_core::{Cache, LoadContext, Loaded, TierPolicy};
     ///
     /// #[tokio::main]
     /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -191,17 +191,18 @@ impl<V: CacheValue> Cache<V> {
     ///         .await?;
     ///     assert_eq!(page.as_deref().map(String::as_str), Some("<h1>hi</h1>"));
     ///     pages.expire("home").await?;
-    ///     // Revalidation: the origin says the version it has is still "v1".
+    ///     // Revalidation: the origin is asked whether the version the cache holds is current.
     ///     let again = pages
     ///         .get_or_load_ctx("home", |ctx: LoadContext<String>| async move {
-    ///             let prev = ctx.previous().expect("the expired value");
-    ///             assert!(!prev.fresh);
-    ///             Ok::<_, std::io::Error>(ctx.not_modified())
+    ///             let unchanged = ctx.validator().is_some_and(|v| &v[..] == b"v1");
+    ///             Ok::<_, std::io::Error>(if unchanged {
+    ///                 ctx.not_modified() // kept, its life renewed in every tier
+    ///             } else {
+    ///                 Loaded::value("<h1>hi</h1>".to_string()).validator(&b"v1"[..])
+    ///             })
     ///         })
     ///         .await?;
     ///     assert_eq!(again.as_deref().map(String::as_str), Some("<h1>hi</h1>"));
-    ///     assert!(pages.try_get("home").await.expect("renewed").fresh);
-    ///     # let _ = CallOptions::new();
     ///     Ok(())
     /// }
     /// ```

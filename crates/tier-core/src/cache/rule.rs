@@ -14,7 +14,12 @@
 //!   - **catching up**: until the start-up replay of the invalidation log is done, local
 //!     entries are at most stale;
 //!   - the **lease** (a backplane that confirms delivery): local entries are fresh only while
-//!     the last proof of delivery is younger than the propagation bound δ;
+//!     the last proof of delivery is younger than the propagation bound δ; while it has lapsed,
+//!     an entry of a shared tier under a key of this cache's namespace is checked against the
+//!     store's namespace version (`tags::namespace_verdict`: a move not delivered makes it
+//!     unusable, a version the store cannot give makes it at most stale) — and so is every
+//!     entry under such a key until the version was first read from a shared store (keys are
+//!     built with version 0 until then, which an earlier life of the fleet may have used);
 //! - **tag stamps** ([`TagVerdict`]): an outdated stamp makes the entry unusable; a generation
 //!   the store cannot give (unknown, or the store is unavailable) makes it at most stale.
 //!
@@ -99,6 +104,9 @@ pub(super) struct FleetState {
     catching_up: AtomicBool,
     /// The start-up (catch-up, gap or the log's head) is done.
     started: AtomicBool,
+    /// The namespace version has not been read from a shared store yet: keys are built with
+    /// version 0, which may be an earlier life's (see `tags::namespace_verdict`).
+    namespace_unread: AtomicBool,
     /// The lease's length δ in ms; 0: no lease (the backplane does not confirm delivery).
     lease_ms: AtomicU64,
     /// When the last proof of delivery was sent (Unix ms).
@@ -150,6 +158,18 @@ impl FleetState {
         self.started.load(Ordering::Acquire)
     }
 
+    /// The namespace version is (true) or is no longer (false) to be read from a shared store.
+    pub fn set_namespace_unread(&self, yes: bool) {
+        self.namespace_unread.store(yes, Ordering::Release);
+    }
+
+    /// Is the namespace version of keys built now uncertain at `now` — not yet read from the
+    /// shared store, or the lease lapsed (a move may not have been delivered)? `shared`: the
+    /// entry is in a shared tier (a lapsed lease already makes local entries stale).
+    pub fn namespace_uncertain(&self, shared: bool, now: u64) -> bool {
+        self.namespace_unread.load(Ordering::Acquire) || (shared && self.lease_lapsed(now))
+    }
+
     /// Serve local entries as fresh only while a proof of delivery is younger than `bound`.
     pub fn start_lease(&self, bound: std::time::Duration) {
         let ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -159,6 +179,13 @@ impl FleetState {
     /// Everything published before `sent_at_ms` has been delivered.
     pub fn confirmed(&self, sent_at_ms: u64) {
         self.confirmed_at.fetch_max(sent_at_ms, Ordering::AcqRel);
+    }
+
+    /// Has the lease lapsed at `now` (a lease is on and the last proof of delivery is older
+    /// than δ)? Then a namespace move may not have been delivered.
+    pub fn lease_lapsed(&self, now: u64) -> bool {
+        let lease = self.lease_ms.load(Ordering::Acquire);
+        lease != 0 && now > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
     }
 
     /// The best an entry can be in a tier so placed, by the fleet state alone (reads the clock
@@ -179,11 +206,7 @@ impl FleetState {
         {
             return Usability::Stale;
         }
-        let lease = self.lease_ms.load(Ordering::Acquire);
-        if lease != 0
-            && crate::time::now_ms()
-                > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
-        {
+        if self.lease_lapsed(crate::time::now_ms()) {
             return Usability::Stale;
         }
         Usability::Fresh

@@ -95,3 +95,29 @@ pub(super) async fn verdict(
         }
     }
 }
+
+/// Is the namespace version `key` was built with still the store's? Asked of entries of a
+/// shared tier while the lease has lapsed (the backplane did not prove delivery within δ): a
+/// namespace move it did not deliver leaves this instance building keys of the old namespace,
+/// whose entries in a shared tier are otherwise served as fresh. `Untagged` for a key not built
+/// by `keys`; `Current` or `Outdated` with the store's version (to adopt) when the store
+/// answered; `Unknown` when it cannot say (missing, down).
+pub(super) async fn namespace_verdict(
+    store: &dyn GenerationStore,
+    guard: &Guard,
+    keys: &crate::key::KeyBuilder,
+    key: &[u8],
+    cache: &str,
+) -> (TagVerdict, Option<u64>) {
+    let Some(built) = keys.version_of(key) else { return (TagVerdict::Untagged, None) };
+    let tag: [Arc<str>; 1] = [Arc::from(namespace_tag(cache))];
+    match guard.run(store.current(&tag)).await.map(|v| v.first().copied().flatten()) {
+        Ok(Some(v)) if v == built => (TagVerdict::Current, Some(v)),
+        Ok(Some(v)) if v > built => (TagVerdict::Outdated, Some(v)),
+        Ok(_) => (TagVerdict::Unknown, None),
+        Err(e) => {
+            tracing::debug!(cache, error = %e, "namespace version unavailable");
+            (TagVerdict::Unknown, None)
+        }
+    }
+}

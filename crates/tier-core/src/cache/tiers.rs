@@ -199,13 +199,18 @@ impl Level {
 
     /// Count the result of a write.
     pub fn count_write(&self, cache: &str, result: &Result<(), TierError>) {
+        self.count_writes(cache, result, 1);
+    }
+
+    /// Count the result of a write of `n` entries (a batch: one result for all).
+    pub fn count_writes(&self, cache: &str, result: &Result<(), TierError>, n: u64) {
         let m = &self.metrics;
         match result.as_ref().map_err(ErrorClass::of) {
-            Ok(()) => m.write_ok.increment(1),
-            Err(ErrorClass::Skipped) => m.write_skipped.increment(1),
-            Err(ErrorClass::Timeout) => m.write_timeout.increment(1),
+            Ok(()) => m.write_ok.increment(n),
+            Err(ErrorClass::Skipped) => m.write_skipped.increment(n),
+            Err(ErrorClass::Timeout) => m.write_timeout.increment(n),
             Err(ErrorClass::Decode | ErrorClass::Failure) => {
-                m.write_error.increment(1);
+                m.write_error.increment(n);
                 if let Err(e) = result {
                     tracing::debug!(cache, tier = %self.name, error = %e, "write failed");
                 }

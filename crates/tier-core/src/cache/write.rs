@@ -136,7 +136,10 @@ impl<V: CacheValue> Cache<V> {
     /// build, in the background; call this to wait for it, or when the store is shared and
     /// another instance has moved it on). A version the store does not hold — never moved on,
     /// or lost (an eviction, a flush, a restart without persistence) — is created there with a
-    /// fresh start, never taken as 0: keys built before a loss are never built again.
+    /// fresh start, never taken as 0: keys built before a loss are never built again. When the
+    /// read moves this instance on, the other instances are told (a version started again here
+    /// reaches the instances still on the lost one). Returns the version keys are built with
+    /// (never lower than before: a version never goes back).
     pub async fn sync_namespace(&self) -> Result<u64, CacheError> {
         let hierarchy = self.hierarchy();
         let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
@@ -148,8 +151,8 @@ impl<V: CacheValue> Cache<V> {
                 "the generation store answered no namespace version",
             ))
         })?;
-        hierarchy.keys().set_version(version);
-        Ok(version)
+        hierarchy.adopt_namespace(version).await;
+        Ok(hierarchy.keys().version())
     }
 
     /// Remove everything from every tier (lowest first) and tell every other instance: the

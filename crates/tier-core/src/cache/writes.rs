@@ -20,7 +20,7 @@ use tokio::sync::{RwLock, RwLockWriteGuard};
 
 use super::tiers::{ErrorClass, Tiers};
 use crate::entry::Entry;
-use crate::error::{CacheError, TierError};
+use crate::error::{CacheError, TierError, TierErrorKind};
 use crate::retime::Retime;
 use crate::tier::Tier;
 
@@ -49,12 +49,16 @@ impl Default for Stripes {
 }
 
 impl Stripes {
-    fn of(&self, key: &[u8]) -> &Stripe {
+    fn index(key: &[u8]) -> usize {
         let mut h: u32 = 0x811c_9dc5;
         for b in key {
             h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
         }
-        &self.0[h as usize % STRIPES]
+        h as usize % STRIPES
+    }
+
+    fn of(&self, key: &[u8]) -> &Stripe {
+        &self.0[Self::index(key)]
     }
 
     /// The write sequence of `key`'s stripe.
@@ -98,6 +102,22 @@ impl Stripes {
         let guard = stripe.lock.write().await;
         stripe.seq.fetch_add(1, Ordering::AcqRel);
         guard
+    }
+
+    /// Hold the stripes of `keys` exclusively and bump each once (a batch insert). They are
+    /// taken in stripe order, as [`exclusive_all`](Self::exclusive_all) takes them, and every
+    /// other holder holds one stripe at a time: no two holders wait for each other.
+    async fn exclusive_many(&self, keys: &[Bytes]) -> Vec<RwLockWriteGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.iter().map(|k| Self::index(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            let stripe = &self.0[i];
+            guards.push(stripe.lock.write().await);
+            stripe.seq.fetch_add(1, Ordering::AcqRel);
+        }
+        guards
     }
 
     /// Hold every stripe exclusively and bump them all (a clear).
@@ -163,6 +183,12 @@ impl Writer<'_> {
 
     /// Write `entries` now (an insert): hold the key's stripe exclusively, bump it, try every
     /// tier; returns the first failure.
+    ///
+    /// A shared tier that skips the write (its breaker is open) is not left as it is: it would
+    /// keep an older value of the key, and the other instances, told of this insert, drop their
+    /// copies and read that older value from it next. The key is removed from it instead (a
+    /// removal goes through an open breaker, see [`crate::breaker::BreakerTier`]), and a removal
+    /// that fails is this insert's failure.
     pub async fn write_through(
         &self,
         key: &Bytes,
@@ -171,8 +197,43 @@ impl Writer<'_> {
         let _exclusive = self.stripes.exclusive(key).await;
         let mut first = None;
         for (j, entry) in entries {
-            if let Err(e) = self.write_one(j, key.clone(), entry).await {
-                first_failure(&mut first, self.tiers.get(j).name(), e);
+            let Err(e) = self.write_one(j, key.clone(), entry).await else { continue };
+            let level = self.tiers.get(j);
+            if level.is_shared() && level.enabled() && e.kind() == TierErrorKind::CircuitOpen {
+                if let Err(e) = level.tier().remove(key).await {
+                    let why = format!("the write was skipped (breaker open) and the removal of the older value failed: {e}");
+                    let e = TierError::new(e.kind(), why);
+                    first.get_or_insert(CacheError::Tier {
+                        tier: level.name().to_string(),
+                        source: e,
+                    });
+                }
+                continue;
+            }
+            first_failure(&mut first, level.name(), e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Write many keys' entries now (a batch insert): hold their stripes exclusively, then one
+    /// `insert_many` per tier (`by_tier`: tier index → its entries), top tier first, as
+    /// [`write_through`](Self::write_through) writes one key; returns the first failure.
+    pub async fn write_through_many(
+        &self,
+        keys: &[Bytes],
+        by_tier: Vec<(usize, Vec<(Bytes, Entry)>)>,
+    ) -> Result<(), CacheError> {
+        let _exclusive = self.stripes.exclusive_many(keys).await;
+        let mut first = None;
+        for (j, entries) in by_tier {
+            let level = self.tiers.get(j);
+            let n = entries.len() as u64;
+            let start = std::time::Instant::now();
+            let result = level.tier().insert_many(entries).await;
+            level.metrics().write_duration.record(start.elapsed());
+            level.count_writes(self.cache, &result, n);
+            if let Err(e) = result {
+                first_failure(&mut first, level.name(), e);
             }
         }
         first.map_or(Ok(()), Err)
@@ -186,14 +247,17 @@ impl Writer<'_> {
     }
 
     /// Another instance wrote `key` with an entry created at `created_at`: remove it from the
-    /// local tiers (lowest first) unless the local copy was created at or after that (a copy of
-    /// that very write, or a newer one). Returns the first failure; every local tier is tried.
+    /// local tiers (lowest first) unless the local copy was created after that (a newer write).
+    /// A copy created in the same millisecond is removed too: the clock is coarse (a tick of up
+    /// to 4 ms), so an older value written within the tick of the notice's write ties with it —
+    /// and a copy of that very write, removed, is only read again from the shared tier.
+    /// Returns the first failure; every local tier is tried.
     pub async fn remove_older_local(&self, key: &Bytes, created_at: u64) -> Option<CacheError> {
         let _exclusive = self.stripes.exclusive(key).await;
         let mut first = None;
         for (_, level) in self.tiers.iter().rev().filter(|(_, l)| !l.is_shared()) {
             let newer = match level.tier().get(key).await {
-                Ok(lookup) => lookup.entry().is_some_and(|e| e.meta.created_at >= created_at),
+                Ok(lookup) => lookup.entry().is_some_and(|e| e.meta.created_at > created_at),
                 Err(_) => false,
             };
             if newer {

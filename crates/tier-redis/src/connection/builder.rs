@@ -39,7 +39,7 @@ pub struct RedisConnectionBuilder {
     connect_timeout: Duration,
     response_timeout: Duration,
     reconnect_retries: usize,
-    lazy: bool,
+    when: When,
     /// PEM file of the CA certificates `rediss://` servers are verified against.
     #[cfg(feature = "tls")]
     tls_ca_file: Option<std::path::PathBuf>,
@@ -59,7 +59,7 @@ impl std::fmt::Debug for RedisConnectionBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("reconnect_retries", &self.reconnect_retries)
-            .field("lazy", &self.lazy)
+            .field("when", &self.when)
             .finish_non_exhaustive()
     }
 }
@@ -71,7 +71,7 @@ impl RedisConnectionBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             reconnect_retries: 2,
-            lazy: false,
+            when: When::NowOrInBackground,
             #[cfg(feature = "tls")]
             tls_ca_file: None,
         }
@@ -111,22 +111,28 @@ impl RedisConnectionBuilder {
         self
     }
 
-    /// Connect in the background: [`connect`](Self::connect) (and so the `build()` of the tier
-    /// or the backplane) returns at once, without waiting for the server, and the connection
-    /// is made in the background (retried with backoff from 50 ms up to 2 s); until it is, every
-    /// call fails at once with [`Unavailable`](tier_core::TierErrorKind::Unavailable) — the
-    /// hierarchy skips the tier and the service starts while Redis is down.
-    /// [`RedisConnection::connected`] waits for it. Bad URLs and settings still fail `connect`.
-    /// Not for [`RedisConnection::detect`], which must ask the server what it is. Default:
-    /// false (`connect` waits for the connection and fails when it cannot be made).
+    /// When the connection is made. By default [`connect`](Self::connect) tries now (within
+    /// connect + response timeout), and when the server (for Cluster: the cluster) cannot be
+    /// reached — refused, timed out, dropped — it still returns: the connection is made in the
+    /// background (retried with backoff from 50 ms up to 2 s; one `warn` log line), and until it
+    /// is, every call fails at once with [`Unavailable`](tier_core::TierErrorKind::Unavailable)
+    /// — the hierarchy skips the tier, and a service whose Redis is down at start-up starts,
+    /// serving from its other tiers and the origin. Any other failure (a TLS certificate that
+    /// does not verify, a refused password) still fails `connect`.
+    ///
+    /// `lazy(true)`: do not even try now — `connect` returns at once and connects in the
+    /// background. `lazy(false)`: fail `connect` when the connection cannot be made now (a
+    /// tool that should say so at once). [`RedisConnection::connected`] waits for the
+    /// connection. Bad URLs and settings always fail `connect`. Not for
+    /// [`RedisConnection::detect`], which must ask the server what it is.
     pub fn lazy(mut self, lazy: bool) -> Self {
-        self.lazy = lazy;
+        self.when = if lazy { When::InBackground } else { When::Now };
         self
     }
 
-    /// Connect. Fails when a URL is invalid, a timeout is zero or the server (for Cluster: the
-    /// cluster) cannot be reached within connect + response timeout — unless
-    /// [`lazy`](Self::lazy), which connects in the background.
+    /// Connect. Fails when a URL is invalid, a timeout is zero, or the connection fails for
+    /// another reason than an unreachable server; an unreachable one is connected to in the
+    /// background (see [`lazy`](Self::lazy), which also says how to fail instead).
     pub async fn connect(self) -> Result<RedisConnection, SetupError> {
         if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
             return Err(SetupError::Config("timeouts must be positive".into()));
@@ -184,7 +190,7 @@ impl RedisConnectionBuilder {
                 factory,
                 _connecting: connecting,
                 _repairing: None,
-                lazy: self.lazy,
+                lazy: self.when != When::Now,
                 node_conns: self.node_conns(&[]),
                 nodes: vec![client],
                 targets: vec![target],
@@ -225,7 +231,7 @@ impl RedisConnectionBuilder {
                 factory,
                 _connecting: connecting,
                 _repairing: Some(repairing),
-                lazy: self.lazy,
+                lazy: self.when != When::Now,
                 node_conns: self.node_conns(&nodes),
                 nodes,
                 targets: urls.iter().map(|u| redact_url(u)).collect(),
@@ -244,14 +250,61 @@ impl RedisConnectionBuilder {
         target: &str,
         op_timeout: Duration,
     ) -> Result<(Arc<Slot>, Option<AbortOnDrop>), SetupError> {
-        if self.lazy {
+        let in_background = || {
             let slot = Slot::new(None);
             let task = connect_in_background(factory.clone(), &slot, op_timeout);
-            return Ok((slot, Some(task)));
+            Ok((slot, Some(task)))
+        };
+        match self.when {
+            When::InBackground => in_background(),
+            When::Now => {
+                let conn = bounded_connect(target, op_timeout, factory.connect()).await?;
+                Ok((Slot::new(Some(conn)), None))
+            }
+            When::NowOrInBackground => {
+                let why = match tokio::time::timeout(op_timeout, factory.connect()).await {
+                    Ok(Ok(conn)) => return Ok((Slot::new(Some(conn)), None)),
+                    Ok(Err(e)) if !unreachable(&e) => {
+                        return Err(SetupError::Connect {
+                            target: target.to_string(),
+                            source: e.into(),
+                        })
+                    }
+                    Ok(Err(e)) => RedisCause::new(e).to_string(),
+                    Err(_) => format!("no connection within {op_timeout:?}"),
+                };
+                tracing::warn!(target, error = %why, "Redis not reachable at start-up: connecting in the background (calls fail at once with Unavailable until then)");
+                in_background()
+            }
         }
-        let conn = bounded_connect(target, op_timeout, factory.connect()).await?;
-        Ok((Slot::new(Some(conn)), None))
     }
+}
+
+/// When a connection is made (see [`RedisConnectionBuilder::lazy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum When {
+    /// Now, or `connect` fails.
+    Now,
+    /// Now, and in the background when the server cannot be reached.
+    NowOrInBackground,
+    /// In the background only.
+    InBackground,
+}
+
+/// Does `e` say the server could not be reached (rather than refusing us)?
+fn unreachable(e: &redis::RedisError) -> bool {
+    use std::io::ErrorKind;
+    let io_kind = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || matches!(
+            io_kind,
+            Some(ErrorKind::TimedOut | ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable)
+        )
 }
 
 /// Does the server at `url` say it is a Cluster node (`INFO cluster`: `cluster_enabled:1`)?

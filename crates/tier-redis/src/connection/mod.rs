@@ -4,7 +4,9 @@
 //! Standalone goes through redis-rs's `ConnectionManager` (one multiplexed connection, reconnected
 //! automatically); Cluster through the cluster-async client (a multiplexed connection per node,
 //! slot map refreshed on `MOVED`). Every operation is bounded by the *operation timeout*
-//! (connect timeout + response timeout), so a call never hangs on a reconnect.
+//! (connect timeout + response timeout), so a call never hangs on a reconnect. A call whose
+//! connection was dropped under it (`CLIENT KILL`, a restart, a proxy) goes once more, over the
+//! reconnected one, within the same bound.
 //!
 //! The Cluster's topology (hash slots, masters, per-node routing) is in `cluster`; building a
 //! connection in `builder`; rebuilding a Cluster connection that stays broken in `repair`; the
@@ -229,8 +231,12 @@ impl RedisConnection {
         op: &str,
         cmd: &Cmd,
     ) -> Result<T, TierError> {
-        let mut conn = self.conn()?;
-        self.bounded_by(bound, op, cmd.query_async(&mut conn)).await
+        let conn = self.conn()?;
+        let run = once_more_if_dropped(|| {
+            let mut conn = conn.clone();
+            async move { cmd.query_async(&mut conn).await }
+        });
+        self.bounded_by(bound, op, run).await
     }
 
     /// Run a pipeline (standalone: any keys; Cluster: keys of one slot).
@@ -249,8 +255,12 @@ impl RedisConnection {
         op: &str,
         pipe: &Pipeline,
     ) -> Result<T, TierError> {
-        let mut conn = self.conn()?;
-        self.bounded_by(bound, op, pipe.query_async(&mut conn)).await
+        let conn = self.conn()?;
+        let run = once_more_if_dropped(|| {
+            let mut conn = conn.clone();
+            async move { pipe.query_async(&mut conn).await }
+        });
+        self.bounded_by(bound, op, run).await
     }
 
     /// Run a script command (or a pipeline of them) built by `build` — first by SHA1
@@ -267,15 +277,19 @@ impl RedisConnection {
         T: redis::FromRedisValue + Send,
         Q: Query,
     {
-        let mut conn = self.conn()?;
-        let run = async move {
-            match build(commands::ScriptForm::Sha).run(&mut conn).await {
-                Err(e) if is_noscript(&e) => {
-                    build(commands::ScriptForm::Source).run(&mut conn).await
+        let conn = self.conn()?;
+        let build = &build;
+        let run = once_more_if_dropped(|| {
+            let mut conn = conn.clone();
+            async move {
+                match build(commands::ScriptForm::Sha).run(&mut conn).await {
+                    Err(e) if is_noscript(&e) => {
+                        build(commands::ScriptForm::Source).run(&mut conn).await
+                    }
+                    r => r,
                 }
-                r => r,
             }
-        };
+        });
         self.bounded_by(bound, op, run).await
     }
 
@@ -614,6 +628,27 @@ fn connect_in_background(factory: Factory, slot: &Arc<Slot>, bound: Duration) ->
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }))
+}
+
+/// Run `attempt`, and once more when the connection was dropped under it (a `CLIENT KILL`, a
+/// proxy or a server that closed it: the handle reconnects, and the second attempt goes over the
+/// new connection — without it, every call in flight when a connection drops fails, and the
+/// breakers of the tier and of the fleet state open for nothing). A refused connection is not
+/// tried again (the server is down). Every command of this crate may run twice: writes are
+/// compare-and-set scripts, a removal is a tombstone, a bump run twice moves a generation on
+/// twice, a stream entry added twice is applied twice (harmless), a lock attempt run twice
+/// fails the second time (the load runs without the lock).
+async fn once_more_if_dropped<T, F>(mut attempt: impl FnMut() -> F) -> redis::RedisResult<T>
+where
+    F: Future<Output = redis::RedisResult<T>>,
+{
+    match attempt().await {
+        Err(e) if e.is_connection_dropped() && !e.is_connection_refusal() => {
+            tracing::debug!(error = %crate::error::RedisCause::new(e), "connection dropped under a call: once more");
+            attempt().await
+        }
+        r => r,
+    }
 }
 
 /// A standalone or cluster connection; implements redis-rs's `ConnectionLike` so that commands,

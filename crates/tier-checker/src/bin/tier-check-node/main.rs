@@ -5,6 +5,7 @@
 //! input closes (or `--max-ops`). Started by the orchestrator (`tier-check`, `tests/coherence.rs`);
 //! not meant to be run by hand.
 
+mod answered;
 mod cache;
 
 use std::path::PathBuf;
@@ -80,14 +81,20 @@ fn fail(why: &str) -> ! {
 
 async fn run(args: Args) -> Result<(), String> {
     cache::count_stale_reads()?;
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .try_init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::{filter, EnvFilter, Layer};
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            );
+        // The read spans only (target `tier`), for `Record::via`.
+        let reads = answered::Answered.with_filter(filter::filter_fn(|m| m.target() == "tier"));
+        let _ = tracing_subscriber::registry().with(log).with(reads).try_init();
+    }
     let space = KeySpace { keys: args.keys, tag_size: args.tag_size };
     let origin = Origin::connect(&args.origin).await.map_err(|e| e.to_string())?;
     let config =
@@ -153,6 +160,7 @@ async fn run_step(
         outcome: Outcome::Ok,
         stale: false,
         writes: Vec::new(),
+        via: None,
     };
     let keys: Vec<u32> = match step {
         Step::Read(_) => Vec::new(),
@@ -164,6 +172,7 @@ async fn run_step(
         record.writes = origin.write(&keys, &args.id).await.map_err(|e| e.to_string())?;
     }
     let stale_before = cache::stale_served();
+    let _ = answered::take();
     record.start_us = now_us();
     let done = match step {
         Step::Read(k) => {
@@ -171,6 +180,7 @@ async fn run_step(
             let got = cache.read(k, space.tag_of(k), origin).await;
             record.end_us = now_us();
             record.stale = cache::stale_served() > stale_before;
+            record.via = answered::take();
             record.outcome = match got {
                 Ok(v) => outcome_of(k, v.as_deref()),
                 Err(e) => Outcome::Error(e),
