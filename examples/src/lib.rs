@@ -70,6 +70,27 @@ impl Fleet {
     }
 }
 
+/// Read the cache's namespace version from Redis (the keys carry it), trying again until it
+/// answers or `within` has passed: a single read is bounded by the fleet-state timeout
+/// (100 ms), which a loaded machine can exceed. Keys built before it is read carry version 0,
+/// and entries under them are not found once it is.
+///
+/// # Errors
+/// The last failure, once `within` has passed.
+pub async fn sync_namespace<V: CacheValue>(
+    cache: &tier::Cache<V>,
+    within: Duration,
+) -> Result<u64, tier::CacheError> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match cache.sync_namespace().await {
+            Ok(version) => return Ok(version),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// Print `line` on stdout at once (a driver reading the program's output waits for it).
 pub fn say(line: impl AsRef<str>) {
     let mut out = std::io::stdout().lock();

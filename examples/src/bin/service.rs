@@ -31,7 +31,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tier::prometheus::PrometheusHandle;
 use tier::{Cache, CallOptions, DiskTier, FailSafe, MemoryTier, TierPolicy};
-use tier_examples::{say, Fleet, DEFAULT_REDIS_URL};
+use tier_examples::{say, sync_namespace, Fleet, DEFAULT_REDIS_URL};
 
 #[derive(Parser)]
 #[command(about = "An axum service over memory → disk → Redis")]
@@ -217,7 +217,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     // Keys carry the namespace version kept in Redis: read it before serving. A Redis that is
     // down does not keep the service from starting (the connection is made in the background).
-    if !connected || users.sync_namespace().await.is_err() {
+    if !connected || sync_namespace(&users, Duration::from_secs(2)).await.is_err() {
         say("Redis not reachable yet: serving from memory, disk and the origin meanwhile");
     }
 
