@@ -73,3 +73,21 @@ pub async fn foyer_disk_cache(
         .await
         .expect("foyer cache")
 }
+
+/// The value `tier demo` caches (crates/tier-cli, `demo/workload.rs`): an id, a version and a
+/// filler of `size` bytes repeating `item-{id}-` — what the codec bench compresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoItem {
+    /// Key rank.
+    pub id: u64,
+    /// Bumped on every write.
+    pub version: u64,
+    /// Filler of `size` bytes.
+    pub body: String,
+}
+
+/// The demo's value of `id` with a body of `size` bytes (its generator, byte for byte).
+pub fn demo_item(id: u64, size: usize) -> DemoItem {
+    let seed = format!("item-{id}-");
+    DemoItem { id, version: 0, body: seed.chars().cycle().take(size).collect() }
+}

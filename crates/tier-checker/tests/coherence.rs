@@ -1,7 +1,8 @@
 //! The coherence checker's short form (it runs in `scripts/test`): three nodes, ≥ 20 000
 //! operations and ≥ 5 faults of each kind against a standalone cache Redis, and again against
-//! a 3-master Cluster. A harness error always fails; violations and failed reads fail only with
-//! `TIER_CHECKER_ENFORCE=1` (report mode until the coherence work makes them 0). The figures
+//! a 3-master Cluster. A harness error fails the test; a violation or a failed read fails the
+//! standalone form, and the Cluster form with `TIER_CHECKER_ENFORCE=1` (report mode until its
+//! last rare violation is found; `TIER_CHECKER_ENFORCE=0`: report mode for both). The figures
 //! are written to standard error whether the test passes or not.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,7 +37,15 @@ fn short_form(cluster: bool) {
         );
     }
     assert!(report.ops >= 20_000, "{name}: {} operations", report.ops);
-    if std::env::var("TIER_CHECKER_ENFORCE").is_ok_and(|v| v == "1") {
+    // Standalone: enforced. The Cluster's short form still finds about one violation in
+    // 20,000 operations (an L1 copy served after another instance's acknowledged invalidate;
+    // cause not found yet): report mode there unless TIER_CHECKER_ENFORCE=1.
+    let enforce = match std::env::var("TIER_CHECKER_ENFORCE").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => !cluster,
+    };
+    if enforce {
         assert!(report.violations.is_empty(), "{name}: {}", report.figure_line());
         assert_eq!(report.failed_reads, 0, "{name}: {}", report.figure_line());
     }

@@ -221,6 +221,9 @@ pub enum DiskCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// How to open a sealed entry.
+        #[command(flatten)]
+        unseal: Unseal,
     },
     /// Check every record's CRC; exit code 3 when damage is found.
     Verify {
@@ -230,6 +233,22 @@ pub enum DiskCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How `get` opens an entry sealed at rest (a cache built with a keyring): the keyring comes
+/// from a file or the `TIER_KEYRING` environment variable (`ID:HEX` entries, the current key
+/// first), never from a flag's value. Without one, a sealed entry's metadata is shown and its
+/// value is not.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Unseal {
+    /// A file holding the keyring (`ID:HEX` entries, one per line, `#` comments). Default: the
+    /// `TIER_KEYRING` environment variable, when set.
+    #[arg(long)]
+    pub keyring_file: Option<PathBuf>,
+    /// The cache the entry belongs to (bound into a sealed entry). Default: the key's namespace,
+    /// what comes before its first `:`.
+    #[arg(long)]
+    pub cache: Option<String>,
 }
 
 /// Where a Redis command connects.
@@ -279,6 +298,9 @@ pub enum RedisCommand {
         target: RedisTarget,
         /// The cache key, without the tier prefix (e.g. `users:0:42`).
         key: String,
+        /// How to open a sealed entry.
+        #[command(flatten)]
+        unseal: Unseal,
     },
 }
 

@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
+use tier_core::seal::Place;
 use tier_disk::{
     DiskInspector, RecordInfo, RecordKind, SegmentDamage, StateReport, StrayFile, LOCK_FILE,
 };
 
-use crate::cli::DiskCommand;
+use crate::cli::{DiskCommand, Unseal};
 use crate::demo::report::count;
-use crate::envelope::{relative, view, EnvelopeView};
+use crate::envelope::{relative, view, EnvelopeView, Opener};
 use crate::error::{chain, CliError, Result};
+use crate::keyring;
 
 fn open(dir: &Path) -> Result<DiskInspector> {
     match std::fs::metadata(dir) {
@@ -226,7 +228,7 @@ pub fn run(cmd: DiskCommand) -> Result<()> {
     match cmd {
         DiskCommand::Stats { dir, json } => stats(&dir, json),
         DiskCommand::Ls { dir, prefix, all, limit, json } => ls(&dir, &prefix, all, limit, json),
-        DiskCommand::Get { dir, key, json } => get(&dir, &key, json),
+        DiskCommand::Get { dir, key, json, unseal } => get(&dir, &key, json, &unseal),
         DiskCommand::Verify { dir, json } => verify(&dir, json),
     }
 }
@@ -384,7 +386,8 @@ fn ls(dir: &Path, prefix: &str, all: bool, limit: usize, json: bool) -> Result<(
     Ok(())
 }
 
-fn get(dir: &Path, key: &str, json: bool) -> Result<()> {
+fn get(dir: &Path, key: &str, json: bool, unseal: &Unseal) -> Result<()> {
+    let keyring = keyring::load(unseal)?;
     let ins = open(dir)?;
     let rec = ins
         .get(key.as_bytes())
@@ -394,7 +397,11 @@ fn get(dir: &Path, key: &str, json: bool) -> Result<()> {
         .ok_or_else(|| {
             CliError::runtime(format!("no entry for key {key:?} in {}", dir.display()))
         })?;
-    let (envelope, envelope_error) = match view(&rec.envelope) {
+    let opener = Opener {
+        keyring: keyring.as_ref(),
+        place: Place { cache: keyring::cache_of(unseal, key), key: key.as_bytes() },
+    };
+    let (envelope, envelope_error) = match view(&rec.envelope, opener) {
         Ok(v) => (Some(v), None),
         Err(e) => (None, Some(e)),
     };

@@ -2,9 +2,12 @@
 //! flags and value. The value's Rust type is unknown here, so a payload of a self-describing
 //! serializer (MessagePack, JSON) is shown as JSON when it maps to JSON, whatever compressed it;
 //! a postcard payload (positional: it cannot be read without its type) and anything that does
-//! not decode are shown as a hex preview with the reason.
+//! not decode are shown as a hex preview with the reason. A sealed entry (a cache with a
+//! keyring) is said to be one, with the id of its key; its value is shown only when a keyring
+//! that holds the key opens it for the entry's cache and key.
 
 use serde::Serialize;
+use tier_core::seal::{decode_sealed, Keyring, Place, Sealing};
 use tier_core::spi::envelope::{
     decode_meta, decode_value, payload_of, Serializer, FLAG_COMPRESSED,
 };
@@ -37,8 +40,10 @@ pub struct EnvelopeView {
     pub compression: Option<&'static str>,
     /// The origin's validator (ETag, Last-Modified, version): as text when UTF-8, else hex.
     pub validator: Option<String>,
-    /// The payload is encrypted (sealed); it is not shown.
+    /// The payload is sealed (encrypted at rest).
     pub encrypted: bool,
+    /// The id of the key it is sealed with, when sealed.
+    pub key_id: Option<u32>,
     /// Tags and the generation each had when written.
     pub tags: Vec<TagView>,
     /// The value as JSON, when the payload maps to JSON.
@@ -56,8 +61,18 @@ pub struct TagView {
     pub generation: u64,
 }
 
-/// Decode `bytes`; an error says why they are not a valid envelope.
-pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
+/// What opens a sealed entry: a keyring, and the entry's place (its cache and key).
+#[derive(Debug, Clone, Copy)]
+pub struct Opener<'a> {
+    /// The keyring, when one was supplied.
+    pub keyring: Option<&'a Keyring>,
+    /// The entry's place, bound into its seal.
+    pub place: Place<'a>,
+}
+
+/// Decode `bytes` (opening a sealed entry with `opener`'s keyring); an error says why they are
+/// not a valid envelope.
+pub fn view(bytes: &[u8], opener: Opener<'_>) -> Result<EnvelopeView, String> {
     let (meta, at) = decode_meta(bytes).map_err(|e| e.to_string())?;
     let now = now_ms();
     let state = if now < meta.fresh_until {
@@ -68,21 +83,34 @@ pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
         "expired"
     };
     let payload = payload_of(bytes, at);
-    let (value, value_error) = match &payload {
-        Ok(p) if p.serializer == Serializer::Postcard && !meta.negative => (
+    let sealing =
+        meta.sealing.as_deref().map(Sealing::parse).transpose().map_err(|e| e.to_string())?;
+    let postcard = matches!(&payload, Ok(p) if p.serializer == Serializer::Postcard);
+    let (value, value_error) = if sealing.is_none() && postcard && !meta.negative {
+        (
             None,
             Some(format!(
                 "a postcard payload is not self-describing (its type is needed to read it); \
                  payload starts {}",
                 hex_preview(&bytes[at..], 32)
             )),
-        ),
-        _ => match decode_value::<serde_json::Value>(bytes, &meta, at) {
+        )
+    } else {
+        let decoded = match (&sealing, opener.keyring) {
+            (None, _) => decode_value::<serde_json::Value>(bytes, &meta, at),
+            (Some(_), Some(keyring)) => decode_sealed(bytes, keyring, opener.place),
+            (Some(s), None) => Err(tier_core::TierError::decode(format!(
+                "sealed with key {}: supply the keyring (--keyring-file or TIER_KEYRING) to decrypt",
+                s.key_id
+            ))),
+        };
+        match decoded {
             Ok(v) => (v, None),
+            Err(e) if sealing.is_some() => (None, Some(e.to_string())),
             Err(e) => {
                 (None, Some(format!("{e}; payload starts {}", hex_preview(&bytes[at..], 32))))
             }
-        },
+        }
     };
     let (serializer, compression) = match &payload {
         Ok(p) => (Some(p.serializer.name()), p.compression.map(|c| c.name())),
@@ -104,7 +132,8 @@ pub fn view(bytes: &[u8]) -> Result<EnvelopeView, String> {
         serializer,
         compression,
         validator,
-        encrypted: meta.sealing.is_some(),
+        encrypted: sealing.is_some(),
+        key_id: sealing.map(|s| s.key_id),
         tags: meta
             .tags()
             .iter()
@@ -164,6 +193,11 @@ impl EnvelopeView {
         );
         if let Some(v) = &self.validator {
             let _ = writeln!(out, "validator    {v}");
+        }
+        if let Some(id) = self.key_id {
+            let opened =
+                if self.value.is_some() { "opened with the keyring" } else { "not opened" };
+            let _ = writeln!(out, "encrypted    yes, XChaCha20-Poly1305, key {id} ({opened})");
         }
         if !self.tags.is_empty() {
             let tags: Vec<String> = self

@@ -14,6 +14,7 @@ mod duration;
 mod envelope;
 mod error;
 mod invalidate;
+mod keyring;
 mod promtext;
 mod redis;
 mod stats;

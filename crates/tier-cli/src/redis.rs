@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
+use tier_core::seal::Place;
 use tier_redis::{RedisConnection, RedisInspector, SetupError, StoredKey};
 
-use crate::cli::{RedisCommand, RedisTarget};
+use crate::cli::{RedisCommand, RedisTarget, Unseal};
 use crate::demo::report::count;
-use crate::envelope::{view, EnvelopeView};
+use crate::envelope::{view, EnvelopeView, Opener};
 use crate::error::{chain, CliError, Result};
+use crate::keyring;
 
 /// How long connecting may take before the command gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -122,7 +124,7 @@ pub async fn run(cmd: RedisCommand) -> Result<()> {
     match cmd {
         RedisCommand::Stats { target, metrics } => stats(target, metrics.as_deref()).await,
         RedisCommand::Ls { target, key_prefix, limit } => ls(target, &key_prefix, limit).await,
-        RedisCommand::Get { target, key } => get(target, &key).await,
+        RedisCommand::Get { target, key, unseal } => get(target, &key, &unseal).await,
     }
 }
 
@@ -338,7 +340,8 @@ struct GetOut {
     envelope_error: Option<String>,
 }
 
-async fn get(t: RedisTarget, key: &str) -> Result<()> {
+async fn get(t: RedisTarget, key: &str, unseal: &Unseal) -> Result<()> {
+    let keyring = keyring::load(unseal)?;
     let inspector = inspector(&t).await?;
     let Some(stored) = inspector.get(key.as_bytes()).await.map_err(failed)? else {
         return Err(CliError::runtime(format!(
@@ -347,7 +350,11 @@ async fn get(t: RedisTarget, key: &str) -> Result<()> {
         )));
     };
     let value = stored.value;
-    let (envelope, envelope_error) = match view(&value) {
+    let opener = Opener {
+        keyring: keyring.as_ref(),
+        place: Place { cache: keyring::cache_of(unseal, key), key: key.as_bytes() },
+    };
+    let (envelope, envelope_error) = match view(&value, opener) {
         Ok(v) => (Some(v), None),
         Err(e) => (None, Some(e)),
     };

@@ -39,6 +39,9 @@ mod lock;
 pub mod metrics;
 mod policy;
 mod retime;
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub mod seal;
 mod sketch;
 pub mod spi;
 mod state;

@@ -1,9 +1,13 @@
 //! Test helpers (feature `test-util`): a plain in-memory envelope tier, a wrapper that fails,
 //! stalls or counts calls on command, an in-process backplane and fleet lock, and the
-//! [`conformance`] kit that checks any tier against the `Tier` contract. For tests, not for
+//! [`conformance`] kit that checks any tier against the `Tier` contract (and, with feature
+//! `encryption`, [`sealing`]: altered sealed entries are misses in any byte tier). For tests, not for
 //! production.
 
 pub mod conformance;
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub mod sealing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

@@ -587,3 +587,54 @@ async fn keys_built_before_the_namespace_is_read_never_serve_an_earlier_life() {
     assert_ne!(value(b.get(&early).await).as_deref(), Some("ancient"), "an earlier life served");
     assert_eq!(value(b.get(b.key("k")).await).as_deref(), Some("current"));
 }
+
+/// A local tier whose removals time out without happening (a disk tier whose writer is behind:
+/// the removal is applied later, or — cancelled while waiting for the writer's queue — never).
+struct RemovalsTimeOut(MapTier);
+
+#[async_trait]
+impl Tier for RemovalsTimeOut {
+    fn name(&self) -> &str {
+        "slow-disk"
+    }
+    fn storage(&self) -> Storage {
+        Storage::Envelopes
+    }
+    async fn get(&self, key: &[u8]) -> Result<Lookup, TierError> {
+        self.0.get(key).await
+    }
+    async fn insert(&self, key: Bytes, entry: Entry) -> Result<(), TierError> {
+        self.0.insert(key, entry).await
+    }
+    async fn remove(&self, _key: &[u8]) -> Result<(), TierError> {
+        Err(TierError::new(tier_core::TierErrorKind::Timeout, "remove took longer than 50ms"))
+    }
+    async fn clear(&self) -> Result<(), TierError> {
+        self.0.clear().await
+    }
+}
+
+/// The checker's Cluster violations (an L1 copy served after another instance's acknowledged
+/// invalidate): B's disk removal of the notice timed out on a loaded machine and the old value
+/// stayed there; B's next read missed L1, found it on disk and served it as fresh. Now a remote
+/// invalidation that fails on a local tier makes every local entry stale until replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_invalidation_that_fails_on_a_local_tier_leaves_nothing_fresh_there() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let a = instance(&hub, &shared);
+    let l1 = Arc::new(MemoryTier::builder().build());
+    let b: Cache<String> = Cache::builder("users")
+        .tier(l1.clone(), exact(MINUTE))
+        .tier(Arc::new(RemovalsTimeOut(MapTier::new("disk"))), exact(MINUTE).no_breaker())
+        .tier(shared.clone(), exact(MINUTE))
+        .backplane(Arc::new(hub.node()), ReconnectPolicy::default())
+        .synchronous_backfill(true)
+        .build()
+        .unwrap();
+    b.insert("k", "old".into()).await.unwrap();
+    a.cache.invalidate("k").await.unwrap();
+    dropped(&l1, "k", "b applying the invalidation to its L1").await;
+    let got = b.get_or_load("k", || async { Ok::<_, std::io::Error>(Some("new".to_string())) });
+    assert_eq!(value(got.await.unwrap()).as_deref(), Some("new"), "B served its disk's old copy");
+}

@@ -42,7 +42,11 @@ async fn instance(
         .connect()
         .await
         .unwrap();
-    instance_on(conn, bp_conn, prefix, channel, policy).await
+    let i = instance_on(conn, bp_conn, prefix, channel, policy).await;
+    // Keys built before the namespace version is read carry 0, and entries under them are
+    // checked against the store's version: wait for it, as a service does.
+    i.cache.sync_namespace().await.unwrap();
+    i
 }
 
 async fn instance_on(

@@ -44,6 +44,8 @@
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
 //! - `opentelemetry` — tier's traces (reads, Redis calls after the database semantic
 //!   conventions) and metrics through OpenTelemetry (the `otel` module).
+//! - `encryption` — values sealed at rest in the disk and Redis tiers with a keyring of the
+//!   application's (the `seal` module, `CacheBuilder::keyring`).
 //! - `test-util` — tier-core's test helpers and conformance kit (the `testing` module).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -56,6 +58,9 @@ pub use tier_core::{
     WarmProgress, WarmReport, MAX_ID_LEN,
 };
 
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub use tier_core::seal;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use tier_core::testing;

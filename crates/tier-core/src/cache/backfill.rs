@@ -39,7 +39,7 @@ impl<V: CacheValue> Hierarchy<V> {
             if skip.contains(j) || !level.enabled() || !admits(level, key, found.entry.size) {
                 continue;
             }
-            match self.entries().copy_of(j, found) {
+            match self.entries().copy_of(key, j, found) {
                 Ok(entry) => writes.push((j, entry)),
                 Err(e) => {
                     tracing::debug!(cache = %self.name(), error = %e, "backfill entry not built")

@@ -312,7 +312,12 @@ impl<V: CacheValue> Hierarchy<V> {
     /// (also a replayed notice of this instance's own, from before a restart: harmless).
     pub(super) async fn apply_remote(&self, what: Invalidation) {
         let failed = |e: crate::error::CacheError| {
-            tracing::warn!(cache = %self.name(), kind = what.kind(), error = %e, "a remote invalidation failed on a local tier");
+            // The local copy may still be there (a disk tier's removal that timed out may be
+            // applied later, or never): nothing local written up to now is fresh any more.
+            let now = now_ms();
+            self.fleet().mark_local_suspect(now);
+            let kept = self.kept().keep_suspect_before(now).is_ok();
+            tracing::warn!(cache = %self.name(), kind = what.kind(), error = %e, kept, "a remote invalidation failed on a local tier: local entries are served only as stale until replaced");
         };
         match &what {
             Invalidation::Key(key) => {

@@ -167,6 +167,7 @@ impl<V: CacheValue> Cache<V> {
             let mut meta = new_meta(created_at, false, stamps.clone(), Duration::ZERO);
             meta.insert = true;
             let entries = hierarchy.entries().of_value(
+                &key,
                 Some(&Arc::new(value)),
                 &meta,
                 TierSet::EMPTY,

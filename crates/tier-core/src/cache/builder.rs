@@ -9,9 +9,10 @@ use super::background;
 use super::handle::Cache;
 use super::hierarchy::{Categories, Hierarchy, Parts};
 use super::options::{CacheValue, EarlyRefresh, FailSafe, Options};
+use super::sealer::Sealer;
 use super::tiers::{Level, Tiers, MAX_TIERS};
 use crate::backplane::{Backplane, ReconnectPolicy};
-use crate::envelope::{Codec, Compression, Serializer};
+use crate::envelope::{Compression, Serializer};
 use crate::error::CacheError;
 use crate::generations::{GenerationStore, LocalGenerations};
 use crate::layer::Mount;
@@ -26,7 +27,7 @@ use crate::tier::{Tier, TierContext};
 pub struct CacheBuilder<V> {
     name: String,
     tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
-    codec: Codec,
+    sealer: Sealer,
     opts: Options,
     generations: Option<Arc<dyn GenerationStore>>,
     backplane: Option<(Arc<dyn Backplane>, ReconnectPolicy)>,
@@ -42,7 +43,7 @@ impl<V: CacheValue> CacheBuilder<V> {
         Self {
             name,
             tiers: Vec::new(),
-            codec: Codec::default(),
+            sealer: Sealer::default(),
             opts: Options::default(),
             generations: None,
             backplane: None,
@@ -125,7 +126,19 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// Payloads of at least this many bytes are compressed when it helps. Any size
     /// (`usize::MAX` never compresses). Default: 1024.
     pub fn compress_threshold(mut self, bytes: usize) -> Self {
-        self.codec.compress_threshold = bytes;
+        self.sealer.codec.compress_threshold = bytes;
+        self
+    }
+
+    /// Seal every value written to a byte tier (disk, Redis) under `keyring`'s current key, and
+    /// open what is read with any of its keys (see [`crate::seal`]). With a keyring, an entry
+    /// in clear, sealed with a key it lacks, or altered is a miss (plus
+    /// `tier_decode_errors_total`). The L1's decoded objects are not affected. Default: none
+    /// (values in clear).
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    pub fn keyring(mut self, keyring: crate::seal::Keyring) -> Self {
+        self.sealer.keyring = Some(keyring);
         self
     }
 
@@ -147,7 +160,7 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// # Ok::<(), tier_core::CacheError>(())
     /// ```
     pub fn serializer(mut self, serializer: Serializer) -> Self {
-        self.codec.serializer = serializer;
+        self.sealer.codec.serializer = serializer;
         self
     }
 
@@ -157,14 +170,14 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// [`zstd_level`](Self::zstd_level)) or `None` (off). Entries compressed by any built-in
     /// compression are read. Default: `Some(Compression::Lz4)`.
     pub fn compression(mut self, compression: impl Into<Option<Compression>>) -> Self {
-        self.codec.compression = compression.into();
+        self.sealer.codec.compression = compression.into();
         self
     }
 
     /// The zstd level, 1 (fastest) ..= 22 (smallest); others fail [`build`](Self::build) when
     /// zstd is chosen. Default: 3.
     pub fn zstd_level(mut self, level: i32) -> Self {
-        self.codec.zstd_level = level;
+        self.sealer.codec.zstd_level = level;
         self
     }
 
@@ -271,7 +284,7 @@ impl<V: CacheValue> CacheBuilder<V> {
         let hierarchy = Arc::new(Hierarchy::new(Parts {
             name: self.name,
             tiers,
-            codec: self.codec,
+            sealer: self.sealer,
             opts: Options { reconnect, ..self.opts }.checked()?,
             generations,
             shared_generations: local.is_none(),
@@ -301,7 +314,7 @@ impl<V: CacheValue> CacheBuilder<V> {
         if let Some(Err(why)) = self.lock.as_ref().map(|(_, opts)| opts.check()) {
             return refuse(why);
         }
-        if let Err(why) = self.codec.check() {
+        if let Err(why) = self.sealer.codec.check() {
             return refuse(why);
         }
         let mut names: Vec<String> = Vec::with_capacity(self.tiers.len());

@@ -61,10 +61,13 @@ impl Guard {
         // (with 1 s and three probes, the checker's writes failed for a second after every
         // 300 ms proxy drop).
         let cfg = BreakerConfig { cooldown: GUARD_COOLDOWN, probes: 1, ..BreakerConfig::default() };
+        let breaker = CircuitBreaker::new(cfg);
+        // Its log lines say whose it is (they said `cache="" tier=""`).
+        breaker.set_labels(cache, format!("fleet state: {}", part.label()));
         Self {
             part,
             timeout,
-            breaker: CircuitBreaker::new(cfg),
+            breaker,
             unavailable: metrics::counter!(FLEET_STATE_UNAVAILABLE, "cache" => cache.to_string(), "part" => part.label()),
         }
     }

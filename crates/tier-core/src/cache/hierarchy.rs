@@ -13,10 +13,10 @@ use super::flight::Flights;
 use super::lifetime::Entries;
 use super::options::Options;
 use super::rule::FleetState;
+use super::sealer::Sealer;
 use super::tiers::Tiers;
 use super::writes::{Stripes, Writer};
 use crate::backplane::{Backplane, Invalidation};
-use crate::envelope::Codec;
 use crate::generations::GenerationStore;
 use crate::key::KeyBuilder;
 use crate::lock::{DistributedLock, LockOptions};
@@ -37,7 +37,7 @@ pub(super) struct Categories {
 pub(super) struct Parts {
     pub name: String,
     pub tiers: Tiers,
-    pub codec: Codec,
+    pub sealer: Sealer,
     pub opts: Options,
     pub generations: Arc<dyn GenerationStore>,
     /// The generation store is not the hierarchy's own local one (the fleet shares it).
@@ -54,7 +54,7 @@ pub(super) struct Parts {
 pub(super) struct Hierarchy<V> {
     name: Arc<str>,
     tiers: Tiers,
-    codec: Codec,
+    sealer: Sealer,
     opts: Options,
     flights: Flights<V>,
     stripes: Stripes,
@@ -88,7 +88,7 @@ impl<V> Hierarchy<V> {
             keys: KeyBuilder::new(parts.name.as_str()),
             name: Arc::from(parts.name),
             tiers: parts.tiers,
-            codec: parts.codec,
+            sealer: parts.sealer,
             opts: parts.opts,
             flights: Flights::default(),
             stripes: Stripes::default(),
@@ -215,7 +215,12 @@ impl<V> Hierarchy<V> {
 
     /// The builder of entries for its tiers.
     pub fn entries(&self) -> Entries<'_> {
-        Entries { tiers: &self.tiers, codec: &self.codec }
+        Entries { tiers: &self.tiers, sealer: &self.sealer, cache: &self.name }
+    }
+
+    /// How it writes and reads envelopes (codec, keyring).
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// The index of `key`'s category (0 without categories).

@@ -9,9 +9,10 @@ use bytes::Bytes;
 
 use super::options::{CacheValue, EarlyRefresh, Lifetimes};
 use super::rule::Found;
+use super::sealer::Sealer;
 use super::tiers::{Level, TierSet, Tiers};
 use crate::entry::{Entry, Storage, Value};
-use crate::envelope::{self, Codec, Meta, TagStamp};
+use crate::envelope::{self, Meta, TagStamp};
 use crate::error::CacheError;
 use crate::policy::TierPolicy;
 use crate::retime::Retime;
@@ -86,7 +87,9 @@ pub(super) fn new_meta(
 /// Builds the entries the tiers are handed.
 pub(super) struct Entries<'a> {
     pub tiers: &'a Tiers,
-    pub codec: &'a Codec,
+    pub sealer: &'a Sealer,
+    /// The cache's name (bound into sealed envelopes with the key).
+    pub cache: &'a str,
 }
 
 impl Entries<'_> {
@@ -94,6 +97,7 @@ impl Entries<'_> {
     /// `envelope` is an already encoded form to reuse (its times are rewritten).
     fn entry_for<V: CacheValue>(
         &self,
+        key: &[u8],
         level: &Level,
         value: Option<&Arc<V>>,
         meta: &Meta,
@@ -104,9 +108,10 @@ impl Entries<'_> {
         let bytes = match envelope {
             Some(b) => envelope::with_times(b, fresh_until, stale_until)
                 .map_err(|e| CacheError::Encode(e.to_string()))?,
-            None => {
-                self.codec.encode(&meta, value.map(|v| v.as_ref())).map_err(CacheError::Encode)?
-            }
+            None => self
+                .sealer
+                .encode(self.cache, key, &meta, value.map(|v| v.as_ref()))
+                .map_err(CacheError::Encode)?,
         };
         let size = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let value = match level.storage() {
@@ -124,13 +129,16 @@ impl Entries<'_> {
     /// `meta.created_at`.
     pub fn of_value<V: CacheValue>(
         &self,
+        key: &[u8],
         value: Option<&Arc<V>>,
         meta: &Meta,
         skip: TierSet,
         set: Lifetimes,
     ) -> Result<Vec<(usize, Entry)>, CacheError> {
-        let encoded =
-            self.codec.encode(meta, value.map(|v| v.as_ref())).map_err(CacheError::Encode)?;
+        let encoded = self
+            .sealer
+            .encode(self.cache, key, meta, value.map(|v| v.as_ref()))
+            .map_err(CacheError::Encode)?;
         let mut out = Vec::with_capacity(self.tiers.len());
         for (j, level) in self.tiers.iter() {
             if skip.contains(j) || !level.enabled() {
@@ -142,14 +150,19 @@ impl Entries<'_> {
             }
             let ratio = self.ratio(level);
             let times = lifetime(level.policy(), meta.created_at, meta.negative, set, ratio);
-            out.push((j, self.entry_for(level, value, meta, times, Some(&encoded))?));
+            out.push((j, self.entry_for(key, level, value, meta, times, Some(&encoded))?));
         }
         Ok(out)
     }
 
     /// The entry for tier `j` copied from `found` (a backfill): never longer-lived than the
     /// source.
-    pub fn copy_of<V: CacheValue>(&self, j: usize, found: &Found<V>) -> Result<Entry, CacheError> {
+    pub fn copy_of<V: CacheValue>(
+        &self,
+        key: &[u8],
+        j: usize,
+        found: &Found<V>,
+    ) -> Result<Entry, CacheError> {
         let level = self.tiers.get(j);
         let src = &found.entry.meta;
         let (fresh_until, stale_until) =
@@ -157,7 +170,7 @@ impl Entries<'_> {
         let fresh_until = fresh_until.min(src.fresh_until);
         let stale_until = stale_until.min(src.stale_until).max(fresh_until);
         let envelope = found.entry.envelope();
-        self.entry_for(level, found.value.as_ref(), src, (fresh_until, stale_until), envelope)
+        self.entry_for(key, level, found.value.as_ref(), src, (fresh_until, stale_until), envelope)
     }
 
     /// This tier's fresh policy over the longest of the hierarchy (in `(0, 1]`): how lifetimes
@@ -203,6 +216,7 @@ impl Entries<'_> {
     /// again in the local object tiers (not in `skip`), never beyond its own `stale_until`.
     pub fn throttled<V: CacheValue>(
         &self,
+        key: &[u8],
         stale: &Found<V>,
         throttle: Duration,
         skip: TierSet,
@@ -215,7 +229,7 @@ impl Entries<'_> {
                 l.holds_objects() && !l.is_shared() && !skip.contains(*j) && l.enabled()
             })
             .filter_map(|(j, l)| {
-                let entry = self.entry_for(l, stale.value.as_ref(), m, times, None).ok()?;
+                let entry = self.entry_for(key, l, stale.value.as_ref(), m, times, None).ok()?;
                 Some((j, entry))
             })
             .collect()

@@ -336,7 +336,7 @@ impl<V: CacheValue> Hierarchy<V> {
         meta: &Meta,
         set: Lifetimes,
     ) -> (Vec<(usize, Entry)>, bool) {
-        match self.entries().of_value(value.as_ref(), meta, job.skip, set) {
+        match self.entries().of_value(job.key(), value.as_ref(), meta, job.skip, set) {
             Ok(entries) => {
                 let (objects, remote): (Vec<_>, Vec<_>) =
                     entries.into_iter().partition(|(j, _)| self.tiers().get(*j).holds_objects());
@@ -367,7 +367,7 @@ impl<V: CacheValue> Hierarchy<V> {
     pub(super) async fn fail(&self, job: &Job<V>, e: CacheError) {
         if let (Some(fs), Some(stale)) = (job.fail_safe, &job.stale) {
             if stale_servable(&stale.entry.meta, now_ms(), Some(fs)) {
-                let writes = self.entries().throttled(stale, fs.throttle, job.skip);
+                let writes = self.entries().throttled(job.key(), stale, fs.throttle, job.skip);
                 self.writer().write_if_unchanged(job.key(), stale.seq, writes).await;
             }
         }

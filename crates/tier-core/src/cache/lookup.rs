@@ -221,7 +221,7 @@ impl<V: CacheValue> Hierarchy<V> {
             Usability::Stale => LookupResult::Stale,
             Usability::Unusable => return (LookupResult::Miss, None),
         };
-        match entry.decode::<V>() {
+        match self.sealer().decode::<V>(self.name(), key, &entry) {
             Ok(value) => (result, Some((Found { level: i, seq, entry, value }, usable))),
             Err(e) => (level.read_failed(self.name(), &e), None),
         }

@@ -27,7 +27,8 @@
 //!
 //! The modules, lowest first (each imports only modules above it in this list, but the builder
 //! and the handle it builds):
-//! `options` (configuration), `tiers` (the tier set), `rule` (usability), `tags`, `lifetime`
+//! `options` (configuration), `tiers` (the tier set), `rule` (usability), `tags`, `sealer` (envelopes
+//! in clear or sealed), `lifetime`
 //! (entries and their lifetimes), `writes` (tier writes, stripes), `fleet` (the fleet state's
 //! guards and what is kept of it locally), `flight` (single-flight),
 //! `hierarchy` (the shared state), `lookup` (walking the tiers), `backfill`, `load` (the loader
@@ -52,6 +53,7 @@ mod lookup;
 mod options;
 mod read;
 mod rule;
+mod sealer;
 mod tags;
 mod tiers;
 mod trace;

@@ -53,8 +53,13 @@ impl<V: CacheValue> Cache<V> {
         let created_at = hierarchy.stripes().created_at(&key, hierarchy.fleet().created_now());
         let mut meta = new_meta(created_at, false, stamps, std::time::Duration::ZERO);
         meta.insert = true;
-        let entries =
-            hierarchy.entries().of_value(Some(&Arc::new(value)), &meta, TierSet::EMPTY, NO_SET)?;
+        let entries = hierarchy.entries().of_value(
+            &key,
+            Some(&Arc::new(value)),
+            &meta,
+            TierSet::EMPTY,
+            NO_SET,
+        )?;
         let written = hierarchy.writer().write_through(&key, entries).await;
         let what = Invalidation::Written { key, created_at };
         hierarchy.observe(&what);

@@ -45,6 +45,7 @@ use futures::future::BoxFuture;
 use crate::entry::{Entry, Lookup, ReadyLookup, Storage, Value};
 use crate::envelope::{self, Codec, Meta, TagStamp};
 use crate::error::TierErrorKind;
+use crate::retime::Retime;
 use crate::tier::Tier;
 use crate::time::now_ms;
 
@@ -107,6 +108,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("get_many agrees with get", get_many_agrees),
     ("insert_many stores each entry", insert_many_stores),
     ("get_ready and peek_ready agree with get", get_ready_agrees),
+    ("retime rewrites only the entry it is meant for", retimes),
 ];
 
 /// Run every check of the contract, each on a tier `make` makes.
@@ -214,6 +216,56 @@ fn classifies(tier: &dyn Tier) -> BoxFuture<'_, Outcome> {
             ensure(kind(&got) == want, || format!("{key:?} read as {}, not {want}", kind(&got)))?;
         }
         Ok(())
+    })
+}
+
+fn retimes(tier: &dyn Tier) -> BoxFuture<'_, Outcome> {
+    Box::pin(async move {
+        let m = meta(60_000, 120_000);
+        let (created, stale_until) = (m.created_at, m.stale_until);
+        put(tier, "r", entry_for(tier, m, Some("kept"))).await?;
+        let retime = |how| async move {
+            tier.retime(b"r", how).await.map_err(|e| format!("retime failed: {e}"))
+        };
+        let now = now_ms();
+        let renew = Retime::Renew {
+            created_at: created.wrapping_sub(1),
+            renewed_at: now,
+            fresh_until: now + 600_000,
+            stale_until: now + 900_000,
+        };
+        ensure(!retime(renew).await?, || "renewed an entry of another created_at".into())?;
+        let expire = Retime::Expire { at: created + 1, cut: now, floor: 0 };
+        ensure(retime(expire).await?, || "did not expire the entry".into())?;
+        let got = get(tier, "r").await?;
+        let Lookup::Stale(e) = &got else {
+            return Err(format!("an expired entry read as {}, not Stale", kind(&got)));
+        };
+        ensure(e.meta.created_at == created + 1 && e.meta.stale_until == stale_until, || {
+            format!("expired as {:?}", e.meta)
+        })?;
+        ensure(value_of(e)?.as_deref() == Some("kept"), || "the value changed".into())?;
+        let renew = Retime::Renew {
+            created_at: created + 1,
+            renewed_at: now,
+            fresh_until: now + 600_000,
+            stale_until: now + 900_000,
+        };
+        ensure(retime(renew).await?, || "did not renew the entry".into())?;
+        let got = get(tier, "r").await?;
+        let Lookup::Hit(e) = &got else {
+            return Err(format!("a renewed entry read as {}, not Hit", kind(&got)));
+        };
+        ensure(
+            (e.meta.created_at, e.meta.fresh_until, e.meta.stale_until)
+                == (now, now + 600_000, now + 900_000),
+            || format!("renewed as {:?}", e.meta),
+        )?;
+        ensure(value_of(e)?.as_deref() == Some("kept"), || "the value changed".into())?;
+        // A newer write is not expired.
+        let older = Retime::Expire { at: now.saturating_sub(1), cut: now, floor: 0 };
+        ensure(!retime(older).await?, || "expired a newer entry".into())?;
+        ensure(get(tier, "r").await?.is_hit(), || "a newer entry lost its freshness".into())
     })
 }
 
