@@ -205,7 +205,7 @@ fn conditional_refresh_renews_an_unchanged_value_without_its_body() {
         revalidated.ends_with("1 full answers, 1 not-modified, 10000 body bytes in all"),
         "{lines:#?}"
     );
-    assert!(said("the kept value is fresh again").is_some(), "{lines:#?}");
+    assert!(said("the kept value is served").is_some(), "{lines:#?}");
     assert_eq!(
         lines.last().map(String::as_str),
         Some("ok: only changed documents were transferred")
