@@ -31,6 +31,7 @@ mod cache;
 mod entry;
 mod envelope;
 mod error;
+mod events;
 #[cfg(any(test, feature = "test-util"))]
 mod fault;
 mod generations;

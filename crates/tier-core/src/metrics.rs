@@ -28,6 +28,8 @@
 
 use metrics::{Counter, Label, Unit};
 
+use crate::events::EventLimit;
+
 mod lazy;
 
 pub use lazy::{recorder_installed, LazyCounter, LazyGauge, LazyHistogram};
@@ -291,6 +293,8 @@ pub(crate) struct TierMetrics {
     pub get_duration: LazyHistogram,
     pub write_duration: LazyHistogram,
     pub decode_errors: LazyCounter,
+    /// The `tracing` events of decode errors, at most one a second.
+    pub decode_events: EventLimit,
     pub entries: LazyGauge,
     pub bytes: LazyGauge,
     pub capacity: LazyGauge,
@@ -324,6 +328,7 @@ impl TierMetrics {
             get_duration: duration("get"),
             write_duration: duration("insert"),
             decode_errors: LazyCounter::new(TIER_DECODE_ERRORS, tier_labels()),
+            decode_events: EventLimit::default(),
             entries: LazyGauge::new(TIER_ENTRIES, tier_labels()),
             bytes: LazyGauge::new(TIER_BYTES, tier_labels()),
             capacity: LazyGauge::new(TIER_CAPACITY_BYTES, tier_labels()),
@@ -341,6 +346,8 @@ pub(crate) struct CacheMetrics {
     pub load_duration: LazyHistogram,
     pub coalesced: LazyCounter,
     pub stale_served: LazyCounter,
+    /// The `tracing` events of fail-safe answers, at most one a second.
+    pub fail_safe_events: EventLimit,
     pub refreshes: LazyCounter,
     pub backfills_shed: LazyCounter,
     cache: String,
@@ -361,6 +368,7 @@ impl CacheMetrics {
             load_duration: LazyHistogram::new(CACHE_LOAD_DURATION, labels(&[("cache", cache)])),
             coalesced: counter(CACHE_COALESCED),
             stale_served: counter(CACHE_STALE_SERVED),
+            fail_safe_events: EventLimit::default(),
             refreshes: counter(CACHE_REFRESHES),
             backfills_shed: counter(CACHE_BACKFILLS_SHED),
             cache: cache.to_string(),

@@ -2,9 +2,10 @@
 //! [`Lookup`], [`ReadyLookup`], [`ObjectEntry`], [`Storage`], [`TierError`]), the [`envelope`]
 //! codec of byte tiers, the fleet-state interfaces a shared store implements
 //! ([`GenerationStore`], [`Backplane`], [`DistributedLock`]), the durable local state a tier
-//! can offer the hierarchy ([`StateStore`]) and its write-behind queue ([`WriteQueue`]), the layers a tier can be mounted
-//! in ([`TierLayer`], with the timeout and breaker wrappers), and the clock every envelope
-//! instant is read with ([`now_ms`]).
+//! can offer the hierarchy ([`StateStore`]) and its write-behind queue ([`WriteQueue`]), the
+//! layers a tier can be mounted in ([`TierLayer`], with the timeout and breaker wrappers), the
+//! clock every envelope instant is read with ([`now_ms`]), and the limit of log events that
+//! could flood ([`EventLimit`]).
 //!
 //! A service that builds a [`Cache`](crate::Cache) needs none of this: the crate root (or the
 //! `tier` crate) has what it uses.
@@ -14,6 +15,7 @@ pub use crate::breaker::{BreakerLayer, BreakerTier, CircuitBreaker, Outcome, Per
 pub use crate::entry::{Entry, Lookup, ObjectEntry, ReadyLookup, Storage, Value};
 pub use crate::envelope::{Codec, Meta, TagStamp};
 pub use crate::error::{TierError, TierErrorKind};
+pub use crate::events::{EventLimit, EVENT_INTERVAL};
 pub use crate::generations::{
     fresh_generation_start, GenerationStore, LocalGenerations, TAG_CLOCK_PREFIX,
 };

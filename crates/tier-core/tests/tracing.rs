@@ -1,7 +1,7 @@
 //! The hierarchy's `tracing` output, captured in memory by a subscriber layer of the test's own:
 //! one `get_or_load` span per read with its cache, key (hashed unless configured), result, the
-//! tier that answered, whether a load ran and its duration; events when a breaker opens and
-//! when fail-safe serves a stale value.
+//! tier that answered, whether a load ran and its duration; events when a breaker opens, when
+//! fail-safe serves a stale value and when an entry does not decode (at most one a second).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -82,6 +82,12 @@ impl Capture {
     fn events(&self) -> Vec<Fields> {
         std::mem::take(&mut self.0.lock().unwrap().events)
     }
+}
+
+/// The first event whose message contains `message`.
+fn event<'a>(events: &'a [Fields], message: &str) -> &'a Fields {
+    let found = events.iter().find(|e| field(e, "message").contains(message));
+    found.unwrap_or_else(|| panic!("no event {message:?} in {events:?}"))
 }
 
 fn field<'a>(fields: &'a Fields, name: &str) -> &'a str {
@@ -176,20 +182,38 @@ async fn fail_safe_and_an_opening_breaker_are_events_and_the_span_says_stale() {
         ("stale", "remote", "true")
     );
     let events = capture.events();
-    assert!(
-        events.iter().any(|e| field(e, "message").contains("serving stale value")),
-        "{events:?}"
+    let fail_safe = event(&events, "serving stale value");
+    assert_eq!(
+        (field(fail_safe, "level"), field(fail_safe, "cache"), field(fail_safe, "suppressed")),
+        ("WARN", "degraded", "0")
     );
 
     faults.set(Fault::Fail(TierErrorKind::Unavailable));
     let _ = cache.get(&key).await;
     let events = capture.events();
-    let opened = events
-        .iter()
-        .find(|e| field(e, "message").contains("circuit breaker opened"))
-        .unwrap_or_else(|| panic!("no breaker event in {events:?}"));
+    let opened = event(&events, "circuit breaker opened");
     assert_eq!(
         (field(opened, "level"), field(opened, "cache"), field(opened, "tier")),
         ("WARN", "degraded", "remote")
+    );
+}
+
+#[tokio::test]
+async fn decode_errors_are_one_warning_a_second_not_one_per_read() {
+    let capture = Capture::default();
+    let _guard = tracing_subscriber::registry().with(capture.clone()).set_default();
+    let (l1, faults) = FaultyTier::with_handle(MapTier::new("damaged"));
+    let cache: Cache<String> = Cache::builder("decoding").tier(l1, exact(MINUTE)).build().unwrap();
+    faults.set(Fault::Fail(TierErrorKind::Decode));
+    for _ in 0..5 {
+        assert!(cache.get(cache.key("k")).await.is_none(), "a decode error is a miss");
+    }
+    let events = capture.events();
+    let said: Vec<&Fields> =
+        events.iter().filter(|e| field(e, "message").contains("did not decode")).collect();
+    assert_eq!(said.len(), 1, "{events:?}");
+    assert_eq!(
+        (field(said[0], "level"), field(said[0], "tier"), field(said[0], "suppressed")),
+        ("WARN", "damaged", "0")
     );
 }

@@ -42,6 +42,8 @@
 //! - `postcard` — the compact postcard serializer for them ([`Serializer::Postcard`]).
 //! - `prometheus` — a Prometheus exporter set up for tier's metrics: buckets, upkeep, a handle
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
+//! - `opentelemetry` — tier's traces (reads, Redis calls after the database semantic
+//!   conventions) and metrics through OpenTelemetry (the `otel` module).
 //! - `encryption` — values sealed at rest in the disk and Redis tiers with a keyring of the
 //!   application's (the `seal` module, `CacheBuilder::keyring`).
 //! - `http` — a tower layer that caches HTTP responses through a `Cache` (the `http` module,
@@ -55,8 +57,8 @@ pub use tier_core::{
     CacheBuilder, CacheError, CacheHit, CacheValue, CallOptions, Compression, DeadLetter,
     EarlyRefresh, FailSafe, KeyBuilder, LoadContext, Loaded, LockOptions, OriginWrite,
     OriginWriter, Previous, ReconnectPolicy, Serializer, Storage, TierError, TierErrorKind,
-    TierInfo, TierPolicy, TierStats, TtlPolicy, WarmProgress, WarmReport, WhenFull, WriteBehind,
-    WriteBehindStatus, MAX_ID_LEN,
+    TierInfo, TierPolicy, TierStats, TraceKeys, TtlPolicy, WarmProgress, WarmReport, WhenFull,
+    WriteBehind, WriteBehindStatus, MAX_ID_LEN,
 };
 
 #[cfg(feature = "encryption")]
@@ -98,6 +100,9 @@ pub mod prometheus;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use tier_http as http;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod otel;
 
 /// The names most services use: `use tier::prelude::*;`.
 pub mod prelude {

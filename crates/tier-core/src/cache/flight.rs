@@ -226,7 +226,9 @@ impl<V> Waiter<V> {
         };
         match (result, stale) {
             (Err(e), Some(stale)) if call.fail_safe.is_some() && servable(stale) => {
-                tracing::debug!(cache, error = %e, "origin failed: serving stale value");
+                if let Some(suppressed) = metrics.fail_safe_events.admit() {
+                    tracing::warn!(target: "tier", cache, error = %e, suppressed, "origin failed: serving stale value (fail-safe)");
+                }
                 metrics.stale_served.increment(1);
                 Ok(stale.value.clone())
             }

@@ -185,7 +185,9 @@ impl Level {
         match class {
             ErrorClass::Decode => {
                 self.metrics.decode_errors.increment(1);
-                tracing::debug!(cache, tier = %self.name, error = %e, "entry did not decode: miss");
+                if let Some(suppressed) = self.metrics.decode_events.admit() {
+                    tracing::warn!(target: "tier", cache, tier = %self.name, error = %e, suppressed, "entry did not decode: a miss (bytes of another writer or format, or damage)");
+                }
             }
             ErrorClass::Failure => {
                 tracing::debug!(cache, tier = %self.name, error = %e, "tier error");

@@ -195,6 +195,7 @@ impl RedisConnectionBuilder {
                 nodes: vec![client],
                 targets: vec![target],
                 op_timeout,
+                link: Default::default(),
             }),
         })
     }
@@ -235,6 +236,7 @@ impl RedisConnectionBuilder {
                 nodes,
                 targets: urls.iter().map(|u| redact_url(u)).collect(),
                 op_timeout,
+                link: Default::default(),
             }),
         })
     }

@@ -9,12 +9,16 @@
 //! reconnected one, within the same bound.
 //!
 //! The Cluster's topology (hash slots, masters, per-node routing) is in `cluster`; building a
-//! connection in `builder`; rebuilding a Cluster connection that stays broken in `repair`.
+//! connection in `builder`; rebuilding a Cluster connection that stays broken in `repair`; the
+//! `tracing` span of each call (OpenTelemetry's database conventions) in `span`; the events
+//! of a lost and recovered link in `link`.
 
 mod builder;
 mod cluster;
+mod link;
 mod node;
 mod repair;
+mod span;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -82,6 +86,8 @@ struct Inner {
     op_timeout: Duration,
     /// Connections of our own to single Cluster nodes (see `node`).
     node_conns: node::NodeConns,
+    /// Lost and back events of the link (see `link`).
+    link: link::Link,
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -188,12 +194,22 @@ impl RedisConnection {
         op: &str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, TierError> {
+        let link = &self.inner.link;
+        let answered = |r: redis::RedisResult<T>| match r {
+            Ok(v) => {
+                link.answered();
+                Ok(v)
+            }
+            Err(e) => {
+                link.failed(op, &e);
+                Err(tier_error(op, e))
+            }
+        };
         let Some(bound) = bound.map(|b| b.min(self.inner.op_timeout)) else {
-            return fut.await.map_err(|e| tier_error(op, e));
+            return answered(fut.await);
         };
         match tokio::time::timeout(bound, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(tier_error(op, e)),
+            Ok(r) => answered(r),
             Err(_) => Err(timeout_error(op, bound)),
         }
     }
@@ -666,12 +682,14 @@ async fn watched<T>(
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
+        let span = span::command(cmd, self.get_db());
+        let call = match self {
             Self::Standalone(c) => c.req_packed_command(cmd),
             Self::Cluster(c, health) => {
                 Box::pin(watched(health.as_deref(), c.req_packed_command(cmd)))
             }
-        }
+        };
+        span::traced(span, call)
     }
 
     fn req_packed_commands<'a>(
@@ -680,12 +698,14 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
+        let span = span::pipeline(pipeline, self.get_db());
+        let call = match self {
             Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c, health) => {
                 Box::pin(watched(health.as_deref(), c.req_packed_commands(pipeline, offset, count)))
             }
-        }
+        };
+        span::traced(span, call)
     }
 
     fn get_db(&self) -> i64 {
