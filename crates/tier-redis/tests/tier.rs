@@ -249,8 +249,8 @@ async fn setup_errors_are_clear() {
         .await
         .expect_err("bad url");
     assert!(err.to_string().contains("invalid Redis URL"), "{err}");
-    // Nothing listens on port 1.
-    let err = RedisTier::builder(RedisConnection::standalone("redis://127.0.0.1:1/"))
+    // Nothing listens on port 1 (by default that connects in the background: fail fast here).
+    let err = RedisTier::builder(RedisConnection::standalone("redis://127.0.0.1:1/").lazy(false))
         .build()
         .await
         .expect_err("refused");
