@@ -31,8 +31,8 @@ async fn a_cache_built_before_the_recorder_records_into_it() {
     cache.invalidate(&key).await.unwrap();
     cache.get_or_load(&key, load).await.unwrap(); // miss, load
     cache.get_or_load(&key, load).await.unwrap(); // hit
-    // Hits: one in 64 is timed, at random; 2,048 leave no timed one with a chance of
-    // (63/64)^2048 ≈ 1e-14 (256 failed one run in ~55: (63/64)^257 ≈ 1.8 %).
+                                                  // Hits: one in 64 is timed, at random; 2,048 leave no timed one with a chance of
+                                                  // (63/64)^2048 ≈ 1e-14 (256 failed one run in ~55: (63/64)^257 ≈ 1.8 %).
     for _ in 0..2048 {
         cache.get(&key).await.unwrap();
     }
