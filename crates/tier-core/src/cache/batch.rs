@@ -8,15 +8,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::handle::Cache;
-use super::lifetime::new_meta;
 use super::loader::BatchLoader;
-use super::options::{check_tags, CacheValue, CallSettings, Lifetimes};
-use super::tags;
+use super::options::{CacheValue, CallSettings};
 use super::tiers::TierSet;
 use super::write::published;
 use crate::backplane::Invalidation;
@@ -152,10 +149,7 @@ impl<V: CacheValue> Cache<V> {
         if items_by_key.is_empty() {
             return Ok(());
         }
-        let tags: Vec<Arc<str>> = tags.iter().map(|t| Arc::from(t.as_ref())).collect();
-        check_tags(&tags, 0)?;
-        let guard = &hierarchy.guards().generations;
-        let stamps = tags::stamp(hierarchy.generations(), guard, &tags).await?;
+        let stamps = self.stamp(tags).await?;
         let now = hierarchy.fleet().created_now();
         let mut by_tier: BTreeMap<usize, Vec<(Bytes, Entry)>> = BTreeMap::new();
         let mut notices = Vec::with_capacity(items_by_key.len());
@@ -164,15 +158,7 @@ impl<V: CacheValue> Cache<V> {
             // As for one insert: after a clear or a gap in the same millisecond, and after the
             // last insert of the key.
             let created_at = hierarchy.stripes().created_at(&key, now);
-            let mut meta = new_meta(created_at, false, stamps.clone(), Duration::ZERO);
-            meta.insert = true;
-            let entries = hierarchy.entries().of_value(
-                &key,
-                Some(&Arc::new(value)),
-                &meta,
-                TierSet::EMPTY,
-                Lifetimes::default(),
-            )?;
+            let entries = self.insert_entries(&key, value, created_at, stamps.clone())?;
             for (j, entry) in entries {
                 by_tier.entry(j).or_default().push((key.clone(), entry));
             }

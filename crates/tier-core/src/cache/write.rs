@@ -17,6 +17,7 @@ use super::options::{check_tags, CacheValue, Lifetimes};
 use super::tags::{self, namespace_tag, store_failed, tag_clock};
 use super::tiers::TierSet;
 use crate::backplane::Invalidation;
+use crate::entry::Entry;
 use crate::envelope::TagStamp;
 use crate::error::{CacheError, TierError, TierErrorKind};
 use crate::queue::DeadLetter;
@@ -67,6 +68,21 @@ impl<V: CacheValue> Cache<V> {
         tags::stamp(hierarchy.generations(), &hierarchy.guards().generations, &tags).await
     }
 
+    /// The entries of an insert of `value` under `key` (created at `created_at`, tagged with
+    /// `stamps`) for every enabled tier, each with the lifetime of its policy.
+    pub(super) fn insert_entries(
+        &self,
+        key: &Bytes,
+        value: V,
+        created_at: u64,
+        stamps: Stamps,
+    ) -> Result<Vec<(usize, Entry)>, CacheError> {
+        let mut meta = new_meta(created_at, false, stamps, std::time::Duration::ZERO);
+        meta.insert = true;
+        let entries = self.hierarchy().entries();
+        entries.of_value(key, Some(&Arc::new(value)), &meta, TierSet::EMPTY, NO_SET)
+    }
+
     /// Write `value` with `stamps` to every tier (an insert) and publish its notice.
     pub(super) async fn write_stamped(
         &self,
@@ -81,15 +97,7 @@ impl<V: CacheValue> Cache<V> {
         // After a clear or a gap in the same millisecond, the new value is still above it, and
         // after the last insert of the key.
         let created_at = hierarchy.stripes().created_at(&key, hierarchy.fleet().created_now());
-        let mut meta = new_meta(created_at, false, stamps, std::time::Duration::ZERO);
-        meta.insert = true;
-        let entries = hierarchy.entries().of_value(
-            &key,
-            Some(&Arc::new(value)),
-            &meta,
-            TierSet::EMPTY,
-            NO_SET,
-        )?;
+        let entries = self.insert_entries(&key, value, created_at, stamps)?;
         let written = hierarchy.writer().write_through(&key, entries).await;
         let what = Invalidation::Written { key, created_at };
         hierarchy.observe(&what);
