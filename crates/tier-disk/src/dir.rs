@@ -36,6 +36,16 @@ pub(crate) fn append_at(file: &File, at: u64, rec: &[u8], sync: bool) -> io::Res
     Ok(())
 }
 
+/// `fdatasync` an append-only file when `dirty` (written since its last sync), and mark it
+/// synced.
+pub(crate) fn sync_dirty(file: Option<&File>, dirty: &mut bool) -> io::Result<()> {
+    if let (true, Some(file)) = (*dirty, file) {
+        file.sync_data()?;
+        *dirty = false;
+    }
+    Ok(())
+}
+
 /// The file name of segment `id`: `{id:08x}.seg` (so that names sort in write order).
 pub fn segment_file_name(id: u32) -> String {
     format!("{id:08x}{SEGMENT_SUFFIX}")

@@ -259,12 +259,8 @@ impl DiskState {
 
     /// `fdatasync` the file when written since the last sync.
     pub(crate) fn sync(&self) -> Result<(), DiskError> {
-        let mut w = self.lock();
-        if let (true, Some(file)) = (w.dirty, &w.file) {
-            file.sync_data().map_err(|e| io("fsync", &self.dir, e))?;
-            w.dirty = false;
-        }
-        Ok(())
+        let w = &mut *self.lock();
+        crate::dir::sync_dirty(w.file.as_ref(), &mut w.dirty).map_err(|e| io("fsync", &self.dir, e))
     }
 
     /// Check, write and apply one batch.
