@@ -9,7 +9,7 @@
 //! - **a service** builds a [`Cache`]: everything it needs is at this crate's root (most
 //!   services depend on the `tier` crate instead, which re-exports it with the tiers);
 //! - **a tier author** implements `Tier` (or a backplane, a generation store, a lock, a layer):
-//!   [`spi`] has the trait and what goes with it, [`testing`] (feature `test-util`) the
+//!   [`spi`] has the trait and what goes with it, `testing` (feature `test-util`) the
 //!   conformance kit that checks a tier against the contract.
 //!
 //! ## What FusionCache users know, here

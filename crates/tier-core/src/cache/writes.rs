@@ -49,11 +49,21 @@ impl Default for Stripes {
 }
 
 impl Stripes {
+    /// FNV-1a over the key, then murmur3's 32-bit finalizer. FNV-1a alone is not enough: the
+    /// low byte of its state depends only on the low bytes of the key's bytes and of the state
+    /// before them, so `% 256` made keys that share a prefix collide ~10× more often than chance
+    /// (an insert made inside a loader then moved the loader's own stripe on, and the load did
+    /// not write). The finalizer mixes every bit of the state into the low ones.
     fn index(key: &[u8]) -> usize {
         let mut h: u32 = 0x811c_9dc5;
         for b in key {
             h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
         }
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^= h >> 16;
         h as usize % STRIPES
     }
 
@@ -338,5 +348,37 @@ impl Writer<'_> {
             }
         }
         first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Stripes, STRIPES};
+
+    /// Keys that share a long prefix (a URL's key and its variants' keys, as the HTTP layer
+    /// makes them) fall on one stripe about as often as chance says, whatever the suffix. With
+    /// FNV-1a's low byte alone, whether a URL and URL+suffix collide depended on the suffix
+    /// only (the low byte's walk is a permutation per suffix; its fixed points collide): over
+    /// these 64 suffixes the worst collided 202 times in 4,000 (~13× chance).
+    #[test]
+    fn keys_sharing_a_prefix_spread_over_the_stripes_as_chance_does() {
+        let urls: Vec<String> =
+            (0..4_000).map(|j| format!("GET example.test /items/{j}?page=1")).collect();
+        let chance = urls.len() / STRIPES; // 15 (σ ≈ 4)
+        for e in 0..64_u64 {
+            let suffix = format!("\n\0vary {}\naccept-language: de", 1_764_979_200_000 + e * 7919);
+            let same = urls
+                .iter()
+                .filter(|url| {
+                    let variant = format!("{url}{suffix}");
+                    Stripes::index(url.as_bytes()) == Stripes::index(variant.as_bytes())
+                })
+                .count();
+            assert!(
+                same * 2 < chance * 5,
+                "suffix {e}: {same} of {} pairs share a stripe (chance {chance})",
+                urls.len()
+            );
+        }
     }
 }
