@@ -375,6 +375,61 @@ async fn early_refresh_runs_once_in_the_background() {
     landed(&cache, "k", "v2", "refresh never landed").await;
 }
 
+/// An early refresh under a fleet lock loads: the instance that takes the lock must not take
+/// the still-fresh entry it is renewing for a value another holder just wrote (it did, and the
+/// refresh ended without calling the loader: entries were renewed only once they expired).
+#[tokio::test]
+async fn an_early_refresh_under_a_fleet_lock_calls_the_loader() {
+    use tier_core::testing::LocalLock;
+    use tier_core::{EarlyRefresh, LockOptions};
+    let lock = Arc::new(LocalLock::new());
+    let cache = memory_l1()
+        .early_refresh(EarlyRefresh::Ahead(0.0))
+        .distributed_lock(lock.clone(), LockOptions::default())
+        .build()
+        .unwrap();
+    let calls = Calls::default();
+    cache.get_or_load("k", loader(&calls, "v1")).await.unwrap();
+    let hit = cache.get_or_load("k", loader(&calls, "v2")).await.unwrap();
+    assert_eq!(hit.as_deref().map(String::as_str), Some("v1"), "answered from the L1");
+    landed(&cache, "k", "v2", "the refresh never called its loader").await;
+    assert_eq!(calls.get(), 2);
+}
+
+/// A reload loads although the value is cached fresh, and its write yields to an invalidation
+/// made while its loader ran (a purge racing the HTTP layer's refresh must not be undone).
+#[tokio::test]
+async fn a_reload_loads_past_a_fresh_value_and_yields_to_an_invalidation_made_meanwhile() {
+    let cache = memory_l1().build().unwrap();
+    cache.insert("k", "v1".to_string()).await.unwrap();
+    let reload = CallOptions::new().reload(true);
+    let v = cache
+        .get_or_load_with("k", &reload, || async {
+            Ok::<_, std::io::Error>(Some("v2".to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref().map(String::as_str), Some("v2"));
+    assert_eq!(cache.get("k").await.as_deref().map(String::as_str), Some("v2"));
+    let (entered, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (c, opts) = (cache.clone(), reload.clone());
+    let reloading = tokio::spawn(async move {
+        c.get_or_load_with("k", &opts, move || async move {
+            let _ = entered.send(());
+            let _ = go_rx.await;
+            Ok::<_, std::io::Error>(Some("v3".to_string()))
+        })
+        .await
+    });
+    entered_rx.await.unwrap();
+    cache.invalidate("k").await.unwrap();
+    go.send(()).unwrap();
+    let answered = reloading.await.unwrap().unwrap();
+    assert_eq!(answered.as_deref().map(String::as_str), Some("v3"), "its caller gets its answer");
+    assert_eq!(cache.get("k").await, None, "the reload's write must not undo the invalidation");
+}
+
 #[tokio::test]
 async fn get_many_or_load_batches_the_misses() {
     use std::collections::HashMap;

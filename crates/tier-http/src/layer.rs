@@ -67,8 +67,7 @@ impl HttpCacheLayer {
     /// fresh lifetime at least as long as the longest a response should be kept, fresh and
     /// stale windows together (their own stale windows and fail-safe are not used).
     pub fn new(cache: Cache<HttpEntry>) -> Self {
-        let no_tiers =
-            cache.tiers().into_iter().fold(CallOptions::new(), |o, t| o.skip_tier(t.name));
+        let reload = CallOptions::new().reload(true);
         Self {
             shared: Arc::new(Shared {
                 cache,
@@ -82,7 +81,7 @@ impl HttpCacheLayer {
                 key_headers: Vec::new(),
                 max_body_bytes: 1 << 20,
                 name: "tier".into(),
-                no_tiers,
+                reload,
             }),
         }
     }

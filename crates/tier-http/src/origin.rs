@@ -2,15 +2,18 @@
 //! flight, its response read up to the size limit, judged, and handed to the cache to store —
 //! and, whatever happened, the answer for the caller whose request it was.
 //!
-//! **The one place that writes with `Cache::insert`.** Today's cache gives every entry its
-//! tiers' lifetimes; it has no lifetime chosen by the value. So the layer keeps responses for
-//! the tiers' lifetimes and judges their HTTP freshness itself, and a response that is stale by
-//! its own `max-age` while the cache still holds it fresh is refreshed through a flight that
-//! reads and writes no tier (`Shared::no_tiers`: concurrent refreshes of a key still share one
-//! request) and stored by `insert` from inside that flight (so is the URL's entry when a
-//! variant's `Vary` changed: that load returns nothing for its own flight to write). Unlike a load's write, such an insert does not yield to an
-//! invalidation of the key made while the origin answered. A loader that may set the entry's
-//! lifetimes (the loader-context API) would let these go through the load's own write.
+//! The layer keeps responses for the tiers' lifetimes and judges their HTTP freshness itself.
+//! A response that is stale by its own `max-age` while the cache still holds it fresh is
+//! refreshed through a flight that loads whatever the tiers hold (`Shared::reload`, i.e.
+//! `CallOptions::reload`: concurrent refreshes of a key still share one request), and the
+//! flight writes what it loaded as any load does — the write yields to a purge of the key made
+//! while the origin answered, so a refresh never puts back a purged response.
+//!
+//! **The one place that writes with `Cache::insert`**: when the response at a variant's key
+//! varies otherwise now, the URL's entry (and the new variant) are inserted, and that load
+//! returns nothing for its own flight to write. Such an insert, of another key than the
+//! flight's, does not yield to an invalidation made while the origin answered (rare: the
+//! origin changed its `Vary` meanwhile).
 //!
 //! A load never inserts while its own flight is to write: an insert moves its key's write
 //! stripe on, and a flight whose key shares the stripe would then not write (the variant found
@@ -244,11 +247,9 @@ where
             return Err(NotShared);
         }
     };
-    let stored = match mode {
-        Mode::Miss => true,
-        Mode::Refresh => insert(level.key.clone(), entry.clone()).await,
-    };
-    exchange.answer(Answer::Stored { response, stored });
+    // The flight writes it (a miss's and a refresh's alike: the write yields to an insert or
+    // invalidation of the key made while the origin answered).
+    exchange.answer(Answer::Stored { response, stored: true });
     Ok(Some(entry))
 }
 

@@ -238,7 +238,7 @@ where
         let loader = move || origin::load(s, ex, level, mode);
         match mode {
             Mode::Miss => shared.cache.get_or_load(&key, loader).await,
-            Mode::Refresh => shared.cache.get_or_load_with(&key, &shared.no_tiers, loader).await,
+            Mode::Refresh => shared.cache.get_or_load_with(&key, &shared.reload, loader).await,
         }
     }
 

@@ -15,7 +15,7 @@ pub(crate) struct Shared {
     pub max_body_bytes: usize,
     /// The `Cache-Status` identifier, ready to print.
     pub name: String,
-    /// A call that reads and writes no tier: a refresh's single flight (its value is written
-    /// with `Cache::insert`).
-    pub no_tiers: CallOptions,
+    /// A call that loads whatever the tiers hold (`CallOptions::reload`): a refresh's single
+    /// flight, whose write yields to a purge of the key made while the origin answered.
+    pub reload: CallOptions,
 }

@@ -182,6 +182,36 @@ async fn stale_while_revalidate_answers_stale_and_refreshes_in_the_background() 
     s.stop().await;
 }
 
+/// A purge made while a refresh waits for the origin holds: the refresh answers its request,
+/// but what it fetched (sent before the purge) is not stored — the refresh's flight writes it
+/// as a load does, and a load's write yields to an invalidation made while it ran.
+#[tokio::test]
+async fn a_purge_made_while_a_refresh_waits_for_the_origin_is_not_undone() {
+    let s = Arc::new(serve().await);
+    s.origin.gate.add_permits(1);
+    assert_eq!(s.get("/slow-stale").await.text(), "slow-stale 1");
+    // Stale by its own max-age=0: the next request refreshes it in the foreground.
+    let refreshing = {
+        let s = s.clone();
+        tokio::spawn(async move { s.get("/slow-stale").await })
+    };
+    s.origin.called("/slow-stale", 2).await;
+    s.cache.invalidate(s.key("/slow-stale")).await.expect("purged");
+    // Not a synchronisation: the cache's clock moves on, so that a write after the purge is
+    // not a tie with it (which the purge's tombstone would win anyway).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.origin.gate.add_permits(1);
+    assert_eq!(refreshing.await.expect("answered").text(), "slow-stale 2");
+    assert!(
+        s.cache.get(s.key("/slow-stale")).await.is_none(),
+        "the response fetched before the purge was stored after it"
+    );
+    s.origin.gate.add_permits(1);
+    let next = s.get("/slow-stale").await;
+    assert_eq!(next.text(), "slow-stale 3", "the next request goes to the origin");
+    Arc::try_unwrap(s).ok().expect("one owner left").stop().await;
+}
+
 #[tokio::test]
 async fn a_body_over_the_limit_streams_through_uncached() {
     let s = serve().await;

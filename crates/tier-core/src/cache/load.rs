@@ -45,14 +45,30 @@ pub(super) enum Origin<V> {
 }
 
 /// One key a flight loads: the flight's publisher, the stale entry to fall back on, the entry
-/// the load replaces (shown to a loader's context), the tiers the call skips and its
-/// fail-safe.
+/// the load replaces (shown to a loader's context), the tiers the call skips, its fail-safe
+/// and why it loads.
 pub(super) struct Job<V> {
     pub(super) publisher: Publisher<V>,
     pub(super) stale: Option<Found<V>>,
     pub(super) previous: Option<Found<V>>,
     pub(super) skip: TierSet,
     pub(super) fail_safe: Option<FailSafe>,
+    pub(super) renewal: Renewal,
+}
+
+/// Why a flight loads, which decides what a fresh value found in the tiers on the way means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// A miss, or a stale entry: a fresh value found after taking the fleet lock (its previous
+    /// holder wrote it) or while waiting for it is the answer.
+    Miss,
+    /// An early refresh of an entry that is still fresh: the fresh value found after taking
+    /// the lock is (most likely) the very entry being renewed, so the flight loads anyway; one
+    /// that appears while another instance holds the lock is that instance's refresh.
+    Refresh,
+    /// A reload ([`CallOptions::reload`](crate::CallOptions::reload)): the flight loads whatever
+    /// the tiers hold, and waits for no other instance's value.
+    Reload,
 }
 
 impl<V> Job<V> {
@@ -94,7 +110,8 @@ impl<V: CacheValue> Hierarchy<V> {
             Joined::Running(waiter) => waiter,
             Joined::Started(waiter, publisher) => {
                 let (previous, fail_safe) = (stale.clone(), call.fail_safe);
-                let job = Job { publisher, stale, previous, skip, fail_safe };
+                let renewal = Renewal::Miss;
+                let job = Job { publisher, stale, previous, skip, fail_safe, renewal };
                 self.spawn_run(vec![job], Origin::One(loader, call), true);
                 waiter
             }
@@ -118,7 +135,8 @@ impl<V: CacheValue> Hierarchy<V> {
                     waiters.push(waiter);
                     let fail_safe = self.opts().fail_safe;
                     let skip = TierSet::EMPTY;
-                    jobs.push(Job { publisher, stale, previous: None, skip, fail_safe });
+                    let renewal = Renewal::Miss;
+                    jobs.push(Job { publisher, stale, previous: None, skip, fail_safe, renewal });
                 }
             }
         }
@@ -139,7 +157,8 @@ impl<V: CacheValue> Hierarchy<V> {
     }
 
     /// Start a background refresh of `key` unless a load of it is already in flight;
-    /// `previous` is the fresh entry it renews, when the caller has it.
+    /// `previous` is the entry it renews, when the caller has it, and `renewal` says whether
+    /// that entry is still fresh ([`Renewal::Refresh`]) or stale ([`Renewal::Miss`]).
     pub fn start_refresh(
         self: &Arc<Self>,
         key: Bytes,
@@ -147,16 +166,40 @@ impl<V: CacheValue> Hierarchy<V> {
         skip: TierSet,
         call: CallSettings,
         previous: Option<Found<V>>,
+        renewal: Renewal,
     ) {
         let seq = self.stripes().seq(&key);
         let Some(publisher) = self.flights().start_unless_running(&key, seq) else { return };
         self.metrics().refreshes.increment(1);
         let fail_safe = call.fail_safe;
         self.spawn_run(
-            vec![Job { publisher, stale: None, previous, skip, fail_safe }],
+            vec![Job { publisher, stale: None, previous, skip, fail_safe, renewal }],
             Origin::One(loader, call),
             false,
         );
+    }
+
+    /// Join the flight of `key`, or start one that loads it with `loader` whatever the tiers
+    /// hold ([`Renewal::Reload`]: no look in the tiers first, none after taking the lock).
+    /// Its write yields, as every load's, to an insert or invalidation of the key made while
+    /// it ran. Returns the waiter.
+    pub fn join_or_reload(
+        self: &Arc<Self>,
+        key: Bytes,
+        loader: Loader<V>,
+        skip: TierSet,
+        call: CallSettings,
+    ) -> Waiter<V> {
+        let seq = self.stripes().seq(&key);
+        match self.flights().join_or_start(&key, seq, self.metrics()) {
+            Joined::Running(waiter) => waiter,
+            Joined::Started(waiter, publisher) => {
+                let (fail_safe, renewal) = (call.fail_safe, Renewal::Reload);
+                let job = Job { publisher, stale: None, previous: None, skip, fail_safe, renewal };
+                self.spawn_run(vec![job], Origin::One(loader, call), false);
+                waiter
+            }
+        }
     }
 
     /// Run the flights of `jobs` in a task of their own (a caller that gives up strands nobody).
@@ -204,14 +247,18 @@ impl<V: CacheValue> Hierarchy<V> {
                 return Prepared::Answered;
             }
         }
-        match self.lock_or_wait(key, job.skip).await {
+        let watch = job.renewal != Renewal::Reload;
+        match self.lock_or_wait(key, job.skip, watch).await {
             Locked::Held(token) => {
                 // The previous holder may have written the value and released the lock just
-                // before we took it: look in the tiers before loading again.
-                if let Some(value) = self.fresh_value(key, job.skip, Counting::Quiet).await {
-                    self.unlock(key, Some(token)).await;
-                    job.publisher.publish(Ok(value));
-                    return Prepared::Answered;
+                // before we took it: look in the tiers before loading again (on a miss only:
+                // a refresh would find the entry it renews).
+                if job.renewal == Renewal::Miss {
+                    if let Some(value) = self.fresh_value(key, job.skip, Counting::Quiet).await {
+                        self.unlock(key, Some(token)).await;
+                        job.publisher.publish(Ok(value));
+                        return Prepared::Answered;
+                    }
                 }
                 Prepared::Load(Some(token))
             }
@@ -393,8 +440,9 @@ impl<V: CacheValue> Hierarchy<V> {
         self.call_origin((loader.0)(keys), self.opts().hard_timeout).await.0
     }
 
-    /// Take the fleet-wide lock, or wait (polling the tiers with backoff) for the holder's value.
-    async fn lock_or_wait(&self, key: &Bytes, skip: TierSet) -> Locked<V> {
+    /// Take the fleet-wide lock, or wait (polling the tiers with backoff, when `watch`) for the
+    /// holder's value.
+    async fn lock_or_wait(&self, key: &Bytes, skip: TierSet, watch: bool) -> Locked<V> {
         let Some((lock, opts)) = self.lock() else { return Locked::Without };
         // A wait too long to be an instant is no deadline at all.
         let deadline = Instant::now().checked_add(opts.wait);
@@ -415,6 +463,9 @@ impl<V: CacheValue> Hierarchy<V> {
             }
             tokio::time::sleep(left.map_or(poll, |left| poll.min(left))).await;
             poll = poll.saturating_mul(2).min(opts.max_poll);
+            if !watch {
+                continue;
+            }
             if let Some(value) = self.fresh_value(key, skip, Counting::Quiet).await {
                 return Locked::Appeared(value);
             }

@@ -105,6 +105,13 @@ pub struct CallOptions {
     /// fails (each caller joining a load has its own), and, for the caller that starts the
     /// load, whether a stale value is kept serving (fail-safe's throttle).
     pub fail_safe: Option<Option<FailSafe>>,
+    /// Load even when a value is cached fresh (a forced refresh): no tier is read first, the
+    /// loader runs (or the call joins a load of the key already in flight), and its value is
+    /// written as every load's is — it yields to an insert or invalidation of the key made
+    /// while the loader ran, so a refresh racing a purge never puts back what was purged.
+    /// There is no stale value to fall back on: a failed load is this call's error. Default:
+    /// off.
+    pub reload: bool,
     /// The loader's timeout for this call, in place of the cache's hard timeout: the load this
     /// call starts is bounded by it, and a call joining a load in flight waits at most this
     /// long (then fail-safe may serve a stale value, else
@@ -122,6 +129,33 @@ impl CallOptions {
     #[must_use]
     pub fn bypass(mut self, yes: bool) -> Self {
         self.bypass = yes;
+        self
+    }
+    /// Load even when a value is cached fresh (see [`CallOptions::reload`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tier_core::testing::MapTier;
+    /// use tier_core::{Cache, CallOptions, TierPolicy};
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let cache: Cache<String> = Cache::builder("docs")
+    ///         .tier(MapTier::new("l1"), TierPolicy::fresh(Duration::from_secs(60)))
+    ///         .build()?;
+    ///     cache.insert("k", "old".to_string()).await?;
+    ///     let reload = CallOptions::new().reload(true);
+    ///     let v = cache
+    ///         .get_or_load_with("k", &reload, || async { Ok::<_, std::io::Error>(Some("new".to_string())) })
+    ///         .await?;
+    ///     assert_eq!(v.as_deref().map(String::as_str), Some("new"));
+    ///     assert_eq!(cache.get("k").await.as_deref().map(String::as_str), Some("new"));
+    ///     Ok(())
+    /// }
+    /// ```
+    #[must_use]
+    pub fn reload(mut self, yes: bool) -> Self {
+        self.reload = yes;
         self
     }
     /// Skip the tier named `name` for this call.

@@ -11,6 +11,7 @@ use tracing::Instrument;
 use super::context::{LoadContext, Loaded};
 use super::handle::Cache;
 use super::lifetime::{refresh_due, Life};
+use super::load::Renewal;
 use super::loader::Loader;
 use super::lookup::{Counting, Ready};
 use super::options::{CacheValue, CallOptions, CallSettings};
@@ -289,6 +290,12 @@ impl<V: CacheValue> Cache<V> {
             return (r, Answered::Bypassed);
         }
         let skip = hierarchy.tiers().skipped_by(opts);
+        if opts.reload {
+            return match settings() {
+                Ok(call) => Box::pin(self.reload(key, skip, call, loader())).await,
+                Err(e) => (Err(e), Answered::Bypassed),
+            };
+        }
         // An L1 hit is answered here, before any await and without boxing the loader (only an
         // early refresh needs it); the rest is a boxed future so that this one stays small.
         match hierarchy.first_ready(key, skip, Counting::Counted) {
@@ -296,7 +303,7 @@ impl<V: CacheValue> Cache<V> {
                 if refresh_due(hierarchy.opts().early_refresh, life) {
                     if let Ok(call) = settings() {
                         let key = Bytes::copy_from_slice(key);
-                        hierarchy.start_refresh(key, loader(), skip, call, None);
+                        hierarchy.start_refresh(key, loader(), skip, call, None, Renewal::Refresh);
                     }
                 }
                 (Ok(value), Answered::Tier(0))
@@ -306,6 +313,21 @@ impl<V: CacheValue> Cache<V> {
                 Err(e) => (Err(e), Answered::Bypassed),
             },
         }
+    }
+
+    /// A call with [`CallOptions::reload`]: load whatever the tiers hold (joining a load of the
+    /// key in flight); no stale value to fall back on.
+    async fn reload(
+        &self,
+        key: &[u8],
+        skip: TierSet,
+        call: CallSettings,
+        loader: Loader<V>,
+    ) -> (Result<Option<Arc<V>>, CacheError>, Answered) {
+        let hierarchy = self.hierarchy();
+        let key = Bytes::copy_from_slice(key);
+        let waiter = hierarchy.join_or_reload(key, loader, skip, call.clone());
+        (hierarchy.wait(waiter, None, &call).await, Answered::Loaded)
     }
 
     /// `get_or_load_with` past the first tier's fast path: walk on from tier `from`.
@@ -325,14 +347,15 @@ impl<V: CacheValue> Cache<V> {
             if refresh_due(hierarchy.opts().early_refresh, Life::from(&found.entry.meta)) {
                 let key = Bytes::copy_from_slice(key);
                 let previous = Some(found.clone());
-                hierarchy.start_refresh(key, loader, skip, call, previous);
+                hierarchy.start_refresh(key, loader, skip, call, previous, Renewal::Refresh);
             }
             return (Ok(found.value), Answered::Tier(found.level));
         }
         let key = Bytes::copy_from_slice(key);
         if let Some(stale) = &walk.stale {
             if hierarchy.opts().stale_while_revalidate {
-                hierarchy.start_refresh(key, loader, skip, call, Some(stale.clone()));
+                let previous = Some(stale.clone());
+                hierarchy.start_refresh(key, loader, skip, call, previous, Renewal::Miss);
                 hierarchy.metrics().stale_served.increment(1);
                 return (
                     Ok(stale.value.clone()),
