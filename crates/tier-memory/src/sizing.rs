@@ -37,6 +37,38 @@
 //! 0.166. Before (the moka sizing, and the hierarchy's second look at a miss counted too), on
 //! the 20k-object trace of `--ci`: Zipf 1.0 at 1 % 0.529 and at 10 % 0.297, raw moka 0.471
 //! and 0.255.
+//!
+//! ## Why the L1 (and moka) stay behind libCacheSim's W-TinyLFU at low skew
+//!
+//! At Zipf 0.6, 1 % (`scripts/hit-ratio`, equal sizes), the L1 misses 0.904, raw moka counting
+//! entries 0.903, libCacheSim's W-TinyLFU 0.856. Two causes, measured apart:
+//! - The baseline's own sizing (0.018 of the 0.048). libCacheSim's W-TinyLFU sizes its counting
+//!   Bloom filter for the main cache's size and decays it every 32 times that many requests;
+//!   with byte-weighted objects the size is bytes (~220 per entry here), so the filter is some
+//!   200 times wider than the entries and its decay (every ~7M requests at 1 %) never comes in a
+//!   1M-request trace: it admits by exact, never-aged counts, ideal for a static Zipf. Counted
+//!   in objects (`ignore_obj_size`, the table's `W-TLFU-n` column) it misses 0.874.
+//! - moka's policy (the other 0.029): moka 0.12's TinyLFU has no admission window (a new key
+//!   that loses the frequency comparison is dropped at once; W-TinyLFU keeps it in a 1 % LRU
+//!   window where it can gather reads first), one LRU queue where W-TinyLFU's main cache is a
+//!   segmented LRU (1:4), an aging period of 10 × the sketch's capacity (libCacheSim: 32 ×),
+//!   4-bit counters, and strict `>` admission. At Zipf 0.6 the object of rank 1,000 expects
+//!   0.6 reads in one 10,000-request period: the counts that decide admission are mostly noise.
+//!
+//! Nothing configurable on our side closes the second part: moka derives the sketch's width
+//! and its aging period from one number (`sketch_capacity`, period = 10 × it), and with a
+//! weigher that number is `entry_count × weighted_size / max_capacity`, at most the entries
+//! held — which the reservation already gives. A change only moka can make: a builder setting
+//! for the sketch (its capacity in entries and the aging period's multiple, independent of
+//! `max_capacity` and the weigher), and an admission window (moka's `TODO` on its policies,
+//! moka-rs/moka#389).
+//!
+//! The opposite pull (shifting working set, varied sizes): the same table has the L1 0.032 /
+//! 0.039 / 0.053 behind byte-weighted moka at 5 / 10 / 20 %, whose quarter-size sketch ages four
+//! times as fast, while it is 0.013–0.046 ahead of it on every Zipf row with varied sizes. The
+//! knob on our side is when the reservation is armed (at a fraction f of `max_bytes`, the
+//! sketch is sized for about f (1 + f) / 2 of a full tier's entries); no setting of it was
+//! measured to win both.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -189,5 +221,5 @@ fn placeholder_prefix() -> Vec<u8> {
 /// A placeholder of `size` bytes that never expires.
 fn placeholder(size: u32) -> ObjectEntry {
     let meta = Meta { fresh_until: 0, stale_until: NEVER, ..Meta::default() };
-    ObjectEntry { meta, value: Arc::new(()), size }
+    ObjectEntry::new(meta, Arc::new(()), size)
 }

@@ -71,7 +71,7 @@ impl Eq for Key {}
 
 /// What an entry weighs: its key, its encoded size and [`ENTRY_OVERHEAD`].
 pub(crate) fn weight(key: &Key, entry: &ObjectEntry) -> u32 {
-    (key.as_slice().len() as u32).saturating_add(entry.size).saturating_add(ENTRY_OVERHEAD)
+    (key.as_slice().len() as u32).saturating_add(entry.size()).saturating_add(ENTRY_OVERHEAD)
 }
 
 #[cfg(test)]

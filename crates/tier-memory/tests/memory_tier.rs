@@ -92,14 +92,14 @@ async fn get_ready_agrees_with_get() {
     tier.insert(Bytes::from("stale"), entry(0, 60_000, 10)).await.unwrap();
 
     let ReadyLookup::Fresh(hit) = tier.get_ready(b"fresh") else { panic!("expected Fresh") };
-    assert!(Arc::ptr_eq(&hit.value.clone().downcast::<String>().unwrap(), &value));
+    assert!(Arc::ptr_eq(&hit.value().clone().downcast::<String>().unwrap(), &value));
     assert_eq!(
         (
-            hit.meta.created_at,
-            hit.meta.fresh_until,
-            hit.meta.stale_until,
-            hit.meta.load_cost_us,
-            hit.meta.negative
+            hit.created_at(),
+            hit.fresh_until(),
+            hit.stale_until(),
+            hit.load_cost_us(),
+            hit.is_negative()
         ),
         (fresh.meta.created_at, fresh.meta.fresh_until, fresh.meta.stale_until, 42, false)
     );

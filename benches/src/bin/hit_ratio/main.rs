@@ -122,7 +122,8 @@ struct ManifestTrace {
     trace: String,
     sizes: &'static str,
     requests: usize,
-    rows: Vec<(f64, u64)>,
+    /// Per cache size: the share, its byte budget and its entries.
+    rows: Vec<(f64, u64, u64)>,
 }
 
 fn main() {
@@ -211,7 +212,7 @@ fn main() {
                     opt(row.disk),
                     opt(row.disk_reinsert)
                 );
-                file_rows.push((share, budget));
+                file_rows.push((share, budget, entries));
                 rows.push(row);
             }
             if let Some(dir) = &args.traces {

@@ -11,7 +11,7 @@ use super::options::{CacheValue, EarlyRefresh, Lifetimes};
 use super::rule::Found;
 use super::sealer::Sealer;
 use super::tiers::{Level, TierSet, Tiers};
-use crate::entry::{Entry, Storage, Value};
+use crate::entry::{Entry, ObjectEntry, Storage, Value};
 use crate::envelope::{self, Meta, TagStamp};
 use crate::error::CacheError;
 use crate::policy::TierPolicy;
@@ -247,6 +247,16 @@ pub(super) struct Life {
 impl From<&Meta> for Life {
     fn from(m: &Meta) -> Self {
         Self { created_at: m.created_at, fresh_until: m.fresh_until, load_cost_us: m.load_cost_us }
+    }
+}
+
+impl From<&ObjectEntry> for Life {
+    fn from(e: &ObjectEntry) -> Self {
+        Self {
+            created_at: e.created_at(),
+            fresh_until: e.fresh_until(),
+            load_cost_us: e.load_cost_us(),
+        }
     }
 }
 

@@ -109,12 +109,12 @@ impl<V: CacheValue> Hierarchy<V> {
         }
         match result {
             ReadyLookup::Fresh(hit)
-                if self.fleet().cap(&hit.meta, Placement::Local) == Usability::Fresh =>
+                if self.fleet().cap(hit.created_at(), Placement::Local) == Usability::Fresh =>
             {
-                let value = if hit.meta.negative {
+                let value = if hit.is_negative() {
                     None
                 } else {
-                    match hit.value.clone().downcast::<V>() {
+                    match hit.value().clone().downcast::<V>() {
                         Ok(v) => Some(v),
                         // Another type under this key (a tier shared by two hierarchies): the
                         // general walk counts it as a decode error.
@@ -125,7 +125,7 @@ impl<V: CacheValue> Hierarchy<V> {
                     first.metrics().get[self.category(key)].add(LookupResult::Hit, 1);
                     self.sample_hot(key, draw >> 32);
                 }
-                Ready::Hit { value, life: Life::from(&hit.meta) }
+                Ready::Hit { value, life: Life::from(&*hit) }
             }
             ReadyLookup::Miss => {
                 if counted {

@@ -188,20 +188,20 @@ impl FleetState {
         lease != 0 && now > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
     }
 
-    /// The best an entry can be in a tier so placed, by the fleet state alone (reads the clock
-    /// only when a lease is on).
+    /// The best an entry created at `created_at` (Unix ms) can be in a tier so placed, by the
+    /// fleet state alone (reads the clock only when a lease is on).
     #[inline]
-    pub fn cap(&self, meta: &Meta, placement: Placement) -> Usability {
-        if meta.created_at <= self.floor.load(Ordering::Acquire) {
+    pub fn cap(&self, created_at: u64, placement: Placement) -> Usability {
+        if created_at <= self.floor.load(Ordering::Acquire) {
             return Usability::Unusable;
         }
-        if meta.created_at <= self.expired_before.load(Ordering::Acquire) {
+        if created_at <= self.expired_before.load(Ordering::Acquire) {
             return Usability::Stale;
         }
         if placement == Placement::Shared {
             return Usability::Fresh;
         }
-        if meta.created_at <= self.suspect_before.load(Ordering::Acquire)
+        if created_at <= self.suspect_before.load(Ordering::Acquire)
             || self.catching_up.load(Ordering::Acquire)
         {
             return Usability::Stale;
@@ -232,7 +232,7 @@ pub(super) fn usability(
     tags: TagVerdict,
     now: u64,
 ) -> Usability {
-    by_time(meta, now).min(fleet.cap(meta, placement)).min(tags.cap())
+    by_time(meta, now).min(fleet.cap(meta.created_at, placement)).min(tags.cap())
 }
 
 /// May an entry judged stale be served now: before its `stale_until`, and within fail-safe's

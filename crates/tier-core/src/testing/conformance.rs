@@ -519,8 +519,8 @@ fn get_ready_agrees(tier: &dyn Tier) -> BoxFuture<'_, Outcome> {
 fn ready_agrees(key: &Bytes, name: &str, ready: &ReadyLookup, full: &Lookup) -> Outcome {
     match (ready, full) {
         (ReadyLookup::Ask, _) | (ReadyLookup::Miss, Lookup::Miss) => Ok(()),
-        (ReadyLookup::Fresh(hit), Lookup::Hit(e)) if hit.meta.tags.is_none() => {
-            ensure(hit.meta == e.meta, || format!("{key:?}: {name} and get read other metas"))
+        (ReadyLookup::Fresh(hit), Lookup::Hit(e)) if hit.tags().is_empty() => {
+            ensure(hit.meta() == e.meta, || format!("{key:?}: {name} and get read other metas"))
         }
         (ReadyLookup::Fresh(_), _) => Err(format!(
             "{key:?}: {name} answered Fresh, get {} (Fresh is only for a fresh untagged hit)",
