@@ -191,9 +191,9 @@ impl ObjectEntry {
         } = meta;
         let rare = (tags.is_some() || validator.is_some() || sealing.is_some())
             .then(|| Box::new(Rare { tags, validator, sealing }));
-        let flags = u8::from(negative) * NEGATIVE
-            | u8::from(insert) * INSERT
-            | u8::from(tombstone) * TOMBSTONE;
+        let flags = (u8::from(negative) * NEGATIVE)
+            | (u8::from(insert) * INSERT)
+            | (u8::from(tombstone) * TOMBSTONE);
         Self { created_at, fresh_until, stale_until, value, rare, size, load_cost_us, flags }
     }
 
