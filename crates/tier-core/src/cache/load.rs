@@ -97,6 +97,10 @@ enum Prepared {
 
 impl<V: CacheValue> Hierarchy<V> {
     /// Join the flight of `key`, or start one that loads it with `loader`. Returns the waiter.
+    /// `renewal` is [`Renewal::Miss`] for a miss (looked again before loading), or
+    /// [`Renewal::Reload`] to load whatever the tiers hold (no look in the tiers first, none
+    /// after taking the lock); either way the write yields to an insert or invalidation of
+    /// the key made while the load ran.
     pub fn join_or_load(
         self: &Arc<Self>,
         key: Bytes,
@@ -104,15 +108,16 @@ impl<V: CacheValue> Hierarchy<V> {
         stale: Option<Found<V>>,
         skip: TierSet,
         call: CallSettings,
+        renewal: Renewal,
     ) -> Waiter<V> {
         let seq = self.stripes().seq(&key);
         match self.flights().join_or_start(&key, seq, self.metrics()) {
             Joined::Running(waiter) => waiter,
             Joined::Started(waiter, publisher) => {
                 let (previous, fail_safe) = (stale.clone(), call.fail_safe);
-                let renewal = Renewal::Miss;
                 let job = Job { publisher, stale, previous, skip, fail_safe, renewal };
-                self.spawn_run(vec![job], Origin::One(loader, call), true);
+                let look_again = renewal == Renewal::Miss;
+                self.spawn_run(vec![job], Origin::One(loader, call), look_again);
                 waiter
             }
         }
@@ -177,29 +182,6 @@ impl<V: CacheValue> Hierarchy<V> {
             Origin::One(loader, call),
             false,
         );
-    }
-
-    /// Join the flight of `key`, or start one that loads it with `loader` whatever the tiers
-    /// hold ([`Renewal::Reload`]: no look in the tiers first, none after taking the lock).
-    /// Its write yields, as every load's, to an insert or invalidation of the key made while
-    /// it ran. Returns the waiter.
-    pub fn join_or_reload(
-        self: &Arc<Self>,
-        key: Bytes,
-        loader: Loader<V>,
-        skip: TierSet,
-        call: CallSettings,
-    ) -> Waiter<V> {
-        let seq = self.stripes().seq(&key);
-        match self.flights().join_or_start(&key, seq, self.metrics()) {
-            Joined::Running(waiter) => waiter,
-            Joined::Started(waiter, publisher) => {
-                let (fail_safe, renewal) = (call.fail_safe, Renewal::Reload);
-                let job = Job { publisher, stale: None, previous: None, skip, fail_safe, renewal };
-                self.spawn_run(vec![job], Origin::One(loader, call), false);
-                waiter
-            }
-        }
     }
 
     /// Run the flights of `jobs` in a task of their own (a caller that gives up strands nobody).

@@ -326,7 +326,7 @@ impl<V: CacheValue> Cache<V> {
     ) -> (Result<Option<Arc<V>>, CacheError>, Answered) {
         let hierarchy = self.hierarchy();
         let key = Bytes::copy_from_slice(key);
-        let waiter = hierarchy.join_or_reload(key, loader, skip, call.clone());
+        let waiter = hierarchy.join_or_load(key, loader, None, skip, call.clone(), Renewal::Reload);
         (hierarchy.wait(waiter, None, &call).await, Answered::Loaded)
     }
 
@@ -363,7 +363,8 @@ impl<V: CacheValue> Cache<V> {
                 );
             }
         }
-        let waiter = hierarchy.join_or_load(key, loader, walk.stale.clone(), skip, call.clone());
+        let stale = walk.stale.clone();
+        let waiter = hierarchy.join_or_load(key, loader, stale, skip, call.clone(), Renewal::Miss);
         let result = hierarchy.wait(waiter, walk.stale.as_ref(), &call).await;
         // The stale fallback was served (fail-safe, soft timeout) when the answer is its value.
         let how = match (&result, &walk.stale) {
