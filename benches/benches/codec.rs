@@ -4,7 +4,7 @@
 //! - `codec/{size}/encode/{none,lz4,zstd1,zstd3}` and `…/decode/…`: `Codec::encode` of a whole
 //!   envelope and `decode_value` of it (MessagePack; compression from 0 bytes on, so that the
 //!   512-byte value is compressed too — the default threshold, 1024, would store it raw);
-//! - `codec/{size}/encode/{json,postcard}`: the other serializers, uncompressed;
+//! - `codec/{size}/encode/{json,cbor}`: the other serializers, uncompressed;
 //! - the envelope sizes are printed first (stderr), one line per codec.
 //!
 //! `cargo bench -p tier-benches --bench codec`
@@ -27,7 +27,7 @@ fn codecs() -> Vec<(&'static str, Codec)> {
         ("zstd1", Codec { compression: Some(Compression::Zstd), zstd_level: 1, ..base }),
         ("zstd3", Codec { compression: Some(Compression::Zstd), zstd_level: 3, ..base }),
         ("json", Codec { serializer: Serializer::Json, compression: None, ..base }),
-        ("postcard", Codec { serializer: Serializer::Postcard, compression: None, ..base }),
+        ("cbor", Codec { serializer: Serializer::Cbor, compression: None, ..base }),
     ]
 }
 

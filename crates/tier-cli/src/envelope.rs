@@ -1,16 +1,14 @@
 //! Decoding a stored envelope for display (`tier disk get`, `tier redis get`): its times, tags,
 //! flags and value. The value's Rust type is unknown here, so a payload of a self-describing
-//! serializer (MessagePack, JSON) is shown as JSON when it maps to JSON, whatever compressed it;
-//! a postcard payload (positional: it cannot be read without its type) and anything that does
-//! not decode are shown as a hex preview with the reason. A sealed entry (a cache with a
+//! serializer (every built-in one: MessagePack, JSON, CBOR) is shown as JSON when it maps to
+//! JSON, whatever compressed it; anything that does not decode (a serializer of another version,
+//! bytes JSON cannot hold) is shown as a hex preview with the reason. A sealed entry (a cache with a
 //! keyring) is said to be one, with the id of its key; its value is shown only when a keyring
 //! that holds the key opens it for the entry's cache and key.
 
 use serde::Serialize;
 use tier_core::seal::{decode_sealed, Keyring, Place, Sealing};
-use tier_core::spi::envelope::{
-    decode_meta, decode_value, payload_of, Serializer, FLAG_COMPRESSED,
-};
+use tier_core::spi::envelope::{decode_meta, decode_value, payload_of, FLAG_COMPRESSED};
 use tier_core::spi::now_ms;
 
 use crate::duration::short;
@@ -34,7 +32,7 @@ pub struct EnvelopeView {
     pub negative: bool,
     /// The payload is compressed.
     pub compressed: bool,
-    /// The serializer that wrote the value (`msgpack`, `json`, `postcard`), when known.
+    /// The serializer that wrote the value (`msgpack`, `json`, `cbor`), when known.
     pub serializer: Option<&'static str>,
     /// The compression of the payload (`lz4`, `zstd`), when compressed.
     pub compression: Option<&'static str>,
@@ -86,9 +84,6 @@ pub fn view(bytes: &[u8], opener: Opener<'_>) -> Result<EnvelopeView, String> {
         meta.sealing.as_deref().map(Sealing::parse).transpose().map_err(|e| e.to_string())?;
     let payload = payload_of(bytes, at);
     let decoded = match (&payload, &sealing, opener.keyring) {
-        (Ok(p), _, _) if p.serializer == Serializer::Postcard && !meta.negative => {
-            Err("a postcard payload is not self-describing (its type is needed to read it)".into())
-        }
         (_, None, _) => {
             decode_value::<serde_json::Value>(bytes, &meta, at).map_err(|e| e.to_string())
         }

@@ -71,8 +71,8 @@ async fn each_cache_writes_its_codec_and_reads_every_built_in_one() {
     if cfg!(feature = "zstd") {
         writers.push(("w-zstd", Serializer::MessagePack, Some(Compression::Zstd)));
     }
-    if cfg!(feature = "postcard") {
-        writers.push(("w-postcard", Serializer::Postcard, Some(Compression::Lz4)));
+    if cfg!(feature = "cbor") {
+        writers.push(("w-cbor", Serializer::Cbor, Some(Compression::Lz4)));
     }
     // One reader with the defaults reads what each writer wrote, without loading.
     let reader = cache_over("codecs", &tier, |b| b);
@@ -120,13 +120,14 @@ async fn an_entry_of_a_codec_the_reader_does_not_know_is_a_miss_and_a_decode_err
         .encode(&meta, Some(&"x".repeat(300)))
         .unwrap();
     // (format byte, what it says): a serializer id of a newer writer, a compression id of a
-    // newer writer, and — in a build without the feature — zstd and postcard.
-    let mut cases: Vec<(u8, &str)> = vec![(0x09, "serializer 9"), (0x70, "compression 7")];
+    // newer writer, postcard (retired), and — in a build without the feature — zstd and CBOR.
+    let mut cases: Vec<(u8, &str)> =
+        vec![(0x09, "serializer 9"), (0x70, "compression 7"), (0x02, "postcard, retired")];
     if !cfg!(feature = "zstd") {
         cases.push((0x10, "zstd without the feature"));
     }
-    if !cfg!(feature = "postcard") {
-        cases.push((0x02, "postcard without the feature"));
+    if !cfg!(feature = "cbor") {
+        cases.push((0x03, "CBOR without the feature"));
     }
     for (format, what) in &cases {
         let key = cache.key(what);
@@ -163,10 +164,10 @@ fn a_codec_not_built_in_or_out_of_range_is_refused_at_build() {
     } else {
         refused(build(|b| b.compression(Compression::Zstd)), "feature `zstd`");
     }
-    if cfg!(feature = "postcard") {
-        build(|b| b.serializer(Serializer::Postcard)).unwrap();
+    if cfg!(feature = "cbor") {
+        build(|b| b.serializer(Serializer::Cbor)).unwrap();
     } else {
-        refused(build(|b| b.serializer(Serializer::Postcard)), "feature `postcard`");
+        refused(build(|b| b.serializer(Serializer::Cbor)), "feature `cbor`");
     }
     // The level matters only to zstd.
     build(|b| b.compression(Compression::Lz4).zstd_level(0)).unwrap();

@@ -39,7 +39,7 @@
 //!   module).
 //! - `tls` — `rediss://` URLs through rustls (implies `redis`).
 //! - `zstd` — zstd compression of the values byte tiers store ([`Compression::Zstd`]).
-//! - `postcard` — the compact postcard serializer for them ([`Serializer::Postcard`]).
+//! - `cbor` — the CBOR serializer for them ([`Serializer::Cbor`]).
 //! - `prometheus` — a Prometheus exporter set up for tier's metrics: buckets, upkeep, a handle
 //!   that renders `/metrics` for one's own router (the `prometheus` module).
 //! - `opentelemetry` — tier's traces (reads, Redis calls after the database semantic

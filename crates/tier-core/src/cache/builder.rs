@@ -146,7 +146,7 @@ impl<V: CacheValue> CacheBuilder<V> {
     }
 
     /// The serializer values are written with in byte tiers (disk, Redis): MessagePack,
-    /// JSON (readable, for debugging) or postcard (compact; feature `postcard`). Entries
+    /// JSON (readable, for debugging) or CBOR (feature `cbor`). Entries
     /// written by any built-in serializer are read, so it can be changed on a warm cache. One
     /// not built in fails [`build`](Self::build). Default: [`Serializer::MessagePack`].
     ///

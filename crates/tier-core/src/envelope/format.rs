@@ -6,7 +6,8 @@
 //! |---|---|---|
 //! | 0 | MessagePack, named fields (rmp-serde) — the default | lz4 block, uncompressed length prefixed (`u32` LE) — the default |
 //! | 1 | JSON (serde_json), for debugging | zstd frame, uncompressed length prefixed (`u32` LE); feature `zstd` |
-//! | 2 | postcard (compact binary); feature `postcard` | — |
+//! | 2 | retired (postcard, positional: not readable without its type — no longer written or read) | — |
+//! | 3 | CBOR (RFC 8949, ciborium): self-describing binary; feature `cbor` | — |
 //!
 //! Envelopes written before the format byte existed have 0 there: MessagePack, lz4 — what they
 //! are. An id this version does not know, or one whose feature is not built in, is a `Decode`
@@ -34,9 +35,10 @@ pub enum Serializer {
     MessagePack,
     /// JSON (serde_json): readable in `redis-cli`, larger and slower; for debugging.
     Json,
-    /// postcard: the most compact, but positional — a field added to `V` breaks old entries
-    /// (they fail to decode: a miss). Needs the feature `postcard` to write or read.
-    Postcard,
+    /// CBOR (RFC 8949, through ciborium): binary and self-describing like MessagePack — the
+    /// CLI shows it without knowing `V` — and a standard many other languages read. Needs the
+    /// feature `cbor` to write or read.
+    Cbor,
 }
 
 impl Serializer {
@@ -45,7 +47,7 @@ impl Serializer {
         match self {
             Self::MessagePack => 0,
             Self::Json => 1,
-            Self::Postcard => 2,
+            Self::Cbor => 3,
         }
     }
 
@@ -54,7 +56,11 @@ impl Serializer {
         match id {
             0 => Ok(Self::MessagePack),
             1 => Ok(Self::Json),
-            2 => Ok(Self::Postcard),
+            2 => Err(TierError::decode(
+                "envelope payload written by serializer id 2 (postcard), which this version no \
+                 longer reads (it is not self-describing)",
+            )),
+            3 => Ok(Self::Cbor),
             _ => Err(TierError::decode(format!(
                 "envelope payload written by serializer id {id}, unknown to this version"
             ))),
@@ -66,7 +72,7 @@ impl Serializer {
         match self {
             Self::MessagePack => "msgpack",
             Self::Json => "json",
-            Self::Postcard => "postcard",
+            Self::Cbor => "cbor",
         }
     }
 
@@ -74,7 +80,7 @@ impl Serializer {
     pub const fn is_built_in(self) -> bool {
         match self {
             Self::MessagePack | Self::Json => true,
-            Self::Postcard => cfg!(feature = "postcard"),
+            Self::Cbor => cfg!(feature = "cbor"),
         }
     }
 }
@@ -164,7 +170,7 @@ pub fn parse_format(
     Ok((serializer, compression))
 }
 
-#[cfg(not(all(feature = "zstd", feature = "postcard")))]
+#[cfg(not(all(feature = "zstd", feature = "cbor")))]
 fn not_built(what: &str, feature: &str) -> String {
     format!("{what} is not built into this binary (feature `{feature}`)")
 }
@@ -177,10 +183,14 @@ pub(crate) fn serialize<V: Serialize + ?Sized>(
     match serializer {
         Serializer::MessagePack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
         Serializer::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
-        #[cfg(feature = "postcard")]
-        Serializer::Postcard => postcard::to_allocvec(value).map_err(|e| e.to_string()),
-        #[cfg(not(feature = "postcard"))]
-        Serializer::Postcard => Err(not_built("the postcard serializer", "postcard")),
+        #[cfg(feature = "cbor")]
+        Serializer::Cbor => {
+            let mut out = Vec::new();
+            ciborium::into_writer(value, &mut out).map_err(|e| e.to_string())?;
+            Ok(out)
+        }
+        #[cfg(not(feature = "cbor"))]
+        Serializer::Cbor => Err(not_built("the CBOR serializer", "cbor")),
     }
 }
 
@@ -255,12 +265,10 @@ pub fn decode_payload<V: DeserializeOwned>(payload: &Payload<&[u8]>) -> Result<V
     match payload.serializer {
         Serializer::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| bad(e.to_string())),
         Serializer::Json => serde_json::from_slice(bytes).map_err(|e| bad(e.to_string())),
-        #[cfg(feature = "postcard")]
-        Serializer::Postcard => postcard::from_bytes(bytes).map_err(|e| bad(e.to_string())),
-        #[cfg(not(feature = "postcard"))]
-        Serializer::Postcard => {
-            Err(TierError::decode(not_built("the postcard serializer", "postcard")))
-        }
+        #[cfg(feature = "cbor")]
+        Serializer::Cbor => ciborium::from_reader(bytes).map_err(|e| bad(e.to_string())),
+        #[cfg(not(feature = "cbor"))]
+        Serializer::Cbor => Err(TierError::decode(not_built("the CBOR serializer", "cbor"))),
     }
 }
 

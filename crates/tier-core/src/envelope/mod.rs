@@ -19,7 +19,7 @@
 //! ```
 //!
 //! **Format byte** (byte 5, 0 in envelopes written before it existed, which is what they are):
-//! serializer 0 MessagePack (named fields), 1 JSON, 2 postcard (feature `postcard`);
+//! serializer 0 MessagePack (named fields), 1 JSON, 3 CBOR (feature `cbor`; 2 was postcard, retired);
 //! compression, when `FLAG_COMPRESSED`: 0 lz4 block with the uncompressed length prefixed, 1
 //! zstd (feature `zstd`). The table and the reasons are in [`Serializer`] / [`Compression`]'s
 //! module.
