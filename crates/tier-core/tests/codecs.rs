@@ -138,9 +138,12 @@ async fn an_entry_of_a_codec_the_reader_does_not_know_is_a_miss_and_a_decode_err
         assert!(cache.get(&key).await.is_none(), "{what}: a lookup is a miss");
         assert_eq!(decode_errors("unknown"), before + 1, "{what}: one decode error counted");
         let calls = Calls::default();
+        let before = decode_errors("unknown");
         let got = cache.get_or_load(&key, loader(&calls, "loaded")).await.unwrap();
         assert_eq!(got.as_deref().map(String::as_str), Some("loaded"), "{what}: a miss, loaded");
         assert_eq!(calls.get(), 1, "{what}");
+        // The walk and the flight's own look both meet the entry: it is counted once.
+        assert_eq!(decode_errors("unknown"), before + 1, "{what}: one decode error per load");
         // The loaded value replaced the entry: the next read is a hit of it.
         let again = cache.get_or_load(&key, loader(&calls, "again")).await.unwrap();
         assert_eq!(again.as_deref().map(String::as_str), Some("loaded"), "{what}");

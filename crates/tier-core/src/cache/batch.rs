@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::handle::Cache;
 use super::loader::BatchLoader;
+use super::lookup::Looked;
 use super::options::{CacheValue, CallSettings};
 use super::tiers::TierSet;
 use super::write::published;
@@ -51,9 +52,16 @@ impl<V: CacheValue> Cache<V> {
         }
         let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
         let seqs: Vec<u64> = keys.iter().map(|k| hierarchy.stripes().seq(k)).collect();
-        let walks = hierarchy.walk_many(&keys, &seqs).await;
+        let looks = hierarchy.look_many(&keys, &seqs).await;
         let mut answers = Vec::with_capacity(keys.len());
-        for (key, walk) in keys.iter().zip(walks) {
+        for (key, looked) in keys.iter().zip(looks) {
+            let walk = match looked {
+                Looked::Ready(value) => {
+                    answers.push(value);
+                    continue;
+                }
+                Looked::Walked(walk) => walk,
+            };
             let Some(found) = walk.fresh else {
                 answers.push(None);
                 continue;
@@ -202,10 +210,17 @@ impl<V: CacheValue> Cache<V> {
             return Ok(keys.iter().map(|k| found.remove(k).map(Arc::new)).collect());
         }
         let seqs: Vec<u64> = keys.iter().map(|k| hierarchy.stripes().seq(k)).collect();
-        let walks = hierarchy.walk_many(&keys, &seqs).await;
+        let looks = hierarchy.look_many(&keys, &seqs).await;
         let mut answers: Vec<Option<Option<Arc<V>>>> = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
-        for (key, walk) in keys.iter().zip(walks) {
+        for (key, looked) in keys.iter().zip(looks) {
+            let walk = match looked {
+                Looked::Ready(value) => {
+                    answers.push(Some(value));
+                    continue;
+                }
+                Looked::Walked(walk) => walk,
+            };
             match walk.fresh {
                 Some(found) => {
                     hierarchy.backfill(key, &found, TierSet::EMPTY).await;

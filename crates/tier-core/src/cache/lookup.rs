@@ -41,6 +41,18 @@ impl<V> Walk<V> {
     }
 }
 
+/// What a batch look found for one key ([`Hierarchy::look_many`]).
+// One per key of a batch, for the length of the call: boxing the walk would cost an allocation
+// per key read below the L1 to save bytes that are not kept.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Looked<V> {
+    /// A fresh L1 hit answered without a future, as a single-key read answers it (counted):
+    /// the value, `None` for a negative entry.
+    Ready(Option<Arc<V>>),
+    /// What the walk below the first tier's fast path found.
+    Walked(Walk<V>),
+}
+
 /// What the first tier answered without waiting ([`Hierarchy::first_ready`]).
 pub(super) enum Ready<V> {
     /// A fresh hit: the value (`None` for a negative entry) and what early refresh reads of the
@@ -165,8 +177,8 @@ impl<V: CacheValue> Hierarchy<V> {
                 level.metrics().get_duration.record(start.elapsed());
             }
             let (result, found) = match result {
-                Ok(lookup) => self.judge(i, key, seq, lookup, now).await,
-                Err(e) => (level.read_failed(self.name(), &e), None),
+                Ok(lookup) => self.judge(i, key, seq, lookup, now, counting).await,
+                Err(e) => (level.read_failed(self.name(), &e, counting == Counting::Counted), None),
             };
             count(result);
             if let Some((found, usable)) = found {
@@ -187,6 +199,7 @@ impl<V: CacheValue> Hierarchy<V> {
         seq: u64,
         lookup: Lookup,
         now: u64,
+        counting: Counting,
     ) -> (LookupResult, Option<(Found<V>, Usability)>) {
         let Some(entry) = lookup.into_entry() else { return (LookupResult::Miss, None) };
         let level = self.tiers().get(i);
@@ -223,19 +236,53 @@ impl<V: CacheValue> Hierarchy<V> {
         };
         match self.sealer().decode::<V>(self.name(), key, &entry) {
             Ok(value) => (result, Some((Found { level: i, seq, entry, value }, usable))),
-            Err(e) => (level.read_failed(self.name(), &e), None),
+            Err(e) => (level.read_failed(self.name(), &e, counting == Counting::Counted), None),
         }
     }
 
+    /// Look many keys up as [`first_ready`](Self::first_ready) and
+    /// [`walk_from`](Self::walk_from) look one up: each key first through the first tier's
+    /// fast path (a hot L1 answers a batch as cheaply as single reads: before this, a batch of
+    /// 100 L1 hits walked through the general, awaiting path and took 2.1× as long as 100
+    /// `get`s), then the keys left over through one `get_many` per tier below where their fast
+    /// path stopped. `seqs` are the keys' write sequences taken before; one answer per key, in
+    /// order.
+    pub async fn look_many(&self, keys: &[Bytes], seqs: &[u64]) -> Vec<Looked<V>> {
+        let mut ready = Vec::with_capacity(keys.len());
+        let mut from = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.first_ready(key, TierSet::EMPTY, Counting::Counted) {
+                Ready::Hit { value, .. } => {
+                    ready.push(Some(value));
+                    from.push(usize::MAX);
+                }
+                Ready::From(f) => {
+                    ready.push(None);
+                    from.push(f);
+                }
+            }
+        }
+        let walks = self.walk_many(keys, seqs, &from).await;
+        ready
+            .into_iter()
+            .zip(walks)
+            .map(|(ready, walk)| match ready {
+                Some(value) => Looked::Ready(value),
+                None => Looked::Walked(walk),
+            })
+            .collect()
+    }
+
     /// Walk the tiers for many keys (one `get_many` per tier, for the keys still without a
-    /// fresh entry). `seqs` are the keys' write sequences taken before; the answer has one walk
-    /// per key, in order.
-    pub async fn walk_many(&self, keys: &[Bytes], seqs: &[u64]) -> Vec<Walk<V>> {
+    /// fresh entry whose walk starts at or above it: key `i` from tier `from[i]`).
+    async fn walk_many(&self, keys: &[Bytes], seqs: &[u64], from: &[usize]) -> Vec<Walk<V>> {
         let mut walks: Vec<Walk<V>> = keys.iter().map(|_| Walk::default()).collect();
         for (j, level) in self.tiers().iter() {
-            let open: Vec<usize> = (0..keys.len()).filter(|i| walks[*i].fresh.is_none()).collect();
+            let open: Vec<usize> =
+                (0..keys.len()).filter(|i| from[*i] <= j && walks[*i].fresh.is_none()).collect();
             if open.is_empty() {
-                break;
+                // Keys whose walk starts lower (after an L1 miss) may still be waiting.
+                continue;
             }
             let count = |i: usize, r: LookupResult| {
                 level.metrics().get[self.category(&keys[i])].add(r, 1);
@@ -252,7 +299,8 @@ impl<V: CacheValue> Hierarchy<V> {
             };
             let now = now_ms();
             for (i, lookup) in open.into_iter().zip(lookups) {
-                let (result, found) = self.judge(j, &keys[i], seqs[i], lookup, now).await;
+                let (result, found) =
+                    self.judge(j, &keys[i], seqs[i], lookup, now, Counting::Counted).await;
                 count(i, result);
                 if let Some((found, usable)) = found {
                     walks[i].take(found, usable);
@@ -284,7 +332,7 @@ impl<V: CacheValue> Hierarchy<V> {
         Some(match result {
             Ok(lookups) if lookups.len() == batch.len() => Ok(lookups),
             Ok(_) => Err(LookupResult::Error),
-            Err(e) => Err(level.read_failed(self.name(), &e)),
+            Err(e) => Err(level.read_failed(self.name(), &e, true)),
         })
     }
 }

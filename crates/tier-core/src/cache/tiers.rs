@@ -179,10 +179,14 @@ impl Level {
         }
     }
 
-    /// Count a failed read and say what it counts as (see [`ErrorClass`]).
-    pub fn read_failed(&self, cache: &str, e: &TierError) -> LookupResult {
+    /// Count a failed read and say what it counts as (see [`ErrorClass`]). An uncounted read
+    /// (`counted` false: the hierarchy's own second look, inside a flight or waiting for the
+    /// fleet lock) counts no decode error — the caller's walk before it met the same bytes and
+    /// counted them, and one damaged entry is one error.
+    pub fn read_failed(&self, cache: &str, e: &TierError, counted: bool) -> LookupResult {
         let class = ErrorClass::of(e);
         match class {
+            ErrorClass::Decode if !counted => {}
             ErrorClass::Decode => {
                 self.metrics.decode_errors.increment(1);
                 if let Some(suppressed) = self.metrics.decode_events.admit() {
