@@ -50,25 +50,13 @@ impl<V: CacheValue> Cache<V> {
         if hierarchy.bypassed() {
             return keys.iter().map(|_| None).collect();
         }
-        let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k.as_ref())).collect();
-        let seqs: Vec<u64> = keys.iter().map(|k| hierarchy.stripes().seq(k)).collect();
-        let looks = hierarchy.look_many(&keys, &seqs).await;
-        let mut answers = Vec::with_capacity(keys.len());
-        for (key, looked) in keys.iter().zip(looks) {
-            let walk = match looked {
-                Looked::Ready(value) => {
-                    answers.push(value);
-                    continue;
-                }
-                Looked::Walked(walk) => walk,
-            };
-            let Some(found) = walk.fresh else {
-                answers.push(None);
-                continue;
-            };
-            hierarchy.record_hot(key);
-            hierarchy.backfill(key, &found, TierSet::EMPTY).await;
-            answers.push(found.value);
+        let Looked { ready, walked } = hierarchy.look_many(keys).await;
+        let mut answers: Vec<Option<Arc<V>>> = ready.into_iter().map(Option::flatten).collect();
+        for (i, key, walk) in walked {
+            let Some(found) = walk.fresh else { continue };
+            hierarchy.record_hot(&key);
+            hierarchy.backfill(&key, &found, TierSet::EMPTY).await;
+            answers[i] = found.value;
         }
         answers
     }
@@ -209,27 +197,15 @@ impl<V: CacheValue> Cache<V> {
             let mut found = hierarchy.load_many_bypassing(keys.clone(), loader).await?;
             return Ok(keys.iter().map(|k| found.remove(k).map(Arc::new)).collect());
         }
-        let seqs: Vec<u64> = keys.iter().map(|k| hierarchy.stripes().seq(k)).collect();
-        let looks = hierarchy.look_many(&keys, &seqs).await;
-        let mut answers: Vec<Option<Option<Arc<V>>>> = Vec::with_capacity(keys.len());
+        let Looked { ready: mut answers, walked } = hierarchy.look_many(&keys).await;
         let mut missing = Vec::new();
-        for (key, looked) in keys.iter().zip(looks) {
-            let walk = match looked {
-                Looked::Ready(value) => {
-                    answers.push(Some(value));
-                    continue;
-                }
-                Looked::Walked(walk) => walk,
-            };
+        for (i, key, walk) in walked {
             match walk.fresh {
                 Some(found) => {
-                    hierarchy.backfill(key, &found, TierSet::EMPTY).await;
-                    answers.push(Some(found.value));
+                    hierarchy.backfill(&key, &found, TierSet::EMPTY).await;
+                    answers[i] = Some(found.value);
                 }
-                None => {
-                    missing.push((answers.len(), key.clone(), walk.stale));
-                    answers.push(None);
-                }
+                None => missing.push((i, key, walk.stale)),
             }
         }
         if missing.is_empty() {

@@ -41,16 +41,12 @@ impl<V> Walk<V> {
     }
 }
 
-/// What a batch look found for one key ([`Hierarchy::look_many`]).
-// One per key of a batch, for the length of the call: boxing the walk would cost an allocation
-// per key read below the L1 to save bytes that are not kept.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Looked<V> {
-    /// A fresh L1 hit answered without a future, as a single-key read answers it (counted):
-    /// the value, `None` for a negative entry.
-    Ready(Option<Arc<V>>),
-    /// What the walk below the first tier's fast path found.
-    Walked(Walk<V>),
+/// What a batch look found ([`Hierarchy::look_many`]): per key, the answer of the first
+/// tier's fast path (`Some(value)`, `value` `None` for a negative entry) or `None`; and for each
+/// key without one, its index, its key and the walk of the tiers below.
+pub(super) struct Looked<V> {
+    pub ready: Vec<Option<Option<Arc<V>>>>,
+    pub walked: Vec<(usize, Bytes, Walk<V>)>,
 }
 
 /// What the first tier answered without waiting ([`Hierarchy::first_ready`]).
@@ -242,35 +238,33 @@ impl<V: CacheValue> Hierarchy<V> {
 
     /// Look many keys up as [`first_ready`](Self::first_ready) and
     /// [`walk_from`](Self::walk_from) look one up: each key first through the first tier's
-    /// fast path (a hot L1 answers a batch as cheaply as single reads: before this, a batch of
-    /// 100 L1 hits walked through the general, awaiting path and took 2.1× as long as 100
-    /// `get`s), then the keys left over through one `get_many` per tier below where their fast
-    /// path stopped. `seqs` are the keys' write sequences taken before; one answer per key, in
-    /// order.
-    pub async fn look_many(&self, keys: &[Bytes], seqs: &[u64]) -> Vec<Looked<V>> {
+    /// fast path, then the keys left over through one `get_many` per tier below where their
+    /// fast path stopped, each with its write sequence taken before that walk (as a single
+    /// read takes it). A hot L1 answers a batch as cheaply as single reads: before, a batch of
+    /// 100 L1 hits went through the general, awaiting walk (copying each key, building a walk
+    /// per key) and took ~2× as long as 100 `get`s.
+    pub async fn look_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Looked<V> {
         let mut ready = Vec::with_capacity(keys.len());
-        let mut from = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.first_ready(key, TierSet::EMPTY, Counting::Counted) {
-                Ready::Hit { value, .. } => {
-                    ready.push(Some(value));
-                    from.push(usize::MAX);
-                }
+        let (mut rest, mut from) = (Vec::new(), Vec::new());
+        for (i, key) in keys.iter().enumerate() {
+            match self.first_ready(key.as_ref(), TierSet::EMPTY, Counting::Counted) {
+                Ready::Hit { value, .. } => ready.push(Some(value)),
                 Ready::From(f) => {
                     ready.push(None);
+                    rest.push(i);
                     from.push(f);
                 }
             }
         }
-        let walks = self.walk_many(keys, seqs, &from).await;
-        ready
-            .into_iter()
-            .zip(walks)
-            .map(|(ready, walk)| match ready {
-                Some(value) => Looked::Ready(value),
-                None => Looked::Walked(walk),
-            })
-            .collect()
+        if rest.is_empty() {
+            return Looked { ready, walked: Vec::new() };
+        }
+        let rest_keys: Vec<Bytes> =
+            rest.iter().map(|i| Bytes::copy_from_slice(keys[*i].as_ref())).collect();
+        let seqs: Vec<u64> = rest_keys.iter().map(|k| self.stripes().seq(k)).collect();
+        let walks = self.walk_many(&rest_keys, &seqs, &from).await;
+        let walked = rest.into_iter().zip(rest_keys).zip(walks).map(|((i, k), w)| (i, k, w));
+        Looked { ready, walked: walked.collect() }
     }
 
     /// Walk the tiers for many keys (one `get_many` per tier, for the keys still without a
