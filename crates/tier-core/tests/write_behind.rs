@@ -235,3 +235,61 @@ async fn absurd_configurations_are_refused_at_build_with_the_setting_named() {
         .unwrap();
     assert!(matches!(plain.write_behind("a", 1).await, Err(CacheError::Config(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_many_supersedes_pending_writes_of_its_keys_as_insert_does() {
+    let origin = RecordingOrigin::new();
+    let cache = cache_with(&origin, fast());
+    origin.hold();
+    cache.write_behind("other", 1).await.unwrap();
+    origin.entered().await; // in flight
+    for key in ["a", "b", "c"] {
+        cache.write_behind(key, 1).await.unwrap(); // pending, not in flight
+    }
+    assert_eq!(cache.write_behind_status().unwrap().pending, 4);
+    cache.insert_many([("a", 2), ("b", 2)]).await.unwrap();
+    assert_eq!(cache.write_behind_status().unwrap().pending, 2, "the batch in flight and c");
+    cache.insert_many_with_tags([("c", 2)], &["t"]).await.unwrap();
+    assert_eq!(cache.write_behind_status().unwrap().pending, 1, "only the batch in flight");
+    origin.release();
+    cache.flush_write_behind().await.unwrap();
+    let keys: Vec<Bytes> = origin.writes().into_iter().map(|w| w.0).collect();
+    assert_eq!(keys, vec![k("other")], "superseded values never reach the origin");
+    assert_eq!(cache.get("a").await.as_deref(), Some(&2));
+    assert_eq!(cache.get("c").await.as_deref(), Some(&2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poisoned_write_is_the_only_dead_letter_of_its_batch_the_rest_is_written() {
+    let origin = RecordingOrigin::new();
+    let cache = cache_with(&origin, fast().max_attempts(3).max_batch(16));
+    origin.reject("k05");
+    origin.hold();
+    cache.write_behind("first", 0).await.unwrap();
+    origin.entered().await; // the next batch holds all twelve below
+    for i in 0..12u64 {
+        cache.write_behind(format!("k{i:02}"), i).await.unwrap();
+    }
+    origin.release();
+    cache.flush_write_behind().await.unwrap();
+    let dead = cache.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].write.key, k("k05"));
+    assert!(dead[0].reason.contains("rejects"), "{}", dead[0].reason);
+    assert!(
+        dead[0].attempts > 3,
+        "the batch's attempts and the isolated ones: {}",
+        dead[0].attempts
+    );
+    let mut written: Vec<u64> =
+        origin.writes().into_iter().filter(|w| w.0 != k("first")).map(|w| w.1).collect();
+    written.sort_unstable();
+    assert_eq!(written, (0..12).filter(|i| *i != 5).collect::<Vec<_>>());
+    // Bisection, not one call per write: 3 tries of the batch, then halves down to k05.
+    assert!(origin.calls() <= 1 + 3 + 2 * 4 + 1, "{} calls", origin.calls());
+    // The dead letter is replayable once the origin takes it.
+    origin.accept();
+    assert_eq!(cache.replay_dead_letters().await.unwrap(), 1);
+    cache.flush_write_behind().await.unwrap();
+    assert!(origin.writes().iter().any(|w| w.0 == k("k05") && w.1 == 5));
+}

@@ -150,6 +150,10 @@ impl<V: CacheValue> Cache<V> {
             return Ok(());
         }
         let stamps = self.stamp(tags).await?;
+        // As `insert`: the caller wrote the origin; the keys' pending write-behind writes are
+        // superseded (one rule, `supersede_pending`).
+        let all: Vec<Bytes> = items_by_key.iter().map(|(k, _)| k.clone()).collect();
+        self.supersede_pending(&all).await?;
         let now = hierarchy.fleet().created_now();
         let mut by_tier: BTreeMap<usize, Vec<(Bytes, Entry)>> = BTreeMap::new();
         let mut notices = Vec::with_capacity(items_by_key.len());

@@ -53,11 +53,17 @@ impl<V: CacheValue> Cache<V> {
         }
         let key = Bytes::copy_from_slice(key.as_ref());
         let stamps = self.stamp(tags).await?;
-        if let Some(behind) = self.hierarchy().behind() {
-            // The caller wrote the origin: a queued, older write of the key is not written.
-            behind.supersede(&key).await?;
-        }
+        self.supersede_pending(std::slice::from_ref(&key)).await?;
         self.write_stamped(key, value, stamps).await
+    }
+
+    /// What an insert (one key or many) does to the write-behind queue: the caller wrote the
+    /// origin, so a queued, older write of a key is not written (`Behind::supersede`: the rule).
+    pub(super) async fn supersede_pending(&self, keys: &[Bytes]) -> Result<(), CacheError> {
+        match self.hierarchy().behind() {
+            Some(behind) => behind.supersede(keys).await,
+            None => Ok(()),
+        }
     }
 
     /// The stamps of `tags` (fails when the generation store is unavailable).
