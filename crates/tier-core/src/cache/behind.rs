@@ -550,6 +550,22 @@ impl<V> Behind<V> {
 }
 
 impl<V: CacheValue> Behind<V> {
+    /// Read-your-writes: the value of the newest pending write of `key` (in flight or not; a
+    /// dead letter never reached the origin and is not one), when it reads back. A load of the
+    /// key answers it instead of calling the origin, which does not have it yet (or is about
+    /// to get it: a write leaves the queue only after the origin acknowledged it).
+    pub fn pending_value(&self, key: &[u8]) -> Option<V> {
+        let write = {
+            let st = self.lock();
+            match st.book.of_key(key) {
+                Some((w, false)) => w.clone(),
+                _ => return None,
+            }
+        };
+        let plain = self.seal.open(&write).ok()?;
+        rmp_serde::from_slice::<V>(&plain).ok()
+    }
+
     /// Queue `value` (encoded) for `key`, durably, in the room `room` reserved. The append and
     /// its bookkeeping run in a task of their own: a caller that gives up meanwhile leaves no
     /// write that is durable but unknown to the writer task.
