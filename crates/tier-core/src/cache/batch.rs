@@ -69,7 +69,8 @@ impl<V: CacheValue> Cache<V> {
     /// with its own lifetime — one `insert_many` per tier (pipelined in Redis, compare-and-set
     /// per key) — and one value-free notice per key to the other instances. A key given twice
     /// keeps its last value. While it runs it holds the keys' stripes, so a load or backfill
-    /// of one of them that read before it never lands after it.
+    /// of one of them that read before it never lands after it. As `insert`, it supersedes
+    /// the keys' pending [`write_behind`](Self::write_behind) writes (not in a batch in flight).
     ///
     /// Every enabled tier is tried; the first failure is returned (tiers whose breaker is open
     /// are skipped, not failures), else the backplane's.

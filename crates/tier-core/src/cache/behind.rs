@@ -17,11 +17,17 @@
 //!   flight at a time and holds each key once; sequence numbers grow across restarts and reach
 //!   the writer ([`OriginWrite::seq`]), so an origin can also refuse a replayed older one.
 //!
-//! With the other writes: an `insert` of a key with a pending write supersedes it (the caller
-//! wrote the origin itself; the queued, older value is not written) — unless that write is
-//! already in a batch in flight; an `invalidate` does not cancel the origin write, and once
-//! the write is done the key is invalidated again, so that a value loaded from the origin
-//! before the write landed does not outlive it.
+//! With the other writes: an `insert` (or `insert_many`) of a key with a pending write
+//! supersedes it (the caller wrote the origin itself; the queued, older value is not written) —
+//! unless that write is already in a batch in flight ([`Behind::supersede`]: the one rule); an
+//! `invalidate` does not cancel the origin write, and once the write is done the key is
+//! invalidated again, so that nothing cached before the write landed outlives it.
+//! Read-your-writes: a load of a key with a write still owed answers the queued value
+//! ([`Behind::pending_value`]) instead of the origin's older one.
+//!
+//! With a keyring, queued values are sealed ([`QueueSeal`]); a write that does not read back
+//! is a dead letter with its reason, never written, never dropped. A batch that fails all its
+//! attempts is split down to the writes that fail alone (see [`Behind::write`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
