@@ -4,6 +4,8 @@
 //!   queue append is written (survives `kill -9`), not synced;
 //! - `write_behind/queue-fdatasync`: the default, `queue_flush(Always)`: one `fdatasync` per
 //!   append (survives a power loss);
+//! - `write_behind/queue-sealed-fdatasync`: the same with a keyring: the queued value (and the
+//!   disk tier's entry) sealed with XChaCha20-Poly1305;
 //! - `write_behind/pwrite-fdatasync`: a raw `pwrite` of the same bytes plus `fdatasync` to a
 //!   plain file, the floor of a durable append.
 //!
@@ -30,13 +32,16 @@ impl OriginWriter<String> for Accept {
     }
 }
 
-fn cache(dir: &std::path::Path, queue_flush: Option<FlushPolicy>) -> Cache<String> {
+fn cache(dir: &std::path::Path, queue_flush: Option<FlushPolicy>, sealed: bool) -> Cache<String> {
     let mut tier = DiskTier::builder(dir).capacity_bytes(256 << 20).segment_size(16 << 20);
     if let Some(flush) = queue_flush {
         tier = tier.queue_flush(flush);
     }
-    let builder = Cache::builder("bench")
+    let mut builder = Cache::builder("bench")
         .tier(tier.build().unwrap(), TierPolicy::fresh(Duration::from_secs(600)));
+    if sealed {
+        builder = builder.keyring(tier_core::seal::Keyring::new(1, &[0x42; 32]));
+    }
     match queue_flush {
         Some(_) => builder.write_behind(Accept, WriteBehind::default()).build().unwrap(),
         None => builder.build().unwrap(),
@@ -49,13 +54,14 @@ fn writes(c: &mut Criterion) {
     let value = "v".repeat(1024);
     let mut g = c.benchmark_group("write_behind");
     g.sample_size(30).measurement_time(Duration::from_secs(4));
-    for (label, flush) in [
-        ("insert", None),
-        ("queue-page-cache", Some(FlushPolicy::OnClose)),
-        ("queue-fdatasync", Some(FlushPolicy::Always)),
+    for (label, flush, sealed) in [
+        ("insert", None, false),
+        ("queue-page-cache", Some(FlushPolicy::OnClose), false),
+        ("queue-fdatasync", Some(FlushPolicy::Always), false),
+        ("queue-sealed-fdatasync", Some(FlushPolicy::Always), true),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let cache = rt.block_on(async { cache(dir.path(), flush) });
+        let cache = rt.block_on(async { cache(dir.path(), flush, sealed) });
         let mut i = 0u64;
         g.bench_function(BenchmarkId::from_parameter(label), |b| {
             b.to_async(&rt).iter(|| {

@@ -250,6 +250,9 @@ pub enum DiskCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// How to open sealed queued writes (a cache with a keyring seals its queue).
+        #[command(flatten)]
+        unseal: Unseal,
     },
 }
 

@@ -230,8 +230,8 @@ pub fn run(cmd: DiskCommand) -> Result<()> {
         DiskCommand::Ls { dir, prefix, all, limit, json } => ls(&dir, &prefix, all, limit, json),
         DiskCommand::Get { dir, key, json, unseal } => get(&dir, &key, json, &unseal),
         DiskCommand::Verify { dir, json } => verify(&dir, json),
-        DiskCommand::Queue { dir, limit, json } => {
-            crate::queue::show(&open(&dir)?, &dir, limit, json)
+        DiskCommand::Queue { dir, limit, json, unseal } => {
+            crate::queue::show(&open(&dir)?, &dir, limit, json, &unseal)
         }
     }
 }

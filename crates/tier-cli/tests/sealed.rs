@@ -96,3 +96,50 @@ fn redis_get_of_a_sealed_entry_opens_with_a_keyring() {
     let opened = json(get().env("TIER_KEYRING", format!("3:{HEX}")));
     assert_eq!(opened["envelope"]["value"], j!({"pin": "pin-7731"}), "{opened}");
 }
+
+#[test]
+fn disk_queue_shows_sealed_writes_as_encrypted_and_opens_them_with_a_keyring() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let origin = tier_core::testing::RecordingOrigin::<Value>::new();
+        origin.fail(u32::MAX);
+        let hour = Duration::from_secs(3600);
+        let opts = tier_core::WriteBehind::default().max_delay(Duration::ZERO).backoff(hour, hour);
+        let disk = DiskTier::builder(dir.path()).capacity_bytes(1 << 20).segment_size(256 << 10);
+        let cache: Cache<Value> = Cache::builder("vault")
+            .tier(disk.build().unwrap(), TierPolicy::fresh(Duration::from_secs(60)))
+            .keyring(keyring())
+            .write_behind(origin, opts)
+            .build()
+            .unwrap();
+        cache.write_behind(cache.key("1"), j!({"pin": "pin-7731"})).await.unwrap();
+    });
+    let bytes = std::fs::read(dir.path().join("QUEUE")).unwrap();
+    assert!(!bytes.windows(8).any(|w| w == b"pin-7731"), "the queue holds the value in clear");
+    let queue = |extra: &[&str]| {
+        let mut cmd = tier();
+        cmd.env_remove("TIER_KEYRING").args(["disk", "queue"]).arg(dir.path()).args(extra);
+        cmd
+    };
+    let q = json(&mut queue(&["--json"]));
+    let w = &q["pending_writes"][0];
+    assert_eq!((&w["encrypted"], &w["key_id"]), (&j!(true), &j!(3)), "{q}");
+    assert!(w["value"].is_null(), "{q}");
+    assert!(w["value_error"].as_str().unwrap().contains("TIER_KEYRING"), "{q}");
+    let shown = text(&mut queue(&[]));
+    assert!(shown.contains("encrypted, key 3") && !shown.contains("pin-7731"), "{shown}");
+
+    let opened = json(queue(&["--json"]).env("TIER_KEYRING", format!("3:{HEX}")));
+    assert_eq!(opened["pending_writes"][0]["value"], j!({"pin": "pin-7731"}), "{opened}");
+    let file = dir.path().join("keyring.txt");
+    std::fs::write(&file, format!("4:{OTHER}\n3:{HEX}\n")).unwrap();
+    let shown = text(queue(&["--keyring-file"]).arg(&file));
+    assert!(shown.contains("encrypted, key 3") && shown.contains("pin-7731"), "{shown}");
+    // Another cache, or another key under the same id: it does not open.
+    let elsewhere = json(queue(&["--json", "--cache", "x", "--keyring-file"]).arg(&file));
+    let e = elsewhere["pending_writes"][0]["value_error"].as_str().unwrap();
+    assert!(e.contains("authenticate"), "{elsewhere}");
+    let wrong = json(queue(&["--json"]).env("TIER_KEYRING", format!("3:{OTHER}")));
+    assert!(wrong["pending_writes"][0]["value"].is_null(), "{wrong}");
+}

@@ -89,6 +89,10 @@ pub const WRITE_BEHIND_BATCHES: &str = "tier_write_behind_batches_total";
 pub const WRITE_BEHIND_RETRIES: &str = "tier_write_behind_retries_total";
 /// `tier_write_behind_dead_letters_total{cache}`: writes that became dead letters.
 pub const WRITE_BEHIND_DEAD_LETTERED: &str = "tier_write_behind_dead_letters_total";
+/// `tier_write_behind_unreadable_total{cache}`: queued writes that could not be read back
+/// (sealed with a key the keyring lacks, failing authentication, or not decoding as the
+/// cache's type); each is kept as a dead letter, never written, never dropped.
+pub const WRITE_BEHIND_UNREADABLE: &str = "tier_write_behind_unreadable_total";
 
 /// One in this many calls to an object (in-process) tier is timed.
 ///
@@ -220,6 +224,11 @@ pub fn describe() {
         WRITE_BEHIND_DEAD_LETTERED,
         Unit::Count,
         "Write-behind writes that became dead letters."
+    );
+    metrics::describe_counter!(
+        WRITE_BEHIND_UNREADABLE,
+        Unit::Count,
+        "Queued write-behind writes that could not be read back (unknown key, failed authentication, undecodable); kept as dead letters."
     );
     metrics::describe_histogram!(CACHE_LOAD_DURATION, Unit::Seconds, "Duration of loader calls.");
     metrics::describe_counter!(

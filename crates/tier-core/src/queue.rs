@@ -21,16 +21,32 @@ use crate::error::TierError;
 
 /// One origin write owed by the queue: a key, its value as the cache encodes it (MessagePack),
 /// and its sequence number.
+///
+/// A cache with a keyring (feature `encryption`) queues its writes **sealed**: `value` is then
+/// the MessagePack bytes encrypted, tag last, and `sealing` the sealing item that opens them
+/// (the key id, `u32` little endian, then the nonce); see `tier_core::seal::seal_queued`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedWrite {
     /// Grows with every write, across restarts; per key, a newer write has a larger one.
     pub seq: u64,
     /// The cache key.
     pub key: Bytes,
-    /// The value, MessagePack-encoded.
+    /// The value, MessagePack-encoded (sealed when `sealing` is set).
     pub value: Bytes,
     /// When it was queued (Unix ms).
     pub queued_at_ms: u64,
+    /// `Some`: `value` is sealed, and these are the bytes of its sealing item (key id, nonce).
+    pub sealing: Option<Bytes>,
+}
+
+impl QueuedWrite {
+    /// The id of the key a sealed write was sealed with (`None`: in clear, or a sealing item
+    /// too short to name one).
+    pub fn key_id(&self) -> Option<u32> {
+        let s = self.sealing.as_ref()?;
+        let id = s.get(..4)?;
+        Some(u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+    }
 }
 
 /// A queued write that failed too often: kept, not retried, until revived or superseded.
@@ -236,6 +252,7 @@ mod tests {
             key: Bytes::from_static(key.as_bytes()),
             value: Bytes::from_static(value.as_bytes()),
             queued_at_ms: seq,
+            sealing: None,
         })
     }
 

@@ -197,9 +197,10 @@ async fn an_invalidate_does_not_cancel_the_origin_write_and_invalidates_again_on
     cache.write_behind("a", 2).await.unwrap();
     origin.entered().await; // in flight: the origin does not have it yet
     cache.invalidate("a").await.unwrap();
-    // A read meanwhile loads what the origin still has.
-    let old = cache.get_or_load("a", || async { Ok::<_, std::io::Error>(Some(1)) }).await;
-    assert_eq!(old.unwrap().as_deref(), Some(&1));
+    // A read meanwhile answers the write still owed to the origin (read-your-writes), not
+    // what the origin still has.
+    let meanwhile = cache.get_or_load("a", || async { Ok::<_, std::io::Error>(Some(1)) }).await;
+    assert_eq!(meanwhile.unwrap().as_deref(), Some(&2));
     origin.release();
     cache.flush_write_behind().await.unwrap();
     assert_eq!(origin.writes().iter().map(|w| w.1).collect::<Vec<_>>(), vec![2]);
@@ -234,4 +235,113 @@ async fn absurd_configurations_are_refused_at_build_with_the_setting_named() {
         .build()
         .unwrap();
     assert!(matches!(plain.write_behind("a", 1).await, Err(CacheError::Config(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_many_supersedes_pending_writes_of_its_keys_as_insert_does() {
+    let origin = RecordingOrigin::new();
+    let cache = cache_with(&origin, fast());
+    origin.hold();
+    cache.write_behind("other", 1).await.unwrap();
+    origin.entered().await; // in flight
+    for key in ["a", "b", "c"] {
+        cache.write_behind(key, 1).await.unwrap(); // pending, not in flight
+    }
+    assert_eq!(cache.write_behind_status().unwrap().pending, 4);
+    cache.insert_many([("a", 2), ("b", 2)]).await.unwrap();
+    assert_eq!(cache.write_behind_status().unwrap().pending, 2, "the batch in flight and c");
+    cache.insert_many_with_tags([("c", 2)], &["t"]).await.unwrap();
+    assert_eq!(cache.write_behind_status().unwrap().pending, 1, "only the batch in flight");
+    origin.release();
+    cache.flush_write_behind().await.unwrap();
+    let keys: Vec<Bytes> = origin.writes().into_iter().map(|w| w.0).collect();
+    assert_eq!(keys, vec![k("other")], "superseded values never reach the origin");
+    assert_eq!(cache.get("a").await.as_deref(), Some(&2));
+    assert_eq!(cache.get("c").await.as_deref(), Some(&2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poisoned_write_is_the_only_dead_letter_of_its_batch_the_rest_is_written() {
+    let origin = RecordingOrigin::new();
+    let cache = cache_with(&origin, fast().max_attempts(3).max_batch(16));
+    origin.reject("k05");
+    origin.hold();
+    cache.write_behind("first", 0).await.unwrap();
+    origin.entered().await; // the next batch holds all twelve below
+    for i in 0..12u64 {
+        cache.write_behind(format!("k{i:02}"), i).await.unwrap();
+    }
+    origin.release();
+    cache.flush_write_behind().await.unwrap();
+    let dead = cache.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].write.key, k("k05"));
+    assert!(dead[0].reason.contains("rejects"), "{}", dead[0].reason);
+    assert!(
+        dead[0].attempts > 3,
+        "the batch's attempts and the isolated ones: {}",
+        dead[0].attempts
+    );
+    let mut written: Vec<u64> =
+        origin.writes().into_iter().filter(|w| w.0 != k("first")).map(|w| w.1).collect();
+    written.sort_unstable();
+    assert_eq!(written, (0..12).filter(|i| *i != 5).collect::<Vec<_>>());
+    // Bisection, not one call per write: 3 tries of the batch, then halves down to k05.
+    assert!(origin.calls() <= 1 + 3 + 2 * 4 + 1, "{} calls", origin.calls());
+    // The dead letter is replayable once the origin takes it.
+    origin.accept();
+    assert_eq!(cache.replay_dead_letters().await.unwrap(), 1);
+    cache.flush_write_behind().await.unwrap();
+    assert!(origin.writes().iter().any(|w| w.0 == k("k05") && w.1 == 5));
+}
+
+/// Read-your-writes: a miss (an eviction, an invalidation) of a key whose write-behind is still
+/// owed to the origin answers the queued value, never the older one the origin still has —
+/// for `get_or_load` and `get_many_or_load` alike; a dead letter (which never reached the
+/// origin) is not answered: the origin is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_of_a_key_with_a_pending_write_answers_the_queued_value_not_the_origins_older_one() {
+    use std::collections::HashMap;
+    let origin = RecordingOrigin::new();
+    let cache = cache_with(&origin, fast());
+    origin.hold();
+    cache.write_behind("a", 2).await.unwrap();
+    origin.entered().await; // in flight
+    cache.write_behind("b", 20).await.unwrap(); // pending
+    cache.invalidate("a").await.unwrap();
+    cache.invalidate("b").await.unwrap();
+    let loads = Arc::new(AtomicU32::new(0));
+    let counted = loads.clone();
+    let a = cache
+        .get_or_load("a", move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Some(1))
+        })
+        .await;
+    assert_eq!(a.unwrap().as_deref(), Some(&2));
+    let counted = loads.clone();
+    let many = cache
+        .get_many_or_load(&["b", "c"], move |keys: Vec<Bytes>| async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(keys, vec![k("c")], "only the key without a pending write");
+            Ok::<_, std::io::Error>(keys.into_iter().map(|k| (k, 30u64)).collect::<HashMap<_, _>>())
+        })
+        .await
+        .unwrap();
+    let many: Vec<Option<u64>> = many.into_iter().map(|v| v.as_deref().copied()).collect();
+    assert_eq!(many, vec![Some(20), Some(30)]);
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "the origin was asked for c only");
+    origin.release();
+    cache.flush_write_behind().await.unwrap();
+
+    // A dead letter is not answered: the origin never got it.
+    let origin = RecordingOrigin::new();
+    let cache = cache_with(&origin, fast().max_attempts(1));
+    origin.fail(u32::MAX);
+    cache.write_behind("d", 9).await.unwrap();
+    cache.flush_write_behind().await.unwrap();
+    assert_eq!(cache.dead_letters().unwrap().len(), 1);
+    cache.invalidate("d").await.unwrap();
+    let d = cache.get_or_load("d", || async { Ok::<_, std::io::Error>(Some(8)) }).await;
+    assert_eq!(d.unwrap().as_deref(), Some(&8));
 }

@@ -1,7 +1,8 @@
 //! The write-behind queue in the disk tier's directory, under a hierarchy: what is pending
 //! when the cache goes away is written after the directory is opened again (newest value per
 //! key, in order); a damaged queue file keeps its good records and says what it lost; a full
-//! disk fails the write-behind with an error and loses nothing acknowledged. (Kill tests:
+//! disk fails the write-behind with an error and loses nothing acknowledged; a damaged queue
+//! file on a full disk still opens (kept as it is until there is room). (Kill tests:
 //! `write_behind_crash.rs`.)
 #![allow(clippy::unwrap_used)]
 
@@ -16,6 +17,7 @@ use tier_core::{Cache, CacheError, TierPolicy, WriteBehind};
 use tier_disk::{DiskInspector, DiskTier};
 
 const ENV: &str = "TIER_DISK_WB_FULL_CHILD";
+const DAMAGED_ENV: &str = "TIER_DISK_WB_DAMAGED_FULL_CHILD";
 
 fn cache_of(dir: &Path, origin: &RecordingOrigin<u64>, opts: WriteBehind) -> Cache<u64> {
     let tier = DiskTier::builder(dir).segment_size(256 << 10).capacity_bytes(4 << 20).build();
@@ -210,4 +212,89 @@ async fn a_caller_that_gives_up_mid_append_leaks_no_room_and_strands_no_durable_
     cache.write_behind("c", 1).await.unwrap();
     origin.release();
     cache.flush_write_behind().await.unwrap();
+}
+
+/// A cache whose disk tier has small segments (so that it needs no file past 64 KiB) and whose
+/// origin is down (first retry an hour away).
+fn small_segments_down(dir: &Path) -> Cache<u64> {
+    let hour = Duration::from_secs(3600);
+    let tier = DiskTier::builder(dir).segment_size(64 << 10).capacity_bytes(8 << 20).build();
+    Cache::builder("wb")
+        .tier(tier.unwrap(), TierPolicy::fresh(Duration::from_secs(600)))
+        .write_behind(down(), WriteBehind::default().max_delay(Duration::ZERO).backoff(hour, hour))
+        .build()
+        .unwrap()
+}
+
+/// Child: files may not grow past 128 KiB (the queue file's rewrite needs more): the cache is
+/// built over the damaged queue; prints what it owes and what a new write-behind did.
+fn damaged_full_child(dir: &str) -> ! {
+    // SAFETY: plain libc calls with valid arguments (see full_disk.rs).
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let lim = libc::rlimit { rlim_cur: 128 << 10, rlim_max: libc::RLIM_INFINITY };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0, "setrlimit");
+    }
+    let rt = common::runtime();
+    rt.block_on(async {
+        let cache = small_segments_down(Path::new(dir));
+        println!("pending={}", cache.write_behind_status().unwrap().pending);
+        match cache.write_behind("late", 1).await {
+            Err(CacheError::Tier { tier, source }) if tier == "write-behind queue" => {
+                println!("late=refused {:?}", source.kind());
+            }
+            other => println!("late={other:?}"),
+        }
+    });
+    std::process::exit(0)
+}
+
+#[test]
+fn a_damaged_queue_on_a_full_disk_opens_keeps_what_it_read_and_is_rewritten_once_there_is_room() {
+    if let Ok(dir) = std::env::var(DAMAGED_ENV) {
+        damaged_full_child(&dir);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    const N: u64 = 300;
+    common::runtime().block_on(async {
+        let cache = small_segments_down(dir.path());
+        for i in 0..N {
+            cache.write_behind(format!("k{i:03}-{}", "x".repeat(1000)), i).await.unwrap();
+        }
+    });
+    let path = dir.path().join("QUEUE");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 256 << 10, "the queue file is larger than the child may write");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_damaged_queue_on_a_full_disk_opens_keeps_what_it_read_and_is_rewritten_once_there_is_room",
+            "--nocapture",
+        ])
+        .env(DAMAGED_ENV, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed: {stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("pending={}", N - 1)), "{stdout}\n{stderr}");
+    assert!(stdout.contains("late=refused Io"), "{stdout}\n{stderr}");
+    // The file was left as it was: the same damage, the same writes owed.
+    let queue = DiskInspector::open(dir.path()).unwrap().queue().unwrap();
+    assert_eq!(queue.damage.len(), 1, "{:?}", queue.damage);
+    assert_eq!(queue.pending.len() as u64, N - 1);
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "left untouched");
+    // With room: opened, rewritten, every write read back is written.
+    let origin = RecordingOrigin::new();
+    common::runtime().block_on(async {
+        let cache = cache(dir.path(), &origin);
+        cache.flush_write_behind().await.unwrap();
+    });
+    assert_eq!(origin.writes().len() as u64, N - 1);
+    let queue = DiskInspector::open(dir.path()).unwrap().queue().unwrap();
+    assert!(queue.damage.is_empty() && queue.pending.is_empty(), "{queue:?}");
 }

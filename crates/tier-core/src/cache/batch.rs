@@ -65,7 +65,8 @@ impl<V: CacheValue> Cache<V> {
     /// with its own lifetime — one `insert_many` per tier (pipelined in Redis, compare-and-set
     /// per key) — and one value-free notice per key to the other instances. A key given twice
     /// keeps its last value. While it runs it holds the keys' stripes, so a load or backfill
-    /// of one of them that read before it never lands after it.
+    /// of one of them that read before it never lands after it. As `insert`, it supersedes
+    /// the keys' pending [`write_behind`](Self::write_behind) writes (not in a batch in flight).
     ///
     /// Every enabled tier is tried; the first failure is returned (tiers whose breaker is open
     /// are skipped, not failures), else the backplane's.
@@ -146,6 +147,10 @@ impl<V: CacheValue> Cache<V> {
             return Ok(());
         }
         let stamps = self.stamp(tags).await?;
+        // As `insert`: the caller wrote the origin; the keys' pending write-behind writes are
+        // superseded (one rule, `supersede_pending`).
+        let all: Vec<Bytes> = items_by_key.iter().map(|(k, _)| k.clone()).collect();
+        self.supersede_pending(&all).await?;
         let now = hierarchy.fleet().created_now();
         let mut by_tier: BTreeMap<usize, Vec<(Bytes, Entry)>> = BTreeMap::new();
         let mut notices = Vec::with_capacity(items_by_key.len());

@@ -17,11 +17,17 @@
 //!   flight at a time and holds each key once; sequence numbers grow across restarts and reach
 //!   the writer ([`OriginWrite::seq`]), so an origin can also refuse a replayed older one.
 //!
-//! With the other writes: an `insert` of a key with a pending write supersedes it (the caller
-//! wrote the origin itself; the queued, older value is not written) — unless that write is
-//! already in a batch in flight; an `invalidate` does not cancel the origin write, and once
-//! the write is done the key is invalidated again, so that a value loaded from the origin
-//! before the write landed does not outlive it.
+//! With the other writes: an `insert` (or `insert_many`) of a key with a pending write
+//! supersedes it (the caller wrote the origin itself; the queued, older value is not written) —
+//! unless that write is already in a batch in flight ([`Behind::supersede`]: the one rule); an
+//! `invalidate` does not cancel the origin write, and once the write is done the key is
+//! invalidated again, so that nothing cached before the write landed outlives it.
+//! Read-your-writes: a load of a key with a write still owed answers the queued value
+//! ([`Behind::pending_value`]) instead of the origin's older one.
+//!
+//! With a keyring, queued values are sealed ([`QueueSeal`]); a write that does not read back
+//! is a dead letter with its reason, never written, never dropped. A batch that fails all its
+//! attempts is split down to the writes that fail alone (see [`Behind::write`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -111,6 +117,7 @@ struct BehindMetrics {
     failed: LazyCounter,
     retries: LazyCounter,
     dead_lettered: LazyCounter,
+    unreadable: LazyCounter,
 }
 
 impl BehindMetrics {
@@ -127,6 +134,60 @@ impl BehindMetrics {
             failed: LazyCounter::new(names::WRITE_BEHIND_BATCHES, result("error")),
             retries: LazyCounter::new(names::WRITE_BEHIND_RETRIES, l()),
             dead_lettered: LazyCounter::new(names::WRITE_BEHIND_DEAD_LETTERED, l()),
+            unreadable: LazyCounter::new(names::WRITE_BEHIND_UNREADABLE, l()),
+        }
+    }
+}
+
+/// How a cache keeps the values of its queued writes: sealed under its keyring (feature
+/// `encryption`: [`crate::seal::seal_queued`]), or in clear. The rule both ways is here: with a
+/// keyring every write is sealed and only a sealed write that opens is read back; without one
+/// only a write in clear is.
+#[derive(Clone, Default)]
+pub(super) struct QueueSeal {
+    cache: String,
+    #[cfg(feature = "encryption")]
+    keyring: Option<crate::seal::Keyring>,
+}
+
+impl QueueSeal {
+    /// The seal of cache `cache`'s queue, with the keyring of its `sealer`.
+    pub fn new(cache: &str, sealer: &super::sealer::Sealer) -> Self {
+        let _ = sealer;
+        Self {
+            cache: cache.to_string(),
+            #[cfg(feature = "encryption")]
+            keyring: sealer.keyring.clone(),
+        }
+    }
+
+    /// `plain` as write `seq` of `key` keeps it: the value and its sealing item, if sealed.
+    fn seal(&self, seq: u64, key: &[u8], plain: Bytes) -> Result<(Bytes, Option<Bytes>), String> {
+        #[cfg(feature = "encryption")]
+        if let Some(keyring) = &self.keyring {
+            let (value, sealing) =
+                crate::seal::seal_queued(keyring, &self.cache, key, seq, &plain)?;
+            return Ok((value, Some(sealing)));
+        }
+        let _ = (seq, key);
+        Ok((plain, None))
+    }
+
+    /// The MessagePack value of `w`, or why it cannot be read back.
+    fn open(&self, w: &QueuedWrite) -> Result<Bytes, String> {
+        #[cfg(feature = "encryption")]
+        if let Some(keyring) = &self.keyring {
+            return crate::seal::open_queued(keyring, &self.cache, w)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string());
+        }
+        match w.sealing {
+            None => Ok(w.value.clone()),
+            Some(_) => Err(format!(
+                "the queued write is sealed (key {}) and the cache {:?} has no keyring to open it",
+                w.key_id().map_or_else(|| "?".to_string(), |id| id.to_string()),
+                self.cache
+            )),
         }
     }
 }
@@ -135,6 +196,7 @@ impl BehindMetrics {
 pub(super) struct Behind<V> {
     writer: Box<dyn AnyWriter<V>>,
     opts: WriteBehind,
+    seal: QueueSeal,
     /// `None`: in memory.
     queue: Option<Arc<dyn WriteQueue>>,
     state: Mutex<State>,
@@ -167,6 +229,7 @@ impl<V> Behind<V> {
         writer: Box<dyn AnyWriter<V>>,
         opts: WriteBehind,
         queue: Option<Arc<dyn WriteQueue>>,
+        seal: QueueSeal,
     ) -> Self {
         let book = queue.as_ref().map(|q| q.book()).unwrap_or_default();
         if !book.is_empty() {
@@ -182,6 +245,7 @@ impl<V> Behind<V> {
         let behind = Self {
             writer,
             opts,
+            seal,
             queue,
             state: Mutex::new(state),
             queued: Notify::new(),
@@ -199,8 +263,12 @@ impl<V> Behind<V> {
     }
 
     pub(super) fn key_lock(&self, key: &[u8]) -> &tokio::sync::Mutex<()> {
+        &self.key_locks[self.key_lock_index(key)]
+    }
+
+    fn key_lock_index(&self, key: &[u8]) -> usize {
         let h = xxhash_rust::xxh3::xxh3_64(key);
-        &self.key_locks[(h % KEY_LOCKS as u64) as usize]
+        (h % KEY_LOCKS as u64) as usize
     }
 
     /// Update the gauges from `state`.
@@ -262,10 +330,15 @@ impl<V> Behind<V> {
         key: Bytes,
         value: Bytes,
     ) -> Result<(), CacheError> {
-        let write = {
-            let mut st = self.lock();
-            QueuedWrite { seq: st.book.take_seq(), key, value, queued_at_ms: now_ms() }
+        let seq = self.lock().book.take_seq();
+        let (value, sealing) = match self.seal.seal(seq, &key, value) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                drop(room);
+                return Err(CacheError::Encode(format!("sealing the queued write: {e}")));
+            }
         };
+        let write = QueuedWrite { seq, key, value, queued_at_ms: now_ms(), sealing };
         #[cfg(any(test, feature = "test-util"))]
         crate::fault::fault_point("write-behind.before-append");
         let persisted = self.persist(vec![QueueOp::Write(write.clone())]).await;
@@ -281,22 +354,37 @@ impl<V> Behind<V> {
         persisted
     }
 
-    /// An `insert` of `key`: a pending write of it that is not in flight (or its dead letter)
-    /// is superseded — done, never written.
-    pub async fn supersede(&self, key: &[u8]) -> Result<(), CacheError> {
-        let _order = self.key_lock(key).lock().await;
-        let seq = {
+    /// An `insert` (or `insert_many`) of `keys`: the rule of what it does to the queue. A
+    /// pending write of each key that is not in flight (or its dead letter) is superseded —
+    /// done, never written: the caller wrote the origin itself. One `Done` record for all.
+    pub async fn supersede(&self, keys: &[Bytes]) -> Result<(), CacheError> {
+        // The keys' locks, each once, in ascending order (a write-behind holds one of them at
+        // a time, another insert takes them in the same order: no deadlock).
+        let mut locks: Vec<usize> = keys.iter().map(|k| self.key_lock_index(k)).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let mut held = Vec::with_capacity(locks.len());
+        for i in locks {
+            held.push(self.key_locks[i].lock().await);
+        }
+        let seqs: Vec<u64> = {
             let st = self.lock();
-            match st.book.of_key(key) {
-                Some((w, _)) if !st.in_flight.contains(&w.seq) => w.seq,
-                _ => return Ok(()),
-            }
+            keys.iter()
+                .filter_map(|key| match st.book.of_key(key) {
+                    Some((w, _)) if !st.in_flight.contains(&w.seq) => Some(w.seq),
+                    _ => None,
+                })
+                .collect()
         };
-        self.persist(vec![QueueOp::Done(vec![seq])]).await?;
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.persist(vec![QueueOp::Done(seqs.clone())]).await?;
         let mut st = self.lock();
-        st.book.apply(QueueOp::Done(vec![seq]));
+        st.book.apply(QueueOp::Done(seqs));
         self.report(&st);
         drop(st);
+        drop(held);
         self.freed.notify_waiters();
         Ok(())
     }
@@ -370,11 +458,15 @@ impl<V> Behind<V> {
         self.freed.notify_waiters();
     }
 
-    /// Keep `writes` as dead letters.
-    async fn bury(&self, writes: Vec<QueuedWrite>, attempts: u32, reason: &str) {
+    /// Keep `writes` as dead letters, each with its failed attempts and reason.
+    async fn bury(&self, writes: Vec<(QueuedWrite, u32, String)>) {
         let ops: Vec<QueueOp> = writes
             .iter()
-            .map(|w| QueueOp::Dead { seq: w.seq, attempts, reason: reason.to_string() })
+            .map(|(w, attempts, reason)| QueueOp::Dead {
+                seq: w.seq,
+                attempts: *attempts,
+                reason: reason.clone(),
+            })
             .collect();
         if let Err(e) = self.persist(ops.clone()).await {
             tracing::warn!(error = %e, "write-behind: the queue could not record dead letters; a restart tries them again");
@@ -383,7 +475,7 @@ impl<V> Behind<V> {
         for op in ops {
             st.book.apply(op);
         }
-        for w in &writes {
+        for (w, _, _) in &writes {
             if st.book.of_key(&w.key).is_none_or(|(_, dead)| dead) {
                 st.invalidated.remove(&w.key);
             }
@@ -427,9 +519,19 @@ impl<V> Behind<V> {
         }
     }
 
-    /// The dead letters, oldest first.
+    /// The dead letters, oldest first, their values opened (MessagePack) when they open; one
+    /// that does not stays as it is kept (sealed; its reason says why).
     pub(super) fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.lock().book.dead().collect()
+        let dead: Vec<DeadLetter> = self.lock().book.dead().collect();
+        dead.into_iter()
+            .map(|mut d| {
+                if let Ok(plain) = self.seal.open(&d.write) {
+                    d.write.value = plain;
+                    d.write.sealing = None;
+                }
+                d
+            })
+            .collect()
     }
 
     /// Revive (`true`) or discard every dead letter; how many.
@@ -454,6 +556,22 @@ impl<V> Behind<V> {
 }
 
 impl<V: CacheValue> Behind<V> {
+    /// Read-your-writes: the value of the newest pending write of `key` (in flight or not; a
+    /// dead letter never reached the origin and is not one), when it reads back. A load of the
+    /// key answers it instead of calling the origin, which does not have it yet (or is about
+    /// to get it: a write leaves the queue only after the origin acknowledged it).
+    pub fn pending_value(&self, key: &[u8]) -> Option<V> {
+        let write = {
+            let st = self.lock();
+            match st.book.of_key(key) {
+                Some((w, false)) => w.clone(),
+                _ => return None,
+            }
+        };
+        let plain = self.seal.open(&write).ok()?;
+        rmp_serde::from_slice::<V>(&plain).ok()
+    }
+
     /// Queue `value` (encoded) for `key`, durably, in the room `room` reserved. The append and
     /// its bookkeeping run in a task of their own: a caller that gives up meanwhile leaves no
     /// write that is durable but unknown to the writer task.
@@ -475,42 +593,155 @@ impl<V: CacheValue> Behind<V> {
 
     /// Write `batch` through the origin writer, retrying with backoff; then done (or dead
     /// letters). Returns the keys to invalidate again (see the module docs).
-    pub async fn write(&self, mut batch: Vec<QueuedWrite>) -> Vec<Bytes> {
-        let mut attempts = 0u32;
+    ///
+    /// A write that cannot be read back (sealed with a key the keyring lacks, failing
+    /// authentication, not decoding) is never written and never dropped: it is kept as a dead
+    /// letter with the reason, counted (`tier_write_behind_unreadable_total`) and logged at
+    /// ERROR. A batch that fails all its attempts is split in halves, each tried once, down to
+    /// single writes: only a write that fails alone becomes a dead letter; the rest is written.
+    pub async fn write(&self, batch: Vec<QueuedWrite>) -> Vec<Bytes> {
+        let piece = self.readable(batch).await;
+        let mut again = Vec::new();
+        let (piece, reason) = match self.attempt(piece, self.opts.max_attempts, &mut again).await {
+            None => return again,
+            Some(failed) => failed,
+        };
+        if piece.queued.len() == 1 {
+            tracing::warn!(attempts = piece.attempts, error = %reason, "write-behind: a write failed too often: kept as a dead letter");
+            self.bury(piece.dead(&reason)).await;
+            return again;
+        }
+        tracing::warn!(writes = piece.queued.len(), attempts = piece.attempts, error = %reason, "write-behind: a batch failed too often: trying its halves alone, to keep only the failing writes as dead letters");
+        // Halves, each tried once, down to single writes (a stack: first half on top).
+        let mut todo = Vec::new();
+        let (a, b) = piece.halves();
+        todo.push(b);
+        todo.push(a);
+        while let Some(piece) = todo.pop() {
+            let Some((piece, reason)) = self.attempt(piece, 1, &mut again).await else {
+                continue;
+            };
+            if piece.queued.len() == 1 {
+                tracing::warn!(attempts = piece.attempts, error = %reason, "write-behind: a write failed alone too: kept as a dead letter");
+                self.bury(piece.dead(&reason)).await;
+            } else {
+                let (a, b) = piece.halves();
+                todo.push(b);
+                todo.push(a);
+            }
+            // A pause between failed tries, so that a down origin is not hammered.
+            tokio::time::sleep(self.backoff(1)).await;
+        }
+        again
+    }
+
+    /// The writes of `batch` that read back (decoded), the others buried as dead letters.
+    async fn readable(&self, batch: Vec<QueuedWrite>) -> Piece<V> {
+        let mut piece = Piece { queued: Vec::new(), writes: Vec::new(), attempts: 0 };
+        let mut bad = Vec::new();
+        for w in batch {
+            let decoded = self.seal.open(&w).and_then(|plain| {
+                rmp_serde::from_slice::<V>(&plain).map_err(|e| {
+                    format!("the queued value does not decode as the cache's type: {e}")
+                })
+            });
+            match decoded {
+                Ok(value) => {
+                    piece.writes.push(OriginWrite { key: w.key.clone(), value, seq: w.seq });
+                    piece.queued.push(w);
+                }
+                Err(reason) => {
+                    tracing::error!(
+                        seq = w.seq,
+                        key_id = w.key_id(),
+                        error = %reason,
+                        "write-behind: a queued write cannot be read back: kept as a dead letter, not written (replay it once the keyring holds its key)"
+                    );
+                    bad.push((w, 1, reason));
+                }
+            }
+        }
+        if !bad.is_empty() {
+            self.metrics.unreadable.increment(bad.len() as u64);
+            self.bury(bad).await;
+        }
+        piece
+    }
+
+    /// Try `piece` up to `tries` times (with backoff between): `None` when written (or nothing
+    /// is left of it: superseded meanwhile), else what is left and the last failure.
+    async fn attempt(
+        &self,
+        mut piece: Piece<V>,
+        tries: u32,
+        again: &mut Vec<Bytes>,
+    ) -> Option<(Piece<V>, String)> {
+        let mut tried = 0u32;
         loop {
             // What was superseded meanwhile is not written (its successor will be).
-            batch.retain(|w| self.lock().book.holds(w.seq));
-            let (writes, undecodable) = decode::<V>(&batch);
-            if !undecodable.is_empty() {
-                self.bury(undecodable, 1, "the queued value does not decode as the cache's type")
-                    .await;
-                batch.retain(|w| writes.iter().any(|o| o.seq == w.seq));
+            {
+                let st = self.lock();
+                piece.retain(|seq| st.book.holds(seq));
             }
-            if writes.is_empty() {
-                return Vec::new();
+            if piece.queued.is_empty() {
+                return None;
             }
-            match self.writer.write(&writes).await {
+            match self.writer.write(&piece.writes).await {
                 Ok(()) => {
                     #[cfg(any(test, feature = "test-util"))]
                     crate::fault::fault_point("write-behind.after-batch");
                     self.metrics.ok.increment(1);
-                    self.metrics.writes.increment(writes.len() as u64);
-                    return self.done(batch).await;
+                    self.metrics.writes.increment(piece.writes.len() as u64);
+                    again.extend(self.done(piece.queued).await);
+                    return None;
                 }
                 Err(e) => {
-                    attempts += 1;
+                    tried += 1;
+                    piece.attempts += 1;
                     self.metrics.failed.increment(1);
-                    if attempts >= self.opts.max_attempts {
-                        tracing::warn!(writes = batch.len(), attempts, error = %e, "write-behind: a batch failed too often: kept as dead letters");
-                        self.bury(batch, attempts, &e.to_string()).await;
-                        return Vec::new();
+                    if tried >= tries {
+                        return Some((piece, e.to_string()));
                     }
                     self.metrics.retries.increment(1);
-                    tracing::debug!(writes = batch.len(), attempts, error = %e, "write-behind: the origin writer failed; retrying");
-                    tokio::time::sleep(self.backoff(attempts)).await;
+                    tracing::debug!(writes = piece.queued.len(), attempts = piece.attempts, error = %e, "write-behind: the origin writer failed; retrying");
+                    tokio::time::sleep(self.backoff(tried)).await;
                 }
             }
         }
+    }
+}
+
+/// Writes of a batch in flight, as queued and as handed to the writer (the same order), and
+/// how many times the writer failed them so far.
+struct Piece<V> {
+    queued: Vec<QueuedWrite>,
+    writes: Vec<OriginWrite<V>>,
+    attempts: u32,
+}
+
+impl<V> Piece<V> {
+    /// Keep the writes whose sequence number `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        let kept: Vec<bool> = self.queued.iter().map(|w| keep(w.seq)).collect();
+        let mut k = kept.iter();
+        self.queued.retain(|_| *k.next().unwrap_or(&false));
+        let mut k = kept.iter();
+        self.writes.retain(|_| *k.next().unwrap_or(&false));
+    }
+
+    /// The first half and the second (of two or more writes).
+    fn halves(mut self) -> (Self, Self) {
+        let at = self.queued.len() / 2;
+        let queued = self.queued.split_off(at);
+        let writes = self.writes.split_off(at);
+        let second = Self { queued, writes, attempts: self.attempts };
+        (self, second)
+    }
+
+    /// Its writes as dead letters failing with `reason`.
+    fn dead(self, reason: &str) -> Vec<(QueuedWrite, u32, String)> {
+        let attempts = self.attempts;
+        self.queued.into_iter().map(|w| (w, attempts, reason.to_string())).collect()
     }
 }
 
@@ -524,19 +755,6 @@ impl<V> Drop for Reservation<V> {
         behind.lock().reserved -= 1;
         behind.freed.notify_waiters();
     }
-}
-
-/// The writes of `batch` decoded, and those that do not decode.
-fn decode<V: CacheValue>(batch: &[QueuedWrite]) -> (Vec<OriginWrite<V>>, Vec<QueuedWrite>) {
-    let mut writes = Vec::with_capacity(batch.len());
-    let mut bad = Vec::new();
-    for w in batch {
-        match rmp_serde::from_slice::<V>(&w.value) {
-            Ok(value) => writes.push(OriginWrite { key: w.key.clone(), value, seq: w.seq }),
-            Err(_) => bad.push(w.clone()),
-        }
-    }
-    (writes, bad)
 }
 
 /// The write-behind of a cache, when configured: the writer and its options.

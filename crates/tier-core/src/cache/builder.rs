@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::background;
-use super::behind::{Behind, Configured, OriginWriter};
+use super::behind::{Behind, Configured, OriginWriter, QueueSeal};
 use super::handle::Cache;
 use super::hierarchy::{Categories, Hierarchy, Parts};
 use super::options::{CacheValue, EarlyRefresh, FailSafe, Options, WriteBehind};
@@ -281,7 +281,10 @@ impl<V: CacheValue> CacheBuilder<V> {
         };
         let tiers = Tiers::new(levels);
         let behind = match self.behind {
-            Some(configured) => Some(Arc::new(behind_queue(&self.name, &tiers, configured)?)),
+            Some(configured) => {
+                let seal = QueueSeal::new(&self.name, &self.sealer);
+                Some(Arc::new(behind_queue(&self.name, &tiers, configured, seal)?))
+            }
             None => None,
         };
         // The first local tier that keeps a durable state holds what the hierarchy must not
@@ -361,6 +364,7 @@ fn behind_queue<V: CacheValue>(
     name: &str,
     tiers: &Tiers,
     configured: Configured<V>,
+    seal: QueueSeal,
 ) -> Result<Behind<V>, CacheError> {
     let opts = configured.opts.checked()?;
     let mut queue = None;
@@ -377,7 +381,7 @@ fn behind_queue<V: CacheValue>(
     if queue.is_none() {
         tracing::warn!(cache = name, "write-behind queue in memory (no local tier keeps one, e.g. a disk tier): writes not yet written to the origin are LOST when the process stops or crashes");
     }
-    Ok(Behind::new(name, configured.writer, opts, queue))
+    Ok(Behind::new(name, configured.writer, opts, queue, seal))
 }
 
 /// Mount `tier` as tier `name` of cache `cache`: tell it its labels, wrap it in its policy's

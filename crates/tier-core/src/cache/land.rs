@@ -52,7 +52,11 @@ impl<V: CacheValue> Hierarchy<V> {
         };
         let shown = previous.as_ref().map(|f| Previous::of(f, self.tiers().get(f.level).name()));
         let ctx = LoadContext::new(job.key().clone(), shown);
-        let (outcome, cost) = self.call_origin((loader.call)(ctx), call.timeout).await;
+        let (outcome, cost) = match self.behind().and_then(|b| b.pending_value(job.key())) {
+            // Read-your-writes: a write-behind of the key is still owed to the origin.
+            Some(queued) => (Ok(Loaded::value(queued)), std::time::Duration::ZERO),
+            None => self.call_origin((loader.call)(ctx), call.timeout).await,
+        };
         let loaded = match outcome {
             Ok(loaded) => loaded,
             Err(e) => return self.fail(job, e).await,

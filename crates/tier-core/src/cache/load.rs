@@ -270,9 +270,49 @@ impl<V: CacheValue> Hierarchy<V> {
         // Above every floor raised before the load started (a clear or expiry in this very
         // millisecond came first).
         let started = self.fleet().created_now();
-        let keys = jobs.iter().map(|job| job.key().clone()).collect();
+        // Read-your-writes: keys with a write-behind still owed to the origin are answered
+        // with it; the origin is asked for the others (not at all when none is left).
+        let mut queued: HashMap<Bytes, V> = HashMap::new();
+        if let Some(behind) = self.behind() {
+            for job in jobs {
+                if let Some(v) = behind.pending_value(job.key()) {
+                    queued.insert(job.key().clone(), v);
+                }
+            }
+        }
+        let keys: Vec<Bytes> =
+            jobs.iter().map(|job| job.key().clone()).filter(|k| !queued.contains_key(k)).collect();
         let timeout = self.opts().hard_timeout;
-        let (outcome, cost) = self.call_origin((loader.0)(keys), timeout).await;
+        let (outcome, cost) = if keys.is_empty() {
+            (Ok(HashMap::new()), Duration::ZERO)
+        } else {
+            self.call_origin((loader.0)(keys), timeout).await
+        };
+        let outcome = match outcome {
+            Err(e) if !queued.is_empty() => {
+                // The origin failed: the keys answered from the queue still land.
+                let (answered, failed): (Vec<&Job<V>>, Vec<&Job<V>>) =
+                    jobs.iter().partition(|job| queued.contains_key(job.key()));
+                for job in failed {
+                    self.fail(job, e.clone()).await;
+                }
+                let mut rest = Vec::with_capacity(answered.len());
+                for job in &answered {
+                    let value = queued.remove(job.key()).map(Arc::new);
+                    let meta = new_meta(started, value.is_none(), None, cost);
+                    rest.push(self.land_local(job, value, &meta, Lifetimes::default()).await);
+                }
+                for (job, (entries, wrote_local)) in answered.into_iter().zip(rest) {
+                    self.land_rest(job, entries, wrote_local, started).await;
+                }
+                return;
+            }
+            Ok(mut found) => {
+                found.extend(queued);
+                Ok(found)
+            }
+            other => other,
+        };
         match outcome {
             Ok(mut found) => {
                 let mut rest = Vec::with_capacity(jobs.len());

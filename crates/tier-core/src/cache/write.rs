@@ -53,11 +53,17 @@ impl<V: CacheValue> Cache<V> {
         }
         let key = Bytes::copy_from_slice(key.as_ref());
         let stamps = self.stamp(tags).await?;
-        if let Some(behind) = self.hierarchy().behind() {
-            // The caller wrote the origin: a queued, older write of the key is not written.
-            behind.supersede(&key).await?;
-        }
+        self.supersede_pending(std::slice::from_ref(&key)).await?;
         self.write_stamped(key, value, stamps).await
+    }
+
+    /// What an insert (one key or many) does to the write-behind queue: the caller wrote the
+    /// origin, so a queued, older write of a key is not written (`Behind::supersede`: the rule).
+    pub(super) async fn supersede_pending(&self, keys: &[Bytes]) -> Result<(), CacheError> {
+        match self.hierarchy().behind() {
+            Some(behind) => behind.supersede(keys).await,
+            None => Ok(()),
+        }
     }
 
     /// The stamps of `tags` (fails when the generation store is unavailable).
@@ -249,8 +255,12 @@ impl<V: CacheValue> Cache<V> {
     /// a queue that cannot be written (a full disk) fails, and then nothing was written
     /// anywhere. When the queued write is
     /// durable but a tier failed, that tier's error is returned (the origin write stays queued).
-    /// An [`insert`](Self::insert) of the key supersedes a pending write of it (not yet in a
-    /// batch in flight); an [`invalidate`](Self::invalidate) does not cancel it.
+    /// An [`insert`](Self::insert) (or [`insert_many`](Self::insert_many)) of the key
+    /// supersedes a pending write of it (not yet in a batch in flight); an
+    /// [`invalidate`](Self::invalidate) does not cancel it. Until the origin has the write, a
+    /// load of the key (after an eviction or an invalidation) answers the queued value instead
+    /// of calling the loader (read-your-writes; a dead letter is not answered). With a keyring
+    /// the queued value is sealed ([`CacheBuilder::keyring`](crate::CacheBuilder::keyring)).
     pub async fn write_behind(&self, key: impl AsRef<[u8]>, value: V) -> Result<(), CacheError> {
         self.write_behind_with_tags(key, value, &[] as &[&str]).await
     }

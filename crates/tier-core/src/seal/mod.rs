@@ -8,11 +8,16 @@
 //! another key or into another cache's keyspace, or altered, does not open: it is a miss plus
 //! `tier_decode_errors_total`, never a value. The times stay outside: backfill rewrites them in
 //! place. The L1 holds decoded objects, as without a keyring.
+//!
+//! The cache's write-behind queue is sealed alike ([`seal_queued`], [`open_queued`]): a queued
+//! origin write's value never sits on disk in clear.
 
 mod aead;
 mod envelope;
 mod keyring;
+mod queue;
 
 pub use aead::{associated_data, Place, Sealing, NONCE_LEN, TAG_LEN};
 pub use envelope::{decode_sealed, encode_sealed, open_envelope};
 pub use keyring::{KeyId, Keyring, KeyringError, KEY_LEN};
+pub use queue::{open_queued, seal_queued};

@@ -22,7 +22,9 @@ struct Recorded<V> {
 
 /// An origin writer for tests: records what it is handed; `fail(n)` makes the next `n` calls
 /// fail (`u32::MAX`: every call); `hold()` makes the next call wait (after saying so through
-/// [`entered`](Self::entered)) until [`release`](Self::release). Clones share the record.
+/// [`entered`](Self::entered)) until [`release`](Self::release); `reject(key)` makes every call
+/// holding `key` fail (a poisoned write: the whole call fails, as a transaction would).
+/// Clones share the record.
 pub struct RecordingOrigin<V> {
     inner: Arc<Shared<V>>,
 }
@@ -30,6 +32,7 @@ pub struct RecordingOrigin<V> {
 struct Shared<V> {
     recorded: Mutex<Recorded<V>>,
     failures: AtomicU32,
+    rejected: Mutex<Vec<Bytes>>,
     hold: AtomicU32,
     entered: Notify,
     released: Semaphore,
@@ -53,6 +56,7 @@ impl<V: Clone> RecordingOrigin<V> {
         let inner = Shared {
             recorded: Mutex::new(Recorded { writes: Vec::new(), batches: Vec::new(), calls: 0 }),
             failures: AtomicU32::new(0),
+            rejected: Mutex::new(Vec::new()),
             hold: AtomicU32::new(0),
             entered: Notify::new(),
             released: Semaphore::new(0),
@@ -67,6 +71,17 @@ impl<V: Clone> RecordingOrigin<V> {
     /// Fail the next `n` calls (`u32::MAX`: every call until `fail(0)`).
     pub fn fail(&self, n: u32) {
         self.inner.failures.store(n, Ordering::SeqCst);
+    }
+
+    /// Fail every call whose batch holds `key` (until [`accept`](Self::accept)).
+    pub fn reject(&self, key: impl AsRef<[u8]>) {
+        let mut r = self.inner.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        r.push(Bytes::copy_from_slice(key.as_ref()));
+    }
+
+    /// Stop rejecting any key.
+    pub fn accept(&self) {
+        self.inner.rejected.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Hold the next call until [`release`](Self::release).
@@ -130,6 +145,13 @@ impl<V: CacheValue + Clone> OriginWriter<V> for RecordingOrigin<V> {
             return Err(TierError::new(
                 crate::error::TierErrorKind::Unavailable,
                 "origin down (test)",
+            ));
+        }
+        let rejected = self.inner.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(w) = batch.iter().find(|w| rejected.contains(&w.key)) {
+            return Err(TierError::new(
+                crate::error::TierErrorKind::Other,
+                format!("origin rejects key {:?} (test)", String::from_utf8_lossy(&w.key)),
             ));
         }
         let mut rec = self.lock();

@@ -72,7 +72,9 @@ fn report(parsed: &file::Parsed, file_bytes: u64) -> QueueReport {
 /// - **Torn never replayed, damage skipped, not fatal.** Each record carries a CRC. A write cut
 ///   short by a crash is dropped; other damage is logged once (`tracing::warn!`) and skipped to
 ///   the next good record, so the good records after it are kept. The file is then rewritten
-///   with what was read back.
+///   with what was read back — or, when that fails (a full disk), kept as it is (it reads back
+///   the same) and rewritten before the next append: the open succeeds, the writes read back
+///   are owed and written, and appends fail until there is room.
 /// - **A full disk fails the append** (an `Io` error, and the partial record is cut off): the
 ///   caller's write-behind fails, nothing acknowledged is lost.
 /// - **Bounded by what it holds.** The file is rewritten (new file, `fdatasync`, rename) to the
@@ -126,6 +128,8 @@ impl DiskQueue {
         } else {
             (file::Parsed::default(), 0)
         };
+        // An empty file: created, and its first write failed (a full disk): a new one.
+        let existed = existed && len > 0;
         let report = report(&parsed, len);
         if !report.damage.is_empty() {
             tracing::warn!(
@@ -140,8 +144,25 @@ impl DiskQueue {
             Inner { file: Some(file), len, book: book.clone(), compact_at: 0, dirty: false };
         if !existed || !parsed.problems.is_empty() {
             // A new file, or one to cut back to what was read: written whole, then renamed.
-            inner.file = Some(rewrite(&dir, &book)?);
-            inner.len = file::image(&book).len() as u64;
+            match rewrite(&dir, &book) {
+                Ok(file) => {
+                    inner.file = Some(file);
+                    inner.len = file::image(&book).len() as u64;
+                }
+                Err(e) => {
+                    // No room (a full disk): the file stays as it is — it reads back the same
+                    // on the next open, so nothing acknowledged is lost — and the rewrite is
+                    // tried again before the next append (which fails until there is room).
+                    tracing::warn!(
+                        dir = %dir.path().display(),
+                        error = %e,
+                        pending = book.pending_len(),
+                        "disk tier: could not rewrite the write-behind queue file; it is kept as it is and rewritten before the next append (write-behind fails until there is room)"
+                    );
+                    inner.file = None;
+                    inner.len = 0;
+                }
+            }
         }
         Ok(Self { dir, flush, opened: book, report, inner: Mutex::new(inner) })
     }
