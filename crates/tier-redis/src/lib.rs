@@ -139,6 +139,7 @@ pub mod keys;
 mod lock;
 pub mod metrics;
 mod nodes;
+mod own;
 mod redact;
 mod retry;
 mod stats;

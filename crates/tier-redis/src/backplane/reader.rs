@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
-use tier_core::spi::BackplaneEvent;
 
 use super::log::{self, Check, Position};
 use super::shared::Shared;
@@ -98,7 +97,7 @@ pub(super) async fn run(shared: Arc<Shared>, conn: RedisConnection, start: Optio
                     position = Some(Position { id, epoch: at.epoch.clone() });
                 }
                 if complete {
-                    shared.emit(BackplaneEvent::Confirmed { sent_at_ms: sent_at });
+                    shared.stream_proven(sent_at);
                 }
             }
             Err(e) => {
