@@ -1,0 +1,341 @@
+//! Client-side caching (`RedisBackplaneBuilder::track`) against a real server: a write by
+//! another client drops the L1 copy; own writes keep theirs; a lost tracking connection holds
+//! the lease back (local entries not fresh), then a gap and proofs again; a server that refuses
+//! tracking falls back to the stream alone, once; a Cluster is refused at build; the latency
+//! beside the stream's.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::AsyncCommands;
+use tier_core::spi::{Backplane, BackplaneEvent, Invalidation, Lookup, Tier};
+use tier_core::{Cache, ReconnectPolicy, TierPolicy};
+use tier_memory::MemoryTier;
+use tier_redis::{RedisBackplane, RedisConnection, RedisTier, SetupError};
+use tokio::sync::broadcast;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// One instance: L1 memory + L3 Redis (`data_url`), a backplane on the test run's server,
+/// tracking the L3's keys when `track`.
+struct Instance {
+    cache: Cache<String>,
+    l1: Arc<MemoryTier>,
+    l3: RedisTier,
+    backplane: RedisBackplane,
+}
+
+async fn instance(data_url: &str, prefix: &str, track: bool) -> Instance {
+    let conn = RedisConnection::standalone(data_url)
+        .connect_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_millis(1000))
+        .connect()
+        .await
+        .unwrap();
+    let bp_conn = RedisConnection::standalone(standalone_url()).connect().await.unwrap();
+    let l3 = data_tier(&conn, prefix).await;
+    let mut backplane = RedisBackplane::builder(bp_conn).stream(format!("{prefix}log"));
+    if track {
+        backplane = backplane.track("users", &l3);
+    }
+    let backplane = backplane.build().await.unwrap();
+    let l1 = Arc::new(MemoryTier::builder().max_bytes(16 << 20).build());
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(l1.clone(), TierPolicy::fresh(HOUR).no_breaker())
+        .tier(l3.clone(), TierPolicy::fresh(HOUR).timeout(Duration::from_millis(500)))
+        .backplane(Arc::new(backplane.clone()), ReconnectPolicy::CatchUp)
+        .fleet_state_timeout(Duration::from_secs(2))
+        .synchronous_backfill(true)
+        .build()
+        .unwrap();
+    Instance { cache, l1, l3, backplane }
+}
+
+async fn in_l1(i: &Instance, key: &[u8]) -> bool {
+    !matches!(i.l1.get(key).await.unwrap(), Lookup::Miss)
+}
+
+/// Wait for a proof of delivery sent after `after_ms`: every push Redis sent before it has been
+/// applied.
+async fn proof_after(
+    rx: &mut broadcast::Receiver<BackplaneEvent>,
+    after_ms: u64,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Ok(BackplaneEvent::Confirmed { sent_at_ms })) if sent_at_ms > after_ms => return,
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => panic!("backplane channel: {e}"),
+            Err(_) => panic!("no proof of delivery after {after_ms} within {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_by_another_client_drops_the_l1_copy_within_the_bound() {
+    let url = standalone_url();
+    let prefix = unique_prefix("csc-other");
+    let tracked = instance(&url, &prefix, true).await;
+    // The control: the same keys, no tracking (its backplane hears nothing of a raw SET).
+    let untracked = instance(&url, &prefix, false).await;
+    let mut raw = raw(&url).await;
+    let (mut t_rx, mut u_rx) = (tracked.backplane.subscribe(), untracked.backplane.subscribe());
+    let mut took = Vec::new();
+    for n in 0..20 {
+        let k = tracked.cache.key(format!("user:{n}"));
+        tracked.cache.insert(&k, "v1".to_string()).await.unwrap();
+        // The insert's notice reached the other instance, the own push was applied: from now
+        // on a copy read into the untracked L1 stays, and the tracked one kept its own.
+        let now = tier_core::spi::now_ms();
+        proof_after(&mut u_rx, now, Duration::from_secs(2)).await;
+        proof_after(&mut t_rx, now, Duration::from_secs(2)).await;
+        assert_eq!(untracked.cache.get(&k).await.as_deref().map(String::as_str), Some("v1"));
+        assert!(in_l1(&tracked, &k).await && in_l1(&untracked, &k).await);
+        // Another application writes the key (not an envelope), or removes it.
+        let redis_key = tracked.l3.redis_key(&k);
+        if n % 2 == 0 {
+            let () = raw.set(&redis_key, "written by someone else").await.unwrap();
+        } else {
+            let _: i64 = raw.del(&redis_key).await.unwrap();
+        }
+        took.push(
+            eventually(Duration::from_millis(100), "the tracked L1 copy dropped", || async {
+                !in_l1(&tracked, &k).await
+            })
+            .await,
+        );
+        assert!(in_l1(&untracked, &k).await, "without tracking the copy stays (the control)");
+    }
+    took.sort();
+    eprintln!("foreign write → L1 copy dropped: median {:?}, max {:?}", took[10], took[19]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_keep_their_l1_copy() {
+    let url = standalone_url();
+    let prefix = unique_prefix("csc-own");
+    let a = instance(&url, &prefix, true).await;
+    let mut rx = a.backplane.subscribe();
+    for n in 0..50 {
+        let k = a.cache.key(format!("user:{n}"));
+        a.cache.insert(&k, format!("v{n}")).await.unwrap();
+        // The push of this very write has been applied once a later proof came.
+        proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(2)).await;
+        assert!(in_l1(&a, &k).await, "an own write's L1 copy stays (key {n})");
+        // Written again: still kept (the read-back sees the newer write).
+        a.cache.insert(&k, format!("w{n}")).await.unwrap();
+        proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(2)).await;
+        assert!(in_l1(&a, &k).await, "the second own write's L1 copy stays (key {n})");
+        assert_eq!(a.cache.get(&k).await.as_deref().cloned(), Some(format!("w{n}")));
+    }
+}
+
+/// The data connection (and so the tracking connection, made to the same server) goes through
+/// a proxy; the stream reader does not. Cut: the stream reads on, but no proof is given any
+/// more (the lease lapses: the L1 copy is not fresh); restored: a gap, then proofs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tracking_connection_holds_the_lease_back_then_comes_back() {
+    let proxy = Proxy::to_standalone().await;
+    let prefix = unique_prefix("csc-lost");
+    let b = instance(&proxy.url(), &prefix, true).await;
+    let mut rx = b.backplane.subscribe();
+    let k = b.cache.key("user:1");
+    b.cache.insert(&k, "v1".to_string()).await.unwrap();
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(2)).await;
+    assert_eq!(b.cache.get(&k).await.as_deref().map(String::as_str), Some("v1"));
+
+    proxy.cut();
+    let cut_at = tier_core::spi::now_ms();
+    // Within the bound (100 ms) and a loaded machine's slack, the L1 copy stops being fresh
+    // (and L3 is cut off too: nothing fresh to answer).
+    let took = eventually(Duration::from_millis(300), "the L1 copy not fresh", || async {
+        b.cache.get(&k).await.is_none()
+    })
+    .await;
+    eprintln!("tracking cut → L1 copy not fresh: a read saw it {took:?} after the cut (an L3 attempt included)");
+    assert!(in_l1(&b, &k).await, "kept (stale-servable), only not fresh");
+    // The stream keeps proving, but no proof covers an instant after the cut.
+    let watch_until = Instant::now() + Duration::from_millis(300);
+    let mut gap = false;
+    while let Ok(ev) = tokio::time::timeout_at(watch_until.into(), rx.recv()).await {
+        match ev.unwrap() {
+            BackplaneEvent::Confirmed { sent_at_ms } => {
+                assert!(sent_at_ms <= cut_at, "a proof after the cut: {sent_at_ms} > {cut_at}")
+            }
+            BackplaneEvent::Gap => gap = true,
+            _ => {}
+        }
+    }
+    assert!(!gap, "no gap while the connection is down");
+
+    proxy.restore();
+    let restored_at = tier_core::spi::now_ms();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut saw_gap = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await.expect("back within 5 s").unwrap() {
+            BackplaneEvent::Gap => saw_gap = true,
+            BackplaneEvent::Confirmed { sent_at_ms } if sent_at_ms > restored_at => break,
+            _ => {}
+        }
+    }
+    assert!(saw_gap, "tracking back: a gap before the proofs (it cannot replay)");
+    // Fresh again: a new write is served from the L1, the proofs flow.
+    b.cache.insert(&k, "v2".to_string()).await.unwrap();
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(2)).await;
+    assert!(in_l1(&b, &k).await);
+    assert_eq!(b.cache.get(&k).await.as_deref().map(String::as_str), Some("v2"));
+}
+
+/// A user whose ACL lacks `client|tracking`: the backplane builds, the stream alone proves
+/// delivery and carries invalidations, and the refusal is met once (the server's ACL log
+/// counts one denial), not in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_tracking_falls_back_to_the_stream_once() {
+    let url = standalone_url();
+    let prefix = unique_prefix("csc-acl");
+    let user = format!("csc{}", rand::random::<u32>());
+    let mut admin = raw(&url).await;
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-client|tracking")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let limited = url.replacen("redis://", &format!("redis://{user}:pw@"), 1);
+    let b = instance(&limited, &prefix, true).await;
+    let a = instance(&url, &prefix, false).await;
+    let mut rx = b.backplane.subscribe();
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(2)).await;
+    // Invalidations still come over the stream.
+    let k = a.cache.key("user:1");
+    a.cache.insert(&k, "v1".to_string()).await.unwrap();
+    assert_eq!(b.cache.get(&k).await.as_deref().map(String::as_str), Some("v1"));
+    assert!(in_l1(&b, &k).await);
+    a.cache.insert(&k, "v2".to_string()).await.unwrap();
+    eventually(Duration::from_millis(100), "B serving v2", || async {
+        b.cache.get(&k).await.as_deref().map(String::as_str) == Some("v2")
+    })
+    .await;
+    // Some time for a retry loop to show itself.
+    proof_after(&mut rx, tier_core::spi::now_ms() + 300, Duration::from_secs(2)).await;
+    let log: Vec<redis::Value> =
+        redis::cmd("ACL").arg("LOG").query_async(&mut admin).await.unwrap();
+    let denials = acl_denials(&log, &user);
+    let _: redis::Value =
+        redis::cmd("ACL").arg("DELUSER").arg(&user).query_async(&mut admin).await.unwrap();
+    assert_eq!(denials, 1, "the refusal met once, not in a loop");
+}
+
+/// The `count` of the ACL log entries of `user`.
+fn acl_denials(log: &[redis::Value], user: &str) -> i64 {
+    let mut total = 0;
+    for entry in log {
+        let fields: Vec<(String, redis::Value)> = match redis::from_redis_value(entry.clone()) {
+            Ok(map) => {
+                let map: std::collections::HashMap<String, redis::Value> = map;
+                map.into_iter().collect()
+            }
+            Err(_) => continue,
+        };
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let who: Option<String> = get("username").and_then(|v| redis::from_redis_value(v).ok());
+        if who.as_deref() == Some(user) {
+            total += get("count").and_then(|v| redis::from_redis_value::<i64>(v).ok()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_tier_is_refused_at_build() {
+    let conn = RedisConnection::cluster(cluster_urls()).connect().await.unwrap();
+    let tier = data_tier(&conn, &unique_prefix("csc-cluster")).await;
+    let err = RedisBackplane::builder(conn).track("users", &tier).build().await.unwrap_err();
+    assert!(matches!(err, SetupError::Config(_)), "{err}");
+    assert!(err.to_string().contains("standalone"), "{err}");
+}
+
+/// Invalidation latency to another instance, tracking beside the stream, in one run: a raw
+/// `SET` of a tracked key until the tracker's `Written`, and a publish until the other
+/// instance's reader delivers it; interleaved, 500 of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_of_tracking_beside_the_stream() {
+    let url = standalone_url();
+    let prefix = unique_prefix("csc-latency");
+    let conn = RedisConnection::standalone(&url).connect().await.unwrap();
+    let tier = data_tier(&conn, &prefix).await;
+    let stream = format!("{prefix}log");
+    let b = RedisBackplane::builder(conn.clone())
+        .stream(&stream)
+        .track("users", &tier)
+        .build()
+        .await
+        .unwrap();
+    let a = RedisBackplane::builder(conn).stream(&stream).build().await.unwrap();
+    let mut rx = b.subscribe();
+    let mut raw = raw(&url).await;
+    let (mut tracking, mut streamed) = (Vec::new(), Vec::new());
+    for i in 0..500u64 {
+        let k = format!("k{i}");
+        let start = Instant::now();
+        let () = raw.set(tier.redis_key(k.as_bytes()), "x").await.unwrap();
+        loop {
+            let ev =
+                tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.unwrap().unwrap();
+            if let BackplaneEvent::Invalidate {
+                what: Invalidation::Written { key, .. },
+                position: None,
+                ..
+            } = ev
+            {
+                if key == k.as_bytes() {
+                    break;
+                }
+            }
+        }
+        tracking.push(start.elapsed());
+        let start = Instant::now();
+        a.publish("users", &Invalidation::Namespace(i)).await.unwrap();
+        loop {
+            let ev =
+                tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.unwrap().unwrap();
+            if matches!(ev, BackplaneEvent::Invalidate { what: Invalidation::Namespace(n), .. } if n == i)
+            {
+                break;
+            }
+        }
+        streamed.push(start.elapsed());
+        // Spread over time, so that reads block between messages as in service.
+        tokio::time::sleep(Duration::from_millis(i % 7)).await;
+    }
+    let report = |label: &str, took: &mut Vec<Duration>| {
+        took.sort();
+        let p = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+        eprintln!(
+            "{label}: invalidation latency over {} messages: p50 {:?}, p99 {:?}, max {:?}",
+            took.len(),
+            p(0.5),
+            p(0.99),
+            took[took.len() - 1]
+        );
+        p(0.99)
+    };
+    let t99 = report("tracking (raw SET → Written)", &mut tracking);
+    let s99 = report("stream (publish → delivered)", &mut streamed);
+    assert!(t99 <= Duration::from_millis(100) && s99 <= Duration::from_millis(100));
+}
