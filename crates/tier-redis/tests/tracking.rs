@@ -339,3 +339,72 @@ async fn latency_of_tracking_beside_the_stream() {
     let s99 = report("stream (publish → delivered)", &mut streamed);
     assert!(t99 <= Duration::from_millis(100) && s99 <= Duration::from_millis(100));
 }
+
+/// The next event that is not a proof of delivery.
+async fn next_event(
+    rx: &mut broadcast::Receiver<BackplaneEvent>,
+    within: Duration,
+) -> BackplaneEvent {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await.expect("an event in time").unwrap() {
+            BackplaneEvent::Confirmed { .. } => {}
+            other => return other,
+        }
+    }
+}
+
+/// `CLIENT KILL` of every connection (the tracking one among them, on a server of the test's
+/// own): tracking is made again, with a gap, and follows the keys again; `FLUSHALL` is a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_comes_back_with_a_gap_and_a_flush_is_a_gap() {
+    let server = OwnRedis::start();
+    let prefix = unique_prefix("csc-kill");
+    let conn = RedisConnection::standalone(server.url()).connect().await.unwrap();
+    let tier = data_tier(&conn, &prefix).await;
+    let b = RedisBackplane::builder(conn).stream(format!("{prefix}log")).track("users", &tier);
+    let b = b.build().await.unwrap();
+    let mut rx = b.subscribe();
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(2)).await;
+    assert!(kill_normal_clients(&server.url()).await >= 2);
+    assert_eq!(next_event(&mut rx, Duration::from_secs(5)).await, BackplaneEvent::Gap);
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(5)).await;
+    // Tracking again: a raw write is told.
+    let mut raw = raw(&server.url()).await;
+    let () = raw.set(tier.redis_key(b"k"), "x").await.unwrap();
+    match next_event(&mut rx, Duration::from_secs(2)).await {
+        BackplaneEvent::Invalidate { what: Invalidation::Written { key, created_at }, .. } => {
+            assert_eq!(&key[..], b"k");
+            assert_eq!(created_at, u64::MAX, "another client's write drops every local copy");
+        }
+        other => panic!("expected the write, got {other:?}"),
+    }
+    let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    assert_eq!(next_event(&mut rx, Duration::from_secs(2)).await, BackplaneEvent::Gap);
+}
+
+/// A server without `CLIENT` (`rename-command CLIENT ""`): the backplane builds and proves
+/// delivery by the stream alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_client_tracking_falls_back() {
+    let server = OwnRedis::start_with(&["--rename-command", "CLIENT", ""]);
+    let prefix = unique_prefix("csc-renamed");
+    let conn = RedisConnection::standalone(server.url()).connect().await.unwrap();
+    let tier = data_tier(&conn, &prefix).await;
+    let b = RedisBackplane::builder(conn).stream(format!("{prefix}log")).track("users", &tier);
+    let b = b.build().await.unwrap();
+    let mut rx = b.subscribe();
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(2)).await;
+    let mut raw = raw(&server.url()).await;
+    let () = raw.set(tier.redis_key(b"k"), "x").await.unwrap();
+    // Proofs flow, and nothing comes of the write (no tracking).
+    let until = tier_core::spi::now_ms() + 100;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.unwrap().unwrap() {
+            BackplaneEvent::Confirmed { sent_at_ms } if sent_at_ms > until => break,
+            BackplaneEvent::Confirmed { .. } => {}
+            other => panic!("no tracking, yet {other:?}"),
+        }
+    }
+}
