@@ -228,6 +228,10 @@ impl Drop for AbortOnDrop {
 ///   1000), or answers [`Replay::Gap`] for the same reasons. A position is the entry id and the
 ///   epoch (`"ms-seq@epoch"`), so a position recorded before the log was lost is never taken
 ///   for one of the new log.
+/// - With [`track`](RedisBackplaneBuilder::track), a second source (client-side caching): a
+///   change of a tracked key by anyone is an `Invalidate` of `Written` without a position, and
+///   `Confirmed` is sent only for an instant both the stream and every tracking connection
+///   have proven.
 /// - Redis Cluster: the stream is one key, so it lives on one master (all messages go through
 ///   it); that master's failover can lose the last messages acknowledged before it (like any
 ///   write to a Redis replica set), which no instance can tell.

@@ -3,8 +3,9 @@
 //!
 //! Invariants:
 //! - Every `XREAD` that returns with fewer entries than it asked for proves that everything
-//!   appended before it was sent has been delivered: it emits `Confirmed { sent_at_ms }`
-//!   (`sent_at_ms` read just before sending).
+//!   appended before it was sent has been delivered: it records the stream's proof
+//!   (`sent_at_ms` read just before sending), and the backplane emits `Confirmed` for the
+//!   instant every source has proven (the stream's alone unless client-side caching tracks).
 //! - After a failed read (a lost connection, `CLIENT KILL`, a restart) the reader checks, before
 //!   reading on, that nothing after its last delivered id was lost (epoch, trimming; see
 //!   `log`); then it resumes from that id and nothing is missed. Only when it cannot does it
