@@ -149,6 +149,27 @@ async fn own_writes_keep_their_l1_copy() {
     }
 }
 
+/// A batch of own writes (5 000 keys, one pipeline): every L1 copy stays, and the proofs go on
+/// (the read-backs of pushes that came together are one pipeline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_own_writes_keeps_every_l1_copy() {
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+    let url = standalone_url();
+    let prefix = unique_prefix("csc-batch");
+    let a = instance(&url, &prefix, true).await;
+    let mut rx = a.backplane.subscribe();
+    let keys: Vec<_> = (0..5_000).map(|n| a.cache.key(format!("user:{n}"))).collect();
+    let start = Instant::now();
+    a.cache.insert_many(keys.iter().map(|k| (k.clone(), "v".to_string()))).await.unwrap();
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(5)).await;
+    eprintln!("5000 own writes: applied and proven {:?} after the batch began", start.elapsed());
+    let mut kept = 0;
+    for k in &keys {
+        kept += usize::from(in_l1(&a, k).await);
+    }
+    assert_eq!(kept, keys.len(), "every own write's L1 copy stays");
+}
+
 /// The data connection (and so the tracking connection, made to the same server) goes through
 /// a proxy; the stream reader does not. Cut: the stream reads on, but no proof is given any
 /// more (the lease lapses: the L1 copy is not fresh); restored: a gap, then proofs again.

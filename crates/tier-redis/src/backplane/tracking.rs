@@ -19,6 +19,9 @@
 //!   what Redis holds — then `created_at` is that write's minus 1, so that only copies older
 //!   than it are dropped and the fresh copy the write put in L1 stays. When unsure (no record,
 //!   the header says otherwise, the read-back fails) the copy is dropped.
+//! - The pushes that arrive together are applied together: the own keys among them are read
+//!   back in one pipeline (a batch write of 10 000 keys costs one round trip per batch of
+//!   pushes read, not one per key).
 //! - A `FLUSHDB` / `FLUSHALL` push (no keys) is a `Gap`: local entries stale, never fresh.
 //! - Proof of delivery: a `PING` every [`PING_EVERY`] on the tracking connection; its reply
 //!   comes after every push sent before it (one connection, in order), and the pushes read
@@ -216,6 +219,7 @@ async fn follow(
     s: &mut Session,
 ) -> String {
     let bound = tracked.tier.connection().op_timeout();
+    let mut keys = Vec::new();
     loop {
         let sent_at = now_ms();
         let ping = redis::cmd("PING");
@@ -225,44 +229,68 @@ async fn follow(
             Err(_) => return format!("PING timed out after {bound:?}"),
         }
         // Every push sent before the reply is in the channel now.
+        let mut flow = Flow::Go;
         while let Ok(push) = s.pushes.try_recv() {
-            if let Flow::Lost = on_push(shared, tracked, push).await {
-                return "the connection was closed".into();
-            }
+            flow = flow.and(collect(shared, tracked, push, &mut keys));
+        }
+        apply(shared, tracked, &mut keys).await;
+        if let Flow::Lost = flow {
+            return "the connection was closed".into();
         }
         proof.proven(sent_at);
         shared.confirm();
         let next = tokio::time::Instant::now() + PING_EVERY;
         loop {
             tokio::select! {
-                push = s.pushes.recv() => match push {
-                    Some(push) => {
-                        if let Flow::Lost = on_push(shared, tracked, push).await {
-                            return "the connection was closed".into();
-                        }
+                push = s.pushes.recv() => {
+                    let Some(push) = push else { return "the connection was dropped".into() };
+                    // This push and whatever came with it, applied together (one read-back).
+                    let mut flow = collect(shared, tracked, push, &mut keys);
+                    while let Ok(push) = s.pushes.try_recv() {
+                        flow = flow.and(collect(shared, tracked, push, &mut keys));
                     }
-                    None => return "the connection was dropped".into(),
-                },
+                    apply(shared, tracked, &mut keys).await;
+                    if let Flow::Lost = flow {
+                        return "the connection was closed".into();
+                    }
+                }
                 _ = tokio::time::sleep_until(next) => break,
             }
         }
     }
 }
 
-async fn on_push(shared: &Shared, tracked: &Tracked, push: PushInfo) -> Flow {
+impl Flow {
+    fn and(self, other: Flow) -> Flow {
+        match (self, other) {
+            (Flow::Go, Flow::Go) => Flow::Go,
+            _ => Flow::Lost,
+        }
+    }
+}
+
+/// Add the keys of `push` under the tier's prefix (without it) to `keys`; a flush is a gap at
+/// once.
+fn collect(shared: &Shared, tracked: &Tracked, push: PushInfo, keys: &mut Vec<Bytes>) -> Flow {
+    let prefix = tracked.tier.prefix();
+    let mut add = |k: &[u8]| {
+        if let Some(key) = k.strip_prefix(prefix) {
+            keys.push(Bytes::copy_from_slice(key));
+        }
+    };
     match push.kind {
-        PushKind::Disconnection => Flow::Lost,
+        PushKind::Disconnection => return Flow::Lost,
         PushKind::Invalidate => {
             for v in push.data {
                 match v {
-                    Value::Array(keys) | Value::Set(keys) => {
-                        for k in keys {
+                    Value::Array(ks) | Value::Set(ks) => {
+                        for k in ks {
                             if let Value::BulkString(k) = k {
-                                on_key(shared, tracked, &k).await;
+                                add(&k);
                             }
                         }
                     }
-                    Value::BulkString(k) => on_key(shared, tracked, &k).await,
+                    Value::BulkString(k) => add(&k),
                     Value::Nil => {
                         metrics::counter!(TRACKING_INVALIDATIONS, "cache" => tracked.cache.clone(), "source" => "flush").increment(1);
                         tracing::warn!(cache = %tracked.cache, "Redis was flushed (FLUSHDB / FLUSHALL): local entries are treated as suspect");
@@ -271,55 +299,67 @@ async fn on_push(shared: &Shared, tracked: &Tracked, push: PushInfo) -> Flow {
                     _ => {}
                 }
             }
-            Flow::Go
         }
-        _ => Flow::Go,
+        _ => {}
     }
+    Flow::Go
 }
 
-/// Redis key `redis_key` changed: drop local copies (all, or only those older than this
-/// instance's own write that Redis still holds).
-async fn on_key(shared: &Shared, tracked: &Tracked, redis_key: &[u8]) {
-    let Some(key) = redis_key.strip_prefix(tracked.tier.prefix()) else { return };
-    let own = tracked.tier.own_writes().written(key, now_ms());
-    let created_at = match own {
-        Some(written) => match stored_created_at(tracked, redis_key).await {
-            Ok(Some(stored)) if stored == written => {
-                metrics::counter!(TRACKING_INVALIDATIONS, "cache" => tracked.cache.clone(), "source" => "own").increment(1);
-                written.saturating_sub(1)
-            }
-            Ok(_) => {
-                metrics::counter!(TRACKING_INVALIDATIONS, "cache" => tracked.cache.clone(), "source" => "other").increment(1);
-                u64::MAX
+/// Keys (without the prefix) that changed in Redis: drop their local copies — all of them, or
+/// only those older than this instance's own write that Redis still holds (the own keys read
+/// back in one pipeline). Empties `keys`.
+async fn apply(shared: &Shared, tracked: &Tracked, keys: &mut Vec<Bytes>) {
+    if keys.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    let own = tracked.tier.own_writes();
+    let written: Vec<Option<u64>> = keys.iter().map(|k| own.written(k, now)).collect();
+    let mut stored: Vec<Option<u64>> = vec![None; keys.len()];
+    let asked: Vec<usize> = (0..keys.len()).filter(|&i| written[i].is_some()).collect();
+    if !asked.is_empty() {
+        let mut pipe = redis::pipe();
+        for &i in &asked {
+            pipe.cmd("GETRANGE").arg(tracked.tier.redis_key(&keys[i])).arg(0).arg(15);
+        }
+        let conn = tracked.tier.connection();
+        match conn.query_pipe::<Vec<Vec<u8>>>("tracking read-back", &pipe).await {
+            Ok(heads) => {
+                for (&i, head) in asked.iter().zip(heads) {
+                    stored[i] = parse_created_at(&head);
+                }
             }
             Err(e) => {
                 metrics::counter!(TRACKING_ERRORS, "cache" => tracked.cache.clone(), "kind" => "read_back").increment(1);
-                tracing::debug!(cache = %tracked.cache, error = %e, "an own write could not be read back; its local copy is dropped");
+                tracing::debug!(cache = %tracked.cache, error = %e, "own writes could not be read back; their local copies are dropped");
+            }
+        }
+    }
+    let (mut mine, mut other) = (0u64, 0u64);
+    for ((key, written), stored) in keys.drain(..).zip(written).zip(stored) {
+        let created_at = match (written, stored) {
+            (Some(w), Some(s)) if w == s => {
+                mine += 1;
+                w.saturating_sub(1)
+            }
+            _ => {
+                other += 1;
                 u64::MAX
             }
-        },
-        None => {
-            metrics::counter!(TRACKING_INVALIDATIONS, "cache" => tracked.cache.clone(), "source" => "other").increment(1);
-            u64::MAX
+        };
+        shared.emit(BackplaneEvent::Invalidate {
+            cache: tracked.cache.clone(),
+            what: Invalidation::Written { key, created_at },
+            position: None,
+        });
+    }
+    let counter = |source: &'static str, n: u64| {
+        if n > 0 {
+            metrics::counter!(TRACKING_INVALIDATIONS, "cache" => tracked.cache.clone(), "source" => source).increment(n);
         }
     };
-    shared.emit(BackplaneEvent::Invalidate {
-        cache: tracked.cache.clone(),
-        what: Invalidation::Written { key: Bytes::copy_from_slice(key), created_at },
-        position: None,
-    });
-}
-
-/// The `created_at` in the envelope header Redis holds under `redis_key` (`None`: nothing, or
-/// not an envelope). The header: `TIE1`, flags, …, `created_at` at bytes 8..16, little endian.
-async fn stored_created_at(
-    tracked: &Tracked,
-    redis_key: &[u8],
-) -> Result<Option<u64>, tier_core::TierError> {
-    let mut cmd = redis::cmd("GETRANGE");
-    cmd.arg(redis_key).arg(0).arg(15);
-    let head: Vec<u8> = tracked.tier.connection().query("tracking read-back", &cmd).await?;
-    Ok(parse_created_at(&head))
+    counter("own", mine);
+    counter("other", other);
 }
 
 fn parse_created_at(head: &[u8]) -> Option<u64> {
