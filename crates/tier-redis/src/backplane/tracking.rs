@@ -177,6 +177,11 @@ pub(super) async fn run(
                 }
                 Err(Setup::Refused(e)) => {
                     refused(&shared, &cache, &proof, &e);
+                    if lost_once {
+                        // What changed while it was down is unknown, and the lease now goes
+                        // by the stream alone.
+                        shared.emit(BackplaneEvent::Gap);
+                    }
                     return;
                 }
                 Err(Setup::Failed(e)) => {
