@@ -176,3 +176,60 @@ impl Shared {
         self.emit(BackplaneEvent::Invalidate { cache, what, position: Some(position) });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let (tx, _) = broadcast::channel(64);
+        Shared {
+            keys: LogKeys::new("s"),
+            node_id: "n".into(),
+            tx,
+            hooks: Mutex::new(Vec::new()),
+            reconnects: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            epoch: Mutex::new(String::new()),
+            proofs: Proofs::default(),
+        }
+    }
+
+    fn proofs(rx: &mut broadcast::Receiver<BackplaneEvent>) -> Vec<u64> {
+        let mut at = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            if let BackplaneEvent::Confirmed { sent_at_ms } = e {
+                at.push(sent_at_ms);
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn a_proof_is_told_only_for_an_instant_every_source_proved() {
+        let s = shared();
+        let mut rx = s.tx.subscribe();
+        s.stream_proven(10);
+        assert_eq!(proofs(&mut rx), [10], "the stream alone");
+        let tracker = s.add_source();
+        s.stream_proven(20);
+        assert!(proofs(&mut rx).is_empty(), "the tracker proved nothing yet");
+        tracker.proven(15);
+        s.confirm();
+        assert_eq!(proofs(&mut rx), [15], "the older of the two");
+        tracker.proven(30);
+        s.confirm();
+        assert_eq!(proofs(&mut rx), [20], "now the stream's is the older");
+        s.stream_proven(40);
+        assert_eq!(proofs(&mut rx), [30]);
+        // A lost tracker proves nothing more: the stream alone does not move the lease on.
+        s.stream_proven(50);
+        s.stream_proven(60);
+        assert!(proofs(&mut rx).is_empty());
+        // A tracker the server refused is out of the lease.
+        tracker.turn_off();
+        s.confirm();
+        assert_eq!(proofs(&mut rx), [60]);
+    }
+}
