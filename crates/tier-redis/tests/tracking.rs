@@ -129,6 +129,53 @@ async fn a_write_by_another_client_drops_the_l1_copy_within_the_bound() {
     eprintln!("foreign write → L1 copy dropped: median {:?}, max {:?}", took[10], took[19]);
 }
 
+/// Memory → disk → Redis: another client's write drops the copy from both local tiers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_by_another_client_drops_the_disk_copy_too() {
+    let url = standalone_url();
+    let prefix = unique_prefix("csc-disk");
+    let dir = tempfile::tempdir().unwrap();
+    let conn = RedisConnection::standalone(&url).connect().await.unwrap();
+    let l3 = data_tier(&conn, &prefix).await;
+    let backplane = RedisBackplane::builder(conn)
+        .stream(format!("{prefix}log"))
+        .track("users", &l3)
+        .build()
+        .await
+        .unwrap();
+    let l1 = Arc::new(MemoryTier::builder().max_bytes(16 << 20).build());
+    let l2 = Arc::new(
+        tier_disk::DiskTier::builder(dir.path())
+            .capacity_bytes(8 << 20)
+            .segment_size(256 << 10)
+            .build()
+            .unwrap(),
+    );
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(l1.clone(), TierPolicy::fresh(HOUR).no_breaker())
+        .tier(l2.clone(), TierPolicy::fresh(HOUR))
+        .tier(l3.clone(), TierPolicy::fresh(HOUR).timeout(Duration::from_millis(500)))
+        .backplane(Arc::new(backplane.clone()), ReconnectPolicy::CatchUp)
+        .build()
+        .unwrap();
+    cache.sync_namespace().await.unwrap();
+    let mut rx = backplane.subscribe();
+    let k = cache.key("user:1");
+    cache.insert(&k, "v1".to_string()).await.unwrap();
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(2)).await;
+    let held = |t: Arc<dyn Tier>| {
+        let k = k.clone();
+        async move { !matches!(t.get(&k).await.unwrap(), Lookup::Miss) }
+    };
+    assert!(held(l1.clone()).await && held(l2.clone()).await, "the own write's copies stay");
+    let mut raw = raw(&url).await;
+    let () = raw.set(l3.redis_key(&k), "someone else's").await.unwrap();
+    eventually(Duration::from_millis(100), "both local copies dropped", || async {
+        !held(l1.clone()).await && !held(l2.clone()).await
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_writes_keep_their_l1_copy() {
     let url = standalone_url();
