@@ -15,7 +15,10 @@
 //! the tier, generations, lock and backplane work; a user without one of them gets errors that
 //! say which (the server names the command; the tier adds the key pattern it needs). Not in the
 //! list: `AUTH` (always allowed), `CLIENT SETINFO` (sent by redis-rs at connect, its refusal is
-//! ignored), `SELECT` (only when the URL names a database other than 0: add `+select`).
+//! ignored), `SELECT` (only when the URL names a database other than 0: add `+select`), and
+//! what client-side caching ([`track`](crate::RedisBackplaneBuilder::track)) adds: `+hello`
+//! and `+client|tracking` (without them it falls back to the backplane alone, with one
+//! warning).
 
 use crate::keys::scan_pattern;
 

@@ -11,7 +11,9 @@
 //!   the whole fleet; a lost generation is unknown, never 0, and restarts from a fresh value.
 //! - [`RedisBackplane`] — the fleet's invalidation log, a Redis Stream: delivered to every other
 //!   instance with positions and proofs of delivery, replayable after a restart or a reconnect,
-//!   a gap said only when what was missed cannot be read.
+//!   a gap said only when what was missed cannot be read. With
+//!   [`track`](RedisBackplaneBuilder::track) also client-side caching (RESP3 `CLIENT TRACKING`):
+//!   a write to the tier's keys by any client drops them from the local tiers.
 //! - [`RedisLock`] — the fleet-wide stampede lock (`SET NX PX` + compare-and-delete).
 //!
 //! - [`RedisInspector`] — a read-only view of the entries under a prefix, for tools.
@@ -139,6 +141,7 @@ pub mod keys;
 mod lock;
 pub mod metrics;
 mod nodes;
+mod own;
 mod redact;
 mod retry;
 mod stats;

@@ -12,6 +12,10 @@
 //! | `tier_backplane_errors_total` | counter | channel, kind = publish / read / decode / gap |
 //! | `tier_backplane_reconnects_total` | counter | channel |
 //! | `tier_backplane_connected` | gauge 0 / 1 | channel |
+//! | `tier_redis_tracking_connected` | gauge 0 / 1 (client-side caching: the tracking connection is up and proven) | cache |
+//! | `tier_redis_tracking_reconnects_total` | counter | cache |
+//! | `tier_redis_tracking_invalidations_total` | counter | cache, source = other / own / flush |
+//! | `tier_redis_tracking_errors_total` | counter | cache, kind = connect / lost / refused / read_back |
 //!
 //! `tier_evictions_total{cache, tier, cause = capacity / expired}` and the `tier_entries`,
 //! `tier_bytes`, `tier_capacity_bytes` gauges come from the Redis server's own figures
@@ -53,6 +57,22 @@ pub const BACKPLANE_ERRORS: &str = "tier_backplane_errors_total";
 pub const BACKPLANE_RECONNECTS: &str = "tier_backplane_reconnects_total";
 /// Gauge: 1 while the backplane's reader is reading, 0 while it is reconnecting.
 pub const BACKPLANE_CONNECTED: &str = "tier_backplane_connected";
+
+/// Gauge: 1 while client-side caching's tracking connection of a cache is up (tracking on,
+/// proving delivery), 0 while it is being re-established or after the server refused it.
+pub const TRACKING_CONNECTED: &str = "tier_redis_tracking_connected";
+/// Counter: times a tracking connection was lost and made again.
+pub const TRACKING_RECONNECTS: &str = "tier_redis_tracking_reconnects_total";
+/// Counter: keys whose change Redis told the tracking connection of, by `source`: `other` (a
+/// write this instance did not make: its local copies dropped), `own` (this instance's own
+/// write, still what Redis holds: only older local copies dropped), `flush` (`FLUSHDB` /
+/// `FLUSHALL`: a gap).
+pub const TRACKING_INVALIDATIONS: &str = "tier_redis_tracking_invalidations_total";
+/// Counter: tracking problems, by `kind`: `connect` (an attempt to make the connection
+/// failed), `lost` (the connection was lost), `refused` (the server refused `HELLO 3` or
+/// `CLIENT TRACKING`: the backplane alone from then on), `read_back` (an own write could not be
+/// read back: the local copy was dropped).
+pub const TRACKING_ERRORS: &str = "tier_redis_tracking_errors_total";
 
 /// Register help text and units of this crate's metrics with the installed recorder.
 ///
@@ -103,6 +123,25 @@ pub fn describe() {
         BACKPLANE_RECONNECTS,
         Unit::Count,
         "Times the backplane subscription was lost and re-established."
+    );
+    metrics::describe_gauge!(
+        TRACKING_CONNECTED,
+        "1 while the client-side caching (CLIENT TRACKING) connection of a cache is up."
+    );
+    metrics::describe_counter!(
+        TRACKING_RECONNECTS,
+        Unit::Count,
+        "Times a client-side caching connection was lost and made again."
+    );
+    metrics::describe_counter!(
+        TRACKING_INVALIDATIONS,
+        Unit::Count,
+        "Keys Redis reported changed to client-side caching, by source (other, own, flush)."
+    );
+    metrics::describe_counter!(
+        TRACKING_ERRORS,
+        Unit::Count,
+        "Client-side caching problems, by kind (connect, lost, refused, read_back)."
     );
     metrics::describe_gauge!(
         BACKPLANE_CONNECTED,

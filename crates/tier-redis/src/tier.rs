@@ -16,6 +16,7 @@ use crate::error::SetupError;
 use crate::keys::{KeyPrefix, DEFAULT_PREFIX};
 use crate::metrics::Labels;
 use crate::nodes::{self, Deadline, Nodes, RefreshError};
+use crate::own::OwnWrites;
 use crate::retry::{self, RetryQueue};
 
 /// Default capacity of the write retry queue (keys).
@@ -114,6 +115,7 @@ impl RedisTierBuilder {
                 nodes,
                 nodes_task: AbortOnDrop(nodes_task),
                 deadline: Deadline::default(),
+                own: Arc::default(),
             }),
         })
     }
@@ -237,6 +239,8 @@ struct Inner {
     nodes_task: AbortOnDrop,
     /// Each call ends a little before the hierarchy's timeout (set when mounted).
     deadline: Deadline,
+    /// This tier's recent writes, recorded once client-side caching tracks its keys.
+    own: Arc<OwnWrites>,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -284,6 +288,12 @@ impl RedisTier {
     /// The Redis key under which `key` is stored (prefix + key).
     pub fn redis_key(&self, key: &[u8]) -> Vec<u8> {
         self.inner.prefix.key(key)
+    }
+
+    /// The record of this tier's recent writes (client-side caching tells them apart from
+    /// other clients' writes with it).
+    pub(crate) fn own_writes(&self) -> &Arc<OwnWrites> {
+        &self.inner.own
     }
 
     /// Keys whose failed write waits for a background retry.
@@ -434,6 +444,9 @@ impl RedisTier {
     /// (it must not be skipped silently; sending it would only wait for the lost master).
     async fn write(&self, writes: Vec<(Bytes, Write)>, op: Op) -> Result<(), TierError> {
         let now = tier_core::spi::now_ms();
+        for (key, write) in &writes {
+            self.inner.own.note(key, write.created_at(), now);
+        }
         let batch = (writes.len() > 1).then_some(());
         let groups = if self.inner.conn.is_cluster() && writes.len() > 1 {
             by_slot(writes, |(k, _)| slot(&self.redis_key(k)))
@@ -555,6 +568,12 @@ impl Tier for RedisTier {
         let now = tier_core::spi::now_ms();
         if commands::retime(&redis_key, &how, now, commands::ScriptForm::Sha).is_none() {
             return Ok(false);
+        }
+        // What the key's header will carry if the retime applies.
+        match how {
+            Retime::Expire { at, .. } => self.inner.own.note(key, at, now),
+            Retime::Renew { renewed_at, .. } => self.inner.own.note(key, renewed_at, now),
+            _ => {}
         }
         let target = &redis_key;
         let done: i64 = self

@@ -73,3 +73,47 @@ async fn ca_files_that_cannot_be_used_are_setup_errors() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Client-side caching over TLS: the tracking connection (RESP3, made from the same URL and CA)
+/// proves delivery and reports another client's write.
+#[tokio::test]
+async fn client_side_caching_works_over_tls() {
+    use tier_core::spi::{Backplane, BackplaneEvent, Invalidation};
+    let Some((url, ca, _)) = tls_server() else { return };
+    let conn = RedisConnection::standalone(&url).tls_ca_file(&ca).connect().await.unwrap();
+    let prefix = unique_prefix("tls-csc");
+    let tracked = RedisTier::builder(conn.clone()).prefix(&prefix).build().await.unwrap();
+    let other = RedisTier::builder(conn.clone()).prefix(&prefix).build().await.unwrap();
+    let backplane = tier_redis::RedisBackplane::builder(conn)
+        .stream(format!("{prefix}log"))
+        .track("users", &tracked)
+        .build()
+        .await
+        .unwrap();
+    let mut rx = backplane.subscribe();
+    other.insert(key("k"), entry("v", 60_000, 60_000)).await.unwrap();
+    loop {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv())
+            .await
+            .expect("events over TLS")
+            .unwrap();
+        match ev {
+            BackplaneEvent::Confirmed { .. } => {}
+            BackplaneEvent::Invalidate {
+                what: Invalidation::Written { key, created_at }, ..
+            } => {
+                assert_eq!(&key[..], b"k");
+                assert_eq!(created_at, u64::MAX, "another client's write");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A proof needs the tracking connection's too: it proves over TLS.
+    loop {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv()).await;
+        if matches!(ev.expect("a proof of delivery").unwrap(), BackplaneEvent::Confirmed { .. }) {
+            break;
+        }
+    }
+}

@@ -8,6 +8,7 @@
 mod log;
 mod reader;
 mod shared;
+mod tracking;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -40,9 +41,46 @@ pub struct RedisBackplaneBuilder {
     node_id: Option<String>,
     capacity: usize,
     max_len: usize,
+    tracked: Vec<tracking::Tracked>,
 }
 
 impl RedisBackplaneBuilder {
+    /// Client-side caching for the hierarchy named `cache` whose shared tier is `tier`: a
+    /// RESP3 connection of its own to the tier's server with `CLIENT TRACKING ON BCAST PREFIX
+    /// <the tier's prefix>`, so that a change of one of its keys in Redis — by any client, also
+    /// another application — drops the key from this instance's local tiers (L1, disk), as an
+    /// insert notice of another instance would (`tier_redis_tracking_*` metrics).
+    ///
+    /// - An own write (an insert or load's write-through through `tier`) keeps its fresh local
+    ///   copy: the key is read back (16 header bytes) and only older copies are dropped while
+    ///   Redis holds this instance's write; when unsure the copy is dropped.
+    /// - The lease: local entries are fresh only while *both* the stream and the tracking
+    ///   connection proved delivery within δ (a `PING` every 20 ms on it). A lost tracking
+    ///   connection makes them stale within δ; it is made again (backoff 20 ms → 2 s, ±50 %
+    ///   jitter), then a gap (tracking cannot replay what changed meanwhile).
+    /// - A server that refuses `HELLO 3` or `CLIENT TRACKING` (older than Redis 6, a
+    ///   RESP-compatible server without it, an ACL user without `client|tracking`): one
+    ///   warning, and the backplane alone (no retry).
+    /// - [`build`](Self::build) refuses a Cluster tier ([`SetupError::Config`]): tracking is
+    ///   per node, and one connection per master and its failover are not built.
+    ///
+    /// It sees only what changes while it is connected: entries a disk tier kept across a
+    /// restart are checked by the stream's replay (the fleet's writes), not against other
+    /// applications' writes made while the instance was down.
+    ///
+    /// ```no_run
+    /// use tier_redis::{RedisBackplane, RedisConnection, RedisTier};
+    /// # async fn demo() -> Result<(), tier_redis::SetupError> {
+    /// let conn = RedisConnection::standalone("redis://127.0.0.1:6379/").connect().await?;
+    /// let tier = RedisTier::builder(conn.clone()).prefix("app:users:").build().await?;
+    /// let backplane = RedisBackplane::builder(conn).track("users", &tier).build().await?;
+    /// # let _ = backplane; Ok(()) }
+    /// ```
+    pub fn track(mut self, cache: impl Into<String>, tier: &crate::RedisTier) -> Self {
+        self.tracked.push(tracking::Tracked { cache: cache.into(), tier: tier.clone() });
+        self
+    }
+
     /// The key of the Redis Stream (its epoch key is this + `":epoch"`); every instance of a
     /// service uses the same. Keep it outside the tier's prefix (the tier's `clear` would
     /// remove it, and every instance would see a gap). In a Cluster the stream is one key,
@@ -92,6 +130,13 @@ impl RedisBackplaneBuilder {
         if self.capacity == 0 || self.max_len == 0 {
             return Err(SetupError::Config("capacity and max_len must be positive".into()));
         }
+        if let Some(t) = self.tracked.iter().find(|t| t.tier.connection().is_cluster()) {
+            return Err(SetupError::Config(format!(
+                "client-side caching (track) of cache {:?} needs a standalone Redis: on a Cluster \
+                 tracking is per node (the backplane alone invalidates there)",
+                t.cache
+            )));
+        }
         let conn = self.connection.connect().await?;
         let keys = LogKeys::new(&self.stream);
         // A lazy connection never fails the build: without the head, the reader starts from
@@ -115,7 +160,32 @@ impl RedisBackplaneBuilder {
             gaps: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             epoch: Mutex::new(start.as_ref().map(|p| p.epoch.clone()).unwrap_or_default()),
+            proofs: Default::default(),
         });
+        let mut trackers = Vec::new();
+        for tracked in self.tracked {
+            tracked.tier.own_writes().enable();
+            let proof = shared.add_source();
+            // The first connection at build, so that a server that refuses is said at once.
+            let first = if tracked.tier.connection().is_connected() {
+                match tracking::open(&tracked).await {
+                    Ok(s) => Some(s),
+                    Err(tracking::Setup::Refused(e)) => {
+                        tracking::refused(&shared, &tracked.cache, &proof, &e);
+                        continue;
+                    }
+                    Err(tracking::Setup::Failed(_)) => None,
+                }
+            } else {
+                None
+            };
+            trackers.push(AbortOnDrop(tokio::spawn(tracking::run(
+                shared.clone(),
+                tracked,
+                proof,
+                first,
+            ))));
+        }
         metrics::gauge!(BACKPLANE_CONNECTED, "channel" => shared.keys.stream.clone())
             .set(if start.is_some() { 1.0 } else { 0.0 });
         let task = tokio::spawn(reader::run(shared.clone(), conn.clone(), start));
@@ -124,6 +194,7 @@ impl RedisBackplaneBuilder {
             conn,
             max_len: self.max_len,
             _task: Arc::new(AbortOnDrop(task)),
+            _trackers: Arc::new(trackers),
         })
     }
 }
@@ -157,6 +228,10 @@ impl Drop for AbortOnDrop {
 ///   1000), or answers [`Replay::Gap`] for the same reasons. A position is the entry id and the
 ///   epoch (`"ms-seq@epoch"`), so a position recorded before the log was lost is never taken
 ///   for one of the new log.
+/// - With [`track`](RedisBackplaneBuilder::track), a second source (client-side caching): a
+///   change of a tracked key by anyone is an `Invalidate` of `Written` without a position, and
+///   `Confirmed` is sent only for an instant both the stream and every tracking connection
+///   have proven.
 /// - Redis Cluster: the stream is one key, so it lives on one master (all messages go through
 ///   it); that master's failover can lose the last messages acknowledged before it (like any
 ///   write to a Redis replica set), which no instance can tell.
@@ -166,6 +241,8 @@ pub struct RedisBackplane {
     conn: RedisConnection,
     max_len: usize,
     _task: Arc<AbortOnDrop>,
+    /// Client-side caching's trackers (see [`RedisBackplaneBuilder::track`]).
+    _trackers: Arc<Vec<AbortOnDrop>>,
 }
 
 impl std::fmt::Debug for RedisBackplane {
@@ -188,6 +265,7 @@ impl RedisBackplane {
             node_id: None,
             capacity: 4096,
             max_len: DEFAULT_MAX_LEN,
+            tracked: Vec::new(),
         }
     }
 

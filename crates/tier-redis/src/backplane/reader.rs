@@ -3,8 +3,9 @@
 //!
 //! Invariants:
 //! - Every `XREAD` that returns with fewer entries than it asked for proves that everything
-//!   appended before it was sent has been delivered: it emits `Confirmed { sent_at_ms }`
-//!   (`sent_at_ms` read just before sending).
+//!   appended before it was sent has been delivered: it records the stream's proof
+//!   (`sent_at_ms` read just before sending), and the backplane emits `Confirmed` for the
+//!   instant every source has proven (the stream's alone unless client-side caching tracks).
 //! - After a failed read (a lost connection, `CLIENT KILL`, a restart) the reader checks, before
 //!   reading on, that nothing after its last delivered id was lost (epoch, trimming; see
 //!   `log`); then it resumes from that id and nothing is missed. Only when it cannot does it
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
-use tier_core::spi::BackplaneEvent;
 
 use super::log::{self, Check, Position};
 use super::shared::Shared;
@@ -98,7 +98,7 @@ pub(super) async fn run(shared: Arc<Shared>, conn: RedisConnection, start: Optio
                     position = Some(Position { id, epoch: at.epoch.clone() });
                 }
                 if complete {
-                    shared.emit(BackplaneEvent::Confirmed { sent_at_ms: sent_at });
+                    shared.stream_proven(sent_at);
                 }
             }
             Err(e) => {

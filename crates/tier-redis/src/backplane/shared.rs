@@ -1,8 +1,8 @@
 //! What a [`RedisBackplane`](super::RedisBackplane) handle and its reader share: the stream's
 //! keys, this instance's id, delivery to subscribers and hooks, the counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use tier_core::spi::{BackplaneEvent, Invalidation};
 use tokio::sync::broadcast;
@@ -29,6 +29,45 @@ pub(super) struct Shared {
     pub(super) seq: AtomicU64,
     /// The log's epoch as the reader last saw it (empty: not known yet).
     pub(super) epoch: Mutex<String>,
+    /// The proofs of delivery of each source (the stream, each tracker) and what was last
+    /// told (see [`Proofs`]).
+    pub(super) proofs: Proofs,
+}
+
+/// The lease's proof combines every source of invalidations: a `Confirmed { sent_at_ms }` is
+/// emitted only for an instant that *every* source in use has proven (the minimum), so a
+/// tracking connection that is lost holds the lease back even while the stream reads on, and
+/// the reverse.
+#[derive(Default)]
+pub(super) struct Proofs {
+    /// The stream reader's last proof (Unix ms the proving `XREAD` was sent; 0: none yet).
+    stream: AtomicU64,
+    /// Each tracker's proof.
+    trackers: Mutex<Vec<Arc<SourceProof>>>,
+    /// The last instant emitted (only a later one is emitted again).
+    told: AtomicU64,
+}
+
+/// The proof of delivery of one tracking connection.
+#[derive(Default)]
+pub(crate) struct SourceProof {
+    /// Unix ms of the last proving `PING` (0: none yet).
+    at: AtomicU64,
+    /// Out of the lease: the server refused tracking, this source is not in use.
+    off: AtomicBool,
+}
+
+impl SourceProof {
+    /// Everything the server sent before a reply to a command sent at `sent_at_ms` was
+    /// delivered.
+    pub(crate) fn proven(&self, sent_at_ms: u64) {
+        self.at.fetch_max(sent_at_ms, Ordering::AcqRel);
+    }
+
+    /// This source is not used (the server refused it): the lease goes by the others.
+    pub(crate) fn turn_off(&self) {
+        self.off.store(true, Ordering::Release);
+    }
 }
 
 impl Shared {
@@ -45,6 +84,34 @@ impl Shared {
         }
         // No subscriber is not an error.
         let _ = self.tx.send(event);
+    }
+
+    /// Add a source of invalidations whose proofs the lease needs from now on.
+    pub(super) fn add_source(&self) -> Arc<SourceProof> {
+        let proof = Arc::new(SourceProof::default());
+        self.proofs.trackers.lock().unwrap_or_else(|p| p.into_inner()).push(proof.clone());
+        proof
+    }
+
+    /// The stream reader proved delivery up to `sent_at_ms`: tell the lease what every source
+    /// proved.
+    pub(super) fn stream_proven(&self, sent_at_ms: u64) {
+        self.proofs.stream.fetch_max(sent_at_ms, Ordering::AcqRel);
+        self.confirm();
+    }
+
+    /// Emit `Confirmed` for the latest instant every source in use has proven, if it is later
+    /// than the last one emitted.
+    pub(super) fn confirm(&self) {
+        let mut at = self.proofs.stream.load(Ordering::Acquire);
+        for t in self.proofs.trackers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if !t.off.load(Ordering::Acquire) {
+                at = at.min(t.at.load(Ordering::Acquire));
+            }
+        }
+        if at > 0 && self.proofs.told.fetch_max(at, Ordering::AcqRel) < at {
+            self.emit(BackplaneEvent::Confirmed { sent_at_ms: at });
+        }
     }
 
     pub(super) fn error(&self, kind: &'static str) {
@@ -107,5 +174,62 @@ impl Shared {
             .increment(1);
         let position = Position { id, epoch: epoch.to_string() }.to_log();
         self.emit(BackplaneEvent::Invalidate { cache, what, position: Some(position) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let (tx, _) = broadcast::channel(64);
+        Shared {
+            keys: LogKeys::new("s"),
+            node_id: "n".into(),
+            tx,
+            hooks: Mutex::new(Vec::new()),
+            reconnects: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            epoch: Mutex::new(String::new()),
+            proofs: Proofs::default(),
+        }
+    }
+
+    fn proofs(rx: &mut broadcast::Receiver<BackplaneEvent>) -> Vec<u64> {
+        let mut at = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            if let BackplaneEvent::Confirmed { sent_at_ms } = e {
+                at.push(sent_at_ms);
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn a_proof_is_told_only_for_an_instant_every_source_proved() {
+        let s = shared();
+        let mut rx = s.tx.subscribe();
+        s.stream_proven(10);
+        assert_eq!(proofs(&mut rx), [10], "the stream alone");
+        let tracker = s.add_source();
+        s.stream_proven(20);
+        assert!(proofs(&mut rx).is_empty(), "the tracker proved nothing yet");
+        tracker.proven(15);
+        s.confirm();
+        assert_eq!(proofs(&mut rx), [15], "the older of the two");
+        tracker.proven(30);
+        s.confirm();
+        assert_eq!(proofs(&mut rx), [20], "now the stream's is the older");
+        s.stream_proven(40);
+        assert_eq!(proofs(&mut rx), [30]);
+        // A lost tracker proves nothing more: the stream alone does not move the lease on.
+        s.stream_proven(50);
+        s.stream_proven(60);
+        assert!(proofs(&mut rx).is_empty());
+        // A tracker the server refused is out of the lease.
+        tracker.turn_off();
+        s.confirm();
+        assert_eq!(proofs(&mut rx), [60]);
     }
 }

@@ -177,6 +177,37 @@ impl RedisConnection {
         self.bounded("connect", self.inner.factory.connect()).await
     }
 
+    /// A RESP3 connection of its own (not shared), made to the same server with the same
+    /// credentials and TLS, whose push messages (client-side caching's invalidations) go to
+    /// `pushes`; connecting sends `HELLO 3`. Bounded by the operation timeout (its replies
+    /// too). `None` for a Cluster (tracking is per node). The error is redis-rs's, so that the
+    /// caller can tell a server that refuses (`HELLO 3` unknown, an ACL) from one not reached.
+    pub(crate) async fn resp3_dedicated(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Option<redis::RedisResult<redis::aio::MultiplexedConnection>> {
+        let Factory::Standalone(client, _) = &self.inner.factory else { return None };
+        let info = client.get_connection_info().clone();
+        let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+        let client = match redis::Client::open(info.set_redis_settings(settings)) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let op = self.inner.op_timeout;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(op))
+            .set_response_timeout(Some(op))
+            .set_push_sender(pushes);
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        Some(match tokio::time::timeout(op, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connecting the tracking connection timed out",
+            ))),
+        })
+    }
+
     /// Run `fut` under the operation timeout, mapping errors.
     pub(crate) async fn bounded<T>(
         &self,

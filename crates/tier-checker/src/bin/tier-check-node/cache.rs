@@ -49,10 +49,12 @@ pub async fn build(config: &Config) -> Result<NodeCache, String> {
     .map_err(|e| format!("connect to the cache Redis: {e}"))?;
     let l3 =
         RedisTier::builder(conn.clone()).build().await.map_err(|e| format!("Redis tier: {e}"))?;
-    let backplane = RedisBackplane::builder(conn.clone())
-        .build()
-        .await
-        .map_err(|e| format!("backplane: {e}"))?;
+    let mut backplane = RedisBackplane::builder(conn.clone());
+    // TIER_CHECKER_TRACK=1: client-side caching beside the stream (standalone only).
+    if !config.cluster && std::env::var("TIER_CHECKER_TRACK").is_ok_and(|v| v == "1") {
+        backplane = backplane.track("chk", &l3);
+    }
+    let backplane = backplane.build().await.map_err(|e| format!("backplane: {e}"))?;
     let generations = RedisGenerations::new(conn).cached_with(&backplane);
     let l2 = DiskTier::builder(&config.disk)
         .capacity_bytes(8 << 20)
