@@ -55,7 +55,7 @@ pub fn seal_queued(
 ) -> Result<(Bytes, Bytes), String> {
     let sealing = keyring.fresh_sealing()?;
     let aad = aad(sealing.key_id, cache, key, seq);
-    let mut buf = Vec::with_capacity(plain.len() + super::TAG_LEN);
+    let mut buf = Vec::with_capacity(plain.len() + super::aead::TAG_LEN);
     buf.extend_from_slice(plain);
     let tag = keyring.seal_detached(&sealing, &aad, &mut buf)?;
     buf.extend_from_slice(&tag);

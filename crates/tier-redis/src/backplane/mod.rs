@@ -76,7 +76,7 @@ impl RedisBackplaneBuilder {
     /// let backplane = RedisBackplane::builder(conn).track("users", &tier).build().await?;
     /// # let _ = backplane; Ok(()) }
     /// ```
-    pub fn track(mut self, cache: impl Into<String>, tier: &crate::RedisTier) -> Self {
+    pub fn track(mut self, cache: impl Into<String>, tier: &crate::tier::RedisTier) -> Self {
         self.tracked.push(tracking::Tracked { cache: cache.into(), tier: tier.clone() });
         self
     }

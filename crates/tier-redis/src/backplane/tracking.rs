@@ -49,7 +49,7 @@ use super::shared::{Shared, SourceProof};
 use crate::metrics::{
     TRACKING_CONNECTED, TRACKING_ERRORS, TRACKING_INVALIDATIONS, TRACKING_RECONNECTS,
 };
-use crate::RedisTier;
+use crate::tier::RedisTier;
 
 /// How often delivery is proven on a tracking connection (a `PING`).
 pub(crate) const PING_EVERY: Duration = Duration::from_millis(20);
