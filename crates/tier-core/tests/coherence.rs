@@ -638,3 +638,88 @@ async fn a_remote_invalidation_that_fails_on_a_local_tier_leaves_nothing_fresh_t
     let got = b.get_or_load("k", || async { Ok::<_, std::io::Error>(Some("new".to_string())) });
     assert_eq!(value(got.await.unwrap()).as_deref(), Some("new"), "B served its disk's old copy");
 }
+
+/// A backplane node whose publishes fail while it is muted (a Redis that refuses the `XADD`,
+/// a breaker open after a fault); what it receives is untouched.
+struct Muted {
+    inner: tier_core::testing::LocalBackplane,
+    muted: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl tier_core::spi::Backplane for Muted {
+    async fn publish(
+        &self,
+        cache: &str,
+        what: &Invalidation,
+    ) -> Result<Option<tier_core::spi::LogPosition>, TierError> {
+        if self.muted.load(Ordering::SeqCst) {
+            return Err(TierError::new(tier_core::TierErrorKind::Unavailable, "muted"));
+        }
+        self.inner.publish(cache, what).await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<tier_core::spi::BackplaneEvent> {
+        self.inner.subscribe()
+    }
+    async fn replay(
+        &self,
+        after: &tier_core::spi::LogPosition,
+    ) -> Result<tier_core::spi::Replay, TierError> {
+        self.inner.replay(after).await
+    }
+    async fn head(&self) -> Result<Option<tier_core::spi::LogPosition>, TierError> {
+        self.inner.head().await
+    }
+}
+
+/// The checker on Cluster (seed 21): B moved the namespace on while its backplane could not
+/// publish; the move was in the store but never told, so A kept building keys of the old
+/// version and serving its copies of them, deaf to B's later notices (of keys of the new
+/// version). Now a move whose notice failed is told before B's next notice and retried until
+/// told — here with no further call on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_move_whose_notice_failed_is_told_once_the_backplane_is_back() {
+    use tier_core::spi::{Backplane as _, LogPosition, Replay};
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(LocalGenerations::new());
+    let muted = Arc::new(Muted { inner: hub.node(), muted: false.into() });
+    let build = |backplane: Arc<dyn tier_core::spi::Backplane>| {
+        Cache::<String>::builder("users")
+            .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(store.clone())
+            .backplane(backplane, ReconnectPolicy::default())
+            .synchronous_backfill(true)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(Arc::new(hub.node())), build(muted.clone()));
+    a.sync_namespace().await.unwrap();
+    b.sync_namespace().await.unwrap();
+    a.insert(a.key("k"), "old".into()).await.unwrap();
+    muted.muted.store(true, Ordering::SeqCst);
+    assert!(b.invalidate_namespace().await.is_err(), "the notice could not be published");
+    assert_ne!(a.key("k"), b.key("k"), "moved on in the store and in B only");
+    muted.muted.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.key("k") != b.key("k") {
+        assert!(Instant::now() < deadline, "the namespace move was never told to A");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(value(a.get(a.key("k")).await), None, "A left the old namespace");
+
+    // Told before anything else B publishes: a notice right after the backplane is back is
+    // preceded by the move (read through another node: a node's replay leaves out its own).
+    let published = hub.published();
+    muted.muted.store(true, Ordering::SeqCst);
+    assert!(b.invalidate_namespace().await.is_err());
+    muted.muted.store(false, Ordering::SeqCst);
+    b.invalidate("x").await.unwrap();
+    let from = LogPosition(Bytes::copy_from_slice(&(published as u64).to_be_bytes()));
+    let Replay::Events(events) = hub.node().replay(&from).await.unwrap() else {
+        panic!("the hub's log was trimmed")
+    };
+    let kinds: Vec<&str> = events.iter().map(|(_, what, _)| what.kind()).collect();
+    assert_eq!(kinds.first().copied(), Some("namespace"), "told first: {kinds:?}");
+}

@@ -157,6 +157,8 @@ fn listen<V: CacheValue>(
                 _ = flush.tick() => {
                     let Some(hierarchy) = weak.upgrade() else { return };
                     hierarchy.kept().flush();
+                    // A namespace move whose notice failed: retried until told.
+                    hierarchy.tell_namespace().await;
                     continue;
                 }
             };
@@ -214,9 +216,8 @@ impl<V: CacheValue> Hierarchy<V> {
             return;
         }
         self.stripes().bump_all();
-        if let Err(e) = self.publish(Invalidation::Namespace(v)).await {
-            tracing::warn!(cache = %self.name(), error = %e, "the namespace version read from the store could not be told to the other instances (they read it again after their next gap or start)");
-        }
+        // A notice that fails is kept and retried until told (`publish`).
+        let _ = self.publish(Invalidation::Namespace(v)).await;
     }
 
     /// At build: restore what the local state keeps (a lost state file makes every local entry
