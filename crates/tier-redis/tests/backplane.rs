@@ -426,3 +426,65 @@ async fn standalone_invalidation_latency_is_within_100_ms_p99() {
 async fn cluster_invalidation_latency_is_within_100_ms_p99() {
     latency_to_another_instance(cluster().await, cluster().await, "cluster").await;
 }
+
+/// Lease flapping on an idle server: Redis 7.0 (`hz 10`, the default) answers an `XREAD BLOCK 20`
+/// that finds nothing only at its next timer tick, 90–100 ms later, so the proofs of delivery
+/// came about every 100 ms — the lease δ itself — and an idle instance's local entries kept
+/// turning stale (origin loads, and stale answers). Now a proof does not wait on the server's
+/// timeout resolution: on an idle server of its own, proofs come well within δ for 2 s, and a
+/// local entry stays fresh the whole time (no load after the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_of_delivery_keep_the_lease_on_an_idle_server() {
+    let server = tier_redis::testing::OwnRedis::start_with(&["--hz", "10"]);
+    let conn = || RedisConnection::standalone(server.url()).connect();
+    let backplane = RedisBackplane::builder(conn().await.unwrap()).build().await.unwrap();
+    let mut rx = backplane.subscribe();
+    let l1 = Arc::new(tier_memory::MemoryTier::builder().build());
+    let cache: tier_core::Cache<String> = tier_core::Cache::builder("users")
+        .tier(l1, tier_core::TierPolicy::fresh(Duration::from_secs(3600)).no_breaker())
+        .backplane(Arc::new(backplane.clone()), tier_core::ReconnectPolicy::default())
+        .propagation_bound(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    cache.sync_namespace().await.ok();
+    let loads = Loads::default();
+    // The first proof arrives (the lease starts lapsed).
+    let start = Instant::now();
+    while !matches!(next_event(&mut rx).await, BackplaneEvent::Confirmed { .. }) {}
+    assert_eq!(get(&cache, &loads, "k").await, "v:k");
+    let (mut last, mut widest, mut proofs) = (Instant::now(), Duration::ZERO, 0u32);
+    let mut reads = 0u32;
+    while start.elapsed() < Duration::from_secs(2) {
+        // Reads in between: each one that finds the entry stale loads it again.
+        while let Ok(event) = rx.try_recv() {
+            if matches!(event, BackplaneEvent::Confirmed { .. }) {
+                widest = widest.max(last.elapsed());
+                last = Instant::now();
+                proofs += 1;
+            }
+        }
+        assert_eq!(get(&cache, &loads, "k").await, "v:k");
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(proofs >= 20, "{proofs} proofs of delivery in 2 s");
+    let n = loads.get();
+    assert!(
+        widest < Duration::from_millis(60),
+        "{widest:?} between two proofs (δ = 100 ms); {n} loads"
+    );
+    assert_eq!(
+        loads.get(),
+        1,
+        "the local entry turned stale: {} loads in {reads} reads",
+        loads.get()
+    );
+}
+
+/// The next event (a proof of delivery too), within 5 s.
+async fn next_event(rx: &mut broadcast::Receiver<BackplaneEvent>) -> BackplaneEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an event within 5 s")
+        .expect("backplane channel open")
+}

@@ -144,10 +144,12 @@ impl Drop for AbortOnDrop {
 ///   version, sender node id, sender sequence number, cache name, the [`Invalidation`]).
 ///   [`publish`](Backplane::publish) answers `Ok` with the entry's position only after the
 ///   server appended it. An instance never sees its own messages (live or replayed).
-/// - A reader on a connection of its own follows the stream (`XREAD BLOCK 20`) from the head
+/// - A reader on a connection of its own follows the stream (a non-blocking `XREAD`, every
+///   10 ms while the stream is quiet) from the head
 ///   read at build, emitting [`BackplaneEvent::Invalidate`] with each entry's position, and
 ///   [`BackplaneEvent::Confirmed`] after every read that returned all there was: the proof of
-///   delivery the hierarchy's lease runs on (about every 20 ms while the stream is quiet).
+///   delivery the hierarchy's lease runs on (about every 10 ms while the stream is quiet; not
+///   `XREAD BLOCK`, whose empty answer an idle Redis gives only at its next timer tick).
 /// - A lost connection is resumed from the last delivered entry: nothing is missed, and
 ///   `tier_backplane_reconnects_total` counts it. Only when what followed cannot be read — the
 ///   stream trimmed past it, or the log lost (its epoch key missing or changed: `FLUSHALL`, a

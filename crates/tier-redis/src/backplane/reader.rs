@@ -1,10 +1,18 @@
-//! The backplane's reader: a connection of its own that follows the stream with
-//! `XREAD BLOCK`, delivering other instances' messages and proofs of delivery.
+//! The backplane's reader: a connection of its own that follows the stream by polling it with
+//! a non-blocking `XREAD`, delivering other instances' messages and proofs of delivery.
 //!
 //! Invariants:
 //! - Every `XREAD` that returns with fewer entries than it asked for proves that everything
 //!   appended before it was sent has been delivered: it emits `Confirmed { sent_at_ms }`
-//!   (`sent_at_ms` read just before sending).
+//!   (`sent_at_ms` read just before sending; an `XADD` acknowledged before then was applied
+//!   before the server read this command).
+//! - A read that returned all there was is followed by the next one after [`POLL`] (a read that
+//!   filled its `COUNT` at once). So a proof is never older than `POLL` plus one round trip —
+//!   whatever the server does with blocked clients: `XREAD BLOCK 20` was answered on an idle
+//!   Redis 7.0 (`hz 10`) only at its next timer tick, 90–100 ms later, the lease δ itself, and
+//!   the local entries of an idle instance flapped to stale. The cost is one cheap read per
+//!   `POLL` per instance while the stream is quiet; a message is delivered within `POLL` plus
+//!   a round trip.
 //! - After a failed read (a lost connection, `CLIENT KILL`, a restart) the reader checks, before
 //!   reading on, that nothing after its last delivered id was lost (epoch, trimming; see
 //!   `log`); then it resumes from that id and nothing is missed. Only when it cannot does it
@@ -25,9 +33,9 @@ use crate::commands;
 use crate::connection::{Conn, RedisConnection};
 use crate::metrics::{BACKPLANE_CONNECTED, BACKPLANE_RECONNECTS};
 
-/// How long one `XREAD` waits for entries (and so how often delivery is proven while the
-/// stream is quiet).
-const BLOCK_MS: u64 = 20;
+/// The pause after a read that returned all there was (so how often delivery is proven while
+/// the stream is quiet, and the most a message waits before it is read).
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 /// Entries per `XREAD`.
 const COUNT: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
@@ -80,8 +88,8 @@ pub(super) async fn run(shared: Arc<Shared>, conn: RedisConnection, start: Optio
             },
         };
         let sent_at = tier_core::spi::now_ms();
-        let cmd = commands::xread(&channel, &at.id.to_string(), COUNT, BLOCK_MS);
-        let bound = Some(conn.op_timeout() + Duration::from_millis(BLOCK_MS));
+        let cmd = commands::xread(&channel, &at.id.to_string(), COUNT);
+        let bound = Some(conn.op_timeout());
         let read = conn
             .bounded_by(bound, "backplane read", async {
                 let mut c = c;
@@ -99,6 +107,7 @@ pub(super) async fn run(shared: Arc<Shared>, conn: RedisConnection, start: Optio
                 }
                 if complete {
                     shared.emit(BackplaneEvent::Confirmed { sent_at_ms: sent_at });
+                    tokio::time::sleep(POLL).await;
                 }
             }
             Err(e) => {
