@@ -341,7 +341,7 @@ impl<V: CacheValue> Hierarchy<V> {
         let failed = |e: crate::error::CacheError| {
             // The local copy may still be there (a disk tier's removal that timed out may be
             // applied later, or never): nothing local written up to now is fresh any more.
-            let now = now_ms();
+            let now = self.stripes().written_up_to(now_ms());
             self.fleet().mark_local_suspect(now);
             let kept = self.kept().keep_suspect_before(now).is_ok();
             tracing::warn!(cache = %self.name(), kind = what.kind(), error = %e, kept, "a remote invalidation failed on a local tier: local entries are served only as stale until replaced");
@@ -423,7 +423,9 @@ impl<V: CacheValue> Hierarchy<V> {
             }
             _ => {
                 tracing::warn!(cache = %self.name(), reason = why, "backplane gap: local entries are served only as stale until replaced");
-                let now = now_ms();
+                // Every entry written before the gap, also one whose `created_at` was moved a
+                // little ahead of the clock (two inserts of a stripe within a tick).
+                let now = self.stripes().written_up_to(now_ms());
                 self.stripes().bump_all();
                 self.fleet().mark_local_suspect(now);
                 if let Err(e) = self.kept().keep_suspect_before(now) {

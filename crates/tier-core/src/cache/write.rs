@@ -138,7 +138,7 @@ impl<V: CacheValue> Cache<V> {
         };
         let what = Invalidation::Tag(Arc::from(tag));
         if let Err(e) = bumped {
-            let now = now_ms();
+            let now = hierarchy.stripes().written_up_to(now_ms());
             hierarchy.fleet().mark_local_suspect(now);
             let kept = hierarchy.kept().keep_suspect_before(now).is_ok();
             hierarchy.stripes().bump_all();

@@ -39,12 +39,13 @@ struct Stripe {
 /// How far ahead of the clock an insert's `created_at` may be moved to stay after the last one.
 const MAX_CREATED_LEAD_MS: u64 = 4;
 
-/// The stripes of a hierarchy.
-pub(super) struct Stripes(Box<[Stripe]>);
+/// The stripes of a hierarchy, and the latest `created_at` any insert was given (it may be
+/// ahead of the clock: a floor set "now" must cover it).
+pub(super) struct Stripes(Box<[Stripe]>, AtomicU64);
 
 impl Default for Stripes {
     fn default() -> Self {
-        Self((0..STRIPES).map(|_| Stripe::default()).collect())
+        Self((0..STRIPES).map(|_| Stripe::default()).collect(), AtomicU64::new(0))
     }
 }
 
@@ -92,10 +93,19 @@ impl Stripes {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return next,
+                Ok(_) => {
+                    self.1.fetch_max(next, Ordering::AcqRel);
+                    return next;
+                }
                 Err(p) => prev = p,
             }
         }
+    }
+
+    /// A floor for "everything written up to now": now, or the latest `created_at` an insert
+    /// was given when that is ahead of the clock (two inserts of a stripe within a tick).
+    pub fn written_up_to(&self, now: u64) -> u64 {
+        now.max(self.1.load(Ordering::Acquire))
     }
 
     /// Mark a change of every key without waiting for writers (namespace moves, suspect marks:
