@@ -97,7 +97,7 @@ impl<V: CacheValue> Cache<V> {
         }
         // After a clear or a gap in the same millisecond, the new value is still above it, and
         // after the last insert of the key.
-        let created_at = hierarchy.stripes().created_at(&key, hierarchy.fleet().created_now());
+        let created_at = hierarchy.stripes().created_at(hierarchy.fleet().created_now());
         let entries = self.insert_entries(&key, value, created_at, stamps)?;
         let written = hierarchy.writer().write_through(&key, entries).await;
         let what = Invalidation::Written { key, created_at };
