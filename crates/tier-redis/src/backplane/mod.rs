@@ -43,7 +43,8 @@ pub struct RedisBackplaneBuilder {
 }
 
 impl RedisBackplaneBuilder {
-    /// The key of the Redis Stream (its epoch key is this + `":epoch"`); every instance of a
+    /// The key of the Redis Stream (its epoch key is [`RedisBackplane::epoch_key`], in the same
+    /// hash slot); every instance of a
     /// service uses the same. Keep it outside the tier's prefix (the tier's `clear` would
     /// remove it, and every instance would see a gap). In a Cluster the stream is one key,
     /// on one master. Default: `"tier-log:invalidations"`.
@@ -196,6 +197,23 @@ impl RedisBackplane {
     /// This instance's node id.
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
+    }
+
+    /// The key of the log's epoch (a random id written once; a missing or changed one means
+    /// the log was lost), in the stream's hash slot: `stream + ":epoch"` when the stream's name
+    /// has a hash tag (`{…}`), else `stream + "{" + stream + "}:epoch"`.
+    pub fn epoch_key(&self) -> &[u8] {
+        &self.shared.keys.epoch
+    }
+
+    /// The epoch key of a backplane on `stream` (see [`epoch_key`](Self::epoch_key)).
+    ///
+    /// ```
+    /// let key = tier_redis::RedisBackplane::epoch_key_of("tier-log:invalidations");
+    /// assert_eq!(key, b"tier-log:invalidations{tier-log:invalidations}:epoch");
+    /// ```
+    pub fn epoch_key_of(stream: &str) -> Vec<u8> {
+        LogKeys::new(stream).epoch
     }
 
     /// The stream's key.

@@ -88,17 +88,29 @@ pub(super) async fn run(shared: Arc<Shared>, conn: RedisConnection, start: Optio
             },
         };
         let sent_at = tier_core::spi::now_ms();
-        let cmd = commands::xread(&channel, &at.id.to_string(), COUNT);
+        // The epoch with every read (one round trip, one slot): a log lost under a connection
+        // that stays up — a `FLUSHALL`, a Cluster master back without its data behind a client
+        // that reconnected on its own — shows as a missing or changed epoch, never as an error.
+        let mut pipe = redis::pipe();
+        pipe.add_command(commands::xread(&channel, &at.id.to_string(), COUNT));
+        pipe.add_command(commands::get(&shared.keys.epoch));
         let bound = Some(conn.op_timeout());
         let read = conn
             .bounded_by(bound, "backplane read", async {
                 let mut c = c;
-                cmd.query_async::<Value>(&mut c).await
+                pipe.query_async::<(Value, Option<String>)>(&mut c).await
             })
             .await
-            .and_then(log::parse_read);
+            .and_then(|(entries, epoch)| Ok((log::parse_read(entries)?, epoch)));
         match read {
-            Ok(entries) => {
+            Ok((_, epoch)) if epoch.as_deref() != Some(at.epoch.as_str()) => {
+                // What was read may be of another log: not delivered; the check before the
+                // next read finds the loss (a gap) and goes on from the head.
+                tracing::warn!(stream = %channel, "the backplane log's epoch is missing or changed under the reader");
+                shared.error("epoch");
+                suspect = true;
+            }
+            Ok((entries, _)) => {
                 backoff = MIN_BACKOFF;
                 let complete = entries.len() < COUNT;
                 for (id, message) in entries {
