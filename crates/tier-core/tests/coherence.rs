@@ -757,3 +757,46 @@ async fn a_gap_right_after_inserts_of_one_millisecond_leaves_none_of_them_fresh(
         );
     }
 }
+
+/// The checker (standalone, seed 31): a Redis hit of the old namespace 381 ms after another
+/// instance's acknowledged move, just after a fault. After a gap (or a lagged listener) the
+/// namespace version is read again in the background — retried while the store is out — but
+/// meanwhile entries of shared tiers were served as fresh under the old version (the lease
+/// only guards local tiers and, once lapsed, shared ones; proofs resume after a gap). Now a gap
+/// makes the version uncertain until it is read again: a shared entry is checked against the
+/// store (at most stale when the store cannot answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_gap_a_shared_entry_is_checked_against_the_stores_namespace_version() {
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(Flaky::default());
+    let build = |node: Arc<tier_core::testing::LocalBackplane>| {
+        Cache::<String>::builder("users")
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(store.clone())
+            .backplane(node, ReconnectPolicy::default())
+            .build()
+            .unwrap()
+    };
+    // Two hubs: A's move never reaches B (as a message lost in B's gap).
+    let node_b = Arc::new(LocalBackplaneHub::new().node());
+    let (a, b) = (build(Arc::new(LocalBackplaneHub::new().node())), build(node_b.clone()));
+    a.sync_namespace().await.unwrap();
+    b.sync_namespace().await.unwrap();
+    b.insert(b.key("k"), "old".into()).await.unwrap();
+    a.invalidate_namespace().await.unwrap();
+    store.set(Mode::Down);
+    node_b.simulate_reconnect();
+    let old_key = b.key("k");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.get(&old_key).await.is_some() {
+        assert!(Instant::now() < deadline, "the old namespace's entry stayed fresh after the gap");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    store.set(Mode::Up);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.key("k") != a.key("k") {
+        assert!(Instant::now() < deadline, "B never read the version again");
+        b.get(&old_key).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -411,9 +411,14 @@ impl<V: CacheValue> Hierarchy<V> {
         }
     }
 
-    /// Messages may have been missed: the local tiers are suspect.
+    /// Messages may have been missed: the local tiers are suspect, and with a shared store the
+    /// namespace version is uncertain until it is read again (a move may have been missed:
+    /// until then an entry of a shared tier is checked against the store's version).
     async fn recover(&self, why: &str) {
         self.generations().forget_cached();
+        if self.shares_generations() {
+            self.fleet().set_namespace_unread(true);
+        }
         match self.opts().reconnect {
             ReconnectPolicy::Clear => {
                 tracing::warn!(cache = %self.name(), reason = why, "backplane gap: clearing local tiers");
