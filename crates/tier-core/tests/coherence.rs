@@ -800,3 +800,39 @@ async fn after_a_gap_a_shared_entry_is_checked_against_the_stores_namespace_vers
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The checker (standalone, seed 42: six violations): A's `invalidate_namespace` timed out
+/// after its bump had landed in the store (an error, no notice); B, whose lease had lapsed in a
+/// Redis restart, checked a shared entry against the store and moved on to the new version —
+/// silently. B's acknowledged inserts and invalidations then went to keys A never reads, while
+/// A, its lease renewed, kept serving its copies. Now a version found in the store by a read is
+/// told to the other instances (as a version adopted at start is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_move_found_by_a_read_is_told_to_the_others() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(LocalGenerations::new());
+    let build = |node: tier_core::testing::LocalBackplane| {
+        Cache::<String>::builder("users")
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(store.clone())
+            .backplane(Arc::new(node), ReconnectPolicy::default())
+            .build()
+            .unwrap()
+    };
+    // A: no lease (it never checks the store again); B: a lease never renewed (lapsed).
+    let (a, b) = (build(hub.node()), build(hub.confirming_node()));
+    a.sync_namespace().await.unwrap();
+    b.sync_namespace().await.unwrap();
+    a.insert(a.key("k"), "old".into()).await.unwrap();
+    // A move that landed in the store and was never told (its caller saw a timeout).
+    store.bump("\u{0}ns:users").await.unwrap();
+    let before = a.key("k");
+    assert_eq!(b.get(b.key("k")).await, None, "B finds the move in the store");
+    assert_ne!(b.key("k"), before, "B moved on");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.key("k") != b.key("k") {
+        assert!(Instant::now() < deadline, "B moved on silently: A stays on the old version");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -169,7 +169,17 @@ impl<V: CacheValue> Cache<V> {
         let hierarchy = self.hierarchy();
         let tag = namespace_tag(hierarchy.name());
         let bump = hierarchy.generations().bump(&tag);
-        let version = hierarchy.guards().namespace.run(bump).await.map_err(store_failed)?;
+        let version = match hierarchy.guards().namespace.run(bump).await {
+            Ok(v) => v,
+            Err(e) => {
+                // A bump that timed out may have landed: the version is uncertain until read
+                // again (reads check the store's, and a move found so is told to the others).
+                if hierarchy.shares_generations() {
+                    hierarchy.fleet().set_namespace_unread(true);
+                }
+                return Err(store_failed(e));
+            }
+        };
         hierarchy.keys().set_version(version);
         hierarchy.stripes().bump_all();
         hierarchy.metrics().invalidation("namespace", "local");
