@@ -170,7 +170,7 @@ async fn stream_in_use(url: &str, stream: &str) -> Option<bool> {
         let client = redis::Client::open(url).ok()?;
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
         let n: u64 = redis::cmd("EXISTS")
-            .arg(format!("{stream}:epoch"))
+            .arg(tier_redis::RedisBackplane::epoch_key_of(stream))
             .query_async(&mut conn)
             .await
             .ok()?;

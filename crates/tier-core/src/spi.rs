@@ -28,7 +28,7 @@ pub use crate::state::{
     GENERATION_PREFIX, POSITION_PREFIX, SUSPECT_PREFIX,
 };
 pub use crate::tier::{retime_by_rewrite, Tier, TierContext, TierStats};
-pub use crate::time::{after_ms, now_ms};
+pub use crate::time::{after_ms, now_ms, now_ms_lag};
 pub use crate::timeout::{TimeoutLayer, TimeoutTier};
 
 /// The envelope: how an entry is stored in byte tiers (disk, Redis) — a fixed 40-byte header

@@ -23,6 +23,30 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// How far [`now_ms`] may be behind the true time, in ms: the coarse clock's resolution (one
+/// kernel tick, read once with `clock_getres`) plus the millisecond it is truncated to. A bound
+/// that must hold in true time (the lease) subtracts it.
+pub fn now_ms_lag() -> u64 {
+    static LAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LAG.get_or_init(|| {
+        #[cfg(target_os = "linux")]
+        {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: `ts` is a valid, writable timespec (as in `now_ms`).
+            let rc = unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+            if rc == 0 && ts.tv_sec == 0 && ts.tv_nsec >= 0 {
+                return (ts.tv_nsec as u64).div_ceil(1_000_000) + 1;
+            }
+            // An unknown resolution: the largest a Linux tick is (HZ = 100).
+            11
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            1
+        }
+    })
+}
+
 /// Milliseconds on a monotonic clock with an arbitrary origin (the breaker's clock).
 ///
 /// On Linux this reads `CLOCK_MONOTONIC_COARSE` (a few ns, one-tick resolution): the breaker

@@ -638,3 +638,201 @@ async fn a_remote_invalidation_that_fails_on_a_local_tier_leaves_nothing_fresh_t
     let got = b.get_or_load("k", || async { Ok::<_, std::io::Error>(Some("new".to_string())) });
     assert_eq!(value(got.await.unwrap()).as_deref(), Some("new"), "B served its disk's old copy");
 }
+
+/// A backplane node whose publishes fail while it is muted (a Redis that refuses the `XADD`,
+/// a breaker open after a fault); what it receives is untouched.
+struct Muted {
+    inner: tier_core::testing::LocalBackplane,
+    muted: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl tier_core::spi::Backplane for Muted {
+    async fn publish(
+        &self,
+        cache: &str,
+        what: &Invalidation,
+    ) -> Result<Option<tier_core::spi::LogPosition>, TierError> {
+        if self.muted.load(Ordering::SeqCst) {
+            return Err(TierError::new(tier_core::TierErrorKind::Unavailable, "muted"));
+        }
+        self.inner.publish(cache, what).await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<tier_core::spi::BackplaneEvent> {
+        self.inner.subscribe()
+    }
+    async fn replay(
+        &self,
+        after: &tier_core::spi::LogPosition,
+    ) -> Result<tier_core::spi::Replay, TierError> {
+        self.inner.replay(after).await
+    }
+    async fn head(&self) -> Result<Option<tier_core::spi::LogPosition>, TierError> {
+        self.inner.head().await
+    }
+}
+
+/// The checker on Cluster (seed 21): B moved the namespace on while its backplane could not
+/// publish; the move was in the store but never told, so A kept building keys of the old
+/// version and serving its copies of them, deaf to B's later notices (of keys of the new
+/// version). Now a move whose notice failed is told before B's next notice and retried until
+/// told — here with no further call on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_move_whose_notice_failed_is_told_once_the_backplane_is_back() {
+    use tier_core::spi::{Backplane as _, LogPosition, Replay};
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(LocalGenerations::new());
+    let muted = Arc::new(Muted { inner: hub.node(), muted: false.into() });
+    let build = |backplane: Arc<dyn tier_core::spi::Backplane>| {
+        Cache::<String>::builder("users")
+            .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(store.clone())
+            .backplane(backplane, ReconnectPolicy::default())
+            .synchronous_backfill(true)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(Arc::new(hub.node())), build(muted.clone()));
+    a.sync_namespace().await.unwrap();
+    b.sync_namespace().await.unwrap();
+    a.insert(a.key("k"), "old".into()).await.unwrap();
+    muted.muted.store(true, Ordering::SeqCst);
+    assert!(b.invalidate_namespace().await.is_err(), "the notice could not be published");
+    assert_ne!(a.key("k"), b.key("k"), "moved on in the store and in B only");
+    muted.muted.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.key("k") != b.key("k") {
+        assert!(Instant::now() < deadline, "the namespace move was never told to A");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(value(a.get(a.key("k")).await), None, "A left the old namespace");
+
+    // Told before anything else B publishes: a notice right after the backplane is back is
+    // preceded by the move (read through another node: a node's replay leaves out its own).
+    let published = hub.published();
+    muted.muted.store(true, Ordering::SeqCst);
+    assert!(b.invalidate_namespace().await.is_err());
+    muted.muted.store(false, Ordering::SeqCst);
+    b.invalidate("x").await.unwrap();
+    let from = LogPosition(Bytes::copy_from_slice(&(published as u64).to_be_bytes()));
+    let Replay::Events(events) = hub.node().replay(&from).await.unwrap() else {
+        panic!("the hub's log was trimmed")
+    };
+    let kinds: Vec<&str> = events.iter().map(|(_, what, _)| what.kind()).collect();
+    assert_eq!(kinds.first().copied(), Some("namespace"), "told first: {kinds:?}");
+}
+
+/// The flaky `a_gap_makes_local_entries_stale_without_wiping_them` (~1 in 8 under load): two
+/// inserts of a stripe within one millisecond are told apart by moving the second's
+/// `created_at` past the first — up to a clock tick *ahead* of the clock. A gap in that tick
+/// set the suspect floor to the clock's now, below such an entry, which stayed fresh. Now the
+/// suspect floor covers every `created_at` handed out before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_right_after_inserts_of_one_millisecond_leaves_none_of_them_fresh() {
+    for round in 0..20 {
+        let hub = LocalBackplaneHub::new();
+        let node = Arc::new(hub.node());
+        let cache: Cache<String> = Cache::builder("users")
+            .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
+            .backplane(node.clone(), ReconnectPolicy::default())
+            .build()
+            .unwrap();
+        cache.insert("before", "v".into()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await; // a later tick of the clock
+        for _ in 0..3 {
+            cache.insert("k", "v".into()).await.unwrap(); // created at now, now + 1, now + 2
+        }
+        node.simulate_reconnect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.get("before").await.is_some() {
+            assert!(Instant::now() < deadline, "the gap was never applied");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            cache.get("k").await,
+            None,
+            "round {round}: an entry written before the gap is fresh"
+        );
+    }
+}
+
+/// The checker (standalone, seed 31): a Redis hit of the old namespace 381 ms after another
+/// instance's acknowledged move, just after a fault. After a gap (or a lagged listener) the
+/// namespace version is read again in the background — retried while the store is out — but
+/// meanwhile entries of shared tiers were served as fresh under the old version (the lease
+/// only guards local tiers and, once lapsed, shared ones; proofs resume after a gap). Now a gap
+/// makes the version uncertain until it is read again: a shared entry is checked against the
+/// store (at most stale when the store cannot answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_gap_a_shared_entry_is_checked_against_the_stores_namespace_version() {
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(Flaky::default());
+    let build = |node: Arc<tier_core::testing::LocalBackplane>| {
+        Cache::<String>::builder("users")
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(store.clone())
+            .backplane(node, ReconnectPolicy::default())
+            .build()
+            .unwrap()
+    };
+    // Two hubs: A's move never reaches B (as a message lost in B's gap).
+    let node_b = Arc::new(LocalBackplaneHub::new().node());
+    let (a, b) = (build(Arc::new(LocalBackplaneHub::new().node())), build(node_b.clone()));
+    a.sync_namespace().await.unwrap();
+    b.sync_namespace().await.unwrap();
+    b.insert(b.key("k"), "old".into()).await.unwrap();
+    a.invalidate_namespace().await.unwrap();
+    store.set(Mode::Down);
+    node_b.simulate_reconnect();
+    let old_key = b.key("k");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.get(&old_key).await.is_some() {
+        assert!(Instant::now() < deadline, "the old namespace's entry stayed fresh after the gap");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    store.set(Mode::Up);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.key("k") != a.key("k") {
+        assert!(Instant::now() < deadline, "B never read the version again");
+        b.get(&old_key).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The checker (standalone, seed 42: six violations): A's `invalidate_namespace` timed out
+/// after its bump had landed in the store (an error, no notice); B, whose lease had lapsed in a
+/// Redis restart, checked a shared entry against the store and moved on to the new version —
+/// silently. B's acknowledged inserts and invalidations then went to keys A never reads, while
+/// A, its lease renewed, kept serving its copies. Now a version found in the store by a read is
+/// told to the other instances (as a version adopted at start is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_move_found_by_a_read_is_told_to_the_others() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(LocalGenerations::new());
+    let build = |node: tier_core::testing::LocalBackplane| {
+        Cache::<String>::builder("users")
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(store.clone())
+            .backplane(Arc::new(node), ReconnectPolicy::default())
+            .build()
+            .unwrap()
+    };
+    // A: no lease (it never checks the store again); B: a lease never renewed (lapsed).
+    let (a, b) = (build(hub.node()), build(hub.confirming_node()));
+    a.sync_namespace().await.unwrap();
+    b.sync_namespace().await.unwrap();
+    a.insert(a.key("k"), "old".into()).await.unwrap();
+    // A move that landed in the store and was never told (its caller saw a timeout).
+    store.bump("\u{0}ns:users").await.unwrap();
+    let before = a.key("k");
+    assert_eq!(b.get(b.key("k")).await, None, "B finds the move in the store");
+    assert_ne!(b.key("k"), before, "B moved on");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.key("k") != b.key("k") {
+        assert!(Instant::now() < deadline, "B moved on silently: A stays on the old version");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -36,8 +36,8 @@ use crate::keys::scan_pattern;
 /// - [`RedisLock`](crate::RedisLock): `set` with `NX PX`, and the compare-and-delete script
 ///   (`evalsha`, `script|load` when the server does not know it yet; inside: `get`, `del`);
 /// - [`RedisBackplane`](crate::RedisBackplane): the stream (`xadd`, `xread`, `xrange`,
-///   `xinfo|stream`) and its epoch key (`set` `NX GET`). Its keys — the stream key and
-///   `stream + ":epoch"` — go in the key patterns: pass the stream key as one of the
+///   `xinfo|stream`) and its epoch key (`set` `NX GET`, `get`). Its keys — the stream key and
+///   its epoch key, which starts with it — go in the key patterns: pass the stream key as one of the
 ///   `key_prefixes` of [`rules`].
 pub const COMMANDS: &[&str] = &[
     "get",

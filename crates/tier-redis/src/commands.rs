@@ -352,11 +352,11 @@ pub(crate) fn xadd(stream: &str, max_len: usize, payload: &[u8]) -> Cmd {
     cmd
 }
 
-/// `XREAD COUNT count BLOCK block_ms STREAMS stream after`: what follows `after`, waiting up
-/// to `block_ms` for something to come.
-pub(crate) fn xread(stream: &str, after: &str, count: usize, block_ms: u64) -> Cmd {
+/// `XREAD COUNT count STREAMS stream after`: what follows `after`, without waiting (the
+/// backplane's reader polls; see its module docs for why not `BLOCK`).
+pub(crate) fn xread(stream: &str, after: &str, count: usize) -> Cmd {
     let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block_ms).arg("STREAMS").arg(stream).arg(after);
+    cmd.arg("COUNT").arg(count).arg("STREAMS").arg(stream).arg(after);
     cmd
 }
 

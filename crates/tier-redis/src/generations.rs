@@ -82,7 +82,10 @@ impl GenerationCache {
     /// [`CACHE_LEASE`] ago can be missing from it? Only then is a cached generation used.
     fn delivery_is_proven(&self) -> bool {
         let lease = u64::try_from(CACHE_LEASE.as_millis()).unwrap_or(u64::MAX);
-        self.confirmed_at.load(Ordering::Acquire).saturating_add(lease) >= tier_core::spi::now_ms()
+        // The coarse clock may be behind the true time by its lag: the lease ends that much
+        // earlier, so that it holds in true time.
+        let now = tier_core::spi::now_ms().saturating_add(tier_core::spi::now_ms_lag());
+        self.confirmed_at.load(Ordering::Acquire).saturating_add(lease) >= now
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (u64, Instant)>> {

@@ -6,7 +6,7 @@
 //! | entries of a [`RedisTier`](crate::RedisTier) | tier prefix + cache key | [`DEFAULT_PREFIX`] |
 //! | tag generations ([`RedisGenerations`](crate::RedisGenerations)) | generation prefix + tag | [`DEFAULT_GENERATION_PREFIX`] |
 //! | fleet locks ([`RedisLock`](crate::RedisLock)) | lock prefix + cache key | [`DEFAULT_LOCK_PREFIX`] |
-//! | the backplane ([`RedisBackplane`](crate::RedisBackplane)): a Stream and its epoch key | stream key, stream key + `":epoch"` | [`DEFAULT_STREAM`] |
+//! | the backplane ([`RedisBackplane`](crate::RedisBackplane)): a Stream and its epoch key | stream key, stream key + `"{"` + stream key + `"}:epoch"` (one hash slot; `+ ":epoch"` when the key has a hash tag) | [`DEFAULT_STREAM`] |
 //!
 //! Keep the prefixes apart (none a prefix of another): a tier's `clear` removes every key under
 //! its own prefix.

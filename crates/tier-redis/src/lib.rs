@@ -37,7 +37,7 @@
 //! ## Keys
 //! Data keys are `tier prefix + key` (default prefix `"tier:"`), generations
 //! `"tier-gen:" + tag`, locks `"tier-lock:" + key`, the backplane's stream
-//! `"tier-log:invalidations"` (and `+ ":epoch"`); the [`keys`] module has the whole layout.
+//! `"tier-log:invalidations"` (and its epoch key, `RedisBackplane::epoch_key_of`); the [`keys`] module has the whole layout.
 //! Keep the prefixes apart (none a prefix of another, the stream outside the tier's prefix):
 //! the tier's `clear` removes everything under its own prefix, with `SCAN`+`UNLINK`.
 //!

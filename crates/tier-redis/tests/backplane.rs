@@ -426,3 +426,101 @@ async fn standalone_invalidation_latency_is_within_100_ms_p99() {
 async fn cluster_invalidation_latency_is_within_100_ms_p99() {
     latency_to_another_instance(cluster().await, cluster().await, "cluster").await;
 }
+
+/// Lease flapping on an idle server: Redis 7.0 (`hz 10`, the default) answers an `XREAD BLOCK 20`
+/// that finds nothing only at its next timer tick, 90–100 ms later, so the proofs of delivery
+/// came about every 100 ms — the lease δ itself — and an idle instance's local entries kept
+/// turning stale (origin loads, and stale answers). Now a proof does not wait on the server's
+/// timeout resolution: on an idle server of its own, proofs come well within δ for 2 s, and a
+/// local entry stays fresh the whole time (no load after the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_of_delivery_keep_the_lease_on_an_idle_server() {
+    let server = tier_redis::testing::OwnRedis::start_with(&["--hz", "10"]);
+    let conn = || RedisConnection::standalone(server.url()).connect();
+    let backplane = RedisBackplane::builder(conn().await.unwrap()).build().await.unwrap();
+    let mut rx = backplane.subscribe();
+    let l1 = Arc::new(tier_memory::MemoryTier::builder().build());
+    let cache: tier_core::Cache<String> = tier_core::Cache::builder("users")
+        .tier(l1, tier_core::TierPolicy::fresh(Duration::from_secs(3600)).no_breaker())
+        .backplane(Arc::new(backplane.clone()), tier_core::ReconnectPolicy::default())
+        .propagation_bound(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    cache.sync_namespace().await.ok();
+    let loads = Loads::default();
+    // The first proof arrives (the lease starts lapsed).
+    let start = Instant::now();
+    while !matches!(next_event(&mut rx).await, BackplaneEvent::Confirmed { .. }) {}
+    assert_eq!(get(&cache, &loads, "k").await, "v:k");
+    // The proofs' send times, as the lease sees them.
+    let mut sent: Vec<u64> = Vec::new();
+    let mut reads = 0u32;
+    while start.elapsed() < Duration::from_secs(2) {
+        // Reads in between: each one that finds the entry stale loads it again.
+        while let Ok(event) = rx.try_recv() {
+            if let BackplaneEvent::Confirmed { sent_at_ms } = event {
+                sent.push(sent_at_ms);
+            }
+        }
+        assert_eq!(get(&cache, &loads, "k").await, "v:k");
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut gaps: Vec<u64> = sent.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+    gaps.sort_unstable();
+    assert!(gaps.len() >= 19, "{} proofs of delivery in 2 s", sent.len());
+    // Before: every gap ~100 ms (the server's tick). Now ~10 ms, whatever the load does to a
+    // few of them.
+    let median = gaps[gaps.len() / 2];
+    assert!(median < 50, "median {median} ms between two proofs (δ = 100 ms): {gaps:?}");
+    // No flapping: a load after the first only where the machine stalled the reader past the
+    // lease (δ less the coarse clock's lag), not once per server tick.
+    let lease = 100 - tier_core::spi::now_ms_lag();
+    let stalls = gaps.iter().filter(|g| **g >= lease).count();
+    let n = loads.get();
+    assert!(
+        n <= 1 + stalls,
+        "the local entry turned stale: {n} loads in {reads} reads, {stalls} stalls"
+    );
+}
+
+/// The next event (a proof of delivery too), within 5 s.
+async fn next_event(rx: &mut broadcast::Receiver<BackplaneEvent>) -> BackplaneEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an event within 5 s")
+        .expect("backplane channel open")
+}
+
+/// The log lost under a reader whose connection stays up (a `FLUSHALL`; in a Cluster a master
+/// that restarts without its data while redis-rs' cluster client reconnects on its own, so the
+/// reader never sees an error): the reader read on from its position in the new, empty stream
+/// and never noticed the gap — messages appended before the loss and not yet read were missed
+/// silently. Now the epoch key shares the stream's hash slot and is read with every poll: a
+/// missing or changed epoch is a gap, in a standalone server and in a Cluster alike.
+async fn a_log_lost_under_a_connected_reader_is_a_gap(conn: RedisConnection, urls: Vec<String>) {
+    let stream = unique_prefix("flushed");
+    let a = RedisBackplane::builder(conn.clone()).stream(&stream).build().await.unwrap();
+    let b = RedisBackplane::builder(conn).stream(&stream).build().await.unwrap();
+    let mut b_rx = b.subscribe();
+    a.publish("users", &Invalidation::Namespace(1)).await.unwrap();
+    next_invalidation(&mut b_rx, Duration::from_secs(2)).await;
+    // Both keys go, as in a flush, without touching any connection.
+    for url in &urls {
+        let mut c = raw(url).await;
+        let _: Result<i64, _> = redis::cmd("DEL").arg(&stream).query_async(&mut c).await;
+        let epoch = b.epoch_key().to_vec();
+        let _: Result<i64, _> = redis::cmd("DEL").arg(epoch).query_async(&mut c).await;
+    }
+    assert_eq!(next(&mut b_rx, Duration::from_secs(5)).await, BackplaneEvent::Gap);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_a_log_lost_under_a_connected_reader_is_a_gap() {
+    a_log_lost_under_a_connected_reader_is_a_gap(standalone().await, vec![standalone_url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_log_lost_under_a_connected_reader_is_a_gap() {
+    a_log_lost_under_a_connected_reader_is_a_gap(cluster().await, cluster_urls()).await;
+}

@@ -286,3 +286,36 @@ async fn a_cluster_tier_builds_while_the_cluster_is_down() {
     assert_eq!(e.kind(), TierErrorKind::Unavailable, "{e}");
     assert!(conn.is_cluster() && !conn.is_connected());
 }
+
+/// Two inserts of a stripe within one tick of the coarse clock gave the second a `created_at`
+/// moved ahead of the clock (to tell them apart). Another instance's invalidation (or insert)
+/// in that tick carried the clock's instant — older than the stored entry — so Redis' compare-
+/// and-set refused it: acknowledged, and the old value stayed in Redis for every instance
+/// (the checker's "a copy in Redis served after another instance's acknowledged invalidate").
+/// Now no `created_at` is moved ahead of the clock (ties are what the rules already settle: an
+/// insert and a tombstone win them, a load loses them, a notice drops a copy of its instant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_right_after_another_instances_inserts_leaves_no_old_value_in_redis() {
+    let conn = standalone().await;
+    let prefix = unique_prefix("lead");
+    let build = |tier: RedisTier| {
+        tier_core::Cache::<String>::builder("users")
+            .tier(Arc::new(tier), tier_core::TierPolicy::fresh(Duration::from_secs(60)))
+            .build()
+            .unwrap()
+    };
+    let a = build(data_tier(&conn, &prefix).await);
+    let b = build(data_tier(&conn, &prefix).await);
+    for round in 0..30 {
+        let k = format!("k{round}");
+        b.insert(&k, "first".into()).await.unwrap();
+        b.insert(&k, "old".into()).await.unwrap();
+        a.invalidate(&k).await.unwrap();
+        assert_eq!(a.get(&k).await, None, "round {round}: B's old value survived A's invalidate");
+        b.insert(&k, "older".into()).await.unwrap();
+        b.insert(&k, "old".into()).await.unwrap();
+        a.insert(&k, "new".into()).await.unwrap();
+        let got = b.get(&k).await.map(|v| v.as_ref().clone());
+        assert_eq!(got.as_deref(), Some("new"), "round {round}: A's insert was refused");
+    }
+}

@@ -157,6 +157,8 @@ fn listen<V: CacheValue>(
                 _ = flush.tick() => {
                     let Some(hierarchy) = weak.upgrade() else { return };
                     hierarchy.kept().flush();
+                    // A namespace move whose notice failed: retried until told.
+                    hierarchy.tell_namespace().await;
                     continue;
                 }
             };
@@ -214,9 +216,8 @@ impl<V: CacheValue> Hierarchy<V> {
             return;
         }
         self.stripes().bump_all();
-        if let Err(e) = self.publish(Invalidation::Namespace(v)).await {
-            tracing::warn!(cache = %self.name(), error = %e, "the namespace version read from the store could not be told to the other instances (they read it again after their next gap or start)");
-        }
+        // A notice that fails is kept and retried until told (`publish`).
+        let _ = self.publish(Invalidation::Namespace(v)).await;
     }
 
     /// At build: restore what the local state keeps (a lost state file makes every local entry
@@ -340,7 +341,7 @@ impl<V: CacheValue> Hierarchy<V> {
         let failed = |e: crate::error::CacheError| {
             // The local copy may still be there (a disk tier's removal that timed out may be
             // applied later, or never): nothing local written up to now is fresh any more.
-            let now = now_ms();
+            let now = self.stripes().written_up_to(now_ms());
             self.fleet().mark_local_suspect(now);
             let kept = self.kept().keep_suspect_before(now).is_ok();
             tracing::warn!(cache = %self.name(), kind = what.kind(), error = %e, kept, "a remote invalidation failed on a local tier: local entries are served only as stale until replaced");
@@ -410,9 +411,14 @@ impl<V: CacheValue> Hierarchy<V> {
         }
     }
 
-    /// Messages may have been missed: the local tiers are suspect.
+    /// Messages may have been missed: the local tiers are suspect, and with a shared store the
+    /// namespace version is uncertain until it is read again (a move may have been missed:
+    /// until then an entry of a shared tier is checked against the store's version).
     async fn recover(&self, why: &str) {
         self.generations().forget_cached();
+        if self.shares_generations() {
+            self.fleet().set_namespace_unread(true);
+        }
         match self.opts().reconnect {
             ReconnectPolicy::Clear => {
                 tracing::warn!(cache = %self.name(), reason = why, "backplane gap: clearing local tiers");
@@ -422,7 +428,9 @@ impl<V: CacheValue> Hierarchy<V> {
             }
             _ => {
                 tracing::warn!(cache = %self.name(), reason = why, "backplane gap: local entries are served only as stale until replaced");
-                let now = now_ms();
+                // Every entry written before the gap, also one whose `created_at` was moved a
+                // little ahead of the clock (two inserts of a stripe within a tick).
+                let now = self.stripes().written_up_to(now_ms());
                 self.stripes().bump_all();
                 self.fleet().mark_local_suspect(now);
                 if let Err(e) = self.kept().keep_suspect_before(now) {

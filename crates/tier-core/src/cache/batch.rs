@@ -156,9 +156,8 @@ impl<V: CacheValue> Cache<V> {
         let mut notices = Vec::with_capacity(items_by_key.len());
         let mut keys = Vec::with_capacity(items_by_key.len());
         for (key, value) in items_by_key {
-            // As for one insert: after a clear or a gap in the same millisecond, and after the
-            // last insert of the key.
-            let created_at = hierarchy.stripes().created_at(&key, now);
+            // As for one insert: after a clear or a gap in the same millisecond.
+            let created_at = hierarchy.stripes().created_at(now);
             let entries = self.insert_entries(&key, value, created_at, stamps.clone())?;
             for (j, entry) in entries {
                 by_tier.entry(j).or_default().push((key.clone(), entry));

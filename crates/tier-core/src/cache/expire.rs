@@ -48,9 +48,9 @@ impl<V: CacheValue> Cache<V> {
     pub async fn expire(&self, key: impl AsRef<[u8]>) -> Result<(), CacheError> {
         let hierarchy = self.hierarchy();
         let key = Bytes::copy_from_slice(key.as_ref());
-        // After the last insert of the key (and every floor): an insert in the same
-        // millisecond before this call is expired, one after it is not.
-        let at = hierarchy.stripes().created_at(&key, hierarchy.fleet().created_now());
+        // Above every floor; an insert of the same millisecond before this call is expired (and
+        // one after it wins the tie with the expiry's marker in Redis, as an insert does).
+        let at = hierarchy.stripes().created_at(hierarchy.fleet().created_now());
         let how = Retime::Expire { at, cut: now_ms(), floor: hierarchy.fleet().floor() };
         let failed = hierarchy.writer().retime_everywhere(&key, false, how).await;
         hierarchy.metrics().invalidation("expire", "local");

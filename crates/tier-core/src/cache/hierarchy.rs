@@ -3,7 +3,7 @@
 //! backplane, lock), metrics and hot keys. It only holds them; each concern works on them in
 //! its own module (reads in `lookup.rs`, loads in `load.rs`, writes in `writes.rs`, …).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
@@ -73,6 +73,9 @@ pub(super) struct Hierarchy<V> {
     /// Background backfills started and not yet finished (load shedding).
     backfills_pending: AtomicUsize,
     keys: KeyBuilder,
+    /// A namespace version this instance moved to (or adopted) whose notice could not be
+    /// published yet (0: none): told before the next notice and retried until told.
+    untold_namespace: AtomicU64,
     /// The write-behind queue and its writer, when configured.
     behind: Option<Arc<Behind<V>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -89,6 +92,7 @@ impl<V> Hierarchy<V> {
             guards,
             kept,
             keys: KeyBuilder::new(parts.name.as_str()),
+            untold_namespace: AtomicU64::new(0),
             name: Arc::from(parts.name),
             tiers: parts.tiers,
             sealer: parts.sealer,
@@ -221,6 +225,11 @@ impl<V> Hierarchy<V> {
     /// The key builder (namespace and version).
     pub fn keys(&self) -> &KeyBuilder {
         &self.keys
+    }
+
+    /// The namespace version whose notice is still to be published (0: none).
+    pub fn untold_namespace(&self) -> &AtomicU64 {
+        &self.untold_namespace
     }
 
     /// The writer of its tiers.

@@ -220,6 +220,10 @@ impl<V: CacheValue> Hierarchy<V> {
                 if v > self.keys().version() {
                     self.keys().set_version(v);
                     self.stripes().bump_all();
+                    // And tell the others (the listener publishes it within 50 ms, any notice
+                    // of this instance after it): moving on silently split the fleet — this
+                    // instance's writes went to keys the others never read.
+                    self.untold_namespace().fetch_max(v, std::sync::atomic::Ordering::AcqRel);
                 }
                 self.fleet().set_namespace_unread(false);
             }

@@ -182,10 +182,15 @@ impl FleetState {
     }
 
     /// Has the lease lapsed at `now` (a lease is on and the last proof of delivery is older
-    /// than δ)? Then a namespace move may not have been delivered.
+    /// than δ)? Then a namespace move may not have been delivered. `now` is the coarse clock,
+    /// which may be behind the true time by its lag (a tick, 4 ms on most Linux kernels): the
+    /// lease ends that much earlier, so that it holds in true time (the checker found a read
+    /// 101 ms after an acknowledged move served from a proof ~100 ms old).
     pub fn lease_lapsed(&self, now: u64) -> bool {
         let lease = self.lease_ms.load(Ordering::Acquire);
-        lease != 0 && now > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
+        lease != 0
+            && now.saturating_add(crate::time::now_ms_lag())
+                > self.confirmed_at.load(Ordering::Acquire).saturating_add(lease)
     }
 
     /// The best an entry created at `created_at` (Unix ms) can be in a tier so placed, by the
@@ -313,6 +318,23 @@ mod tests {
         fleet.raise_floor(10);
         assert_eq!(at(Placement::Local), Usability::Unusable);
         assert_eq!(at(Placement::Shared), Usability::Unusable, "cleared everywhere");
+    }
+
+    /// The checker (standalone, seed 21): a disk entry served as fresh 101 ms after another
+    /// instance's acknowledged namespace move, on a proof of delivery sent just before it:
+    /// the coarse clock was behind the true time, and the lease of 100 ms held for ~104.
+    #[test]
+    fn the_lease_holds_in_true_time_whatever_the_coarse_clocks_lag() {
+        let fleet = FleetState::default();
+        fleet.start_lease(std::time::Duration::from_millis(100));
+        let proof = 1_000_000;
+        fleet.confirmed(proof);
+        let lag = crate::time::now_ms_lag();
+        assert!(lag >= 1);
+        // A coarse `now` this far past the proof may be 101 ms past it in true time.
+        let now = proof + 100 - lag + 1;
+        assert!(fleet.lease_lapsed(now), "lag {lag} ms: the lease outlived δ in true time");
+        assert!(!fleet.lease_lapsed(proof + 100 - lag), "within δ even in true time");
     }
 
     #[test]

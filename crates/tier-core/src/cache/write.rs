@@ -5,6 +5,7 @@
 //! And write-behind: `write_behind` (an insert whose origin write is queued, `behind.rs`), its
 //! queue's status and dead letters.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -102,7 +103,7 @@ impl<V: CacheValue> Cache<V> {
         }
         // After a clear or a gap in the same millisecond, the new value is still above it, and
         // after the last insert of the key.
-        let created_at = hierarchy.stripes().created_at(&key, hierarchy.fleet().created_now());
+        let created_at = hierarchy.stripes().created_at(hierarchy.fleet().created_now());
         let entries = self.insert_entries(&key, value, created_at, stamps)?;
         let written = hierarchy.writer().write_through(&key, entries).await;
         let what = Invalidation::Written { key, created_at };
@@ -143,7 +144,7 @@ impl<V: CacheValue> Cache<V> {
         };
         let what = Invalidation::Tag(Arc::from(tag));
         if let Err(e) = bumped {
-            let now = now_ms();
+            let now = hierarchy.stripes().written_up_to(now_ms());
             hierarchy.fleet().mark_local_suspect(now);
             let kept = hierarchy.kept().keep_suspect_before(now).is_ok();
             hierarchy.stripes().bump_all();
@@ -174,7 +175,17 @@ impl<V: CacheValue> Cache<V> {
         let hierarchy = self.hierarchy();
         let tag = namespace_tag(hierarchy.name());
         let bump = hierarchy.generations().bump(&tag);
-        let version = hierarchy.guards().namespace.run(bump).await.map_err(store_failed)?;
+        let version = match hierarchy.guards().namespace.run(bump).await {
+            Ok(v) => v,
+            Err(e) => {
+                // A bump that timed out may have landed: the version is uncertain until read
+                // again (reads check the store's, and a move found so is told to the others).
+                if hierarchy.shares_generations() {
+                    hierarchy.fleet().set_namespace_unread(true);
+                }
+                return Err(store_failed(e));
+            }
+        };
         hierarchy.keys().set_version(version);
         hierarchy.stripes().bump_all();
         hierarchy.metrics().invalidation("namespace", "local");
@@ -347,14 +358,61 @@ impl<V> Hierarchy<V> {
         published(removed, self.publish(what).await)
     }
 
-    /// Tell the other instances (when there is a backplane), under its timeout and breaker.
+    /// Tell the other instances (when there is a backplane), under its timeout and breaker —
+    /// after a namespace move not told yet (see [`tell_namespace`](Self::tell_namespace)): a
+    /// notice of a key built with the new version means nothing to an instance still on the
+    /// old one. A namespace notice that fails is kept to be told again.
     pub(super) async fn publish(&self, what: Invalidation) -> Result<(), CacheError> {
+        // Told first, whatever `what` is (a newer move's own notice supersedes it: then the
+        // pending one is only cleared once that is told).
+        if !matches!(what, Invalidation::Namespace(_)) {
+            let _ = self.tell_namespace().await;
+        }
+        let outcome = self.publish_now(&what).await;
+        match (&what, &outcome) {
+            (Invalidation::Namespace(v), Err(e)) => {
+                let before = self.untold_namespace().fetch_max(*v, Ordering::AcqRel);
+                if before == 0 {
+                    tracing::warn!(cache = %self.name(), version = v, error = %e, "a namespace move could not be told to the other instances: retried until told");
+                }
+            }
+            (Invalidation::Namespace(v), Ok(())) => {
+                // Told: a pending older (or this) version needs no notice of its own any more.
+                let _ = self.untold_namespace().fetch_update(
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                    |pending| (pending != 0 && pending <= *v).then_some(0),
+                );
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Publish the namespace version not told yet, if any (the listener retries it every
+    /// 50 ms; every other notice tries it first). `true` when nothing is left to tell.
+    pub(super) async fn tell_namespace(&self) -> bool {
+        let v = self.untold_namespace().load(Ordering::Acquire);
+        if v == 0 {
+            return true;
+        }
+        if self.publish_now(&Invalidation::Namespace(v)).await.is_err() {
+            return false;
+        }
+        // Cleared unless a newer move failed meanwhile (that one stays to be told).
+        let _ = self.untold_namespace().compare_exchange(v, 0, Ordering::AcqRel, Ordering::Acquire);
+        tracing::info!(cache = %self.name(), version = v, "a namespace move told to the other instances after all");
+        true
+    }
+
+    /// Publish `what` on the backplane (when there is one), under its timeout and breaker.
+    async fn publish_now(&self, what: &Invalidation) -> Result<(), CacheError> {
         match self.backplane() {
             None => Ok(()),
             Some(b) => self
                 .guards()
                 .backplane
-                .run(b.publish(self.name(), &what))
+                .run(b.publish(self.name(), what))
                 .await
                 .map(|_| ())
                 .map_err(|e| CacheError::Tier { tier: "backplane".into(), source: e }),

@@ -27,24 +27,20 @@ use crate::tier::Tier;
 /// How many stripes the key space is spread over.
 pub(super) const STRIPES: usize = 256;
 
-/// A share of the key space: a write sequence, a lock, and the last `created_at` an insert
-/// of it was given.
+/// A share of the key space: a write sequence and a lock.
 #[derive(Default)]
 struct Stripe {
     seq: AtomicU64,
     lock: RwLock<()>,
-    last_created: AtomicU64,
 }
 
-/// How far ahead of the clock an insert's `created_at` may be moved to stay after the last one.
-const MAX_CREATED_LEAD_MS: u64 = 4;
-
-/// The stripes of a hierarchy.
-pub(super) struct Stripes(Box<[Stripe]>);
+/// The stripes of a hierarchy, and the latest `created_at` any insert was given (it may be
+/// a millisecond ahead of the clock, above a floor: a floor set "now" must cover it).
+pub(super) struct Stripes(Box<[Stripe]>, AtomicU64);
 
 impl Default for Stripes {
     fn default() -> Self {
-        Self((0..STRIPES).map(|_| Stripe::default()).collect())
+        Self((0..STRIPES).map(|_| Stripe::default()).collect(), AtomicU64::new(0))
     }
 }
 
@@ -76,26 +72,24 @@ impl Stripes {
         self.of(key).seq.load(Ordering::Acquire)
     }
 
-    /// The `created_at` of an insert of `key` at `now`: after the last insert of its stripe
-    /// (two inserts of a key in one millisecond are told apart: another instance's copy of the
-    /// first is older than the notice of the second), unless that would put it more than a
-    /// clock tick ahead of `now`.
-    pub fn created_at(&self, key: &[u8], now: u64) -> u64 {
-        let last = &self.of(key).last_created;
-        let mut prev = last.load(Ordering::Acquire);
-        loop {
-            let next = if prev >= now && prev < now + MAX_CREATED_LEAD_MS { prev + 1 } else { now };
-            let next = next.max(now);
-            match last.compare_exchange_weak(
-                prev,
-                next.max(prev),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return next,
-                Err(p) => prev = p,
-            }
-        }
+    /// The `created_at` of an insert at `now` (recorded for [`written_up_to`](Self::written_up_to)).
+    ///
+    /// Never moved ahead of the clock: it was once moved past the last insert of its stripe
+    /// (two inserts of a key in one millisecond told apart), up to a tick ahead, and then another
+    /// instance's invalidation or insert in that tick, carrying the clock's instant, was older
+    /// than the stored entry and refused by Redis' compare-and-set — the old value stayed. Ties
+    /// are settled by the rules instead: an insert and a tombstone win a tie in Redis, a load
+    /// loses it, and a notice drops other instances' copies of its own instant.
+    pub fn created_at(&self, now: u64) -> u64 {
+        self.1.fetch_max(now, Ordering::AcqRel);
+        now
+    }
+
+    /// A floor for "everything written up to now": now, or the latest `created_at` an insert
+    /// was given when that is ahead of the clock (one written just above a floor of this
+    /// millisecond: `FleetState::created_now`).
+    pub fn written_up_to(&self, now: u64) -> u64 {
+        now.max(self.1.load(Ordering::Acquire))
     }
 
     /// Mark a change of every key without waiting for writers (namespace moves, suspect marks:

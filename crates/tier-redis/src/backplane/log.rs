@@ -73,9 +73,27 @@ pub(crate) struct LogKeys {
 }
 
 impl LogKeys {
+    /// The stream `stream` and its epoch key, in the stream's hash slot and starting with the
+    /// stream's name (so an ACL key pattern of the stream covers it): `stream + ":epoch"` when
+    /// the name has a hash tag (`{…}`), else `stream + "{" + stream + "}:epoch"` (its tag is the
+    /// whole name, so it hashes as the stream does). In one slot, a Cluster master that loses
+    /// its data loses both — and the reader, which reads the epoch with every poll, sees it
+    /// even when the client reconnected under it without an error. (A name with a brace but no
+    /// tag keeps `stream + ":epoch"`, which may be in another slot.)
     pub(crate) fn new(stream: &str) -> Self {
-        Self { stream: stream.to_string(), epoch: format!("{stream}:epoch").into_bytes() }
+        let epoch = if has_hash_tag(stream) || stream.contains(['{', '}']) {
+            format!("{stream}:epoch")
+        } else {
+            format!("{stream}{{{stream}}}:epoch")
+        };
+        Self { stream: stream.to_string(), epoch: epoch.into_bytes() }
     }
+}
+
+/// Does `key` have a Redis Cluster hash tag (a `{` followed later by a `}`, not empty
+/// between them)?
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{').is_some_and(|open| key[open + 1..].find('}').is_some_and(|close| close > 0))
 }
 
 /// What `XINFO STREAM` tells about trimming.
@@ -312,6 +330,19 @@ mod tests {
         let p = Position { id, epoch: "00ff".into() };
         assert_eq!(Position::from_log(&p.to_log()), Some(p));
         assert_eq!(Position::from_log(&LogPosition(Bytes::from_static(b"1-0"))), None);
+    }
+
+    #[test]
+    fn the_epoch_key_shares_the_streams_hash_slot() {
+        let slot = crate::connection::slot;
+        for stream in ["tier-log:invalidations", "{svc}:log", "log"] {
+            let keys = LogKeys::new(stream);
+            assert_eq!(slot(&keys.epoch), slot(stream.as_bytes()), "{stream}");
+            assert!(keys.epoch.starts_with(stream.as_bytes()), "{stream}: an ACL prefix covers it");
+        }
+        assert_eq!(LogKeys::new("{svc}:log").epoch, b"{svc}:log:epoch");
+        assert_eq!(LogKeys::new("log").epoch, b"log{log}:epoch");
+        assert_eq!(LogKeys::new("x{y").epoch, b"x{y:epoch", "a brace without a tag: as before");
     }
 
     #[test]

@@ -81,7 +81,8 @@ impl RedisBackplaneBuilder {
         self
     }
 
-    /// The key of the Redis Stream (its epoch key is this + `":epoch"`); every instance of a
+    /// The key of the Redis Stream (its epoch key is [`RedisBackplane::epoch_key`], in the same
+    /// hash slot); every instance of a
     /// service uses the same. Keep it outside the tier's prefix (the tier's `clear` would
     /// remove it, and every instance would see a gap). In a Cluster the stream is one key,
     /// on one master. Default: `"tier-log:invalidations"`.
@@ -215,10 +216,12 @@ impl Drop for AbortOnDrop {
 ///   version, sender node id, sender sequence number, cache name, the [`Invalidation`]).
 ///   [`publish`](Backplane::publish) answers `Ok` with the entry's position only after the
 ///   server appended it. An instance never sees its own messages (live or replayed).
-/// - A reader on a connection of its own follows the stream (`XREAD BLOCK 20`) from the head
+/// - A reader on a connection of its own follows the stream (a non-blocking `XREAD`, every
+///   10 ms while the stream is quiet) from the head
 ///   read at build, emitting [`BackplaneEvent::Invalidate`] with each entry's position, and
 ///   [`BackplaneEvent::Confirmed`] after every read that returned all there was: the proof of
-///   delivery the hierarchy's lease runs on (about every 20 ms while the stream is quiet).
+///   delivery the hierarchy's lease runs on (about every 10 ms while the stream is quiet; not
+///   `XREAD BLOCK`, whose empty answer an idle Redis gives only at its next timer tick).
 /// - A lost connection is resumed from the last delivered entry: nothing is missed, and
 ///   `tier_backplane_reconnects_total` counts it. Only when what followed cannot be read — the
 ///   stream trimmed past it, or the log lost (its epoch key missing or changed: `FLUSHALL`, a
@@ -272,6 +275,23 @@ impl RedisBackplane {
     /// This instance's node id.
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
+    }
+
+    /// The key of the log's epoch (a random id written once; a missing or changed one means
+    /// the log was lost), in the stream's hash slot: `stream + ":epoch"` when the stream's name
+    /// has a hash tag (`{…}`), else `stream + "{" + stream + "}:epoch"`.
+    pub fn epoch_key(&self) -> &[u8] {
+        &self.shared.keys.epoch
+    }
+
+    /// The epoch key of a backplane on `stream` (see [`epoch_key`](Self::epoch_key)).
+    ///
+    /// ```
+    /// let key = tier_redis::RedisBackplane::epoch_key_of("tier-log:invalidations");
+    /// assert_eq!(key, b"tier-log:invalidations{tier-log:invalidations}:epoch");
+    /// ```
+    pub fn epoch_key_of(stream: &str) -> Vec<u8> {
+        LogKeys::new(stream).epoch
     }
 
     /// The stream's key.

@@ -1,11 +1,19 @@
-//! The backplane's reader: a connection of its own that follows the stream with
-//! `XREAD BLOCK`, delivering other instances' messages and proofs of delivery.
+//! The backplane's reader: a connection of its own that follows the stream by polling it with
+//! a non-blocking `XREAD`, delivering other instances' messages and proofs of delivery.
 //!
 //! Invariants:
 //! - Every `XREAD` that returns with fewer entries than it asked for proves that everything
 //!   appended before it was sent has been delivered: it records the stream's proof
-//!   (`sent_at_ms` read just before sending), and the backplane emits `Confirmed` for the
+//!   (`sent_at_ms` read just before sending; an `XADD` acknowledged before then was applied
+//!   before the server read this command), and the backplane emits `Confirmed` for the
 //!   instant every source has proven (the stream's alone unless client-side caching tracks).
+//! - A read that returned all there was is followed by the next one after [`POLL`] (a read that
+//!   filled its `COUNT` at once). So a proof is never older than `POLL` plus one round trip —
+//!   whatever the server does with blocked clients: `XREAD BLOCK 20` was answered on an idle
+//!   Redis 7.0 (`hz 10`) only at its next timer tick, 90–100 ms later, the lease δ itself, and
+//!   the local entries of an idle instance flapped to stale. The cost is one cheap read per
+//!   `POLL` per instance while the stream is quiet; a message is delivered within `POLL` plus
+//!   a round trip.
 //! - After a failed read (a lost connection, `CLIENT KILL`, a restart) the reader checks, before
 //!   reading on, that nothing after its last delivered id was lost (epoch, trimming; see
 //!   `log`); then it resumes from that id and nothing is missed. Only when it cannot does it
@@ -25,9 +33,9 @@ use crate::commands;
 use crate::connection::{Conn, RedisConnection};
 use crate::metrics::{BACKPLANE_CONNECTED, BACKPLANE_RECONNECTS};
 
-/// How long one `XREAD` waits for entries (and so how often delivery is proven while the
-/// stream is quiet).
-const BLOCK_MS: u64 = 20;
+/// The pause after a read that returned all there was (so how often delivery is proven while
+/// the stream is quiet, and the most a message waits before it is read).
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 /// Entries per `XREAD`.
 const COUNT: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
@@ -80,17 +88,29 @@ pub(super) async fn run(shared: Arc<Shared>, conn: RedisConnection, start: Optio
             },
         };
         let sent_at = tier_core::spi::now_ms();
-        let cmd = commands::xread(&channel, &at.id.to_string(), COUNT, BLOCK_MS);
-        let bound = Some(conn.op_timeout() + Duration::from_millis(BLOCK_MS));
+        // The epoch with every read (one round trip, one slot): a log lost under a connection
+        // that stays up — a `FLUSHALL`, a Cluster master back without its data behind a client
+        // that reconnected on its own — shows as a missing or changed epoch, never as an error.
+        let mut pipe = redis::pipe();
+        pipe.add_command(commands::xread(&channel, &at.id.to_string(), COUNT));
+        pipe.add_command(commands::get(&shared.keys.epoch));
+        let bound = Some(conn.op_timeout());
         let read = conn
             .bounded_by(bound, "backplane read", async {
                 let mut c = c;
-                cmd.query_async::<Value>(&mut c).await
+                pipe.query_async::<(Value, Option<String>)>(&mut c).await
             })
             .await
-            .and_then(log::parse_read);
+            .and_then(|(entries, epoch)| Ok((log::parse_read(entries)?, epoch)));
         match read {
-            Ok(entries) => {
+            Ok((_, epoch)) if epoch.as_deref() != Some(at.epoch.as_str()) => {
+                // What was read may be of another log: not delivered; the check before the
+                // next read finds the loss (a gap) and goes on from the head.
+                tracing::warn!(stream = %channel, "the backplane log's epoch is missing or changed under the reader");
+                shared.error("epoch");
+                suspect = true;
+            }
+            Ok((entries, _)) => {
                 backoff = MIN_BACKOFF;
                 let complete = entries.len() < COUNT;
                 for (id, message) in entries {
@@ -99,6 +119,7 @@ pub(super) async fn run(shared: Arc<Shared>, conn: RedisConnection, start: Optio
                 }
                 if complete {
                     shared.stream_proven(sent_at);
+                    tokio::time::sleep(POLL).await;
                 }
             }
             Err(e) => {

@@ -172,7 +172,7 @@ impl RedisConnection {
     }
 
     /// A connection of its own (not shared with the other calls), made like this one, within
-    /// the operation timeout: for commands that block (the backplane's `XREAD BLOCK`).
+    /// the operation timeout: for the backplane's reader.
     pub(crate) async fn dedicated(&self) -> Result<Conn, TierError> {
         self.bounded("connect", self.inner.factory.connect()).await
     }
