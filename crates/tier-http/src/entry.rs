@@ -2,6 +2,10 @@
 //! the instant it was generated and its lifetimes), or — under a URL whose responses vary — the
 //! names of the request headers they vary on.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +25,7 @@ pub enum HttpEntry {
 }
 
 /// The request headers a URL's responses vary on (lower-case, sorted, each once), and the
-/// epoch of its variants: the instant this entry was made, part of every variant's key, so that
+/// epoch of its variants: an id new with each such entry, part of every variant's key, so that
 /// when the URL's entry goes (an invalidation, its lifetime, a `Vary` that changed) the
 /// variants stored under the old one are never found again (they age out of the tiers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +36,7 @@ pub struct Variants {
 
 impl Variants {
     /// The names, as parsed from `Vary` values (`*` is not a name: such a response is not
-    /// stored at all), with the epoch `epoch` (Unix ms).
+    /// stored at all), with the epoch `epoch` ([`fresh_epoch`] for a new entry).
     pub(crate) fn new(mut names: Vec<String>, epoch: u64) -> Self {
         names.sort();
         names.dedup();
@@ -44,10 +48,21 @@ impl Variants {
         &self.names
     }
 
-    /// The epoch of the variants (Unix ms when this entry was made).
+    /// The epoch of the variants: an id made with this entry, found in its variants' keys.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
+}
+
+/// A new epoch for a URL's variants: never one made before, by this process or (but for a
+/// 2^-64 chance) by another — a process-wide counter hashed with SipHash keys drawn once per
+/// process. It was the instant the entry was made, on the coarse clock: a purge of the URL and
+/// its reload within one tick made the same epoch again, and the purged variant, still stored
+/// under it, was served again.
+pub(crate) fn fresh_epoch() -> u64 {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    KEYS.get_or_init(RandomState::new).hash_one(MADE.fetch_add(1, Ordering::Relaxed))
 }
 
 /// How long a stored response is fresh and, after that, servable stale.

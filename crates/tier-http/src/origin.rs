@@ -30,7 +30,7 @@ use tower::Service;
 
 use crate::body::{read_up_to, CacheBody, Read};
 use crate::directives::RequestDirectives;
-use crate::entry::{CachedResponse, HttpEntry, Variants};
+use crate::entry::{fresh_epoch, CachedResponse, HttpEntry, Variants};
 use crate::key::{self, Vary};
 use crate::policy::{self, NotStored, Verdict};
 use crate::shared::Shared;
@@ -218,7 +218,7 @@ where
             HttpEntry::Response(response.clone())
         }
         (Vary::Names(names), None) => {
-            let names = Variants::new(names, now_ms());
+            let names = Variants::new(names, fresh_epoch());
             let stored =
                 store_variant(variant(&names), HttpEntry::Response(response.clone())).await;
             if !stored {
@@ -234,7 +234,7 @@ where
             return Err(NotShared);
         }
         (Vary::Names(names), Some(_)) => {
-            let names = Variants::new(names, now_ms());
+            let names = Variants::new(names, fresh_epoch());
             let stored = insert(variant(&names), HttpEntry::Response(response.clone())).await
                 && insert(url_key(), HttpEntry::Variants(names)).await;
             exchange.answer(Answer::Stored { response, stored });
