@@ -836,3 +836,57 @@ async fn a_namespace_move_found_by_a_read_is_told_to_the_others() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+/// A read that built its key before this instance applied a namespace move, and whose answer
+/// from the shared tier came after it (with the lease renewed meanwhile), served the old
+/// namespace's entry as fresh: the lease and the unread flag were judged at the answer, but the
+/// key was of the version before. The checker, standalone seeds 52 and 62: a Redis hit of the
+/// old namespace 109–357 ms after an acknowledged move, when a connection fault held the read
+/// until the reader was back, delivered the move and proved delivery again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_key_was_built_before_a_namespace_move_never_serves_the_old_namespace() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(LocalGenerations::new());
+    let a = Cache::<String>::builder("users")
+        .tier(shared.clone(), exact(MINUTE))
+        .generations(store.clone())
+        .backplane(Arc::new(hub.node()), ReconnectPolicy::default())
+        .build()
+        .unwrap();
+    let node = Arc::new(hub.confirming_node());
+    let faulty = Arc::new(tier_core::testing::FaultyTier::from_arc(shared.clone()));
+    let b = Cache::<String>::builder("users")
+        .tier(faulty.clone(), exact(MINUTE))
+        .generations(store.clone())
+        .backplane(node.clone(), ReconnectPolicy::default())
+        .propagation_bound(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    a.sync_namespace().await.unwrap();
+    b.sync_namespace().await.unwrap();
+    a.insert(a.key("k"), "old".into()).await.unwrap();
+    node.confirm(tier_core::spi::now_ms());
+    // B's read builds its key, then its shared tier holds the answer (a connection fault).
+    faulty.set(tier_core::testing::Fault::Stall);
+    let old_key = b.key("k");
+    let read = {
+        let b = b.clone();
+        let key = old_key.clone();
+        tokio::spawn(async move { b.get(key).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while faulty.calls.gets.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the read never reached the shared tier");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Meanwhile A moves the namespace on; B applies the move and proves delivery again.
+    a.invalidate_namespace().await.unwrap();
+    while b.key("k") == old_key {
+        assert!(Instant::now() < deadline, "B never applied the move");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    node.confirm(tier_core::spi::now_ms());
+    faulty.release();
+    assert_eq!(value(read.await.unwrap()), None, "an entry of the old namespace served as fresh");
+}
