@@ -222,6 +222,7 @@ impl<V: CacheValue> Hierarchy<V> {
             && self.fleet().namespace_uncertain(placement == Placement::Shared, now)
         {
             let guard = &self.guards().namespace;
+            let ticket = self.fleet().namespace_ticket();
             let (verdict, read) =
                 tags::namespace_verdict(self.generations(), guard, self.keys(), key, self.name())
                     .await;
@@ -236,7 +237,7 @@ impl<V: CacheValue> Hierarchy<V> {
                     // instance's writes went to keys the others never read.
                     self.untold_namespace().fetch_max(v, std::sync::atomic::Ordering::AcqRel);
                 }
-                self.fleet().set_namespace_unread(false);
+                self.fleet().namespace_read(ticket);
             }
             usable = usable.min(rule(verdict));
         }
