@@ -111,6 +111,7 @@ async fn sync_shared_state<V: CacheValue>(weak: Weak<Hierarchy<V>>) {
         let expiry = expiry_floor_name(hierarchy.name());
         let expiry = hierarchy.guards().floor.run(hierarchy.generations().floor(&expiry)).await;
         let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
+        let ticket = hierarchy.fleet().namespace_ticket();
         // `stamp`, not `current`: a namespace version that is missing in the shared store (never
         // moved on, or lost to an eviction, a flush, a restart without persistence) gets a fresh
         // start there, so no key of an earlier life of the namespace is ever built again.
@@ -122,7 +123,7 @@ async fn sync_shared_state<V: CacheValue>(weak: Weak<Hierarchy<V>>) {
             hierarchy.fleet().raise_expiry_floor(*expiry);
         }
         if let Ok(Some(v)) = ns.as_ref().map(|v| v.first().copied()) {
-            hierarchy.adopt_namespace(v).await;
+            hierarchy.adopt_namespace(v, ticket).await;
         }
         if floor.is_ok() && expiry.is_ok() && ns.is_ok() {
             return;
@@ -207,11 +208,12 @@ impl<V: CacheValue> Hierarchy<V> {
     /// back). When it moved this instance on, the other instances are told: a version the store
     /// had lost (an eviction, a flush, a restart without persistence) was started again by this
     /// read, and the instances still on the lost one would otherwise keep building keys that
-    /// nobody else writes or invalidates any more.
-    pub(super) async fn adopt_namespace(&self, v: u64) {
+    /// nobody else writes or invalidates any more. `ticket`: taken before the read (see
+    /// `FleetState::namespace_read`).
+    pub(super) async fn adopt_namespace(&self, v: u64, ticket: u64) {
         let before = self.keys().version();
         self.keys().set_version(v);
-        self.fleet().set_namespace_unread(false);
+        self.fleet().namespace_read(ticket);
         if v <= before {
             return;
         }

@@ -207,10 +207,22 @@ impl<V: CacheValue> Hierarchy<V> {
             let guard = &self.guards().generations;
             usable = rule(tags::verdict(self.generations(), guard, &entry.meta, self.name()).await);
         }
+        // A key built with a namespace version this instance has moved past since (the read
+        // built it, then a move was applied while the tier answered) is of a dropped namespace,
+        // whatever the lease and the unread flag say now: they are judged at the answer, the
+        // key's version at the read's start. The checker (standalone seeds 52, 62): a Redis hit
+        // of the old namespace 109–357 ms after a move, the read held by a connection fault
+        // until the reader was back, had delivered the move and proved delivery again.
+        if usable != Usability::Unusable
+            && self.keys().version_of(key).is_some_and(|built| built < self.keys().version())
+        {
+            usable = Usability::Unusable;
+        }
         if usable != Usability::Unusable
             && self.fleet().namespace_uncertain(placement == Placement::Shared, now)
         {
             let guard = &self.guards().namespace;
+            let ticket = self.fleet().namespace_ticket();
             let (verdict, read) =
                 tags::namespace_verdict(self.generations(), guard, self.keys(), key, self.name())
                     .await;
@@ -225,7 +237,7 @@ impl<V: CacheValue> Hierarchy<V> {
                     // instance's writes went to keys the others never read.
                     self.untold_namespace().fetch_max(v, std::sync::atomic::Ordering::AcqRel);
                 }
-                self.fleet().set_namespace_unread(false);
+                self.fleet().namespace_read(ticket);
             }
             usable = usable.min(rule(verdict));
         }

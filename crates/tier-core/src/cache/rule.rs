@@ -104,9 +104,12 @@ pub(super) struct FleetState {
     catching_up: AtomicBool,
     /// The start-up (catch-up, gap or the log's head) is done.
     started: AtomicBool,
-    /// The namespace version has not been read from a shared store yet: keys are built with
-    /// version 0, which may be an earlier life's (see `tags::namespace_verdict`).
-    namespace_unread: AtomicBool,
+    /// Bit 0: the namespace version is unread — not read from a shared store yet (keys are
+    /// built with version 0, which may be an earlier life's, see `tags::namespace_verdict`), or
+    /// a move may have been missed since (a gap, a failed move). The other bits count the times
+    /// it was made unread: a read clears it only if it was not made unread again since the read
+    /// started (see [`namespace_ticket`](Self::namespace_ticket)).
+    namespace: AtomicU64,
     /// The lease's length δ in ms; 0: no lease (the backplane does not confirm delivery).
     lease_ms: AtomicU64,
     /// When the last proof of delivery was sent (Unix ms).
@@ -159,15 +162,42 @@ impl FleetState {
     }
 
     /// The namespace version is (true) or is no longer (false) to be read from a shared store.
+    /// `false` unconditionally: for a move delivered by the backplane (a message read after
+    /// whatever made it unread); a read of the store clears it with
+    /// [`namespace_read`](Self::namespace_read).
     pub fn set_namespace_unread(&self, yes: bool) {
-        self.namespace_unread.store(yes, Ordering::Release);
+        if yes {
+            // Counted, so that a read started before this one cannot clear it.
+            let _ = self.namespace.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some((w | 1).wrapping_add(2))
+            });
+        } else {
+            self.namespace.fetch_and(!1, Ordering::AcqRel);
+        }
+    }
+
+    /// Taken before a read of the namespace version from the store, handed to
+    /// [`namespace_read`](Self::namespace_read) when it answered.
+    pub fn namespace_ticket(&self) -> u64 {
+        self.namespace.load(Ordering::Acquire) >> 1
+    }
+
+    /// A read of the store's namespace version that started at `ticket` answered: the version
+    /// is read — unless it was made unread again since the read started (a gap or a failed move
+    /// while the read was in flight: its answer may be from before a move that was missed). The
+    /// checker's candidate: a version read sent before a gap, answered after it, cleared the
+    /// flag the gap had set, and keys of the old namespace were served until the re-read.
+    pub fn namespace_read(&self, ticket: u64) {
+        let _ = self.namespace.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w >> 1 == ticket && w & 1 == 1).then_some(w & !1)
+        });
     }
 
     /// Is the namespace version of keys built now uncertain at `now` — not yet read from the
     /// shared store, or the lease lapsed (a move may not have been delivered)? `shared`: the
     /// entry is in a shared tier (a lapsed lease already makes local entries stale).
     pub fn namespace_uncertain(&self, shared: bool, now: u64) -> bool {
-        self.namespace_unread.load(Ordering::Acquire) || (shared && self.lease_lapsed(now))
+        self.namespace.load(Ordering::Acquire) & 1 == 1 || (shared && self.lease_lapsed(now))
     }
 
     /// Serve local entries as fresh only while a proof of delivery is younger than `bound`.

@@ -205,6 +205,7 @@ impl<V: CacheValue> Cache<V> {
     pub async fn sync_namespace(&self) -> Result<u64, CacheError> {
         let hierarchy = self.hierarchy();
         let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
+        let ticket = hierarchy.fleet().namespace_ticket();
         let read = hierarchy.generations().stamp(&tags);
         let versions = hierarchy.guards().namespace.run(read).await.map_err(store_failed)?;
         let version = versions.first().copied().ok_or_else(|| {
@@ -213,7 +214,7 @@ impl<V: CacheValue> Cache<V> {
                 "the generation store answered no namespace version",
             ))
         })?;
-        hierarchy.adopt_namespace(version).await;
+        hierarchy.adopt_namespace(version, ticket).await;
         Ok(hierarchy.keys().version())
     }
 
