@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use tier_core::spi::{Backplane, BackplaneEvent, Invalidation, Lookup, Tier};
 use tier_core::{Cache, ReconnectPolicy, TierPolicy};
 use tier_memory::MemoryTier;
-use tier_redis::{RedisBackplane, RedisConnection, RedisTier, SetupError};
+use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisTier, SetupError};
 use tokio::sync::broadcast;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -43,10 +43,15 @@ async fn instance(data_url: &str, prefix: &str, track: bool) -> Instance {
         backplane = backplane.track("users", &l3);
     }
     let backplane = backplane.build().await.unwrap();
+    // The namespace version shared through Redis, as a fleet's instances share it (with local
+    // generations each instance would count its own, and build other keys than its peers).
+    let generations =
+        RedisGenerations::new(conn.clone()).prefix(format!("{prefix}gen:")).cached_with(&backplane);
     let l1 = Arc::new(MemoryTier::builder().max_bytes(16 << 20).build());
     let cache: Cache<String> = Cache::builder("users")
         .tier(l1.clone(), TierPolicy::fresh(HOUR).no_breaker())
         .tier(l3.clone(), TierPolicy::fresh(HOUR).timeout(Duration::from_millis(500)))
+        .generations(Arc::new(generations))
         .backplane(Arc::new(backplane.clone()), ReconnectPolicy::CatchUp)
         .fleet_state_timeout(Duration::from_secs(2))
         .synchronous_backfill(true)
