@@ -61,22 +61,7 @@ async fn invalidations_on_one_instance_reach_the_others_local_tiers() {
     // key only b holds is the last of them); else the notice could drop b's backfilled copy
     // below after the loop, and `l1_dropped` would pass before the invalidation arrived — which
     // then dropped b's later insert (1 run in 15).
-    let now = tier_core::spi::now_ms();
-    let meta = tier_core::spi::Meta {
-        created_at: now,
-        fresh_until: now + 60_000,
-        stale_until: now + 60_000,
-        ..Default::default()
-    };
-    let value = tier_core::spi::Value::Object(Arc::new("x".to_string()));
-    let sync = tier_core::spi::Entry { meta, value, size: 1 };
-    b_l1.insert(bytes::Bytes::from_static(b"sync"), sync).await.unwrap();
-    a.invalidate("sync").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while meta_of(&*b_l1, "sync").await.is_some() {
-        assert!(Instant::now() < deadline, "b never applied a's messages");
-        tokio::task::yield_now().await;
-    }
+    settled(&a, &*b_l1).await;
     b.get_or_load("k", loader(&calls, "v1")).await.unwrap();
     assert_eq!(calls.get(), 0, "b found it in the shared tier");
     // A backfill that races with the notice of the value it read is skipped (the notice holds

@@ -49,22 +49,6 @@ async fn dropped(l1: &MemoryTier, key: &str, what: &str) {
     }
 }
 
-/// Wait until `b` has applied every message `a` published so far (a's messages arrive in order:
-/// the invalidation of a key only `b` holds is the last of them).
-async fn settled(a: &Instance, b: &Instance) {
-    let now = tier_core::spi::now_ms();
-    let meta = tier_core::spi::Meta {
-        created_at: now,
-        fresh_until: now + 60_000,
-        stale_until: now + 60_000,
-        ..Default::default()
-    };
-    let value = tier_core::spi::Value::Object(Arc::new("x".to_string()));
-    b.l1.insert(Bytes::from_static(b"sync"), Entry { meta, value, size: 1 }).await.unwrap();
-    a.cache.invalidate("sync").await.unwrap();
-    dropped(&b.l1, "sync", "b applying a's messages").await;
-}
-
 fn value(v: Option<Arc<String>>) -> Option<String> {
     v.map(|v| v.as_ref().clone())
 }
@@ -75,7 +59,7 @@ async fn an_insert_on_one_instance_drops_the_others_local_copy() {
     let shared = Arc::new(MapTier::shared("l3"));
     let (a, b) = (instance(&hub, &shared), instance(&hub, &shared));
     a.cache.insert("k", "v1".into()).await.unwrap();
-    settled(&a, &b).await;
+    settled(&a.cache, &*b.l1).await;
     assert_eq!(value(b.cache.get("k").await).as_deref(), Some("v1"));
     assert!(meta_of(&*b.l1, "k").await.is_some(), "b holds v1 in its L1");
     a.cache.insert("k", "v2".into()).await.unwrap();

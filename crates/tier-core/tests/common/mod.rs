@@ -34,6 +34,27 @@ pub async fn put(tier: &dyn Tier, key: &str, value: &str, fresh_until: u64, stal
     .expect("insert");
 }
 
+/// Wait until the instance whose L1 is `b_l1` has applied every message instance `a` published
+/// so far (one sender's messages arrive in order: the invalidation of a key only `b_l1` holds,
+/// sent now, is the last of them).
+pub async fn settled(a: &Cache<String>, b_l1: &dyn Tier) {
+    let now = tier_core::spi::now_ms();
+    let meta = Meta {
+        created_at: now,
+        fresh_until: now + 60_000,
+        stale_until: now + 60_000,
+        ..Meta::default()
+    };
+    let value = tier_core::spi::Value::Object(Arc::new("x".to_string()));
+    b_l1.insert(Bytes::from_static(b"sync"), Entry { meta, value, size: 1 }).await.expect("insert");
+    a.invalidate("sync").await.expect("invalidate");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while meta_of(b_l1, "sync").await.is_some() {
+        assert!(std::time::Instant::now() < deadline, "b never applied a's messages");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The meta of what `tier` holds under `key`, if anything.
 pub async fn meta_of(tier: &dyn Tier, key: &str) -> Option<Meta> {
     tier.get(key.as_bytes()).await.expect("get").into_entry().map(|e| e.meta)
