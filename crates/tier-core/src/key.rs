@@ -48,14 +48,28 @@ impl KeyBuilder {
 
     /// The namespace version a key built by [`key`](Self::key) carries; `None` for a key this
     /// builder did not build (another form, another namespace).
+    /// One pass over the version's digits: the L1 fast path asks it on every hit.
     pub(crate) fn version_of(&self, key: &[u8]) -> Option<u64> {
         let rest = key.strip_prefix(self.namespace.as_bytes())?.strip_prefix(b":")?;
-        let end = rest.iter().position(|b| *b == b':')?;
-        let digits = std::str::from_utf8(&rest[..end]).ok()?;
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+        let mut version: u64 = 0;
+        for (i, b) in rest.iter().enumerate() {
+            match b {
+                b'0'..=b'9' => {
+                    version = version.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+                }
+                b':' if i > 0 => return Some(version),
+                _ => return None,
+            }
         }
-        digits.parse().ok()
+        None
+    }
+
+    /// Was `key` built with a version this builder has moved past (of a dropped namespace)?
+    /// `false` for a key it did not build.
+    #[inline]
+    pub(crate) fn is_passed(&self, key: &[u8]) -> bool {
+        let current = self.version();
+        current != 0 && self.version_of(key).is_some_and(|built| built < current)
     }
 
     /// The key of `id`. Ids longer than [`MAX_ID_LEN`] bytes are hashed (`#` + 32 hex digits).
@@ -87,9 +101,33 @@ mod tests {
         keys.set_version(1_883_437_513_580_415_662);
         assert_eq!(keys.version_of(&keys.key("a:b")), Some(1_883_437_513_580_415_662));
         assert_eq!(keys.version_of(b"users:0:x"), Some(0));
-        for other in [&b"users:x:1"[..], b"users:12", b"users::1", b"user:1:x", b"usersx:1:x", b""]
-        {
+        let too_big = b"users:18446744073709551616:x"; // u64::MAX + 1
+        for other in [
+            &b"users:x:1"[..],
+            b"users:12",
+            b"users::1",
+            b"user:1:x",
+            b"usersx:1:x",
+            b"users:1a:x",
+            too_big,
+            b"",
+        ] {
             assert_eq!(keys.version_of(other), None, "{:?}", String::from_utf8_lossy(other));
         }
+        assert_eq!(keys.version_of(b"users:18446744073709551615:x"), Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_key_is_passed_once_the_version_moved_beyond_the_one_it_was_built_with() {
+        let keys = KeyBuilder::new("users");
+        let first = keys.key("k");
+        assert!(!keys.is_passed(&first), "nothing passed at version 0");
+        keys.set_version(7);
+        let seventh = keys.key("k");
+        assert!(keys.is_passed(&first));
+        assert!(!keys.is_passed(&seventh));
+        assert!(!keys.is_passed(b"raw key"), "a key of another form is never passed");
+        keys.set_version(8);
+        assert!(keys.is_passed(&seventh));
     }
 }

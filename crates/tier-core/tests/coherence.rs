@@ -976,3 +976,24 @@ async fn a_namespace_read_sent_before_the_version_was_made_unread_does_not_clear
     }
     assert_eq!(value(b.get(old_key).await), None, "the old namespace served as fresh");
 }
+
+/// The L1 fast path skipped the rule that the general walk keeps (a key of a namespace version
+/// moved past is never served): a key a caller held across `invalidate_namespace` was answered
+/// from the L1 with the dropped namespace's value.
+#[tokio::test]
+async fn a_key_held_across_a_namespace_move_is_not_served_from_the_l1() {
+    let cache = Cache::<String>::builder("users")
+        .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
+        .build()
+        .unwrap();
+    cache.invalidate_namespace().await.unwrap();
+    let held = cache.key("k");
+    cache.insert(held.clone(), "old".into()).await.unwrap();
+    assert_eq!(value(cache.get(held.clone()).await).as_deref(), Some("old"));
+    cache.invalidate_namespace().await.unwrap();
+    assert_eq!(value(cache.get(held.clone()).await), None, "the dropped namespace served");
+    let loaded = cache
+        .get_or_load(held, || async { Ok::<_, std::io::Error>(Some("loaded".to_string())) })
+        .await;
+    assert_eq!(value(loaded.unwrap()).as_deref(), Some("loaded"), "a miss that loads");
+}

@@ -90,7 +90,8 @@ impl<V: CacheValue> Hierarchy<V> {
     /// first takes the key's write sequence.
     ///
     /// The tier answered "fresh" and the entry is untagged, so of the usability rule only the
-    /// fleet state's cap (clear floor, suspect floor, catch-up, lease) is left to apply. A quiet
+    /// fleet state's cap (clear floor, suspect floor, catch-up, lease) and the key's namespace
+    /// version are left to apply. A quiet
     /// look asks [`Tier::peek_ready`](crate::spi::Tier::peek_ready), which the tier's eviction
     /// policy does not count.
     ///
@@ -116,8 +117,11 @@ impl<V: CacheValue> Hierarchy<V> {
             first.metrics().get_duration.record(start.elapsed());
         }
         match result {
+            // A key of a namespace version moved past since the caller built it is of a
+            // dropped namespace (the general walk's rule, `judge`): never served.
             ReadyLookup::Fresh(hit)
-                if self.fleet().cap(hit.created_at(), Placement::Local) == Usability::Fresh =>
+                if self.fleet().cap(hit.created_at(), Placement::Local) == Usability::Fresh
+                    && !self.keys().is_passed(key) =>
             {
                 let value = if hit.is_negative() {
                     None
@@ -213,9 +217,7 @@ impl<V: CacheValue> Hierarchy<V> {
         // key's version at the read's start. The checker (standalone seeds 52, 62): a Redis hit
         // of the old namespace 109–357 ms after a move, the read held by a connection fault
         // until the reader was back, had delivered the move and proved delivery again.
-        if usable != Usability::Unusable
-            && self.keys().version_of(key).is_some_and(|built| built < self.keys().version())
-        {
+        if usable != Usability::Unusable && self.keys().is_passed(key) {
             usable = Usability::Unusable;
         }
         if usable != Usability::Unusable
