@@ -65,9 +65,12 @@ pub trait GenerationStore: Send + Sync + 'static {
     async fn raise_floor(&self, cache: &str, at: u64) -> Result<u64, TierError>;
 
     /// Another instance bumped `tag` (heard on the backplane), to `generation` when the message
-    /// says. A local store moves its own copy on; a shared store, which saw the bump itself,
-    /// only drops what it cached of the tag. Default: nothing.
-    fn remote_bump(&self, _tag: &str, _generation: Option<u64>) {}
+    /// says. A local store moves its own copy on and returns the generation it holds now; a
+    /// shared store, which saw the bump itself, only drops what it cached of the tag and
+    /// returns `None`. Default: nothing, `None`.
+    fn remote_bump(&self, _tag: &str, _generation: Option<u64>) -> Option<u64> {
+        None
+    }
 
     /// Forget cached generations, if this store caches them (called after a backplane gap,
     /// when bumps may have been missed). Default: nothing to forget.
@@ -204,13 +207,19 @@ impl GenerationStore for LocalGenerations {
         Ok(*floor)
     }
 
-    fn remote_bump(&self, tag: &str, generation: Option<u64>) {
+    /// A bump heard at or below the generation held here is still a move past what is held
+    /// (the sender moved from an older one, or two instances moved at once to the same one):
+    /// it goes to a fresh start if that is higher than the next one. Being time-based, such
+    /// a start ties with no other instance's, and one that instances re-announce after two
+    /// moves at once (see the namespace in `Hierarchy::apply_remote`) is above what they hold.
+    fn remote_bump(&self, tag: &str, generation: Option<u64>) -> Option<u64> {
         let mut map = self.lock();
         let tag: Arc<str> = Arc::from(tag);
         let known = self.known(&mut map, &tag).ok().flatten();
         let g = match (generation, known) {
             (Some(new), Some(old)) if new > old => new,
-            (_, Some(old)) => old.wrapping_add(1).max(1),
+            (Some(_), Some(old)) => old.wrapping_add(1).max(fresh_generation_start()),
+            (None, Some(old)) => old.wrapping_add(1).max(1),
             (Some(new), None) => new,
             (None, None) => fresh_generation_start(),
         };
@@ -219,6 +228,7 @@ impl GenerationStore for LocalGenerations {
             tracing::warn!(error = %e, "a remote tag bump could not be persisted");
             map.insert(tag, g);
         }
+        Some(g)
     }
 }
 

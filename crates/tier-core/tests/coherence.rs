@@ -977,6 +977,63 @@ async fn a_namespace_read_sent_before_the_version_was_made_unread_does_not_clear
     assert_eq!(value(b.get(old_key).await), None, "the old namespace served as fresh");
 }
 
+/// With the built-in generations (each instance its own, no shared store), two moves of the
+/// namespace made at once on two instances both reach the same version v. The second to hear
+/// the other's counted it as a move of its own (v + 1 in its store) but kept building keys of
+/// v: entries it wrote under v before the other's acknowledged move stayed fresh. Now a move
+/// heard takes the instance to its store's new version, and one beyond the move heard is told
+/// back, so the fleet meets on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_moves_at_once_with_local_generations_leave_no_instance_on_the_old_namespace() {
+    let hub = LocalBackplaneHub::new();
+    let build = |backplane: Arc<dyn tier_core::spi::Backplane>| {
+        let l1 = Arc::new(MemoryTier::builder().build());
+        let cache = Cache::<String>::builder("users")
+            .tier(l1.clone(), exact(MINUTE))
+            .backplane(backplane, ReconnectPolicy::default())
+            .build()
+            .unwrap();
+        (cache, l1)
+    };
+    let muted = Arc::new(Muted { inner: hub.node(), muted: false.into() });
+    let (a, a_l1) = build(Arc::new(hub.node()));
+    let (b, b_l1) = build(muted.clone());
+    a.invalidate_namespace().await.unwrap();
+    settled(&a, &*b_l1).await;
+    assert_eq!(a.key("k"), b.key("k"), "B took A's move");
+
+    // B moves on while its notice is held (in flight), and writes under the new version.
+    muted.muted.store(true, Ordering::SeqCst);
+    assert!(b.invalidate_namespace().await.is_err(), "the notice could not be published");
+    let moved = b.key("k");
+    let _ = b.insert(moved.clone(), "old".into()).await; // its notice is held too
+                                                         // A, not having heard of B's move, moves to the same version; acknowledged.
+    a.invalidate_namespace().await.unwrap();
+    assert_eq!(a.key("k"), moved, "both moves made the same version");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.key("k") == moved {
+        assert!(Instant::now() < deadline, "B never left the namespace A moved away from");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(value(b.get(b.key("k")).await), None, "B's entry from before A's move");
+    assert_eq!(value(b.get(moved.clone()).await), None, "B serves the old namespace");
+
+    // The fleet meets on one version again (B's held notice and its move told back).
+    muted.muted.store(false, Ordering::SeqCst);
+    while a.key("k") != b.key("k") {
+        assert!(
+            Instant::now() < deadline,
+            "A and B never met on one version: {:?} {:?}",
+            a.key("k"),
+            b.key("k")
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    b.insert(b.key("k"), "new".into()).await.unwrap();
+    settled(&b, &*a_l1).await;
+    assert_eq!(value(b.get(b.key("k")).await).as_deref(), Some("new"));
+}
+
 /// The L1 fast path skipped the rule that the general walk keeps (a key of a namespace version
 /// moved past is never served): a key a caller held across `invalidate_namespace` was answered
 /// from the L1 with the dropped namespace's value.

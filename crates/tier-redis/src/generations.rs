@@ -267,11 +267,12 @@ impl GenerationStore for RedisGenerations {
         self.conn.script_within(Some(self.conn.op_timeout()), "clear floor", build).await
     }
 
-    fn remote_bump(&self, tag: &str, _generation: Option<u64>) {
+    fn remote_bump(&self, tag: &str, _generation: Option<u64>) -> Option<u64> {
         // Redis already has the new generation: only the cached copy is out of date.
         if let Some(cache) = &self.cache {
             cache.forget(Some(tag));
         }
+        None
     }
 
     fn forget_cached(&self) {

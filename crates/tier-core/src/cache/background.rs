@@ -359,16 +359,32 @@ impl<V: CacheValue> Hierarchy<V> {
                     failed(e);
                 }
             }
-            Invalidation::Tag(tag) => self.generations().remote_bump(tag, None),
+            Invalidation::Tag(tag) => {
+                let _ = self.generations().remote_bump(tag, None);
+            }
             Invalidation::Namespace(v) => {
-                self.generations().remote_bump(&namespace_tag(self.name()), Some(*v));
+                let held = self.generations().remote_bump(&namespace_tag(self.name()), Some(*v));
+                // With generations of its own, a move heard at or below the version this
+                // instance holds moved it past it (two moves at once reach the same version:
+                // its entries under it may be older than the sender's move): keys are built
+                // with the store's new version, which is told back so that the fleet meets on
+                // it. A shared store holds the move itself (and a store given to the builder
+                // counts as shared, even a `LocalGenerations` that tests share in process).
+                let to = match held {
+                    Some(held) if !self.shares_generations() => held.max(*v),
+                    _ => *v,
+                };
                 let before = self.keys().version();
-                self.keys().set_version(*v);
+                self.keys().set_version(to);
                 self.fleet().set_namespace_unread(false);
                 // A version this instance builds keys with already (another instance read it
                 // at its start, see `adopt_namespace`) changes nothing: writes in flight stay.
-                if *v > before {
+                if to > before {
                     self.stripes().bump_all();
+                }
+                if to > *v {
+                    // Told by the listener within 50 ms, before any later notice of this one.
+                    self.untold_namespace().fetch_max(to, std::sync::atomic::Ordering::AcqRel);
                 }
             }
             Invalidation::Expire { key, at } => {
