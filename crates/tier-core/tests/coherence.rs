@@ -1054,3 +1054,37 @@ async fn a_key_held_across_a_namespace_move_is_not_served_from_the_l1() {
         .await;
     assert_eq!(value(loaded.unwrap()).as_deref(), Some("loaded"), "a miss that loads");
 }
+
+/// Like a namespace move, a clear another instance made while this one's backplane was cut
+/// (its lease lapsed) is in the store, not in this instance's floor: an entry of a shared tier
+/// created before it (a write that landed after the clear: a load or a retry of an instance
+/// that had not heard of it) was served as fresh. Now while the lease has lapsed a shared
+/// entry is also checked against the store's clear floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_never_delivered_is_found_in_the_store_once_the_lease_lapses() {
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(LocalGenerations::new());
+    let build = |hub: &LocalBackplaneHub| {
+        Cache::<String>::builder("users")
+            .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(store.clone())
+            .backplane(Arc::new(hub.confirming_node()), ReconnectPolicy::default())
+            .build()
+            .unwrap()
+    };
+    // Two hubs: nothing B publishes reaches A, and A gets no proof of delivery (its lease lapses).
+    let (a, b) = (build(&LocalBackplaneHub::new()), build(&LocalBackplaneHub::new()));
+    a.sync_namespace().await.unwrap();
+    b.sync_namespace().await.unwrap();
+    let key = a.key("k");
+    a.insert(key.clone(), "old".into()).await.unwrap();
+    let written = shared.raw(&key).expect("the insert reached the shared tier");
+    tokio::time::sleep(Duration::from_millis(10)).await; // the clear in a later tick than it
+    b.clear().await.unwrap();
+    assert!(shared.raw(&key).is_none(), "the clear emptied the shared tier");
+    shared.put_raw(key.clone(), written); // a write from before the clear lands after it
+    assert_eq!(value(a.get(key.clone()).await), None, "an entry from before the clear served");
+    a.insert(key.clone(), "new".into()).await.unwrap();
+    assert_eq!(value(a.get(key).await).as_deref(), Some("new"));
+}

@@ -225,9 +225,19 @@ impl<V: CacheValue> Hierarchy<V> {
         {
             let guard = &self.guards().namespace;
             let ticket = self.fleet().namespace_ticket();
-            let (verdict, read) =
-                tags::namespace_verdict(self.generations(), guard, self.keys(), key, self.name())
-                    .await;
+            let namespace =
+                tags::namespace_verdict(self.generations(), guard, self.keys(), key, self.name());
+            // A clear this instance may have missed too (the same cut backplane): the store's
+            // clear floor, read beside the version.
+            let floor = self.guards().floor.run(self.generations().floor(self.name()));
+            let ((verdict, read), floor) = tokio::join!(namespace, floor);
+            match floor {
+                Ok(floor) => self.fleet().raise_floor(floor),
+                Err(e) => {
+                    tracing::debug!(cache = %self.name(), error = %e, "clear floor unavailable");
+                    usable = usable.min(Usability::Stale);
+                }
+            }
             if let Some(v) = read {
                 // This instance missed a move, or had not read the version yet: build keys of
                 // the store's namespace from now on.
