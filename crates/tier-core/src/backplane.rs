@@ -95,6 +95,14 @@ pub enum BackplaneEvent {
     /// Messages may have been missed and cannot be replayed (trimmed, stream or epoch lost,
     /// subscription lost on a log-less backplane).
     Gap,
+    /// A message this instance published itself, read back from the log at `position`:
+    /// nothing to apply, but the last applied position moves past it. Without it, a restart
+    /// (a new node id) replays the instance's own last notices as another's, and an insert
+    /// notice drops the instance's own copy from its disk tier. Optional for a backplane.
+    Passed {
+        /// Where the message is in the log.
+        position: LogPosition,
+    },
 }
 
 /// What [`Backplane::replay`] found after a position.

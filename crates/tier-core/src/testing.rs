@@ -361,6 +361,12 @@ impl LocalBackplane {
     pub fn confirm(&self, sent_at_ms: u64) {
         let _ = self.tx.send(crate::backplane::BackplaneEvent::Confirmed { sent_at_ms });
     }
+
+    /// How many events sent to this node some subscriber has not received yet (0: the
+    /// hierarchy's listener has taken every one).
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
 }
 
 #[async_trait]
@@ -384,6 +390,10 @@ impl crate::backplane::Backplane for LocalBackplane {
                     what: what.clone(),
                     position: position.clone(),
                 });
+            } else if let Some(position) = &position {
+                // Read back, as a stream reader reads its own entries.
+                let position = position.clone();
+                let _ = tx.send(crate::backplane::BackplaneEvent::Passed { position });
             }
         }
         Ok(position)

@@ -145,6 +145,43 @@ async fn a_restart_catches_up_with_what_others_invalidated_meanwhile() {
     assert_eq!(a.get("k").await, None, "the invalidation made while down was applied");
 }
 
+/// An instance's own notices, read back after the last notice of another instance it applied,
+/// were replayed after its restart as another's (its node id is new): each insert notice
+/// dropped the instance's own disk copy of that millisecond, so a restart lost every write made
+/// since another instance last said something — all of them for an instance alone on its
+/// backplane. Now the applied position moves past the instance's own notices too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_instances_own_last_writes_on_disk() {
+    let hub = LocalBackplaneHub::new();
+    let shared = Arc::new(MapTier::shared("l3"));
+    let dir = tempfile::tempdir().unwrap();
+    let node = Arc::new(hub.node());
+    let a: Cache<String> = Cache::builder("users")
+        .tier(DiskTier::open(dir.path()).unwrap(), TierPolicy::fresh(MINUTE))
+        .tier(shared.clone(), TierPolicy::fresh(MINUTE))
+        .backplane(node.clone(), ReconnectPolicy::default())
+        .build()
+        .unwrap();
+    caught_up(&a).await;
+    for i in 0..20 {
+        a.insert(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    // Its listener has taken every event of its node (its own notices read back).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.queued() > 0 {
+        assert!(Instant::now() < deadline, "the listener never took its events");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(a);
+    shared.clear().await.unwrap(); // only the disk tier has the values now
+    let a = instance(dir.path(), &hub, &shared);
+    caught_up(&a).await;
+    for i in 0..20 {
+        let got = value(a.get(format!("k{i}")).await);
+        assert_eq!(got, Some(format!("v{i}")), "k{i}: the restart dropped its own write");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_that_cannot_replay_serves_disk_entries_only_as_stale() {
     let hub = LocalBackplaneHub::new();

@@ -173,6 +173,7 @@ fn listen<V: CacheValue>(
                         hierarchy.kept().applied(position);
                     }
                 }
+                Ok(BackplaneEvent::Passed { position }) => hierarchy.kept().applied(position),
                 Ok(BackplaneEvent::Confirmed { sent_at_ms }) => {
                     hierarchy.fleet().confirmed(sent_at_ms)
                 }

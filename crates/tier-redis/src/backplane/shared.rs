@@ -148,31 +148,39 @@ impl Shared {
         id: StreamId,
         message: Option<&[u8]>,
     ) -> Option<(String, Invalidation)> {
+        let msg = self.read(id, message)?;
+        (msg.node != self.node_id).then(|| (msg.cache, msg.what.into_invalidation()))
+    }
+
+    /// The message of entry `id`, whoever sent it, if it can be read (else counted and said).
+    fn read(&self, id: StreamId, message: Option<&[u8]>) -> Option<WireMessage> {
         let Some(bytes) = message else {
             self.error("decode");
             tracing::warn!(stream = %self.keys.stream, %id, "backplane entry without a message ignored");
             return None;
         };
-        let msg: WireMessage = match rmp_serde::from_slice(bytes) {
-            Ok(m) => m,
+        match rmp_serde::from_slice(bytes) {
+            Ok(m) => Some(m),
             Err(e) => {
                 self.error("decode");
                 tracing::warn!(stream = %self.keys.stream, %id, error = %e, "undecodable backplane message ignored");
-                return None;
+                None
             }
-        };
-        if msg.node == self.node_id {
-            return None;
         }
-        Some((msg.cache, msg.what.into_invalidation()))
     }
 
-    /// Deliver entry `id` of `epoch` to the subscribers (unless it is our own).
+    /// Deliver entry `id` of `epoch` to the subscribers: another instance's message, or our
+    /// own read back ([`BackplaneEvent::Passed`]: the applied position moves past it).
     pub(super) fn deliver(&self, id: StreamId, message: Option<&[u8]>, epoch: &str) {
-        let Some((cache, what)) = self.decode(id, message) else { return };
+        let Some(msg) = self.read(id, message) else { return };
+        let position = Position { id, epoch: epoch.to_string() }.to_log();
+        if msg.node == self.node_id {
+            self.emit(BackplaneEvent::Passed { position });
+            return;
+        }
         metrics::counter!(BACKPLANE_MESSAGES, "channel" => self.keys.stream.clone(), "direction" => "received")
             .increment(1);
-        let position = Position { id, epoch: epoch.to_string() }.to_log();
+        let (cache, what) = (msg.cache, msg.what.into_invalidation());
         self.emit(BackplaneEvent::Invalidate { cache, what, position: Some(position) });
     }
 }
