@@ -183,7 +183,13 @@ async fn build_cache(
             .build()
             .await
             .map_err(|e| crate::redis::setup_error("Redis tier", &e))?;
-        let backplane = tier_redis::RedisBackplane::builder(conn.clone())
+        // Client-side caching beside the backplane: a write to one of the tier's keys by
+        // anyone drops it from L1 and disk (`tier_redis_tracking_*`).
+        let mut backplane = tier_redis::RedisBackplane::builder(conn.clone());
+        if !conn.is_cluster() {
+            backplane = backplane.track(args.cache.clone(), &tier);
+        }
+        let backplane = backplane
             .build()
             .await
             .map_err(|e| crate::redis::setup_error("Redis backplane", &e))?;
