@@ -371,3 +371,8 @@ fn tracking_shows_in_stats(url: &str) {
 fn client_side_caching_shows_in_stats() {
     tracking_shows_in_stats(&redis_url());
 }
+
+#[test]
+fn client_side_caching_in_a_cluster_shows_in_stats() {
+    tracking_shows_in_stats(&cluster_urls());
+}
