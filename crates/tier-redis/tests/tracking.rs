@@ -655,7 +655,8 @@ async fn a_server_without_client_tracking_falls_back() {
 
 /// A Cluster of the test's own whose first master gets a replica, which then takes over
 /// (`CLUSTER FAILOVER`): the new master is tracked (a write to a key of its slots drops the L1
-/// copy), and proofs go on.
+/// copy); the master that stepped down stops proving within about 100 ms, then a gap; proofs go
+/// on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_a_master_that_takes_over_by_failover_is_tracked() {
     let nodes = own_cluster(3).await;
@@ -698,6 +699,21 @@ async fn in_a_cluster_a_master_that_takes_over_by_failover_is_tracked() {
         }
     })
     .await;
+    // The master that stepped down stays up, and its tracking connection with it; it tells
+    // nothing of the writes to its former slots: it must stop proving at once (its role is
+    // asked every 5th proof, 100 ms), not at the next topology read (every second), and what
+    // follows is a gap.
+    let promoted_by = tier_core::spi::now_ms();
+    loop {
+        match next_any(&mut rx, Duration::from_secs(5)).await {
+            BackplaneEvent::Gap => break,
+            BackplaneEvent::Confirmed { sent_at_ms } => assert!(
+                sent_at_ms <= promoted_by + 400,
+                "a proof of {sent_at_ms}, the replica a master by {promoted_by}"
+            ),
+            _ => {}
+        }
+    }
     // A key of the first master's slots, which the new master serves now.
     let masters = masters_of(&[replica.url()]).await;
     let (_, k) = a_key_on_each_master(&b, &masters)

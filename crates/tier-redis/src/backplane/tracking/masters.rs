@@ -17,6 +17,11 @@
 //!   no instant at which neither proves; a master that left is dropped with a gap (its slots
 //!   went elsewhere; keys that moved with them may have changed unseen). A failed read keeps
 //!   the connections as they are.
+//! - **A master that steps down stops proving at once.** In a manual failover the old master
+//!   stays up, and so does its connection, which then tells nothing of its former slots: every
+//!   [`ROLE_EVERY`](super::session::ROLE_EVERY)th proof of a master's connection is an `INFO
+//!   replication`, and a node that says it is no master is lost (no proof; a connection to it
+//!   is not made again while it is not a master), until the topology read drops it.
 //! - **No masters known, no proof.** Until the masters are first read (a lazy connection not
 //!   made yet, a failed read at build), a placeholder source that never proves holds the lease
 //!   back: tracking is on nowhere, so the stream alone must not make entries fresh.

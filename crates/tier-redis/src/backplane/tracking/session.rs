@@ -152,6 +152,39 @@ pub(super) enum Setup {
 pub(super) struct Session {
     conn: MultiplexedConnection,
     pushes: UnboundedReceiver<PushInfo>,
+    /// A Cluster master whose role is asked every [`ROLE_EVERY`]th proof (false: standalone,
+    /// or a server that does not answer `INFO`).
+    role_checks: bool,
+}
+
+/// On a Cluster master, every this many proofs is an `INFO replication` instead of a `PING`
+/// (its reply proves delivery the same way): a master that stepped down (a manual failover, in
+/// which it stays up) is noticed within this many [`PING_EVERY`], not at the next topology read.
+pub(crate) const ROLE_EVERY: u32 = 5;
+
+/// What `INFO replication` says of the node: `Some(true)` a master, `Some(false)` not, `None`
+/// it did not say (an error reply: an ACL without `info`, a server without the section).
+fn says_master(reply: &Value) -> Option<bool> {
+    let text = match reply {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => text.clone(),
+        _ => return None,
+    };
+    text.lines().find_map(|l| l.trim().strip_prefix("role:")).map(|role| role == "master")
+}
+
+/// The node's role, within `bound`: `Ok(None)` when it does not say.
+async fn ask_role(
+    conn: &mut MultiplexedConnection,
+    bound: Duration,
+) -> Result<Option<bool>, RedisError> {
+    let info = redis::cmd("INFO").arg("replication").to_owned();
+    match tokio::time::timeout(bound, info.query_async::<Value>(conn)).await {
+        Ok(Ok(reply)) => Ok(says_master(&reply)),
+        Ok(Err(e)) if matches!(e.kind(), ErrorKind::Server(_)) => Ok(None),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(timed_out("INFO replication")),
+    }
 }
 
 /// Does `e` say that the server will not do it (rather than that it was not reached)?
@@ -191,10 +224,27 @@ pub(super) async fn open(tracked: &Tracked, route: &Route) -> Result<Session, Se
         cmd.arg("PREFIX").arg(tracked.tier.prefix());
     }
     match tokio::time::timeout(conn.op_timeout(), cmd.query_async::<()>(&mut c)).await {
-        Ok(Ok(())) => Ok(Session { conn: c, pushes }),
-        Ok(Err(e)) => Err(classify(e)),
-        Err(_) => Err(Setup::Failed(timed_out("CLIENT TRACKING"))),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(classify(e)),
+        Err(_) => return Err(Setup::Failed(timed_out("CLIENT TRACKING"))),
     }
+    // A Cluster node that is no master (any more) tells nothing of the writes to its slots:
+    // not a source of proofs (the topology read takes it out).
+    let role_checks = match route {
+        Route::Server => false,
+        Route::Master { .. } => match ask_role(&mut c, conn.op_timeout()).await {
+            Ok(Some(true)) => true,
+            Ok(Some(false)) => {
+                return Err(Setup::Failed(RedisError::from((
+                    ErrorKind::Client,
+                    "this Cluster node is not a master (any more)",
+                ))))
+            }
+            Ok(None) => false,
+            Err(e) => return Err(Setup::Failed(e)),
+        },
+    };
+    Ok(Session { conn: c, pushes, role_checks })
 }
 
 fn timed_out(what: &str) -> RedisError {
@@ -276,13 +326,27 @@ async fn follow(shared: &Shared, link: &Link, s: &mut Session) -> String {
     let (tracked, proof) = (&link.tracked, &link.proof);
     let bound = tracked.tier.connection().op_timeout();
     let mut keys = Vec::new();
+    let mut round = 0u32;
     loop {
         let sent_at = now_ms();
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(bound, ping.query_async::<Value>(&mut s.conn)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return format!("PING failed: {}", crate::error::RedisCause::from(e)),
-            Err(_) => return format!("PING timed out after {bound:?}"),
+        round = round.wrapping_add(1);
+        if s.role_checks && round.is_multiple_of(ROLE_EVERY) {
+            // The reply proves delivery as a PING's does.
+            match ask_role(&mut s.conn, bound).await {
+                Ok(Some(true)) => {}
+                Ok(Some(false)) => return "the node is no longer a master (a failover)".into(),
+                Ok(None) => s.role_checks = false,
+                Err(e) => {
+                    return format!("INFO failed: {}", crate::error::RedisCause::from(e));
+                }
+            }
+        } else {
+            let ping = redis::cmd("PING");
+            match tokio::time::timeout(bound, ping.query_async::<Value>(&mut s.conn)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return format!("PING failed: {}", crate::error::RedisCause::from(e)),
+                Err(_) => return format!("PING timed out after {bound:?}"),
+            }
         }
         // Every push sent before the reply is in the channel now.
         let mut flow = Flow::Go;
@@ -443,6 +507,26 @@ mod tests {
         assert_eq!(parse_created_at(b""), None, "no key");
         assert_eq!(parse_created_at(b"hello, raw bytes"), None, "not an envelope");
         assert_eq!(parse_created_at(&head[..15]), None, "too short");
+    }
+
+    #[test]
+    fn the_role_is_read_from_info_replication() {
+        let info = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        assert_eq!(
+            says_master(&info("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n")),
+            Some(true)
+        );
+        assert_eq!(
+            says_master(&info("# Replication\r\nrole:slave\r\nmaster_host:h\r\n")),
+            Some(false)
+        );
+        let verbatim = Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: "role:master\r\n".into(),
+        };
+        assert_eq!(says_master(&verbatim), Some(true));
+        assert_eq!(says_master(&info("")), None);
+        assert_eq!(says_master(&Value::Nil), None);
     }
 
     #[test]
