@@ -505,8 +505,26 @@ async fn in_a_cluster_one_masters_lost_tracking_connection_is_a_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_of_tracking_beside_the_stream() {
     let url = standalone_url();
+    let raw = raw(&url).await;
+    latency_beside_the_stream(RedisConnection::standalone(&url), raw, "standalone").await;
+}
+
+/// [`latency_of_tracking_beside_the_stream`] on the Cluster of the test run: the keys spread
+/// over the masters (each one's tracking connection tells of its own), the stream on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_of_tracking_beside_the_stream_in_a_cluster() {
+    let urls = cluster_urls();
+    let raw = raw_cluster(&urls).await;
+    latency_beside_the_stream(RedisConnection::cluster(urls), raw, "cluster").await;
+}
+
+async fn latency_beside_the_stream(
+    data: RedisConnectionBuilder,
+    mut raw: impl redis::aio::ConnectionLike + Send,
+    shape: &str,
+) {
     let prefix = unique_prefix("csc-latency");
-    let conn = RedisConnection::standalone(&url).connect().await.unwrap();
+    let conn = data.connect().await.unwrap();
     let tier = data_tier(&conn, &prefix).await;
     let stream = format!("{prefix}log");
     let b = RedisBackplane::builder(conn.clone())
@@ -517,12 +535,16 @@ async fn latency_of_tracking_beside_the_stream() {
         .unwrap();
     let a = RedisBackplane::builder(conn).stream(&stream).build().await.unwrap();
     let mut rx = b.subscribe();
-    let mut raw = raw(&url).await;
     let (mut tracking, mut streamed) = (Vec::new(), Vec::new());
     for i in 0..500u64 {
         let k = format!("k{i}");
         let start = Instant::now();
-        let () = raw.set(tier.redis_key(k.as_bytes()), "x").await.unwrap();
+        let () = redis::cmd("SET")
+            .arg(tier.redis_key(k.as_bytes()))
+            .arg("x")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
         loop {
             let ev =
                 tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.unwrap().unwrap();
@@ -556,7 +578,7 @@ async fn latency_of_tracking_beside_the_stream() {
         took.sort();
         let p = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
         eprintln!(
-            "{label}: invalidation latency over {} messages: p50 {:?}, p99 {:?}, max {:?}",
+            "{shape} {label}: invalidation latency over {} messages: p50 {:?}, p99 {:?}, max {:?}",
             took.len(),
             p(0.5),
             p(0.99),
