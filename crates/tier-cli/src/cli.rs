@@ -140,8 +140,9 @@ pub struct DemoArgs {
     /// Disk tier capacity in bytes (at least 131072: two segments of 64 KiB).
     #[arg(long, default_value_t = 256 << 20, value_parser = disk_bytes)]
     pub disk_bytes: u64,
-    /// Add a Redis tier (L3) and the invalidation backplane: `redis://127.0.0.1:6379/`, or
-    /// comma-separated node URLs of a Cluster (a single Cluster node URL is detected too).
+    /// Add a Redis tier (L3), the invalidation backplane and client-side caching (`CLIENT
+    /// TRACKING` of the tier's prefix): `redis://127.0.0.1:6379/`, or comma-separated node URLs
+    /// of a Cluster (a single Cluster node URL is detected too).
     #[arg(long, value_parser = redis_urls)]
     pub redis: Option<RedisUrls>,
     /// Key prefix of the Redis tier.
@@ -296,7 +297,8 @@ pub enum RedisCommand {
         #[command(flatten)]
         target: RedisTarget,
         /// A service's metrics endpoint (as `tier stats --metrics` takes it): show the state of
-        /// its circuit breaker of each Cluster master (`tier_redis_node_breaker_state`).
+        /// its circuit breaker of each Cluster master (`tier_redis_node_breaker_state`) and of
+        /// its client-side caching of each tracked cache (`tier_redis_tracking_*`).
         #[arg(long)]
         metrics: Option<String>,
     },

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use tier_core::metrics as names;
+use tier_redis::metrics as redis_names;
 
 /// One sample line: `name{labels} value`.
 #[derive(Debug, Clone, PartialEq)]
@@ -247,6 +248,46 @@ pub struct CacheFigures {
     pub refreshes: f64,
     /// `cache_invalidations_total` by `kind/source`.
     pub invalidations: BTreeMap<String, f64>,
+    /// Client-side caching (`tier_redis_tracking_*`), when the cache is tracked.
+    pub tracking: Option<TrackingFigures>,
+}
+
+/// Client-side caching of one cache (`tier_redis_tracking_*` of tier-redis).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrackingFigures {
+    /// `tier_redis_tracking_connected`: 1 while every tracking connection is up.
+    pub connected: Option<f64>,
+    /// `tier_redis_tracking_reconnects_total`.
+    pub reconnects: f64,
+    /// `tier_redis_tracking_invalidations_total` by `source` (other / own / flush).
+    pub invalidations: BTreeMap<String, f64>,
+    /// `tier_redis_tracking_errors_total` by `kind` (connect / lost / refused / read_back).
+    pub errors: BTreeMap<String, f64>,
+}
+
+impl TrackingFigures {
+    /// `connected`, `reconnecting` (or not up yet) or `refused` (the server will not track:
+    /// the backplane alone), `-` when the gauge is not exported.
+    pub fn state(&self) -> &'static str {
+        match self.connected {
+            None => "-",
+            Some(v) if v >= 0.5 => "connected",
+            Some(_) if self.errors.get("refused").is_some_and(|n| *n > 0.0) => "refused",
+            Some(_) => "reconnecting",
+        }
+    }
+
+    /// Counters since `earlier`; the gauge is this snapshot's.
+    pub fn since(&self, earlier: Option<&TrackingFigures>) -> TrackingFigures {
+        let empty = TrackingFigures::default();
+        let earlier = earlier.unwrap_or(&empty);
+        TrackingFigures {
+            connected: self.connected,
+            reconnects: (self.reconnects - earlier.reconnects).max(0.0),
+            invalidations: diff_map(&self.invalidations, &earlier.invalidations),
+            errors: diff_map(&self.errors, &earlier.errors),
+        }
+    }
 }
 
 impl CacheFigures {
@@ -290,6 +331,7 @@ impl CacheFigures {
             stale_served: (self.stale_served - earlier.stale_served).max(0.0),
             refreshes: (self.refreshes - earlier.refreshes).max(0.0),
             invalidations: diff_map(&self.invalidations, &earlier.invalidations),
+            tracking: self.tracking.as_ref().map(|t| t.since(earlier.tracking.as_ref())),
         }
     }
 }
@@ -383,6 +425,22 @@ impl Figures {
                 n if n == names::CACHE_INVALIDATIONS => {
                     let k = format!("{}/{}", s.label("kind"), s.label("source"));
                     *c.invalidations.entry(k).or_default() += s.value;
+                }
+                n if n == redis_names::TRACKING_CONNECTED => {
+                    let t = c.tracking.get_or_insert_with(Default::default);
+                    // Several exporters of one cache (never in one process): the lowest.
+                    t.connected = Some(t.connected.map_or(s.value, |v| v.min(s.value)));
+                }
+                n if n == redis_names::TRACKING_RECONNECTS => {
+                    c.tracking.get_or_insert_with(Default::default).reconnects += s.value
+                }
+                n if n == redis_names::TRACKING_INVALIDATIONS => {
+                    let t = c.tracking.get_or_insert_with(Default::default);
+                    *t.invalidations.entry(s.label("source").to_string()).or_default() += s.value;
+                }
+                n if n == redis_names::TRACKING_ERRORS => {
+                    let t = c.tracking.get_or_insert_with(Default::default);
+                    *t.errors.entry(s.label("kind").to_string()).or_default() += s.value;
                 }
                 _ => {}
             }

@@ -14,6 +14,7 @@ use crate::demo::report::count;
 use crate::envelope::{view, EnvelopeView, Opener};
 use crate::error::{chain, CliError, Result};
 use crate::keyring;
+use crate::stats::TrackingReport;
 
 /// How long connecting may take before the command gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -141,6 +142,9 @@ struct StatsOut {
     /// Each master (or the server): slots, PING, and the breaker states a service reports.
     masters: Vec<MasterOut>,
     prefix: String,
+    /// With `--metrics`: the service's client-side caching of each tracked cache.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tracking: Vec<TrackingOut>,
     /// The listing's figures; absent when a node did not answer the SCAN (`scan_error`).
     #[serde(flatten)]
     entries: Option<EntriesOut>,
@@ -178,9 +182,31 @@ struct BreakerOut {
     state: &'static str,
 }
 
-/// The service's per-master breaker states, by node, from its metrics.
-async fn breakers_of(metrics: &str) -> Result<BTreeMap<String, Vec<BreakerOut>>> {
+#[derive(Debug, Serialize, PartialEq)]
+struct TrackingOut {
+    cache: String,
+    #[serde(flatten)]
+    report: TrackingReport,
+}
+
+/// What a service's metrics say of its Redis tiers: the per-master breaker states by node,
+/// and the client-side caching of each tracked cache.
+async fn service_of(
+    metrics: &str,
+) -> Result<(BTreeMap<String, Vec<BreakerOut>>, Vec<TrackingOut>)> {
     let samples = crate::stats::scrape_samples(metrics).await?;
+    let tracking = crate::promtext::Figures::from_samples(&samples)
+        .caches
+        .into_iter()
+        .filter_map(|(cache, c)| {
+            Some(TrackingOut { cache, report: TrackingReport::of(c.tracking.as_ref()?) })
+        })
+        .collect();
+    Ok((breakers_of(&samples), tracking))
+}
+
+/// The service's per-master breaker states, by node, from its metrics.
+fn breakers_of(samples: &[crate::promtext::Sample]) -> BTreeMap<String, Vec<BreakerOut>> {
     let mut out: BTreeMap<String, Vec<BreakerOut>> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.name == tier_redis::metrics::NODE_BREAKER_STATE) {
         let label = |l: &str| s.labels.get(l).cloned().unwrap_or_default();
@@ -190,7 +216,7 @@ async fn breakers_of(metrics: &str) -> Result<BTreeMap<String, Vec<BreakerOut>>>
             state: crate::promtext::breaker_name(Some(s.value)),
         });
     }
-    Ok(out)
+    out
 }
 
 fn entries_out(entries: &[EntryOut]) -> EntriesOut {
@@ -219,9 +245,9 @@ fn entries_out(entries: &[EntryOut]) -> EntriesOut {
 async fn stats(t: RedisTarget, metrics: Option<&str>) -> Result<()> {
     let inspector = inspector(&t).await?;
     let health = inspector.node_health().await.map_err(failed)?;
-    let mut breakers = match metrics {
-        Some(m) => breakers_of(m).await?,
-        None => BTreeMap::new(),
+    let (mut breakers, tracking) = match metrics {
+        Some(m) => service_of(m).await?,
+        None => (BTreeMap::new(), Vec::new()),
     };
     let mut masters: Vec<MasterOut> = health
         .into_iter()
@@ -254,6 +280,7 @@ async fn stats(t: RedisTarget, metrics: Option<&str>) -> Result<()> {
             .collect(),
         masters,
         prefix: t.prefix.clone(),
+        tracking,
         entries,
         scan_error: scan_error.as_ref().map(|e| e.to_string()),
     };
@@ -287,6 +314,9 @@ fn print_stats(out: &StatsOut) {
             format!("  breaker {}", breakers.join(", "))
         };
         println!("  {:<24} {slots}{ping}{breakers}", m.node);
+    }
+    for t in &out.tracking {
+        println!("tracking    {}: {}", t.cache, t.report.line());
     }
     println!("prefix      {:?}", out.prefix);
     let Some(e) = &out.entries else { return };

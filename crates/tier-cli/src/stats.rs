@@ -249,6 +249,55 @@ pub struct CacheReport {
     pub refreshes: u64,
     /// Invalidations by `kind/source`.
     pub invalidations: BTreeMap<String, u64>,
+    /// Client-side caching (Redis `CLIENT TRACKING`), when the cache is tracked.
+    pub tracking: Option<TrackingReport>,
+}
+
+/// Client-side caching of one cache, as `tier stats` and `tier redis stats --metrics` show it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TrackingReport {
+    /// `connected`, `reconnecting` or `refused` (the server will not track: the backplane
+    /// alone).
+    pub state: &'static str,
+    /// Times a tracking connection was lost and made again.
+    pub reconnects: u64,
+    /// Keys Redis reported changed, by source (`other`, `own`, `flush`).
+    pub invalidations: BTreeMap<String, u64>,
+    /// Problems by kind (`connect`, `lost`, `refused`, `read_back`).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl TrackingReport {
+    /// The report of `figures`.
+    pub fn of(figures: &crate::promtext::TrackingFigures) -> Self {
+        let counts =
+            |m: &BTreeMap<String, f64>| m.iter().map(|(k, v)| (k.clone(), round(*v))).collect();
+        Self {
+            state: figures.state(),
+            reconnects: round(figures.reconnects),
+            invalidations: counts(&figures.invalidations),
+            errors: counts(&figures.errors),
+        }
+    }
+
+    /// One line: `connected · invalidations other 3, own 5 · reconnects 1 · errors lost 1`.
+    pub fn line(&self) -> String {
+        let list = |m: &BTreeMap<String, u64>| {
+            let items: Vec<String> = m.iter().map(|(k, v)| format!("{k} {}", count(*v))).collect();
+            if items.is_empty() {
+                "none".to_string()
+            } else {
+                items.join(", ")
+            }
+        };
+        format!(
+            "{} · invalidations {} · reconnects {} · errors {}",
+            self.state,
+            list(&self.invalidations),
+            count(self.reconnects),
+            list(&self.errors)
+        )
+    }
 }
 
 fn round(v: f64) -> u64 {
@@ -288,6 +337,7 @@ fn cache_report(
         stale_served: round(total.stale_served),
         refreshes: round(total.refreshes),
         invalidations: total.invalidations.iter().map(|(k, v)| (k.clone(), round(*v))).collect(),
+        tracking: total.tracking.as_ref().map(TrackingReport::of),
     }
 }
 
@@ -321,6 +371,9 @@ fn text(report: &StatsReport) -> String {
             count(c.stale_served),
             count(c.refreshes)
         );
+        if let Some(t) = &c.tracking {
+            let _ = writeln!(out, "tracking  {}", t.line());
+        }
     }
     out
 }

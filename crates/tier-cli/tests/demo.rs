@@ -168,23 +168,13 @@ fn with_redis_cluster_there_are_three_tiers() {
     three_tiers_with(&cluster_urls());
 }
 
-#[test]
-fn metrics_are_served_while_it_runs() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+/// `tier demo --json --workers 2 --keys 100 ARGS` serving its metrics on a free port: the
+/// child (its stderr's first line read) and the address, once the demo says it listens.
+fn demo_with_metrics(args: &[&str]) -> (std::process::Child, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tier"))
-        .args([
-            "demo",
-            "--duration",
-            "3s",
-            "--json",
-            "--workers",
-            "2",
-            "--keys",
-            "100",
-            "--metrics-addr",
-            &addr,
-        ])
+        .args(["demo", "--json", "--workers", "2", "--keys", "100", "--metrics-addr", &addr])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -194,6 +184,12 @@ fn metrics_are_served_while_it_runs() {
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     assert!(line.contains(&format!("http://{addr}/metrics")), "{line}");
+    (child, addr)
+}
+
+#[test]
+fn metrics_are_served_while_it_runs() {
+    let (child, addr) = demo_with_metrics(&["--duration", "3s"]);
     // `tier stats` scrapes it.
     let mut stats = tier();
     stats.args(["stats", "--metrics", &format!("http://{addr}/metrics"), "--json"]);
@@ -323,4 +319,60 @@ fn write_behind_mode_shows_the_queue_draining_and_a_failing_origin() {
     text.args(["demo", "--duration", "500ms", "--write-behind"]);
     let out = String::from_utf8(quick(&mut text).output().unwrap().stdout).unwrap();
     assert!(out.contains("write-behind") && out.contains("drained in"), "{out}");
+}
+
+/// A demo over Redis at `url` (standalone, or a Cluster's node URLs) with its metrics served:
+/// a key under its prefix written by a plain Redis client shows in `tier stats` as a
+/// client-side caching invalidation of another writer, the tracking connection as connected.
+fn tracking_shows_in_stats(url: &str) {
+    let prefix = format!("{}:", unique("tier-demo-tracking"));
+    let (child, addr) =
+        demo_with_metrics(&["--duration", "5s", "--redis", url, "--redis-prefix", &prefix]);
+    let urls: Vec<String> = url.split(',').map(String::from).collect();
+    let rt = common::runtime();
+    let write = |n: u32| {
+        rt.block_on(async {
+            let key = format!("{prefix}written-by-another-application-{n}");
+            if urls.len() > 1 {
+                let client = redis::cluster::ClusterClient::new(urls.clone()).unwrap();
+                let mut c = client.get_async_connection().await.unwrap();
+                redis::cmd("SET").arg(&key).arg("x").query_async::<()>(&mut c).await.unwrap();
+            } else {
+                let client = redis::Client::open(urls[0].as_str()).unwrap();
+                let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                redis::cmd("SET").arg(&key).arg("x").query_async::<()>(&mut c).await.unwrap();
+            }
+        })
+    };
+    // The metrics are the only signal from the demo's process: poll them, bounded.
+    let mut seen = Value::Null;
+    for n in 0..60 {
+        write(n);
+        // Empty until the demo's cache is built and records its first figures.
+        let out = tier().args(["stats", "--metrics", &addr, "--cache", "demo", "--json"]).output();
+        if let Ok(scraped) = serde_json::from_slice::<Value>(&out.unwrap().stdout) {
+            seen = scraped["caches"][0]["tracking"].clone();
+        }
+        if seen["state"] == "connected" && seen["invalidations"]["other"].as_u64() >= Some(1) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100)); // the poll's period
+    }
+    assert_eq!(seen["state"], "connected", "{seen}");
+    assert!(seen["invalidations"]["other"].as_u64() >= Some(1), "{seen}");
+    let text = common::text(tier().args(["stats", "--metrics", &addr, "--cache", "demo"]));
+    let tracking = text.lines().find(|l| l.starts_with("tracking")).unwrap_or_default();
+    assert!(tracking.contains("connected") && tracking.contains("other"), "{text}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn client_side_caching_shows_in_stats() {
+    tracking_shows_in_stats(&redis_url());
+}
+
+#[test]
+fn client_side_caching_in_a_cluster_shows_in_stats() {
+    tracking_shows_in_stats(&cluster_urls());
 }

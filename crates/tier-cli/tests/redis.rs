@@ -205,3 +205,48 @@ fn stats_shows_a_services_breaker_of_each_master() {
     ]));
     assert!(text.contains(&master) && text.contains("breaker shop/redis open"), "{text}");
 }
+
+#[test]
+fn stats_shows_a_services_client_side_caching() {
+    let body = "# TYPE tier_redis_tracking_connected gauge\n\
+         tier_redis_tracking_connected{cache=\"shop\"} 1\n\
+         tier_redis_tracking_connected{cache=\"old\"} 0\n\
+         # TYPE tier_redis_tracking_invalidations_total counter\n\
+         tier_redis_tracking_invalidations_total{cache=\"shop\",source=\"other\"} 7\n\
+         tier_redis_tracking_invalidations_total{cache=\"shop\",source=\"own\"} 3\n\
+         # TYPE tier_redis_tracking_reconnects_total counter\n\
+         tier_redis_tracking_reconnects_total{cache=\"shop\"} 2\n\
+         # TYPE tier_redis_tracking_errors_total counter\n\
+         tier_redis_tracking_errors_total{cache=\"shop\",kind=\"lost\"} 2\n\
+         tier_redis_tracking_errors_total{cache=\"old\",kind=\"refused\"} 1\n";
+    let (addr, _server) = common::http_server(2, "200 OK", body, None);
+    let prefix = format!("{}:", unique("tier-cli-tracking"));
+    let url = redis_url();
+    let stats = json(tier().args([
+        "redis",
+        "stats",
+        &url,
+        "--prefix",
+        &prefix,
+        "--metrics",
+        &addr,
+        "--json",
+    ]));
+    assert_eq!(
+        stats["tracking"],
+        j!([
+            {"cache": "old", "state": "refused", "reconnects": 0, "invalidations": {},
+             "errors": {"refused": 1}},
+            {"cache": "shop", "state": "connected", "reconnects": 2,
+             "invalidations": {"other": 7, "own": 3}, "errors": {"lost": 2}},
+        ]),
+        "{stats}"
+    );
+    let text = text(tier().args(["redis", "stats", &url, "--prefix", &prefix, "--metrics", &addr]));
+    assert!(
+        text.contains(
+            "tracking    shop: connected · invalidations other 7, own 3 · reconnects 2 · errors lost 2"
+        ) && text.contains("tracking    old: refused"),
+        "{text}"
+    );
+}

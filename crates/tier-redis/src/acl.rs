@@ -18,7 +18,8 @@
 //! ignored), `SELECT` (only when the URL names a database other than 0: add `+select`), and
 //! what client-side caching ([`track`](crate::RedisBackplaneBuilder::track)) adds: `+hello`
 //! and `+client|tracking` (without them it falls back to the backplane alone, with one
-//! warning).
+//! warning); in a Cluster it also asks each master its role (`info`, in the list; without it
+//! a master that steps down in a manual failover is noticed at the next topology read only).
 
 use crate::keys::scan_pattern;
 

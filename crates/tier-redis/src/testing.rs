@@ -207,6 +207,20 @@ impl Drop for OwnRedis {
     }
 }
 
+/// The server arguments of a node of an [`own_cluster`]: cluster-enabled, a 500 ms node
+/// timeout, `cluster-require-full-coverage no` (for a node started apart, e.g. to join as a
+/// replica).
+pub const CLUSTER_NODE_ARGS: &[&str] = &[
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "500",
+    "--cluster-require-full-coverage",
+    "no",
+];
+
 /// `n` cluster-enabled servers of the test's own (masters, no replicas), each holding its share
 /// of the slots ([`slot_range`]), with `cluster-require-full-coverage no` (the masters left
 /// keep serving their slots when one is lost) and a 500 ms node timeout.
@@ -223,16 +237,7 @@ pub async fn own_cluster(n: usize) -> Vec<OwnRedis> {
 /// # Panics
 /// As [`own_cluster`].
 pub async fn own_cluster_with(n: usize, extra: &[&str]) -> Vec<OwnRedis> {
-    let mut args = vec![
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        "nodes.conf",
-        "--cluster-node-timeout",
-        "500",
-        "--cluster-require-full-coverage",
-        "no",
-    ];
+    let mut args = CLUSTER_NODE_ARGS.to_vec();
     args.extend_from_slice(extra);
     let nodes: Vec<OwnRedis> = (0..n).map(|_| OwnRedis::start_with(&args)).collect();
     let mut first_node = raw(&nodes[0].url()).await;

@@ -1,8 +1,9 @@
 //! Client-side caching (`RedisBackplaneBuilder::track`) against a real server: a write by
 //! another client drops the L1 copy; own writes keep theirs; a lost tracking connection holds
 //! the lease back (local entries not fresh), then a gap and proofs again; a server that refuses
-//! tracking falls back to the stream alone, once; a Cluster is refused at build; the latency
-//! beside the stream's.
+//! tracking falls back to the stream alone, once; the latency beside the stream's. In a Cluster:
+//! a write to a key of any master drops the copy; one master's lost tracking connection holds
+//! the lease back, then a gap; a master that takes over by failover is tracked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -15,7 +16,9 @@ use redis::AsyncCommands;
 use tier_core::spi::{Backplane, BackplaneEvent, Invalidation, Lookup, Tier};
 use tier_core::{Cache, ReconnectPolicy, TierPolicy};
 use tier_memory::MemoryTier;
-use tier_redis::{RedisBackplane, RedisConnection, RedisGenerations, RedisTier, SetupError};
+use tier_redis::{
+    RedisBackplane, RedisConnection, RedisConnectionBuilder, RedisGenerations, RedisTier,
+};
 use tokio::sync::broadcast;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -30,7 +33,12 @@ struct Instance {
 }
 
 async fn instance(data_url: &str, prefix: &str, track: bool) -> Instance {
-    let conn = RedisConnection::standalone(data_url)
+    instance_on(RedisConnection::standalone(data_url), prefix, track).await
+}
+
+/// [`instance`] with its L3 on what `data` connects to (a standalone server or a Cluster).
+async fn instance_on(data: RedisConnectionBuilder, prefix: &str, track: bool) -> Instance {
+    let conn = data
         .connect_timeout(Duration::from_millis(500))
         .response_timeout(Duration::from_millis(1000))
         .connect()
@@ -351,13 +359,144 @@ fn acl_denials(log: &[redis::Value], user: &str) -> i64 {
     total
 }
 
+/// The masters of the Cluster `urls[0]` belongs to, by slot range: `(first, last, url)`.
+async fn masters_of(urls: &[String]) -> Vec<(i64, i64, String)> {
+    let mut c = raw(&urls[0]).await;
+    let slots: Vec<redis::Value> =
+        redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
+    let mut out = Vec::new();
+    for range in slots {
+        let redis::Value::Array(range) = range else { panic!("not a slot range: {range:?}") };
+        let int = |v: &redis::Value| redis::from_redis_value::<i64>(v.clone()).unwrap();
+        let redis::Value::Array(master) = &range[2] else { panic!("no master: {range:?}") };
+        let host: String = redis::from_redis_value(master[0].clone()).unwrap();
+        out.push((int(&range[0]), int(&range[1]), format!("redis://{host}:{}/", int(&master[1]))));
+    }
+    out
+}
+
+/// A cache key of `cache` whose Redis key in `l3` lives in each master's slots, by master URL.
+async fn a_key_on_each_master(
+    i: &Instance,
+    masters: &[(i64, i64, String)],
+) -> Vec<(String, Vec<u8>)> {
+    let mut c = raw(&masters[0].2).await;
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for n in 0.. {
+        let k = i.cache.key(format!("user:{n}"));
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(i.l3.redis_key(&k))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let (_, _, url) = masters.iter().find(|m| (m.0..=m.1).contains(&slot)).unwrap();
+        if !out.iter().any(|(u, _)| u == url) {
+            out.push((url.clone(), k.to_vec()));
+        }
+        if out.len() == masters.len() {
+            break;
+        }
+    }
+    out
+}
+
+/// In the Cluster of the test run: a plain client's write to a key of each master (sent to
+/// that master) drops the tracked instance's L1 copy, and only with tracking (the control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_tier_is_refused_at_build() {
-    let conn = RedisConnection::cluster(cluster_urls()).connect().await.unwrap();
-    let tier = data_tier(&conn, &unique_prefix("csc-cluster")).await;
-    let err = RedisBackplane::builder(conn).track("users", &tier).build().await.unwrap_err();
-    assert!(matches!(err, SetupError::Config(_)), "{err}");
-    assert!(err.to_string().contains("standalone"), "{err}");
+async fn in_a_cluster_a_write_to_a_key_of_any_master_drops_the_l1_copy() {
+    let urls = cluster_urls();
+    let prefix = unique_prefix("csc-cluster");
+    let tracked = instance_on(RedisConnection::cluster(urls.clone()), &prefix, true).await;
+    let untracked = instance_on(RedisConnection::cluster(urls.clone()), &prefix, false).await;
+    let masters = masters_of(&urls).await;
+    assert_eq!(masters.len(), 3, "{masters:?}");
+    let (mut t_rx, mut u_rx) = (tracked.backplane.subscribe(), untracked.backplane.subscribe());
+    for (master, k) in a_key_on_each_master(&tracked, &masters).await {
+        tracked.cache.insert(&k, "v1".to_string()).await.unwrap();
+        let now = tier_core::spi::now_ms();
+        proof_after(&mut u_rx, now, Duration::from_secs(2)).await;
+        proof_after(&mut t_rx, now, Duration::from_secs(2)).await;
+        eventually(Duration::from_secs(1), "the untracked instance reads v1", || async {
+            untracked.cache.get(&k).await.as_deref().map(String::as_str) == Some("v1")
+                && in_l1(&untracked, &k).await
+        })
+        .await;
+        assert!(in_l1(&tracked, &k).await, "the own write's copy stays ({master})");
+        let mut node = raw(&master).await;
+        let () = node.set(tracked.l3.redis_key(&k), "written by someone else").await.unwrap();
+        let took =
+            eventually(Duration::from_millis(200), "the tracked L1 copy dropped", || async {
+                !in_l1(&tracked, &k).await
+            })
+            .await;
+        eprintln!("master {master}: foreign write → L1 copy dropped in {took:?}");
+        assert!(in_l1(&untracked, &k).await, "without tracking the copy stays (the control)");
+    }
+}
+
+/// The tracking connections of the clients of the node at `url` (`flags` with `t`) killed;
+/// how many.
+async fn kill_tracking_clients(url: &str) -> usize {
+    let mut admin = raw(url).await;
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut admin).await.unwrap();
+    let ids: Vec<String> = list
+        .lines()
+        .filter(|l| {
+            l.split(' ').any(|f| f.strip_prefix("flags=").is_some_and(|fl| fl.contains('t')))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).map(String::from))
+        .collect();
+    for id in &ids {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    ids.len()
+}
+
+/// A Cluster of the test's own: `CLIENT KILL` of the tracking connection on one master holds
+/// the lease back (no proof covers an instant after the kill while it is down), then it is
+/// made again with a gap, and that master's keys are followed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_one_masters_lost_tracking_connection_is_a_gap() {
+    let nodes = own_cluster(3).await;
+    let urls: Vec<String> = nodes.iter().map(OwnRedis::url).collect();
+    let prefix = unique_prefix("csc-cluster-kill");
+    let b = instance_on(RedisConnection::cluster(urls.clone()), &prefix, true).await;
+    let mut rx = b.backplane.subscribe();
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(5)).await;
+    for (i, url) in urls.iter().enumerate() {
+        assert_eq!(kill_tracking_clients(url).await, 1, "one tracking connection on master {i}");
+        let killed_at = tier_core::spi::now_ms();
+        loop {
+            match next_any(&mut rx, Duration::from_secs(5)).await {
+                BackplaneEvent::Gap => break,
+                BackplaneEvent::Confirmed { sent_at_ms } => assert!(
+                    sent_at_ms <= killed_at,
+                    "a proof of {sent_at_ms} while master {i}'s tracking is down (killed at {killed_at})"
+                ),
+                _ => {}
+            }
+        }
+        proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(5)).await;
+    }
+    // Followed again on every master: a raw write to each one's key drops the L1 copy.
+    let masters = masters_of(&urls).await;
+    for (master, k) in a_key_on_each_master(&b, &masters).await {
+        b.cache.insert(&k, "v1".to_string()).await.unwrap();
+        proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(2)).await;
+        assert!(in_l1(&b, &k).await);
+        let () = raw(&master).await.set(b.l3.redis_key(&k), "x").await.unwrap();
+        eventually(Duration::from_millis(200), "the L1 copy dropped", || async {
+            !in_l1(&b, &k).await
+        })
+        .await;
+    }
 }
 
 /// Invalidation latency to another instance, tracking beside the stream, in one run: a raw
@@ -366,8 +505,26 @@ async fn a_cluster_tier_is_refused_at_build() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_of_tracking_beside_the_stream() {
     let url = standalone_url();
+    let raw = raw(&url).await;
+    latency_beside_the_stream(RedisConnection::standalone(&url), raw, "standalone").await;
+}
+
+/// [`latency_of_tracking_beside_the_stream`] on the Cluster of the test run: the keys spread
+/// over the masters (each one's tracking connection tells of its own), the stream on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_of_tracking_beside_the_stream_in_a_cluster() {
+    let urls = cluster_urls();
+    let raw = raw_cluster(&urls).await;
+    latency_beside_the_stream(RedisConnection::cluster(urls), raw, "cluster").await;
+}
+
+async fn latency_beside_the_stream(
+    data: RedisConnectionBuilder,
+    mut raw: impl redis::aio::ConnectionLike + Send,
+    shape: &str,
+) {
     let prefix = unique_prefix("csc-latency");
-    let conn = RedisConnection::standalone(&url).connect().await.unwrap();
+    let conn = data.connect().await.unwrap();
     let tier = data_tier(&conn, &prefix).await;
     let stream = format!("{prefix}log");
     let b = RedisBackplane::builder(conn.clone())
@@ -378,12 +535,16 @@ async fn latency_of_tracking_beside_the_stream() {
         .unwrap();
     let a = RedisBackplane::builder(conn).stream(&stream).build().await.unwrap();
     let mut rx = b.subscribe();
-    let mut raw = raw(&url).await;
     let (mut tracking, mut streamed) = (Vec::new(), Vec::new());
     for i in 0..500u64 {
         let k = format!("k{i}");
         let start = Instant::now();
-        let () = raw.set(tier.redis_key(k.as_bytes()), "x").await.unwrap();
+        let () = redis::cmd("SET")
+            .arg(tier.redis_key(k.as_bytes()))
+            .arg("x")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
         loop {
             let ev =
                 tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.unwrap().unwrap();
@@ -417,7 +578,7 @@ async fn latency_of_tracking_beside_the_stream() {
         took.sort();
         let p = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
         eprintln!(
-            "{label}: invalidation latency over {} messages: p50 {:?}, p99 {:?}, max {:?}",
+            "{shape} {label}: invalidation latency over {} messages: p50 {:?}, p99 {:?}, max {:?}",
             took.len(),
             p(0.5),
             p(0.99),
@@ -430,6 +591,22 @@ async fn latency_of_tracking_beside_the_stream() {
     assert!(t99 <= Duration::from_millis(100) && s99 <= Duration::from_millis(100));
 }
 
+/// The next event, whatever it is.
+async fn next_any(
+    rx: &mut broadcast::Receiver<BackplaneEvent>,
+    within: Duration,
+) -> BackplaneEvent {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await.expect("an event in time") {
+            Ok(ev) => return ev,
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(e) => panic!("backplane channel: {e}"),
+        }
+    }
+}
+
 /// The next event that is not a proof of delivery.
 async fn next_event(
     rx: &mut broadcast::Receiver<BackplaneEvent>,
@@ -437,8 +614,7 @@ async fn next_event(
 ) -> BackplaneEvent {
     let deadline = Instant::now() + within;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rx.recv()).await.expect("an event in time").unwrap() {
+        match next_any(rx, deadline.saturating_duration_since(Instant::now())).await {
             BackplaneEvent::Confirmed { .. } => {}
             other => return other,
         }
@@ -496,5 +672,125 @@ async fn a_server_without_client_tracking_falls_back() {
             BackplaneEvent::Confirmed { .. } => {}
             other => panic!("no tracking, yet {other:?}"),
         }
+    }
+}
+
+/// A Cluster of the test's own whose first master gets a replica, which then takes over
+/// (`CLUSTER FAILOVER`): the new master is tracked (a write to a key of its slots drops the L1
+/// copy); the master that stepped down stops proving within about 100 ms, then a gap; proofs go
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_a_master_that_takes_over_by_failover_is_tracked() {
+    let nodes = own_cluster(3).await;
+    let urls: Vec<String> = nodes.iter().map(OwnRedis::url).collect();
+    let replica = OwnRedis::start_with(tier_redis::testing::CLUSTER_NODE_ARGS);
+    let mut r = raw(&replica.url()).await;
+    let () = redis::cmd("CLUSTER")
+        .arg("MEET")
+        .arg("127.0.0.1")
+        .arg(nodes[0].port)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let master_id: String =
+        redis::cmd("CLUSTER").arg("MYID").query_async(&mut raw(&urls[0]).await).await.unwrap();
+    // The replica must know the master before it can follow it.
+    eventually(Duration::from_secs(10), "the new node replicates the first master", || {
+        let mut r = r.clone();
+        let master_id = master_id.clone();
+        async move {
+            let ok: redis::RedisResult<()> =
+                redis::cmd("CLUSTER").arg("REPLICATE").arg(&master_id).query_async(&mut r).await;
+            ok.is_ok()
+        }
+    })
+    .await;
+
+    let prefix = unique_prefix("csc-cluster-failover");
+    let b = instance_on(RedisConnection::cluster(urls.clone()), &prefix, true).await;
+    let mut rx = b.backplane.subscribe();
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(5)).await;
+    // FORCE: without the handshake with the master (whose replication link may not be up
+    // yet); the other masters vote.
+    let () = redis::cmd("CLUSTER").arg("FAILOVER").arg("FORCE").query_async(&mut r).await.unwrap();
+    eventually(Duration::from_secs(10), "the replica is a master", || {
+        let mut r = r.clone();
+        async move {
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut r).await.unwrap();
+            role.first() == Some(&redis::Value::BulkString(b"master".to_vec()))
+        }
+    })
+    .await;
+    // The master that stepped down stays up, and its tracking connection with it; it tells
+    // nothing of the writes to its former slots: it must stop proving at once (its role is
+    // asked every 5th proof, 100 ms), not at the next topology read (every second), and what
+    // follows is a gap.
+    let promoted_by = tier_core::spi::now_ms();
+    loop {
+        match next_any(&mut rx, Duration::from_secs(5)).await {
+            BackplaneEvent::Gap => break,
+            BackplaneEvent::Confirmed { sent_at_ms } => assert!(
+                sent_at_ms <= promoted_by + 400,
+                "a proof of {sent_at_ms}, the replica a master by {promoted_by}"
+            ),
+            _ => {}
+        }
+    }
+    // A key of the first master's slots, which the new master serves now.
+    let masters = masters_of(&[replica.url()]).await;
+    let (_, k) = a_key_on_each_master(&b, &masters)
+        .await
+        .into_iter()
+        .find(|(m, _)| *m == replica.url())
+        .expect("the new master serves slots");
+    let took = eventually(Duration::from_secs(10), "a write on the new master is told", || async {
+        b.cache.insert(&k, "v1".to_string()).await.is_ok()
+            && {
+                proof_after(
+                    &mut b.backplane.subscribe(),
+                    tier_core::spi::now_ms(),
+                    Duration::from_secs(5),
+                )
+                .await;
+                in_l1(&b, &k).await
+            }
+            && {
+                let () = raw(&replica.url()).await.set(b.l3.redis_key(&k), "x").await.unwrap();
+                tokio::time::timeout(Duration::from_millis(300), async {
+                    while in_l1(&b, &k).await {
+                        tokio::time::sleep(Duration::from_millis(5)).await; // a poll's period
+                    }
+                })
+                .await
+                .is_ok()
+            }
+    })
+    .await;
+    eprintln!("failover → the new master's writes told within {took:?}");
+    // Proofs go on, every master tracked.
+    proof_after(&mut rx, tier_core::spi::now_ms(), Duration::from_secs(5)).await;
+}
+
+/// A Cluster tier whose masters are not known yet (a lazy connection to a Cluster that is not
+/// there): the stream proves delivery, but no proof reaches the lease — tracking is not on
+/// anywhere, so nothing written meanwhile would be told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_no_proof_before_the_masters_are_tracked() {
+    let prefix = unique_prefix("csc-cluster-unknown");
+    let nowhere = format!("redis://127.0.0.1:{}/", free_port());
+    let conn = RedisConnection::cluster([nowhere]).lazy(true).connect().await.unwrap();
+    let tier = data_tier(&conn, &prefix).await;
+    let bp_conn = RedisConnection::standalone(standalone_url()).connect().await.unwrap();
+    let b = RedisBackplane::builder(bp_conn)
+        .stream(format!("{prefix}log"))
+        .track("users", &tier)
+        .build()
+        .await
+        .unwrap();
+    let mut rx = b.subscribe();
+    // The stream alone proves every 10 ms: 300 ms would see many proofs.
+    let until = Instant::now() + Duration::from_millis(300);
+    while let Ok(ev) = tokio::time::timeout_at(until.into(), rx.recv()).await {
+        assert!(!matches!(ev, Ok(BackplaneEvent::Confirmed { .. })), "a proof without tracking");
     }
 }

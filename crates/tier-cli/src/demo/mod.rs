@@ -183,7 +183,11 @@ async fn build_cache(
             .build()
             .await
             .map_err(|e| crate::redis::setup_error("Redis tier", &e))?;
+        // Client-side caching beside the backplane: a write to one of the tier's keys by
+        // anyone drops it from L1 and disk (`tier_redis_tracking_*`; in a Cluster one
+        // tracking connection per master).
         let backplane = tier_redis::RedisBackplane::builder(conn.clone())
+            .track(args.cache.clone(), &tier)
             .build()
             .await
             .map_err(|e| crate::redis::setup_error("Redis backplane", &e))?;

@@ -61,8 +61,10 @@ impl RedisBackplaneBuilder {
     /// - A server that refuses `HELLO 3` or `CLIENT TRACKING` (older than Redis 6, a
     ///   RESP-compatible server without it, an ACL user without `client|tracking`): one
     ///   warning, and the backplane alone (no retry).
-    /// - [`build`](Self::build) refuses a Cluster tier ([`SetupError::Config`]): tracking is
-    ///   per node, and one connection per master and its failover are not built.
+    /// - Redis Cluster: a node tells only of its own keys, so there is one tracking connection
+    ///   per master, following the topology (read every second, and soon after a connection is
+    ///   lost: a master added, lost or failed over gets its connection, with a gap). The lease
+    ///   needs every master's proof: a loss of any one is a loss as above.
     ///
     /// It sees only what changes while it is connected: entries a disk tier kept across a
     /// restart are checked by the stream's replay (the fleet's writes), not against other
@@ -131,13 +133,6 @@ impl RedisBackplaneBuilder {
         if self.capacity == 0 || self.max_len == 0 {
             return Err(SetupError::Config("capacity and max_len must be positive".into()));
         }
-        if let Some(t) = self.tracked.iter().find(|t| t.tier.connection().is_cluster()) {
-            return Err(SetupError::Config(format!(
-                "client-side caching (track) of cache {:?} needs a standalone Redis: on a Cluster \
-                 tracking is per node (the backplane alone invalidates there)",
-                t.cache
-            )));
-        }
         let conn = self.connection.connect().await?;
         let keys = LogKeys::new(&self.stream);
         // A lazy connection never fails the build: without the head, the reader starts from
@@ -166,26 +161,9 @@ impl RedisBackplaneBuilder {
         let mut trackers = Vec::new();
         for tracked in self.tracked {
             tracked.tier.own_writes().enable();
-            let proof = shared.add_source();
-            // The first connection at build, so that a server that refuses is said at once.
-            let first = if tracked.tier.connection().is_connected() {
-                match tracking::open(&tracked).await {
-                    Ok(s) => Some(s),
-                    Err(tracking::Setup::Refused(e)) => {
-                        tracking::refused(&shared, &tracked.cache, &proof, &e);
-                        continue;
-                    }
-                    Err(tracking::Setup::Failed(_)) => None,
-                }
-            } else {
-                None
-            };
-            trackers.push(AbortOnDrop(tokio::spawn(tracking::run(
-                shared.clone(),
-                tracked,
-                proof,
-                first,
-            ))));
+            if let Some(task) = tracking::start(&shared, tracked).await {
+                trackers.push(AbortOnDrop(task));
+            }
         }
         metrics::gauge!(BACKPLANE_CONNECTED, "channel" => shared.keys.stream.clone())
             .set(if start.is_some() { 1.0 } else { 0.0 });

@@ -93,6 +93,17 @@ impl Shared {
         proof
     }
 
+    /// Stop counting `proof` in the lease (its source is gone: a Cluster master that left the
+    /// topology); what the others proved may be told now.
+    pub(super) fn remove_source(&self, proof: &Arc<SourceProof>) {
+        self.proofs
+            .trackers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|t| !Arc::ptr_eq(t, proof));
+        self.confirm();
+    }
+
     /// The stream reader proved delivery up to `sent_at_ms`: tell the lease what every source
     /// proved.
     pub(super) fn stream_proven(&self, sent_at_ms: u64) {

@@ -177,17 +177,23 @@ impl RedisConnection {
         self.bounded("connect", self.inner.factory.connect()).await
     }
 
-    /// A RESP3 connection of its own (not shared), made to the same server with the same
-    /// credentials and TLS, whose push messages (client-side caching's invalidations) go to
-    /// `pushes`; connecting sends `HELLO 3`. Bounded by the operation timeout (its replies
-    /// too). `None` for a Cluster (tracking is per node). The error is redis-rs's, so that the
-    /// caller can tell a server that refuses (`HELLO 3` unknown, an ACL) from one not reached.
+    /// A RESP3 connection of its own (not shared) to one node — the standalone server
+    /// ([`Route::Server`]) or a Cluster master ([`Route::Master`]) — with the same credentials
+    /// and TLS, whose push messages (client-side caching's invalidations) go to `pushes`;
+    /// connecting sends `HELLO 3`. Bounded by the operation timeout (its replies too). `None`
+    /// when `route` is not a node of this connection's kind. The error is redis-rs's, so that
+    /// the caller can tell a server that refuses (`HELLO 3` unknown, an ACL) from one not
+    /// reached.
     pub(crate) async fn resp3_dedicated(
         &self,
+        route: &Route,
         pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
     ) -> Option<redis::RedisResult<redis::aio::MultiplexedConnection>> {
-        let Factory::Standalone(client, _) = &self.inner.factory else { return None };
-        let info = client.get_connection_info().clone();
+        let info = match (&self.inner.factory, route) {
+            (Factory::Standalone(client, _), Route::Server) => client.get_connection_info().clone(),
+            (Factory::Cluster(_), Route::Master { .. }) => self.inner.node_conns.info(route)?,
+            _ => return None,
+        };
         let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
         let client = match redis::Client::open(info.set_redis_settings(settings)) {
             Ok(c) => c,

@@ -41,16 +41,12 @@ impl NodeConns {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The connection to `route`'s node: kept, or made now.
-    async fn get(&self, route: &Route) -> RedisResult<MultiplexedConnection> {
-        if let Some(c) = self.conns().get(route) {
-            return Ok(c.clone());
-        }
+    /// How to connect to `route`'s node: the first node URL's settings (credentials,
+    /// database, TLS) with the node's address; `None` for the standalone server or without
+    /// settings.
+    pub(super) fn info(&self, route: &Route) -> Option<ConnectionInfo> {
         let (Route::Master { host, port }, Some(template)) = (route, &self.template) else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "no connection settings for a Cluster node",
-            )));
+            return None;
         };
         let addr = match template.addr() {
             ConnectionAddr::TcpTls { insecure, tls_params, .. } => ConnectionAddr::TcpTls {
@@ -61,7 +57,21 @@ impl NodeConns {
             },
             _ => ConnectionAddr::Tcp(host.clone(), *port),
         };
-        let client = redis::Client::open(template.clone().set_addr(addr))?;
+        Some(template.clone().set_addr(addr))
+    }
+
+    /// The connection to `route`'s node: kept, or made now.
+    async fn get(&self, route: &Route) -> RedisResult<MultiplexedConnection> {
+        if let Some(c) = self.conns().get(route) {
+            return Ok(c.clone());
+        }
+        let Some(info) = self.info(route) else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no connection settings for a Cluster node",
+            )));
+        };
+        let client = redis::Client::open(info)?;
         let conn = client.get_multiplexed_async_connection_with_config(&self.config).await?;
         self.conns().insert(route.clone(), conn.clone());
         Ok(conn)

@@ -1,51 +1,19 @@
-//! Client-side caching as a second source of invalidations: a RESP3 connection of its own per
-//! tracked cache, with `CLIENT TRACKING ON BCAST PREFIX <the tier's prefix>`, so that Redis
-//! tells this instance of every change of a key under the prefix — by anyone, also another
-//! application writing the same keys — and the key is dropped from the instance's local tiers.
-//!
-//! Why not redis-rs's own client-side caching (`cache-aio`): it keeps values in a cache of its
-//! own inside the connection (a second L1 beside ours, with its own size and policy), answers
-//! reads from it, and does not tell its user which keys were invalidated — nothing for the
-//! hierarchy's L1 and disk tier to act on, and no proof of delivery for the lease. This module
-//! only needs the invalidation pushes, which redis-rs's push sender
-//! (`AsyncConnectionConfig::set_push_sender`) hands over as they are read, in order with the
-//! replies of the same connection.
-//!
-//! Invariants:
-//! - Every push of a key under the prefix becomes `Invalidate { what: Written { key,
-//!   created_at }, position: None }` for the tracked cache: with `created_at = u64::MAX` (drop
-//!   whatever local copy there is) unless this instance wrote the key itself lately (see
-//!   `crate::own`) *and* a read-back of the key's envelope header shows that write is still
-//!   what Redis holds — then `created_at` is that write's minus 1, so that only copies older
-//!   than it are dropped and the fresh copy the write put in L1 stays. When unsure (no record,
-//!   the header says otherwise, the read-back fails) the copy is dropped.
-//! - The pushes that arrive together are applied together: the own keys among them are read
-//!   back in one pipeline (a batch write of 10 000 keys costs one round trip per batch of
-//!   pushes read, not one per key).
-//! - A `FLUSHDB` / `FLUSHALL` push (no keys) is a `Gap`: local entries stale, never fresh.
-//! - Proof of delivery: a `PING` every [`PING_EVERY`] on the tracking connection; its reply
-//!   comes after every push sent before it (one connection, in order), and the pushes read
-//!   before the reply are applied before the proof is given. The backplane's lease takes the
-//!   minimum of the stream's proof and every tracker's (`Shared::confirm`): an entry is fresh
-//!   only while both sources are proven.
-//! - A lost connection (an error reply, a timeout, redis-rs's disconnection push): no proof
-//!   from then on (the lease lapses within δ), then reconnect with backoff
-//!   ([`MIN_BACKOFF`] → [`MAX_BACKOFF`], ±50 % jitter), counted. Once tracking is on again, a
-//!   `Gap` (what changed meanwhile is unknown: tracking cannot replay) and proofs again.
-//! - A server that refuses `HELLO 3` or `CLIENT TRACKING` (an older Redis, a RESP-compatible
-//!   server, an ACL without the command) turns tracking off for good: one warning, the lease
-//!   goes by the stream alone, no retry loop.
+//! One tracking connection (to the standalone server or to one Cluster master): making it,
+//! following its pushes, proving delivery, reconnecting; and the cache's [`Links`] (see the
+//! parent module for the invariants).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, PushInfo, PushKind, RedisError, ServerErrorKind, Value};
 use tier_core::spi::{now_ms, BackplaneEvent, Invalidation};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use super::shared::{Shared, SourceProof};
+use crate::backplane::shared::{Shared, SourceProof};
+use crate::connection::Route;
 use crate::metrics::{
     TRACKING_CONNECTED, TRACKING_ERRORS, TRACKING_INVALIDATIONS, TRACKING_RECONNECTS,
 };
@@ -60,9 +28,9 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A cache whose keys in `tier` are tracked.
 #[derive(Clone)]
-pub(super) struct Tracked {
-    pub(super) cache: String,
-    pub(super) tier: RedisTier,
+pub(crate) struct Tracked {
+    pub(crate) cache: String,
+    pub(crate) tier: RedisTier,
 }
 
 impl std::fmt::Debug for Tracked {
@@ -72,6 +40,104 @@ impl std::fmt::Debug for Tracked {
             .field("prefix", &String::from_utf8_lossy(self.tier.prefix()))
             .finish()
     }
+}
+
+/// The tracking connections of one cache (one, or one per Cluster master): each one's proof
+/// of delivery and whether it is up, which `tier_redis_tracking_connected` sums up (1 only
+/// while every one is).
+pub(super) struct Links {
+    cache: String,
+    links: Mutex<HashMap<Route, (Arc<SourceProof>, bool)>>,
+}
+
+impl Links {
+    pub(super) fn new(cache: String) -> Arc<Self> {
+        Arc::new(Self { cache, links: Mutex::default() })
+    }
+
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<Route, (Arc<SourceProof>, bool)>> {
+        // Proof handles and flags only: a poisoned lock still holds consistent ones.
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection to `route` from now on: its proof, which the lease needs.
+    pub(super) fn add(&self, shared: &Shared, route: &Route) -> Arc<SourceProof> {
+        let proof = shared.add_source();
+        let mut links = self.links();
+        links.insert(route.clone(), (proof.clone(), false));
+        self.publish(&links);
+        proof
+    }
+
+    /// No connection to `route` any more (a master that left the topology): out of the lease.
+    pub(super) fn remove(&self, shared: &Shared, route: &Route) {
+        let removed = {
+            let mut links = self.links();
+            let removed = links.remove(route);
+            self.publish(&links);
+            removed
+        };
+        if let Some((proof, _)) = removed {
+            shared.remove_source(&proof);
+        }
+    }
+
+    fn set_up(&self, route: &Route, up: bool) {
+        let mut links = self.links();
+        if let Some(link) = links.get_mut(route) {
+            link.1 = up;
+        }
+        self.publish(&links);
+    }
+
+    fn publish(&self, links: &HashMap<Route, (Arc<SourceProof>, bool)>) {
+        let up = !links.is_empty() && links.values().all(|(_, up)| *up);
+        metrics::gauge!(TRACKING_CONNECTED, "cache" => self.cache.clone()).set(if up {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
+    /// The server refused tracking: every connection of the cache is out of the lease, which
+    /// goes by the stream alone; said once.
+    pub(super) fn refuse(&self, shared: &Shared, e: &RedisError) {
+        {
+            let mut links = self.links();
+            for (proof, up) in links.values_mut() {
+                proof.turn_off();
+                *up = false;
+            }
+            metrics::gauge!(TRACKING_CONNECTED, "cache" => self.cache.clone()).set(0.0);
+        }
+        shared.confirm();
+        metrics::counter!(TRACKING_ERRORS, "cache" => self.cache.clone(), "kind" => "refused")
+            .increment(1);
+        tracing::warn!(cache = %self.cache, error = %crate::error::RedisCause::from(e.clone()), "the Redis server refuses client-side caching (HELLO 3 / CLIENT TRACKING): invalidations come from the backplane alone");
+    }
+}
+
+/// One tracking connection: the cache, the node (the standalone server or a Cluster master),
+/// its proof and the cache's links.
+pub(super) struct Link {
+    pub(super) tracked: Tracked,
+    pub(super) route: Route,
+    pub(super) proof: Arc<SourceProof>,
+    pub(super) links: Arc<Links>,
+}
+
+impl Link {
+    /// The node, as logs show it.
+    fn node(&self) -> String {
+        self.route.address().unwrap_or_else(|| "server".into())
+    }
+}
+
+/// The server refused tracking (`run` ends only so); `was_up`: the connection had been up
+/// before (what changed since it was lost is unknown).
+pub(super) struct Refusal {
+    pub(super) error: RedisError,
+    pub(super) was_up: bool,
 }
 
 /// Why a tracking connection could not be made.
@@ -86,6 +152,39 @@ pub(super) enum Setup {
 pub(super) struct Session {
     conn: MultiplexedConnection,
     pushes: UnboundedReceiver<PushInfo>,
+    /// A Cluster master whose role is asked every [`ROLE_EVERY`]th proof (false: standalone,
+    /// or a server that does not answer `INFO`).
+    role_checks: bool,
+}
+
+/// On a Cluster master, every this many proofs is an `INFO replication` instead of a `PING`
+/// (its reply proves delivery the same way): a master that stepped down (a manual failover, in
+/// which it stays up) is noticed within this many [`PING_EVERY`], not at the next topology read.
+pub(crate) const ROLE_EVERY: u32 = 5;
+
+/// What `INFO replication` says of the node: `Some(true)` a master, `Some(false)` not, `None`
+/// it did not say (an error reply: an ACL without `info`, a server without the section).
+fn says_master(reply: &Value) -> Option<bool> {
+    let text = match reply {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => text.clone(),
+        _ => return None,
+    };
+    text.lines().find_map(|l| l.trim().strip_prefix("role:")).map(|role| role == "master")
+}
+
+/// The node's role, within `bound`: `Ok(None)` when it does not say.
+async fn ask_role(
+    conn: &mut MultiplexedConnection,
+    bound: Duration,
+) -> Result<Option<bool>, RedisError> {
+    let info = redis::cmd("INFO").arg("replication").to_owned();
+    match tokio::time::timeout(bound, info.query_async::<Value>(conn)).await {
+        Ok(Ok(reply)) => Ok(says_master(&reply)),
+        Ok(Err(e)) if matches!(e.kind(), ErrorKind::Server(_)) => Ok(None),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(timed_out("INFO replication")),
+    }
 }
 
 /// Does `e` say that the server will not do it (rather than that it was not reached)?
@@ -103,19 +202,19 @@ fn refuses(e: &RedisError) -> bool {
     }
 }
 
-/// Make a RESP3 connection (`HELLO 3`) to the tier's server and turn tracking on for its
-/// prefix (`CLIENT TRACKING ON BCAST [PREFIX p]`).
-pub(super) async fn open(tracked: &Tracked) -> Result<Session, Setup> {
+/// Make a RESP3 connection (`HELLO 3`) to the tier's node at `route` and turn tracking on for
+/// its prefix (`CLIENT TRACKING ON BCAST [PREFIX p]`).
+pub(super) async fn open(tracked: &Tracked, route: &Route) -> Result<Session, Setup> {
     let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
     let conn = tracked.tier.connection();
     let classify = |e: RedisError| if refuses(&e) { Setup::Refused(e) } else { Setup::Failed(e) };
-    let mut c = match conn.resp3_dedicated(tx).await {
+    let mut c = match conn.resp3_dedicated(route, tx).await {
         Some(Ok(c)) => c,
         Some(Err(e)) => return Err(classify(e)),
         None => {
-            return Err(Setup::Refused(RedisError::from((
+            return Err(Setup::Failed(RedisError::from((
                 ErrorKind::InvalidClientConfig,
-                "client-side caching needs a standalone server (tracking is per Cluster node)",
+                "no connection settings for this node",
             ))))
         }
     };
@@ -125,10 +224,27 @@ pub(super) async fn open(tracked: &Tracked) -> Result<Session, Setup> {
         cmd.arg("PREFIX").arg(tracked.tier.prefix());
     }
     match tokio::time::timeout(conn.op_timeout(), cmd.query_async::<()>(&mut c)).await {
-        Ok(Ok(())) => Ok(Session { conn: c, pushes }),
-        Ok(Err(e)) => Err(classify(e)),
-        Err(_) => Err(Setup::Failed(timed_out("CLIENT TRACKING"))),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(classify(e)),
+        Err(_) => return Err(Setup::Failed(timed_out("CLIENT TRACKING"))),
     }
+    // A Cluster node that is no master (any more) tells nothing of the writes to its slots:
+    // not a source of proofs (the topology read takes it out).
+    let role_checks = match route {
+        Route::Server => false,
+        Route::Master { .. } => match ask_role(&mut c, conn.op_timeout()).await {
+            Ok(Some(true)) => true,
+            Ok(Some(false)) => {
+                return Err(Setup::Failed(RedisError::from((
+                    ErrorKind::Client,
+                    "this Cluster node is not a master (any more)",
+                ))))
+            }
+            Ok(None) => false,
+            Err(e) => return Err(Setup::Failed(e)),
+        },
+    };
+    Ok(Session { conn: c, pushes, role_checks })
 }
 
 fn timed_out(what: &str) -> RedisError {
@@ -149,45 +265,40 @@ enum Flow {
     Lost,
 }
 
-/// Follow the tracked cache's invalidations: `first` is the session made at build (if any),
-/// else one is made here (with a gap once it is, as after every loss).
+/// Follow the invalidations of one tracking connection: `first` is the session made at build
+/// (if any), else one is made here (with a gap once it is, as after every loss). Each loss is
+/// told on `lost` (the Cluster's topology is read again soon). Ends only when the server
+/// refuses tracking.
 pub(super) async fn run(
     shared: Arc<Shared>,
-    tracked: Tracked,
-    proof: Arc<SourceProof>,
+    link: Link,
     first: Option<Session>,
-) {
-    let cache = tracked.cache.clone();
+    lost: Option<UnboundedSender<Route>>,
+) -> Refusal {
+    let cache = link.tracked.cache.clone();
+    let node = link.node();
     let mut session = first;
     let mut backoff = MIN_BACKOFF;
     let mut lost_once = false;
     loop {
         let mut s = match session.take() {
             Some(s) => s,
-            None => match open(&tracked).await {
+            None => match open(&link.tracked, &link.route).await {
                 Ok(s) => {
                     if lost_once {
                         metrics::counter!(TRACKING_RECONNECTS, "cache" => cache.clone())
                             .increment(1);
-                        tracing::info!(cache = %cache, "client-side caching connection back: local entries from before are treated as suspect");
+                        tracing::info!(cache = %cache, node = %node, "client-side caching connection back: local entries from before are treated as suspect");
                     }
                     // Tracking cannot replay what changed while it was not on.
                     shared.emit(BackplaneEvent::Gap);
                     s
                 }
-                Err(Setup::Refused(e)) => {
-                    refused(&shared, &cache, &proof, &e);
-                    if lost_once {
-                        // What changed while it was down is unknown, and the lease now goes
-                        // by the stream alone.
-                        shared.emit(BackplaneEvent::Gap);
-                    }
-                    return;
-                }
+                Err(Setup::Refused(error)) => return Refusal { error, was_up: lost_once },
                 Err(Setup::Failed(e)) => {
                     metrics::counter!(TRACKING_ERRORS, "cache" => cache.clone(), "kind" => "connect")
                         .increment(1);
-                    tracing::debug!(cache = %cache, error = %e, "client-side caching connection not made; retrying in about {backoff:?}");
+                    tracing::debug!(cache = %cache, node = %node, error = %e, "client-side caching connection not made; retrying in about {backoff:?}");
                     tokio::time::sleep(jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -195,50 +306,54 @@ pub(super) async fn run(
             },
         };
         backoff = MIN_BACKOFF;
-        metrics::gauge!(TRACKING_CONNECTED, "cache" => cache.clone()).set(1.0);
-        let why = follow(&shared, &tracked, &proof, &mut s).await;
-        metrics::gauge!(TRACKING_CONNECTED, "cache" => cache.clone()).set(0.0);
+        link.links.set_up(&link.route, true);
+        let why = follow(&shared, &link, &mut s).await;
+        link.links.set_up(&link.route, false);
         metrics::counter!(TRACKING_ERRORS, "cache" => cache.clone(), "kind" => "lost").increment(1);
-        tracing::warn!(cache = %cache, reason = %why, "client-side caching connection lost: local entries are not fresh until it is back");
+        tracing::warn!(cache = %cache, node = %node, reason = %why, "client-side caching connection lost: local entries are not fresh until it is back");
         lost_once = true;
+        if let Some(lost) = &lost {
+            // The supervisor is gone only with this task.
+            let _ = lost.send(link.route.clone());
+        }
         tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// The server refused tracking: the lease goes by the stream alone, said once.
-pub(super) fn refused(shared: &Shared, cache: &str, proof: &SourceProof, e: &RedisError) {
-    proof.turn_off();
-    shared.confirm();
-    metrics::counter!(TRACKING_ERRORS, "cache" => cache.to_string(), "kind" => "refused")
-        .increment(1);
-    metrics::gauge!(TRACKING_CONNECTED, "cache" => cache.to_string()).set(0.0);
-    tracing::warn!(cache = %cache, error = %crate::error::RedisCause::from(e.clone()), "the Redis server refuses client-side caching (HELLO 3 / CLIENT TRACKING): invalidations come from the backplane alone");
-}
-
 /// Apply pushes and prove delivery until the connection is lost; returns why.
-async fn follow(
-    shared: &Shared,
-    tracked: &Tracked,
-    proof: &SourceProof,
-    s: &mut Session,
-) -> String {
+async fn follow(shared: &Shared, link: &Link, s: &mut Session) -> String {
+    let (tracked, proof) = (&link.tracked, &link.proof);
     let bound = tracked.tier.connection().op_timeout();
     let mut keys = Vec::new();
+    let mut round = 0u32;
     loop {
         let sent_at = now_ms();
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(bound, ping.query_async::<Value>(&mut s.conn)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return format!("PING failed: {}", crate::error::RedisCause::from(e)),
-            Err(_) => return format!("PING timed out after {bound:?}"),
+        round = round.wrapping_add(1);
+        if s.role_checks && round.is_multiple_of(ROLE_EVERY) {
+            // The reply proves delivery as a PING's does.
+            match ask_role(&mut s.conn, bound).await {
+                Ok(Some(true)) => {}
+                Ok(Some(false)) => return "the node is no longer a master (a failover)".into(),
+                Ok(None) => s.role_checks = false,
+                Err(e) => {
+                    return format!("INFO failed: {}", crate::error::RedisCause::from(e));
+                }
+            }
+        } else {
+            let ping = redis::cmd("PING");
+            match tokio::time::timeout(bound, ping.query_async::<Value>(&mut s.conn)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return format!("PING failed: {}", crate::error::RedisCause::from(e)),
+                Err(_) => return format!("PING timed out after {bound:?}"),
+            }
         }
         // Every push sent before the reply is in the channel now.
         let mut flow = Flow::Go;
         while let Ok(push) = s.pushes.try_recv() {
             flow = flow.and(collect(shared, tracked, push, &mut keys));
         }
-        apply(shared, tracked, &mut keys).await;
+        apply(shared, link, &mut keys).await;
         if let Flow::Lost = flow {
             return "the connection was closed".into();
         }
@@ -254,7 +369,7 @@ async fn follow(
                     while let Ok(push) = s.pushes.try_recv() {
                         flow = flow.and(collect(shared, tracked, push, &mut keys));
                     }
-                    apply(shared, tracked, &mut keys).await;
+                    apply(shared, link, &mut keys).await;
                     if let Flow::Lost = flow {
                         return "the connection was closed".into();
                     }
@@ -312,8 +427,9 @@ fn collect(shared: &Shared, tracked: &Tracked, push: PushInfo, keys: &mut Vec<By
 
 /// Keys (without the prefix) that changed in Redis: drop their local copies — all of them, or
 /// only those older than this instance's own write that Redis still holds (the own keys read
-/// back in one pipeline). Empties `keys`.
-async fn apply(shared: &Shared, tracked: &Tracked, keys: &mut Vec<Bytes>) {
+/// back in one pipeline, on the node that told: the keys live there). Empties `keys`.
+async fn apply(shared: &Shared, link: &Link, keys: &mut Vec<Bytes>) {
+    let tracked = &link.tracked;
     if keys.is_empty() {
         return;
     }
@@ -328,10 +444,12 @@ async fn apply(shared: &Shared, tracked: &Tracked, keys: &mut Vec<Bytes>) {
             pipe.cmd("GETRANGE").arg(tracked.tier.redis_key(&keys[i])).arg(0).arg(15);
         }
         let conn = tracked.tier.connection();
-        match conn.query_pipe::<Vec<Vec<u8>>>("tracking read-back", &pipe).await {
+        match conn.pipe_on("tracking read-back", &link.route, &pipe).await {
             Ok(heads) => {
                 for (&i, head) in asked.iter().zip(heads) {
-                    stored[i] = parse_created_at(&head);
+                    if let Value::BulkString(head) = head {
+                        stored[i] = parse_created_at(&head);
+                    }
                 }
             }
             Err(e) => {
@@ -389,6 +507,26 @@ mod tests {
         assert_eq!(parse_created_at(b""), None, "no key");
         assert_eq!(parse_created_at(b"hello, raw bytes"), None, "not an envelope");
         assert_eq!(parse_created_at(&head[..15]), None, "too short");
+    }
+
+    #[test]
+    fn the_role_is_read_from_info_replication() {
+        let info = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        assert_eq!(
+            says_master(&info("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n")),
+            Some(true)
+        );
+        assert_eq!(
+            says_master(&info("# Replication\r\nrole:slave\r\nmaster_host:h\r\n")),
+            Some(false)
+        );
+        let verbatim = Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: "role:master\r\n".into(),
+        };
+        assert_eq!(says_master(&verbatim), Some(true));
+        assert_eq!(says_master(&info("")), None);
+        assert_eq!(says_master(&Value::Nil), None);
     }
 
     #[test]
