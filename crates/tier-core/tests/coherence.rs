@@ -517,6 +517,27 @@ async fn a_copy_of_the_notices_millisecond_is_dropped_too() {
     dropped(&b.l1, "k", "b dropping its copy of the same millisecond").await;
 }
 
+/// Two instances (L1 over `shared`, one generation store) whose backplanes are cut apart: each
+/// on a hub of its own, so nothing B publishes reaches A, and A gets no proof of delivery (its
+/// lease lapses).
+fn cut_apart(shared: &Arc<MapTier>) -> (Cache<String>, Cache<String>) {
+    let store = Arc::new(LocalGenerations::new());
+    let build = || {
+        Cache::<String>::builder("users")
+            .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(store.clone())
+            .backplane(
+                Arc::new(LocalBackplaneHub::new().confirming_node()),
+                ReconnectPolicy::default(),
+            )
+            .synchronous_backfill(true)
+            .build()
+            .unwrap()
+    };
+    (build(), build())
+}
+
 /// The checker's Cluster violations after a Redis restart: A's backplane was cut for seconds
 /// while the shared tier answered; B moved the namespace on and wrote under the new keys, and A,
 /// never told, read the old namespace's keys from the shared tier and served them as fresh. Now
@@ -525,19 +546,7 @@ async fn a_copy_of_the_notices_millisecond_is_dropped_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_move_never_delivered_is_found_in_the_store_once_the_lease_lapses() {
     let shared = Arc::new(MapTier::shared("l3"));
-    let store = Arc::new(LocalGenerations::new());
-    let build = |hub: &LocalBackplaneHub| {
-        Cache::<String>::builder("users")
-            .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
-            .tier(shared.clone(), exact(MINUTE))
-            .generations(store.clone())
-            .backplane(Arc::new(hub.confirming_node()), ReconnectPolicy::default())
-            .synchronous_backfill(true)
-            .build()
-            .unwrap()
-    };
-    // Two hubs: nothing B publishes reaches A, and A gets no proof of delivery (its lease lapses).
-    let (a, b) = (build(&LocalBackplaneHub::new()), build(&LocalBackplaneHub::new()));
+    let (a, b) = cut_apart(&shared);
     a.sync_namespace().await.unwrap();
     b.sync_namespace().await.unwrap();
     b.insert(b.key("k"), "old".into()).await.unwrap();
@@ -1063,18 +1072,7 @@ async fn a_key_held_across_a_namespace_move_is_not_served_from_the_l1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clear_never_delivered_is_found_in_the_store_once_the_lease_lapses() {
     let shared = Arc::new(MapTier::shared("l3"));
-    let store = Arc::new(LocalGenerations::new());
-    let build = |hub: &LocalBackplaneHub| {
-        Cache::<String>::builder("users")
-            .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
-            .tier(shared.clone(), exact(MINUTE))
-            .generations(store.clone())
-            .backplane(Arc::new(hub.confirming_node()), ReconnectPolicy::default())
-            .build()
-            .unwrap()
-    };
-    // Two hubs: nothing B publishes reaches A, and A gets no proof of delivery (its lease lapses).
-    let (a, b) = (build(&LocalBackplaneHub::new()), build(&LocalBackplaneHub::new()));
+    let (a, b) = cut_apart(&shared);
     a.sync_namespace().await.unwrap();
     b.sync_namespace().await.unwrap();
     let key = a.key("k");
