@@ -70,25 +70,32 @@ impl Fleet {
     }
 }
 
-/// Read the cache's namespace version from Redis (the keys carry it), trying again until it
-/// answers or `within` has passed: a single read is bounded by the fleet-state timeout
-/// (100 ms), which a loaded machine can exceed. Keys built before it is read carry version 0,
-/// and entries under them are not found once it is.
+/// Get `cache` ready to take traffic, within `within`: read its namespace version from Redis
+/// (the keys carry it), trying again until it answers — a single read is bounded by the
+/// fleet-state timeout (100 ms), which a loaded machine can exceed; keys built before it is
+/// read carry version 0, and entries under them are not found once it is — then wait until it
+/// has caught up with the invalidation log ([`Cache::caught_up`](tier::Cache::caught_up)): a
+/// value loaded before may be demoted by the gap a backplane reports when its lazy connection
+/// was made after the build, and loaded a second time.
 ///
 /// # Errors
-/// The last failure, once `within` has passed.
-pub async fn sync_namespace<V: CacheValue>(
-    cache: &tier::Cache<V>,
-    within: Duration,
-) -> Result<u64, tier::CacheError> {
+/// The namespace version not read within `within` (the last failure), or the log not caught
+/// up with by then.
+pub async fn ready<V: CacheValue>(cache: &tier::Cache<V>, within: Duration) -> Result<u64, String> {
     let deadline = tokio::time::Instant::now() + within;
-    loop {
+    let version = loop {
         match cache.sync_namespace().await {
-            Ok(version) => return Ok(version),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Ok(version) => break version,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!("the namespace version was not read: {e}"))
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
-    }
+    };
+    tokio::time::timeout_at(deadline, cache.caught_up())
+        .await
+        .map_err(|_| format!("not caught up with the invalidation log within {within:?}"))?;
+    Ok(version)
 }
 
 /// Print `line` on stdout at once (a driver reading the program's output waits for it).

@@ -399,6 +399,38 @@ async fn local_entries_are_fresh_only_within_the_lease() {
     assert!(meta_of(&*l1, "k").await.is_some(), "kept, as stale");
 }
 
+/// The example service's CI failure: a service took traffic as soon as it was built, its
+/// backplane's lazy connection read the log's head only after the first load, and the gap that
+/// start reports made that load's copies suspect — the second read went to the origin again.
+/// `caught_up` is the readiness to wait for: it resolves only after the first proof of
+/// delivery, which the backplane sends after that gap, and the listener handles in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_waits_for_the_first_proof_of_delivery_and_the_gap_before_it() {
+    let hub = LocalBackplaneHub::new();
+    let node = Arc::new(hub.confirming_node());
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(MemoryTier::builder().build(), exact(MINUTE))
+        .backplane(node.clone(), ReconnectPolicy::default())
+        .propagation_bound(MINUTE)
+        .build()
+        .unwrap();
+    let waiting = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.caught_up().await }
+    });
+    cache.insert("early", "before the head was read".into()).await.unwrap();
+    assert!(!cache.is_caught_up(), "no proof of delivery yet");
+    assert!(!waiting.is_finished());
+    // The late head: a gap, then the first proof (a backplane sends them in this order).
+    node.simulate_reconnect();
+    node.confirm(tier_core::spi::now_ms());
+    tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert!(cache.is_caught_up());
+    assert_eq!(cache.get("early").await, None, "written before the gap: only stale");
+    cache.insert("late", "after".into()).await.unwrap();
+    assert_eq!(cache.get("late").await.as_deref().map(String::as_str), Some("after"));
+}
+
 /// A tier that records what it observes.
 struct Observing {
     inner: MapTier,

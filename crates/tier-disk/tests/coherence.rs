@@ -107,11 +107,8 @@ fn shared_only(hub: &LocalBackplaneHub, shared: &Arc<MapTier>) -> Cache<String> 
 }
 
 async fn caught_up(c: &Cache<String>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !c.is_caught_up() {
-        assert!(Instant::now() < deadline, "the start-up never finished");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let done = tokio::time::timeout(Duration::from_secs(5), c.caught_up()).await;
+    assert!(done.is_ok() && c.is_caught_up(), "the start-up never finished");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

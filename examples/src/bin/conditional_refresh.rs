@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tier::{Cache, LoadContext, Loaded, MemoryTier, TierPolicy};
-use tier_examples::{say, sync_namespace, Fleet, DEFAULT_REDIS_URL};
+use tier_examples::{ready, say, Fleet, DEFAULT_REDIS_URL};
 
 #[derive(Parser)]
 #[command(about = "Conditional refresh: revalidate with a validator, renew on 'not modified'")]
@@ -105,7 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(60)));
     let docs: Cache<Document> =
         fleet.mount(builder, TierPolicy::fresh(Duration::from_secs(600))).build()?;
-    sync_namespace(&docs, Duration::from_secs(5)).await?;
+    ready(&docs, Duration::from_secs(5)).await?;
     let origin = Arc::new(Origin::default());
     origin.publish("x".repeat(10_000));
     let key = docs.key("handbook");

@@ -31,7 +31,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tier::prometheus::PrometheusHandle;
 use tier::{Cache, CallOptions, DiskTier, FailSafe, MemoryTier, TierPolicy};
-use tier_examples::{say, sync_namespace, Fleet, DEFAULT_REDIS_URL};
+use tier_examples::{ready, say, Fleet, DEFAULT_REDIS_URL};
 
 #[derive(Parser)]
 #[command(about = "An axum service over memory → disk → Redis")]
@@ -187,6 +187,14 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // The cache's warnings (a tier down, a backplane gap) on stderr; RUST_LOG=tier=debug for more.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let metrics = tier::prometheus::install()?;
 
     let temporary;
@@ -215,9 +223,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             TierPolicy::fresh(Duration::from_secs(1800)).timeout(Duration::from_millis(50)),
         )
         .build()?;
-    // Keys carry the namespace version kept in Redis: read it before serving. A Redis that is
-    // down does not keep the service from starting (the connection is made in the background).
-    if !connected || sync_namespace(&users, Duration::from_secs(2)).await.is_err() {
+    // Keys carry the namespace version kept in Redis: read it before serving, and take traffic
+    // once caught up with the invalidation log (what a readiness probe waits for): a value
+    // loaded before may still be demoted by a gap the backplane reports when its connection
+    // is made late, and loaded again. A Redis that is down does not keep the service from
+    // starting (the connection is made in the background).
+    if !connected || ready(&users, Duration::from_secs(2)).await.is_err() {
         say("Redis not reachable yet: serving from memory, disk and the origin meanwhile");
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tier::{Cache, MemoryTier, TierPolicy};
-use tier_examples::{say, sync_namespace, Fleet, DEFAULT_REDIS_URL};
+use tier_examples::{ready, say, Fleet, DEFAULT_REDIS_URL};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
@@ -65,7 +65,7 @@ async fn node(name: &str, url: &str, prefix: &str) -> Result<(), Error> {
         .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(60)));
     let cache: Cache<String> =
         fleet.mount(builder, TierPolicy::fresh(Duration::from_secs(600))).build()?;
-    sync_namespace(&cache, DEADLINE).await?;
+    ready(&cache, DEADLINE).await?;
     let origin: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> = Arc::default();
     let reads = Arc::new(AtomicU64::new(0));
     say(format!("ready {name}"));

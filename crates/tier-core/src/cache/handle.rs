@@ -117,10 +117,38 @@ impl<V: CacheValue> Cache<V> {
 
     /// Has the start-up with the backplane finished: the invalidation log replayed from the
     /// last applied position (or, when that cannot be done, local entries demoted to stale),
-    /// and the position to resume from recorded? Until then local entries are served only as
-    /// stale. True at once without a backplane.
+    /// the position to resume from recorded and, with a backplane that confirms delivery (the
+    /// lease), delivery proven once? Until then local entries are served only as stale, and
+    /// what is written locally may still be demoted by a gap the backplane reports late (one
+    /// whose lazy connection was not made at build): a service that waits for this before it
+    /// takes traffic (its readiness) does not load twice what it loaded in that window. True
+    /// at once without a backplane. It stays true through later outages: the lease and the
+    /// gaps cover those.
     pub fn is_caught_up(&self) -> bool {
-        self.hierarchy.fleet().started()
+        self.hierarchy.fleet().is_caught_up()
+    }
+
+    /// Wait until [`is_caught_up`](Self::is_caught_up) (forever while the backplane cannot
+    /// reach its server: bound it with a timeout).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tier_core::CacheError> {
+    /// use std::time::Duration;
+    /// use tier_core::{Cache, TierPolicy};
+    /// use tier_memory::MemoryTier;
+    ///
+    /// let cache: Cache<String> = Cache::builder("users")
+    ///     .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(60)))
+    ///     .build()?;
+    /// // A readiness probe: ready once caught up (at once here, without a backplane).
+    /// let ready = tokio::time::timeout(Duration::from_secs(2), cache.caught_up()).await;
+    /// assert!(ready.is_ok() && cache.is_caught_up());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn caught_up(&self) {
+        self.hierarchy.fleet().caught_up().await
     }
 
     /// How many callers are waiting for the load of `key` in flight now (0 when none is).

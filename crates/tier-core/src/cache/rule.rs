@@ -114,6 +114,9 @@ pub(super) struct FleetState {
     lease_ms: AtomicU64,
     /// When the last proof of delivery was sent (Unix ms).
     confirmed_at: AtomicU64,
+    /// Woken when the start-up ends and at the first proof of delivery (see
+    /// [`caught_up`](Self::caught_up)).
+    caught_up: tokio::sync::Notify,
 }
 
 impl FleetState {
@@ -154,11 +157,37 @@ impl FleetState {
     /// The start-up is done (the listener knows where it is in the log).
     pub fn set_started(&self) {
         self.started.store(true, Ordering::Release);
+        self.caught_up.notify_waiters();
     }
 
     /// Is the start-up done?
     pub fn started(&self) -> bool {
         self.started.load(Ordering::Acquire)
+    }
+
+    /// Has this instance caught up since it started: the start-up done and, with a lease,
+    /// delivery proven once? A backplane that could not read the log's head at build (a lazy
+    /// connection not made yet) reports the gap before its first proof, and the listener
+    /// handles events in order: once this holds, that gap has made what was written before it
+    /// suspect, and what is written from now on is not caught by it.
+    pub fn is_caught_up(&self) -> bool {
+        self.started()
+            && (self.lease_ms.load(Ordering::Acquire) == 0
+                || self.confirmed_at.load(Ordering::Acquire) > 0)
+    }
+
+    /// Wait until [`is_caught_up`](Self::is_caught_up).
+    pub async fn caught_up(&self) {
+        loop {
+            let woken = self.caught_up.notified();
+            tokio::pin!(woken);
+            // Registered before the check: a wake between the check and the wait is not lost.
+            woken.as_mut().enable();
+            if self.is_caught_up() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// The namespace version is (true) or is no longer (false) to be read from a shared store.
@@ -208,7 +237,9 @@ impl FleetState {
 
     /// Everything published before `sent_at_ms` has been delivered.
     pub fn confirmed(&self, sent_at_ms: u64) {
-        self.confirmed_at.fetch_max(sent_at_ms, Ordering::AcqRel);
+        if self.confirmed_at.fetch_max(sent_at_ms, Ordering::AcqRel) == 0 && sent_at_ms > 0 {
+            self.caught_up.notify_waiters();
+        }
     }
 
     /// Has the lease lapsed at `now` (a lease is on and the last proof of delivery is older
