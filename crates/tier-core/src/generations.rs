@@ -75,6 +75,13 @@ pub trait GenerationStore: Send + Sync + 'static {
     /// Forget cached generations, if this store caches them (called after a backplane gap,
     /// when bumps may have been missed). Default: nothing to forget.
     fn forget_cached(&self) {}
+
+    /// The hierarchy's fleet-state timeout around every call of this store (told once at
+    /// build, by each hierarchy the store is given to), so that a store made of parts — a
+    /// Redis Cluster's masters — can answer for a slow part before that timeout fires: a
+    /// failure it attributes to the part is returned [`partial`](TierError::partial) and does
+    /// not count against the hierarchy's breaker of the whole store. Default: nothing.
+    fn mounted(&self, _fleet_timeout: std::time::Duration) {}
 }
 
 /// Generations held in this process, optionally persisted in a [`StateStore`].

@@ -1,8 +1,9 @@
 //! [`RedisGenerations`]: tag generations shared by the fleet.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -13,8 +14,10 @@ use tier_core::TierError;
 
 use crate::backplane::{EventHook, RedisBackplane};
 use crate::commands;
-use crate::connection::RedisConnection;
+use crate::connection::{slot, RedisConnection};
 use crate::keys::{KeyPrefix, DEFAULT_GENERATION_PREFIX};
+use crate::metrics::Labels;
+use crate::nodes::{self, default_node_breaker, Deadline, Master, Nodes};
 
 /// Default longest time a cached generation is trusted.
 pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
@@ -38,6 +41,16 @@ const MAX_CACHED_TAGS: usize = 100_000;
 /// floor is a key `prefix + "\0floor:" + cache`, raised with a max script. Needs Redis 7 (or
 /// Valkey) for `SET … NX GET`.
 ///
+/// In a Redis Cluster each master has a circuit breaker of its own (as inside
+/// [`RedisTier`](crate::RedisTier), see its docs): the tags whose generation keys live on a
+/// lost master answer `CircuitOpen` at once (their entries are served only as stale under
+/// fail-safe, their `invalidate_tag` fails), the other tags keep answering, and a failure
+/// attributed to a master is returned partial, so that the hierarchy's breaker of the whole
+/// store (its fleet-state guard) stays closed. Each call is bounded a little below the
+/// hierarchy's fleet-state timeout ([`mounted`](GenerationStore::mounted)). The breakers'
+/// states are the gauge `tier_redis_node_breaker_state{tier="generations"}`, with the key
+/// prefix as the `cache` label (a store may serve several caches).
+///
 /// Caching: without a backplane every [`current`](GenerationStore::current) reads Redis. With
 /// [`cached_with`](Self::cached_with) generations read from Redis are kept in process and
 /// dropped — *before* the hierarchy sees the event — when the backplane delivers a tag
@@ -57,6 +70,25 @@ pub struct RedisGenerations {
     conn: RedisConnection,
     prefix: KeyPrefix,
     cache: Option<Arc<GenerationCache>>,
+    masters: Arc<Masters>,
+}
+
+/// The per-master breakers of a Cluster (`crate::nodes`), started by the first call (their
+/// task reads the topology and probes masters that are out) and stopped with the last clone
+/// of the store; and the bound of each call.
+#[derive(Default)]
+struct Masters {
+    nodes: OnceLock<Option<Arc<Nodes>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    deadline: Deadline,
+}
+
+impl Drop for Masters {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisGenerations {
@@ -127,7 +159,12 @@ impl EventHook for GenerationCache {
 impl RedisGenerations {
     /// Generations on `conn`, under the prefix `"tier-gen:"`, not cached.
     pub fn new(conn: RedisConnection) -> Self {
-        Self { conn, prefix: KeyPrefix::from_static(DEFAULT_GENERATION_PREFIX), cache: None }
+        Self {
+            conn,
+            prefix: KeyPrefix::from_static(DEFAULT_GENERATION_PREFIX),
+            cache: None,
+            masters: Arc::default(),
+        }
     }
 
     /// Prefix of generation keys; keep it apart from the tier's prefix (the tier's `clear` would
@@ -161,6 +198,15 @@ impl RedisGenerations {
         self
     }
 
+    /// Each Redis Cluster master this store has seen, with its circuit breaker's state, sorted
+    /// by address (see the type's docs); empty on a standalone server and before the first call.
+    pub fn node_breakers(&self) -> Vec<(String, tier_core::BreakerState)> {
+        match self.masters.nodes.get() {
+            Some(Some(nodes)) => nodes.states(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The Redis key of `tag`'s generation.
     pub fn redis_key(&self, tag: &str) -> Vec<u8> {
         self.prefix.key(tag.as_bytes())
@@ -171,17 +217,112 @@ impl RedisGenerations {
         self.prefix.key(format!("\0floor:{cache}").as_bytes())
     }
 
+    /// The per-master breakers, in a Cluster (started here, at the first call: a runtime is
+    /// running then).
+    fn nodes(&self) -> Option<&Arc<Nodes>> {
+        if !self.conn.is_cluster() {
+            return None;
+        }
+        self.masters
+            .nodes
+            .get_or_init(|| {
+                let runtime = tokio::runtime::Handle::try_current().ok()?;
+                let labels = Labels {
+                    cache: String::from_utf8_lossy(self.prefix.as_bytes()).into_owned(),
+                    tier: "generations".into(),
+                };
+                let nodes =
+                    Arc::new(Nodes::new(default_node_breaker(), Arc::new(RwLock::new(labels))));
+                let task =
+                    runtime.spawn(nodes::run(nodes.clone(), self.conn.clone(), Duration::ZERO));
+                *self.masters.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+                Some(nodes)
+            })
+            .as_ref()
+    }
+
+    /// The bound of one call: the connection's operation timeout, and below the hierarchy's
+    /// fleet-state timeout once mounted (its master's failure comes first).
+    fn bound(&self) -> Duration {
+        let op = self.conn.op_timeout();
+        self.masters.deadline.get().map_or(op, |d| d.min(op))
+    }
+
+    /// Run `call` (given its bound) on the master of `key`, under that master's breaker (see
+    /// the type's docs); as is while the master is not known (standalone, no topology yet).
+    async fn on_master<T, Fut>(
+        &self,
+        key: &[u8],
+        call: impl FnOnce(Duration) -> Fut,
+    ) -> Result<T, TierError>
+    where
+        Fut: Future<Output = Result<T, TierError>>,
+    {
+        let bound = self.bound();
+        let Some((nodes, master)) = self.nodes().and_then(|n| Some((n, n.master_of(slot(key))?)))
+        else {
+            return call(bound).await;
+        };
+        nodes.admit(&master, 1, false)?;
+        nodes.record(&master, call(bound).await)
+    }
+
     async fn read(&self, tags: &[Arc<str>]) -> Result<Vec<Option<u64>>, TierError> {
         let keys: Vec<Vec<u8>> = tags.iter().map(|t| self.redis_key(t)).collect();
-        self.conn.mget("generations", &keys).await
+        let bound = Some(self.bound());
+        let Some(nodes) = self.nodes() else {
+            return self.conn.mget_within(bound, "generations", &keys).await;
+        };
+        // One `MGET` per master (per slot inside it), each under its master's breaker: a tag
+        // of a master that is out fails the read at once, before anything is sent.
+        let mut groups: Vec<(Option<Arc<Master>>, Vec<usize>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let master = nodes.master_of(slot(key));
+            let same = |g: &Option<Arc<Master>>| match (g, &master) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            match groups.iter_mut().find(|(g, _)| same(g)) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((master, vec![i])),
+            }
+        }
+        for (master, idx) in &groups {
+            if let Some(master) = master {
+                nodes.admit(master, idx.len(), false)?;
+            }
+        }
+        let keys = &keys;
+        let replies =
+            futures::future::try_join_all(groups.iter().map(|(master, idx)| async move {
+                let of: Vec<Vec<u8>> = idx.iter().map(|&i| keys[i].clone()).collect();
+                let got = self.conn.mget_within::<Option<u64>>(bound, "generations", &of).await;
+                let got = match master {
+                    Some(master) => nodes.record(master, got)?,
+                    None => got?,
+                };
+                Ok::<_, TierError>((idx, got))
+            }))
+            .await?;
+        let mut gens = vec![None; keys.len()];
+        for (idx, got) in replies {
+            for (&i, g) in idx.iter().zip(got) {
+                gens[i] = g;
+            }
+        }
+        Ok(gens)
     }
 
     /// The generation of `tag`, created with a fresh start when missing (`SET NX GET`: the
     /// value in place wins a race).
     async fn create(&self, tag: &str) -> Result<u64, TierError> {
         let start = fresh_generation_start();
-        let cmd = commands::set_nx_get(&self.redis_key(tag), &start.to_string());
-        let before: Option<u64> = self.conn.query("generation stamp", &cmd).await?;
+        let key = self.redis_key(tag);
+        let cmd = commands::set_nx_get(&key, &start.to_string());
+        let before: Option<u64> = self
+            .on_master(&key, |bound| self.conn.query_within(Some(bound), "generation stamp", &cmd))
+            .await?;
         Ok(before.unwrap_or(start))
     }
 }
@@ -246,8 +387,9 @@ impl GenerationStore for RedisGenerations {
         let key = self.redis_key(tag);
         let start = fresh_generation_start();
         let build = |form| commands::generation_bump(&key, start, form);
-        let g: u64 =
-            self.conn.script_within(Some(self.conn.op_timeout()), "generation bump", build).await?;
+        let g: u64 = self
+            .on_master(&key, |bound| self.conn.script_within(Some(bound), "generation bump", build))
+            .await?;
         if let Some(cache) = &self.cache {
             // Our own bump is not delivered back by the backplane: drop the old value here.
             cache.forget(Some(tag));
@@ -256,15 +398,19 @@ impl GenerationStore for RedisGenerations {
     }
 
     async fn floor(&self, cache: &str) -> Result<u64, TierError> {
-        let floor: Option<u64> =
-            self.conn.query("clear floor", &commands::get(&self.floor_key(cache))).await?;
+        let key = self.floor_key(cache);
+        let cmd = commands::get(&key);
+        let floor: Option<u64> = self
+            .on_master(&key, |bound| self.conn.query_within(Some(bound), "clear floor", &cmd))
+            .await?;
         Ok(floor.unwrap_or(0))
     }
 
     async fn raise_floor(&self, cache: &str, at: u64) -> Result<u64, TierError> {
         let key = self.floor_key(cache);
         let build = |form| commands::raise_floor(&key, at, form);
-        self.conn.script_within(Some(self.conn.op_timeout()), "clear floor", build).await
+        self.on_master(&key, |bound| self.conn.script_within(Some(bound), "clear floor", build))
+            .await
     }
 
     fn remote_bump(&self, tag: &str, _generation: Option<u64>) -> Option<u64> {
@@ -279,5 +425,14 @@ impl GenerationStore for RedisGenerations {
         if let Some(cache) = &self.cache {
             cache.forget(None);
         }
+    }
+
+    fn mounted(&self, fleet_timeout: Duration) {
+        // Given to several hierarchies: the shortest of their timeouts.
+        let bound = match self.masters.deadline.get() {
+            Some(d) => d.min(nodes::deadline_for(fleet_timeout)),
+            None => nodes::deadline_for(fleet_timeout),
+        };
+        self.masters.deadline.set_deadline(bound);
     }
 }

@@ -156,6 +156,12 @@ impl Deadline {
         self.0.store(us, Ordering::Relaxed);
     }
 
+    /// The deadline is `deadline` (already below the timeout it serves).
+    pub(crate) fn set_deadline(&self, deadline: Duration) {
+        let us = u64::try_from(deadline.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.0.store(us, Ordering::Relaxed);
+    }
+
     /// The deadline, if any.
     pub(crate) fn get(&self) -> Option<Duration> {
         match self.0.load(Ordering::Relaxed) {

@@ -13,14 +13,16 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use tier_core::spi::Tier;
-use tier_core::{BreakerState, Cache, TierErrorKind, TierPolicy};
-use tier_redis::{RedisConnection, RedisInspector, RedisTier};
+use tier_core::spi::{Tier, TAG_CLOCK_PREFIX};
+use tier_core::{BreakerState, Cache, CallOptions, TierErrorKind, TierPolicy};
+use tier_memory::MemoryTier;
+use tier_redis::{RedisConnection, RedisGenerations, RedisInspector, RedisTier};
 
 /// The hierarchy's timeout around the Redis tier.
 const TIMEOUT: Duration = Duration::from_millis(150);
@@ -351,4 +353,136 @@ async fn a_silent_master_is_answered_before_the_hierarchy_timeout_under_concurre
     let back = s.comes_back().await;
     eprintln!("paused master: all L3 hits {back:?} after it resumed");
     assert_eq!(s.tier_breaker(), BreakerState::Closed);
+}
+
+/// The slot of `key` in the test's own cluster.
+async fn keyslot(admin: &mut redis::aio::MultiplexedConnection, key: &[u8]) -> u16 {
+    redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(admin).await.unwrap()
+}
+
+/// The checker's long run on the Cluster (issue 13): the generation store had one breaker
+/// for the whole store, so a lost master's tags — whose calls failed five in a row — opened
+/// it for every tag (13,175 tagged inserts failed). Now each master has its own inside
+/// `RedisGenerations`: the lost master's tags answer `CircuitOpen` at once (their entries are
+/// stale, their invalidation fails), a failure attributed to a master is partial, and the
+/// hierarchy's guard of the whole store stays closed: the other tags' entries stay fresh and
+/// loads under them are cached. Each round reads the lost tags' entries first, which opened
+/// the store's breaker before the healthy ones were read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_takes_out_its_own_tags_and_nothing_else() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut nodes = own_cluster(3).await;
+    let urls: Vec<String> = nodes.iter().map(OwnRedis::url).collect();
+    let mut admin = raw(&urls[0]).await;
+    let conn = connect_quick(RedisConnection::cluster(urls.clone())).await;
+    let generations = RedisGenerations::new(conn).prefix(unique_prefix("gens-kill"));
+    let (first, last) = slot_range(1, 3);
+    let on_lost = |slot: u16| (first..=last).contains(&slot);
+    // A cache whose tag clock (read by every tagged load) lives on a master that stays.
+    let mut name = String::new();
+    for i in 0.. {
+        name = format!("gens-kill-{i}");
+        let clock = generations.redis_key(&format!("{TAG_CLOCK_PREFIX}{name}"));
+        if !on_lost(keyslot(&mut admin, &clock).await) {
+            break;
+        }
+    }
+    let (mut lost, mut healthy) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        if lost.len() == 5 && healthy.len() == 20 {
+            break;
+        }
+        let tag = format!("team:{i}");
+        let (side, wanted) = if on_lost(keyslot(&mut admin, &generations.redis_key(&tag)).await) {
+            (&mut lost, 5)
+        } else {
+            (&mut healthy, 20)
+        };
+        if side.len() < wanted {
+            side.push(tag);
+        }
+    }
+    let cache: Cache<String> = Cache::builder(name.as_str())
+        .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(600)))
+        .generations(Arc::new(generations.clone()))
+        .build()
+        .unwrap();
+    cache.sync_namespace().await.unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = |tag: &String| {
+        let options = CallOptions::new().tags([tag.clone()]);
+        let (cache, loads, tag) = (cache.clone(), loads.clone(), tag.clone());
+        async move {
+            let expected = format!("v:{tag}");
+            let answer = expected.clone();
+            let value = cache
+                .get_or_load_with(&cache.key(&tag), &options, move || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::convert::Infallible>(Some(answer))
+                })
+                .await
+                .unwrap();
+            assert_eq!(value.as_deref(), Some(&expected), "{tag}");
+        }
+    };
+    for tag in lost.iter().chain(&healthy) {
+        load(tag).await;
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 25);
+    eventually(Duration::from_secs(10), "the store knows the masters", || async {
+        generations.node_breakers().len() == 3
+    })
+    .await;
+
+    nodes[1].kill();
+    let lost_open = || {
+        let address = format!("127.0.0.1:{}", nodes[1].port);
+        generations.node_breakers().iter().any(|(a, b)| *a == address && *b == BreakerState::Open)
+    };
+    let (mut fresh, mut reads, mut lost_cost) = (0usize, 0usize, Vec::new());
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        for tag in &lost {
+            let open = lost_open();
+            let started = Instant::now();
+            assert_eq!(cache.get(cache.key(tag)).await, None, "{tag}: its master is lost");
+            if open {
+                lost_cost.push(started.elapsed());
+            }
+        }
+        for tag in &healthy {
+            reads += 1;
+            fresh += usize::from(cache.get(cache.key(tag)).await.is_some());
+        }
+    }
+    assert!(lost_open(), "the lost master's breaker opened");
+    let share = fresh as f64 / reads as f64;
+    lost_cost.sort();
+    let p99 = lost_cost[lost_cost.len() * 99 / 100];
+    eprintln!(
+        "killed master: {fresh} of {reads} reads of healthy tags' entries fresh ({share:.4}); lost tags' reads p99 {p99:?} once its breaker was open ({} reads)",
+        lost_cost.len()
+    );
+    assert!(share >= 0.99, "healthy tags' entries stay fresh: {fresh} of {reads}");
+    assert!(p99 < OPEN_COST, "a lost tag costs next to nothing once open: p99 {p99:?}");
+
+    // Invalidations: a healthy tag's works and its next load is cached; a lost tag's fails
+    // at once and says so.
+    cache.invalidate_tag(&healthy[0]).await.expect("its master is up");
+    load(&healthy[0]).await;
+    load(&healthy[0]).await;
+    assert_eq!(loads.load(Ordering::SeqCst), 26, "loaded once after its invalidation, then a hit");
+    let started = Instant::now();
+    let e = cache.invalidate_tag(&lost[0]).await.expect_err("its master is lost");
+    assert!(started.elapsed() < OPEN_COST, "refused at once: {:?} {e}", started.elapsed());
+
+    // Back (same port, same nodes.conf, no data: its generations are gone, so its tags'
+    // entries stay stale until loaded again).
+    nodes[1].restart();
+    let back = eventually(BACK_WITHIN, "a lost tag can be invalidated again", || async {
+        cache.invalidate_tag(&lost[0]).await.is_ok()
+    })
+    .await;
+    assert!(generations.node_breakers().iter().all(|(_, b)| *b == BreakerState::Closed));
+    eprintln!("killed master: its tags can be invalidated again {back:?} after it returned");
 }

@@ -301,6 +301,7 @@ impl<V: CacheValue> CacheBuilder<V> {
                 (local.clone() as Arc<dyn GenerationStore>, Some(local))
             }
         };
+        generations.mounted(self.opts.fleet_timeout);
         let hierarchy = Arc::new(
             Hierarchy::new(Parts {
                 name: self.name,

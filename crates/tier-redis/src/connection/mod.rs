@@ -330,16 +330,8 @@ impl RedisConnection {
         self.bounded_by(bound, op, run).await
     }
 
-    /// `MGET` of `keys`, in order: one command on a standalone server, one per hash slot (sent
-    /// concurrently) on a Cluster.
-    pub(crate) async fn mget<T>(&self, op: &str, keys: &[Vec<u8>]) -> Result<Vec<T>, TierError>
-    where
-        T: redis::FromRedisValue + Default + Clone,
-    {
-        self.mget_within(Some(self.inner.op_timeout), op, keys).await
-    }
-
-    /// [`mget`](Self::mget), each command within `bound` (as [`query_within`](Self::query_within)).
+    /// `MGET` of `keys` (Cluster: one per slot), each command within `bound` (as
+    /// [`query_within`](Self::query_within)).
     pub(crate) async fn mget_within<T>(
         &self,
         bound: Option<Duration>,
