@@ -133,15 +133,19 @@ impl CallOptions {
     }
     /// Load even when a value is cached fresh (see [`CallOptions::reload`]).
     ///
+    /// The loaded value is written to the in-process tiers before it is answered, and to the
+    /// others after: in a hierarchy without an in-process tier (Redis or disk alone) a `get`
+    /// made right after the answer may still read the previous value until that write lands.
+    ///
     /// ```
     /// use std::time::Duration;
-    /// use tier_core::testing::MapTier;
     /// use tier_core::{Cache, CallOptions, TierPolicy};
+    /// use tier_memory::MemoryTier;
     ///
     /// #[tokio::main]
     /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ///     let cache: Cache<String> = Cache::builder("docs")
-    ///         .tier(MapTier::new("l1"), TierPolicy::fresh(Duration::from_secs(60)))
+    ///         .tier(MemoryTier::builder().build(), TierPolicy::fresh(Duration::from_secs(60)))
     ///         .build()?;
     ///     cache.insert("k", "old".to_string()).await?;
     ///     let reload = CallOptions::new().reload(true);
