@@ -72,6 +72,27 @@ impl KeyBuilder {
         current != 0 && self.version_of(key).is_some_and(|built| built < current)
     }
 
+    /// `key` as a write of it goes now: a key built with a version this builder has moved
+    /// past is built again under the current one (the same id, the id's hash for a long one);
+    /// any other key as it is.
+    pub(crate) fn rebase(&self, key: Bytes) -> Bytes {
+        if !self.is_passed(&key) {
+            return key;
+        }
+        // `namespace:version:id`: `is_passed` read the version, so both separators are there.
+        let after_ns = self.namespace.len() + 1;
+        let Some(sep) = key[after_ns..].iter().position(|b| *b == b':') else { return key };
+        let id = &key[after_ns + sep + 1..];
+        let version = self.version().to_string();
+        let mut out = BytesMut::with_capacity(after_ns + version.len() + 1 + id.len());
+        out.put_slice(self.namespace.as_bytes());
+        out.put_u8(b':');
+        out.put_slice(version.as_bytes());
+        out.put_u8(b':');
+        out.put_slice(id);
+        out.freeze()
+    }
+
     /// The key of `id`. Ids longer than [`MAX_ID_LEN`] bytes are hashed (`#` + 32 hex digits).
     pub fn key(&self, id: impl AsRef<[u8]>) -> Bytes {
         let id = id.as_ref();
@@ -115,6 +136,22 @@ mod tests {
             assert_eq!(keys.version_of(other), None, "{:?}", String::from_utf8_lossy(other));
         }
         assert_eq!(keys.version_of(b"users:18446744073709551615:x"), Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_passed_key_is_rebased_on_the_current_version_and_any_other_left_alone() {
+        let keys = KeyBuilder::new("users");
+        keys.set_version(7);
+        let old = keys.key("a:b");
+        let long = keys.key("x".repeat(1000));
+        keys.set_version(1_883_437_513_580_415_662);
+        assert_eq!(keys.rebase(old), keys.key("a:b"), "the id kept, colons and all");
+        assert_eq!(keys.rebase(long), keys.key("x".repeat(1000)), "a long id's hash kept");
+        let current = keys.key("c");
+        assert_eq!(keys.rebase(current.clone()), current);
+        for other in [&b"raw key"[..], b"users:x:1", b"other:1:x"] {
+            assert_eq!(&keys.rebase(Bytes::copy_from_slice(other))[..], other);
+        }
     }
 
     #[test]

@@ -570,6 +570,34 @@ fn cut_apart(shared: &Arc<MapTier>) -> (Cache<String>, Cache<String>) {
     (build(), build())
 }
 
+/// The checker's Cluster violations (an older value served from Redis seconds after an
+/// acknowledged insert): A's backplane was cut, B moved the namespace on and loaded the key
+/// under the new version, and A's insert of a newer value — its key built with the version A
+/// still held — was acknowledged under keys nobody reads any more. Now a write while the
+/// namespace is uncertain (here: A's lease lapsed) reads the store's version first and goes to
+/// the key of the current namespace; a key built before the move is built again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_while_a_namespace_move_was_missed_goes_to_the_current_namespace() {
+    let shared = Arc::new(MapTier::shared("l3"));
+    let (a, b) = cut_apart(&shared);
+    a.sync_namespace().await.unwrap();
+    b.sync_namespace().await.unwrap();
+    let stale_key = a.key("k");
+    b.invalidate_namespace().await.unwrap();
+    let loaded = b.get_or_load(b.key("k"), || async { Ok::<_, std::io::Error>(Some("v1".into())) });
+    assert_eq!(value(loaded.await.unwrap()).as_deref(), Some("v1"));
+    a.insert(&stale_key, "v2".into()).await.unwrap();
+    assert_eq!(a.key("k"), b.key("k"), "A moved to the store's namespace version");
+    let read = b.get_or_load(b.key("k"), || async { Ok::<_, std::io::Error>(Some("v1".into())) });
+    assert_eq!(value(read.await.unwrap()).as_deref(), Some("v2"), "B served the older value");
+    // An invalidation the same way: the key of the current namespace is dropped.
+    let stale_key = a.key("j");
+    b.invalidate_namespace().await.unwrap();
+    b.insert(b.key("j"), "before".into()).await.unwrap();
+    a.invalidate(&stale_key).await.unwrap();
+    assert_eq!(value(b.get(b.key("j")).await), None, "B served what A had invalidated");
+}
+
 /// The checker's Cluster violations after a Redis restart: A's backplane was cut for seconds
 /// while the shared tier answered; B moved the namespace on and wrote under the new keys, and A,
 /// never told, read the old namespace's keys from the shared tier and served them as fresh. Now

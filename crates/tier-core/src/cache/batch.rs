@@ -131,10 +131,13 @@ impl<V: CacheValue> Cache<V> {
         if hierarchy.bypassed() {
             return Ok(());
         }
+        // As `insert`: the namespace version confirmed while uncertain, keys of a version
+        // moved past built again under the current one.
+        self.confirm_namespace().await?;
         let mut index: HashMap<Bytes, usize> = HashMap::new();
         let mut items_by_key: Vec<(Bytes, V)> = Vec::new();
         for (key, value) in items {
-            let key = Bytes::copy_from_slice(key.as_ref());
+            let key = hierarchy.keys().rebase(Bytes::copy_from_slice(key.as_ref()));
             match index.get(&key) {
                 Some(&i) => items_by_key[i].1 = value,
                 None => {

@@ -47,7 +47,7 @@ impl<V: CacheValue> Cache<V> {
     /// ```
     pub async fn expire(&self, key: impl AsRef<[u8]>) -> Result<(), CacheError> {
         let hierarchy = self.hierarchy();
-        let key = Bytes::copy_from_slice(key.as_ref());
+        let key = self.write_key(Bytes::copy_from_slice(key.as_ref())).await?;
         // Above every floor; an insert of the same millisecond before this call is expired (and
         // one after it wins the tie with the expiry's marker in Redis, as an insert does).
         let at = hierarchy.stripes().created_at(hierarchy.fleet().created_now());

@@ -52,7 +52,7 @@ impl<V: CacheValue> Cache<V> {
         if self.hierarchy().bypassed() {
             return Ok(());
         }
-        let key = Bytes::copy_from_slice(key.as_ref());
+        let key = self.write_key(Bytes::copy_from_slice(key.as_ref())).await?;
         let stamps = self.stamp(tags).await?;
         self.supersede_pending(std::slice::from_ref(&key)).await?;
         self.write_stamped(key, value, stamps).await
@@ -65,6 +65,29 @@ impl<V: CacheValue> Cache<V> {
             Some(behind) => behind.supersede(keys).await,
             None => Ok(()),
         }
+    }
+
+    /// Where a write of `key` goes. While the namespace version is uncertain — not read from
+    /// the shared store yet, or the lease lapsed, so a move may have been missed — it is read
+    /// first: a write under a version the fleet has moved past is acknowledged under keys
+    /// nobody reads any more, while the other instances keep serving what they loaded under the
+    /// new one (the checker's Cluster violations: an insert acknowledged by an instance whose
+    /// backplane was cut, the previous value served from Redis for seconds after). A key built
+    /// under a version moved past is built again under the current one (the same id). A
+    /// version that cannot be read then fails the write: nothing is written.
+    pub(super) async fn write_key(&self, key: Bytes) -> Result<Bytes, CacheError> {
+        self.confirm_namespace().await?;
+        Ok(self.hierarchy().keys().rebase(key))
+    }
+
+    /// Read the namespace version from the shared store when it is uncertain (see
+    /// [`write_key`](Self::write_key)); nothing to do with generations of this instance's own.
+    pub(super) async fn confirm_namespace(&self) -> Result<(), CacheError> {
+        let hierarchy = self.hierarchy();
+        if hierarchy.shares_generations() && hierarchy.fleet().namespace_uncertain(true, now_ms()) {
+            self.sync_namespace().await?;
+        }
+        Ok(())
     }
 
     /// The stamps of `tags` (fails when the generation store is unavailable).
@@ -117,7 +140,7 @@ impl<V: CacheValue> Cache<V> {
     /// written to the origin, and the key is invalidated again once it is.
     pub async fn invalidate(&self, key: impl AsRef<[u8]>) -> Result<(), CacheError> {
         let hierarchy = self.hierarchy();
-        let key = Bytes::copy_from_slice(key.as_ref());
+        let key = self.write_key(Bytes::copy_from_slice(key.as_ref())).await?;
         if let Some(behind) = hierarchy.behind() {
             behind.note_invalidated(&key);
         }
@@ -287,7 +310,7 @@ impl<V: CacheValue> Cache<V> {
         tags: &[S],
     ) -> Result<(), CacheError> {
         let behind = self.behind()?.clone();
-        let key = Bytes::copy_from_slice(key.as_ref());
+        let key = self.write_key(Bytes::copy_from_slice(key.as_ref())).await?;
         let encoded =
             rmp_serde::to_vec_named(&value).map_err(|e| CacheError::Encode(e.to_string()))?;
         let stamps = self.stamp(tags).await?;
