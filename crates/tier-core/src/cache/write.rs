@@ -85,7 +85,17 @@ impl<V: CacheValue> Cache<V> {
     pub(super) async fn confirm_namespace(&self) -> Result<(), CacheError> {
         let hierarchy = self.hierarchy();
         if hierarchy.shares_generations() && hierarchy.fleet().namespace_uncertain(true, now_ms()) {
-            self.sync_namespace().await?;
+            self.sync_namespace().await.map_err(|e| match e {
+                CacheError::Tier { tier, source } => {
+                    let why = format!(
+                        "the namespace version could not be confirmed before the write (not \
+                         read yet, or a move may have been missed while the backplane was \
+                         silent): {source}; nothing was written"
+                    );
+                    CacheError::Tier { tier, source: TierError::new(source.kind(), why) }
+                }
+                other => other,
+            })?;
         }
         Ok(())
     }
