@@ -583,11 +583,14 @@ async fn a_write_while_a_namespace_move_was_missed_goes_to_the_current_namespace
     a.sync_namespace().await.unwrap();
     b.sync_namespace().await.unwrap();
     let stale_key = a.key("k");
+    a.insert(&stale_key, "v0".into()).await.unwrap();
     b.invalidate_namespace().await.unwrap();
     let loaded = b.get_or_load(b.key("k"), || async { Ok::<_, std::io::Error>(Some("v1".into())) });
     assert_eq!(value(loaded.await.unwrap()).as_deref(), Some("v1"));
     a.insert(&stale_key, "v2".into()).await.unwrap();
     assert_eq!(a.key("k"), b.key("k"), "A moved to the store's namespace version");
+    // The old version's key is invalidated too (for an instance not yet told of the move).
+    assert!(shared.raw(&stale_key).is_none(), "the old version's copy left in the shared tier");
     let read = b.get_or_load(b.key("k"), || async { Ok::<_, std::io::Error>(Some("v1".into())) });
     assert_eq!(value(read.await.unwrap()).as_deref(), Some("v2"), "B served the older value");
     // An invalidation the same way: the key of the current namespace is dropped.

@@ -137,7 +137,7 @@ impl<V: CacheValue> Cache<V> {
         let mut index: HashMap<Bytes, usize> = HashMap::new();
         let mut items_by_key: Vec<(Bytes, V)> = Vec::new();
         for (key, value) in items {
-            let key = hierarchy.keys().rebase(Bytes::copy_from_slice(key.as_ref()));
+            let key = self.rebase(Bytes::copy_from_slice(key.as_ref())).await;
             match index.get(&key) {
                 Some(&i) => items_by_key[i].1 = value,
                 None => {

@@ -77,7 +77,22 @@ impl<V: CacheValue> Cache<V> {
     /// version that cannot be read then fails the write: nothing is written.
     pub(super) async fn write_key(&self, key: Bytes) -> Result<Bytes, CacheError> {
         self.confirm_namespace().await?;
-        Ok(self.hierarchy().keys().rebase(key))
+        Ok(self.rebase(key).await)
+    }
+
+    /// `key` under the current namespace version (see [`write_key`](Self::write_key)). A key
+    /// that was built again is also invalidated as it was, everywhere: an instance not yet told
+    /// of the move still serves its copy under the old version, and the notice of the new key
+    /// means nothing to it (best effort: the old version is not served by anyone who knows).
+    pub(super) async fn rebase(&self, key: Bytes) -> Bytes {
+        let hierarchy = self.hierarchy();
+        let current = hierarchy.keys().rebase(key.clone());
+        if current != key {
+            if let Err(e) = hierarchy.invalidate_key(key).await {
+                tracing::debug!(cache = %hierarchy.name(), error = %e, "the key of the old namespace version was not invalidated everywhere");
+            }
+        }
+        current
     }
 
     /// Read the namespace version from the shared store when it is uncertain (see
