@@ -36,6 +36,11 @@ impl<V: CacheValue> Cache<V> {
     ///
     /// Every enabled tier is tried; the first failure is returned (tiers whose breaker is open
     /// are skipped, not failures), else the backplane's.
+    ///
+    /// With a shared generation store, while the namespace version is uncertain (not read
+    /// yet, or the backplane's lease lapsed: a move may have been missed) it is read first, and
+    /// a key built under a version moved past is built again under the current one; a version
+    /// that cannot be read fails the insert, which then writes nothing.
     pub async fn insert(&self, key: impl AsRef<[u8]>, value: V) -> Result<(), CacheError> {
         self.insert_with_tags(key, value, &[] as &[&str]).await
     }
@@ -163,13 +168,24 @@ impl<V: CacheValue> Cache<V> {
     ///
     /// A pending [`write_behind`](Self::write_behind) of the key is not cancelled: it is
     /// written to the origin, and the key is invalidated again once it is.
+    ///
+    /// While the namespace version cannot be confirmed (see [`insert`](Self::insert)), the key is still
+    /// removed as given, everywhere, and the error says the version could not be confirmed.
     pub async fn invalidate(&self, key: impl AsRef<[u8]>) -> Result<(), CacheError> {
         let hierarchy = self.hierarchy();
-        let key = self.write_key(Bytes::copy_from_slice(key.as_ref())).await?;
+        let key = Bytes::copy_from_slice(key.as_ref());
+        let (key, unconfirmed) = match self.confirm_namespace().await {
+            Ok(()) => (self.rebase(key).await, None),
+            Err(e) => (key, Some(e)),
+        };
         if let Some(behind) = hierarchy.behind() {
             behind.note_invalidated(&key);
         }
-        hierarchy.invalidate_key(key).await
+        let removed = hierarchy.invalidate_key(key).await;
+        match unconfirmed {
+            Some(e) => Err(e),
+            None => removed,
+        }
     }
 
     /// Drop every entry carrying `tag`, in O(1): its generation moves on, and entries stamped
