@@ -82,14 +82,19 @@ impl KeyBuilder {
         // `namespace:version:id`: `is_passed` read the version, so both separators are there.
         let after_ns = self.namespace.len() + 1;
         let Some(sep) = key[after_ns..].iter().position(|b| *b == b':') else { return key };
-        let id = &key[after_ns + sep + 1..];
-        let version = self.version().to_string();
-        let mut out = BytesMut::with_capacity(after_ns + version.len() + 1 + id.len());
+        self.compose(self.version(), &key[after_ns + sep + 1..])
+    }
+
+    /// `namespace:version:id_part` (`id_part`: the id, or its hash for a long one).
+    fn compose(&self, version: u64, id_part: &[u8]) -> Bytes {
+        let version = version.to_string();
+        let mut out =
+            BytesMut::with_capacity(self.namespace.len() + version.len() + 2 + id_part.len());
         out.put_slice(self.namespace.as_bytes());
         out.put_u8(b':');
         out.put_slice(version.as_bytes());
         out.put_u8(b':');
-        out.put_slice(id);
+        out.put_slice(id_part);
         out.freeze()
     }
 
@@ -97,18 +102,12 @@ impl KeyBuilder {
     pub fn key(&self, id: impl AsRef<[u8]>) -> Bytes {
         let id = id.as_ref();
         let version = self.version();
-        let mut out = BytesMut::with_capacity(self.namespace.len() + 24 + id.len().min(MAX_ID_LEN));
-        out.put_slice(self.namespace.as_bytes());
-        out.put_u8(b':');
-        out.put_slice(version.to_string().as_bytes());
-        out.put_u8(b':');
         if id.len() > MAX_ID_LEN {
             let h = xxhash_rust::xxh3::xxh3_128(id);
-            out.put_slice(format!("#{h:032x}").as_bytes());
+            self.compose(version, format!("#{h:032x}").as_bytes())
         } else {
-            out.put_slice(id);
+            self.compose(version, id)
         }
-        out.freeze()
     }
 }
 

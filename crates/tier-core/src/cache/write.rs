@@ -81,8 +81,14 @@ impl<V: CacheValue> Cache<V> {
     /// under a version moved past is built again under the current one (the same id). A
     /// version that cannot be read then fails the write: nothing is written.
     pub(super) async fn write_key(&self, key: Bytes) -> Result<Bytes, CacheError> {
-        self.confirm_namespace().await?;
-        Ok(self.rebase(key).await)
+        match self.confirm_namespace().await {
+            Ok(()) => Ok(self.rebase(key).await),
+            Err(CacheError::Tier { tier, source }) => {
+                let why = format!("{}; nothing was written", source.message());
+                Err(CacheError::Tier { tier, source: TierError::new(source.kind(), why) })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `key` under the current namespace version (see [`write_key`](Self::write_key)). A key
@@ -110,7 +116,7 @@ impl<V: CacheValue> Cache<V> {
                     let why = format!(
                         "the namespace version could not be confirmed before the write (not \
                          read yet, or a move may have been missed while the backplane was \
-                         silent): {source}; nothing was written"
+                         silent): {source}"
                     );
                     CacheError::Tier { tier, source: TierError::new(source.kind(), why) }
                 }
