@@ -133,7 +133,7 @@ impl<V: CacheValue> Cache<V> {
         }
         // As `insert`: the namespace version confirmed while uncertain, keys of a version
         // moved past built again under the current one.
-        self.confirm_namespace().await?;
+        self.confirm_namespace().await.map_err(super::write::nothing_written)?;
         let mut index: HashMap<Bytes, usize> = HashMap::new();
         let mut items_by_key: Vec<(Bytes, V)> = Vec::new();
         for (key, value) in items {

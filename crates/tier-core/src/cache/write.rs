@@ -81,14 +81,8 @@ impl<V: CacheValue> Cache<V> {
     /// under a version moved past is built again under the current one (the same id). A
     /// version that cannot be read then fails the write: nothing is written.
     pub(super) async fn write_key(&self, key: Bytes) -> Result<Bytes, CacheError> {
-        match self.confirm_namespace().await {
-            Ok(()) => Ok(self.rebase(key).await),
-            Err(CacheError::Tier { tier, source }) => {
-                let why = format!("{}; nothing was written", source.message());
-                Err(CacheError::Tier { tier, source: TierError::new(source.kind(), why) })
-            }
-            Err(e) => Err(e),
-        }
+        self.confirm_namespace().await.map_err(nothing_written)?;
+        Ok(self.rebase(key).await)
     }
 
     /// `key` under the current namespace version (see [`write_key`](Self::write_key)). A key
@@ -488,5 +482,16 @@ impl<V> Hierarchy<V> {
                 .map(|_| ())
                 .map_err(|e| CacheError::Tier { tier: "backplane".into(), source: e }),
         }
+    }
+}
+
+/// A refusal of a write that wrote nothing, saying so.
+pub(super) fn nothing_written(e: CacheError) -> CacheError {
+    match e {
+        CacheError::Tier { tier, source } => {
+            let why = format!("{}; nothing was written", source.message());
+            CacheError::Tier { tier, source: TierError::new(source.kind(), why) }
+        }
+        other => other,
     }
 }
