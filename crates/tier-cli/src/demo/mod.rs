@@ -68,8 +68,7 @@ fn install_metrics(addr: Option<SocketAddr>) -> Result<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder)
                 .map_err(|e| CliError::runtime(format!("install metrics recorder: {e}")))?;
-            // The listener is bound: scrapers may come now (tests wait for this line).
-            eprintln!("tier: serving metrics at http://{addr}/metrics");
+            // Bound; the line saying so comes once the workload runs (see `announce_metrics`).
             tokio::spawn(async move {
                 if let Err(e) = exporter.await {
                     eprintln!("tier: metrics endpoint stopped: {e:?}");
@@ -87,6 +86,16 @@ fn install_metrics(addr: Option<SocketAddr>) -> Result<PrometheusHandle> {
     };
     tier_core::metrics::describe();
     Ok(handle)
+}
+
+/// Say on stderr where the metrics are served, once a first read of the workload has been
+/// answered: a scraper coming after this line finds a series of every tier (tests wait for it;
+/// before the first request the endpoint would answer an empty body).
+async fn announce_metrics(shared: &Shared, addr: Option<SocketAddr>) {
+    if let Some(addr) = addr {
+        shared.first_read.notified().await;
+        eprintln!("tier: serving metrics at http://{addr}/metrics");
+    }
 }
 
 /// The cache's figures as the recorder has them now.
@@ -238,6 +247,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         stop: AtomicBool::new(false),
         versions: AtomicU64::new(0),
         invalidated: (0..args.keys).map(|_| AtomicBool::new(false)).collect(),
+        first_read: tokio::sync::Notify::new(),
     });
 
     let bar = if args.json {
@@ -283,6 +293,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     bar.set_prefix("running");
+    if !interrupted {
+        tokio::select! {
+            () = announce_metrics(&shared, args.metrics_addr) => {}
+            _ = interrupt.recv() => interrupted = true,
+        }
+    }
     if !interrupted {
         let run = progress(&shared, &handle, &args, &tier_names, &bar, baseline.clone());
         tokio::select! {

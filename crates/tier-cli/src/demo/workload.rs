@@ -233,6 +233,9 @@ pub struct Shared {
     /// Per key: invalidated since last written (a read answered meanwhile may have been a hit
     /// that raced the invalidation, so only a write clears it).
     pub invalidated: Vec<AtomicBool>,
+    /// Told when a worker's read has been answered (or failed; any operation in a mix without
+    /// reads): from then on the hierarchy's metrics hold a series of every tier.
+    pub first_read: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -327,6 +330,10 @@ pub async fn worker(shared: Arc<Shared>, mix: Mix, seed: u64) -> Histogram<u64> 
             shared.mark_invalidated(id, false);
         } else {
             read(&shared, id, &mut latency).await;
+        }
+        if dice >= mix.invalidate + mix.write || mix.invalidate + mix.write >= 1.0 {
+            // A read was answered (or, in a mix without reads, any operation was).
+            shared.first_read.notify_one();
         }
         if mix.per_worker_rate <= 0.0 && done.is_multiple_of(64) {
             // Unpaced: let the progress display and the timers run on a busy runtime.
