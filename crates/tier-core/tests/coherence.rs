@@ -437,6 +437,36 @@ async fn caught_up_waits_for_the_first_proof_of_delivery_and_the_gap_before_it()
     assert_eq!(cache.get("late").await.as_deref().map(String::as_str), Some("after"));
 }
 
+/// With a shared generation store, an instance is caught up only once its start-up read of the
+/// store (clear floor, namespace version) has answered: before, `caught_up` returned while that
+/// read was still to come, and a namespace move landing in between was found by the late read
+/// (a readiness that said nothing of the shared state; the cause of a flaky test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_waits_for_the_first_read_of_the_shared_state() {
+    let store = Arc::new(Flaky::default());
+    store.set(Mode::Down);
+    let cache: Cache<String> = Cache::builder("users")
+        .tier(MemoryTier::builder().build(), exact(MINUTE))
+        .generations(store.clone())
+        .build()
+        .unwrap();
+    let waiting = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.caught_up().await }
+    });
+    // The start-up read has been tried (and failed) at least once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the start-up read never came");
+        tokio::task::yield_now().await;
+    }
+    assert!(!cache.is_caught_up(), "the shared state is unread");
+    assert!(!waiting.is_finished());
+    store.set(Mode::Up);
+    tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert!(cache.is_caught_up());
+}
+
 /// A tier that records what it observes.
 struct Observing {
     inner: MapTier,
@@ -874,18 +904,26 @@ async fn a_namespace_move_found_by_a_read_is_told_to_the_others() {
     let hub = LocalBackplaneHub::new();
     let shared = Arc::new(MapTier::shared("l3"));
     let store = Arc::new(LocalGenerations::new());
-    let build = |node: tier_core::testing::LocalBackplane| {
+    let build = |node: Arc<tier_core::testing::LocalBackplane>| {
         Cache::<String>::builder("users")
             .tier(shared.clone(), exact(MINUTE))
             .generations(store.clone())
-            .backplane(Arc::new(node), ReconnectPolicy::default())
+            .backplane(node, ReconnectPolicy::default())
             .build()
             .unwrap()
     };
-    // A: no lease (it never checks the store again); B: a lease never renewed (lapsed).
-    let (a, b) = (build(hub.node()), build(hub.confirming_node()));
+    // A: no lease (it never checks the store again); B: a lease lapsed long ago (its only
+    // proof of delivery is ten minutes old).
+    let b_node = Arc::new(hub.confirming_node());
+    let a = build(Arc::new(hub.node()));
+    let b = build(b_node.clone());
+    b_node.confirm(tier_core::spi::now_ms() - 600_000);
     a.sync_namespace().await.unwrap();
     b.sync_namespace().await.unwrap();
+    // Both start-up reads of the store are done: one coming after the move below would find
+    // it (and tell it) by itself (failed 2–4 of 15 runs on loaded cores, "B moved on").
+    a.caught_up().await;
+    b.caught_up().await;
     a.insert(a.key("k"), "old".into()).await.unwrap();
     // A move that landed in the store and was never told (its caller saw a timeout).
     store.bump("\u{0}ns:users").await.unwrap();

@@ -46,6 +46,7 @@ pub(super) fn start<V: CacheValue>(
     if hierarchy.shares_generations() {
         // Until the version is read (below, or by a read that asks the store), keys carry 0.
         hierarchy.fleet().set_namespace_unread(true);
+        hierarchy.fleet().set_shared_unread(true);
     }
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         tracing::debug!(cache = %hierarchy.name(), "built outside a tokio runtime: no background tasks");
@@ -126,6 +127,7 @@ async fn sync_shared_state<V: CacheValue>(weak: Weak<Hierarchy<V>>) {
             hierarchy.adopt_namespace(v, ticket).await;
         }
         if floor.is_ok() && expiry.is_ok() && ns.is_ok() {
+            hierarchy.fleet().set_shared_unread(false);
             return;
         }
         drop(hierarchy);

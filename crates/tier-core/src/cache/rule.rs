@@ -104,6 +104,9 @@ pub(super) struct FleetState {
     catching_up: AtomicBool,
     /// The start-up (catch-up, gap or the log's head) is done.
     started: AtomicBool,
+    /// The first read of the clear floor, expiry floor and namespace version from a shared
+    /// generation store is still to come.
+    shared_unread: AtomicBool,
     /// Bit 0: the namespace version is unread — not read from a shared store yet (keys are
     /// built with version 0, which may be an earlier life's, see `tags::namespace_verdict`), or
     /// a move may have been missed since (a gap, a failed move). The other bits count the times
@@ -160,6 +163,15 @@ impl FleetState {
         self.caught_up.notify_waiters();
     }
 
+    /// The shared state (floors, namespace version) is (true) or has been (false) read from a
+    /// shared generation store for the first time.
+    pub fn set_shared_unread(&self, yes: bool) {
+        self.shared_unread.store(yes, Ordering::Release);
+        if !yes {
+            self.caught_up.notify_waiters();
+        }
+    }
+
     /// Is the start-up done?
     pub fn started(&self) -> bool {
         self.started.load(Ordering::Acquire)
@@ -169,9 +181,11 @@ impl FleetState {
     /// delivery proven once? A backplane that could not read the log's head at build (a lazy
     /// connection not made yet) reports the gap before its first proof, and the listener
     /// handles events in order: once this holds, that gap has made what was written before it
-    /// suspect, and what is written from now on is not caught by it.
+    /// suspect, and what is written from now on is not caught by it. With a shared generation
+    /// store, the start-up's read of the floors and the namespace version must have answered too.
     pub fn is_caught_up(&self) -> bool {
         self.started()
+            && !self.shared_unread.load(Ordering::Acquire)
             && (self.lease_ms.load(Ordering::Acquire) == 0
                 || self.confirmed_at.load(Ordering::Acquire) > 0)
     }
