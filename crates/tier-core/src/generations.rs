@@ -50,6 +50,14 @@ pub trait GenerationStore: Send + Sync + 'static {
     /// ones with [`fresh_generation_start`]. Never 0.
     async fn stamp(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError>;
 
+    /// [`stamp`](Self::stamp) read from the store itself, past any copy this process keeps.
+    /// Asked after a write with a shared store, to learn whether a namespace move landed before
+    /// it (a cached version is only as new as what this instance has been told). Default:
+    /// [`stamp`](Self::stamp) (for a store that keeps no copies).
+    async fn stamp_uncached(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
+        self.stamp(tags).await
+    }
+
     /// Bump a tag's generation (a missing one gets a fresh start, then +1); returns the new
     /// generation.
     async fn bump(&self, tag: &str) -> Result<u64, TierError>;

@@ -637,6 +637,58 @@ async fn a_write_while_a_namespace_move_was_missed_goes_to_the_current_namespace
     assert_eq!(value(b.get(b.key("j")).await), None, "B served what A had invalidated");
 }
 
+/// The window the check before a write leaves: a namespace move less than δ before a write by
+/// an instance whose lease holds (so it does not read the store first). B moved on and wrote
+/// under the new version; A, not yet told, wrote a newer value under the old one — acknowledged,
+/// and lost: B kept serving its older value. Now a write, once landed, reads the store's version
+/// (past any cached copy): A finds the move, follows it, and drops the key under the new
+/// version (a miss, loaded again; never the older value). Fails before: B's "b-v1" stayed in
+/// the shared tier and A served it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_just_after_a_namespace_move_it_was_not_told_of_is_not_lost() {
+    let shared = Arc::new(MapTier::shared("l3"));
+    let store = Arc::new(LocalGenerations::new());
+    let build = |node: Arc<tier_core::testing::LocalBackplane>| {
+        Cache::<String>::builder("users")
+            .tier(Arc::new(MemoryTier::builder().build()), exact(MINUTE))
+            .tier(shared.clone(), exact(MINUTE))
+            .generations(store.clone())
+            .backplane(node, ReconnectPolicy::default())
+            .propagation_bound(MINUTE)
+            .synchronous_backfill(true)
+            .build()
+            .unwrap()
+    };
+    // Each on a hub of its own: nothing B publishes reaches A (its notices are in flight), but
+    // A's lease holds (a proof of delivery just now, good for a minute).
+    let a_node = Arc::new(LocalBackplaneHub::new().confirming_node());
+    let b_node = Arc::new(LocalBackplaneHub::new().confirming_node());
+    let (a, b) = (build(a_node.clone()), build(b_node.clone()));
+    a_node.confirm(tier_core::spi::now_ms());
+    b_node.confirm(tier_core::spi::now_ms());
+    a.caught_up().await;
+    b.caught_up().await;
+    let mut rounds = 0;
+    for (id, how) in [("k", "insert"), ("j", "invalidate"), ("m", "insert_many"), ("e", "expire")] {
+        rounds += 1;
+        let old_key = a.key(id);
+        b.invalidate_namespace().await.unwrap();
+        assert_ne!(b.key(id), old_key);
+        b.insert(b.key(id), "b-v1".into()).await.unwrap();
+        match how {
+            "insert" => a.insert(&old_key, "a-v2".into()).await.unwrap(),
+            "invalidate" => a.invalidate(&old_key).await.unwrap(),
+            "insert_many" => a.insert_many([(old_key.clone(), "a-v2".to_string())]).await.unwrap(),
+            _ => a.expire(&old_key).await.unwrap(),
+        }
+        assert_eq!(a.key(id), b.key(id), "{how}: A follows the move it found after its write");
+        // B's own L1 copy goes with A's notice (within δ; the hubs are cut apart here).
+        assert!(shared.raw(&b.key(id)).is_none(), "{how}: B's older value left in the shared tier");
+        assert_eq!(value(a.get(a.key(id)).await), None, "{how}: A served B's older value");
+    }
+    assert_eq!(rounds, 4);
+}
+
 /// The checker's Cluster violations after a Redis restart: A's backplane was cut for seconds
 /// while the shared tier answered; B moved the namespace on and wrote under the new keys, and A,
 /// never told, read the old namespace's keys from the shared tier and served them as fresh. Now

@@ -314,6 +314,22 @@ impl RedisGenerations {
         Ok(gens)
     }
 
+    /// The generations of `tags` as `known` has them, each missing one created.
+    async fn stamp_known(
+        &self,
+        tags: &[Arc<str>],
+        known: Vec<Option<u64>>,
+    ) -> Result<Vec<u64>, TierError> {
+        let mut out = Vec::with_capacity(tags.len());
+        for (tag, g) in tags.iter().zip(known) {
+            out.push(match g {
+                Some(g) => g,
+                None => self.create(tag).await?,
+            });
+        }
+        Ok(out)
+    }
+
     /// The generation of `tag`, created with a fresh start when missing (`SET NX GET`: the
     /// value in place wins a race).
     async fn create(&self, tag: &str) -> Result<u64, TierError> {
@@ -373,14 +389,24 @@ impl GenerationStore for RedisGenerations {
 
     async fn stamp(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
         let known = self.current(tags).await?;
-        let mut out = Vec::with_capacity(tags.len());
-        for (tag, g) in tags.iter().zip(known) {
-            out.push(match g {
-                Some(g) => g,
-                None => self.create(tag).await?,
-            });
+        self.stamp_known(tags, known).await
+    }
+
+    async fn stamp_uncached(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
+        let known = self.read(tags).await?;
+        if let Some(cache) = &self.cache {
+            // A cached copy older than what Redis has now is of a bump not delivered yet.
+            let outdated: Vec<&Arc<str>> = {
+                let map = cache.map();
+                tags.iter()
+                    .zip(&known)
+                    .filter(|(t, g)| map.get(*t).is_some_and(|(c, _)| Some(*c) != **g))
+                    .map(|(t, _)| t)
+                    .collect()
+            };
+            outdated.into_iter().for_each(|t| cache.forget(Some(t)));
         }
-        Ok(out)
+        self.stamp_known(tags, known).await
     }
 
     async fn bump(&self, tag: &str) -> Result<u64, TierError> {

@@ -172,8 +172,10 @@ impl<V: CacheValue> Cache<V> {
             hierarchy.writer().write_through_many(&keys, by_tier.into_iter().collect()).await;
         notices.iter().for_each(|what| hierarchy.observe(what));
         let sent = futures::future::join_all(notices.into_iter().map(|w| hierarchy.publish(w)));
-        let backplane = sent.await.into_iter().find(Result::is_err).unwrap_or(Ok(()));
-        published(written.err(), backplane)
+        // As `insert`: a namespace move that landed before the writes (one read for the batch).
+        let (sent, settled) = tokio::join!(sent, self.settle_namespace(&keys));
+        let backplane = sent.into_iter().find(Result::is_err).unwrap_or(Ok(()));
+        published(written.err(), settled.and(backplane))
     }
 
     /// Get many keys at once. Keys fresh in a tier are answered from it (one `get_many` per

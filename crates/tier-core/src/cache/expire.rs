@@ -54,9 +54,12 @@ impl<V: CacheValue> Cache<V> {
         let how = Retime::Expire { at, cut: now_ms(), floor: hierarchy.fleet().floor() };
         let failed = hierarchy.writer().retime_everywhere(&key, false, how).await;
         hierarchy.metrics().invalidation("expire", "local");
-        let what = Invalidation::Expire { key: Some(key), at };
+        let what = Invalidation::Expire { key: Some(key.clone()), at };
         hierarchy.observe(&what);
-        published(failed, hierarchy.publish(what).await)
+        let outcome = published(failed, hierarchy.publish(what).await);
+        // A move that landed before: the key under the new version is invalidated (stronger
+        // than an expiry; a race of two rare calls).
+        outcome.and(self.settle_namespace(&[key]).await)
     }
 
     /// Expire every entry, in every tier and every instance: what [`clear`](Self::clear) is to

@@ -40,7 +40,11 @@ impl<V: CacheValue> Cache<V> {
     /// With a shared generation store, while the namespace version is uncertain (not read
     /// yet, or the backplane's lease lapsed: a move may have been missed) it is read first, and
     /// a key built under a version moved past is built again under the current one; a version
-    /// that cannot be read fails the insert, which then writes nothing.
+    /// that cannot be read fails the insert, which then writes nothing. Once written, the
+    /// version is read again (a move made just before, not told yet): if it moved, this
+    /// instance follows and the key under the new version is invalidated (see
+    /// `ARCHITECTURE.md`, "And check it after"); if it cannot be read, the insert fails though
+    /// it was written.
     pub async fn insert(&self, key: impl AsRef<[u8]>, value: V) -> Result<(), CacheError> {
         self.insert_with_tags(key, value, &[] as &[&str]).await
     }
@@ -159,9 +163,57 @@ impl<V: CacheValue> Cache<V> {
         let created_at = hierarchy.stripes().created_at(hierarchy.fleet().created_now());
         let entries = self.insert_entries(&key, value, created_at, stamps)?;
         let written = hierarchy.writer().write_through(&key, entries).await;
-        let what = Invalidation::Written { key, created_at };
+        let what = Invalidation::Written { key: key.clone(), created_at };
         hierarchy.observe(&what);
-        published(written.err(), hierarchy.publish(what).await)
+        let keys = [key];
+        let (sent, settled) = tokio::join!(hierarchy.publish(what), self.settle_namespace(&keys));
+        published(written.err(), settled.and(sent))
+    }
+
+    /// After a write (an insert, an invalidation, an expiry) has landed in the tiers: did a
+    /// namespace move land before it? An instance whose lease holds learns of a move within δ,
+    /// and what it wrote meanwhile went to keys of the version moved past, which nobody reads
+    /// any more: its acknowledged insert (or invalidation) was lost, while what the others had
+    /// written under the new version — older — stayed and was served (the checker's "older
+    /// value after an acknowledged insert"). So once the write has landed, the store's version
+    /// is read (past any copy cached in process): a move found so moves this instance on (and
+    /// is told to the others), and each key is invalidated everywhere under the new version —
+    /// a miss, loaded again, never the older value. The read comes after the write, so a move
+    /// it does not see landed after the write and drops it as moves do. A version that cannot
+    /// be read fails the call: the write landed, but may have been lost to a move.
+    pub(super) async fn settle_namespace(&self, keys: &[Bytes]) -> Result<(), CacheError> {
+        let hierarchy = self.hierarchy();
+        let built = keys.iter().filter_map(|k| hierarchy.keys().version_of(k)).min();
+        let Some(built) = built.filter(|_| hierarchy.shares_generations()) else { return Ok(()) };
+        let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
+        let ticket = hierarchy.fleet().namespace_ticket();
+        let read = hierarchy.generations().stamp_uncached(&tags);
+        let read = hierarchy.guards().namespace.run(read).await;
+        let version = match read.map(|v| v.first().copied()) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let why = format!(
+                    "written, but whether a namespace move landed before the write could not be \
+                     confirmed (then it went to keys nobody reads any more): {e}"
+                );
+                return Err(store_failed(TierError::new(e.kind(), why)));
+            }
+        };
+        if version <= built {
+            return Ok(());
+        }
+        hierarchy.adopt_namespace(version, ticket).await;
+        let mut outcome = Ok(());
+        for key in
+            keys.iter().filter(|k| hierarchy.keys().version_of(k).is_some_and(|v| v < version))
+        {
+            let current = hierarchy.keys().rebase(key.clone());
+            if let Err(e) = hierarchy.invalidate_key(current).await {
+                outcome = outcome.and(Err(e));
+            }
+        }
+        outcome
     }
 
     /// Remove `key` from every tier (lowest first) and tell every other instance.
@@ -181,10 +233,10 @@ impl<V: CacheValue> Cache<V> {
         if let Some(behind) = hierarchy.behind() {
             behind.note_invalidated(&key);
         }
-        let removed = hierarchy.invalidate_key(key).await;
+        let removed = hierarchy.invalidate_key(key.clone()).await;
         match unconfirmed {
             Some(e) => Err(e),
-            None => removed,
+            None => removed.and(self.settle_namespace(&[key]).await),
         }
     }
 
