@@ -66,6 +66,7 @@ async fn generations_are_shared(a_conn: RedisConnection, b_conn: RedisConnection
     let got = b.current(&tags).await.unwrap();
     assert_eq!(got[3], Some(g3 + 2));
     assert_eq!(got.iter().filter(|g| g.is_none()).count(), 19);
+    assert!(got[19].is_none(), "tag19 is created below");
 
     // forget_cached drops everything (after a gap).
     let g4 = a.bump("tag4").await.unwrap();
@@ -74,8 +75,16 @@ async fn generations_are_shared(a_conn: RedisConnection, b_conn: RedisConnection
     // (B's cache holds g4 — no message was sent — while the backplane proves delivery; not
     // asserted: a loaded machine can delay a proof past the cache's lease.)
     assert_ne!(g4, g4b);
+    // `stamp_uncached` reads Redis whatever is cached (what a write asks after it landed), and
+    // drops a cached copy it finds older; a missing tag is created, as by `stamp`.
+    assert_eq!(b.stamp_uncached(&tags[4..5]).await.unwrap(), vec![g4b]);
+    assert_eq!(b.current(&tags[4..5]).await.unwrap(), vec![Some(g4b)], "the older copy dropped");
+    let g4c = a.bump("tag4").await.unwrap();
+    assert_eq!(b.stamp_uncached(&tags[4..5]).await.unwrap(), vec![g4c]);
+    let created = b.stamp_uncached(&tags[19..20]).await.unwrap()[0];
+    assert_eq!(a.current(&tags[19..20]).await.unwrap(), vec![Some(created)]);
     b.forget_cached();
-    assert_eq!(b.current(&tags[4..5]).await.unwrap(), vec![Some(g4b)]);
+    assert_eq!(b.current(&tags[4..5]).await.unwrap(), vec![Some(g4c)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
