@@ -512,3 +512,40 @@ impl crate::lock::DistributedLock for LocalLock {
         Ok(())
     }
 }
+
+/// Generations held in this process that behave as a store shared by a fleet does (Redis):
+/// several caches of one test are given the same one, and a bump heard on the backplane
+/// changes nothing in it — the store saw the bump itself. A [`LocalGenerations`] shared by
+/// several caches instead moves its own copy on at every namespace notice it hears (a cache's
+/// own generations follow the fleet that way), which a real shared store never does: a test
+/// of several instances then sees versions move that no instance moved.
+///
+/// [`LocalGenerations`]: crate::spi::LocalGenerations
+#[derive(Debug, Default)]
+pub struct SharedGenerations(crate::generations::LocalGenerations);
+
+impl SharedGenerations {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl crate::generations::GenerationStore for SharedGenerations {
+    async fn current(&self, tags: &[Arc<str>]) -> Result<Vec<Option<u64>>, TierError> {
+        self.0.current(tags).await
+    }
+    async fn stamp(&self, tags: &[Arc<str>]) -> Result<Vec<u64>, TierError> {
+        self.0.stamp(tags).await
+    }
+    async fn bump(&self, tag: &str) -> Result<u64, TierError> {
+        self.0.bump(tag).await
+    }
+    async fn floor(&self, cache: &str) -> Result<u64, TierError> {
+        self.0.floor(cache).await
+    }
+    async fn raise_floor(&self, cache: &str, at: u64) -> Result<u64, TierError> {
+        self.0.raise_floor(cache, at).await
+    }
+}

@@ -210,3 +210,86 @@ impl Kept {
         }
     }
 }
+
+/// The reads of the namespace version after writes (`Cache::settle_namespace`), shared by
+/// concurrent writers: a read answers for every write that had landed when it started. Each
+/// write takes a number once landed; a read records, when it starts, how many numbers were
+/// taken (it covers those). One read at a time: a writer that finds the last read covering it
+/// takes its answer, else it reads — so concurrent writers of one instance make at most two
+/// reads per round trip, not one each (the namespace key is one key of one Redis master for
+/// the whole fleet).
+pub(super) struct AfterWrites {
+    /// Numbers taken by landed writes.
+    landed: std::sync::atomic::AtomicU64,
+    /// The last read: the numbers below the first field are covered by it; its answer.
+    last: tokio::sync::Mutex<(u64, Result<u64, TierError>)>,
+}
+
+impl Default for AfterWrites {
+    fn default() -> Self {
+        Self { landed: Default::default(), last: tokio::sync::Mutex::new((0, Ok(0))) }
+    }
+}
+
+impl AfterWrites {
+    /// The version as a read started after the caller's write landed answers it: the last
+    /// read's if it started after, else `read`'s (polled only then).
+    pub(super) async fn version_after(
+        &self,
+        read: impl Future<Output = Result<u64, TierError>>,
+    ) -> Result<u64, TierError> {
+        use std::sync::atomic::Ordering;
+        let mine = self.landed.fetch_add(1, Ordering::AcqRel);
+        let mut last = self.last.lock().await;
+        if last.0 > mine {
+            return last.1.clone();
+        }
+        // Every number below this was taken by a write that had landed before this read starts.
+        let covers = self.landed.load(Ordering::Acquire);
+        let got = read.await;
+        *last = (covers, got.clone());
+        got
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::AfterWrites;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_reads_and_each_gets_one_started_after_it_landed() {
+        let checks = Arc::new(AfterWrites::default());
+        // The store's version moves on at every read; each writer records the reads started
+        // before it landed, and must get an answer of a read started after.
+        let reads = Arc::new(AtomicU64::new(0));
+        let writers: Vec<_> = (0..64)
+            .map(|_| {
+                let (checks, reads) = (checks.clone(), reads.clone());
+                tokio::spawn(async move {
+                    let before = reads.load(Ordering::SeqCst);
+                    let got = checks
+                        .version_after(async {
+                            let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
+                            tokio::task::yield_now().await;
+                            Ok(n)
+                        })
+                        .await
+                        .expect("the read answers");
+                    assert!(got > before, "an answer of a read started before the write landed");
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.expect("a writer panicked");
+        }
+        let n = reads.load(Ordering::SeqCst);
+        assert!((1..64).contains(&n), "{n} reads for 64 writers");
+        // Alone, a writer reads: the last read started before it landed.
+        let before = reads.load(Ordering::SeqCst);
+        let got = checks.version_after(async { Ok(reads.fetch_add(1, Ordering::SeqCst) + 1) });
+        assert_eq!(got.await.expect("the read answers"), before + 1);
+    }
+}

@@ -76,6 +76,8 @@ pub(super) struct Hierarchy<V> {
     /// A namespace version this instance moved to (or adopted) whose notice could not be
     /// published yet (0: none): told before the next notice and retried until told.
     untold_namespace: AtomicU64,
+    /// The reads of the namespace version after writes, shared by concurrent writers.
+    after_writes: super::fleet::AfterWrites,
     /// The write-behind queue and its writer, when configured.
     behind: Option<Arc<Behind<V>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -93,6 +95,7 @@ impl<V> Hierarchy<V> {
             kept,
             keys: KeyBuilder::new(parts.name.as_str()),
             untold_namespace: AtomicU64::new(0),
+            after_writes: super::fleet::AfterWrites::default(),
             name: Arc::from(parts.name),
             tiers: parts.tiers,
             sealer: parts.sealer,
@@ -230,6 +233,11 @@ impl<V> Hierarchy<V> {
     /// The namespace version whose notice is still to be published (0: none).
     pub fn untold_namespace(&self) -> &AtomicU64 {
         &self.untold_namespace
+    }
+
+    /// The reads of the namespace version after writes (see `Cache::settle_namespace`).
+    pub fn after_writes(&self) -> &super::fleet::AfterWrites {
+        &self.after_writes
     }
 
     /// The writer of its tiers.

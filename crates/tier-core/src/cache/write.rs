@@ -187,11 +187,16 @@ impl<V: CacheValue> Cache<V> {
         let Some(built) = built.filter(|_| hierarchy.shares_generations()) else { return Ok(()) };
         let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
         let ticket = hierarchy.fleet().namespace_ticket();
-        let read = hierarchy.generations().stamp_uncached(&tags);
-        let read = hierarchy.guards().namespace.run(read).await;
-        let version = match read.map(|v| v.first().copied()) {
-            Ok(Some(v)) => v,
-            Ok(None) => return Ok(()),
+        let read = async {
+            let read = hierarchy.generations().stamp_uncached(&tags);
+            let versions = hierarchy.guards().namespace.run(read).await?;
+            versions.first().copied().ok_or_else(|| {
+                TierError::new(TierErrorKind::Decode, "the generation store answered no version")
+            })
+        };
+        // Concurrent writers share a read (one that started after each had landed).
+        let version = match hierarchy.after_writes().version_after(read).await {
+            Ok(v) => v,
             Err(e) => {
                 let why = format!(
                     "written, but whether a namespace move landed before the write could not be \
