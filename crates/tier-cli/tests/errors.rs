@@ -36,6 +36,8 @@ fn usage_errors_exit_2() {
         ]),
         2,
     );
+    let line = fails(cmd().args(["demo", "--metrics-addr", "127.0.0.1:0"]), 2);
+    assert!(line.contains("needs a port"), "{line}");
     fails(cmd().arg("frobnicate"), 2);
     let line = fails(cmd().args(["stats", "--metrics", "https://127.0.0.1:1/metrics"]), 2);
     assert!(line.contains("only http"), "{line}");

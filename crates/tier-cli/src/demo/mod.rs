@@ -217,6 +217,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if args.cache.is_empty() || args.cache.contains(':') {
         return Err(CliError::usage("--cache must be a non-empty name without ':'"));
     }
+    if args.metrics_addr.is_some_and(|a| a.port() == 0) {
+        // The exporter binds it: the port the system would pick could not be told.
+        return Err(CliError::usage("--metrics-addr needs a port (0 would be one nobody knows)"));
+    }
     let mut interrupt = Interrupt::new()?;
     let handle = install_metrics(args.metrics_addr)?;
     let temp;
