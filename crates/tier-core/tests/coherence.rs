@@ -826,7 +826,7 @@ async fn a_namespace_move_whose_notice_failed_is_told_once_the_backplane_is_back
     use tier_core::spi::{Backplane as _, LogPosition, Replay};
     let hub = LocalBackplaneHub::new();
     let shared = Arc::new(MapTier::shared("l3"));
-    let store = Arc::new(LocalGenerations::new());
+    let store = Arc::new(tier_core::testing::SharedGenerations::new());
     let muted = Arc::new(Muted { inner: hub.node(), muted: false.into() });
     let build = |backplane: Arc<dyn tier_core::spi::Backplane>| {
         Cache::<String>::builder("users")
@@ -1001,7 +1001,7 @@ async fn a_namespace_move_found_by_a_read_is_told_to_the_others() {
 async fn a_read_whose_key_was_built_before_a_namespace_move_never_serves_the_old_namespace() {
     let hub = LocalBackplaneHub::new();
     let shared = Arc::new(MapTier::shared("l3"));
-    let store = Arc::new(LocalGenerations::new());
+    let store = Arc::new(tier_core::testing::SharedGenerations::new());
     let a = Cache::<String>::builder("users")
         .tier(shared.clone(), exact(MINUTE))
         .generations(store.clone())
@@ -1019,9 +1019,7 @@ async fn a_read_whose_key_was_built_before_a_namespace_move_never_serves_the_old
         .unwrap();
     a.sync_namespace().await.unwrap();
     b.sync_namespace().await.unwrap();
-    // Written and read by B (A's version may still move once: the start-up notice of the
-    // version read may count as a move in a LocalGenerations shared by two caches, which only
-    // tests do).
+    // Written and read by B.
     let old_key = b.key("k");
     b.insert(old_key.clone(), "old".into()).await.unwrap();
     node.confirm(tier_core::spi::now_ms());
