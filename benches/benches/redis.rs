@@ -5,7 +5,9 @@
 //!   the hierarchy).
 //! - `redis/batch_100`: `get_many` of 100 keys vs 100 sequential `get`s.
 //! - (paired only) the write path: `insert` through the compare-and-set script vs a raw
-//!   `SET … PX` of the same bytes.
+//!   `SET … PX` of the same bytes; `Cache::insert` vs that `SET`, without and with the fleet
+//!   state (Redis generations and the backplane: the notice and the namespace version read
+//!   after the write).
 //!
 //! Everything runs on a current-thread runtime: the caller and the connection's driver task on
 //! one thread, as a request handler and its connection on one worker. On the multi-thread
@@ -354,6 +356,51 @@ fn paired_summary(rt: &Runtime) {
                     let _: () = raw.pset_ex(k, v.as_ref(), 3_600_000).await.unwrap();
                 }
             },
+        )
+        .await;
+
+        // `Cache::insert` with Redis as its only tier, without and with the fleet state of a
+        // fleet (Redis generations and the stream backplane): the second pays the notice and
+        // the namespace version read after the write (concurrent with the notice).
+        let raw_set = || {
+            let mut raw = raw.clone();
+            let (k, v) = (raw_key.clone(), bytes.clone());
+            async move {
+                let _: () = raw.pset_ex(k, v.as_ref(), 3_600_000).await.unwrap();
+            }
+        };
+        let wkey = cache.key("user:w");
+        paired(
+            "cache_insert / raw_redis_set",
+            20_000,
+            1,
+            || async { cache.insert(&wkey, user(2)).await.unwrap() },
+            raw_set,
+        )
+        .await;
+        let conn = RedisConnection::standalone(server_url()).connect().await.unwrap();
+        let backplane = tier_redis::RedisBackplane::builder(conn.clone())
+            .stream("bench:paired:log")
+            .build()
+            .await
+            .unwrap();
+        let generations = tier_redis::RedisGenerations::new(conn)
+            .prefix("bench:paired:gen:")
+            .cached_with(&backplane);
+        let fleet: Cache<User> = Cache::builder("bench-fleet")
+            .tier(tier.clone(), TierPolicy::fresh(Duration::from_secs(3600)).timeout(TIER_TIMEOUT))
+            .generations(std::sync::Arc::new(generations))
+            .backplane(std::sync::Arc::new(backplane), tier_core::ReconnectPolicy::CatchUp)
+            .build()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), fleet.caught_up()).await.unwrap();
+        let fkey = fleet.key("user:w");
+        paired(
+            "cache_insert with generations and backplane / raw_redis_set",
+            20_000,
+            1,
+            || async { fleet.insert(&fkey, user(2)).await.unwrap() },
+            raw_set,
         )
         .await;
     });
