@@ -38,7 +38,7 @@ fn short_form(cluster: bool) {
     assert!(report.ops >= 20_000, "{name}: {} operations", report.ops);
     // Enforced for both: standalone since its 15 runs in a row at 0; the Cluster since the
     // writes check the namespace version before and after they land (0 violations and 0
-    // failed reads in its 28 runs since, see the README). TIER_CHECKER_ENFORCE=0 reports only.
+    // failed reads in its 32 runs since, see the README). TIER_CHECKER_ENFORCE=0 reports only.
     let enforce = std::env::var("TIER_CHECKER_ENFORCE").as_deref() != Ok("0");
     if enforce {
         assert!(report.violations.is_empty(), "{name}: {}", report.figure_line());
