@@ -344,24 +344,6 @@ fn paired_summary(rt: &Runtime) {
             Entry::from_envelope(Codec::default().encode(&meta, Some(&user(2))).unwrap()).unwrap();
         let bytes = written.envelope().unwrap().clone();
         let raw_key = tier.redis_key(b"user:raw-write");
-        paired(
-            "tier_insert (CAS script) / raw_redis_set",
-            20_000,
-            1,
-            || async { tier.insert(Bytes::from_static(b"user:w"), written.clone()).await.unwrap() },
-            || {
-                let mut raw = raw.clone();
-                let (k, v) = (raw_key.clone(), bytes.clone());
-                async move {
-                    let _: () = raw.pset_ex(k, v.as_ref(), 3_600_000).await.unwrap();
-                }
-            },
-        )
-        .await;
-
-        // `Cache::insert` with Redis as its only tier, without and with the fleet state of a
-        // fleet (Redis generations and the stream backplane): the second pays the notice and
-        // the namespace version read after the write (concurrent with the notice).
         let raw_set = || {
             let mut raw = raw.clone();
             let (k, v) = (raw_key.clone(), bytes.clone());
@@ -369,6 +351,18 @@ fn paired_summary(rt: &Runtime) {
                 let _: () = raw.pset_ex(k, v.as_ref(), 3_600_000).await.unwrap();
             }
         };
+        paired(
+            "tier_insert (CAS script) / raw_redis_set",
+            20_000,
+            1,
+            || async { tier.insert(Bytes::from_static(b"user:w"), written.clone()).await.unwrap() },
+            raw_set,
+        )
+        .await;
+
+        // `Cache::insert` with Redis as its only tier, without and with the fleet state of a
+        // fleet (Redis generations and the stream backplane): the second pays the notice and
+        // the namespace version read after the write (concurrent with the notice).
         let wkey = cache.key("user:w");
         paired(
             "cache_insert / raw_redis_set",

@@ -259,7 +259,8 @@ mod tests {
 
     use super::AfterWrites;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // One thread: the writers run once the test awaits them, all landed while the first reads.
+    #[tokio::test]
     async fn concurrent_writers_share_reads_and_each_gets_one_started_after_it_landed() {
         let checks = Arc::new(AfterWrites::default());
         // The store's version moves on at every read; each writer records the reads started
@@ -286,7 +287,8 @@ mod tests {
             w.await.expect("a writer panicked");
         }
         let n = reads.load(Ordering::SeqCst);
-        assert!((1..64).contains(&n), "{n} reads for 64 writers");
+        // The first writer's read, and one for the 63 that landed during it.
+        assert!((1..=2).contains(&n), "{n} reads for 64 writers");
         // Alone, a writer reads: the last read started before it landed.
         let before = reads.load(Ordering::SeqCst);
         let got = checks.version_after(async { Ok(reads.fetch_add(1, Ordering::SeqCst) + 1) });
