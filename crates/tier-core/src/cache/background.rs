@@ -111,19 +111,19 @@ async fn sync_shared_state<V: CacheValue>(weak: Weak<Hierarchy<V>>) {
         let floor = floor.await;
         let expiry = expiry_floor_name(hierarchy.name());
         let expiry = hierarchy.guards().floor.run(hierarchy.generations().floor(&expiry)).await;
-        let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
         let ticket = hierarchy.fleet().namespace_ticket();
-        // `stamp`, not `current`: a namespace version that is missing in the shared store (never
-        // moved on, or lost to an eviction, a flush, a restart without persistence) gets a fresh
-        // start there, so no key of an earlier life of the namespace is ever built again.
-        let ns = hierarchy.guards().namespace.run(hierarchy.generations().stamp(&tags)).await;
+        // A stamp, not the current version: a namespace version that is missing in the shared
+        // store (never moved on, or lost to an eviction, a flush, a restart without persistence)
+        // gets a fresh start there, so no key of an earlier life of the namespace is ever built
+        // again.
+        let ns = hierarchy.read_namespace(false).await;
         if let Ok(floor) = &floor {
             hierarchy.fleet().raise_floor(*floor);
         }
         if let Ok(expiry) = &expiry {
             hierarchy.fleet().raise_expiry_floor(*expiry);
         }
-        if let Ok(Some(v)) = ns.as_ref().map(|v| v.first().copied()) {
+        if let Ok(v) = ns {
             hierarchy.adopt_namespace(v, ticket).await;
         }
         if floor.is_ok() && expiry.is_ok() && ns.is_ok() {

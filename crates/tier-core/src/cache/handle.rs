@@ -119,10 +119,11 @@ impl<V: CacheValue> Cache<V> {
     /// last applied position (or, when that cannot be done, local entries demoted to stale),
     /// the position to resume from recorded, with a shared generation store (Redis) the clear
     /// floor and namespace version read from it once, and, with a backplane that confirms
-    /// delivery (the lease), delivery proven once? Until then local entries are served only as stale, and
-    /// what is written locally may still be demoted by a gap the backplane reports late (one
-    /// whose lazy connection was not made at build): a service that waits for this before it
-    /// takes traffic (its readiness) does not load twice what it loaded in that window. True
+    /// delivery (the lease), delivery proven once? Until then local entries are served only as
+    /// stale, and what is written locally may still be demoted by a gap the backplane reports
+    /// late (one whose lazy connection was not made at build): a service that waits for this
+    /// before it takes traffic (its readiness) does not load twice what it loaded in that
+    /// window. True
     /// at once without a backplane. It stays true through later outages: the lease and the
     /// gaps cover those.
     pub fn is_caught_up(&self) -> bool {

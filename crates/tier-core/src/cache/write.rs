@@ -185,16 +185,9 @@ impl<V: CacheValue> Cache<V> {
         let hierarchy = self.hierarchy();
         let built = keys.iter().filter_map(|k| hierarchy.keys().version_of(k)).min();
         let Some(built) = built.filter(|_| hierarchy.shares_generations()) else { return Ok(()) };
-        let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
         let ticket = hierarchy.fleet().namespace_ticket();
-        let read = async {
-            let read = hierarchy.generations().stamp_uncached(&tags);
-            let versions = hierarchy.guards().namespace.run(read).await?;
-            versions.first().copied().ok_or_else(|| {
-                TierError::new(TierErrorKind::Decode, "the generation store answered no version")
-            })
-        };
         // Concurrent writers share a read (one that started after each had landed).
+        let read = hierarchy.read_namespace(true);
         let version = match hierarchy.after_writes().version_after(read).await {
             Ok(v) => v,
             Err(e) => {
@@ -325,16 +318,8 @@ impl<V: CacheValue> Cache<V> {
     /// (never lower than before: a version never goes back).
     pub async fn sync_namespace(&self) -> Result<u64, CacheError> {
         let hierarchy = self.hierarchy();
-        let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(hierarchy.name()))];
         let ticket = hierarchy.fleet().namespace_ticket();
-        let read = hierarchy.generations().stamp(&tags);
-        let versions = hierarchy.guards().namespace.run(read).await.map_err(store_failed)?;
-        let version = versions.first().copied().ok_or_else(|| {
-            store_failed(TierError::new(
-                TierErrorKind::Decode,
-                "the generation store answered no namespace version",
-            ))
-        })?;
+        let version = hierarchy.read_namespace(false).await.map_err(store_failed)?;
         hierarchy.adopt_namespace(version, ticket).await;
         Ok(hierarchy.keys().version())
     }
@@ -471,6 +456,24 @@ pub(super) fn published(
 }
 
 impl<V> Hierarchy<V> {
+    /// The namespace version as the generation store has it (a missing one created with a
+    /// fresh start, see [`GenerationStore::stamp`]), under the namespace guard; `uncached`:
+    /// read past any copy the store keeps in process.
+    ///
+    /// [`GenerationStore::stamp`]: crate::spi::GenerationStore::stamp
+    pub(super) async fn read_namespace(&self, uncached: bool) -> Result<u64, TierError> {
+        let tags: [Arc<str>; 1] = [Arc::from(namespace_tag(self.name()))];
+        let store = self.generations();
+        let read = if uncached { store.stamp_uncached(&tags) } else { store.stamp(&tags) };
+        let versions = self.guards().namespace.run(read).await?;
+        versions.first().copied().ok_or_else(|| {
+            TierError::new(
+                TierErrorKind::Decode,
+                "the generation store answered no namespace version",
+            )
+        })
+    }
+
     /// Remove `key` from every tier (lowest first) and tell every other instance.
     pub(super) async fn invalidate_key(&self, key: Bytes) -> Result<(), CacheError> {
         let removed = self.writer().remove_everywhere(&key, false).await;
