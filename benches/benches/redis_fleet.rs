@@ -12,7 +12,8 @@
 //! `TIER_TEST_REDIS_SERVER`, else `redis-server` on PATH), stopped by PID at the end.
 //!
 //! `cargo bench -p tier-benches --bench redis_fleet` (`-- throughput` or `-- outage` for one
-//! part; `TIER_BENCH_WINDOW_MS` and `TIER_BENCH_ROUNDS` change the windows).
+//! part; `TIER_BENCH_WINDOW_MS` and `TIER_BENCH_ROUNDS` change the windows;
+//! `TIER_BENCH_SIDE=hierarchy` or `raw` runs one side alone, for a profiler).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,25 +107,40 @@ async fn throughput(label: &str, conn: RedisConnection, raw: Raw) {
     }
     let win = Duration::from_millis(env_u64("TIER_BENCH_WINDOW_MS", 250));
     let rounds = env_u64("TIER_BENCH_ROUNDS", 11) as usize;
+    let side = std::env::var("TIER_BENCH_SIDE").unwrap_or_default();
     for callers in [1, 16, 64] {
         let (mut hier, mut peer) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let (c, k) = (cache.clone(), keys.clone());
-            hier.push(
-                window(callers, win, move |i| {
-                    let (c, k) = (c.clone(), k.clone());
-                    async move { assert_eq!(c.get(&k[i as usize]).await.expect("a hit").id, i) }
-                })
-                .await,
-            );
+            if side != "raw" {
+                hier.push(
+                    window(callers, win, move |i| {
+                        let (c, k) = (c.clone(), k.clone());
+                        async move { assert_eq!(c.get(&k[i as usize]).await.expect("a hit").id, i) }
+                    })
+                    .await,
+                );
+            }
             let (r, k) = (raw.clone(), redis_keys.clone());
-            peer.push(
-                window(callers, win, move |i| {
-                    let (mut r, k) = (r.clone(), k.clone());
-                    async move { assert_eq!(r.get_decoded(&k[i as usize]).await.id, i) }
-                })
-                .await,
+            if side != "hierarchy" {
+                peer.push(
+                    window(callers, win, move |i| {
+                        let (mut r, k) = (r.clone(), k.clone());
+                        async move { assert_eq!(r.get_decoded(&k[i as usize]).await.id, i) }
+                    })
+                    .await,
+                );
+            }
+        }
+        if hier.is_empty() || peer.is_empty() {
+            let (side, v) =
+                if hier.is_empty() { ("raw redis-rs", peer) } else { ("hierarchy", hier) };
+            let mut v = v;
+            println!(
+                "throughput {label:<10} {callers:>2} callers: {side} {:>8.0}/s alone",
+                median(&mut v)
             );
+            continue;
         }
         let (h, p) = (median(&mut hier), median(&mut peer));
         println!(

@@ -22,12 +22,16 @@ pub struct Mount<'a> {
     pub storage: Storage,
     /// Whether every instance shares the tier.
     pub shared: bool,
+    /// Whether the tier this layer wraps is the tier itself and answers each call within
+    /// `context.timeout` by itself ([`Tier::bounds_calls`]): a timeout layer then has nothing
+    /// to add. False for every layer but the innermost.
+    pub bounded: bool,
 }
 
 impl<'a> Mount<'a> {
-    /// A tier named by `context`, storing `storage`, shared or not.
+    /// A tier named by `context`, storing `storage`, shared or not (not `bounded`).
     pub fn new(context: &'a TierContext, storage: Storage, shared: bool) -> Self {
-        Self { context, storage, shared }
+        Self { context, storage, shared, bounded: false }
     }
 }
 

@@ -131,7 +131,9 @@ impl TierPolicy {
     }
 
     /// Per-call timeout: the tier is wrapped in a [`TimeoutTier`](crate::spi::TimeoutTier), inside
-    /// its breaker (a timeout counts as a failure). Range: more than zero (the builder refuses
+    /// its breaker (a timeout counts as a failure), unless it bounds its calls within the
+    /// timeout itself ([`Tier::bounds_calls`](crate::spi::Tier::bounds_calls): the Redis tier
+    /// does; a late answer is the same `Timeout` error). Range: more than zero (the builder refuses
     /// zero); `Duration::MAX` is no timeout. Default: none.
     pub fn timeout(self, timeout: Duration) -> Self {
         self.with_layer(Arc::new(TimeoutLayer(timeout)), Place::Innermost)

@@ -180,6 +180,17 @@ pub trait Tier: Send + Sync + 'static {
     /// (evictions, decode errors found while scanning, ...) carry the right labels.
     fn attach(&self, _ctx: &TierContext) {}
 
+    /// True for a tier that, once [`attach`](Self::attach)ed with a
+    /// [`timeout`](TierContext::timeout), answers every call within it by itself, a late
+    /// answer being a [`Timeout`](crate::TierErrorKind::Timeout) error (the Redis tier: each
+    /// call has a deadline a little below the timeout). The hierarchy then leaves out its own
+    /// timer around the tier (a [`TimeoutLayer`](crate::spi::TimeoutLayer) directly around it),
+    /// one timer less per call. Wrappers do not forward it (a wrapper may add waits of its
+    /// own). Default: false.
+    fn bounds_calls(&self) -> bool {
+        false
+    }
+
     /// The state of the circuit breaker in front of this tier, when it has one (a
     /// [`BreakerTier`](crate::spi::BreakerTier) says; wrappers pass it through). Default: `None`.
     fn breaker_state(&self) -> Option<BreakerState> {
@@ -355,6 +366,9 @@ impl<T: Tier + ?Sized> Tier for Arc<T> {
     }
     fn attach(&self, ctx: &TierContext) {
         (**self).attach(ctx);
+    }
+    fn bounds_calls(&self) -> bool {
+        (**self).bounds_calls()
     }
     fn breaker_state(&self) -> Option<BreakerState> {
         (**self).breaker_state()

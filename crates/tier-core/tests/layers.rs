@@ -89,3 +89,69 @@ async fn the_breaker_setting_decides_by_storage_unless_told() {
         Cache::<String>::builder("t").tier(MapTier::shared("l3"), exact(MINUTE)).build().unwrap();
     assert_eq!(breaker_of(&shared), Some(BreakerState::Closed), "shared: one");
 }
+
+/// Answers every `get` with a miss after a second, and says (or not) that it bounds its calls
+/// within the timeout it is told at attach.
+struct Slow {
+    claims_bounded: bool,
+}
+
+#[async_trait::async_trait]
+impl Tier for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn storage(&self) -> Storage {
+        Storage::Envelopes
+    }
+    fn bounds_calls(&self) -> bool {
+        self.claims_bounded
+    }
+    async fn get(&self, _key: &[u8]) -> Result<tier_core::spi::Lookup, tier_core::TierError> {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        Ok(tier_core::spi::Lookup::Miss)
+    }
+    async fn insert(
+        &self,
+        _key: bytes::Bytes,
+        _entry: tier_core::spi::Entry,
+    ) -> Result<(), tier_core::TierError> {
+        Ok(())
+    }
+    async fn remove(&self, _key: &[u8]) -> Result<(), tier_core::TierError> {
+        Ok(())
+    }
+    async fn clear(&self) -> Result<(), tier_core::TierError> {
+        Ok(())
+    }
+}
+
+/// A tier that bounds its own calls within the hierarchy's timeout gets no second timer around
+/// it (so its slowness here, a lie, goes unbounded); one that does not is cut at the timeout,
+/// each late answer a failure of its breaker. The clock is paused: time moves only when every
+/// task waits for a timer.
+#[tokio::test(start_paused = true)]
+async fn a_tier_that_bounds_its_calls_gets_no_timer_of_the_hierarchy() {
+    let timeout = std::time::Duration::from_millis(20);
+    let breaker = BreakerConfig { consecutive_failures: 3, ..BreakerConfig::default() };
+    for claims_bounded in [false, true] {
+        let policy = exact(MINUTE).timeout(timeout).breaker(breaker);
+        let cache =
+            Cache::<String>::builder("t").tier(Slow { claims_bounded }, policy).build().unwrap();
+        let started = tokio::time::Instant::now();
+        for _ in 0..3 {
+            assert!(cache.get("k").await.is_none());
+        }
+        let took = started.elapsed();
+        if claims_bounded {
+            assert!(
+                took >= std::time::Duration::from_secs(3),
+                "each get waited the tier: {took:?}"
+            );
+            assert_eq!(cache.tiers()[0].breaker, Some(BreakerState::Closed));
+        } else {
+            assert!(took < std::time::Duration::from_secs(1), "cut at the timeout: {took:?}");
+            assert_eq!(cache.tiers()[0].breaker, Some(BreakerState::Open), "three timeouts");
+        }
+    }
+}

@@ -22,7 +22,8 @@
 //! - **A slow master is the master's failure.** A call is bounded by the connection's operation
 //!   timeout and, when the tier is mounted with a timeout, by a deadline [`DEADLINE_MARGIN`]
 //!   shorter than it (see `deadline_for`): the tier answers for a slow master before the
-//!   hierarchy's timeout fires (which would count against the whole tier).
+//!   hierarchy's timeout fires (which would count against the whole tier). The tier says so
+//!   (`Tier::bounds_calls`), and the hierarchy puts no timer of its own around it.
 //! - **Bounded background work.** Topology reads that fail back off (1 s doubling to 30 s, with
 //!   ±20 % jitter) and are counted (`tier_redis_topology_refreshes_total{result}`); a server that
 //!   does not know `CLUSTER SLOTS` turns the per-master breakers off with one log line.

@@ -333,19 +333,14 @@ impl RedisTier {
         }
     }
 
-    /// The bound of one call (of a `read` or a write): a little below the hierarchy's timeout
+    /// The bound of one call (of a read or a write): a little below the hierarchy's timeout
     /// when mounted with one, so that the tier's answer comes first (a Cluster master's failure
     /// is the master's, a failed write is queued for retry), and never more than the
-    /// connection's own. `None` for a read of a standalone server mounted with a timeout: the
-    /// hierarchy's timer bounds it and there is nothing to attribute or queue, so a timer of
-    /// ours would only cost (~5 % of an L3 hit each).
-    fn bound(&self, read: bool) -> Option<Duration> {
+    /// connection's own. The tier says it bounds its calls ([`Tier::bounds_calls`]), so the
+    /// hierarchy puts no timer of its own around this one: one timer per call.
+    fn bound(&self) -> Duration {
         let op = self.inner.conn.op_timeout();
-        match self.inner.deadline.get() {
-            Some(_) if read && self.inner.nodes.is_none() && !self.inner.conn.is_cluster() => None,
-            Some(d) => Some(d.min(op)),
-            None => Some(op),
-        }
+        self.inner.deadline.get().map_or(op, |d| d.min(op))
     }
 
     /// Run `call` (given its bound) for keys living on the master of `redis_key`'s slot, under
@@ -365,7 +360,7 @@ impl RedisTier {
         F: FnOnce(Option<Duration>) -> Fut,
         Fut: Future<Output = Result<T, TierError>>,
     {
-        let bound = self.bound(op == Op::Read);
+        let bound = Some(self.bound());
         let Some((nodes, master)) =
             self.inner.nodes.as_ref().and_then(|n| Some((n, n.master_of(slot(redis_key))?)))
         else {
@@ -530,7 +525,7 @@ impl Tier for RedisTier {
         let values: Vec<Option<Bytes>> = if self.inner.nodes.is_some() && !full.is_empty() {
             self.mget_by_master(&full).await?
         } else {
-            self.inner.conn.mget_within(self.bound(true), "get_many", &full).await?
+            self.inner.conn.mget_within(Some(self.bound()), "get_many", &full).await?
         };
         let now = tier_core::spi::now_ms();
         values.into_iter().map(|v| Self::classify(v, now)).collect()
@@ -557,7 +552,12 @@ impl Tier for RedisTier {
     }
 
     async fn clear(&self) -> Result<(), TierError> {
-        self.clear_prefix(b"").await.map(drop)
+        // Bounded as the hierarchy's timeout bounded it before the tier bounded its own calls.
+        let bound = self.bound();
+        match tokio::time::timeout(bound, self.clear_prefix(b"")).await {
+            Ok(r) => r.map(drop),
+            Err(_) => Err(crate::error::timeout_error("clear", bound)),
+        }
     }
 
     /// One script on the key (the retime script): the header's times rewritten in
@@ -603,6 +603,10 @@ impl Tier for RedisTier {
     /// and polled every few seconds: not only this tier's keys (see `crate::stats`).
     fn stats(&self) -> TierStats {
         self.inner.stats.get()
+    }
+
+    fn bounds_calls(&self) -> bool {
+        true
     }
 
     fn attach(&self, ctx: &TierContext) {

@@ -398,7 +398,12 @@ fn mount(
     ctx.timeout = policy.call_timeout();
     tier.attach(&ctx);
     let mount = Mount::new(&ctx, tier.storage(), tier.is_shared());
-    let wrapped = policy.layers().iter().fold(tier, |tier, layer| layer.wrap(tier, &mount));
+    // Only the innermost layer wraps the tier itself: what it says of its calls holds there.
+    let innermost = Mount { bounded: ctx.timeout.is_some() && tier.bounds_calls(), ..mount };
+    let wrapped =
+        policy.layers().iter().enumerate().fold(tier, |tier, (i, layer)| {
+            layer.wrap(tier, if i == 0 { &innermost } else { &mount })
+        });
     let metrics = TierMetrics::new(cache, &name, categories);
     if wrapped.breaker_state().is_none() {
         metrics.breaker.set(0.0);
