@@ -333,7 +333,15 @@ struct Rebuild<'a> {
     cleared_in: Option<u32>,
     /// The segment records come from (they come segment by segment) and its figures so far.
     current: Option<(Arc<Segment>, Tally)>,
+    /// Value records of the current segment not yet in the index: inserted together
+    /// ([`Loader::insert_all`]) before anything looks at the index or the segment changes.
+    pending: Vec<(u64, Loc)>,
+    /// Locations the pending inserts replaced.
+    replaced: Vec<Loc>,
 }
+
+/// Value records inserted together, at most.
+const BATCH: usize = 1 << 18;
 
 /// What replaying a segment's records adds to its live figures.
 #[derive(Default)]
@@ -346,7 +354,8 @@ struct Tally {
 
 impl<'a> Rebuild<'a> {
     fn new(index: &'a Index, segments: &'a Segments) -> Self {
-        Self { index: index.loader(), segments, cleared_in: None, current: None }
+        let (pending, replaced) = (Vec::new(), Vec::new());
+        Self { index: index.loader(), segments, cleared_in: None, current: None, pending, replaced }
     }
 
     /// The segment `seg`, its figures kept here from now on (the previous one's handed over).
@@ -358,8 +367,18 @@ impl<'a> Rebuild<'a> {
         self.current.as_mut()
     }
 
+    /// Insert the pending value records (and uncount what they replaced).
+    fn insert_pending(&mut self) {
+        let replaced = &mut self.replaced;
+        self.index.insert_all(&mut self.pending, |old| replaced.push(old));
+        for old in std::mem::take(&mut self.replaced) {
+            self.forget(old);
+        }
+    }
+
     /// Add the figures kept here to the current segment's own.
     fn hand_over(&mut self) {
+        self.insert_pending();
         if let Some((s, t)) = self.current.take() {
             s.live_bytes.fetch_add(t.bytes, Ordering::Relaxed);
             s.live_entries.fetch_add(t.entries, Ordering::Relaxed);
@@ -405,12 +424,14 @@ impl Target for Rebuild<'_> {
             t.newest = t.newest.max(c);
         }
         let Ok(offset) = u32::try_from(rec.offset) else { return };
-        if let Some(old) = self.index.insert(h.key_hash, Loc::record(seg, offset, h.record_len())) {
-            self.forget(old);
+        self.pending.push((h.key_hash, Loc::record(seg, offset, h.record_len())));
+        if self.pending.len() >= BATCH {
+            self.insert_pending();
         }
     }
 
     fn remove(&mut self, key: &[u8], hash: u64) {
+        self.insert_pending();
         let Some(loc) = self.index.get(hash) else { return };
         let Some((seg, h)) = self.segments.record_at(loc) else { return };
         if record_key(seg.bytes(), loc.offset as usize, &h) == key
@@ -425,6 +446,7 @@ impl Target for Rebuild<'_> {
     }
 
     fn clear(&mut self, seg: u32) {
+        self.pending.clear();
         self.index.clear();
         self.current = None; // its figures so far are gone with the rest
         self.segments.forget_all();
