@@ -101,9 +101,10 @@ fn prefetch(c: &Candidate) {
 }
 
 /// Scan every segment in id order and apply its records to `target`. The reading and CRC
-/// checks run on a helper thread one chunk ahead of the applying (inline if no thread can be
-/// started); another thread has the kernel read the next segments ahead of that scan (not the
-/// newest one, whose unwritten tail would only fill the page cache with zeros).
+/// checks run on a helper thread up to four chunks ahead of the applying (inline if no thread
+/// can be started), reading into the chunks applied and handed back; another thread has the
+/// kernel read the next segments ahead of that scan (not the newest one, whose unwritten tail
+/// would only fill the page cache with zeros).
 pub(crate) fn replay(segments: &[Candidate], now: u64, target: &mut dyn Target) -> Replayed {
     let mut out = Replayed { ends: Vec::new(), marker: None, counts: Counts::default() };
     let ahead = 1..segments.len().saturating_sub(1);
