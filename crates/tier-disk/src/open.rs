@@ -4,6 +4,7 @@
 //! strict mode, the damage check) has passed.
 
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use crate::config::{Config, RecoveryMode};
 use crate::dir::{parse_segment_name, Dir, DirLock, SET_ASIDE_SUFFIX};
 use crate::error::DiskError;
 use crate::format::{record_key, Pos, Scanned};
-use crate::index::{Index, Loc};
+use crate::index::{Index, Loader, Loc};
 use crate::metrics::Metrics;
 use crate::read::Reads;
 use crate::replay::{findings, replay, suspect_before, Finding, Seal, Target};
@@ -55,9 +56,9 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     let index = Index::default();
     let segments = Arc::new(Segments::default());
     let reusable = register(&dir, &cfg, &found.segments, &segments)?;
-    let mut rebuild = Rebuild { index: &index, segments: &segments, cleared_in: None, last: None };
+    let mut rebuild = Rebuild::new(&index, &segments);
     let replayed = replay(&found.segments, opened_at, &mut rebuild);
-    let cleared_in = rebuild.cleared_in;
+    let cleared_in = rebuild.finish();
     for (c, end) in found.segments.iter().zip(&replayed.ends) {
         if let Some(seg) = segments.get(c.id as u16) {
             seg.set_readable(end.end);
@@ -322,44 +323,121 @@ fn discard(dir: &Dir, report: &mut RecoveryReport) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Replays records into the live index and the segments' accounting.
+/// Replays records into the live index and the segments' accounting. It holds the index
+/// whole (a [`Loader`]) and keeps the figures of the segment being replayed itself, so that
+/// replaying a record takes no lock and no atomic instruction; `finish` hands the figures over.
 struct Rebuild<'a> {
-    index: &'a Index,
+    index: Loader<'a>,
     segments: &'a Segments,
     /// The newest segment holding a clear marker.
     cleared_in: Option<u32>,
-    /// The segment of the last value record (records come segment by segment).
-    last: Option<Arc<Segment>>,
+    /// The segment records come from (they come segment by segment) and its figures so far.
+    current: Option<(Arc<Segment>, Tally)>,
+    /// Value records of the current segment not yet in the index: inserted together
+    /// ([`Loader::insert_all`]) before anything looks at the index or the segment changes.
+    pending: Vec<(u64, Loc)>,
+    /// Locations the pending inserts replaced.
+    replaced: Vec<Loc>,
+}
+
+/// Value records inserted together, at most.
+const BATCH: usize = 1 << 18;
+
+/// What replaying a segment's records adds to its live figures.
+#[derive(Default)]
+struct Tally {
+    bytes: u64,
+    entries: u64,
+    oldest: Option<u64>,
+    newest: u64,
+}
+
+impl<'a> Rebuild<'a> {
+    fn new(index: &'a Index, segments: &'a Segments) -> Self {
+        let (pending, replaced) = (Vec::new(), Vec::new());
+        Self { index: index.loader(), segments, cleared_in: None, current: None, pending, replaced }
+    }
+
+    /// The segment `seg`, its figures kept here from now on (the previous one's handed over).
+    fn enter(&mut self, seg: u32) -> Option<&mut (Arc<Segment>, Tally)> {
+        if self.current.as_ref().is_none_or(|(s, _)| s.id != seg) {
+            self.hand_over();
+            self.current = self.segments.get(seg as u16).map(|s| (s, Tally::default()));
+        }
+        self.current.as_mut()
+    }
+
+    /// Insert the pending value records (and uncount what they replaced).
+    fn insert_pending(&mut self) {
+        let replaced = &mut self.replaced;
+        self.index.insert_all(&mut self.pending, |old| replaced.push(old));
+        for old in std::mem::take(&mut self.replaced) {
+            self.forget(old);
+        }
+    }
+
+    /// Add the figures kept here to the current segment's own.
+    fn hand_over(&mut self) {
+        self.insert_pending();
+        if let Some((s, t)) = self.current.take() {
+            s.live_bytes.fetch_add(t.bytes, Ordering::Relaxed);
+            s.live_entries.fetch_add(t.entries, Ordering::Relaxed);
+            if let Some(oldest) = t.oldest {
+                s.note_created(oldest);
+                s.note_created(t.newest);
+            }
+        }
+    }
+
+    /// Uncount the record at `loc`, which the index no longer points at.
+    fn forget(&mut self, loc: Loc) {
+        let Some((seg, h)) = self.segments.record_at(loc) else { return };
+        match &mut self.current {
+            Some((s, t)) if s.id == seg.id => {
+                // Counted here, not yet handed over.
+                t.bytes = t.bytes.saturating_sub(h.record_len() as u64);
+                t.entries = t.entries.saturating_sub(1);
+            }
+            _ => seg.forget(&h),
+        }
+    }
+
+    /// Hand the figures over and give the index back; the newest segment with a clear marker.
+    fn finish(mut self) -> Option<u32> {
+        self.hand_over();
+        self.cleared_in
+    }
 }
 
 impl Target for Rebuild<'_> {
     fn value(&mut self, seg: u32, chunk: &Chunk, rec: &Scanned) {
-        if self.last.as_ref().is_none_or(|s| s.id != seg) {
-            self.last = self.segments.get(seg as u16);
-        }
-        let Some(s) = self.last.as_deref() else { return };
         let h = rec.header;
         let len = h.record_len() as u64;
+        let Some((s, t)) = self.enter(seg) else { return };
         // Validated up to here: later records of this segment may look this one up.
         s.set_readable(s.readable().max(rec.offset as u64 + len));
-        s.count(len);
+        t.bytes += len;
+        t.entries += 1;
         let value = crate::format::record_value(chunk.at(rec), 0, &h);
         if let Some(c) = crate::format::envelope_created_at(value) {
-            s.note_created(c);
+            t.oldest = Some(t.oldest.map_or(c, |o| o.min(c)));
+            t.newest = t.newest.max(c);
         }
         let Ok(offset) = u32::try_from(rec.offset) else { return };
-        if let Some(old) = self.index.insert(h.key_hash, Loc::record(seg, offset, h.record_len())) {
-            self.segments.forget(old);
+        self.pending.push((h.key_hash, Loc::record(seg, offset, h.record_len())));
+        if self.pending.len() >= BATCH {
+            self.insert_pending();
         }
     }
 
     fn remove(&mut self, key: &[u8], hash: u64) {
-        let Some(loc) = self.index.get(hash, false) else { return };
+        self.insert_pending();
+        let Some(loc) = self.index.get(hash) else { return };
         let Some((seg, h)) = self.segments.record_at(loc) else { return };
         if record_key(seg.bytes(), loc.offset as usize, &h) == key
             && self.index.remove_if(hash, loc)
         {
-            seg.forget(&h);
+            self.forget(loc);
         }
     }
 
@@ -368,7 +446,9 @@ impl Target for Rebuild<'_> {
     }
 
     fn clear(&mut self, seg: u32) {
+        self.pending.clear();
         self.index.clear();
+        self.current = None; // its figures so far are gone with the rest
         self.segments.forget_all();
         self.cleared_in = Some(seg);
     }

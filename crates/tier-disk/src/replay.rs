@@ -20,7 +20,7 @@ use std::sync::mpsc;
 
 use crate::format::{record_key, record_value, Pos, RecordKind, Scanned, SEGMENT_HEADER_LEN};
 use crate::report::SegmentDamage;
-use crate::scan::{first_nonzero, scan_file, Chunk, End};
+use crate::scan::{first_nonzero, scan_file, scan_file_reusing, Chunk, End};
 use crate::survey::Candidate;
 
 /// Where the records of a replay go: the live index, or the inspector's map.
@@ -101,9 +101,10 @@ fn prefetch(c: &Candidate) {
 }
 
 /// Scan every segment in id order and apply its records to `target`. The reading and CRC
-/// checks run on a helper thread one chunk ahead of the applying (inline if no thread can be
-/// started); another thread has the kernel read the next segments ahead of that scan (not the
-/// newest one, whose unwritten tail would only fill the page cache with zeros).
+/// checks run on a helper thread up to four chunks ahead of the applying (inline if no thread
+/// can be started), reading into the chunks applied and handed back; another thread has the
+/// kernel read the next segments ahead of that scan (not the newest one, whose unwritten tail
+/// would only fill the page cache with zeros).
 pub(crate) fn replay(segments: &[Candidate], now: u64, target: &mut dyn Target) -> Replayed {
     let mut out = Replayed { ends: Vec::new(), marker: None, counts: Counts::default() };
     let ahead = 1..segments.len().saturating_sub(1);
@@ -123,6 +124,8 @@ pub(crate) fn replay(segments: &[Candidate], now: u64, target: &mut dyn Target) 
             },
         );
         let (tx, rx) = mpsc::sync_channel::<Msg>(4);
+        // Chunks applied go back to the scan, to be read into again.
+        let (spent, reusable) = mpsc::channel::<Chunk>();
         let helper = std::thread::Builder::new().name("tier-disk-recover".into()).spawn_scoped(
             scope,
             move || {
@@ -133,7 +136,8 @@ pub(crate) fn replay(segments: &[Candidate], now: u64, target: &mut dyn Target) 
                     let mut emit = |chunk| {
                         let _ = tx.send(Msg::Chunk(i, chunk));
                     };
-                    let end = scan_file(&c.file, c.limit(), true, &mut emit);
+                    let mut reuse = || reusable.try_recv().ok();
+                    let end = scan_file_reusing(&c.file, c.limit(), true, &mut emit, &mut reuse);
                     if tx.send(Msg::End(end)).is_err() {
                         return;
                     }
@@ -147,6 +151,7 @@ pub(crate) fn replay(segments: &[Candidate], now: u64, target: &mut dyn Target) 
                         for rec in &chunk.records {
                             apply(target, segments[i].id, &chunk, rec, now, &mut out);
                         }
+                        let _ = spent.send(chunk); // the scan may have ended: then it is dropped
                     }
                     Msg::End(end) => {
                         if out.ends.is_empty() && segments.len() > 1 {

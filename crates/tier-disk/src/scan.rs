@@ -29,6 +29,10 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
+    fn empty() -> Self {
+        Self { base: 0, buf: Vec::new(), records: Vec::new() }
+    }
+
     /// The bytes from record `r` to the end of the chunk (what `format::record_key` and
     /// `format::record_value` take, at offset 0).
     pub fn at(&self, r: &Scanned) -> &[u8] {
@@ -50,7 +54,15 @@ pub(crate) struct End {
 
 /// Read `[at, at + len)` of `file` with `pread`, fewer bytes at its end.
 pub(crate) fn read_at_most(file: &File, at: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
+    let mut buf = Vec::new();
+    read_into(file, at, len, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_at_most`] into `buf` (its old bytes overwritten, or dropped; a buffer used before
+/// is not zeroed again, nor are its pages faulted in again).
+fn read_into(file: &File, at: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.resize(len, 0);
     let mut got = 0usize;
     while got < len {
         match file.read_at(&mut buf[got..], at + got as u64) {
@@ -61,7 +73,7 @@ pub(crate) fn read_at_most(file: &File, at: u64, len: usize) -> io::Result<Vec<u
         }
     }
     buf.truncate(got);
-    Ok(buf)
+    Ok(())
 }
 
 /// Walks a segment's records, handing each full chunk to `emit`.
@@ -72,6 +84,10 @@ struct Walk<'a> {
     next: usize,
     chunk: Chunk,
     emit: &'a mut dyn FnMut(Chunk),
+    /// A chunk to read into instead of a new one (a chunk handed back by whoever took it).
+    reuse: &'a mut dyn FnMut() -> Option<Chunk>,
+    /// A chunk read and left without records, to read into next.
+    spare: Option<Chunk>,
 }
 
 impl Walk<'_> {
@@ -87,10 +103,15 @@ impl Walk<'_> {
         let end = (pos + len.max(self.next) as u64).next_multiple_of(PAGE).min(self.limit);
         let len = usize::try_from(end.saturating_sub(pos)).unwrap_or(usize::MAX);
         self.next = (self.next * 2).min(CHUNK);
-        let buf = read_at_most(self.file, pos, len)?;
-        let done =
-            std::mem::replace(&mut self.chunk, Chunk { base: pos, buf, records: Vec::new() });
-        if !done.records.is_empty() {
+        // A new buffer for each chunk would cost its page faults (and zeroing) every time.
+        let mut next = self.spare.take().or_else(&mut *self.reuse).unwrap_or_else(Chunk::empty);
+        next.records.clear();
+        read_into(self.file, pos, len, &mut next.buf)?;
+        next.base = pos;
+        let done = std::mem::replace(&mut self.chunk, next);
+        if done.records.is_empty() {
+            self.spare = Some(done);
+        } else {
             (self.emit)(done);
         }
         Ok(())
@@ -108,17 +129,35 @@ impl Walk<'_> {
 /// Scan the records of `file` from the first one up to `limit` (the file's length or the
 /// segment's size, the smaller), checking each record's CRC with `verify`.
 pub(crate) fn scan_file(file: &File, limit: u64, verify: bool, emit: &mut dyn FnMut(Chunk)) -> End {
+    scan_file_reusing(file, limit, verify, emit, &mut || None)
+}
+
+/// [`scan_file`], reading into the chunks `reuse` gives back (once `emit`'s taker is done with
+/// them) before it makes new ones.
+pub(crate) fn scan_file_reusing(
+    file: &File,
+    limit: u64,
+    verify: bool,
+    emit: &mut dyn FnMut(Chunk),
+    reuse: &mut dyn FnMut() -> Option<Chunk>,
+) -> End {
     // The reads are large already; the kernel's read-ahead would only pull the unwritten tail
     // of a segment into the page cache (as zeros, which `SEEK_DATA` then takes for data).
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random);
-    let end = scan_records(file, limit, verify, emit);
+    let end = scan_records(file, limit, verify, emit, reuse);
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Normal);
     end
 }
 
-fn scan_records(file: &File, limit: u64, verify: bool, emit: &mut dyn FnMut(Chunk)) -> End {
-    let empty = Chunk { base: 0, buf: Vec::new(), records: Vec::new() };
-    let mut walk = Walk { file, limit, next: FIRST_CHUNK, chunk: empty, emit };
+fn scan_records(
+    file: &File,
+    limit: u64,
+    verify: bool,
+    emit: &mut dyn FnMut(Chunk),
+    reuse: &mut dyn FnMut() -> Option<Chunk>,
+) -> End {
+    let chunk = Chunk::empty();
+    let mut walk = Walk { file, limit, next: FIRST_CHUNK, chunk, emit, reuse, spare: None };
     let mut pos = SEGMENT_HEADER_LEN as u64;
     let mut records = 0u64;
     let read_error = |pos: u64, e: io::Error| Damage {
@@ -145,8 +184,7 @@ fn scan_records(file: &File, limit: u64, verify: bool, emit: &mut dyn FnMut(Chun
             Err(d) => break Some(Damage { offset: pos as usize, reason: d.reason }),
         }
     };
-    let last =
-        std::mem::replace(&mut walk.chunk, Chunk { base: 0, buf: Vec::new(), records: Vec::new() });
+    let last = std::mem::replace(&mut walk.chunk, Chunk::empty());
     if !last.records.is_empty() {
         (walk.emit)(last);
     }
@@ -233,6 +271,42 @@ mod tests {
             let end = scan_file(&file, cut as u64, true, &mut |_| {});
             assert_eq!(end.damage.map(|d| d.offset as u64), Some(at));
         }
+    }
+
+    #[test]
+    fn scan_reading_into_chunks_handed_back_matches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seg = segment(20_000, 150);
+        let path = dir.path().join("s");
+        std::fs::write(&path, &seg).expect("write");
+        let file = File::open(&path).expect("open");
+        let want: Vec<usize> = crate::format::scan(&seg, true).map(|r| r.offset).collect();
+        // Chunks come back dirty (garbage after their bytes, stale records), and fewer of them
+        // than the scan emits: it makes the rest.
+        let back = std::cell::RefCell::new(Vec::new());
+        let (mut seen, mut emitted) = (Vec::new(), 0);
+        let end = scan_file_reusing(
+            &file,
+            seg.len() as u64,
+            true,
+            &mut |c: Chunk| {
+                for r in &c.records {
+                    assert!(crate::format::record_key(c.at(r), 0, &r.header).starts_with(b"k"));
+                    seen.push(r.offset);
+                }
+                emitted += 1;
+                let mut c = c;
+                c.buf.extend_from_slice(&[0xAB; 4096]);
+                if emitted % 2 == 0 {
+                    back.borrow_mut().push(c);
+                }
+            },
+            &mut || back.borrow_mut().pop(),
+        );
+        assert_eq!(seen, want);
+        assert!(emitted > 4, "{emitted} chunks");
+        assert!(end.damage.is_none());
+        assert_eq!((end.records, end.end), (20_000, seg.len() as u64));
     }
 
     #[test]
