@@ -140,38 +140,59 @@ impl Lookup {
 /// An entry holding a decoded object, in the form an in-process tier keeps it (behind an `Arc`,
 /// so that a hit clones one pointer) and hands it out from [`Tier::get_ready`].
 ///
-/// Compact, since an in-process tier holds one per key: the times, the load cost, the size, the
-/// flags and the value inline (what a hit reads), and the parts most entries lack — tags, the
-/// origin's validator, the sealing — in one box of their own, allocated only when one of them
-/// is present. 64 bytes on a 64-bit target, where a [`Meta`] and a value took 136. Read it
-/// through its accessors; [`ObjectEntry::meta`] rebuilds the whole [`Meta`].
+/// Compact, since an in-process tier holds one per key: 48 bytes on a 64-bit target, where a
+/// [`Meta`] and a value took 136. Inline: the value, the creation time with the flags in its top
+/// bits, the two expiry times as millisecond offsets from the creation time (32 bits each: up to
+/// 49 days; "never" has its own code), the load cost and the size — what a hit reads. In one box
+/// of their own, allocated only when one of them is present: tags, the origin's validator, the
+/// sealing, and the exact times of an entry whose times do not fit inline (an expiry more than
+/// 49 days after its creation, or before it). Lossless either way: [`ObjectEntry::meta`]
+/// rebuilds the whole [`Meta`] it was made of. Read it through its accessors.
 ///
 /// [`Tier::get_ready`]: crate::spi::Tier::get_ready
 #[derive(Clone)]
 pub struct ObjectEntry {
-    created_at: u64,
-    fresh_until: u64,
-    stale_until: u64,
     value: Arc<dyn Any + Send + Sync>,
-    /// Tags, validator, sealing: `None` when the entry has none of them.
+    /// Tags, validator, sealing, wide times: `None` when the entry has none of them.
     rare: Option<Box<Rare>>,
+    /// `created_at` in the low [`CREATED_BITS`] bits (0 when [`WIDE`]), the flags above.
+    created_flags: u64,
+    /// `fresh_until - created_at`, or [`NEVER`] for `u64::MAX` (unused when [`WIDE`]).
+    fresh_after: u32,
+    /// `stale_until - created_at`, or [`NEVER`] for `u64::MAX` (unused when [`WIDE`]).
+    stale_after: u32,
     size: u32,
     load_cost_us: u32,
-    /// `NEGATIVE`, `INSERT`, `TOMBSTONE`.
-    flags: u8,
 }
 
 /// The parts of a [`Meta`] most entries lack.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Rare {
     tags: Option<Arc<[TagStamp]>>,
     validator: Option<Bytes>,
     sealing: Option<Bytes>,
+    /// `created_at`, `fresh_until`, `stale_until` exactly, when they do not fit inline.
+    times: Option<[u64; 3]>,
 }
 
-const NEGATIVE: u8 = 1;
-const INSERT: u8 = 2;
-const TOMBSTONE: u8 = 4;
+/// Bits of `created_flags` that hold `created_at` (Unix ms up to the year 4_000_000 and more).
+const CREATED_BITS: u32 = 56;
+const CREATED_MASK: u64 = (1 << CREATED_BITS) - 1;
+const NEGATIVE: u64 = 1 << CREATED_BITS;
+const INSERT: u64 = 2 << CREATED_BITS;
+const TOMBSTONE: u64 = 4 << CREATED_BITS;
+/// The times are in [`Rare::times`], not inline.
+const WIDE: u64 = 8 << CREATED_BITS;
+/// The offset code of `u64::MAX` ("never").
+const NEVER: u32 = u32::MAX;
+
+/// `until` as an offset from `created_at`, if it has one that fits.
+fn offset(created_at: u64, until: u64) -> Option<u32> {
+    if until == u64::MAX {
+        return Some(NEVER);
+    }
+    until.checked_sub(created_at).and_then(|d| u32::try_from(d).ok()).filter(|&d| d != NEVER)
+}
 
 impl ObjectEntry {
     /// The entry of a decoded `value` (`Arc<V>` behind `Any`; `()` for a negative entry) with
@@ -189,12 +210,27 @@ impl ObjectEntry {
             validator,
             sealing,
         } = meta;
-        let rare = (tags.is_some() || validator.is_some() || sealing.is_some())
-            .then(|| Box::new(Rare { tags, validator, sealing }));
-        let flags = (u8::from(negative) * NEGATIVE)
-            | (u8::from(insert) * INSERT)
-            | (u8::from(tombstone) * TOMBSTONE);
-        Self { created_at, fresh_until, stale_until, value, rare, size, load_cost_us, flags }
+        let inline = (created_at <= CREATED_MASK)
+            .then(|| Some((offset(created_at, fresh_until)?, offset(created_at, stale_until)?)))
+            .flatten();
+        let (created_flags, fresh_after, stale_after, times) = match inline {
+            Some((fresh, stale)) => (created_at, fresh, stale, None),
+            None => (WIDE, 0, 0, Some([created_at, fresh_until, stale_until])),
+        };
+        let rare = (tags.is_some() || validator.is_some() || sealing.is_some() || times.is_some())
+            .then(|| Box::new(Rare { tags, validator, sealing, times }));
+        let flags = (u64::from(negative) * NEGATIVE)
+            | (u64::from(insert) * INSERT)
+            | (u64::from(tombstone) * TOMBSTONE);
+        Self {
+            value,
+            rare,
+            created_flags: created_flags | flags,
+            fresh_after,
+            stale_after,
+            size,
+            load_cost_us,
+        }
     }
 
     /// The object entry of `entry`; `None` when it holds an envelope.
@@ -213,16 +249,35 @@ impl ObjectEntry {
     pub fn meta(&self) -> Meta {
         let rare = self.rare.as_deref();
         Meta {
-            created_at: self.created_at,
-            fresh_until: self.fresh_until,
-            stale_until: self.stale_until,
+            created_at: self.created_at(),
+            fresh_until: self.fresh_until(),
+            stale_until: self.stale_until(),
             load_cost_us: self.load_cost_us,
             negative: self.is_negative(),
-            insert: self.flags & INSERT != 0,
-            tombstone: self.flags & TOMBSTONE != 0,
+            insert: self.created_flags & INSERT != 0,
+            tombstone: self.created_flags & TOMBSTONE != 0,
             tags: rare.and_then(|r| r.tags.clone()),
             validator: rare.and_then(|r| r.validator.clone()),
             sealing: rare.and_then(|r| r.sealing.clone()),
+        }
+    }
+
+    /// The exact times, when they are not inline.
+    #[inline]
+    fn wide_times(&self) -> Option<&[u64; 3]> {
+        if self.created_flags & WIDE == 0 {
+            return None;
+        }
+        self.rare.as_deref().and_then(|r| r.times.as_ref())
+    }
+
+    /// The time `after` ms past the creation time, or [`Self::wide_times`]`[i]`.
+    #[inline]
+    fn until(&self, after: u32, i: usize) -> u64 {
+        match self.wide_times() {
+            Some(times) => times[i],
+            None if after == NEVER => u64::MAX,
+            None => (self.created_flags & CREATED_MASK) + u64::from(after),
         }
     }
 
@@ -235,19 +290,22 @@ impl ObjectEntry {
     /// When the value was loaded (Unix ms); see [`Meta::created_at`].
     #[inline]
     pub fn created_at(&self) -> u64 {
-        self.created_at
+        match self.wide_times() {
+            Some(times) => times[0],
+            None => self.created_flags & CREATED_MASK,
+        }
     }
 
     /// Served as fresh until then (Unix ms); see [`Meta::fresh_until`].
     #[inline]
     pub fn fresh_until(&self) -> u64 {
-        self.fresh_until
+        self.until(self.fresh_after, 1)
     }
 
     /// Served as stale until then; gone after (Unix ms); see [`Meta::stale_until`].
     #[inline]
     pub fn stale_until(&self) -> u64 {
-        self.stale_until
+        self.until(self.stale_after, 2)
     }
 
     /// How long the load took, in microseconds; see [`Meta::load_cost_us`].
@@ -259,7 +317,7 @@ impl ObjectEntry {
     /// Whether the origin said the value does not exist; see [`Meta::negative`].
     #[inline]
     pub fn is_negative(&self) -> bool {
-        self.flags & NEGATIVE != 0
+        self.created_flags & NEGATIVE != 0
     }
 
     /// The tags, empty when none; see [`Meta::tags`].
@@ -283,9 +341,9 @@ impl ObjectEntry {
     /// (Unix ms): `Fresh` when fresh and untagged, `Miss` past `stale_until`, else `Ask`.
     #[inline]
     pub fn ready_at(self: Arc<Self>, now: u64) -> ReadyLookup {
-        if now < self.fresh_until && !self.is_tagged() {
+        if now < self.fresh_until() && !self.is_tagged() {
             ReadyLookup::Fresh(self)
-        } else if now < self.stale_until {
+        } else if now < self.stale_until() {
             ReadyLookup::Ask
         } else {
             ReadyLookup::Miss
@@ -356,11 +414,63 @@ mod tests {
             assert_eq!(e.to_entry().meta, m);
             assert_eq!(e.tags(), m.tags());
             assert_eq!((e.is_negative(), e.size()), (m.negative, 49));
+            let rare = e.rare.as_deref().cloned().unwrap_or_default();
             assert_eq!(
-                e.rare.is_some(),
-                m.tags.is_some() || m.validator.is_some() || m.sealing.is_some()
+                (rare.tags.is_some(), rare.validator.is_some(), rare.sealing.is_some()),
+                (m.tags.is_some(), m.validator.is_some(), m.sealing.is_some())
             );
         }
+    }
+
+    /// Times that do not fit as 32-bit offsets from the creation time are kept exactly (in the
+    /// box), and those that fit need no box.
+    #[test]
+    fn an_object_entry_keeps_every_time_exactly() {
+        let far = u64::from(u32::MAX);
+        let cases = [
+            // (created_at, fresh_until, stale_until, inline)
+            (5, 60_005, 5_000_060_005, false),
+            (5, 60_005, far + 4, true),
+            (5, 60_005, far + 5, false),
+            (0, 0, 0, true),
+            (0, u64::MAX, u64::MAX, true),
+            (1_700_000_000_000, u64::MAX, u64::MAX, true),
+            (1_700_000_000_000, 1_700_000_000_000, 1_700_000_000_000 + far - 1, true),
+            (1_700_000_000_000, 1_699_999_999_999, u64::MAX, false),
+            (1_700_000_000_000, u64::MAX - 1, u64::MAX, false),
+            (1 << 56, (1 << 56) + 1, (1 << 56) + 2, false),
+            ((1 << 56) - 1, u64::MAX, u64::MAX, true),
+            (u64::MAX, u64::MAX, u64::MAX, false),
+            (u64::MAX, 3, 2, false),
+        ];
+        for (created_at, fresh_until, stale_until, inline) in cases {
+            for (negative, insert, tombstone) in [(false, false, false), (true, true, true)] {
+                let m = Meta {
+                    created_at,
+                    fresh_until,
+                    stale_until,
+                    negative,
+                    insert,
+                    tombstone,
+                    load_cost_us: u32::MAX,
+                    ..Meta::default()
+                };
+                let e = ObjectEntry::new(m.clone(), Arc::new(()), u32::MAX);
+                assert_eq!(e.meta(), m, "{created_at} {fresh_until} {stale_until}");
+                assert_eq!(
+                    (e.created_at(), e.fresh_until(), e.stale_until()),
+                    (created_at, fresh_until, stale_until)
+                );
+                assert_eq!(e.rare.is_none(), inline, "{created_at} {fresh_until} {stale_until}");
+            }
+        }
+        // Wide times and tags share the box.
+        let tags: Arc<[TagStamp]> =
+            Arc::from(vec![TagStamp { tag: Arc::from("t"), generation: 2 }]);
+        let m = Meta { tags: Some(tags), stale_until: u64::MAX - 1, ..meta() };
+        let e = ObjectEntry::new(m.clone(), Arc::new(()), 1);
+        assert_eq!(e.meta(), m);
+        assert_eq!(e.tags().len(), 1);
     }
 
     #[test]
@@ -380,10 +490,10 @@ mod tests {
         assert!(matches!(tagged.ready_at(10), ReadyLookup::Ask));
     }
 
-    /// What an in-process tier holds per key (inside an `Arc`): 64 bytes.
+    /// What an in-process tier holds per key (inside an `Arc`): 48 bytes.
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn an_object_entry_takes_64_bytes() {
-        assert_eq!(size_of::<ObjectEntry>(), 64);
+    fn an_object_entry_takes_48_bytes() {
+        assert_eq!(size_of::<ObjectEntry>(), 48);
     }
 }

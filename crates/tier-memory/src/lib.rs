@@ -11,9 +11,10 @@
 //!   `Any`): a hit hands back the stored `Arc` — no decode, no copy of the value. Each key holds
 //!   an `Arc<`[`ObjectEntry`]`>` (moka clones what it holds on every hit: a pointer, not the
 //!   entry), and a fresh untagged hit hands that `Arc` to the hierarchy as it is
-//!   ([`Tier::get_ready`]). The `ObjectEntry` is compact (64 bytes: times, load cost, size,
-//!   flags and value inline; tags, validator and sealing in a box only when present). Holding
-//!   the entry itself in moka, which saves two reference-count updates and one pointer chase a
+//!   ([`Tier::get_ready`]). The `ObjectEntry` is compact (48 bytes: value, creation time and
+//!   flags, expiry times as 32-bit offsets, load cost and size inline; tags, validator,
+//!   sealing and times that do not fit as offsets — past 49 days — in a box only when
+//!   present). Holding the entry itself in moka, which saves two reference-count updates and one pointer chase a
 //!   hit, measured 5–8 % *slower* with a 72-byte entry (the `memory` bench, eight code layouts):
 //!   moka copies the larger value through several returns.
 //! - Bounded by bytes: each entry weighs its key, its encoded size as the hierarchy measured it,
@@ -31,14 +32,13 @@
 //! - Keys are kept inline up to 22 bytes (in moka's own `Arc` of the key), not as `Bytes`:
 //!   a 16-byte key costs 40 heap bytes instead of 88.
 //! - Memory per entry (`cargo run --release -p tier-benches --bin mem-per-entry`: 1M entries of
-//!   a 16-byte key and a `u64`): 384.9 bytes asked per entry, raw moka configured alike
-//!   (weigher, expiry, listener, foldhash; a `Bytes` key, an `Arc<u64>` value) 328.9: the 56
-//!   between are the `Arc<ObjectEntry>`'s 80 less the 24 the inline key saves against moka's
-//!   `Bytes`. (Before the compact `ObjectEntry`: 456.9, its `Meta` inline took 152 in the `Arc`.)
-//!   What is left to reach raw moka + 32: fresh and stale times as 32-bit offsets from
-//!   `created_at` and the flags folded into a spare field would bring the entry to 48 bytes (64
-//!   in the `Arc`, 40 over); below that the entry must leave its `Arc` (held in moka inline),
-//!   which the hit bench has to clear first.
+//!   a 16-byte key and a `u64`): 368.9 bytes asked per entry (409.2 held, with malloc's
+//!   rounding), raw moka configured alike (weigher, expiry, listener, foldhash; a `Bytes` key,
+//!   an `Arc<u64>` value) 328.9 asked (377.2 held): +40 asked, +32 held. Where they go: the
+//!   `Arc<ObjectEntry>`'s 64 (malloc gives 72) less the 24 the inline key saves against moka's
+//!   `Bytes`. (A 64-byte `ObjectEntry` took 384.9; before it was compact, 456.9: its `Meta`
+//!   inline took 152 in the `Arc`.) Below that the entry must shrink to 40 bytes (the next
+//!   malloc size) or leave its `Arc` (held in moka inline: slower hits, above).
 //! - Keys are hashed with foldhash (its quality variant), seeded per tier from the OS's
 //!   randomness (through std's `RandomState`), not with moka's default SipHash-1-3, which took
 //!   ~7 % of an L1 hit on short keys (the `memory` bench: ~15 ns less a hit). The trade:
