@@ -262,22 +262,23 @@ impl ObjectEntry {
         }
     }
 
-    /// The exact times, when they are not inline.
-    #[inline]
-    fn wide_times(&self) -> Option<&[u64; 3]> {
-        if self.created_flags & WIDE == 0 {
-            return None;
-        }
-        self.rare.as_deref().and_then(|r| r.times.as_ref())
+    /// Exact time `i` (0 created, 1 fresh, 2 stale) of an entry whose times are not inline.
+    #[cold]
+    #[inline(never)]
+    fn wide(&self, i: usize) -> u64 {
+        // `WIDE` is set only together with `Rare::times` (`new`); 0 is never reached.
+        self.rare.as_deref().and_then(|r| r.times).map_or(0, |t| t[i])
     }
 
-    /// The time `after` ms past the creation time, or [`Self::wide_times`]`[i]`.
+    /// The time `after` ms past the creation time (time `i` when not inline).
     #[inline]
     fn until(&self, after: u32, i: usize) -> u64 {
-        match self.wide_times() {
-            Some(times) => times[i],
-            None if after == NEVER => u64::MAX,
-            None => (self.created_flags & CREATED_MASK) + u64::from(after),
+        if self.created_flags & WIDE != 0 {
+            self.wide(i)
+        } else if after == NEVER {
+            u64::MAX
+        } else {
+            (self.created_flags & CREATED_MASK) + u64::from(after)
         }
     }
 
@@ -290,9 +291,10 @@ impl ObjectEntry {
     /// When the value was loaded (Unix ms); see [`Meta::created_at`].
     #[inline]
     pub fn created_at(&self) -> u64 {
-        match self.wide_times() {
-            Some(times) => times[0],
-            None => self.created_flags & CREATED_MASK,
+        if self.created_flags & WIDE != 0 {
+            self.wide(0)
+        } else {
+            self.created_flags & CREATED_MASK
         }
     }
 
@@ -341,6 +343,12 @@ impl ObjectEntry {
     /// (Unix ms): `Fresh` when fresh and untagged, `Miss` past `stale_until`, else `Ask`.
     #[inline]
     pub fn ready_at(self: Arc<Self>, now: u64) -> ReadyLookup {
+        // The common case in one subtraction: inline times, `created_at <= now < fresh_until`
+        // (a wide entry has 0 for both, and fails it). Anything else is decided exactly below.
+        let since = now.wrapping_sub(self.created_flags & CREATED_MASK);
+        if since < u64::from(self.fresh_after) && !self.is_tagged() {
+            return ReadyLookup::Fresh(self);
+        }
         if now < self.fresh_until() && !self.is_tagged() {
             ReadyLookup::Fresh(self)
         } else if now < self.stale_until() {
@@ -488,6 +496,39 @@ mod tests {
         let tagged =
             Arc::new(ObjectEntry::new(Meta { tags: Some(tags), ..meta() }, Arc::new(()), 1));
         assert!(matches!(tagged.ready_at(10), ReadyLookup::Ask));
+    }
+
+    /// `ready_at` answers by the exact times whatever the layout: wide times, "never", a clock
+    /// behind the creation time.
+    #[test]
+    fn ready_at_follows_the_exact_times() {
+        let at = |created_at, fresh_until, stale_until, now| {
+            let m = Meta { created_at, fresh_until, stale_until, ..Meta::default() };
+            match Arc::new(ObjectEntry::new(m, Arc::new(()), 1)).ready_at(now) {
+                ReadyLookup::Fresh(_) => "fresh",
+                ReadyLookup::Ask => "ask",
+                ReadyLookup::Miss => "miss",
+            }
+        };
+        let far = u64::from(u32::MAX);
+        // (created_at, fresh_until, stale_until, now, answer)
+        let cases = [
+            (100, 200, 300, 100, "fresh"),
+            (100, 200, 300, 199, "fresh"),
+            (100, 200, 300, 200, "ask"),
+            (100, 200, 300, 300, "miss"),
+            (100, 200, 300, 50, "fresh"), // the clock is behind the creation time
+            (100, u64::MAX, u64::MAX, 100 + 2 * far, "fresh"),
+            (100, 200, u64::MAX, 100 + 2 * far, "ask"),
+            (100, 200 + 2 * far, 300 + 2 * far, 150 + 2 * far, "fresh"), // wide
+            (100, 200 + 2 * far, 300 + 2 * far, 250 + 2 * far, "ask"),
+            (100, 200 + 2 * far, 300 + 2 * far, 300 + 2 * far, "miss"),
+            (100, 50, 300, 60, "ask"), // fresh until before it was made: wide, and stale
+            (u64::MAX - 10, u64::MAX - 1, u64::MAX, u64::MAX - 2, "fresh"),
+        ];
+        for (c, f, s, now, answer) in cases {
+            assert_eq!(at(c, f, s, now), answer, "{c} {f} {s} at {now}");
+        }
     }
 
     /// What an in-process tier holds per key (inside an `Arc`): 48 bytes.
