@@ -60,7 +60,9 @@ impl DiskTierBuilder {
 
     /// When a segment is reclaimed, copy entries that were read since they were written (and
     /// are not expired nor suspect) into the newest segment, so hot entries survive FIFO
-    /// reclaim. Default: true.
+    /// reclaim: an entry read twice or more survives two reclaims without another read, one
+    /// read once survives one, and a key evicted lately and inserted again survives one
+    /// unread (see the crate docs, "Bounded size"). Default: true.
     pub fn reinsert_hot(mut self, on: bool) -> Self {
         self.cfg.reinsert_hot = on;
         self

@@ -3,9 +3,11 @@
 //! 256 shards chosen by the hash's top 8 bits; inside a shard the next 40 bits are the key, and
 //! the value is 56 bits: the segment's id modulo 2^16 (live segment ids always span fewer than
 //! 2^16 consecutive ids, see `Writer::enforce_capacity`), the record's offset in 8-byte units
-//! (segments are at most 1 GiB, 27 bits), a "hit since written" bit, a "suspect" bit (damage
-//! found at open may have lost a record that replaced or removed this one: serve it only as
-//! stale) and, in 11 bits, the record's length (exact up to 8 KiB, rounded up to 64 bytes up
+//! (segments are at most 1 GiB, 27 bits), a two-bit *state* — the entry's frequency (0, 1 or
+//! 2: hits since it was written, less the reclaims that copied it forward; see
+//! `writer::reclaim`) or "suspect" (damage found at open may have lost a record that replaced
+//! or removed this one: serve it only as stale; a suspect entry is never copied forward, so it
+//! needs no frequency) — and, in 11 bits, the record's length (exact up to 8 KiB, rounded up to 64 bytes up
 //! to 72 KiB, unknown beyond), so that a read asks the kernel for the record's bytes in one
 //! call and no more. With hashbrown's one control byte per bucket and its 7/8 load factor that
 //! is 13 bytes per bucket: 15 to 30 bytes per entry.
@@ -25,8 +27,12 @@ use crate::format::{fmix64, RECORD_ALIGN};
 
 const SHARD_BITS: u32 = 8;
 const SHARDS: usize = 1 << SHARD_BITS;
-const HIT: u8 = 1;
-const SUSPECT: u8 = 1 << 1;
+/// The two low bits of a slot's `flags`: the frequency (0..=[`MAX_FREQ`]) or [`SUSPECT`].
+const STATE: u8 = 0b11;
+/// The state of a suspect entry.
+const SUSPECT: u8 = 0b11;
+/// The highest frequency an entry keeps (hits beyond it are not counted).
+pub const MAX_FREQ: u8 = 2;
 /// The record lengths [`Loc::len`] keeps exactly (in 8-byte units, below this many units).
 const EXACT_UNITS: u32 = 1024;
 /// Longer records: in steps of this many bytes above `EXACT_UNITS * 8`.
@@ -56,13 +62,15 @@ fn code_len(code: u16) -> u32 {
 }
 
 /// Where a record is: segment id (low 16 bits) and byte offset (a multiple of 8, below 1 GiB),
-/// plus a "hit since written" bit used to give hot entries a second chance when their segment
-/// is reclaimed, a "suspect" bit (served only as stale) and the record's length.
+/// plus its frequency (hits since written, less the copies forward, at most [`MAX_FREQ`]: what
+/// decides whether reclaim copies the entry forward), a "suspect" flag (served only as stale,
+/// never copied forward; a suspect entry's frequency is not kept and reads as 0) and the
+/// record's length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
     pub seg: u16,
     pub offset: u32,
-    pub hit: bool,
+    pub freq: u8,
     pub suspect: bool,
     /// At least the record's length, padding included (at most 63 bytes more, up to
     /// [`MAX_KNOWN_LEN`]); 0 when longer, or not known.
@@ -70,25 +78,27 @@ pub struct Loc {
 }
 
 impl Loc {
-    /// A location without the hit and suspect bits, and no length.
+    /// A location of frequency 0, not suspect, and no length.
     pub fn new(seg: u32, offset: u32) -> Self {
-        Self { seg: seg as u16, offset, hit: false, suspect: false, len: 0 }
+        Self { seg: seg as u16, offset, freq: 0, suspect: false, len: 0 }
     }
     /// The location of a record of `len` bytes (padding included) at `offset` of `seg`.
     pub fn record(seg: u32, offset: u32, len: usize) -> Self {
         let len = code_len(len_code(u32::try_from(len).unwrap_or(u32::MAX)));
         Self { len, ..Self::new(seg, offset) }
     }
-    /// True when both name the same record (hit bit ignored).
+    /// True when both name the same record (frequency and suspect flag ignored).
     pub fn same_place(self, other: Loc) -> bool {
         self.seg == other.seg && self.offset == other.offset
     }
 }
 
-/// A slot's value, byte-aligned so that key and slot take 12 bytes: `flags` = hit bit | suspect
-/// bit | length code bits 5..11 (in bits 2..8), `seg` = segment id mod 2^16 (little endian),
-/// `rest` = offset/8 (bits 0..27) | length code bits 0..5 (bits 27..32). Only `flags`' hit and
-/// suspect bits change under a read lock.
+/// A slot's value, byte-aligned so that key and slot take 12 bytes: `flags` = state (bits 0..2:
+/// frequency 0..=2, or 3 = suspect) | length code bits 5..11 (in bits 2..8), `seg` = segment id
+/// mod 2^16 (little endian), `rest` = offset/8 (bits 0..27) | length code bits 0..5 (bits
+/// 27..32). Only `flags`' state bits change under a read lock, each change one compare-exchange
+/// of the whole byte (so a hit counted at the same time as the entry is made suspect cannot
+/// turn it back into a frequency).
 struct Slot {
     flags: AtomicU8,
     seg: [u8; 2],
@@ -99,9 +109,8 @@ impl Slot {
     fn new(loc: Loc) -> Self {
         let units = loc.offset / RECORD_ALIGN as u32;
         let code = len_code(loc.len);
-        let flags = if loc.hit { HIT } else { 0 }
-            | if loc.suspect { SUSPECT } else { 0 }
-            | ((code >> 5) as u8) << 2;
+        let state = if loc.suspect { SUSPECT } else { loc.freq.min(MAX_FREQ) };
+        let flags = state | ((code >> 5) as u8) << 2;
         let rest = (units & 0x07FF_FFFF) | u32::from(code & 0x1F) << 27;
         Self { flags: AtomicU8::new(flags), seg: loc.seg.to_le_bytes(), rest: rest.to_le_bytes() }
     }
@@ -110,13 +119,26 @@ impl Slot {
         let rest = u32::from_le_bytes(self.rest);
         let offset = (rest & 0x07FF_FFFF) * RECORD_ALIGN as u32;
         let code = u16::from(flags >> 2) << 5 | (rest >> 27) as u16;
+        let state = flags & STATE;
+        let suspect = state == SUSPECT;
         Loc {
             seg: u16::from_le_bytes(self.seg),
             offset,
-            hit: flags & HIT != 0,
-            suspect: flags & SUSPECT != 0,
+            freq: if suspect { 0 } else { state },
+            suspect,
             len: code_len(code),
         }
+    }
+    /// Count a hit: the frequency one more, up to [`MAX_FREQ`]; a suspect entry stays so.
+    fn count_hit(&self) {
+        let _ = self.flags.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+            let state = f & STATE;
+            (state < MAX_FREQ).then_some(f + 1) // `SUSPECT` is above `MAX_FREQ`
+        });
+    }
+    /// Make the entry suspect (its frequency is dropped); false when it already was.
+    fn make_suspect(&self) -> bool {
+        self.flags.fetch_or(SUSPECT, Ordering::Relaxed) & STATE != SUSPECT
     }
 }
 
@@ -196,13 +218,13 @@ impl Index {
         self.shards[shard_of(hash)].write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The location of `hash`; with `mark_hit`, sets its hit bit.
+    /// The location of `hash` (as it was before this call); with `mark_hit`, counts a hit.
     pub fn get(&self, hash: u64, mark_hit: bool) -> Option<Loc> {
         let shard = self.read(hash);
         let slot = shard.get(&Key::of(hash))?;
         let loc = slot.loc();
-        if mark_hit && !loc.hit {
-            slot.flags.fetch_or(HIT, Ordering::Relaxed);
+        if mark_hit && !loc.suspect && loc.freq < MAX_FREQ {
+            slot.count_hit();
         }
         Some(loc)
     }
@@ -217,20 +239,28 @@ impl Index {
         self.write(hash).remove(&Key::of(hash)).map(|v| v.loc())
     }
 
-    /// Remove `hash` only while it still points at `at` (hit bit ignored).
+    /// Remove `hash` only while it still points at `at` (frequency ignored).
     pub fn remove_if(&self, hash: u64, at: Loc) -> bool {
         remove_if(&mut self.write(hash), hash, at)
     }
 
-    /// Move `hash` from `from` to `to` only while it still points at `from`.
-    pub fn replace_if(&self, hash: u64, from: Loc, to: Loc) -> bool {
+    /// Move `hash` from `from` to `to` (its place and length; its frequency and suspect flag
+    /// are ignored) only while it still points at `from` and is not suspect, its frequency
+    /// one less (a copy forward spends one of the hits it was copied for). Returns whether
+    /// it moved.
+    pub fn move_if(&self, hash: u64, from: Loc, to: Loc) -> bool {
         let mut shard = self.write(hash);
         match shard.get_mut(&Key::of(hash)) {
-            Some(v) if v.loc().same_place(from) => {
-                *v = Slot::new(to);
+            Some(v) => {
+                let cur = v.loc();
+                if !cur.same_place(from) || cur.suspect {
+                    return false;
+                }
+                let freq = cur.freq.saturating_sub(1);
+                *v = Slot::new(Loc { freq, suspect: false, ..to });
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -242,8 +272,7 @@ impl Index {
             let s = s.read().unwrap_or_else(|e| e.into_inner());
             for slot in s.values() {
                 let loc = slot.loc();
-                if !loc.suspect && before(loc) {
-                    slot.flags.fetch_or(SUSPECT, Ordering::Relaxed);
+                if !loc.suspect && before(loc) && slot.make_suspect() {
                     n += 1;
                 }
             }
@@ -364,7 +393,7 @@ impl Loader<'_> {
         insert(self.shard(hash), hash, loc)
     }
 
-    /// Remove `hash` only while it still points at `at` (hit bit ignored).
+    /// Remove `hash` only while it still points at `at` (frequency ignored).
     pub fn remove_if(&mut self, hash: u64, at: Loc) -> bool {
         remove_if(self.shard(hash), hash, at)
     }
@@ -412,11 +441,11 @@ mod tests {
     fn pack_roundtrip_and_conditional_updates() {
         assert_eq!(std::mem::size_of::<(Key, Slot)>(), 12);
         for loc in [
-            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: true, suspect: true, len: 8 },
-            Loc { seg: u16::MAX, offset: (1 << 30) - 8, hit: false, suspect: false, len: 0 },
-            Loc { seg: 0, offset: 0, hit: false, suspect: true, len: MAX_KNOWN_LEN },
-            Loc { seg: 7, offset: 123_456 * 8, hit: true, suspect: false, len: 8184 },
-            Loc { seg: 7, offset: 8, hit: false, suspect: false, len: 8192 },
+            Loc { seg: u16::MAX, offset: (1 << 30) - 8, freq: 0, suspect: true, len: 8 },
+            Loc { seg: u16::MAX, offset: (1 << 30) - 8, freq: 0, suspect: false, len: 0 },
+            Loc { seg: 0, offset: 0, freq: 0, suspect: true, len: MAX_KNOWN_LEN },
+            Loc { seg: 7, offset: 123_456 * 8, freq: 1, suspect: false, len: 8184 },
+            Loc { seg: 7, offset: 8, freq: MAX_FREQ, suspect: false, len: 8192 },
         ] {
             assert_eq!(Slot::new(loc).loc(), loc);
         }
@@ -433,12 +462,27 @@ mod tests {
         let b = Loc::new(2, 8);
         assert_eq!(idx.insert(42, a), None);
         assert_eq!(idx.get(42, true), Some(a));
-        assert!(idx.get(42, false).is_some_and(|l| l.hit));
-        assert!(!idx.replace_if(42, b, a));
-        assert!(idx.replace_if(42, a, b));
+        assert_eq!(idx.get(42, false).map(|l| l.freq), Some(1));
+        for _ in 0..5 {
+            idx.get(42, true);
+        }
+        assert_eq!(idx.get(42, false).map(|l| l.freq), Some(MAX_FREQ), "saturates");
+        assert!(!idx.move_if(42, b, a));
+        assert!(idx.move_if(42, a, b));
+        assert_eq!(idx.get(42, false).map(|l| l.freq), Some(MAX_FREQ - 1), "a copy spends one");
+        assert!(idx.get(42, false).is_some_and(|l| l.same_place(b)));
         assert!(!idx.remove_if(42, a));
         assert!(idx.remove_if(42, b));
         assert_eq!(idx.len(), 0);
+        // A suspect entry: hits do not make it a frequency again, it is never moved.
+        idx.insert(43, Loc { freq: 1, ..a });
+        assert_eq!(idx.mark_suspect(|_| true), 1);
+        for _ in 0..5 {
+            idx.get(43, true);
+        }
+        assert!(idx.get(43, false).is_some_and(|l| l.suspect && l.freq == 0));
+        assert!(!idx.move_if(43, a, b), "never copied forward");
+        assert!(idx.remove_if(43, a));
         for h in 0..100u64 {
             idx.insert(h << 40, Loc::new(h as u32 % 4, 64));
         }

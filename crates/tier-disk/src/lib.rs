@@ -63,6 +63,14 @@
 //! - **Bounded size: the directory never holds more than `capacity + one segment`** of segment
 //!   files. A new segment is created first, then the oldest ones are reclaimed (FIFO) until the
 //!   count fits the capacity again. Reclaim copies hot entries forward, never suspect ones.
+//!   *Which* ones (with [`DiskTierBuilder::reinsert_hot`], the default): each index entry
+//!   keeps a frequency, 0 to 2, in the two bits that also say "suspect" (no memory added):
+//!   a read adds one, a copy forward spends one. Reclaim copies an unexpired, unsuspect entry
+//!   of frequency above 0 and evicts the rest; the keys it evicts alive become *ghosts* (16-bit
+//!   fingerprints in a direct-mapped table, a power of two of slots ≥ the entries, 2-4 bytes
+//!   per entry, allocated at the first reclaim), and an insert of a ghost starts at frequency 1
+//!   — S3-FIFO's main queue and ghost queue on one log. Only what the index still points at,
+//!   at that place, is copied: a removed or rewritten key never comes back through a copy.
 //! - **A reclaimed segment stays readable for readers that already hold it**: each segment is
 //!   an `Arc`; reclaim removes it from the index and the registry, then unlinks the file; the
 //!   mapping lives until the last reader drops its `Arc`.
@@ -161,6 +169,8 @@
 //! | `tier_disk_recovery_bytes_total` | counter | cache, tier | bytes scanned at open |
 //! | `tier_disk_recovery_seconds` | gauge | cache, tier | how long the last open took |
 //! | `tier_disk_reads_total` | counter | cache, tier, path = `page_cache` / `pool` / `rejected` | records read for lookups: inline from the page cache, on the read threads, or refused (threads and queue full: a timeout) |
+//! | `tier_disk_reinserted_total` | counter | cache, tier | records reclaim copied forward (also [`DiskStats::reinserted_records`]) |
+//! | `tier_disk_reinserted_bytes_total` | counter | cache, tier | their bytes: device writes besides the inserts' |
 //!
 //! The first two are tier-core's names ([`tier_core::metrics`]). Recovery runs before the tier
 //! knows its labels, so the recovery figures are emitted once, on the first `attach`;
@@ -176,6 +186,7 @@ mod dir;
 mod error;
 mod flush;
 mod format;
+mod ghost;
 mod index;
 mod inspect;
 mod metrics;
@@ -203,6 +214,7 @@ pub use format::{RecordKind, MAX_KEY_LEN};
 pub use inspect::DiskInspector;
 pub use metrics::{
     READS, RECOVERY_BYTES, RECOVERY_CORRUPT, RECOVERY_RECORDS, RECOVERY_SECONDS, RECOVERY_SUSPECT,
+    REINSERTED, REINSERTED_BYTES,
 };
 pub use queue::{DiskQueue, QueueReport, MAX_QUEUE_KEY_LEN, MAX_QUEUE_VALUE_LEN};
 pub use report::{

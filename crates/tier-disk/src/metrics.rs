@@ -29,6 +29,13 @@ pub const RECOVERY_SECONDS: &str = "tier_disk_recovery_seconds";
 /// read on the tier's read threads), `rejected` (the read threads and their queue were full:
 /// the lookup failed with a timeout, which the hierarchy reads as a miss of this tier).
 pub const READS: &str = "tier_disk_reads_total";
+/// `tier_disk_reinserted_total{cache,tier}`: records the reclaim of an old segment copied
+/// forward into the active one (entries read since written, or lately evicted and inserted
+/// again; see [`DiskTierBuilder::reinsert_hot`](crate::DiskTierBuilder::reinsert_hot)).
+pub const REINSERTED: &str = "tier_disk_reinserted_total";
+/// `tier_disk_reinserted_bytes_total{cache,tier}`: the bytes of those records (device writes
+/// besides the inserts').
+pub const REINSERTED_BYTES: &str = "tier_disk_reinserted_bytes_total";
 
 /// Counter handles with the tier's labels (lazy: bound to the metrics recorder whenever the
 /// service installs it, before or after building its cache).
@@ -39,6 +46,8 @@ pub(crate) struct Handles {
     pub reads_cached: LazyCounter,
     pub reads_pool: LazyCounter,
     pub reads_rejected: LazyCounter,
+    pub reinserted: LazyCounter,
+    pub reinserted_bytes: LazyCounter,
 }
 
 impl Handles {
@@ -52,6 +61,8 @@ impl Handles {
             reads_cached: LazyCounter::noop(),
             reads_pool: LazyCounter::noop(),
             reads_rejected: LazyCounter::noop(),
+            reinserted: LazyCounter::noop(),
+            reinserted_bytes: LazyCounter::noop(),
         }
     }
 
@@ -73,6 +84,8 @@ impl Handles {
             reads_cached: LazyCounter::new(READS, &path("page_cache")),
             reads_pool: LazyCounter::new(READS, &path("pool")),
             reads_rejected: LazyCounter::new(READS, &path("rejected")),
+            reinserted: LazyCounter::new(REINSERTED, &labels(None)),
+            reinserted_bytes: LazyCounter::new(REINSERTED_BYTES, &labels(None)),
         }
     }
 }
@@ -138,6 +151,16 @@ fn describe() {
         READS,
         Unit::Count,
         "Records a disk tier read for lookups, by path: page_cache (inline), pool (read threads), rejected (pool full)."
+    );
+    metrics::describe_counter!(
+        REINSERTED,
+        Unit::Count,
+        "Records a disk tier's reclaim copied forward (re-inserted) into the active segment."
+    );
+    metrics::describe_counter!(
+        REINSERTED_BYTES,
+        Unit::Bytes,
+        "Bytes of the records a disk tier's reclaim copied forward (device writes besides inserts)."
     );
     metrics::describe_gauge!(
         RECOVERY_SECONDS,

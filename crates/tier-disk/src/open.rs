@@ -4,7 +4,7 @@
 //! strict mode, the damage check) has passed.
 
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -101,7 +101,17 @@ pub(crate) fn open(cfg: Config) -> Result<Opened, DiskError> {
     let reads = Reads::start(cfg.read_threads, cfg.read_queue)
         .map_err(|e| DiskError::io("start read threads for", &cfg.dir, e))?;
     let stage = Arc::default();
-    let store = Store { cfg, index, segments, metrics: Metrics::new(), reads, stage, opened_at };
+    let store = Store {
+        cfg,
+        index,
+        segments,
+        metrics: Metrics::new(),
+        reads,
+        stage,
+        opened_at,
+        reinserted: AtomicU64::new(0),
+        reinserted_bytes: AtomicU64::new(0),
+    };
     let writer = Writer::new(active, Arc::clone(&dir), Arc::clone(&state));
     if let Err(e) = writer.ensure_active(&store) {
         // A full disk fails the writes (each tries again), not the open: reads go on.

@@ -123,6 +123,12 @@ pub struct DiskStats {
     pub oldest_created_at: Option<u64>,
     /// The largest `created_at` (Unix ms), same scope as `oldest_created_at`.
     pub newest_created_at: Option<u64>,
+    /// Records the reclaim of old segments copied forward (re-inserted, see
+    /// [`DiskTierBuilder::reinsert_hot`](crate::DiskTierBuilder::reinsert_hot)) since the tier
+    /// was opened (0 from the inspector).
+    pub reinserted_records: u64,
+    /// Their bytes (record headers and padding included): device writes besides the inserts'.
+    pub reinserted_bytes: u64,
 }
 
 /// One record, as listed by [`DiskInspector::records`](crate::DiskInspector::records).

@@ -5,7 +5,7 @@
 //! the pages of one record, below its segment's readable length, with `pread`
 //! ([`Reads`](crate::read::Reads)).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,6 +41,9 @@ pub(crate) struct Store {
     /// When the directory was opened (Unix ms): a suspect entry is served as if its freshness
     /// had ended then.
     pub opened_at: u64,
+    /// Records (and their bytes) reclaim copied forward since the open.
+    pub reinserted: AtomicU64,
+    pub reinserted_bytes: AtomicU64,
 }
 
 impl Store {
@@ -132,6 +135,12 @@ impl Store {
         Some((seg.id, loc, h, value))
     }
 
+    /// Count `records` of `bytes` copied forward by a reclaim.
+    pub fn count_reinserted(&self, records: u64, bytes: u64) {
+        self.reinserted.fetch_add(records, Ordering::Relaxed);
+        self.reinserted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub fn stats(&self) -> DiskStats {
         let segs = self.segments.all();
         let mut s = DiskStats {
@@ -140,6 +149,8 @@ impl Store {
             capacity_bytes: self.cfg.capacity(),
             oldest_segment: segs.first().map(|s| s.id),
             newest_segment: segs.last().map(|s| s.id),
+            reinserted_records: self.reinserted.load(Ordering::Relaxed),
+            reinserted_bytes: self.reinserted_bytes.load(Ordering::Relaxed),
             ..DiskStats::default()
         };
         for seg in &segs {

@@ -17,6 +17,7 @@ use crate::format::{
     encode_record, envelope_created_at, key_hash, record_value, scan, Pos, RecordHeader,
     RecordKind, MAX_KEY_LEN,
 };
+use crate::ghost::Ghosts;
 use crate::index::Loc;
 use crate::segment::Segment;
 use crate::stage::Op;
@@ -42,19 +43,26 @@ pub(crate) struct Active {
 /// The directory's writer.
 pub(crate) struct Writer {
     active: Mutex<Active>,
+    /// Keys reclaim evicted lately (taken only with the active segment's lock held).
+    ghosts: Mutex<Ghosts>,
     dir: Arc<Dir>,
     state: Arc<DiskState>,
 }
 
 impl Writer {
     pub fn new(active: Active, dir: Arc<Dir>, state: Arc<DiskState>) -> Self {
-        Self { active: Mutex::new(active), dir, state }
+        Self { active: Mutex::new(active), ghosts: Mutex::default(), dir, state }
     }
 
     fn lock(&self) -> MutexGuard<'_, Active> {
         // Poison only means a panic elsewhere while held; a record is published (readable
         // length, then index) only once whole, so the state stays usable.
         self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ghosts(&self) -> MutexGuard<'_, Ghosts> {
+        // Poison: a table of fingerprints that only advises; any content is usable.
+        self.ghosts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Write `ops` in order, as few `pwrite`s as their segments allow (group commit): the
@@ -209,10 +217,11 @@ impl Writer {
     fn flush(&self, s: &Store, p: &mut Pending, out: &mut [Result<(), TierError>]) {
         let Some(seg) = p.seg.take() else { return };
         let recs = std::mem::take(&mut p.recs);
+        let mut ghosts = self.ghosts();
         if recs.len() > 1 && write_synced(s, &seg, &p.buf, p.start).is_ok() {
             seg.set_readable(p.end());
             for r in &recs {
-                publish(s, &seg, r, out);
+                publish(s, &seg, r, out, &mut ghosts);
             }
             return;
         }
@@ -224,7 +233,7 @@ impl Writer {
                 match write_synced(s, &seg, bytes, r.at) {
                     Ok(()) => {
                         seg.set_readable(r.at + r.len as u64);
-                        publish(s, &seg, r, out);
+                        publish(s, &seg, r, out, &mut ghosts);
                         continue;
                     }
                     Err(e) => failed = Some(e),
@@ -299,12 +308,25 @@ impl Writer {
         }
     }
 
-    /// Drop segment `seg`: hot, unexpired, unsuspect live entries are copied into the active
-    /// segment when they fit; every other live entry is evicted. Then the file is unlinked
-    /// (readers holding the segment's `Arc` keep a valid mapping until they let go).
+    /// Drop segment `seg`: live entries that are unexpired, not suspect and of a frequency
+    /// above 0 are copied into the active segment when they fit (their frequency one less);
+    /// every other live entry is evicted, and an unexpired one's key becomes a ghost. Then the
+    /// file is unlinked (readers holding the segment's `Arc` keep a valid mapping until they
+    /// let go).
+    ///
+    /// The rule is S3-FIFO's main queue on the log: the frequency counts hits since the record
+    /// was written, up to 2, and each copy forward spends one, so an entry read often survives
+    /// two reclaims without being read again, one read once survives one, one never read is
+    /// evicted — unless its key was evicted lately and inserted again (a ghost), which starts
+    /// it at 1.
     fn reclaim(&self, a: &mut Active, s: &Store, seg: &Arc<Segment>, reserve: u64) {
         let now = now_ms();
         let (mut capacity, mut expired) = (0u64, 0u64);
+        let (mut copied, mut copied_bytes) = (0u64, 0u64);
+        let mut ghosts = self.ghosts();
+        if s.cfg.reinsert_hot {
+            ghosts.fit(s.index.len());
+        }
         seg.advise_sequential(); // read in order, not one page per fault (reads are random)
         let bytes = seg.bytes();
         for rec in scan(bytes, false) {
@@ -321,25 +343,33 @@ impl Writer {
             let alive = h.stale_until > now;
             // A suspect entry is never copied forward: the copy would look newer than the
             // damage that made it suspect.
-            if alive
-                && cur.hit
-                && !cur.suspect
-                && s.cfg.reinsert_hot
-                && copy_forward(a, s, bytes, rec.offset, &h, here, reserve)
-            {
-                continue;
+            if alive && cur.freq > 0 && !cur.suspect && s.cfg.reinsert_hot {
+                if let Some(moved) = copy_forward(a, s, bytes, rec.offset, &h, here, reserve) {
+                    if moved {
+                        copied += 1;
+                        copied_bytes += h.record_len() as u64;
+                    }
+                    continue;
+                }
             }
             if s.index.remove_if(h.key_hash, here) {
                 if alive {
                     capacity += 1;
+                    if s.cfg.reinsert_hot {
+                        ghosts.add(h.key_hash);
+                    }
                 } else {
                     expired += 1;
                 }
             }
         }
+        drop(ghosts);
+        s.count_reinserted(copied, copied_bytes);
         s.metrics.with(|m| {
             m.evicted_capacity.increment(capacity);
             m.evicted_expired.increment(expired);
+            m.reinserted.increment(copied);
+            m.reinserted_bytes.increment(copied_bytes);
         });
         self.drop_segment(s, seg);
     }
@@ -366,8 +396,14 @@ fn write_synced(s: &Store, seg: &Segment, bytes: &[u8], at: u64) -> Result<(), T
 }
 
 /// Publish record `r`, written whole at its place in `seg`, in the index (the readable length
-/// is past it already).
-fn publish(s: &Store, seg: &Segment, r: &Rec, out: &mut [Result<(), TierError>]) {
+/// is past it already). A value whose key is a ghost starts at frequency 1.
+fn publish(
+    s: &Store,
+    seg: &Segment,
+    r: &Rec,
+    out: &mut [Result<(), TierError>],
+    ghosts: &mut Ghosts,
+) {
     let Ok(offset) = u32::try_from(r.at) else {
         out[r.slot] = Err(TierError::new(TierErrorKind::Other, "disk tier: offset over 4 GiB"));
         return;
@@ -378,7 +414,8 @@ fn publish(s: &Store, seg: &Segment, r: &Rec, out: &mut [Result<(), TierError>])
             if let Some(c) = r.created {
                 seg.note_created(c);
             }
-            s.index.insert(r.hash, Loc::record(seg.id, offset, r.len))
+            let freq = u8::from(s.cfg.reinsert_hot && ghosts.take(r.hash));
+            s.index.insert(r.hash, Loc { freq, ..Loc::record(seg.id, offset, r.len) })
         }
         RecordKind::Tombstone => s.index.remove(r.hash),
         RecordKind::Clear | RecordKind::Suspect => None,
@@ -463,7 +500,10 @@ fn check_size(s: &Store, key: &[u8], value_len: usize) -> Result<(), TierError> 
 }
 
 /// Copy one record verbatim (its CRC does not depend on where it is) into the active segment
-/// if it fits without another rotation, `reserve` bytes left free.
+/// if it fits without another rotation, `reserve` bytes left free. The index moves to the copy
+/// only while it still points at `from` (a write or removal since wins) and the entry is not
+/// suspect; the copy takes the entry's frequency less one. `None` when nothing was written;
+/// else whether the index moved to the copy.
 fn copy_forward(
     a: &Active,
     s: &Store,
@@ -472,22 +512,23 @@ fn copy_forward(
     h: &RecordHeader,
     from: Loc,
     reserve: u64,
-) -> bool {
+) -> Option<bool> {
     let len = h.record_len();
     let (Some(rec), Some(active)) = (bytes.get(offset..offset + len), a.segment.as_ref()) else {
-        return false;
+        return None;
     };
     let at = active.readable();
     if at + len as u64 + reserve > active.size() || active.write_at(rec, at).is_err() {
-        return false;
+        return None;
     }
     active.set_readable(at + len as u64);
-    let Ok(at) = u32::try_from(at) else { return false };
-    if s.index.replace_if(h.key_hash, from, Loc::record(active.id, at, len)) {
+    let at = u32::try_from(at).ok()?;
+    let moved = s.index.move_if(h.key_hash, from, Loc::record(active.id, at, len));
+    if moved {
         active.count(len as u64);
         if let Some(c) = envelope_created_at(record_value(bytes, offset, h)) {
             active.note_created(c);
         }
     }
-    true
+    Some(moved)
 }

@@ -9,7 +9,9 @@
 //! ```
 //! - `--only`: the traces named (`zipf-1.0`, `scan+zipf`, ...) and no others.
 //! - `--disk`: also replay each trace through a `DiskTier` of the same share of the objects'
-//!   record bytes, FIFO and with hot re-insertion (slow: a write per miss).
+//!   record bytes, FIFO and with hot re-insertion (slow: a write per miss); with re-insertion
+//!   also the records and bytes its reclaim copied forward, per request (`copies/r`,
+//!   `copyB/r`).
 //! - `--ci`: a run of a few seconds (Zipf traces only, smaller), which fails (exit 1) when the
 //!   L1's miss ratio is more than 0.02 above raw moka's on any row.
 //! - `--traces DIR`: also write each trace in libCacheSim's `oracleGeneral` format (object size =
@@ -102,6 +104,8 @@ struct Row {
     /// The disk tier (`--disk`), FIFO and with hot re-insertion.
     disk: Option<f64>,
     disk_reinsert: Option<f64>,
+    /// What the disk tier with re-insertion copied forward, per request.
+    disk_copied: Option<replay::Copied>,
 }
 
 impl Row {
@@ -157,7 +161,7 @@ fn main() {
     let mut rows = Vec::new();
     let mut manifest = Vec::new();
     println!(
-        "{:<10} {:<6} {:>5} {:>8} {:>11}  {:>7} {:>9} {:>10} {:>7} {:>7}",
+        "{:<10} {:<6} {:>5} {:>8} {:>11}  {:>7} {:>9} {:>10} {:>7} {:>7} {:>8} {:>9}",
         "trace",
         "sizes",
         "share",
@@ -167,7 +171,9 @@ fn main() {
         "moka",
         "moka-bytes",
         "disk",
-        "disk+re"
+        "disk+re",
+        "copies/r",
+        "copyB/r"
     );
     for (t, kind) in kinds.iter().enumerate() {
         let trace = Trace::generate(*kind, args.objects, args.requests, 0x7469_6572 + t as u64);
@@ -186,6 +192,7 @@ fn main() {
                         .then(|| replay::disk(&trace, size, disk_budget, reinsert, &rt))
                         .flatten()
                 };
+                let reinsert = disk(true);
                 let row = Row {
                     trace: kind.name(),
                     sizes: size.name(),
@@ -195,12 +202,16 @@ fn main() {
                     tier: replay::tier(&trace, size, budget, &rt),
                     moka_unit: replay::moka_unit(&trace, entries),
                     moka_bytes: replay::moka_bytes(&trace, &weights, budget),
-                    disk: disk(false),
-                    disk_reinsert: disk(true),
+                    disk: disk(false).map(|(misses, _)| misses),
+                    disk_reinsert: reinsert.map(|(misses, _)| misses),
+                    disk_copied: reinsert.map(|(_, copied)| copied),
                 };
                 let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+                let copied = |f: fn(&replay::Copied) -> f64| {
+                    row.disk_copied.as_ref().map_or("-".into(), |c| format!("{:.4}", f(c)))
+                };
                 println!(
-                    "{:<10} {:<6} {:>4.0}% {:>8} {:>11}  {:>7.4} {:>9.4} {:>10.4} {:>7} {:>7}",
+                    "{:<10} {:<6} {:>4.0}% {:>8} {:>11}  {:>7.4} {:>9.4} {:>10.4} {:>7} {:>7} {:>8} {:>9}",
                     row.trace,
                     row.sizes,
                     share * 100.0,
@@ -210,7 +221,9 @@ fn main() {
                     row.moka_unit,
                     row.moka_bytes,
                     opt(row.disk),
-                    opt(row.disk_reinsert)
+                    opt(row.disk_reinsert),
+                    copied(|c| c.records),
+                    copied(|c| c.bytes)
                 );
                 file_rows.push((share, budget, entries));
                 rows.push(row);

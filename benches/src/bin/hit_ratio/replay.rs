@@ -123,15 +123,16 @@ pub fn disk_record(weights: &Weights, id: u64) -> u64 {
 
 /// The miss ratio of `trace` through `Cache::get_or_load` over one `DiskTier` of `budget`
 /// bytes of segments (2 to 16 of at least 64 KiB, the smallest the tier takes; FIFO reclaim of
-/// the oldest, with or without copying forward the entries read since they were written);
-/// `None` when the budget is below two such segments.
+/// the oldest, with or without copying forward the entries read since they were written):
+/// the miss ratio and what reclaim copied forward; `None` when the budget is below two such
+/// segments.
 pub fn disk(
     trace: &Trace,
     sizes: Sizes,
     budget: u64,
     reinsert_hot: bool,
     rt: &tokio::runtime::Runtime,
-) -> Option<f64> {
+) -> Option<(f64, Copied)> {
     const MIN_SEGMENT: u64 = 64 << 10;
     let segments = (budget / MIN_SEGMENT).clamp(2, 16);
     let segment = budget / segments / 8 * 8;
@@ -146,11 +147,26 @@ pub fn disk(
         .verify_on_read(false)
         .build()
         .expect("the disk tier opens");
+    let tier = Arc::new(tier);
     let cache: Cache<Blob> = Cache::builder("hit-ratio")
-        .tier(tier, TierPolicy::fresh(Duration::from_secs(86_400)))
+        .tier(Arc::clone(&tier), TierPolicy::fresh(Duration::from_secs(86_400)))
         .build()
         .expect("a disk-only cache builds");
-    Some(count_loads(trace, sizes, &cache, rt))
+    let misses = count_loads(trace, sizes, &cache, rt);
+    let stats = tier.disk_stats();
+    let requests = trace.requests.len() as f64;
+    let copied = Copied {
+        records: stats.reinserted_records as f64 / requests,
+        bytes: stats.reinserted_bytes as f64 / requests,
+    };
+    Some((misses, copied))
+}
+
+/// What the disk tier's reclaim copied forward, per request of the trace.
+#[derive(Clone, Copy, Serialize)]
+pub struct Copied {
+    pub records: f64,
+    pub bytes: f64,
 }
 
 /// Replay `trace` through `cache.get_or_load`: the share of requests that called the loader.
