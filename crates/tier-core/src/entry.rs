@@ -210,13 +210,13 @@ impl ObjectEntry {
             validator,
             sealing,
         } = meta;
-        let inline = (created_at <= CREATED_MASK)
-            .then(|| Some((offset(created_at, fresh_until)?, offset(created_at, stale_until)?)))
-            .flatten();
-        let (created_flags, fresh_after, stale_after, times) = match inline {
-            Some((fresh, stale)) => (created_at, fresh, stale, None),
-            None => (WIDE, 0, 0, Some([created_at, fresh_until, stale_until])),
-        };
+        let (created_flags, fresh_after, stale_after, times) =
+            match (offset(created_at, fresh_until), offset(created_at, stale_until)) {
+                (Some(fresh), Some(stale)) if created_at <= CREATED_MASK => {
+                    (created_at, fresh, stale, None)
+                }
+                _ => (WIDE, 0, 0, Some([created_at, fresh_until, stale_until])),
+            };
         let rare = (tags.is_some() || validator.is_some() || sealing.is_some() || times.is_some())
             .then(|| Box::new(Rare { tags, validator, sealing, times }));
         let flags = (u64::from(negative) * NEGATIVE)
